@@ -1,0 +1,391 @@
+//! On-disk encodings: log records and snapshots.
+//!
+//! Log file: a sequence of records `len: u32 LE | crc32(payload): u32 LE | payload`.
+//! Record payload (tag 1, a batch): `rev: i64`, grants `n: u32, (id: i64, ttl: i64)*`,
+//! changes `n: u32, (kind: u8, key, [value, lease: i64])*`, revokes `n: u32, id: i64*`,
+//! compact `flag: u8, [rev: i64]`. Byte strings are `len: u32 LE | bytes`.
+//!
+//! Snapshot file: `"WEFTSNP1" | len: u64 | crc32(body): u32 | body`, body =
+//! `rev, compact_rev, leases n: u32 (id, ttl)*, keys n: u64 (key, entries n: u32
+//! (rev: i64, sub: u32, live: u8, [create: i64, version: i64, lease: i64, value]))*`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::{Duration, Instant};
+
+use super::mvcc::{Batch, Change, Entry, Lease, Mvcc};
+use crate::types::KeyValue;
+
+/// Size of a record header.
+pub(crate) const RECORD_HEADER: usize = 8;
+/// Largest record payload accepted when reading (guards against garbage lengths).
+pub(crate) const MAX_RECORD: usize = 256 * 1024 * 1024;
+const SNAP_MAGIC: &[u8; 8] = b"WEFTSNP1";
+
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.u32(b.len() as u32);
+        self.0.extend_from_slice(b);
+    }
+}
+
+/// A cursor over a byte slice that reports what ran out.
+pub(crate) struct Dec<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+type DResult<T> = std::result::Result<T, String>;
+
+impl<'a> Dec<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Dec { buf, pos: 0 }
+    }
+    fn take(&mut self, n: usize) -> DResult<&'a [u8]> {
+        if self.buf.len() - self.pos < n {
+            return Err(format!("truncated: needed {n} bytes at {}", self.pos));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+    fn u8(&mut self) -> DResult<u8> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> DResult<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> DResult<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn i64(&mut self) -> DResult<i64> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn bytes(&mut self) -> DResult<Bytes> {
+        let n = self.u32()? as usize;
+        Ok(Bytes::copy_from_slice(self.take(n)?))
+    }
+    /// Count prefix, checked against the bytes left (each item takes at least `min` bytes).
+    fn count(&mut self, n: u64, min: usize) -> DResult<usize> {
+        let left = (self.buf.len() - self.pos) as u64;
+        if n.saturating_mul(min as u64) > left {
+            return Err(format!("count {n} exceeds remaining {left} bytes"));
+        }
+        Ok(n as usize)
+    }
+    fn done(&self) -> DResult<()> {
+        if self.pos != self.buf.len() {
+            return Err(format!("{} trailing bytes", self.buf.len() - self.pos));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a batch as one framed log record.
+pub(crate) fn encode_record(b: &Batch) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(64));
+    e.0.extend_from_slice(&[0u8; RECORD_HEADER]);
+    e.u8(1);
+    e.i64(b.rev);
+    e.u32(b.grants.len() as u32);
+    for (id, ttl) in &b.grants {
+        e.i64(*id);
+        e.i64(*ttl);
+    }
+    e.u32(b.changes.len() as u32);
+    for c in &b.changes {
+        match c {
+            Change::Put { key, value, lease } => {
+                e.u8(0);
+                e.bytes(key);
+                e.bytes(value);
+                e.i64(*lease);
+            }
+            Change::Delete { key } => {
+                e.u8(1);
+                e.bytes(key);
+            }
+        }
+    }
+    e.u32(b.revokes.len() as u32);
+    for id in &b.revokes {
+        e.i64(*id);
+    }
+    match b.compact {
+        Some(c) => {
+            e.u8(1);
+            e.i64(c);
+        }
+        None => e.u8(0),
+    }
+    let mut v = e.0;
+    let payload_len = (v.len() - RECORD_HEADER) as u32;
+    let crc = crc32fast::hash(&v[RECORD_HEADER..]);
+    v[0..4].copy_from_slice(&payload_len.to_le_bytes());
+    v[4..8].copy_from_slice(&crc.to_le_bytes());
+    v
+}
+
+/// Decodes a record payload (already checksummed).
+pub(crate) fn decode_batch(payload: &[u8]) -> DResult<Batch> {
+    let mut d = Dec::new(payload);
+    let tag = d.u8()?;
+    if tag != 1 {
+        return Err(format!("unknown record type {tag}"));
+    }
+    let rev = d.i64()?;
+    let n = d.u32()?;
+    let n = d.count(n as u64, 16)?;
+    let mut grants = Vec::with_capacity(n);
+    for _ in 0..n {
+        grants.push((d.i64()?, d.i64()?));
+    }
+    let n = d.u32()?;
+    let n = d.count(n as u64, 5)?;
+    let mut changes = Vec::with_capacity(n);
+    for _ in 0..n {
+        match d.u8()? {
+            0 => {
+                let key = d.bytes()?;
+                let value = d.bytes()?;
+                let lease = d.i64()?;
+                changes.push(Change::Put { key, value, lease });
+            }
+            1 => changes.push(Change::Delete { key: d.bytes()? }),
+            k => return Err(format!("unknown change kind {k}")),
+        }
+    }
+    let n = d.u32()?;
+    let n = d.count(n as u64, 8)?;
+    let mut revokes = Vec::with_capacity(n);
+    for _ in 0..n {
+        revokes.push(d.i64()?);
+    }
+    let compact = match d.u8()? {
+        0 => None,
+        1 => Some(d.i64()?),
+        f => return Err(format!("bad compact flag {f}")),
+    };
+    d.done()?;
+    Ok(Batch { rev, grants, changes, revokes, compact })
+}
+
+/// Outcome of parsing a log buffer.
+#[derive(Debug)]
+pub(crate) enum LogTail {
+    /// Every byte was a valid record.
+    Clean,
+    /// The last record is incomplete or fails its checksum and nothing follows it: a write
+    /// that was cut short. Valid data ends at `offset`.
+    Torn { offset: u64 },
+    /// A bad record followed by more data: real damage.
+    Corrupt { offset: u64, reason: String },
+}
+
+/// Parses every record of a log file, calling `f` for each payload with its offset.
+pub(crate) fn parse_log(
+    buf: &[u8],
+    mut f: impl FnMut(u64, &[u8]) -> DResult<()>,
+) -> LogTail {
+    let mut pos = 0usize;
+    while pos < buf.len() {
+        let left = buf.len() - pos;
+        if left < RECORD_HEADER {
+            return LogTail::Torn { offset: pos as u64 };
+        }
+        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4")) as usize;
+        let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().expect("4"));
+        let end = pos + RECORD_HEADER + len;
+        if len > MAX_RECORD {
+            // A garbage length: torn if it is the end of the file's meaningful data.
+            if buf[pos..].iter().all(|b| *b == 0) {
+                return LogTail::Torn { offset: pos as u64 };
+            }
+            return LogTail::Corrupt { offset: pos as u64, reason: format!("record length {len} is impossible") };
+        }
+        if end > buf.len() {
+            return LogTail::Torn { offset: pos as u64 };
+        }
+        let payload = &buf[pos + RECORD_HEADER..end];
+        if crc32fast::hash(payload) != crc {
+            if end == buf.len() {
+                return LogTail::Torn { offset: pos as u64 };
+            }
+            return LogTail::Corrupt { offset: pos as u64, reason: "checksum mismatch".into() };
+        }
+        if let Err(reason) = f(pos as u64, payload) {
+            return LogTail::Corrupt { offset: pos as u64, reason };
+        }
+        pos = end;
+    }
+    LogTail::Clean
+}
+
+/// Serializes the whole state.
+pub(crate) fn encode_snapshot(m: &Mvcc) -> Vec<u8> {
+    let mut e = Enc(Vec::with_capacity(1 << 16));
+    e.i64(m.rev);
+    e.i64(m.compact_rev);
+    let mut leases: Vec<(&i64, &Lease)> = m.leases.iter().collect();
+    leases.sort_by_key(|(id, _)| **id);
+    e.u32(leases.len() as u32);
+    for (id, l) in leases {
+        e.i64(*id);
+        e.i64(l.ttl);
+    }
+    e.u64(m.keys.len() as u64);
+    for (key, hist) in &m.keys {
+        e.bytes(key);
+        e.u32(hist.len() as u32);
+        for ent in hist {
+            e.i64(ent.rev);
+            e.u32(ent.sub);
+            match &ent.kv {
+                Some(kv) => {
+                    e.u8(1);
+                    e.i64(kv.create_revision);
+                    e.i64(kv.version);
+                    e.i64(kv.lease);
+                    e.bytes(&kv.value);
+                }
+                None => e.u8(0),
+            }
+        }
+    }
+    let body = e.0;
+    let mut out = Vec::with_capacity(body.len() + 20);
+    out.extend_from_slice(SNAP_MAGIC);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Loads a snapshot. Leases get a fresh deadline of `now + ttl` (as etcd does on restart).
+pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
+    if buf.len() < 20 || &buf[..8] != SNAP_MAGIC {
+        return Err("not a weft snapshot (bad magic)".into());
+    }
+    let len = u64::from_le_bytes(buf[8..16].try_into().expect("8")) as usize;
+    let crc = u32::from_le_bytes(buf[16..20].try_into().expect("4"));
+    let body = &buf[20..];
+    if body.len() != len {
+        return Err(format!("snapshot body is {} bytes, header says {len}", body.len()));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("snapshot checksum mismatch".into());
+    }
+    let mut d = Dec::new(body);
+    let mut m = Mvcc { rev: d.i64()?, compact_rev: d.i64()?, ..Default::default() };
+    let n = d.u32()?;
+    let n = d.count(n as u64, 16)?;
+    for _ in 0..n {
+        let id = d.i64()?;
+        let ttl = d.i64()?;
+        let deadline = now + Duration::from_secs(ttl.max(0) as u64);
+        m.leases.insert(id, Lease { ttl, deadline, keys: BTreeSet::new() });
+    }
+    let n = d.u64()?;
+    let n = d.count(n, 8)?;
+    let mut keys = BTreeMap::new();
+    for _ in 0..n {
+        let key = d.bytes()?;
+        let ne = d.u32()?;
+        let ne = d.count(ne as u64, 13)?;
+        let mut hist = Vec::with_capacity(ne);
+        for _ in 0..ne {
+            let rev = d.i64()?;
+            let sub = d.u32()?;
+            let kv = match d.u8()? {
+                0 => None,
+                1 => Some(Arc::new(KeyValue {
+                    key: key.clone(),
+                    create_revision: d.i64()?,
+                    mod_revision: rev,
+                    version: d.i64()?,
+                    lease: d.i64()?,
+                    value: d.bytes()?,
+                })),
+                f => return Err(format!("bad entry flag {f}")),
+            };
+            hist.push(Entry { rev, sub, kv });
+        }
+        if let Some(kv) = hist.last().and_then(|e| e.kv.as_ref()) {
+            if kv.lease != 0 {
+                match m.leases.get_mut(&kv.lease) {
+                    Some(l) => {
+                        l.keys.insert(key.clone());
+                    }
+                    None => return Err(format!("key attached to unknown lease {}", kv.lease)),
+                }
+            }
+        }
+        keys.insert(key, hist);
+    }
+    d.done()?;
+    m.keys = keys;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_roundtrip() {
+        let b = Batch {
+            rev: 7,
+            grants: vec![(5, 10)],
+            changes: vec![
+                Change::Put { key: "a".into(), value: "1".into(), lease: 5 },
+                Change::Delete { key: "b".into() },
+            ],
+            revokes: vec![9],
+            compact: Some(3),
+        };
+        let rec = encode_record(&b);
+        let mut seen = Vec::new();
+        let tail = parse_log(&rec, |_, p| {
+            seen.push(decode_batch(p)?);
+            Ok(())
+        });
+        assert!(matches!(tail, LogTail::Clean));
+        assert_eq!(seen, vec![b]);
+    }
+
+    #[test]
+    fn torn_and_corrupt_are_told_apart() {
+        let b = Batch { rev: 1, changes: vec![Change::Delete { key: "k".into() }], ..Default::default() };
+        let rec = encode_record(&b);
+        let mut two = rec.clone();
+        two.extend_from_slice(&rec);
+        // Cut the second record short: torn at the start of the second record.
+        let cut = &two[..two.len() - 3];
+        assert!(matches!(parse_log(cut, |_, _| Ok(())), LogTail::Torn { offset } if offset == rec.len() as u64));
+        // Flip a byte in the first record: corrupt, since a valid record follows.
+        let mut bad = two.clone();
+        bad[RECORD_HEADER + 2] ^= 0xff;
+        assert!(matches!(parse_log(&bad, |_, _| Ok(())), LogTail::Corrupt { offset: 0, .. }));
+        // Flip a byte in the last record: torn.
+        let mut bad_tail = two.clone();
+        let n = bad_tail.len();
+        bad_tail[n - 1] ^= 0xff;
+        assert!(matches!(parse_log(&bad_tail, |_, _| Ok(())), LogTail::Torn { .. }));
+    }
+}

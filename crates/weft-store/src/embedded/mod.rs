@@ -1,0 +1,812 @@
+//! The embedded engine: the default [`Store`], durable in a data directory.
+//!
+//! State lives in memory as a multi-version index ([`mvcc`]); every write is appended to a
+//! checksummed log before it is acknowledged, and the log is periodically replaced by a snapshot.
+//! Reads and watches only ever see revisions whose log records are durable, so nothing a client
+//! observed can be lost by a crash. See `ARCHITECTURE.md` for the invariants.
+
+mod codec;
+mod mvcc;
+mod wal;
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::{Duration, Instant};
+
+use self::mvcc::{Mvcc, Writer};
+use self::wal::Log;
+use crate::types::*;
+use crate::watch::{EventType, WatchControl, WatchRequest, WatchResponse, WatchStream};
+use crate::{check_key, check_size, check_txn, Limits, Result, Store, StoreError};
+
+/// When a write is acknowledged relative to `fsync`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every write gets its own `fsync` before it is acknowledged.
+    Always,
+    /// Concurrent writes share one `fsync`; none is acknowledged before the `fsync` that covers
+    /// it. As safe as `Always`, much faster under concurrency. The default.
+    #[default]
+    Group,
+    /// Writes reach the OS (they survive a process crash) but are never `fsync`ed: a power loss
+    /// or kernel crash can lose acknowledged writes. For development only.
+    None,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "always" => Ok(Durability::Always),
+            "group" => Ok(Durability::Group),
+            "none" => Ok(Durability::None),
+            other => Err(format!("unknown fsync mode {other:?}; allowed: always, group, none")),
+        }
+    }
+}
+
+/// Automatic compaction policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AutoCompact {
+    /// Never compact automatically.
+    Off,
+    /// Keep at least this many revisions of history (checked every `check_every`).
+    Revisions(i64),
+    /// Keep at least this much time of history (sampled every tenth of it, as etcd's periodic
+    /// mode).
+    Period(Duration),
+}
+
+/// Settings of the embedded engine.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// fsync policy.
+    pub durability: Durability,
+    /// Request limits.
+    pub limits: Limits,
+    /// Write a snapshot and start a new log after this many log bytes.
+    pub snapshot_bytes: u64,
+    /// Responses buffered per watcher before the watcher waits (it then catches up from history).
+    pub watch_buffer: usize,
+    /// Interval of progress notifications for watches that ask for them.
+    pub progress_interval: Duration,
+    /// Automatic compaction.
+    pub auto_compact: AutoCompact,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Group,
+            limits: Limits::default(),
+            snapshot_bytes: 64 * 1024 * 1024,
+            watch_buffer: 64,
+            progress_interval: Duration::from_secs(600),
+            auto_compact: AutoCompact::Revisions(100_000),
+        }
+    }
+}
+
+/// Counters of the write path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Log records written.
+    pub records: u64,
+    /// `fsync` calls made (fewer than records under group commit).
+    pub fsyncs: u64,
+}
+
+/// The embedded store. Dropping it (or [`Embedded::close`]) flushes the log and releases the
+/// data directory.
+pub struct Embedded {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: RwLock<Mvcc>,
+    log: Arc<Log>,
+    opts: Options,
+    dir: PathBuf,
+    lock: Mutex<Option<File>>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+    closed: AtomicBool,
+    closed_tx: watch::Sender<bool>,
+    lease_wake: Arc<Notify>,
+}
+
+impl std::fmt::Debug for Embedded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedded").field("dir", &self.inner.dir).finish()
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    if f.try_lock().is_err() {
+        let mut owner = String::new();
+        let _ = f.read_to_string(&mut owner);
+        let owner = owner.trim();
+        let who = if owner.is_empty() { String::new() } else { format!(" (pid {owner})") };
+        return Err(StoreError::Locked(format!("{}{who}", dir.display())));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    let _ = f.sync_all();
+    Ok(f)
+}
+
+impl Embedded {
+    /// Opens (or creates) a store in `dir`, recovering its state. Fails with
+    /// [`StoreError::Locked`] if another process uses the directory and with
+    /// [`StoreError::Corrupt`] if its files are damaged beyond a torn last record.
+    pub async fn open(dir: impl AsRef<Path>, opts: Options) -> Result<Self> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
+        let lock = lock_dir(&dir)?;
+        let rec = wal::recover(&dir, Instant::now())?;
+        let log = Arc::new(Log::new(rec.gen, rec.state.rev, opts.snapshot_bytes, rec.bytes));
+        log.disk_bytes.store(rec.bytes, Ordering::Relaxed);
+        let (closed_tx, _) = watch::channel(false);
+        let flusher = {
+            let log = log.clone();
+            let dir = dir.clone();
+            let mode = opts.durability;
+            let file = rec.file;
+            std::thread::Builder::new()
+                .name("weft-wal".into())
+                .spawn(move || log.run(dir, file, mode))
+                .map_err(|e| StoreError::Storage(format!("cannot start log thread: {e}")))?
+        };
+        let inner = Arc::new(Inner {
+            state: RwLock::new(rec.state),
+            log,
+            opts,
+            dir,
+            lock: Mutex::new(Some(lock)),
+            flusher: Mutex::new(Some(flusher)),
+            closed: AtomicBool::new(false),
+            closed_tx,
+            lease_wake: Arc::new(Notify::new()),
+        });
+        tokio::spawn(lease_expiry(Arc::downgrade(&inner), inner.lease_wake.clone(), inner.closed_tx.subscribe()));
+        if inner.opts.auto_compact != AutoCompact::Off {
+            tokio::spawn(auto_compact(Arc::downgrade(&inner), inner.closed_tx.subscribe()));
+        }
+        Ok(Embedded { inner })
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Write-path counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            records: self.inner.log.records.load(Ordering::Relaxed),
+            fsyncs: self.inner.log.fsyncs.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Writes a snapshot now and starts a new log (normally done automatically by size).
+    pub async fn snapshot(&self) -> Result<()> {
+        let seq = {
+            let st = self.inner.state.read().expect("state poisoned");
+            self.inner.log.snapshot_now(&st)
+        };
+        self.inner.wait_durable(seq).await
+    }
+
+    /// Flushes the log, stops background tasks and watches, and releases the data directory.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.inner.close();
+    }
+}
+
+impl Inner {
+    fn close(&self) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.closed_tx.send_replace(true);
+        self.log.shutdown();
+        if let Some(t) = self.flusher.lock().expect("poisoned").take() {
+            let _ = t.join();
+        }
+        self.lock.lock().expect("poisoned").take();
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        if let Some(f) = &self.log.durable.borrow().failed {
+            return Err(StoreError::Storage(f.clone()));
+        }
+        Ok(())
+    }
+
+    /// The newest revision whose log records are durable: what reads see.
+    fn visible(&self) -> i64 {
+        self.log.durable.borrow().rev
+    }
+
+    async fn wait_durable(&self, seq: u64) -> Result<()> {
+        let mut rx = self.log.durable.subscribe();
+        let d = rx
+            .wait_for(|d| d.seq >= seq || d.failed.is_some())
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if d.seq >= seq {
+            return Ok(());
+        }
+        Err(StoreError::Storage(d.failed.clone().unwrap_or_default()))
+    }
+
+    /// Runs one write: `f` validates, then mutates through the writer; the batch is logged and
+    /// the call returns once it is durable. Returns `f`'s output and the revision after.
+    async fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<(T, i64)> {
+        self.check_writable()?;
+        let (out, rev, seq) = {
+            let mut st = self.state.write().expect("state poisoned");
+            let mut w = Writer::new(&mut st, Instant::now());
+            let out = f(&mut w)?;
+            let batch = w.finish();
+            let rev = st.rev;
+            let seq = match batch {
+                Some(b) => self.log.append(&st, &b),
+                None => self.log.last_seq(),
+            };
+            (out, rev, seq)
+        };
+        self.wait_durable(seq).await?;
+        Ok((out, rev))
+    }
+}
+
+fn do_range(st: &Mvcc, req: &RangeRequest, rev: i64, header_rev: i64) -> RangeResponse {
+    let mut kvs = Vec::new();
+    let mut count = 0i64;
+    for kv in st.live_at(&req.range, rev) {
+        count += 1;
+        if !req.count_only && (req.limit == 0 || (kvs.len() as i64) < req.limit) {
+            let mut kv = (**kv).clone();
+            if req.keys_only {
+                kv.value = Default::default();
+            }
+            kvs.push(kv);
+        }
+    }
+    RangeResponse {
+        header: ResponseHeader { revision: header_rev },
+        more: req.limit > 0 && count > req.limit,
+        kvs,
+        count,
+    }
+}
+
+fn check_range(req: &RangeRequest) -> Result<()> {
+    check_key(&req.range.key)?;
+    if req.limit < 0 {
+        return Err(StoreError::InvalidArgument(format!("limit {} must be >= 0", req.limit)));
+    }
+    if req.revision < 0 {
+        return Err(StoreError::InvalidArgument(format!("revision {} must be >= 0", req.revision)));
+    }
+    Ok(())
+}
+
+fn compare_holds(st: &Mvcc, c: &Compare) -> bool {
+    let mut any = false;
+    for kv in st.live_at(&c.range, i64::MAX) {
+        any = true;
+        if !compare_kv(c, kv) {
+            return false;
+        }
+    }
+    if any {
+        return true;
+    }
+    // etcd: a value compare on a missing key always fails; others compare against zeroes.
+    if matches!(c.target, CompareTarget::Value(_)) {
+        return false;
+    }
+    compare_kv(c, &KeyValue::default())
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering as O;
+    let ord = match &c.target {
+        CompareTarget::Value(v) => kv.value[..].cmp(&v[..]),
+        CompareTarget::Version(n) => kv.version.cmp(n),
+        CompareTarget::CreateRevision(n) => kv.create_revision.cmp(n),
+        CompareTarget::ModRevision(n) => kv.mod_revision.cmp(n),
+        CompareTarget::Lease(n) => kv.lease.cmp(n),
+    };
+    match c.op {
+        CompareOp::Equal => ord == O::Equal,
+        CompareOp::NotEqual => ord != O::Equal,
+        CompareOp::Less => ord == O::Less,
+        CompareOp::Greater => ord == O::Greater,
+    }
+}
+
+/// Validates a branch before anything is applied (etcd's checks: leases exist, no key written
+/// twice, readable revisions).
+fn check_branch(st: &Mvcc, ops: &[TxnOp]) -> Result<()> {
+    let mut puts: HashSet<&[u8]> = HashSet::new();
+    let mut dels: Vec<&KeyRange> = Vec::new();
+    for op in ops {
+        match op {
+            TxnOp::Put(p) => {
+                if p.lease != 0 && !st.leases.contains_key(&p.lease) {
+                    return Err(StoreError::LeaseNotFound(p.lease));
+                }
+                if !puts.insert(&p.key[..]) {
+                    return Err(StoreError::DuplicateKey);
+                }
+            }
+            TxnOp::Delete(d) => dels.push(&d.range),
+            TxnOp::Range(r) => {
+                check_range(r)?;
+                if r.revision != 0 {
+                    st.check_read_rev(r.revision, st.rev)?;
+                }
+            }
+        }
+    }
+    if puts.iter().any(|k| dels.iter().any(|d| d.contains(k))) {
+        return Err(StoreError::DuplicateKey);
+    }
+    Ok(())
+}
+
+struct Ctl {
+    progress: Notify,
+    cancel: Notify,
+    cancelled: AtomicBool,
+}
+
+impl WatchControl for Arc<Ctl> {
+    fn request_progress(&self) {
+        self.progress.notify_one();
+    }
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel.notify_one();
+    }
+}
+
+/// Most revisions packed into one watch response.
+const MAX_REVS_PER_RESPONSE: i64 = 1000;
+
+async fn watcher(
+    inner: Arc<Inner>,
+    req: WatchRequest,
+    mut next: i64,
+    tx: mpsc::Sender<Result<WatchResponse>>,
+    ctl: Arc<Ctl>,
+) {
+    let mut durable = inner.log.durable.subscribe();
+    let mut closed = inner.closed_tx.subscribe();
+    let period = inner.opts.progress_interval;
+    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    loop {
+        if ctl.cancelled.load(Ordering::SeqCst) || *closed.borrow() {
+            return;
+        }
+        let vis = durable.borrow_and_update().rev;
+        while next <= vis {
+            let upto = vis.min(next + MAX_REVS_PER_RESPONSE - 1);
+            let evs = inner.state.read().expect("state poisoned").events(&req.range, next, upto);
+            let mut evs = match evs {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            evs.retain(|e| match e.kind {
+                EventType::Put => !req.no_put,
+                EventType::Delete => !req.no_delete,
+            });
+            if !req.prev_kv {
+                for e in &mut evs {
+                    e.prev_kv = None;
+                }
+            }
+            next = upto + 1;
+            if !evs.is_empty() {
+                tokio::select! {
+                    r = tx.send(Ok(WatchResponse { revision: vis, events: evs })) => if r.is_err() { return },
+                    _ = ctl.cancel.notified() => return,
+                    _ = closed.changed() => return,
+                }
+            }
+        }
+        tokio::select! {
+            r = durable.changed() => if r.is_err() { return },
+            _ = ctl.progress.notified() => {
+                if tx.send(Ok(WatchResponse { revision: vis, events: Vec::new() })).await.is_err() { return }
+            }
+            _ = ticker.tick(), if req.progress_notify => {
+                if tx.send(Ok(WatchResponse { revision: vis, events: Vec::new() })).await.is_err() { return }
+            }
+            _ = ctl.cancel.notified() => return,
+            _ = tx.closed() => return,
+            _ = closed.changed() => {
+                let _ = tx.try_send(Err(StoreError::Closed));
+                return;
+            }
+        }
+    }
+}
+
+async fn lease_expiry(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::Receiver<bool>) {
+    loop {
+        let next = {
+            let Some(inner) = inner.upgrade() else { return };
+            let now = Instant::now();
+            let expired = inner.state.read().expect("state poisoned").expired(now);
+            for id in expired {
+                match inner.write(|w| Ok(w.revoke(id))).await {
+                    Ok(_) => tracing::debug!(lease = id, "lease expired"),
+                    Err(e) => {
+                        tracing::warn!(lease = id, error = %e, "cannot expire lease");
+                        return;
+                    }
+                }
+            }
+            let next = inner.state.read().expect("state poisoned").next_deadline();
+            next
+        };
+        let far = Instant::now() + Duration::from_secs(3600);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.unwrap_or(far)) => {}
+            _ = wake.notified() => {}
+            _ = closed.changed() => return,
+        }
+    }
+}
+
+async fn auto_compact(inner: Weak<Inner>, mut closed: watch::Receiver<bool>) {
+    let Some(policy) = inner.upgrade().map(|i| i.opts.auto_compact) else { return };
+    let every = match policy {
+        AutoCompact::Off => return,
+        AutoCompact::Revisions(_) => Duration::from_secs(60),
+        AutoCompact::Period(p) => (p / 10).max(Duration::from_millis(100)),
+    };
+    let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
+    let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = closed.changed() => return,
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let (vis, compacted) = (inner.visible(), inner.state.read().expect("state poisoned").compact_rev);
+        let target = match policy {
+            AutoCompact::Off => return,
+            AutoCompact::Revisions(keep) => vis - keep,
+            AutoCompact::Period(p) => {
+                let now = Instant::now();
+                samples.push_back((now, vis));
+                let mut target = 0;
+                while let Some((t, r)) = samples.front().copied() {
+                    if now.duration_since(t) >= p {
+                        target = r;
+                        samples.pop_front();
+                    } else {
+                        break;
+                    }
+                }
+                target
+            }
+        };
+        if target > compacted {
+            match Store::compact(&EmbeddedRef(inner.clone()), target).await {
+                Ok(_) => tracing::info!(revision = target, "auto-compacted"),
+                Err(e) => tracing::warn!(error = %e, "auto-compaction failed"),
+            }
+        }
+    }
+}
+
+/// The store implementation, shared by [`Embedded`] and internal tasks.
+struct EmbeddedRef(Arc<Inner>);
+
+#[async_trait]
+impl Store for Embedded {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        EmbeddedRef(self.inner.clone()).range(req).await
+    }
+    async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        EmbeddedRef(self.inner.clone()).put(req).await
+    }
+    async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        EmbeddedRef(self.inner.clone()).delete(req).await
+    }
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        EmbeddedRef(self.inner.clone()).txn(req).await
+    }
+    async fn compact(&self, revision: i64) -> Result<CompactResponse> {
+        EmbeddedRef(self.inner.clone()).compact(revision).await
+    }
+    async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
+        EmbeddedRef(self.inner.clone()).lease_grant(ttl, id).await
+    }
+    async fn lease_revoke(&self, id: i64) -> Result<ResponseHeader> {
+        EmbeddedRef(self.inner.clone()).lease_revoke(id).await
+    }
+    async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        EmbeddedRef(self.inner.clone()).lease_keep_alive(id).await
+    }
+    async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
+        EmbeddedRef(self.inner.clone()).lease_time_to_live(id, keys).await
+    }
+    async fn lease_list(&self) -> Result<Vec<i64>> {
+        EmbeddedRef(self.inner.clone()).lease_list().await
+    }
+    async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        EmbeddedRef(self.inner.clone()).watch(req).await
+    }
+    async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {
+        EmbeddedRef(self.inner.clone()).hash_kv(revision).await
+    }
+    async fn status(&self) -> Result<StatusResponse> {
+        EmbeddedRef(self.inner.clone()).status().await
+    }
+    fn limits(&self) -> Limits {
+        self.inner.opts.limits
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedRef {
+    async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
+        check_range(&req)?;
+        let vis = self.0.visible();
+        let st = self.0.state.read().expect("state poisoned");
+        let rev = if req.revision == 0 {
+            vis
+        } else {
+            st.check_read_rev(req.revision, vis)?;
+            req.revision
+        };
+        Ok(do_range(&st, &req, rev, vis))
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        check_key(&req.key)?;
+        let limits = self.0.opts.limits;
+        check_size(req.key.len() + req.value.len(), &limits)?;
+        let PutRequest { key, value, lease, prev_kv } = req;
+        let (prev, rev) = self
+            .0
+            .write(|w| {
+                if lease != 0 && !w.m.leases.contains_key(&lease) {
+                    return Err(StoreError::LeaseNotFound(lease));
+                }
+                Ok(w.put(key, value, lease))
+            })
+            .await?;
+        Ok(PutResponse { header: ResponseHeader { revision: rev }, prev_kv: prev.filter(|_| prev_kv) })
+    }
+
+    async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        check_key(&req.range.key)?;
+        let (prevs, rev) = self.0.write(|w| Ok(w.delete_range(&req.range))).await?;
+        Ok(DeleteResponse {
+            header: ResponseHeader { revision: rev },
+            deleted: prevs.len() as i64,
+            prev_kvs: if req.prev_kv { prevs } else { Vec::new() },
+        })
+    }
+
+    async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        check_txn(&req, &self.0.opts.limits)?;
+        let ((succeeded, responses), rev) = self
+            .0
+            .write(|w| {
+                let succeeded = req.compare.iter().all(|c| compare_holds(w.m, c));
+                let ops = if succeeded { &req.success } else { &req.failure };
+                check_branch(w.m, ops)?;
+                let mut out = Vec::with_capacity(ops.len());
+                for op in ops {
+                    out.push(match op {
+                        TxnOp::Range(r) => {
+                            let rev = if r.revision == 0 { i64::MAX } else { r.revision };
+                            // The header is fixed up below, once the txn's revision is known.
+                            TxnOpResponse::Range(do_range(w.m, r, rev, 0))
+                        }
+                        TxnOp::Put(p) => {
+                            let prev = w.put(p.key.clone(), p.value.clone(), p.lease);
+                            TxnOpResponse::Put(PutResponse {
+                                header: ResponseHeader::default(),
+                                prev_kv: prev.filter(|_| p.prev_kv),
+                            })
+                        }
+                        TxnOp::Delete(d) => {
+                            let prevs = w.delete_range(&d.range);
+                            TxnOpResponse::Delete(DeleteResponse {
+                                header: ResponseHeader::default(),
+                                deleted: prevs.len() as i64,
+                                prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
+                            })
+                        }
+                    });
+                }
+                Ok((succeeded, out))
+            })
+            .await?;
+        let header = ResponseHeader { revision: rev };
+        let responses = responses
+            .into_iter()
+            .map(|r| match r {
+                TxnOpResponse::Range(x) => TxnOpResponse::Range(RangeResponse { header, ..x }),
+                TxnOpResponse::Put(x) => TxnOpResponse::Put(PutResponse { header, ..x }),
+                TxnOpResponse::Delete(x) => TxnOpResponse::Delete(DeleteResponse { header, ..x }),
+            })
+            .collect();
+        Ok(TxnResponse { header, succeeded, responses })
+    }
+
+    async fn compact(&self, revision: i64) -> Result<CompactResponse> {
+        let vis = self.0.visible();
+        let ((), rev) = self
+            .0
+            .write(|w| {
+                if revision <= w.m.compact_rev {
+                    return Err(StoreError::Compacted { requested: revision, compact_revision: w.m.compact_rev });
+                }
+                if revision > vis {
+                    return Err(StoreError::FutureRevision { requested: revision, current: vis });
+                }
+                w.compact(revision);
+                Ok(())
+            })
+            .await?;
+        Ok(CompactResponse { header: ResponseHeader { revision: rev } })
+    }
+
+    async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
+        let limits = self.0.opts.limits;
+        if ttl > limits.max_lease_ttl {
+            return Err(StoreError::LeaseTtlTooLarge { ttl, max: limits.max_lease_ttl });
+        }
+        if id < 0 {
+            return Err(StoreError::InvalidArgument(format!("lease id {id} must be >= 0 (0 picks one)")));
+        }
+        let ttl = ttl.max(limits.min_lease_ttl);
+        let (id, rev) = self
+            .0
+            .write(|w| {
+                if id != 0 && w.m.leases.contains_key(&id) {
+                    return Err(StoreError::LeaseExists(id));
+                }
+                let id = if id == 0 { w.m.new_lease_id() } else { id };
+                w.grant(id, ttl);
+                Ok(id)
+            })
+            .await?;
+        self.0.lease_wake.notify_one();
+        Ok(LeaseGrantResponse { header: ResponseHeader { revision: rev }, id, ttl })
+    }
+
+    async fn lease_revoke(&self, id: i64) -> Result<ResponseHeader> {
+        let ((), rev) = self
+            .0
+            .write(|w| if w.revoke(id) { Ok(()) } else { Err(StoreError::LeaseNotFound(id)) })
+            .await?;
+        Ok(ResponseHeader { revision: rev })
+    }
+
+    async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
+        self.0.check_writable()?;
+        let now = Instant::now();
+        let mut st = self.0.state.write().expect("state poisoned");
+        let rev = st.rev;
+        match st.leases.get_mut(&id) {
+            Some(l) if l.deadline > now => {
+                l.deadline = now + Duration::from_secs(l.ttl as u64);
+                Ok(LeaseKeepAliveResponse { header: ResponseHeader { revision: rev }, id, ttl: l.ttl })
+            }
+            _ => Err(StoreError::LeaseNotFound(id)),
+        }
+    }
+
+    async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
+        let vis = self.0.visible();
+        let st = self.0.state.read().expect("state poisoned");
+        let l = st.leases.get(&id).ok_or(StoreError::LeaseNotFound(id))?;
+        let remaining = l.deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
+        Ok(LeaseTimeToLiveResponse {
+            header: ResponseHeader { revision: vis },
+            id,
+            ttl: remaining,
+            granted_ttl: l.ttl,
+            keys: if keys { l.keys.iter().cloned().collect() } else { Vec::new() },
+        })
+    }
+
+    async fn lease_list(&self) -> Result<Vec<i64>> {
+        let st = self.0.state.read().expect("state poisoned");
+        let mut ids: Vec<i64> = st.leases.keys().copied().collect();
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    async fn watch(&self, req: WatchRequest) -> Result<WatchStream> {
+        check_key(&req.range.key)?;
+        if req.start_revision < 0 {
+            return Err(StoreError::InvalidArgument(format!(
+                "start revision {} must be >= 0",
+                req.start_revision
+            )));
+        }
+        self.0.check_writable()?;
+        let start = if req.start_revision == 0 { self.0.visible() + 1 } else { req.start_revision };
+        let (tx, rx) = mpsc::channel(self.0.opts.watch_buffer.max(1));
+        let ctl = Arc::new(Ctl { progress: Notify::new(), cancel: Notify::new(), cancelled: AtomicBool::new(false) });
+        tokio::spawn(watcher(self.0.clone(), req, start, tx, ctl.clone()));
+        Ok(WatchStream::new(rx, Box::new(ctl)))
+    }
+
+    async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {
+        let vis = self.0.visible();
+        let st = self.0.state.read().expect("state poisoned");
+        let rev = if revision == 0 {
+            vis
+        } else {
+            st.check_read_rev(revision, vis)?;
+            revision
+        };
+        Ok(HashKvResponse {
+            header: ResponseHeader { revision: vis },
+            hash: st.hash_at(rev),
+            compact_revision: st.compact_rev,
+            hash_revision: rev,
+        })
+    }
+
+    async fn status(&self) -> Result<StatusResponse> {
+        let vis = self.0.visible();
+        let compact_revision = self.0.state.read().expect("state poisoned").compact_rev;
+        Ok(StatusResponse {
+            header: ResponseHeader { revision: vis },
+            compact_revision,
+            db_size: self.0.log.disk_bytes.load(Ordering::Relaxed) as i64,
+            version: format!("weft-embedded {}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    fn limits(&self) -> Limits {
+        self.0.opts.limits
+    }
+}
+
+#[cfg(test)]
+mod tests;

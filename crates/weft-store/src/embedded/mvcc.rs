@@ -1,0 +1,403 @@
+//! The in-memory multi-version index: every key's history since the compaction point, the
+//! leases, and a ring of recent events for watchers.
+//!
+//! Invariants:
+//! - `rev` is the revision of the last applied change; it grows by one per batch that changes at
+//!   least one key, never otherwise.
+//! - Each key's history is sorted by revision, holds at most one entry per revision, and keeps the
+//!   newest entry at or below `compact_rev` (unless that entry is a tombstone).
+//! - A lease's key set is exactly the live keys whose latest entry names that lease.
+//! - `recent` holds the events of consecutive revisions ending at `rev`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::{Duration, Instant};
+
+use crate::types::{KeyRange, KeyValue, RANGE_END_ALL};
+use crate::watch::{Event, EventType};
+use crate::{Result, StoreError};
+
+/// One version of a key; `kv: None` is a tombstone.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    pub rev: i64,
+    pub sub: u32,
+    pub kv: Option<Arc<KeyValue>>,
+}
+
+/// A live lease.
+#[derive(Clone, Debug)]
+pub(crate) struct Lease {
+    pub ttl: i64,
+    pub deadline: Instant,
+    pub keys: BTreeSet<Bytes>,
+}
+
+/// One logged change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Change {
+    Put { key: Bytes, value: Bytes, lease: i64 },
+    Delete { key: Bytes },
+}
+
+/// Everything one write did, as logged: replaying it on the state it was made on yields the
+/// same state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Batch {
+    /// Store revision after the batch.
+    pub rev: i64,
+    pub grants: Vec<(i64, i64)>,
+    pub changes: Vec<Change>,
+    pub revokes: Vec<i64>,
+    pub compact: Option<i64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
+            && self.changes.is_empty()
+            && self.revokes.is_empty()
+            && self.compact.is_none()
+    }
+}
+
+/// How many revisions of events the ring keeps for synced watchers.
+const RECENT_REVISIONS: usize = 8192;
+
+#[derive(Debug, Default)]
+pub(crate) struct Mvcc {
+    pub keys: BTreeMap<Bytes, Vec<Entry>>,
+    pub rev: i64,
+    pub compact_rev: i64,
+    pub leases: HashMap<i64, Lease>,
+    pub recent: VecDeque<(i64, Arc<[Event]>)>,
+    pub lease_counter: u64,
+}
+
+fn range_bounds(range: &KeyRange) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+    let start = &range.key[..];
+    if range.range_end.is_empty() {
+        return Some((Bound::Included(start), Bound::Included(start)));
+    }
+    if &range.range_end[..] == RANGE_END_ALL {
+        return Some((Bound::Included(start), Bound::Unbounded));
+    }
+    if start >= &range.range_end[..] {
+        return None;
+    }
+    Some((Bound::Included(start), Bound::Excluded(&range.range_end[..])))
+}
+
+/// The entry visible at `rev` in a history.
+fn at(hist: &[Entry], rev: i64) -> Option<&Arc<KeyValue>> {
+    if let Some(last) = hist.last() {
+        if last.rev <= rev {
+            return last.kv.as_ref();
+        }
+    }
+    let idx = hist.partition_point(|e| e.rev <= rev);
+    if idx == 0 {
+        None
+    } else {
+        hist[idx - 1].kv.as_ref()
+    }
+}
+
+impl Mvcc {
+    /// Iterate over the histories of the keys in `range`.
+    pub fn histories<'a>(
+        &'a self,
+        range: &'a KeyRange,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a Vec<Entry>)> + 'a {
+        range_bounds(range)
+            .map(|b| self.keys.range::<[u8], _>(b))
+            .into_iter()
+            .flatten()
+    }
+
+    /// Live pairs in `range` at `rev` (`i64::MAX`: the latest applied, including a write
+    /// in progress).
+    pub fn live_at<'a>(
+        &'a self,
+        range: &'a KeyRange,
+        rev: i64,
+    ) -> impl Iterator<Item = &'a Arc<KeyValue>> + 'a {
+        self.histories(range).filter_map(move |(_, h)| at(h, rev))
+    }
+
+    /// Checks that `rev` (non-zero) can be read given the readable head `head`.
+    pub fn check_read_rev(&self, rev: i64, head: i64) -> Result<()> {
+        if rev > head {
+            return Err(StoreError::FutureRevision { requested: rev, current: head });
+        }
+        if rev < self.compact_rev {
+            return Err(StoreError::Compacted { requested: rev, compact_revision: self.compact_rev });
+        }
+        Ok(())
+    }
+
+    /// Events of revisions `from..=to` for keys in `range`, in revision order.
+    pub fn events(&self, range: &KeyRange, from: i64, to: i64) -> Result<Vec<Event>> {
+        if from < self.compact_rev {
+            return Err(StoreError::Compacted { requested: from, compact_revision: self.compact_rev });
+        }
+        if from > to {
+            return Ok(Vec::new());
+        }
+        // Synced path: the ring covers `from`.
+        if let Some((front, _)) = self.recent.front() {
+            if *front <= from {
+                let start = (from - front) as usize;
+                let mut out = Vec::new();
+                for (rev, evs) in self.recent.iter().skip(start) {
+                    if *rev > to {
+                        break;
+                    }
+                    out.extend(evs.iter().filter(|e| range.contains(&e.kv.key)).cloned());
+                }
+                return Ok(out);
+            }
+        }
+        // Unsynced path: rebuild the events from the key histories.
+        let mut out: Vec<(i64, u32, Event)> = Vec::new();
+        for (key, hist) in self.histories(range) {
+            let start = hist.partition_point(|e| e.rev < from);
+            for i in start..hist.len() {
+                let e = &hist[i];
+                if e.rev > to {
+                    break;
+                }
+                let prev = if i > 0 { hist[i - 1].kv.as_deref().cloned() } else { None };
+                out.push((e.rev, e.sub, make_event(key, e, prev)));
+            }
+        }
+        out.sort_by_key(|(r, s, _)| (*r, *s));
+        Ok(out.into_iter().map(|(_, _, e)| e).collect())
+    }
+
+    /// Drops history before `rev` (keeping the newest live entry at or below it).
+    pub fn compact(&mut self, rev: i64) {
+        self.keys.retain(|_, hist| {
+            let idx = hist.partition_point(|e| e.rev <= rev);
+            let keep_from = if idx > 0 && hist[idx - 1].kv.is_some() { idx - 1 } else { idx };
+            hist.drain(..keep_from);
+            !hist.is_empty()
+        });
+        self.compact_rev = rev;
+        while self.recent.front().is_some_and(|(r, _)| *r < rev) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Digest of the live state at `rev`.
+    pub fn hash_at(&self, rev: i64) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        for kv in self.live_at(&KeyRange::all(), rev) {
+            h.update(&(kv.key.len() as u64).to_le_bytes());
+            h.update(&kv.key);
+            for n in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+                h.update(&n.to_le_bytes());
+            }
+            h.update(&(kv.value.len() as u64).to_le_bytes());
+            h.update(&kv.value);
+        }
+        h.finalize()
+    }
+
+    /// Picks an unused lease id.
+    pub fn new_lease_id(&mut self) -> i64 {
+        loop {
+            self.lease_counter += 1;
+            let millis = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let id = (((millis << 16) ^ self.lease_counter) & (i64::MAX as u64)) as i64;
+            if id != 0 && !self.leases.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Earliest lease deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.leases.values().map(|l| l.deadline).min()
+    }
+
+    /// Leases whose deadline has passed.
+    pub fn expired(&self, now: Instant) -> Vec<i64> {
+        let mut v: Vec<i64> =
+            self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Replays a logged batch.
+    pub fn replay(&mut self, batch: &Batch, now: Instant) -> std::result::Result<(), String> {
+        let mut w = Writer::new(self, now);
+        for (id, ttl) in &batch.grants {
+            w.grant(*id, *ttl);
+        }
+        for c in &batch.changes {
+            match c {
+                Change::Put { key, value, lease } => {
+                    if *lease != 0 && !w.m.leases.contains_key(lease) {
+                        return Err(format!("put of a key to unknown lease {lease}"));
+                    }
+                    w.put(key.clone(), value.clone(), *lease);
+                }
+                Change::Delete { key } => {
+                    w.delete_key(key);
+                }
+            }
+        }
+        for id in &batch.revokes {
+            w.m.leases.remove(id);
+            w.batch.revokes.push(*id);
+        }
+        if let Some(c) = batch.compact {
+            w.compact(c);
+        }
+        w.finish();
+        if self.rev != batch.rev {
+            return Err(format!("batch expected revision {} but replay reached {}", batch.rev, self.rev));
+        }
+        Ok(())
+    }
+}
+
+fn make_event(key: &Bytes, e: &Entry, prev: Option<KeyValue>) -> Event {
+    match &e.kv {
+        Some(kv) => Event { kind: EventType::Put, kv: (**kv).clone(), prev_kv: prev },
+        None => Event {
+            kind: EventType::Delete,
+            kv: KeyValue { key: key.clone(), mod_revision: e.rev, ..Default::default() },
+            prev_kv: prev,
+        },
+    }
+}
+
+/// Applies one write (all its changes at one revision) and records it as a [`Batch`].
+/// Callers validate first: a writer method never fails half-way.
+pub(crate) struct Writer<'a> {
+    pub m: &'a mut Mvcc,
+    pub batch: Batch,
+    now: Instant,
+    events: Vec<Event>,
+}
+
+impl<'a> Writer<'a> {
+    pub fn new(m: &'a mut Mvcc, now: Instant) -> Self {
+        Writer { m, batch: Batch::default(), now, events: Vec::new() }
+    }
+
+    /// The revision this write's changes get.
+    pub fn rev(&self) -> i64 {
+        self.m.rev + 1
+    }
+
+    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+        let rev = self.rev();
+        let sub = self.batch.changes.len() as u32;
+        let hist = self.m.keys.entry(key.clone()).or_default();
+        let prev = hist.last().and_then(|e| e.kv.as_deref().cloned());
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
+        };
+        let kv = Arc::new(KeyValue {
+            key: key.clone(),
+            create_revision,
+            mod_revision: rev,
+            version,
+            value: value.clone(),
+            lease,
+        });
+        hist.push(Entry { rev, sub, kv: Some(kv.clone()) });
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != lease {
+                if let Some(l) = self.m.leases.get_mut(&p.lease) {
+                    l.keys.remove(&key);
+                }
+            }
+        }
+        if lease != 0 {
+            if let Some(l) = self.m.leases.get_mut(&lease) {
+                l.keys.insert(key.clone());
+            }
+        }
+        self.events.push(Event { kind: EventType::Put, kv: (*kv).clone(), prev_kv: prev.clone() });
+        self.batch.changes.push(Change::Put { key, value, lease });
+        prev
+    }
+
+    /// Deletes one key if live; returns its previous pair.
+    pub fn delete_key(&mut self, key: &Bytes) -> Option<KeyValue> {
+        let rev = self.rev();
+        let sub = self.batch.changes.len() as u32;
+        let hist = self.m.keys.get_mut(&key[..])?;
+        let prev = hist.last()?.kv.as_deref().cloned()?;
+        hist.push(Entry { rev, sub, kv: None });
+        if prev.lease != 0 {
+            if let Some(l) = self.m.leases.get_mut(&prev.lease) {
+                l.keys.remove(key);
+            }
+        }
+        let e = Entry { rev, sub, kv: None };
+        self.events.push(make_event(key, &e, Some(prev.clone())));
+        self.batch.changes.push(Change::Delete { key: key.clone() });
+        Some(prev)
+    }
+
+    /// Deletes every live key in `range`; returns their previous pairs.
+    pub fn delete_range(&mut self, range: &KeyRange) -> Vec<KeyValue> {
+        let keys: Vec<Bytes> =
+            self.m.live_at(range, i64::MAX).map(|kv| kv.key.clone()).collect();
+        keys.iter().filter_map(|k| self.delete_key(k)).collect()
+    }
+
+    pub fn grant(&mut self, id: i64, ttl: i64) {
+        let deadline = self.now + Duration::from_secs(ttl as u64);
+        self.m.leases.insert(id, Lease { ttl, deadline, keys: BTreeSet::new() });
+        self.batch.grants.push((id, ttl));
+    }
+
+    /// Deletes the lease's keys and the lease. Returns false if it does not exist.
+    pub fn revoke(&mut self, id: i64) -> bool {
+        let Some(lease) = self.m.leases.get(&id) else { return false };
+        let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
+        for k in &keys {
+            self.delete_key(k);
+        }
+        self.m.leases.remove(&id);
+        self.batch.revokes.push(id);
+        true
+    }
+
+    pub fn compact(&mut self, rev: i64) {
+        self.m.compact(rev);
+        self.batch.compact = Some(rev);
+    }
+
+    /// Ends the write: bumps the revision if a key changed, records events. Returns the batch to
+    /// log, or `None` if nothing needs logging.
+    pub fn finish(self) -> Option<Batch> {
+        let Writer { m, mut batch, events, .. } = self;
+        if !batch.changes.is_empty() {
+            m.rev += 1;
+            m.recent.push_back((m.rev, events.into()));
+            if m.recent.len() > RECENT_REVISIONS {
+                m.recent.pop_front();
+            }
+        }
+        batch.rev = m.rev;
+        if batch.is_empty() {
+            None
+        } else {
+            Some(batch)
+        }
+    }
+}
