@@ -380,8 +380,10 @@ pub async fn limits(s: &dyn Store) {
 
 /// Instantiates the whole suite as `#[tokio::test]`s for a backend.
 ///
-/// `$factory` is an async expression evaluating to `(store, guard)`, where the store implements
-/// [`Store`] and the guard is kept alive for the test (e.g. a temp dir or a server process).
+/// `$factory` is an async expression evaluating to `Option<(store, guard)>`, where the store
+/// implements [`Store`] and the guard is kept alive for the test (e.g. a temp dir or a server
+/// process). `None` means the backend is not available here (the factory decides whether that
+/// is allowed, e.g. never under `CI=true`) and the case returns after saying so.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
@@ -393,7 +395,10 @@ macro_rules! conformance_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                let (store, _guard) = $factory.await;
+                let Some((store, _guard)) = $factory.await else {
+                    eprintln!("backend not available: case skipped");
+                    return;
+                };
                 $crate::conformance::$name(&store).await;
             }
         )*
