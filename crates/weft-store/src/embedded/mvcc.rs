@@ -207,7 +207,8 @@ impl Mvcc {
         h.finalize()
     }
 
-    /// Picks an unused lease id.
+    /// Picks an unused lease id. Ids stay below 2^53 so that JSON clients (JavaScript numbers)
+    /// keep them exact.
     pub fn new_lease_id(&mut self) -> i64 {
         loop {
             self.lease_counter += 1;
@@ -215,7 +216,7 @@ impl Mvcc {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let id = (((millis << 16) ^ self.lease_counter) & (i64::MAX as u64)) as i64;
+            let id = (((millis << 8) ^ self.lease_counter) & ((1u64 << 53) - 1)) as i64;
             if id != 0 && !self.leases.contains_key(&id) {
                 return id;
             }

@@ -1,0 +1,93 @@
+//! A throw-away single-member etcd for tests: the Debian `etcd` binary on free loopback ports
+//! with a temp data dir, killed on drop.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running etcd test server.
+#[derive(Debug)]
+pub struct EtcdServer {
+    child: Child,
+    dir: PathBuf,
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The etcd binary: `$ETCD_BIN`, else `etcd` on the PATH.
+pub fn etcd_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("ETCD_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|d| d.join("etcd")).find(|p| p.is_file())
+    })
+}
+
+impl EtcdServer {
+    /// Starts etcd, or returns `None` if it is not installed and `CI` is not `true`.
+    /// Under `CI=true` a missing binary panics: CI must never skip these tests silently.
+    pub async fn start_or_skip() -> Option<EtcdServer> {
+        let Some(bin) = etcd_binary() else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("etcd is not installed but CI=true: install etcd-server (apt-get install etcd-server)");
+            }
+            eprintln!("etcd not found (apt-get install etcd-server); skipping etcd-backed test");
+            return None;
+        };
+        Some(Self::start(bin).await)
+    }
+
+    /// Starts etcd from `bin` and waits until it answers.
+    pub async fn start(bin: PathBuf) -> EtcdServer {
+        let dir = std::env::temp_dir().join(format!("weft-etcd-{}-{}", std::process::id(), free_port()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for attempt in 0..5 {
+            let (client, peer) = (free_port(), free_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let child = Command::new(&bin)
+                .args(["--name", "weft-test", "--data-dir"])
+                .arg(&dir)
+                .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("weft-test={peer_url}")])
+                .args(["--log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut server = EtcdServer { child, dir: dir.clone(), endpoint };
+            for _ in 0..100 {
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break;
+                }
+                if let Ok(mut c) = etcd_client::Client::connect([&server.endpoint], None).await {
+                    if c.status().await.is_ok() {
+                        return server;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            tracing::warn!(attempt, "etcd did not come up; retrying on other ports");
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+            std::mem::forget(server);
+        }
+        panic!("etcd did not start after 5 attempts");
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
