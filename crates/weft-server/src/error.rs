@@ -1,0 +1,93 @@
+//! API errors: JSON bodies with a stable code, a message and whether a retry can help.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use weft_store::StoreError;
+
+/// An error as the API returns it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// The store refused or failed the operation.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The request was malformed (bad JSON, bad encoding, unknown field, ...).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request body is larger than allowed.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Missing or wrong bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+    retryable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compact_revision: Option<i64>,
+}
+
+impl ApiError {
+    /// HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Store(e) => match e {
+                StoreError::Compacted { .. } => StatusCode::GONE,
+                StoreError::FutureRevision { .. }
+                | StoreError::InvalidArgument(_)
+                | StoreError::TooManyOps { .. }
+                | StoreError::DuplicateKey
+                | StoreError::LeaseTtlTooLarge { .. } => StatusCode::BAD_REQUEST,
+                StoreError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                StoreError::LeaseNotFound(_) => StatusCode::NOT_FOUND,
+                StoreError::LeaseExists(_) => StatusCode::CONFLICT,
+                StoreError::Unavailable(_) | StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+                StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Store(e) => e.code(),
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Unauthorized => "unauthorized",
+        }
+    }
+
+    /// The JSON body of this error.
+    pub fn to_json(&self) -> serde_json::Value {
+        let compact_revision = match self {
+            ApiError::Store(StoreError::Compacted { compact_revision, .. }) => Some(*compact_revision),
+            _ => None,
+        };
+        let retryable = matches!(self, ApiError::Store(e) if e.is_retryable());
+        serde_json::to_value(Body {
+            error: Detail { code: self.code(), message: self.to_string(), retryable, compact_revision },
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(self.to_json())).into_response()
+    }
+}

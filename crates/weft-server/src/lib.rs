@@ -1,0 +1,436 @@
+//! The weft node's HTTP/JSON API.
+//!
+//! [`router`] builds the axum app over any `Arc<dyn Store>`; [`run`] serves it on a bound
+//! listener until a shutdown future completes (open watch streams are ended so that shutdown
+//! never hangs). Every route is described in the OpenAPI document served at `/openapi.json`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use std::sync::Arc;
+//! let dir = tempfile::tempdir()?;
+//! let store = weft_store::embedded::Embedded::open(dir.path(), Default::default()).await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! weft_server::run(listener, Arc::new(store), Default::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! }).await?;
+//! # Ok(()) }
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use weft_store::{Store, WatchRequest};
+
+pub mod api;
+mod error;
+
+pub use error::ApiError;
+
+use api::Encoding;
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Bearer token required on every route but `/health` (none: no auth, loopback only).
+    pub token: Option<String>,
+    /// Largest request body, bytes (default 4 MiB: a 1.5 MiB value fits even in base64).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { token: None, max_body_bytes: 4 * 1024 * 1024 }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    store: Arc<dyn Store>,
+    token: Option<Arc<str>>,
+    shutdown: watch::Receiver<bool>,
+    metrics: PrometheusHandle,
+}
+
+/// A JSON body whose rejections become [`ApiError`]s.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rej) => Err(json_rejection(rej)),
+        }
+    }
+}
+
+fn json_rejection(rej: JsonRejection) -> ApiError {
+    if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge(format!("request body is too large: {}", rej.body_text()))
+    } else {
+        ApiError::BadRequest(rej.body_text())
+    }
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics shows only weft's own");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Every route, as listed in the OpenAPI document (checked by a test).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/status"),
+    ("post", "/v1/kv/range"),
+    ("post", "/v1/kv/put"),
+    ("post", "/v1/kv/delete"),
+    ("post", "/v1/kv/txn"),
+    ("post", "/v1/kv/compact"),
+    ("post", "/v1/kv/hash"),
+    ("get", "/v1/watch"),
+    ("post", "/v1/lease/grant"),
+    ("post", "/v1/lease/revoke"),
+    ("post", "/v1/lease/keepalive"),
+    ("post", "/v1/lease/ttl"),
+    ("get", "/v1/lease/list"),
+];
+
+/// Builds the router. `shutdown` turning `true` ends open watch streams.
+pub fn router(store: Arc<dyn Store>, cfg: &ServerConfig, shutdown: watch::Receiver<bool>) -> Router {
+    let state = AppState {
+        store,
+        token: cfg.token.as_deref().map(Arc::from),
+        shutdown,
+        metrics: metrics_handle(),
+    };
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_route))
+        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route("/v1/status", get(status))
+        .route("/v1/kv/range", post(kv_range))
+        .route("/v1/kv/put", post(kv_put))
+        .route("/v1/kv/delete", post(kv_delete))
+        .route("/v1/kv/txn", post(kv_txn))
+        .route("/v1/kv/compact", post(kv_compact))
+        .route("/v1/kv/hash", post(kv_hash))
+        .route("/v1/watch", get(watch_sse))
+        .route("/v1/lease/grant", post(lease_grant))
+        .route("/v1/lease/revoke", post(lease_revoke))
+        .route("/v1/lease/keepalive", post(lease_keepalive))
+        .route("/v1/lease/ttl", post(lease_ttl))
+        .route("/v1/lease/list", get(lease_list))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .with_state(state)
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"code": "not_found", "message": "no such route; see /openapi.json", "retryable": false}});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then drains connections.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (tx, rx) = watch::channel(false);
+    let app = router(store, &cfg, rx);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = tx.send(true);
+        })
+        .await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        if req.uri().path() != "/health" {
+            let ok = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
+            if !ok {
+                return ApiError::Unauthorized.into_response();
+            }
+        }
+    }
+    next.run(req).await
+}
+
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let start = tokio::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("weft_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("weft_http_request_duration_seconds", "route" => route).record(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn health(State(st): State<AppState>) -> Response {
+    match st.store.status().await {
+        Ok(s) => Json(serde_json::json!({"status": "ok", "revision": s.header.revision})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_route(State(st): State<AppState>) -> Response {
+    if let Ok(s) = st.store.status().await {
+        metrics::gauge!("weft_store_revision").set(s.header.revision as f64);
+        metrics::gauge!("weft_store_compact_revision").set(s.compact_revision as f64);
+        metrics::gauge!("weft_store_db_size_bytes").set(s.db_size as f64);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    header: api::Header,
+    compact_revision: i64,
+    db_size: i64,
+    version: String,
+}
+
+async fn status(State(st): State<AppState>) -> Result<Json<StatusJson>, ApiError> {
+    let s = st.store.status().await?;
+    Ok(Json(StatusJson {
+        header: s.header.into(),
+        compact_revision: s.compact_revision,
+        db_size: s.db_size,
+        version: s.version,
+    }))
+}
+
+async fn kv_range(State(st): State<AppState>, Body(b): Body<api::RangeBody>) -> Result<Json<api::RangeResp>, ApiError> {
+    let enc = b.encoding.unwrap_or_default();
+    let r = st.store.range(b.to_store(enc)?).await?;
+    Ok(Json(api::range_resp(enc, &r)?))
+}
+
+async fn kv_put(State(st): State<AppState>, Body(b): Body<api::PutBody>) -> Result<Json<api::PutResp>, ApiError> {
+    let enc = b.encoding.unwrap_or_default();
+    let r = st.store.put(b.to_store(enc)?).await?;
+    Ok(Json(api::put_resp(enc, &r)?))
+}
+
+async fn kv_delete(State(st): State<AppState>, Body(b): Body<api::DeleteBody>) -> Result<Json<api::DeleteResp>, ApiError> {
+    let enc = b.encoding.unwrap_or_default();
+    let r = st.store.delete(b.to_store(enc)?).await?;
+    Ok(Json(api::delete_resp(enc, &r)?))
+}
+
+async fn kv_txn(State(st): State<AppState>, Body(b): Body<api::TxnBody>) -> Result<Json<api::TxnResp>, ApiError> {
+    let enc = b.encoding.unwrap_or_default();
+    let r = st.store.txn(b.to_store(enc)?).await?;
+    Ok(Json(api::txn_resp(enc, &r)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevisionBody {
+    #[serde(default)]
+    revision: i64,
+}
+
+async fn kv_compact(State(st): State<AppState>, Body(b): Body<RevisionBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = st.store.compact(b.revision).await?;
+    Ok(Json(serde_json::json!({"header": api::Header::from(r.header)})))
+}
+
+async fn kv_hash(State(st): State<AppState>, Body(b): Body<RevisionBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = st.store.hash_kv(b.revision).await?;
+    Ok(Json(serde_json::json!({
+        "header": api::Header::from(r.header),
+        "hash": r.hash,
+        "compact_revision": r.compact_revision,
+        "hash_revision": r.hash_revision,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    ttl: i64,
+    #[serde(default)]
+    id: i64,
+}
+
+async fn lease_grant(State(st): State<AppState>, Body(b): Body<GrantBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = st.store.lease_grant(b.ttl, b.id).await?;
+    Ok(Json(serde_json::json!({"header": api::Header::from(r.header), "id": r.id, "ttl": r.ttl})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdBody {
+    id: i64,
+    #[serde(default)]
+    keys: bool,
+    #[serde(default)]
+    encoding: Option<Encoding>,
+}
+
+async fn lease_revoke(State(st): State<AppState>, Body(b): Body<IdBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = st.store.lease_revoke(b.id).await?;
+    Ok(Json(serde_json::json!({"header": api::Header::from(h)})))
+}
+
+async fn lease_keepalive(State(st): State<AppState>, Body(b): Body<IdBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let r = st.store.lease_keep_alive(b.id).await?;
+    Ok(Json(serde_json::json!({"header": api::Header::from(r.header), "id": r.id, "ttl": r.ttl})))
+}
+
+async fn lease_ttl(State(st): State<AppState>, Body(b): Body<IdBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let enc = b.encoding.unwrap_or_default();
+    let r = st.store.lease_time_to_live(b.id, b.keys).await?;
+    let keys = r.keys.iter().map(|k| enc.encode(k)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(serde_json::json!({
+        "header": api::Header::from(r.header),
+        "id": r.id,
+        "ttl": r.ttl,
+        "granted_ttl": r.granted_ttl,
+        "keys": keys,
+    })))
+}
+
+async fn lease_list(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids = st.store.lease_list().await?;
+    Ok(Json(serde_json::json!({"leases": ids})))
+}
+
+/// Query of `GET /v1/watch`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    key: String,
+    #[serde(default)]
+    range_end: Option<String>,
+    #[serde(default)]
+    prefix: bool,
+    #[serde(default)]
+    from_key: bool,
+    #[serde(default)]
+    start_revision: i64,
+    #[serde(default)]
+    prev_kv: bool,
+    #[serde(default)]
+    no_put: bool,
+    #[serde(default)]
+    no_delete: bool,
+    #[serde(default)]
+    progress_notify: bool,
+    #[serde(default)]
+    encoding: Option<Encoding>,
+}
+
+fn sse_error(e: &ApiError) -> SseEvent {
+    SseEvent::default().event("error").data(e.to_json().to_string())
+}
+
+async fn watch_sse(
+    State(st): State<AppState>,
+    q: Result<Query<WatchQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    let enc = q.encoding.unwrap_or_default();
+    let sel = api::KeySel { key: q.key, range_end: q.range_end, prefix: q.prefix, from_key: q.from_key };
+    let req = WatchRequest {
+        range: sel.range(enc)?,
+        start_revision: q.start_revision,
+        prev_kv: q.prev_kv,
+        no_put: q.no_put,
+        no_delete: q.no_delete,
+        progress_notify: q.progress_notify,
+    };
+    let stream = st.store.watch(req).await?;
+    metrics::gauge!("weft_watchers").increment(1.0);
+    struct Gauge;
+    impl Drop for Gauge {
+        fn drop(&mut self) {
+            metrics::gauge!("weft_watchers").decrement(1.0);
+        }
+    }
+    let gauge = Gauge;
+    let mut shutdown = st.shutdown.clone();
+    let stopped = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let events = stream
+        .take_until(stopped)
+        .map(move |item| {
+            let _ = &gauge;
+            match item.map_err(ApiError::Store).and_then(|m| api::watch_json(enc, &m)) {
+                Ok(j) if j.events.is_empty() => {
+                    let data = serde_json::json!({"revision": j.revision}).to_string();
+                    (SseEvent::default().event("progress").data(data), false)
+                }
+                Ok(j) => {
+                    let data = serde_json::to_string(&j).unwrap_or_default();
+                    (SseEvent::default().event("watch").data(data), false)
+                }
+                Err(e) => (sse_error(&e), true),
+            }
+        })
+        // An error event is the last one.
+        .scan(false, |ended, (ev, is_error)| {
+            if *ended {
+                return futures::future::ready(None);
+            }
+            *ended = is_error;
+            futures::future::ready(Some(Ok::<_, Infallible>(ev)))
+        });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
