@@ -1,0 +1,94 @@
+//! The CLI's HTTP client for the node API.
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::StreamExt;
+use serde_json::Value;
+
+/// A client of one node.
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(endpoint: &str, token: Option<String>) -> Result<Self> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            bail!("endpoint {endpoint:?} must start with http:// (e.g. http://127.0.0.1:2480)");
+        }
+        Ok(Client { http: reqwest::Client::new(), endpoint, token })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.endpoint));
+        match &self.token {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
+    async fn finish(&self, r: reqwest::RequestBuilder) -> Result<Value> {
+        let resp = r.send().await.with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body["error"]["code"].as_str().unwrap_or("error");
+            let msg = body["error"]["message"].as_str().unwrap_or("no message");
+            return Err(anyhow!("{code}: {msg} (HTTP {})", status.as_u16()));
+        }
+        Ok(body)
+    }
+
+    /// POST a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.finish(self.req(reqwest::Method::POST, path).json(body)).await
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.finish(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// Streams server-sent events, calling `f(event, data)` until it returns false or the stream
+    /// ends. An `error` event becomes an error.
+    pub async fn sse(&self, path: &str, mut f: impl FnMut(&str, &Value) -> bool) -> Result<()> {
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!("{}: {} (HTTP {status})", body["error"]["code"].as_str().unwrap_or("error"), body["error"]["message"].as_str().unwrap_or(""));
+        }
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.context("watch stream broke")?));
+            while let Some(i) = buf.find("\n\n") {
+                let frame: String = buf.drain(..i + 2).collect();
+                let (mut ev, mut data) = (String::new(), String::new());
+                for line in frame.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if ev.is_empty() {
+                    continue;
+                }
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                if ev == "error" {
+                    bail!("{}: {}", v["error"]["code"].as_str().unwrap_or("error"), v["error"]["message"].as_str().unwrap_or(""));
+                }
+                if !f(&ev, &v) {
+                    return Ok(());
+                }
+            }
+        }
+        bail!("the node closed the watch stream")
+    }
+}

@@ -1,0 +1,517 @@
+//! `weft`: the node (`weft up`) and the command-line client of its API.
+
+mod client;
+mod txn;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use weft_store::embedded::{AutoCompact, Durability, Embedded, Options};
+
+use client::Client;
+
+/// Default address of `weft up`, and default endpoint of the client commands.
+const DEFAULT_LISTEN: &str = "127.0.0.1:2480";
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "Distributed-systems patterns as one node: a durable coordination store with an HTTP API")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the node: the embedded store and the HTTP API.
+    Up(UpArgs),
+    /// Key-value operations.
+    Kv {
+        #[command(subcommand)]
+        cmd: KvCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Lease operations.
+    Lease {
+        #[command(subcommand)]
+        cmd: LeaseCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Store status: revision, compaction point, size.
+    Status {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Data directory (created if missing).
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "weft-data")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API. Non-loopback addresses require --token.
+    #[arg(long, env = "WEFT_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Bearer token required by the API (mandatory on non-loopback addresses).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// fsync policy: always, group (default; concurrent writes share an fsync), none (unsafe).
+    #[arg(long, default_value = "group")]
+    fsync: Durability,
+    /// Automatic compaction: keep N revisions ("100000"), a duration ("1h", "30m", "90s"), or "off".
+    #[arg(long, default_value = "100000")]
+    compact_retention: String,
+    /// Start a new log with a snapshot after this many log bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    snapshot_bytes: u64,
+}
+
+#[derive(Args)]
+struct Conn {
+    /// Node API endpoint.
+    #[arg(long, global = true, env = "WEFT_ENDPOINT", default_value = concat!("http://", "127.0.0.1:2480"))]
+    endpoint: String,
+    /// Bearer token.
+    #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the raw JSON responses.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Default)]
+struct Sel {
+    /// Treat KEY as a prefix.
+    #[arg(long)]
+    prefix: bool,
+    /// Every key >= KEY.
+    #[arg(long, conflicts_with = "prefix")]
+    from_key: bool,
+    /// End of the range [KEY, END).
+    #[arg(long, conflicts_with_all = ["prefix", "from_key"])]
+    range_end: Option<String>,
+}
+
+impl Sel {
+    fn apply(&self, body: &mut Value) {
+        body["prefix"] = json!(self.prefix);
+        body["from_key"] = json!(self.from_key);
+        if let Some(e) = &self.range_end {
+            body["range_end"] = json!(e);
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Write a key.
+    Put {
+        key: String,
+        value: String,
+        /// Attach to a lease (hex or decimal id).
+        #[arg(long)]
+        lease: Option<String>,
+        /// Print the previous value.
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Read keys.
+    Get {
+        key: String,
+        #[command(flatten)]
+        sel: Sel,
+        /// Most keys to return.
+        #[arg(long, default_value_t = 0)]
+        limit: i64,
+        /// Read at a past revision.
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Only keys.
+        #[arg(long)]
+        keys_only: bool,
+        /// Only the count.
+        #[arg(long)]
+        count_only: bool,
+    },
+    /// Delete keys.
+    Del {
+        key: String,
+        #[command(flatten)]
+        sel: Sel,
+        /// Print the deleted pairs.
+        #[arg(long)]
+        prev_kv: bool,
+    },
+    /// Watch keys and print events until interrupted.
+    Watch {
+        key: String,
+        #[command(flatten)]
+        sel: Sel,
+        /// Start at this revision (inclusive).
+        #[arg(long, default_value_t = 0)]
+        rev: i64,
+        /// Print previous values.
+        #[arg(long)]
+        prev_kv: bool,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Run a transaction read from stdin in etcdctl's syntax (compares, blank line, success
+    /// requests, blank line, failure requests).
+    Txn {
+        /// Read from this file instead of stdin.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Discard history before a revision.
+    Compact { revision: i64 },
+}
+
+#[derive(Subcommand)]
+enum LeaseCmd {
+    /// Grant a lease of TTL seconds.
+    Grant { ttl: i64 },
+    /// Revoke a lease (its keys are deleted).
+    Revoke { id: String },
+    /// Keep a lease alive (every TTL/3) until interrupted.
+    Keepalive {
+        id: String,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Remaining time of a lease.
+    Ttl {
+        id: String,
+        /// List attached keys.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// List live leases.
+    List,
+}
+
+fn parse_lease(s: &str) -> Result<i64> {
+    let r = if let Some(h) = s.strip_prefix("0x") {
+        i64::from_str_radix(h, 16)
+    } else if s.chars().all(|c| c.is_ascii_digit()) {
+        s.parse()
+    } else {
+        i64::from_str_radix(s, 16)
+    };
+    r.with_context(|| format!("lease id {s:?} is not a decimal or hex number"))
+}
+
+fn parse_retention(s: &str) -> Result<AutoCompact> {
+    if s == "off" || s == "0" {
+        return Ok(AutoCompact::Off);
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        if n > 0 {
+            return Ok(AutoCompact::Revisions(n));
+        }
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad --compact-retention {s:?}: use a revision count, a duration like 1h/30m/90s, or off"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad --compact-retention {s:?}: units are s, m, h, d"),
+    };
+    if secs == 0 {
+        bail!("--compact-retention must be positive");
+    }
+    Ok(AutoCompact::Period(Duration::from_secs(secs)))
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let res = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Up(a) => up(a).await,
+            Cmd::Kv { cmd, conn } => kv(cmd, conn).await,
+            Cmd::Lease { cmd, conn } => lease(cmd, conn).await,
+            Cmd::Status { conn } => {
+                let c = Client::new(&conn.endpoint, conn.token.clone())?;
+                let s = c.get("/v1/status").await?;
+                if conn.json {
+                    println!("{s}");
+                } else {
+                    println!(
+                        "revision {}  compact revision {}  size {} bytes  {}",
+                        s["header"]["revision"], s["compact_revision"], s["db_size"], s["version"].as_str().unwrap_or("")
+                    );
+                }
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = &res {
+        eprintln!("Error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn up(a: UpArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    if !a.listen.ip().is_loopback() && a.token.as_deref().is_none_or(str::is_empty) {
+        bail!(
+            "refusing to listen on {} without a token: pass --token (or WEFT_TOKEN), or listen on loopback",
+            a.listen
+        );
+    }
+    let opts = Options {
+        durability: a.fsync,
+        snapshot_bytes: a.snapshot_bytes,
+        auto_compact: parse_retention(&a.compact_retention)?,
+        ..Default::default()
+    };
+    if a.fsync == Durability::None {
+        tracing::warn!("--fsync none: acknowledged writes can be lost on power failure; for development only");
+    }
+    let store = Embedded::open(&a.data_dir, opts)
+        .await
+        .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!("weft listening on http://{addr} (data dir {})", a.data_dir.display());
+    std::io::stdout().flush()?;
+    let cfg = weft_server::ServerConfig { token: a.token.clone(), ..Default::default() };
+    let store = Arc::new(store);
+    weft_server::run(listener, store.clone(), cfg, shutdown_signal()).await?;
+    tracing::info!("shutting down");
+    store.close();
+    Ok(())
+}
+
+fn print_kvs(kvs: &Value) {
+    for kv in kvs.as_array().into_iter().flatten() {
+        println!("{}", kv["key"].as_str().unwrap_or(""));
+        println!("{}", kv["value"].as_str().unwrap_or(""));
+    }
+}
+
+async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
+    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    match cmd {
+        KvCmd::Put { key, value, lease, prev_kv } => {
+            let lease = lease.as_deref().map(parse_lease).transpose()?.unwrap_or(0);
+            let r = c.post("/v1/kv/put", &json!({"key": key, "value": value, "lease": lease, "prev_kv": prev_kv})).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                println!("OK");
+                if let Some(p) = r.get("prev_kv") {
+                    print_kvs(&json!([p]));
+                }
+            }
+        }
+        KvCmd::Get { key, sel, limit, rev, keys_only, count_only } => {
+            let mut body = json!({"key": key, "limit": limit, "revision": rev, "keys_only": keys_only, "count_only": count_only});
+            sel.apply(&mut body);
+            let r = c.post("/v1/kv/range", &body).await?;
+            if conn.json {
+                println!("{r}");
+            } else if count_only {
+                println!("{}", r["count"]);
+            } else if keys_only {
+                for kv in r["kvs"].as_array().into_iter().flatten() {
+                    println!("{}", kv["key"].as_str().unwrap_or(""));
+                }
+            } else {
+                print_kvs(&r["kvs"]);
+            }
+        }
+        KvCmd::Del { key, sel, prev_kv } => {
+            let mut body = json!({"key": key, "prev_kv": prev_kv});
+            sel.apply(&mut body);
+            let r = c.post("/v1/kv/delete", &body).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                println!("{}", r["deleted"]);
+                print_kvs(&r["prev_kvs"]);
+            }
+        }
+        KvCmd::Watch { key, sel, rev, prev_kv, count } => {
+            let mut q = format!(
+                "/v1/watch?key={}&start_revision={rev}&prev_kv={prev_kv}&prefix={}&from_key={}",
+                urlencode(&key),
+                sel.prefix,
+                sel.from_key
+            );
+            if let Some(e) = &sel.range_end {
+                q.push_str(&format!("&range_end={}", urlencode(e)));
+            }
+            let mut seen = 0usize;
+            let json_out = conn.json;
+            c.sse(&q, |ev, data| {
+                if ev != "watch" {
+                    return true;
+                }
+                for e in data["events"].as_array().into_iter().flatten() {
+                    if json_out {
+                        println!("{e}");
+                    } else {
+                        println!("{}", e["type"].as_str().unwrap_or(""));
+                        println!("{}", e["kv"]["key"].as_str().unwrap_or(""));
+                        if e["type"] == "PUT" {
+                            println!("{}", e["kv"]["value"].as_str().unwrap_or(""));
+                        }
+                    }
+                    seen += 1;
+                    if count.is_some_and(|n| seen >= n) {
+                        let _ = std::io::stdout().flush();
+                        return false;
+                    }
+                }
+                let _ = std::io::stdout().flush();
+                true
+            })
+            .await?;
+        }
+        KvCmd::Txn { file } => {
+            let mut input = String::new();
+            match file {
+                Some(f) => input = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                None => {
+                    std::io::stdin().read_to_string(&mut input)?;
+                }
+            }
+            let body = txn::parse(&input)?;
+            let r = c.post("/v1/kv/txn", &body).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                println!("{}", if r["succeeded"] == true { "SUCCESS" } else { "FAILURE" });
+                for resp in r["responses"].as_array().into_iter().flatten() {
+                    println!();
+                    if resp.get("put").is_some() {
+                        println!("OK");
+                    } else if let Some(g) = resp.get("range") {
+                        print_kvs(&g["kvs"]);
+                    } else if let Some(d) = resp.get("delete") {
+                        println!("{}", d["deleted"]);
+                    }
+                }
+            }
+        }
+        KvCmd::Compact { revision } => {
+            let r = c.post("/v1/kv/compact", &json!({"revision": revision})).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                println!("compacted revision {revision}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
+    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    match cmd {
+        LeaseCmd::Grant { ttl } => {
+            let r = c.post("/v1/lease/grant", &json!({"ttl": ttl})).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                println!("lease {:x} granted with TTL({}s)", r["id"].as_i64().unwrap_or(0), r["ttl"]);
+            }
+        }
+        LeaseCmd::Revoke { id } => {
+            let id = parse_lease(&id)?;
+            let r = c.post("/v1/lease/revoke", &json!({"id": id})).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                println!("lease {id:x} revoked");
+            }
+        }
+        LeaseCmd::Keepalive { id, once } => {
+            let id = parse_lease(&id)?;
+            loop {
+                let r = c.post("/v1/lease/keepalive", &json!({"id": id})).await?;
+                let ttl = r["ttl"].as_i64().unwrap_or(1);
+                if conn.json {
+                    println!("{r}");
+                } else {
+                    println!("lease {id:x} keepalived with TTL({ttl})");
+                }
+                std::io::stdout().flush()?;
+                if once {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis((ttl.max(1) as u64 * 1000) / 3)).await;
+            }
+        }
+        LeaseCmd::Ttl { id, keys } => {
+            let id = parse_lease(&id)?;
+            let r = c.post("/v1/lease/ttl", &json!({"id": id, "keys": keys})).await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                let mut line = format!("lease {id:x} granted with TTL({}s), remaining({}s)", r["granted_ttl"], r["ttl"]);
+                if keys {
+                    let ks: Vec<&str> = r["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
+                    line.push_str(&format!(", attached keys({})", ks.join(", ")));
+                }
+                println!("{line}");
+            }
+        }
+        LeaseCmd::List => {
+            let r = c.get("/v1/lease/list").await?;
+            if conn.json {
+                println!("{r}");
+            } else {
+                let ids = r["leases"].as_array().cloned().unwrap_or_default();
+                println!("found {} leases", ids.len());
+                for id in ids {
+                    println!("{:x}", id.as_i64().unwrap_or(0));
+                }
+            }
+        }
+    }
+    Ok(())
+}

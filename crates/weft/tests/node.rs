@@ -1,0 +1,247 @@
+//! The `weft` binary as real processes: durability under `kill -9`, data-dir locking, refusal
+//! to start on damage or on an unprotected public address, graceful shutdown, and the CLI.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_weft");
+
+struct Node {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> Node {
+    let mut child = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft up");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read address");
+    let endpoint = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Node { child, endpoint }
+}
+
+fn weft(args: &[&str], endpoint: &str, stdin: Option<&str>) -> (i32, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("WEFT_ENDPOINT", endpoint).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    if let Some(s) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    } else {
+        drop(child.stdin.take());
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_write_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path());
+    let http = reqwest::Client::new();
+    let acked: Arc<Mutex<Vec<(String, String, i64)>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let (http, ep, acked) = (http.clone(), node.endpoint.clone(), acked.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..2000 {
+                let key = format!("k/{t}/{i}");
+                let val = format!("v{i}");
+                let r = http.post(format!("{ep}/v1/kv/put")).json(&json!({"key": key, "value": val})).send().await;
+                let Ok(r) = r else { return };
+                if !r.status().is_success() {
+                    return;
+                }
+                let Ok(body) = r.json::<Value>().await else { return };
+                acked.lock().unwrap().push((key, val, body["header"]["revision"].as_i64().unwrap()));
+            }
+        }));
+    }
+    // Let the load run, then SIGKILL the node in the middle of it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "the load made progress before the kill: {}", acked.len());
+
+    let node = start(dir.path());
+    let r: Value = http
+        .post(format!("{}/v1/kv/range", node.endpoint))
+        .json(&json!({"key": "k/", "prefix": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let present: std::collections::HashMap<String, String> = r["kvs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].as_str().unwrap().to_string()))
+        .collect();
+    let mut lost = Vec::new();
+    for (k, v, _) in &acked {
+        if present.get(k) != Some(v) {
+            lost.push(k.clone());
+        }
+    }
+    assert!(lost.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+    let max_rev = acked.iter().map(|a| a.2).max().unwrap();
+    assert!(r["header"]["revision"].as_i64().unwrap() >= max_rev);
+    eprintln!("{} acknowledged writes, all present after kill -9 ({} keys on disk)", acked.len(), present.len());
+}
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let _a = start(dir.path());
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked by another process"), "{err}");
+}
+
+#[test]
+fn a_public_address_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("WEFT_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--token"), "{err}");
+}
+
+#[test]
+fn damaged_data_refuses_to_start_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let node = start(dir.path());
+        for i in 0..20 {
+            let (code, _, err) = weft(&["kv", "put", &format!("key{i}"), "some value"], &node.endpoint, None);
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+    let wal = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("wal-"))
+        .unwrap();
+    let mut buf = std::fs::read(&wal).unwrap();
+    let mid = buf.len() / 2;
+    buf[mid] ^= 0xff;
+    std::fs::write(&wal, &buf).unwrap();
+    let out = Command::new(BIN).args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt data in") && err.contains("wal-") && err.contains("offset"), "{err}");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = start(dir.path());
+    let (code, _, _) = weft(&["kv", "put", "a", "1"], &node.endpoint, None);
+    assert_eq!(code, 0);
+    let pid = node.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = node.child.try_wait().unwrap() {
+            assert!(st.success(), "exit status {st}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The data survived the restart.
+    let node = start(dir.path());
+    let (_, out, _) = weft(&["kv", "get", "a"], &node.endpoint, None);
+    assert_eq!(out, "a\n1\n");
+}
+
+#[test]
+fn cli_round_trip_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let ep = node.endpoint.as_str();
+    assert_eq!(weft(&["kv", "put", "app/x", "1"], ep, None).1, "OK\n");
+    assert_eq!(weft(&["kv", "put", "app/y", "2"], ep, None).1, "OK\n");
+    assert_eq!(weft(&["kv", "get", "app/", "--prefix"], ep, None).1, "app/x\n1\napp/y\n2\n");
+    assert_eq!(weft(&["kv", "get", "app/", "--prefix", "--count-only"], ep, None).1, "2\n");
+    let (code, out, _) = weft(&["kv", "get", "app/x", "--json"], ep, None);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["kvs"][0]["version"], 1);
+    let txn = "value(\"app/x\") = \"1\"\n\nput app/x 10\nget app/x\n\nget app/y\n";
+    let (code, out, err) = weft(&["kv", "txn"], ep, Some(txn));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "SUCCESS\n\nOK\n\napp/x\n10\n");
+    let (_, out, _) = weft(&["kv", "txn"], ep, Some(txn));
+    assert_eq!(out, "FAILURE\n\napp/y\n2\n");
+    let (code, _, err) = weft(&["kv", "txn"], ep, Some("bogus(\"k\") = \"1\"\n"));
+    assert_ne!(code, 0);
+    assert!(err.contains("allowed"), "{err}");
+    // Leases.
+    let (code, out, _) = weft(&["lease", "grant", "60"], ep, None);
+    assert_eq!(code, 0);
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    assert_eq!(weft(&["kv", "put", "svc/a", "x", "--lease", &id], ep, None).0, 0);
+    let (_, out, _) = weft(&["lease", "ttl", &id, "--keys"], ep, None);
+    assert!(out.contains("attached keys(svc/a)"), "{out}");
+    assert_eq!(weft(&["lease", "keepalive", &id, "--once"], ep, None).0, 0);
+    assert_eq!(weft(&["lease", "revoke", &id], ep, None).0, 0);
+    assert_eq!(weft(&["kv", "get", "svc/a"], ep, None).1, "");
+    let (code, _, err) = weft(&["lease", "revoke", &id], ep, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("lease_not_found"), "{err}");
+    // Watch replays history and exits after --count events.
+    let (code, out, _) = weft(&["kv", "watch", "app/x", "--rev", "1", "--count", "2"], ep, None);
+    assert_eq!(code, 0);
+    assert_eq!(out, "PUT\napp/x\n1\nPUT\napp/x\n10\n");
+    // Deletes and errors.
+    assert_eq!(weft(&["kv", "del", "app/", "--prefix"], ep, None).1, "2\n");
+    let (code, _, err) = weft(&["kv", "get", "a", "--rev", "9999"], ep, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("future_revision"), "{err}");
+    let (code, _, err) = weft(&["kv", "get", "a"], "http://127.0.0.1:1", None);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach"), "{err}");
+}
