@@ -57,7 +57,9 @@ pub struct Header {
 
 impl From<ws::ResponseHeader> for Header {
     fn from(h: ws::ResponseHeader) -> Self {
-        Header { revision: h.revision }
+        Header {
+            revision: h.revision,
+        }
     }
 }
 
@@ -125,10 +127,15 @@ impl KeySel {
             return Ok(ws::KeyRange::prefix(key));
         }
         if key.is_empty() {
-            return Err(ApiError::BadRequest("key must not be empty (use prefix: true with an empty key for all keys)".into()));
+            return Err(ApiError::BadRequest(
+                "key must not be empty (use prefix: true with an empty key for all keys)".into(),
+            ));
         }
         if self.from_key {
-            return Ok(ws::KeyRange::range(key, Bytes::from_static(ws::RANGE_END_ALL)));
+            return Ok(ws::KeyRange::range(
+                key,
+                Bytes::from_static(ws::RANGE_END_ALL),
+            ));
         }
         match &self.range_end {
             Some(end) => Ok(ws::KeyRange::range(key, enc.decode("range_end", end)?)),
@@ -203,7 +210,12 @@ pub struct RangeResp {
 
 /// Converts a range result.
 pub fn range_resp(enc: Encoding, r: &ws::RangeResponse) -> Result<RangeResp, ApiError> {
-    Ok(RangeResp { header: r.header.into(), kvs: kvs_json(enc, &r.kvs)?, more: r.more, count: r.count })
+    Ok(RangeResp {
+        header: r.header.into(),
+        kvs: kvs_json(enc, &r.kvs)?,
+        more: r.more,
+        count: r.count,
+    })
 }
 
 /// `POST /v1/kv/put`.
@@ -249,7 +261,10 @@ pub struct PutResp {
 
 /// Converts a put result.
 pub fn put_resp(enc: Encoding, r: &ws::PutResponse) -> Result<PutResp, ApiError> {
-    Ok(PutResp { header: r.header.into(), prev_kv: r.prev_kv.as_ref().map(|kv| kv_json(enc, kv)).transpose()? })
+    Ok(PutResp {
+        header: r.header.into(),
+        prev_kv: r.prev_kv.as_ref().map(|kv| kv_json(enc, kv)).transpose()?,
+    })
 }
 
 /// `POST /v1/kv/delete`.
@@ -284,7 +299,10 @@ impl DeleteBody {
             prefix: self.prefix,
             from_key: self.from_key,
         };
-        Ok(ws::DeleteRequest { range: sel.range(enc)?, prev_kv: self.prev_kv })
+        Ok(ws::DeleteRequest {
+            range: sel.range(enc)?,
+            prev_kv: self.prev_kv,
+        })
     }
 }
 
@@ -301,7 +319,11 @@ pub struct DeleteResp {
 
 /// Converts a delete result.
 pub fn delete_resp(enc: Encoding, r: &ws::DeleteResponse) -> Result<DeleteResp, ApiError> {
-    Ok(DeleteResp { header: r.header.into(), deleted: r.deleted, prev_kvs: kvs_json(enc, &r.prev_kvs)? })
+    Ok(DeleteResp {
+        header: r.header.into(),
+        deleted: r.deleted,
+        prev_kvs: kvs_json(enc, &r.prev_kvs)?,
+    })
 }
 
 /// One guard of a txn.
@@ -326,17 +348,29 @@ pub struct CompareBody {
 
 impl CompareBody {
     fn to_store(&self, enc: Encoding) -> Result<ws::Compare, ApiError> {
-        let sel = KeySel { key: self.key.clone(), range_end: self.range_end.clone(), prefix: self.prefix, from_key: false };
+        let sel = KeySel {
+            key: self.key.clone(),
+            range_end: self.range_end.clone(),
+            prefix: self.prefix,
+            from_key: false,
+        };
         let op = match self.op.as_str() {
             "=" | "==" | "equal" => ws::CompareOp::Equal,
             "!=" | "not_equal" => ws::CompareOp::NotEqual,
             "<" | "less" => ws::CompareOp::Less,
             ">" | "greater" => ws::CompareOp::Greater,
-            other => return Err(ApiError::BadRequest(format!("unknown compare op {other:?}; allowed: =, !=, <, >"))),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown compare op {other:?}; allowed: =, !=, <, >"
+                )))
+            }
         };
         let int = || {
             self.value.as_i64().ok_or_else(|| {
-                ApiError::BadRequest(format!("compare on {} needs an integer value, got {}", self.target, self.value))
+                ApiError::BadRequest(format!(
+                    "compare on {} needs an integer value, got {}",
+                    self.target, self.value
+                ))
             })
         };
         let target = match self.target.as_str() {
@@ -356,7 +390,11 @@ impl CompareBody {
                 )))
             }
         };
-        Ok(ws::Compare { range: sel.range(enc)?, target, op })
+        Ok(ws::Compare {
+            range: sel.range(enc)?,
+            target,
+            op,
+        })
     }
 }
 
@@ -404,9 +442,21 @@ impl TxnBody {
     /// To a store request.
     pub fn to_store(&self, enc: Encoding) -> Result<ws::TxnRequest, ApiError> {
         Ok(ws::TxnRequest {
-            compare: self.compare.iter().map(|c| c.to_store(enc)).collect::<Result<_, _>>()?,
-            success: self.success.iter().map(|o| o.to_store(enc)).collect::<Result<_, _>>()?,
-            failure: self.failure.iter().map(|o| o.to_store(enc)).collect::<Result<_, _>>()?,
+            compare: self
+                .compare
+                .iter()
+                .map(|c| c.to_store(enc))
+                .collect::<Result<_, _>>()?,
+            success: self
+                .success
+                .iter()
+                .map(|o| o.to_store(enc))
+                .collect::<Result<_, _>>()?,
+            failure: self
+                .failure
+                .iter()
+                .map(|o| o.to_store(enc))
+                .collect::<Result<_, _>>()?,
         })
     }
 }
@@ -447,7 +497,11 @@ pub fn txn_resp(enc: Encoding, r: &ws::TxnResponse) -> Result<TxnResp, ApiError>
             })
         })
         .collect::<Result<_, ApiError>>()?;
-    Ok(TxnResp { header: r.header.into(), succeeded: r.succeeded, responses })
+    Ok(TxnResp {
+        header: r.header.into(),
+        succeeded: r.succeeded,
+        responses,
+    })
 }
 
 /// Watch event in JSON.
@@ -488,5 +542,8 @@ pub fn watch_json(enc: Encoding, r: &ws::WatchResponse) -> Result<WatchJson, Api
             })
         })
         .collect::<Result<_, ApiError>>()?;
-    Ok(WatchJson { revision: r.revision, events })
+    Ok(WatchJson {
+        revision: r.revision,
+        events,
+    })
 }

@@ -75,12 +75,19 @@ impl ApiError {
     /// The JSON body of this error.
     pub fn to_json(&self) -> serde_json::Value {
         let compact_revision = match self {
-            ApiError::Store(StoreError::Compacted { compact_revision, .. }) => Some(*compact_revision),
+            ApiError::Store(StoreError::Compacted {
+                compact_revision, ..
+            }) => Some(*compact_revision),
             _ => None,
         };
         let retryable = matches!(self, ApiError::Store(e) if e.is_retryable());
         serde_json::to_value(Body {
-            error: Detail { code: self.code(), message: self.to_string(), retryable, compact_revision },
+            error: Detail {
+                code: self.code(),
+                message: self.to_string(),
+                retryable,
+                compact_revision,
+            },
         })
         .unwrap_or_default()
     }

@@ -57,7 +57,10 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { token: None, max_body_bytes: 4 * 1024 * 1024 }
+        ServerConfig {
+            token: None,
+            max_body_bytes: 4 * 1024 * 1024,
+        }
     }
 }
 
@@ -97,7 +100,9 @@ fn metrics_handle() -> PrometheusHandle {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
             if metrics::set_global_recorder(recorder).is_err() {
-                tracing::warn!("a metrics recorder was already installed; /metrics shows only weft's own");
+                tracing::warn!(
+                    "a metrics recorder was already installed; /metrics shows only weft's own"
+                );
             }
             handle
         })
@@ -125,7 +130,11 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
-pub fn router(store: Arc<dyn Store>, cfg: &ServerConfig, shutdown: watch::Receiver<bool>) -> Router {
+pub fn router(
+    store: Arc<dyn Store>,
+    cfg: &ServerConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Router {
     let state = AppState {
         store,
         token: cfg.token.as_deref().map(Arc::from),
@@ -135,7 +144,10 @@ pub fn router(store: Arc<dyn Store>, cfg: &ServerConfig, shutdown: watch::Receiv
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_route))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/v1/status", get(status))
         .route("/v1/kv/range", post(kv_range))
         .route("/v1/kv/put", post(kv_put))
@@ -211,14 +223,18 @@ async fn track(req: Request, next: Next) -> Response {
     let start = tokio::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::counter!("weft_http_requests_total", "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("weft_http_request_duration_seconds", "route" => route).record(start.elapsed().as_secs_f64());
+    metrics::counter!("weft_http_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("weft_http_request_duration_seconds", "route" => route)
+        .record(start.elapsed().as_secs_f64());
     resp
 }
 
 async fn health(State(st): State<AppState>) -> Response {
     match st.store.status().await {
-        Ok(s) => Json(serde_json::json!({"status": "ok", "revision": s.header.revision})).into_response(),
+        Ok(s) => {
+            Json(serde_json::json!({"status": "ok", "revision": s.header.revision})).into_response()
+        }
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({"status": "unavailable", "error": e.to_string()})),
@@ -233,7 +249,11 @@ async fn metrics_route(State(st): State<AppState>) -> Response {
         metrics::gauge!("weft_store_compact_revision").set(s.compact_revision as f64);
         metrics::gauge!("weft_store_db_size_bytes").set(s.db_size as f64);
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
 }
 
 #[derive(Serialize)]
@@ -254,25 +274,37 @@ async fn status(State(st): State<AppState>) -> Result<Json<StatusJson>, ApiError
     }))
 }
 
-async fn kv_range(State(st): State<AppState>, Body(b): Body<api::RangeBody>) -> Result<Json<api::RangeResp>, ApiError> {
+async fn kv_range(
+    State(st): State<AppState>,
+    Body(b): Body<api::RangeBody>,
+) -> Result<Json<api::RangeResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.range(b.to_store(enc)?).await?;
     Ok(Json(api::range_resp(enc, &r)?))
 }
 
-async fn kv_put(State(st): State<AppState>, Body(b): Body<api::PutBody>) -> Result<Json<api::PutResp>, ApiError> {
+async fn kv_put(
+    State(st): State<AppState>,
+    Body(b): Body<api::PutBody>,
+) -> Result<Json<api::PutResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.put(b.to_store(enc)?).await?;
     Ok(Json(api::put_resp(enc, &r)?))
 }
 
-async fn kv_delete(State(st): State<AppState>, Body(b): Body<api::DeleteBody>) -> Result<Json<api::DeleteResp>, ApiError> {
+async fn kv_delete(
+    State(st): State<AppState>,
+    Body(b): Body<api::DeleteBody>,
+) -> Result<Json<api::DeleteResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.delete(b.to_store(enc)?).await?;
     Ok(Json(api::delete_resp(enc, &r)?))
 }
 
-async fn kv_txn(State(st): State<AppState>, Body(b): Body<api::TxnBody>) -> Result<Json<api::TxnResp>, ApiError> {
+async fn kv_txn(
+    State(st): State<AppState>,
+    Body(b): Body<api::TxnBody>,
+) -> Result<Json<api::TxnResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.txn(b.to_store(enc)?).await?;
     Ok(Json(api::txn_resp(enc, &r)?))
@@ -285,12 +317,20 @@ struct RevisionBody {
     revision: i64,
 }
 
-async fn kv_compact(State(st): State<AppState>, Body(b): Body<RevisionBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn kv_compact(
+    State(st): State<AppState>,
+    Body(b): Body<RevisionBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let r = st.store.compact(b.revision).await?;
-    Ok(Json(serde_json::json!({"header": api::Header::from(r.header)})))
+    Ok(Json(
+        serde_json::json!({"header": api::Header::from(r.header)}),
+    ))
 }
 
-async fn kv_hash(State(st): State<AppState>, Body(b): Body<RevisionBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn kv_hash(
+    State(st): State<AppState>,
+    Body(b): Body<RevisionBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let r = st.store.hash_kv(b.revision).await?;
     Ok(Json(serde_json::json!({
         "header": api::Header::from(r.header),
@@ -308,9 +348,14 @@ struct GrantBody {
     id: i64,
 }
 
-async fn lease_grant(State(st): State<AppState>, Body(b): Body<GrantBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn lease_grant(
+    State(st): State<AppState>,
+    Body(b): Body<GrantBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let r = st.store.lease_grant(b.ttl, b.id).await?;
-    Ok(Json(serde_json::json!({"header": api::Header::from(r.header), "id": r.id, "ttl": r.ttl})))
+    Ok(Json(
+        serde_json::json!({"header": api::Header::from(r.header), "id": r.id, "ttl": r.ttl}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -323,20 +368,35 @@ struct IdBody {
     encoding: Option<Encoding>,
 }
 
-async fn lease_revoke(State(st): State<AppState>, Body(b): Body<IdBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn lease_revoke(
+    State(st): State<AppState>,
+    Body(b): Body<IdBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let h = st.store.lease_revoke(b.id).await?;
     Ok(Json(serde_json::json!({"header": api::Header::from(h)})))
 }
 
-async fn lease_keepalive(State(st): State<AppState>, Body(b): Body<IdBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn lease_keepalive(
+    State(st): State<AppState>,
+    Body(b): Body<IdBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let r = st.store.lease_keep_alive(b.id).await?;
-    Ok(Json(serde_json::json!({"header": api::Header::from(r.header), "id": r.id, "ttl": r.ttl})))
+    Ok(Json(
+        serde_json::json!({"header": api::Header::from(r.header), "id": r.id, "ttl": r.ttl}),
+    ))
 }
 
-async fn lease_ttl(State(st): State<AppState>, Body(b): Body<IdBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn lease_ttl(
+    State(st): State<AppState>,
+    Body(b): Body<IdBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.lease_time_to_live(b.id, b.keys).await?;
-    let keys = r.keys.iter().map(|k| enc.encode(k)).collect::<Result<Vec<_>, _>>()?;
+    let keys = r
+        .keys
+        .iter()
+        .map(|k| enc.encode(k))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Json(serde_json::json!({
         "header": api::Header::from(r.header),
         "id": r.id,
@@ -377,7 +437,9 @@ struct WatchQuery {
 }
 
 fn sse_error(e: &ApiError) -> SseEvent {
-    SseEvent::default().event("error").data(e.to_json().to_string())
+    SseEvent::default()
+        .event("error")
+        .data(e.to_json().to_string())
 }
 
 async fn watch_sse(
@@ -386,7 +448,12 @@ async fn watch_sse(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let enc = q.encoding.unwrap_or_default();
-    let sel = api::KeySel { key: q.key, range_end: q.range_end, prefix: q.prefix, from_key: q.from_key };
+    let sel = api::KeySel {
+        key: q.key,
+        range_end: q.range_end,
+        prefix: q.prefix,
+        from_key: q.from_key,
+    };
     let req = WatchRequest {
         range: sel.range(enc)?,
         start_revision: q.start_revision,
@@ -412,7 +479,10 @@ async fn watch_sse(
         .take_until(stopped)
         .map(move |item| {
             let _ = &gauge;
-            match item.map_err(ApiError::Store).and_then(|m| api::watch_json(enc, &m)) {
+            match item
+                .map_err(ApiError::Store)
+                .and_then(|m| api::watch_json(enc, &m))
+            {
                 Ok(j) if j.events.is_empty() => {
                     let data = serde_json::json!({"revision": j.revision}).to_string();
                     (SseEvent::default().event("progress").data(data), false)
@@ -432,5 +502,7 @@ async fn watch_sse(
             *ended = is_error;
             futures::future::ready(Some(Ok::<_, Infallible>(ev)))
         });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }

@@ -17,19 +17,33 @@ struct Node {
 
 async fn node(cfg: ServerConfig) -> Node {
     let dir = tempfile::tempdir().unwrap();
-    let store = weft_store::embedded::Embedded::open(dir.path(), Default::default()).await.unwrap();
+    let store = weft_store::embedded::Embedded::open(dir.path(), Default::default())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(run(listener, Arc::new(store), cfg, async {
         let _ = rx.await;
     }));
-    Node { base, http: reqwest::Client::new(), stop: Some(tx), task, _dir: dir }
+    Node {
+        base,
+        http: reqwest::Client::new(),
+        stop: Some(tx),
+        task,
+        _dir: dir,
+    }
 }
 
 impl Node {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self.http.post(format!("{}{path}", self.base)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         let status = r.status().as_u16();
         (status, r.json().await.unwrap_or(Value::Null))
     }
@@ -46,23 +60,40 @@ impl Node {
     }
     async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task).await.expect("graceful shutdown").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("graceful shutdown")
+            .unwrap()
+            .unwrap();
     }
 }
 
 #[tokio::test]
 async fn kv_txn_and_encodings() {
     let n = node(ServerConfig::default()).await;
-    let (s, put) = n.post("/v1/kv/put", json!({"key": "app/a", "value": "1"})).await;
+    let (s, put) = n
+        .post("/v1/kv/put", json!({"key": "app/a", "value": "1"}))
+        .await;
     assert_eq!(s, 200, "{put}");
     let rev = put["header"]["revision"].as_i64().unwrap();
-    n.post("/v1/kv/put", json!({"key": "app/b", "value": "2"})).await;
-    let (_, r) = n.post("/v1/kv/range", json!({"key": "app/", "prefix": true})).await;
+    n.post("/v1/kv/put", json!({"key": "app/b", "value": "2"}))
+        .await;
+    let (_, r) = n
+        .post("/v1/kv/range", json!({"key": "app/", "prefix": true}))
+        .await;
     assert_eq!(r["count"], 2);
     assert_eq!(r["kvs"][0]["value"], "1");
     assert_eq!(r["kvs"][0]["mod_revision"], rev);
-    let (_, r) = n.post("/v1/kv/range", json!({"key": "app/", "prefix": true, "limit": 1})).await;
-    assert_eq!((r["more"].as_bool(), r["kvs"].as_array().unwrap().len()), (Some(true), 1));
+    let (_, r) = n
+        .post(
+            "/v1/kv/range",
+            json!({"key": "app/", "prefix": true, "limit": 1}),
+        )
+        .await;
+    assert_eq!(
+        (r["more"].as_bool(), r["kvs"].as_array().unwrap().len()),
+        (Some(true), 1)
+    );
     // txn: compare-and-swap.
     let cas = json!({
         "compare": [{"key": "app/a", "target": "value", "op": "=", "value": "1"}],
@@ -76,47 +107,116 @@ async fn kv_txn_and_encodings() {
     let (_, t) = n.post("/v1/kv/txn", cas).await;
     assert_eq!(t["succeeded"], false);
     // Binary data through base64; asking for it as UTF-8 is a clear error, not mangled data.
-    let (s, _) = n.post("/v1/kv/put", json!({"key": "Ymlu", "value": "//79", "encoding": "base64"})).await;
+    let (s, _) = n
+        .post(
+            "/v1/kv/put",
+            json!({"key": "Ymlu", "value": "//79", "encoding": "base64"}),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (_, r) = n.post("/v1/kv/range", json!({"key": "Ymlu", "encoding": "base64"})).await;
+    let (_, r) = n
+        .post("/v1/kv/range", json!({"key": "Ymlu", "encoding": "base64"}))
+        .await;
     assert_eq!(r["kvs"][0]["value"], "//79");
     let (s, e) = n.post("/v1/kv/range", json!({"key": "bin"})).await;
     assert_eq!(s, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("base64"), "{e}");
-    let (s, d) = n.post("/v1/kv/delete", json!({"key": "app/", "prefix": true, "prev_kv": true})).await;
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("base64"),
+        "{e}"
+    );
+    let (s, d) = n
+        .post(
+            "/v1/kv/delete",
+            json!({"key": "app/", "prefix": true, "prev_kv": true}),
+        )
+        .await;
     assert_eq!((s, d["deleted"].as_i64()), (200, Some(2)));
     n.shutdown().await;
 }
 
 #[tokio::test]
 async fn bad_input_gets_clear_4xx_errors() {
-    let n = node(ServerConfig { max_body_bytes: 3 * 1024 * 1024, ..Default::default() }).await;
+    let n = node(ServerConfig {
+        max_body_bytes: 3 * 1024 * 1024,
+        ..Default::default()
+    })
+    .await;
     let (s, e) = n.raw("/v1/kv/put", "{not json").await;
-    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("bad_request")), "{e}");
-    let (s, e) = n.post("/v1/kv/put", json!({"key": "a", "valeu": "typo"})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("bad_request")),
+        "{e}"
+    );
+    let (s, e) = n
+        .post("/v1/kv/put", json!({"key": "a", "valeu": "typo"}))
+        .await;
     assert_eq!(s, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("valeu"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("valeu"),
+        "{e}"
+    );
     let (s, e) = n.post("/v1/kv/put", json!({"key": "", "value": "x"})).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("invalid_argument")), "{e}");
-    let (s, e) = n.post("/v1/kv/put", json!({"key": "a", "value": "%%%", "encoding": "base64"})).await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("invalid_argument")),
+        "{e}"
+    );
+    let (s, e) = n
+        .post(
+            "/v1/kv/put",
+            json!({"key": "a", "value": "%%%", "encoding": "base64"}),
+        )
+        .await;
     assert_eq!(s, 400, "{e}");
-    let (s, e) = n.post("/v1/kv/range", json!({"key": "a", "prefix": true, "from_key": true})).await;
+    let (s, e) = n
+        .post(
+            "/v1/kv/range",
+            json!({"key": "a", "prefix": true, "from_key": true}),
+        )
+        .await;
     assert_eq!(s, 400, "{e}");
     let big = "x".repeat(2 * 1024 * 1024);
-    let (s, e) = n.post("/v1/kv/put", json!({"key": "a", "value": big})).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (413, Some("too_large")), "{e}");
+    let (s, e) = n
+        .post("/v1/kv/put", json!({"key": "a", "value": big}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (413, Some("too_large")),
+        "{e}"
+    );
     let huge = "x".repeat(4 * 1024 * 1024);
-    let (s, _) = n.post("/v1/kv/put", json!({"key": "a", "value": huge})).await;
+    let (s, _) = n
+        .post("/v1/kv/put", json!({"key": "a", "value": huge}))
+        .await;
     assert_eq!(s, 413);
     let cmp = json!({"compare": [{"key": "a", "target": "version", "op": "~", "value": 1}]});
     let (s, e) = n.post("/v1/kv/txn", cmp).await;
     assert_eq!(s, 400);
-    assert!(e["error"]["message"].as_str().unwrap().contains("allowed"), "{e}");
-    let (s, e) = n.post("/v1/kv/range", json!({"key": "a", "revision": 99})).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (400, Some("future_revision")), "{e}");
-    let r = n.http.get(format!("{}/v1/nope", n.base)).send().await.unwrap();
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("allowed"),
+        "{e}"
+    );
+    let (s, e) = n
+        .post("/v1/kv/range", json!({"key": "a", "revision": 99}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (400, Some("future_revision")),
+        "{e}"
+    );
+    let r = n
+        .http
+        .get(format!("{}/v1/nope", n.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 404);
-    let r = n.http.get(format!("{}/v1/watch?key=a&start_revision=abc", n.base)).send().await.unwrap();
+    let r = n
+        .http
+        .get(format!("{}/v1/watch?key=a&start_revision=abc", n.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 400);
     n.shutdown().await;
 }
@@ -127,20 +227,44 @@ async fn leases_over_http() {
     let (s, g) = n.post("/v1/lease/grant", json!({"ttl": 60})).await;
     assert_eq!(s, 200, "{g}");
     let id = g["id"].as_i64().unwrap();
-    assert!(id > 0 && id < (1i64 << 53), "ids are exact in JSON numbers: {id}");
-    n.post("/v1/kv/put", json!({"key": "svc/x", "value": "1", "lease": id})).await;
-    let (_, t) = n.post("/v1/lease/ttl", json!({"id": id, "keys": true})).await;
-    assert_eq!((t["granted_ttl"].as_i64(), t["keys"][0].as_str()), (Some(60), Some("svc/x")));
+    assert!(
+        id > 0 && id < (1i64 << 53),
+        "ids are exact in JSON numbers: {id}"
+    );
+    n.post(
+        "/v1/kv/put",
+        json!({"key": "svc/x", "value": "1", "lease": id}),
+    )
+    .await;
+    let (_, t) = n
+        .post("/v1/lease/ttl", json!({"id": id, "keys": true}))
+        .await;
+    assert_eq!(
+        (t["granted_ttl"].as_i64(), t["keys"][0].as_str()),
+        (Some(60), Some("svc/x"))
+    );
     let (_, k) = n.post("/v1/lease/keepalive", json!({"id": id})).await;
     assert_eq!(k["ttl"], 60);
-    let r: Value = n.http.get(format!("{}/v1/lease/list", n.base)).send().await.unwrap().json().await.unwrap();
+    let r: Value = n
+        .http
+        .get(format!("{}/v1/lease/list", n.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(r["leases"].as_array().unwrap().contains(&json!(id)));
     let (s, _) = n.post("/v1/lease/revoke", json!({"id": id})).await;
     assert_eq!(s, 200);
     let (_, r) = n.post("/v1/kv/range", json!({"key": "svc/x"})).await;
     assert_eq!(r["count"], 0);
     let (s, e) = n.post("/v1/lease/keepalive", json!({"id": id})).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (404, Some("lease_not_found")), "{e}");
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("lease_not_found")),
+        "{e}"
+    );
     n.shutdown().await;
 }
 
@@ -149,7 +273,11 @@ async fn sse_events(resp: reqwest::Response, n: usize) -> Vec<(String, Value)> {
     let mut buf = String::new();
     let mut body = resp.bytes_stream();
     while out.len() < n {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next()).await.expect("sse event").unwrap().unwrap();
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("sse event")
+            .unwrap()
+            .unwrap();
         buf.push_str(&String::from_utf8_lossy(&chunk));
         while let Some(i) = buf.find("\n\n") {
             let frame: String = buf.drain(..i + 2).collect();
@@ -173,44 +301,77 @@ async fn sse_events(resp: reqwest::Response, n: usize) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn watch_as_server_sent_events_and_shutdown_ends_streams() {
     let n = node(ServerConfig::default()).await;
-    let (_, p) = n.post("/v1/kv/put", json!({"key": "w/a", "value": "0"})).await;
+    let (_, p) = n
+        .post("/v1/kv/put", json!({"key": "w/a", "value": "0"}))
+        .await;
     let first = p["header"]["revision"].as_i64().unwrap();
     let resp = n
         .http
-        .get(format!("{}/v1/watch?key=w/&prefix=true&prev_kv=true&start_revision={first}", n.base))
+        .get(format!(
+            "{}/v1/watch?key=w/&prefix=true&prev_kv=true&start_revision={first}",
+            n.base
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
-    n.post("/v1/kv/put", json!({"key": "w/a", "value": "1"})).await;
+    n.post("/v1/kv/put", json!({"key": "w/a", "value": "1"}))
+        .await;
     n.post("/v1/kv/delete", json!({"key": "w/a"})).await;
     let evs = sse_events(resp, 3).await;
-    let all: Vec<&Value> = evs.iter().flat_map(|(_, d)| d["events"].as_array().unwrap()).collect();
+    let all: Vec<&Value> = evs
+        .iter()
+        .flat_map(|(_, d)| d["events"].as_array().unwrap())
+        .collect();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0]["kv"]["value"], "0");
     assert_eq!(all[1]["prev_kv"]["value"], "0");
     assert_eq!(all[2]["type"], "DELETE");
 
     // Compacted start revision: one error event carrying the compact revision.
-    let (_, p) = n.post("/v1/kv/put", json!({"key": "w/b", "value": "x"})).await;
+    let (_, p) = n
+        .post("/v1/kv/put", json!({"key": "w/b", "value": "x"}))
+        .await;
     let now = p["header"]["revision"].as_i64().unwrap();
     n.post("/v1/kv/compact", json!({"revision": now})).await;
-    let resp = n.http.get(format!("{}/v1/watch?key=w/&prefix=true&start_revision=1", n.base)).send().await.unwrap();
+    let resp = n
+        .http
+        .get(format!(
+            "{}/v1/watch?key=w/&prefix=true&start_revision=1",
+            n.base
+        ))
+        .send()
+        .await
+        .unwrap();
     let evs = sse_events(resp, 1).await;
     assert_eq!(evs[0].0, "error");
     assert_eq!(evs[0].1["error"]["code"], "compacted");
     assert_eq!(evs[0].1["error"]["compact_revision"], now);
 
     // An open watch does not keep the server from shutting down.
-    let _open = n.http.get(format!("{}/v1/watch?key=w/&prefix=true", n.base)).send().await.unwrap();
+    let _open = n
+        .http
+        .get(format!("{}/v1/watch?key=w/&prefix=true", n.base))
+        .send()
+        .await
+        .unwrap();
     n.shutdown().await;
 }
 
 #[tokio::test]
 async fn bearer_token_guards_everything_but_health() {
-    let n = node(ServerConfig { token: Some("s3cret".into()), ..Default::default() }).await;
-    let (s, e) = n.post("/v1/kv/put", json!({"key": "a", "value": "1"})).await;
-    assert_eq!((s, e["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let n = node(ServerConfig {
+        token: Some("s3cret".into()),
+        ..Default::default()
+    })
+    .await;
+    let (s, e) = n
+        .post("/v1/kv/put", json!({"key": "a", "value": "1"}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
     let r = n
         .http
         .post(format!("{}/v1/kv/put", n.base))
@@ -229,7 +390,12 @@ async fn bearer_token_guards_everything_but_health() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
-    let r = n.http.get(format!("{}/health", n.base)).send().await.unwrap();
+    let r = n
+        .http
+        .get(format!("{}/health", n.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     n.shutdown().await;
 }
@@ -238,14 +404,38 @@ async fn bearer_token_guards_everything_but_health() {
 async fn openapi_lists_every_route_and_metrics_are_served() {
     let doc: Value = serde_json::from_str(OPENAPI).unwrap();
     for (method, path) in ROUTES {
-        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from openapi.json"
+        );
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), ROUTES.len(), "openapi.json documents a route that does not exist");
+    assert_eq!(
+        doc["paths"].as_object().unwrap().len(),
+        ROUTES.len(),
+        "openapi.json documents a route that does not exist"
+    );
     let n = node(ServerConfig::default()).await;
-    let served: Value = n.http.get(format!("{}/openapi.json", n.base)).send().await.unwrap().json().await.unwrap();
+    let served: Value = n
+        .http
+        .get(format!("{}/openapi.json", n.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(served, doc);
-    n.post("/v1/kv/put", json!({"key": "m", "value": "1"})).await;
-    let text = n.http.get(format!("{}/metrics", n.base)).send().await.unwrap().text().await.unwrap();
+    n.post("/v1/kv/put", json!({"key": "m", "value": "1"}))
+        .await;
+    let text = n
+        .http
+        .get(format!("{}/metrics", n.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("weft_http_requests_total"), "{text}");
     assert!(text.contains("weft_store_revision"), "{text}");
     n.shutdown().await;

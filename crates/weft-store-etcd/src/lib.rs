@@ -43,9 +43,15 @@ fn map_err(e: ec::Error) -> StoreError {
         ec::Error::GRpcStatus(st) => {
             let msg = st.message();
             if msg.contains("required revision has been compacted") {
-                StoreError::Compacted { requested: 0, compact_revision: 0 }
+                StoreError::Compacted {
+                    requested: 0,
+                    compact_revision: 0,
+                }
             } else if msg.contains("required revision is a future revision") {
-                StoreError::FutureRevision { requested: 0, current: 0 }
+                StoreError::FutureRevision {
+                    requested: 0,
+                    current: 0,
+                }
             } else if msg.contains("requested lease not found") {
                 StoreError::LeaseNotFound(0)
             } else if msg.contains("lease already exists") {
@@ -55,7 +61,11 @@ fn map_err(e: ec::Error) -> StoreError {
             } else if msg.contains("request is too large")
                 || st.code() == tonic::Code::ResourceExhausted
             {
-                StoreError::TooLarge { what: "request", size: 0, limit: 0 }
+                StoreError::TooLarge {
+                    what: "request",
+                    size: 0,
+                    limit: 0,
+                }
             } else if msg.contains("too many operations in txn request") {
                 StoreError::TooManyOps { ops: 0, limit: 0 }
             } else if msg.contains("duplicate key given in txn request") {
@@ -71,7 +81,9 @@ fn map_err(e: ec::Error) -> StoreError {
                 StoreError::Storage(format!("etcd: {st}"))
             }
         }
-        ec::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => StoreError::LeaseNotFound(0),
+        ec::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => {
+            StoreError::LeaseNotFound(0)
+        }
         ec::Error::TransportError(t) => StoreError::Unavailable(t.to_string()),
         ec::Error::IoError(io) => StoreError::Unavailable(io.to_string()),
         other => StoreError::Unavailable(other.to_string()),
@@ -81,8 +93,15 @@ fn map_err(e: ec::Error) -> StoreError {
 /// Fills in the numbers etcd does not report.
 fn with_context(e: StoreError, requested: i64, lease: i64) -> StoreError {
     match e {
-        StoreError::Compacted { compact_revision, .. } => StoreError::Compacted { requested, compact_revision },
-        StoreError::FutureRevision { current, .. } => StoreError::FutureRevision { requested, current },
+        StoreError::Compacted {
+            compact_revision, ..
+        } => StoreError::Compacted {
+            requested,
+            compact_revision,
+        },
+        StoreError::FutureRevision { current, .. } => {
+            StoreError::FutureRevision { requested, current }
+        }
         StoreError::LeaseNotFound(_) => StoreError::LeaseNotFound(lease),
         StoreError::LeaseExists(_) => StoreError::LeaseExists(lease),
         other => other,
@@ -101,7 +120,9 @@ fn kv(k: &ec::KeyValue) -> KeyValue {
 }
 
 fn header(h: Option<&ec::ResponseHeader>) -> ResponseHeader {
-    ResponseHeader { revision: h.map(|h| h.revision()).unwrap_or(0) }
+    ResponseHeader {
+        revision: h.map(|h| h.revision()).unwrap_or(0),
+    }
 }
 
 fn get_options(r: &RangeRequest) -> ec::GetOptions {
@@ -196,8 +217,13 @@ fn txn_op(op: &TxnOp) -> ec::TxnOp {
 impl EtcdStore {
     /// Connects to an etcd cluster.
     pub async fn connect<E: AsRef<str>>(endpoints: &[E]) -> Result<Self> {
-        let client = ec::Client::connect(endpoints, None).await.map_err(map_err)?;
-        Ok(EtcdStore { client, limits: Limits::default() })
+        let client = ec::Client::connect(endpoints, None)
+            .await
+            .map_err(map_err)?;
+        Ok(EtcdStore {
+            client,
+            limits: Limits::default(),
+        })
     }
 
     /// Uses limits other than etcd's defaults (if the cluster was started with other flags).
@@ -244,10 +270,17 @@ impl Store for EtcdStore {
         let mut r = self
             .client
             .kv_client()
-            .put(req.key.to_vec(), req.value.to_vec(), Some(put_options(&req)))
+            .put(
+                req.key.to_vec(),
+                req.value.to_vec(),
+                Some(put_options(&req)),
+            )
             .await
             .map_err(|e| with_context(map_err(e), 0, req.lease))?;
-        Ok(PutResponse { header: header(r.header()), prev_kv: r.take_prev_key().map(|k| kv(&k)) })
+        Ok(PutResponse {
+            header: header(r.header()),
+            prev_kv: r.take_prev_key().map(|k| kv(&k)),
+        })
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
@@ -274,7 +307,12 @@ impl Store for EtcdStore {
             .when(req.compare.iter().map(compare).collect::<Vec<_>>())
             .and_then(req.success.iter().map(txn_op).collect::<Vec<_>>())
             .or_else(req.failure.iter().map(txn_op).collect::<Vec<_>>());
-        let r = self.client.kv_client().txn(t).await.map_err(|e| with_context(map_err(e), 0, lease))?;
+        let r = self
+            .client
+            .kv_client()
+            .txn(t)
+            .await
+            .map_err(|e| with_context(map_err(e), 0, lease))?;
         let responses = r
             .op_responses()
             .into_iter()
@@ -285,10 +323,16 @@ impl Store for EtcdStore {
                     prev_kv: p.prev_key().map(kv),
                 })),
                 ec::TxnOpResponse::Delete(d) => Ok(TxnOpResponse::Delete(delete_response(&d))),
-                ec::TxnOpResponse::Txn(_) => Err(StoreError::Unsupported("nested txn response".into())),
+                ec::TxnOpResponse::Txn(_) => {
+                    Err(StoreError::Unsupported("nested txn response".into()))
+                }
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(TxnResponse { header: header(r.header()), succeeded: r.succeeded(), responses })
+        Ok(TxnResponse {
+            header: header(r.header()),
+            succeeded: r.succeeded(),
+            responses,
+        })
     }
 
     async fn compact(&self, revision: i64) -> Result<CompactResponse> {
@@ -298,36 +342,59 @@ impl Store for EtcdStore {
             .compact(revision, Some(ec::CompactionOptions::new().with_physical()))
             .await
             .map_err(|e| with_context(map_err(e), revision, 0))?;
-        Ok(CompactResponse { header: header(r.header()) })
+        Ok(CompactResponse {
+            header: header(r.header()),
+        })
     }
 
     async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
-        let opts = if id != 0 { Some(ec::LeaseGrantOptions::new().with_id(id)) } else { None };
-        let r = self
-            .client
-            .lease_client()
-            .grant(ttl, opts)
-            .await
-            .map_err(|e| match with_context(map_err(e), 0, id) {
-                StoreError::LeaseTtlTooLarge { .. } => {
-                    StoreError::LeaseTtlTooLarge { ttl, max: self.limits.max_lease_ttl }
-                }
-                other => other,
-            })?;
-        Ok(LeaseGrantResponse { header: header(r.header()), id: r.id(), ttl: r.ttl() })
+        let opts = if id != 0 {
+            Some(ec::LeaseGrantOptions::new().with_id(id))
+        } else {
+            None
+        };
+        let r =
+            self.client
+                .lease_client()
+                .grant(ttl, opts)
+                .await
+                .map_err(|e| match with_context(map_err(e), 0, id) {
+                    StoreError::LeaseTtlTooLarge { .. } => StoreError::LeaseTtlTooLarge {
+                        ttl,
+                        max: self.limits.max_lease_ttl,
+                    },
+                    other => other,
+                })?;
+        Ok(LeaseGrantResponse {
+            header: header(r.header()),
+            id: r.id(),
+            ttl: r.ttl(),
+        })
     }
 
     async fn lease_revoke(&self, id: i64) -> Result<ResponseHeader> {
-        let r = self.client.lease_client().revoke(id).await.map_err(|e| with_context(map_err(e), 0, id))?;
+        let r = self
+            .client
+            .lease_client()
+            .revoke(id)
+            .await
+            .map_err(|e| with_context(map_err(e), 0, id))?;
         Ok(header(r.header()))
     }
 
     async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
-        let (mut keeper, mut stream) =
-            self.client.lease_client().keep_alive(id).await.map_err(|e| with_context(map_err(e), 0, id))?;
+        let (mut keeper, mut stream) = self
+            .client
+            .lease_client()
+            .keep_alive(id)
+            .await
+            .map_err(|e| with_context(map_err(e), 0, id))?;
         // `keep_alive` consumed the first response (and errors if the lease is gone); ask once
         // more to learn the TTL the lease was renewed to.
-        keeper.keep_alive().await.map_err(|e| with_context(map_err(e), 0, id))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| with_context(map_err(e), 0, id))?;
         let r = stream
             .message()
             .await
@@ -336,11 +403,19 @@ impl Store for EtcdStore {
         if r.ttl() <= 0 {
             return Err(StoreError::LeaseNotFound(id));
         }
-        Ok(LeaseKeepAliveResponse { header: header(r.header()), id, ttl: r.ttl() })
+        Ok(LeaseKeepAliveResponse {
+            header: header(r.header()),
+            id,
+            ttl: r.ttl(),
+        })
     }
 
     async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
-        let opts = if keys { Some(ec::LeaseTimeToLiveOptions::new().with_keys()) } else { None };
+        let opts = if keys {
+            Some(ec::LeaseTimeToLiveOptions::new().with_keys())
+        } else {
+            None
+        };
         let r = self
             .client
             .lease_client()
@@ -390,10 +465,18 @@ impl Store for EtcdStore {
         if !filters.is_empty() {
             o = o.with_filters(filters);
         }
-        let stream = self.client.watch_client().watch(req.range.key.to_vec(), Some(o)).await.map_err(map_err)?;
+        let stream = self
+            .client
+            .watch_client()
+            .watch(req.range.key.to_vec(), Some(o))
+            .await
+            .map_err(map_err)?;
         let (mut sender, mut responses) = stream.split();
         let (tx, rx) = mpsc::channel(64);
-        let ctl = Arc::new(Ctl { progress: Notify::new(), cancel: Notify::new() });
+        let ctl = Arc::new(Ctl {
+            progress: Notify::new(),
+            cancel: Notify::new(),
+        });
         let c = ctl.clone();
         let start = req.start_revision;
         tokio::spawn(async move {
@@ -477,7 +560,12 @@ impl Store for EtcdStore {
     }
 
     async fn status(&self) -> Result<StatusResponse> {
-        let r = self.client.maintenance_client().status().await.map_err(map_err)?;
+        let r = self
+            .client
+            .maintenance_client()
+            .status()
+            .await
+            .map_err(map_err)?;
         Ok(StatusResponse {
             header: header(r.header()),
             compact_revision: 0,

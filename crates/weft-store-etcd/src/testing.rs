@@ -16,7 +16,10 @@ pub struct EtcdServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The etcd binary: `$ETCD_BIN`, else `etcd` on the PATH.
@@ -25,7 +28,9 @@ pub fn etcd_binary() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join("etcd")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join("etcd"))
+            .find(|p| p.is_file())
     })
 }
 
@@ -45,7 +50,8 @@ impl EtcdServer {
 
     /// Starts etcd from `bin` and waits until it answers.
     pub async fn start(bin: PathBuf) -> EtcdServer {
-        let dir = std::env::temp_dir().join(format!("weft-etcd-{}-{}", std::process::id(), free_port()));
+        let dir =
+            std::env::temp_dir().join(format!("weft-etcd-{}-{}", std::process::id(), free_port()));
         let _ = std::fs::remove_dir_all(&dir);
         for attempt in 0..5 {
             let (client, peer) = (free_port(), free_port());
@@ -54,15 +60,29 @@ impl EtcdServer {
             let child = Command::new(&bin)
                 .args(["--name", "weft-test", "--data-dir"])
                 .arg(&dir)
-                .args(["--listen-client-urls", &endpoint, "--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
+                .args([
+                    "--listen-client-urls",
+                    &endpoint,
+                    "--advertise-client-urls",
+                    &endpoint,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                ])
                 .args(["--initial-cluster", &format!("weft-test={peer_url}")])
                 .args(["--log-level", "error"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            let mut server = EtcdServer { child, dir: dir.clone(), endpoint };
+            let mut server = EtcdServer {
+                child,
+                dir: dir.clone(),
+                endpoint,
+            };
             for _ in 0..100 {
                 if let Ok(Some(_)) = server.child.try_wait() {
                     break;

@@ -4,7 +4,9 @@ use weft_store_etcd::{testing::EtcdServer, EtcdStore};
 
 async fn fresh() -> Option<(EtcdStore, EtcdServer)> {
     let server = EtcdServer::start_or_skip().await?;
-    let store = EtcdStore::connect(&[&server.endpoint]).await.expect("connect to etcd");
+    let store = EtcdStore::connect(&[&server.endpoint])
+        .await
+        .expect("connect to etcd");
     Some((store, server))
 }
 

@@ -39,29 +39,56 @@ async fn collect(w: &mut WatchStream, n: usize) -> Vec<Event> {
 pub async fn revisions(s: &dyn Store) {
     let r0 = rev(s).await;
     let r1 = s.put_kv("a", "1").await.unwrap().header.revision;
-    assert_eq!(r1, r0 + 1, "each write transaction adds exactly one revision");
+    assert_eq!(
+        r1,
+        r0 + 1,
+        "each write transaction adds exactly one revision"
+    );
     let kv = s.get("a").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r1, r1, 1));
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r1, r1, 1)
+    );
     let r2 = s.put_kv("a", "2").await.unwrap().header.revision;
     assert_eq!(r2, r1 + 1);
     let kv = s.get("a").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r1, r2, 2));
-    let d = s.delete(DeleteRequest::new(KeyRange::key("a")).prev_kv()).await.unwrap();
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r1, r2, 2)
+    );
+    let d = s
+        .delete(DeleteRequest::new(KeyRange::key("a")).prev_kv())
+        .await
+        .unwrap();
     assert_eq!(d.deleted, 1);
     assert_eq!(d.header.revision, r2 + 1);
     assert_eq!(d.prev_kvs[0].value, b("2"));
     assert!(s.get("a").await.unwrap().is_none());
     // A delete that deletes nothing writes nothing.
-    let d = s.delete(DeleteRequest::new(KeyRange::key("a"))).await.unwrap();
+    let d = s
+        .delete(DeleteRequest::new(KeyRange::key("a")))
+        .await
+        .unwrap();
     assert_eq!(d.deleted, 0);
-    assert_eq!(d.header.revision, r2 + 1, "an empty delete does not add a revision");
+    assert_eq!(
+        d.header.revision,
+        r2 + 1,
+        "an empty delete does not add a revision"
+    );
     let r4 = s.put_kv("a", "3").await.unwrap().header.revision;
     let kv = s.get("a").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (r4, r4, 1), "version resets after delete");
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.version),
+        (r4, r4, 1),
+        "version resets after delete"
+    );
     // prev_kv on put.
     let p = s.put(PutRequest::new("a", "4").prev_kv()).await.unwrap();
     assert_eq!(p.prev_kv.unwrap().value, b("3"));
-    let p = s.put(PutRequest::new("fresh", "x").prev_kv()).await.unwrap();
+    let p = s
+        .put(PutRequest::new("fresh", "x").prev_kv())
+        .await
+        .unwrap();
     assert!(p.prev_kv.is_none());
 }
 
@@ -73,28 +100,64 @@ pub async fn range_options(s: &dyn Store) {
     let all = s.get_prefix("p/").await.unwrap();
     assert_eq!(all.count, 5);
     let keys: Vec<_> = all.kvs.iter().map(|kv| kv.key.clone()).collect();
-    assert_eq!(keys, vec![b("p/a"), b("p/b"), b("p/c"), b("p/d"), b("p/e")], "key order");
+    assert_eq!(
+        keys,
+        vec![b("p/a"), b("p/b"), b("p/c"), b("p/d"), b("p/e")],
+        "key order"
+    );
     assert!(!all.more);
-    let lim = s.range(RangeRequest::new(KeyRange::prefix("p/")).limit(2)).await.unwrap();
+    let lim = s
+        .range(RangeRequest::new(KeyRange::prefix("p/")).limit(2))
+        .await
+        .unwrap();
     assert_eq!((lim.kvs.len(), lim.more, lim.count), (2, true, 5));
-    let ko = s.range(RangeRequest::new(KeyRange::prefix("p/")).keys_only()).await.unwrap();
-    assert!(ko.kvs.iter().all(|kv| kv.value.is_empty() && kv.version == 1));
-    let co = s.range(RangeRequest::new(KeyRange::prefix("p/")).count_only()).await.unwrap();
+    let ko = s
+        .range(RangeRequest::new(KeyRange::prefix("p/")).keys_only())
+        .await
+        .unwrap();
+    assert!(ko
+        .kvs
+        .iter()
+        .all(|kv| kv.value.is_empty() && kv.version == 1));
+    let co = s
+        .range(RangeRequest::new(KeyRange::prefix("p/")).count_only())
+        .await
+        .unwrap();
     assert_eq!((co.kvs.len(), co.count), (0, 5));
-    let r = s.range(RangeRequest::new(KeyRange::range("p/b", "p/d"))).await.unwrap();
-    assert_eq!(r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(), vec![b("p/b"), b("p/c")]);
-    let from = s.range(RangeRequest::new(KeyRange::range("p/d", RANGE_END_ALL))).await.unwrap();
+    let r = s
+        .range(RangeRequest::new(KeyRange::range("p/b", "p/d")))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        vec![b("p/b"), b("p/c")]
+    );
+    let from = s
+        .range(RangeRequest::new(KeyRange::range("p/d", RANGE_END_ALL)))
+        .await
+        .unwrap();
     assert_eq!(from.count, 3, "p/d, p/e, q/a");
-    let inverted = s.range(RangeRequest::new(KeyRange::range("z", "a"))).await.unwrap();
+    let inverted = s
+        .range(RangeRequest::new(KeyRange::range("z", "a")))
+        .await
+        .unwrap();
     assert_eq!(inverted.count, 0);
     // Past revisions.
     let before = s.put_kv("p/a", "new").await.unwrap().header.revision - 1;
-    let old = s.range(RangeRequest::new(KeyRange::key("p/a")).revision(before)).await.unwrap();
+    let old = s
+        .range(RangeRequest::new(KeyRange::key("p/a")).revision(before))
+        .await
+        .unwrap();
     assert_eq!(old.kvs[0].value, b("v-p/a"));
     let now = s.get("p/a").await.unwrap().unwrap();
     assert_eq!(now.value, b("new"));
-    let future = s.range(RangeRequest::new(KeyRange::key("p/a")).revision(before + 100)).await;
-    assert!(matches!(future, Err(StoreError::FutureRevision { .. })), "{future:?}");
+    let future = s
+        .range(RangeRequest::new(KeyRange::key("p/a")).revision(before + 100))
+        .await;
+    assert!(
+        matches!(future, Err(StoreError::FutureRevision { .. })),
+        "{future:?}"
+    );
 }
 
 /// Transactions: every compare target and operator, both branches, one revision.
@@ -118,20 +181,41 @@ pub async fn txn_semantics(s: &dyn Store) {
         assert_eq!(got, want, "compare {target:?} {op:?}");
     }
     // Missing keys: value compares fail, others compare with zero (etcd semantics).
-    let t = TxnRequest::new().when([Compare::new("t/missing", CompareOp::NotEqual, CompareTarget::Value(b("x")))]);
+    let t = TxnRequest::new().when([Compare::new(
+        "t/missing",
+        CompareOp::NotEqual,
+        CompareTarget::Value(b("x")),
+    )]);
     assert!(!s.txn(t).await.unwrap().succeeded);
-    let t = TxnRequest::new().when([Compare::new("t/missing", CompareOp::Equal, CompareTarget::Version(0))]);
+    let t = TxnRequest::new().when([Compare::new(
+        "t/missing",
+        CompareOp::Equal,
+        CompareTarget::Version(0),
+    )]);
     assert!(s.txn(t).await.unwrap().succeeded, "create-if-absent idiom");
     // A range compare: every key must satisfy it.
     s.put_kv("t/b", "5").await.unwrap();
-    let c = Compare { range: KeyRange::prefix("t/"), target: CompareTarget::Value(b("5")), op: CompareOp::Equal };
-    assert!(s.txn(TxnRequest::new().when([c.clone()])).await.unwrap().succeeded);
+    let c = Compare {
+        range: KeyRange::prefix("t/"),
+        target: CompareTarget::Value(b("5")),
+        op: CompareOp::Equal,
+    };
+    assert!(
+        s.txn(TxnRequest::new().when([c.clone()]))
+            .await
+            .unwrap()
+            .succeeded
+    );
     s.put_kv("t/c", "6").await.unwrap();
     assert!(!s.txn(TxnRequest::new().when([c])).await.unwrap().succeeded);
     // Branches apply atomically at one revision; reads see the txn's own writes.
     let before = rev(s).await;
     let t = TxnRequest::new()
-        .when([Compare::new("t/a", CompareOp::Equal, CompareTarget::Value(b("5")))])
+        .when([Compare::new(
+            "t/a",
+            CompareOp::Equal,
+            CompareTarget::Value(b("5")),
+        )])
         .and_then([
             TxnOp::Put(PutRequest::new("t/x", "1")),
             TxnOp::Put(PutRequest::new("t/y", "2")),
@@ -151,9 +235,15 @@ pub async fn txn_semantics(s: &dyn Store) {
     assert!(s.get("t/failed").await.unwrap().is_none());
     // Failure branch.
     let t = TxnRequest::new()
-        .when([Compare::new("t/a", CompareOp::Equal, CompareTarget::Value(b("nope")))])
+        .when([Compare::new(
+            "t/a",
+            CompareOp::Equal,
+            CompareTarget::Value(b("nope")),
+        )])
         .and_then([TxnOp::Put(PutRequest::new("t/ok", "1"))])
-        .or_else([TxnOp::Delete(DeleteRequest::new(KeyRange::key("t/x")).prev_kv())]);
+        .or_else([TxnOp::Delete(
+            DeleteRequest::new(KeyRange::key("t/x")).prev_kv(),
+        )]);
     let resp = s.txn(t).await.unwrap();
     assert!(!resp.succeeded);
     match &resp.responses[0] {
@@ -162,7 +252,10 @@ pub async fn txn_semantics(s: &dyn Store) {
     }
     // A read-only txn writes nothing.
     let r = rev(s).await;
-    let resp = s.txn(TxnRequest::new().and_then([TxnOp::Range(RangeRequest::new(KeyRange::key("t/a")))])).await.unwrap();
+    let resp = s
+        .txn(TxnRequest::new().and_then([TxnOp::Range(RangeRequest::new(KeyRange::key("t/a")))]))
+        .await
+        .unwrap();
     assert_eq!(resp.header.revision, r);
     // The same key twice in one branch is rejected, and nothing is applied.
     let t = TxnRequest::new().and_then([
@@ -187,8 +280,12 @@ pub async fn leases(s: &dyn Store) {
     let g = s.lease_grant(30, 0).await.unwrap();
     assert!(g.id > 0);
     assert_eq!(g.ttl, 30);
-    s.put(PutRequest::new("l/a", "1").lease(g.id)).await.unwrap();
-    s.put(PutRequest::new("l/b", "2").lease(g.id)).await.unwrap();
+    s.put(PutRequest::new("l/a", "1").lease(g.id))
+        .await
+        .unwrap();
+    s.put(PutRequest::new("l/b", "2").lease(g.id))
+        .await
+        .unwrap();
     s.put_kv("l/c", "3").await.unwrap();
     let kv = s.get("l/a").await.unwrap().unwrap();
     assert_eq!(kv.lease, g.id);
@@ -205,23 +302,46 @@ pub async fn leases(s: &dyn Store) {
     s.put_kv("l/b", "2b").await.unwrap();
     let ttl = s.lease_time_to_live(g.id, true).await.unwrap();
     assert_eq!(ttl.keys, vec![b("l/a")]);
-    s.put(PutRequest::new("l/b", "2c").lease(g.id)).await.unwrap();
+    s.put(PutRequest::new("l/b", "2c").lease(g.id))
+        .await
+        .unwrap();
     // Revoke deletes the attached keys in one revision, with delete events.
-    let mut w = s.watch(WatchRequest::new(KeyRange::prefix("l/"))).await.unwrap();
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("l/")))
+        .await
+        .unwrap();
     let before = rev(s).await;
     let h = s.lease_revoke(g.id).await.unwrap();
-    assert_eq!(h.revision, before + 1, "revoke deletes all keys at one revision");
+    assert_eq!(
+        h.revision,
+        before + 1,
+        "revoke deletes all keys at one revision"
+    );
     assert!(s.get("l/a").await.unwrap().is_none());
     assert!(s.get("l/b").await.unwrap().is_none());
     assert!(s.get("l/c").await.unwrap().is_some());
     let evs = collect(&mut w, 2).await;
-    assert!(evs.iter().all(|e| e.kind == EventType::Delete && e.kv.mod_revision == before + 1));
+    assert!(evs
+        .iter()
+        .all(|e| e.kind == EventType::Delete && e.kv.mod_revision == before + 1));
     // Unknown lease ids give a distinct error everywhere.
-    assert_eq!(s.lease_revoke(g.id).await.unwrap_err(), StoreError::LeaseNotFound(g.id));
-    assert_eq!(s.lease_keep_alive(g.id).await.unwrap_err(), StoreError::LeaseNotFound(g.id));
-    assert_eq!(s.lease_time_to_live(g.id, false).await.unwrap_err(), StoreError::LeaseNotFound(g.id));
+    assert_eq!(
+        s.lease_revoke(g.id).await.unwrap_err(),
+        StoreError::LeaseNotFound(g.id)
+    );
+    assert_eq!(
+        s.lease_keep_alive(g.id).await.unwrap_err(),
+        StoreError::LeaseNotFound(g.id)
+    );
+    assert_eq!(
+        s.lease_time_to_live(g.id, false).await.unwrap_err(),
+        StoreError::LeaseNotFound(g.id)
+    );
     assert!(!s.lease_list().await.unwrap().contains(&g.id));
-    let e = s.put(PutRequest::new("l/z", "1").lease(g.id)).await.unwrap_err();
+    let e = s
+        .put(PutRequest::new("l/z", "1").lease(g.id))
+        .await
+        .unwrap_err();
     assert_eq!(e, StoreError::LeaseNotFound(g.id));
     // Chosen ids.
     let id = 0x7eed_0000 + (before % 1000);
@@ -229,30 +349,49 @@ pub async fn leases(s: &dyn Store) {
     assert_eq!(g2.id, id);
     assert!(matches!(s.lease_grant(10, id).await, Err(StoreError::LeaseExists(x)) if x == id));
     let too_long = s.limits().max_lease_ttl + 1;
-    assert!(matches!(s.lease_grant(too_long, 0).await, Err(StoreError::LeaseTtlTooLarge { .. })));
+    assert!(matches!(
+        s.lease_grant(too_long, 0).await,
+        Err(StoreError::LeaseTtlTooLarge { .. })
+    ));
 }
 
 /// A lease that is not kept alive expires: its keys are deleted in one revision.
 pub async fn lease_expiry(s: &dyn Store) {
     let min = s.limits().min_lease_ttl;
     let g = s.lease_grant(min, 0).await.unwrap();
-    s.put(PutRequest::new("e/a", "1").lease(g.id)).await.unwrap();
-    s.put(PutRequest::new("e/b", "1").lease(g.id)).await.unwrap();
-    let mut w = s.watch(WatchRequest::new(KeyRange::prefix("e/"))).await.unwrap();
+    s.put(PutRequest::new("e/a", "1").lease(g.id))
+        .await
+        .unwrap();
+    s.put(PutRequest::new("e/b", "1").lease(g.id))
+        .await
+        .unwrap();
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("e/")))
+        .await
+        .unwrap();
     let evs = tokio::time::timeout(Duration::from_secs(min as u64 + 10), collect(&mut w, 2))
         .await
         .expect("lease expired within TTL + 10s");
     assert!(evs.iter().all(|e| e.kind == EventType::Delete));
-    assert_eq!(evs[0].kv.mod_revision, evs[1].kv.mod_revision, "one revision for all keys of a lease");
+    assert_eq!(
+        evs[0].kv.mod_revision, evs[1].kv.mod_revision,
+        "one revision for all keys of a lease"
+    );
     assert!(s.get_prefix("e/").await.unwrap().kvs.is_empty());
-    assert_eq!(s.lease_keep_alive(g.id).await.unwrap_err(), StoreError::LeaseNotFound(g.id));
+    assert_eq!(
+        s.lease_keep_alive(g.id).await.unwrap_err(),
+        StoreError::LeaseNotFound(g.id)
+    );
 }
 
 /// Watch: order, prev_kv, filters, history from a start revision, one txn in one response,
 /// progress notifications, cancel.
 pub async fn watch_semantics(s: &dyn Store) {
     let start = rev(s).await + 1;
-    let mut w = s.watch(WatchRequest::new(KeyRange::prefix("w/")).prev_kv()).await.unwrap();
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("w/")).prev_kv())
+        .await
+        .unwrap();
     s.put_kv("w/a", "1").await.unwrap();
     s.put_kv("other", "x").await.unwrap();
     s.put_kv("w/a", "2").await.unwrap();
@@ -264,26 +403,55 @@ pub async fn watch_semantics(s: &dyn Store) {
     let trev = s.txn(txn).await.unwrap().header.revision;
     let evs = collect(&mut w, 5).await;
     let kinds: Vec<_> = evs.iter().map(|e| e.kind).collect();
-    assert_eq!(kinds, vec![EventType::Put, EventType::Put, EventType::Delete, EventType::Put, EventType::Put]);
+    assert_eq!(
+        kinds,
+        vec![
+            EventType::Put,
+            EventType::Put,
+            EventType::Delete,
+            EventType::Put,
+            EventType::Put
+        ]
+    );
     assert_eq!(evs[1].prev_kv.as_ref().unwrap().value, b("1"));
     assert_eq!(evs[2].prev_kv.as_ref().unwrap().value, b("2"));
     assert_eq!(evs[2].kv.key, b("w/a"));
-    assert!(evs.windows(2).all(|p| p[0].kv.mod_revision <= p[1].kv.mod_revision), "revision order");
-    assert_eq!((evs[3].kv.mod_revision, evs[4].kv.mod_revision), (trev, trev));
+    assert!(
+        evs.windows(2)
+            .all(|p| p[0].kv.mod_revision <= p[1].kv.mod_revision),
+        "revision order"
+    );
+    assert_eq!(
+        (evs[3].kv.mod_revision, evs[4].kv.mod_revision),
+        (trev, trev)
+    );
 
     // A watch from a past revision replays history, inclusive of the start revision.
-    let mut h = s.watch(WatchRequest::new(KeyRange::prefix("w/")).start_revision(start)).await.unwrap();
+    let mut h = s
+        .watch(WatchRequest::new(KeyRange::prefix("w/")).start_revision(start))
+        .await
+        .unwrap();
     let evs = collect(&mut h, 5).await;
     assert_eq!(evs[0].kv.mod_revision, start);
     assert!(evs[0].prev_kv.is_none(), "prev_kv only when asked for");
     // Events of one revision arrive in one response.
-    let mut t = s.watch(WatchRequest::new(KeyRange::prefix("w/")).start_revision(trev)).await.unwrap();
+    let mut t = s
+        .watch(WatchRequest::new(KeyRange::prefix("w/")).start_revision(trev))
+        .await
+        .unwrap();
     let m = next_msg(&mut t).await.unwrap();
-    assert_eq!(m.events.len(), 2, "both events of the txn revision in one response");
+    assert_eq!(
+        m.events.len(),
+        2,
+        "both events of the txn revision in one response"
+    );
 
     // Filters.
     let mut f = s
-        .watch(WatchRequest { no_put: true, ..WatchRequest::new(KeyRange::prefix("w/")).start_revision(start) })
+        .watch(WatchRequest {
+            no_put: true,
+            ..WatchRequest::new(KeyRange::prefix("w/")).start_revision(start)
+        })
         .await
         .unwrap();
     let evs = collect(&mut f, 1).await;
@@ -294,30 +462,48 @@ pub async fn watch_semantics(s: &dyn Store) {
     w.request_progress();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        assert!(tokio::time::Instant::now() < deadline, "no progress notification");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress notification"
+        );
         let m = next_msg(&mut w).await.unwrap();
         if m.is_progress() {
-            assert!(m.revision >= cur, "progress revision {} < {cur}", m.revision);
+            assert!(
+                m.revision >= cur,
+                "progress revision {} < {cur}",
+                m.revision
+            );
             break;
         }
     }
     // Cancel ends the stream.
     w.cancel();
-    let end = tokio::time::timeout(Duration::from_secs(5), w.message()).await.expect("ends");
+    let end = tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .expect("ends");
     assert!(end.is_none() || matches!(end, Some(Ok(_))));
 }
 
 /// A watcher that does not read is never silently dropped: it gets every event, in order.
 pub async fn watch_slow_consumer(s: &dyn Store) {
-    let mut w = s.watch(WatchRequest::new(KeyRange::prefix("slow/"))).await.unwrap();
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("slow/")))
+        .await
+        .unwrap();
     let n = 600usize;
     for i in 0..n {
-        s.put_kv(format!("slow/{}", i % 7), format!("{i}")).await.unwrap();
+        s.put_kv(format!("slow/{}", i % 7), format!("{i}"))
+            .await
+            .unwrap();
     }
     let evs = collect(&mut w, n).await;
     assert_eq!(evs.len(), n);
     for (i, e) in evs.iter().enumerate() {
-        assert_eq!(e.kv.value, b(&i.to_string()), "event {i} out of order or lost");
+        assert_eq!(
+            e.kv.value,
+            b(&i.to_string()),
+            "event {i} out of order or lost"
+        );
     }
 }
 
@@ -328,22 +514,43 @@ pub async fn compaction(s: &dyn Store) {
     s.put_kv("c/a", "3").await.unwrap();
     s.compact(r2).await.unwrap();
     // Reading at the compaction point works; before it fails.
-    let at = s.range(RangeRequest::new(KeyRange::key("c/a")).revision(r2)).await.unwrap();
+    let at = s
+        .range(RangeRequest::new(KeyRange::key("c/a")).revision(r2))
+        .await
+        .unwrap();
     assert_eq!(at.kvs[0].value, b("2"));
-    let old = s.range(RangeRequest::new(KeyRange::key("c/a")).revision(r1)).await;
+    let old = s
+        .range(RangeRequest::new(KeyRange::key("c/a")).revision(r1))
+        .await;
     assert!(matches!(old, Err(StoreError::Compacted { .. })), "{old:?}");
     let again = s.compact(r2).await;
-    assert!(matches!(again, Err(StoreError::Compacted { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(StoreError::Compacted { .. })),
+        "{again:?}"
+    );
     let fut = s.compact(r2 + 1000).await;
-    assert!(matches!(fut, Err(StoreError::FutureRevision { .. })), "{fut:?}");
-    let mut w = s.watch(WatchRequest::new(KeyRange::prefix("c/")).start_revision(r1)).await.unwrap();
-    let m = tokio::time::timeout(Duration::from_secs(10), w.message()).await.expect("answer");
+    assert!(
+        matches!(fut, Err(StoreError::FutureRevision { .. })),
+        "{fut:?}"
+    );
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("c/")).start_revision(r1))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(10), w.message())
+        .await
+        .expect("answer");
     match m {
-        Some(Err(StoreError::Compacted { compact_revision, .. })) => assert_eq!(compact_revision, r2),
+        Some(Err(StoreError::Compacted {
+            compact_revision, ..
+        })) => assert_eq!(compact_revision, r2),
         other => panic!("expected a compacted error, got {other:?}"),
     }
     // A watch from the compaction point onwards works.
-    let mut w = s.watch(WatchRequest::new(KeyRange::prefix("c/")).start_revision(r2 + 1)).await.unwrap();
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("c/")).start_revision(r2 + 1))
+        .await
+        .unwrap();
     let evs = collect(&mut w, 1).await;
     assert_eq!(evs[0].kv.value, b("3"));
 }
@@ -357,7 +564,11 @@ pub async fn hash_kv(s: &dyn Store) {
     s.put_kv("h/a", "2").await.unwrap();
     let h2 = s.hash_kv(0).await.unwrap();
     assert_ne!(h1.hash, h2.hash);
-    assert_eq!(s.hash_kv(h1.hash_revision).await.unwrap().hash, h1.hash, "past revisions hash the same");
+    assert_eq!(
+        s.hash_kv(h1.hash_revision).await.unwrap().hash,
+        h1.hash,
+        "past revisions hash the same"
+    );
 }
 
 /// Documented limits give clear errors and apply nothing.
@@ -369,13 +580,22 @@ pub async fn limits(s: &dyn Store) {
     assert!(matches!(e, StoreError::TooLarge { .. }), "{e:?}");
     let e = s.put_kv("", "v").await.unwrap_err();
     assert!(matches!(e, StoreError::InvalidArgument(_)), "{e:?}");
-    let ops: Vec<TxnOp> = (0..=l.max_txn_ops).map(|i| TxnOp::Put(PutRequest::new(format!("k{i}"), "v"))).collect();
+    let ops: Vec<TxnOp> = (0..=l.max_txn_ops)
+        .map(|i| TxnOp::Put(PutRequest::new(format!("k{i}"), "v")))
+        .collect();
     let e = s.txn(TxnRequest::new().and_then(ops)).await.unwrap_err();
     assert!(matches!(e, StoreError::TooManyOps { .. }), "{e:?}");
     assert_eq!(rev(s).await, r, "rejected requests write nothing");
     // The largest allowed txn works.
-    let ops: Vec<TxnOp> = (0..l.max_txn_ops).map(|i| TxnOp::Put(PutRequest::new(format!("k{i}"), "v"))).collect();
-    assert!(s.txn(TxnRequest::new().and_then(ops)).await.unwrap().succeeded);
+    let ops: Vec<TxnOp> = (0..l.max_txn_ops)
+        .map(|i| TxnOp::Put(PutRequest::new(format!("k{i}"), "v")))
+        .collect();
+    assert!(
+        s.txn(TxnRequest::new().and_then(ops))
+            .await
+            .unwrap()
+            .succeeded
+    );
 }
 
 /// Instantiates the whole suite as `#[tokio::test]`s for a backend.

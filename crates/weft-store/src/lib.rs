@@ -113,7 +113,8 @@ pub trait StoreExt: Store {
     }
     /// All keys with a prefix, in key order.
     async fn get_prefix(&self, prefix: impl Into<Bytes> + Send) -> Result<RangeResponse> {
-        self.range(RangeRequest::new(KeyRange::prefix(prefix))).await
+        self.range(RangeRequest::new(KeyRange::prefix(prefix)))
+            .await
     }
     /// Put a key without options.
     async fn put_kv(
@@ -125,7 +126,10 @@ pub trait StoreExt: Store {
     }
     /// Delete one key; returns how many were deleted (0 or 1).
     async fn delete_key(&self, key: impl Into<Bytes> + Send) -> Result<i64> {
-        Ok(self.delete(DeleteRequest::new(KeyRange::key(key))).await?.deleted)
+        Ok(self
+            .delete(DeleteRequest::new(KeyRange::key(key)))
+            .await?
+            .deleted)
     }
 }
 
@@ -180,9 +184,16 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 /// Checks a request's size and shape against `limits` (shared by all backends so that they
 /// reject the same requests with the same errors).
 pub fn check_txn(req: &TxnRequest, limits: &Limits) -> Result<()> {
-    let ops = req.compare.len().max(req.success.len()).max(req.failure.len());
+    let ops = req
+        .compare
+        .len()
+        .max(req.success.len())
+        .max(req.failure.len());
     if ops > limits.max_txn_ops {
-        return Err(StoreError::TooManyOps { ops, limit: limits.max_txn_ops });
+        return Err(StoreError::TooManyOps {
+            ops,
+            limit: limits.max_txn_ops,
+        });
     }
     let mut size = 0usize;
     for c in &req.compare {
@@ -213,7 +224,9 @@ pub fn check_txn(req: &TxnRequest, limits: &Limits) -> Result<()> {
 /// Rejects an empty key (etcd: "key is not provided").
 pub fn check_key(key: &[u8]) -> Result<()> {
     if key.is_empty() {
-        return Err(StoreError::InvalidArgument("key is not provided (keys must not be empty)".into()));
+        return Err(StoreError::InvalidArgument(
+            "key is not provided (keys must not be empty)".into(),
+        ));
     }
     Ok(())
 }
@@ -221,7 +234,11 @@ pub fn check_key(key: &[u8]) -> Result<()> {
 /// Rejects a request larger than `limits.max_request_bytes`.
 pub fn check_size(size: usize, limits: &Limits) -> Result<()> {
     if size > limits.max_request_bytes {
-        return Err(StoreError::TooLarge { what: "request", size, limit: limits.max_request_bytes });
+        return Err(StoreError::TooLarge {
+            what: "request",
+            size,
+            limit: limits.max_request_bytes,
+        });
     }
     Ok(())
 }

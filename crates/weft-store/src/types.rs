@@ -31,7 +31,10 @@ pub struct KeyRange {
 impl KeyRange {
     /// Exactly one key.
     pub fn key(key: impl Into<Bytes>) -> Self {
-        KeyRange { key: key.into(), range_end: Bytes::new() }
+        KeyRange {
+            key: key.into(),
+            range_end: Bytes::new(),
+        }
     }
     /// Every key that starts with `prefix` (an empty prefix selects all keys).
     pub fn prefix(prefix: impl Into<Bytes>) -> Self {
@@ -44,11 +47,17 @@ impl KeyRange {
     }
     /// `[start, end)`.
     pub fn range(start: impl Into<Bytes>, end: impl Into<Bytes>) -> Self {
-        KeyRange { key: start.into(), range_end: end.into() }
+        KeyRange {
+            key: start.into(),
+            range_end: end.into(),
+        }
     }
     /// Every key.
     pub fn all() -> Self {
-        KeyRange { key: Bytes::from_static(b"\0"), range_end: Bytes::from_static(RANGE_END_ALL) }
+        KeyRange {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(RANGE_END_ALL),
+        }
     }
     /// Whether this selects a single key.
     pub fn is_single(&self) -> bool {
@@ -109,7 +118,10 @@ pub struct RangeRequest {
 impl RangeRequest {
     /// Read the keys in `range` at the latest revision.
     pub fn new(range: KeyRange) -> Self {
-        RangeRequest { range, ..Default::default() }
+        RangeRequest {
+            range,
+            ..Default::default()
+        }
     }
     /// Set a limit.
     pub fn limit(mut self, limit: i64) -> Self {
@@ -162,7 +174,11 @@ pub struct PutRequest {
 impl PutRequest {
     /// Put `value` at `key`.
     pub fn new(key: impl Into<Bytes>, value: impl Into<Bytes>) -> Self {
-        PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+        PutRequest {
+            key: key.into(),
+            value: value.into(),
+            ..Default::default()
+        }
     }
     /// Attach to a lease.
     pub fn lease(mut self, lease: i64) -> Self {
@@ -197,7 +213,10 @@ pub struct DeleteRequest {
 impl DeleteRequest {
     /// Delete the keys in `range`.
     pub fn new(range: KeyRange) -> Self {
-        DeleteRequest { range, prev_kv: false }
+        DeleteRequest {
+            range,
+            prev_kv: false,
+        }
     }
     /// Return the deleted pairs.
     pub fn prev_kv(mut self) -> Self {
@@ -259,7 +278,11 @@ pub struct Compare {
 impl Compare {
     /// Compare a single key.
     pub fn new(key: impl Into<Bytes>, op: CompareOp, target: CompareTarget) -> Self {
-        Compare { range: KeyRange::key(key), target, op }
+        Compare {
+            range: KeyRange::key(key),
+            target,
+            op,
+        }
     }
 }
 

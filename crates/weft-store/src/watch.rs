@@ -50,7 +50,10 @@ pub struct WatchRequest {
 impl WatchRequest {
     /// Watch `range` from now on.
     pub fn new(range: KeyRange) -> Self {
-        WatchRequest { range, ..Default::default() }
+        WatchRequest {
+            range,
+            ..Default::default()
+        }
     }
     /// Start at a past revision (inclusive).
     pub fn start_revision(mut self, rev: i64) -> Self {
@@ -107,14 +110,20 @@ pub struct WatchStream {
 
 impl std::fmt::Debug for WatchStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WatchStream").field("done", &self.done).finish()
+        f.debug_struct("WatchStream")
+            .field("done", &self.done)
+            .finish()
     }
 }
 
 impl WatchStream {
     /// Build a stream from a backend's channel and control handle.
     pub fn new(rx: mpsc::Receiver<Result<WatchResponse>>, control: Box<dyn WatchControl>) -> Self {
-        WatchStream { rx, control, done: false }
+        WatchStream {
+            rx,
+            control,
+            done: false,
+        }
     }
 
     /// The next message, or `None` once the watch has ended.

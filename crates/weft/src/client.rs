@@ -17,11 +17,17 @@ impl Client {
         if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
             bail!("endpoint {endpoint:?} must start with http:// (e.g. http://127.0.0.1:2480)");
         }
-        Ok(Client { http: reqwest::Client::new(), endpoint, token })
+        Ok(Client {
+            http: reqwest::Client::new(),
+            endpoint,
+            token,
+        })
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.endpoint));
+        let r = self
+            .http
+            .request(method, format!("{}{path}", self.endpoint));
         match &self.token {
             Some(t) => r.bearer_auth(t),
             None => r,
@@ -29,7 +35,10 @@ impl Client {
     }
 
     async fn finish(&self, r: reqwest::RequestBuilder) -> Result<Value> {
-        let resp = r.send().await.with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
+        let resp = r
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -42,7 +51,8 @@ impl Client {
 
     /// POST a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.finish(self.req(reqwest::Method::POST, path).json(body)).await
+        self.finish(self.req(reqwest::Method::POST, path).json(body))
+            .await
     }
 
     /// GET.
@@ -61,12 +71,18 @@ impl Client {
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let body: Value = resp.json().await.unwrap_or(Value::Null);
-            bail!("{}: {} (HTTP {status})", body["error"]["code"].as_str().unwrap_or("error"), body["error"]["message"].as_str().unwrap_or(""));
+            bail!(
+                "{}: {} (HTTP {status})",
+                body["error"]["code"].as_str().unwrap_or("error"),
+                body["error"]["message"].as_str().unwrap_or("")
+            );
         }
         let mut body = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(chunk) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk.context("watch stream broke")?));
+            buf.push_str(&String::from_utf8_lossy(
+                &chunk.context("watch stream broke")?,
+            ));
             while let Some(i) = buf.find("\n\n") {
                 let frame: String = buf.drain(..i + 2).collect();
                 let (mut ev, mut data) = (String::new(), String::new());
@@ -82,7 +98,11 @@ impl Client {
                 }
                 let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
                 if ev == "error" {
-                    bail!("{}: {}", v["error"]["code"].as_str().unwrap_or("error"), v["error"]["message"].as_str().unwrap_or(""));
+                    bail!(
+                        "{}: {}",
+                        v["error"]["code"].as_str().unwrap_or("error"),
+                        v["error"]["message"].as_str().unwrap_or("")
+                    );
                 }
                 if !f(&ev, &v) {
                     return Ok(());

@@ -20,7 +20,11 @@ use client::Client;
 const DEFAULT_LISTEN: &str = "127.0.0.1:2480";
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "Distributed-systems patterns as one node: a durable coordination store with an HTTP API")]
+#[command(
+    name = "weft",
+    version,
+    about = "Distributed-systems patterns as one node: a durable coordination store with an HTTP API"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -236,7 +240,9 @@ fn parse_retention(s: &str) -> Result<AutoCompact> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let res = rt.block_on(async move {
         match cli.cmd {
             Cmd::Up(a) => up(a).await,
@@ -250,7 +256,10 @@ fn main() -> Result<()> {
                 } else {
                     println!(
                         "revision {}  compact revision {}  size {} bytes  {}",
-                        s["header"]["revision"], s["compact_revision"], s["db_size"], s["version"].as_str().unwrap_or("")
+                        s["header"]["revision"],
+                        s["compact_revision"],
+                        s["db_size"],
+                        s["version"].as_str().unwrap_or("")
                     );
                 }
                 Ok(())
@@ -268,7 +277,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -280,7 +290,10 @@ async fn shutdown_signal() {
 
 async fn up(a: UpArgs) -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if !a.listen.ip().is_loopback() && a.token.as_deref().is_none_or(str::is_empty) {
@@ -296,16 +309,26 @@ async fn up(a: UpArgs) -> Result<()> {
         ..Default::default()
     };
     if a.fsync == Durability::None {
-        tracing::warn!("--fsync none: acknowledged writes can be lost on power failure; for development only");
+        tracing::warn!(
+            "--fsync none: acknowledged writes can be lost on power failure; for development only"
+        );
     }
     let store = Embedded::open(&a.data_dir, opts)
         .await
         .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(a.listen).await.with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    println!("weft listening on http://{addr} (data dir {})", a.data_dir.display());
+    println!(
+        "weft listening on http://{addr} (data dir {})",
+        a.data_dir.display()
+    );
     std::io::stdout().flush()?;
-    let cfg = weft_server::ServerConfig { token: a.token.clone(), ..Default::default() };
+    let cfg = weft_server::ServerConfig {
+        token: a.token.clone(),
+        ..Default::default()
+    };
     let store = Arc::new(store);
     weft_server::run(listener, store.clone(), cfg, shutdown_signal()).await?;
     tracing::info!("shutting down");
@@ -323,9 +346,19 @@ fn print_kvs(kvs: &Value) {
 async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
     let c = Client::new(&conn.endpoint, conn.token.clone())?;
     match cmd {
-        KvCmd::Put { key, value, lease, prev_kv } => {
+        KvCmd::Put {
+            key,
+            value,
+            lease,
+            prev_kv,
+        } => {
             let lease = lease.as_deref().map(parse_lease).transpose()?.unwrap_or(0);
-            let r = c.post("/v1/kv/put", &json!({"key": key, "value": value, "lease": lease, "prev_kv": prev_kv})).await?;
+            let r = c
+                .post(
+                    "/v1/kv/put",
+                    &json!({"key": key, "value": value, "lease": lease, "prev_kv": prev_kv}),
+                )
+                .await?;
             if conn.json {
                 println!("{r}");
             } else {
@@ -335,7 +368,14 @@ async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
                 }
             }
         }
-        KvCmd::Get { key, sel, limit, rev, keys_only, count_only } => {
+        KvCmd::Get {
+            key,
+            sel,
+            limit,
+            rev,
+            keys_only,
+            count_only,
+        } => {
             let mut body = json!({"key": key, "limit": limit, "revision": rev, "keys_only": keys_only, "count_only": count_only});
             sel.apply(&mut body);
             let r = c.post("/v1/kv/range", &body).await?;
@@ -362,7 +402,13 @@ async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
                 print_kvs(&r["prev_kvs"]);
             }
         }
-        KvCmd::Watch { key, sel, rev, prev_kv, count } => {
+        KvCmd::Watch {
+            key,
+            sel,
+            rev,
+            prev_kv,
+            count,
+        } => {
             let mut q = format!(
                 "/v1/watch?key={}&start_revision={rev}&prev_kv={prev_kv}&prefix={}&from_key={}",
                 urlencode(&key),
@@ -402,7 +448,10 @@ async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
         KvCmd::Txn { file } => {
             let mut input = String::new();
             match file {
-                Some(f) => input = std::fs::read_to_string(&f).with_context(|| format!("cannot read {}", f.display()))?,
+                Some(f) => {
+                    input = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                }
                 None => {
                     std::io::stdin().read_to_string(&mut input)?;
                 }
@@ -412,7 +461,14 @@ async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                println!("{}", if r["succeeded"] == true { "SUCCESS" } else { "FAILURE" });
+                println!(
+                    "{}",
+                    if r["succeeded"] == true {
+                        "SUCCESS"
+                    } else {
+                        "FAILURE"
+                    }
+                );
                 for resp in r["responses"].as_array().into_iter().flatten() {
                     println!();
                     if resp.get("put").is_some() {
@@ -426,7 +482,9 @@ async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             }
         }
         KvCmd::Compact { revision } => {
-            let r = c.post("/v1/kv/compact", &json!({"revision": revision})).await?;
+            let r = c
+                .post("/v1/kv/compact", &json!({"revision": revision}))
+                .await?;
             if conn.json {
                 println!("{r}");
             } else {
@@ -457,7 +515,11 @@ async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                println!("lease {:x} granted with TTL({}s)", r["id"].as_i64().unwrap_or(0), r["ttl"]);
+                println!(
+                    "lease {:x} granted with TTL({}s)",
+                    r["id"].as_i64().unwrap_or(0),
+                    r["ttl"]
+                );
             }
         }
         LeaseCmd::Revoke { id } => {
@@ -488,13 +550,23 @@ async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
         }
         LeaseCmd::Ttl { id, keys } => {
             let id = parse_lease(&id)?;
-            let r = c.post("/v1/lease/ttl", &json!({"id": id, "keys": keys})).await?;
+            let r = c
+                .post("/v1/lease/ttl", &json!({"id": id, "keys": keys}))
+                .await?;
             if conn.json {
                 println!("{r}");
             } else {
-                let mut line = format!("lease {id:x} granted with TTL({}s), remaining({}s)", r["granted_ttl"], r["ttl"]);
+                let mut line = format!(
+                    "lease {id:x} granted with TTL({}s), remaining({}s)",
+                    r["granted_ttl"], r["ttl"]
+                );
                 if keys {
-                    let ks: Vec<&str> = r["keys"].as_array().into_iter().flatten().filter_map(|k| k.as_str()).collect();
+                    let ks: Vec<&str> = r["keys"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|k| k.as_str())
+                        .collect();
                     line.push_str(&format!(", attached keys({})", ks.join(", ")));
                 }
                 println!("{line}");

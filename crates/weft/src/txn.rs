@@ -56,17 +56,25 @@ fn tokens(line: &str) -> Result<Vec<String>> {
 
 fn compare(line: &str) -> Result<Value> {
     // target("key") op "value"
-    let open = line.find('(').with_context(|| format!("bad compare {line:?}: expected target(\"key\") op \"value\""))?;
-    let close = line.rfind(')').with_context(|| format!("bad compare {line:?}: missing ')'"))?;
+    let open = line
+        .find('(')
+        .with_context(|| format!("bad compare {line:?}: expected target(\"key\") op \"value\""))?;
+    let close = line
+        .rfind(')')
+        .with_context(|| format!("bad compare {line:?}: missing ')'"))?;
     let target = match line[..open].trim() {
         "value" | "val" | "v" => "value",
         "version" | "ver" => "version",
         "create" | "c" => "create_revision",
         "mod" | "m" => "mod_revision",
         "lease" => "lease",
-        other => bail!("unknown compare target {other:?}; allowed: value, version, create, mod, lease"),
+        other => {
+            bail!("unknown compare target {other:?}; allowed: value, version, create, mod, lease")
+        }
     };
-    let key = tokens(&line[open + 1..close])?.pop().with_context(|| format!("missing key in {line:?}"))?;
+    let key = tokens(&line[open + 1..close])?
+        .pop()
+        .with_context(|| format!("missing key in {line:?}"))?;
     let rest = tokens(&line[close + 1..])?;
     let [op, val] = rest.as_slice() else {
         bail!("bad compare {line:?}: expected an operator and a quoted value after the key");
@@ -77,15 +85,22 @@ fn compare(line: &str) -> Result<Value> {
     let value = if target == "value" {
         json!(val)
     } else {
-        json!(val.parse::<i64>().with_context(|| format!("{target} compares need an integer, got {val:?}"))?)
+        json!(val
+            .parse::<i64>()
+            .with_context(|| format!("{target} compares need an integer, got {val:?}"))?)
     };
     Ok(json!({"key": key, "target": target, "op": op, "value": value}))
 }
 
 fn request(line: &str) -> Result<Value> {
     let t = tokens(line)?;
-    let Some((cmd, args)) = t.split_first() else { bail!("empty request") };
-    let mut flags = args.iter().filter(|a| a.starts_with("--")).map(String::as_str);
+    let Some((cmd, args)) = t.split_first() else {
+        bail!("empty request")
+    };
+    let mut flags = args
+        .iter()
+        .filter(|a| a.starts_with("--"))
+        .map(String::as_str);
     let pos: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
     let prefix = flags.any(|f| f == "--prefix");
     Ok(match (cmd.as_str(), pos.as_slice()) {
@@ -111,9 +126,18 @@ pub fn parse(input: &str) -> Result<Value> {
         sections.last_mut().expect("non-empty").push(line.trim());
     }
     sections.resize(3, Vec::new());
-    let compare = sections[0].iter().map(|l| compare(l)).collect::<Result<Vec<_>>>()?;
-    let success = sections[1].iter().map(|l| request(l)).collect::<Result<Vec<_>>>()?;
-    let failure = sections[2].iter().map(|l| request(l)).collect::<Result<Vec<_>>>()?;
+    let compare = sections[0]
+        .iter()
+        .map(|l| compare(l))
+        .collect::<Result<Vec<_>>>()?;
+    let success = sections[1]
+        .iter()
+        .map(|l| request(l))
+        .collect::<Result<Vec<_>>>()?;
+    let failure = sections[2]
+        .iter()
+        .map(|l| request(l))
+        .collect::<Result<Vec<_>>>()?;
     Ok(json!({"compare": compare, "success": success, "failure": failure}))
 }
 
@@ -123,7 +147,10 @@ mod tests {
 
     #[test]
     fn parses_etcdctl_syntax() {
-        let t = parse("value(\"k\") = \"v 1\"\nmod(\"k\") > \"5\"\n\nput k \"new value\"\nget k\n\ndel k\n").unwrap();
+        let t = parse(
+            "value(\"k\") = \"v 1\"\nmod(\"k\") > \"5\"\n\nput k \"new value\"\nget k\n\ndel k\n",
+        )
+        .unwrap();
         assert_eq!(t["compare"][0]["value"], "v 1");
         assert_eq!(t["compare"][1]["target"], "mod_revision");
         assert_eq!(t["compare"][1]["value"], 5);

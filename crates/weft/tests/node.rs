@@ -33,7 +33,9 @@ fn start(dir: &Path) -> Node {
         .spawn()
         .expect("spawn weft up");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read address");
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("read address");
     let endpoint = line
         .split_whitespace()
         .find(|w| w.starts_with("http://"))
@@ -44,7 +46,11 @@ fn start(dir: &Path) -> Node {
 
 fn weft(args: &[&str], endpoint: &str, stdin: Option<&str>) -> (i32, String, String) {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env("WEFT_ENDPOINT", endpoint).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .env("WEFT_ENDPOINT", endpoint)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     if let Some(s) = stdin {
         use std::io::Write;
@@ -73,13 +79,23 @@ async fn kill_9_during_a_write_load_loses_no_acknowledged_write() {
             for i in 0..2000 {
                 let key = format!("k/{t}/{i}");
                 let val = format!("v{i}");
-                let r = http.post(format!("{ep}/v1/kv/put")).json(&json!({"key": key, "value": val})).send().await;
+                let r = http
+                    .post(format!("{ep}/v1/kv/put"))
+                    .json(&json!({"key": key, "value": val}))
+                    .send()
+                    .await;
                 let Ok(r) = r else { return };
                 if !r.status().is_success() {
                     return;
                 }
-                let Ok(body) = r.json::<Value>().await else { return };
-                acked.lock().unwrap().push((key, val, body["header"]["revision"].as_i64().unwrap()));
+                let Ok(body) = r.json::<Value>().await else {
+                    return;
+                };
+                acked.lock().unwrap().push((
+                    key,
+                    val,
+                    body["header"]["revision"].as_i64().unwrap(),
+                ));
             }
         }));
     }
@@ -91,7 +107,11 @@ async fn kill_9_during_a_write_load_loses_no_acknowledged_write() {
         let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 100, "the load made progress before the kill: {}", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load made progress before the kill: {}",
+        acked.len()
+    );
 
     let node = start(dir.path());
     let r: Value = http
@@ -107,7 +127,12 @@ async fn kill_9_during_a_write_load_loses_no_acknowledged_write() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|kv| (kv["key"].as_str().unwrap().to_string(), kv["value"].as_str().unwrap().to_string()))
+        .map(|kv| {
+            (
+                kv["key"].as_str().unwrap().to_string(),
+                kv["value"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let mut lost = Vec::new();
     for (k, v, _) in &acked {
@@ -115,10 +140,20 @@ async fn kill_9_during_a_write_load_loses_no_acknowledged_write() {
             lost.push(k.clone());
         }
     }
-    assert!(lost.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", lost.len(), acked.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(5)]
+    );
     let max_rev = acked.iter().map(|a| a.2).max().unwrap();
     assert!(r["header"]["revision"].as_i64().unwrap() >= max_rev);
-    eprintln!("{} acknowledged writes, all present after kill -9 ({} keys on disk)", acked.len(), present.len());
+    eprintln!(
+        "{} acknowledged writes, all present after kill -9 ({} keys on disk)",
+        acked.len(),
+        present.len()
+    );
 }
 
 #[test]
@@ -155,7 +190,11 @@ fn damaged_data_refuses_to_start_and_names_the_file() {
     {
         let node = start(dir.path());
         for i in 0..20 {
-            let (code, _, err) = weft(&["kv", "put", &format!("key{i}"), "some value"], &node.endpoint, None);
+            let (code, _, err) = weft(
+                &["kv", "put", &format!("key{i}"), "some value"],
+                &node.endpoint,
+                None,
+            );
             assert_eq!(code, 0, "{err}");
         }
     }
@@ -168,10 +207,17 @@ fn damaged_data_refuses_to_start_and_names_the_file() {
     let mid = buf.len() / 2;
     buf[mid] ^= 0xff;
     std::fs::write(&wal, &buf).unwrap();
-    let out = Command::new(BIN).args(["up", "--listen", "127.0.0.1:0", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("corrupt data in") && err.contains("wal-") && err.contains("offset"), "{err}");
+    assert!(
+        err.contains("corrupt data in") && err.contains("wal-") && err.contains("offset"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -181,14 +227,21 @@ fn sigterm_shuts_down_cleanly() {
     let (code, _, _) = weft(&["kv", "put", "a", "1"], &node.endpoint, None);
     assert_eq!(code, 0);
     let pid = node.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(st) = node.child.try_wait().unwrap() {
             assert!(st.success(), "exit status {st}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "did not exit after SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // The data survived the restart.
@@ -204,8 +257,14 @@ fn cli_round_trip_and_exit_codes() {
     let ep = node.endpoint.as_str();
     assert_eq!(weft(&["kv", "put", "app/x", "1"], ep, None).1, "OK\n");
     assert_eq!(weft(&["kv", "put", "app/y", "2"], ep, None).1, "OK\n");
-    assert_eq!(weft(&["kv", "get", "app/", "--prefix"], ep, None).1, "app/x\n1\napp/y\n2\n");
-    assert_eq!(weft(&["kv", "get", "app/", "--prefix", "--count-only"], ep, None).1, "2\n");
+    assert_eq!(
+        weft(&["kv", "get", "app/", "--prefix"], ep, None).1,
+        "app/x\n1\napp/y\n2\n"
+    );
+    assert_eq!(
+        weft(&["kv", "get", "app/", "--prefix", "--count-only"], ep, None).1,
+        "2\n"
+    );
     let (code, out, _) = weft(&["kv", "get", "app/x", "--json"], ep, None);
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -223,7 +282,10 @@ fn cli_round_trip_and_exit_codes() {
     let (code, out, _) = weft(&["lease", "grant", "60"], ep, None);
     assert_eq!(code, 0);
     let id = out.split_whitespace().nth(1).unwrap().to_string();
-    assert_eq!(weft(&["kv", "put", "svc/a", "x", "--lease", &id], ep, None).0, 0);
+    assert_eq!(
+        weft(&["kv", "put", "svc/a", "x", "--lease", &id], ep, None).0,
+        0
+    );
     let (_, out, _) = weft(&["lease", "ttl", &id, "--keys"], ep, None);
     assert!(out.contains("attached keys(svc/a)"), "{out}");
     assert_eq!(weft(&["lease", "keepalive", &id, "--once"], ep, None).0, 0);
@@ -233,7 +295,11 @@ fn cli_round_trip_and_exit_codes() {
     assert_eq!(code, 1);
     assert!(err.contains("lease_not_found"), "{err}");
     // Watch replays history and exits after --count events.
-    let (code, out, _) = weft(&["kv", "watch", "app/x", "--rev", "1", "--count", "2"], ep, None);
+    let (code, out, _) = weft(
+        &["kv", "watch", "app/x", "--rev", "1", "--count", "2"],
+        ep,
+        None,
+    );
     assert_eq!(code, 0);
     assert_eq!(out, "PUT\napp/x\n1\nPUT\napp/x\n10\n");
     // Deletes and errors.

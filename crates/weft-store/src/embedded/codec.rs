@@ -69,13 +69,19 @@ impl<'a> Dec<'a> {
         Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> DResult<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self) -> DResult<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn i64(&mut self) -> DResult<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+        Ok(i64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
     }
     fn bytes(&mut self) -> DResult<Bytes> {
         let n = self.u32()? as usize;
@@ -183,7 +189,13 @@ pub(crate) fn decode_batch(payload: &[u8]) -> DResult<Batch> {
         f => return Err(format!("bad compact flag {f}")),
     };
     d.done()?;
-    Ok(Batch { rev, grants, changes, revokes, compact })
+    Ok(Batch {
+        rev,
+        grants,
+        changes,
+        revokes,
+        compact,
+    })
 }
 
 /// Outcome of parsing a log buffer.
@@ -199,10 +211,7 @@ pub(crate) enum LogTail {
 }
 
 /// Parses every record of a log file, calling `f` for each payload with its offset.
-pub(crate) fn parse_log(
-    buf: &[u8],
-    mut f: impl FnMut(u64, &[u8]) -> DResult<()>,
-) -> LogTail {
+pub(crate) fn parse_log(buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> DResult<()>) -> LogTail {
     let mut pos = 0usize;
     while pos < buf.len() {
         let left = buf.len() - pos;
@@ -217,7 +226,10 @@ pub(crate) fn parse_log(
             if buf[pos..].iter().all(|b| *b == 0) {
                 return LogTail::Torn { offset: pos as u64 };
             }
-            return LogTail::Corrupt { offset: pos as u64, reason: format!("record length {len} is impossible") };
+            return LogTail::Corrupt {
+                offset: pos as u64,
+                reason: format!("record length {len} is impossible"),
+            };
         }
         if end > buf.len() {
             return LogTail::Torn { offset: pos as u64 };
@@ -227,10 +239,16 @@ pub(crate) fn parse_log(
             if end == buf.len() {
                 return LogTail::Torn { offset: pos as u64 };
             }
-            return LogTail::Corrupt { offset: pos as u64, reason: "checksum mismatch".into() };
+            return LogTail::Corrupt {
+                offset: pos as u64,
+                reason: "checksum mismatch".into(),
+            };
         }
         if let Err(reason) = f(pos as u64, payload) {
-            return LogTail::Corrupt { offset: pos as u64, reason };
+            return LogTail::Corrupt {
+                offset: pos as u64,
+                reason,
+            };
         }
         pos = end;
     }
@@ -286,20 +304,34 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
     let crc = u32::from_le_bytes(buf[16..20].try_into().expect("4"));
     let body = &buf[20..];
     if body.len() != len {
-        return Err(format!("snapshot body is {} bytes, header says {len}", body.len()));
+        return Err(format!(
+            "snapshot body is {} bytes, header says {len}",
+            body.len()
+        ));
     }
     if crc32fast::hash(body) != crc {
         return Err("snapshot checksum mismatch".into());
     }
     let mut d = Dec::new(body);
-    let mut m = Mvcc { rev: d.i64()?, compact_rev: d.i64()?, ..Default::default() };
+    let mut m = Mvcc {
+        rev: d.i64()?,
+        compact_rev: d.i64()?,
+        ..Default::default()
+    };
     let n = d.u32()?;
     let n = d.count(n as u64, 16)?;
     for _ in 0..n {
         let id = d.i64()?;
         let ttl = d.i64()?;
         let deadline = now + Duration::from_secs(ttl.max(0) as u64);
-        m.leases.insert(id, Lease { ttl, deadline, keys: BTreeSet::new() });
+        m.leases.insert(
+            id,
+            Lease {
+                ttl,
+                deadline,
+                keys: BTreeSet::new(),
+            },
+        );
     }
     let n = d.u64()?;
     let n = d.count(n, 8)?;
@@ -353,7 +385,11 @@ mod tests {
             rev: 7,
             grants: vec![(5, 10)],
             changes: vec![
-                Change::Put { key: "a".into(), value: "1".into(), lease: 5 },
+                Change::Put {
+                    key: "a".into(),
+                    value: "1".into(),
+                    lease: 5,
+                },
                 Change::Delete { key: "b".into() },
             ],
             revokes: vec![9],
@@ -371,21 +407,33 @@ mod tests {
 
     #[test]
     fn torn_and_corrupt_are_told_apart() {
-        let b = Batch { rev: 1, changes: vec![Change::Delete { key: "k".into() }], ..Default::default() };
+        let b = Batch {
+            rev: 1,
+            changes: vec![Change::Delete { key: "k".into() }],
+            ..Default::default()
+        };
         let rec = encode_record(&b);
         let mut two = rec.clone();
         two.extend_from_slice(&rec);
         // Cut the second record short: torn at the start of the second record.
         let cut = &two[..two.len() - 3];
-        assert!(matches!(parse_log(cut, |_, _| Ok(())), LogTail::Torn { offset } if offset == rec.len() as u64));
+        assert!(
+            matches!(parse_log(cut, |_, _| Ok(())), LogTail::Torn { offset } if offset == rec.len() as u64)
+        );
         // Flip a byte in the first record: corrupt, since a valid record follows.
         let mut bad = two.clone();
         bad[RECORD_HEADER + 2] ^= 0xff;
-        assert!(matches!(parse_log(&bad, |_, _| Ok(())), LogTail::Corrupt { offset: 0, .. }));
+        assert!(matches!(
+            parse_log(&bad, |_, _| Ok(())),
+            LogTail::Corrupt { offset: 0, .. }
+        ));
         // Flip a byte in the last record: torn.
         let mut bad_tail = two.clone();
         let n = bad_tail.len();
         bad_tail[n - 1] ^= 0xff;
-        assert!(matches!(parse_log(&bad_tail, |_, _| Ok(())), LogTail::Torn { .. }));
+        assert!(matches!(
+            parse_log(&bad_tail, |_, _| Ok(())),
+            LogTail::Torn { .. }
+        ));
     }
 }

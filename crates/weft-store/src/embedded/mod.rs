@@ -48,7 +48,9 @@ impl FromStr for Durability {
             "always" => Ok(Durability::Always),
             "group" => Ok(Durability::Group),
             "none" => Ok(Durability::None),
-            other => Err(format!("unknown fsync mode {other:?}; allowed: always, group, none")),
+            other => Err(format!(
+                "unknown fsync mode {other:?}; allowed: always, group, none"
+            )),
         }
     }
 }
@@ -124,7 +126,9 @@ struct Inner {
 
 impl std::fmt::Debug for Embedded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Embedded").field("dir", &self.inner.dir).finish()
+        f.debug_struct("Embedded")
+            .field("dir", &self.inner.dir)
+            .finish()
     }
 }
 
@@ -141,7 +145,11 @@ fn lock_dir(dir: &Path) -> Result<File> {
         let mut owner = String::new();
         let _ = f.read_to_string(&mut owner);
         let owner = owner.trim();
-        let who = if owner.is_empty() { String::new() } else { format!(" (pid {owner})") };
+        let who = if owner.is_empty() {
+            String::new()
+        } else {
+            format!(" (pid {owner})")
+        };
         return Err(StoreError::Locked(format!("{}{who}", dir.display())));
     }
     let _ = f.set_len(0);
@@ -161,7 +169,12 @@ impl Embedded {
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let lock = lock_dir(&dir)?;
         let rec = wal::recover(&dir, Instant::now())?;
-        let log = Arc::new(Log::new(rec.gen, rec.state.rev, opts.snapshot_bytes, rec.bytes));
+        let log = Arc::new(Log::new(
+            rec.gen,
+            rec.state.rev,
+            opts.snapshot_bytes,
+            rec.bytes,
+        ));
         log.disk_bytes.store(rec.bytes, Ordering::Relaxed);
         let (closed_tx, _) = watch::channel(false);
         let flusher = {
@@ -185,9 +198,16 @@ impl Embedded {
             closed_tx,
             lease_wake: Arc::new(Notify::new()),
         });
-        tokio::spawn(lease_expiry(Arc::downgrade(&inner), inner.lease_wake.clone(), inner.closed_tx.subscribe()));
+        tokio::spawn(lease_expiry(
+            Arc::downgrade(&inner),
+            inner.lease_wake.clone(),
+            inner.closed_tx.subscribe(),
+        ));
         if inner.opts.auto_compact != AutoCompact::Off {
-            tokio::spawn(auto_compact(Arc::downgrade(&inner), inner.closed_tx.subscribe()));
+            tokio::spawn(auto_compact(
+                Arc::downgrade(&inner),
+                inner.closed_tx.subscribe(),
+            ));
         }
         Ok(Embedded { inner })
     }
@@ -301,7 +321,9 @@ fn do_range(st: &Mvcc, req: &RangeRequest, rev: i64, header_rev: i64) -> RangeRe
         }
     }
     RangeResponse {
-        header: ResponseHeader { revision: header_rev },
+        header: ResponseHeader {
+            revision: header_rev,
+        },
         more: req.limit > 0 && count > req.limit,
         kvs,
         count,
@@ -311,10 +333,16 @@ fn do_range(st: &Mvcc, req: &RangeRequest, rev: i64, header_rev: i64) -> RangeRe
 fn check_range(req: &RangeRequest) -> Result<()> {
     check_key(&req.range.key)?;
     if req.limit < 0 {
-        return Err(StoreError::InvalidArgument(format!("limit {} must be >= 0", req.limit)));
+        return Err(StoreError::InvalidArgument(format!(
+            "limit {} must be >= 0",
+            req.limit
+        )));
     }
     if req.revision < 0 {
-        return Err(StoreError::InvalidArgument(format!("revision {} must be >= 0", req.revision)));
+        return Err(StoreError::InvalidArgument(format!(
+            "revision {} must be >= 0",
+            req.revision
+        )));
     }
     Ok(())
 }
@@ -421,7 +449,11 @@ async fn watcher(
         let vis = durable.borrow_and_update().rev;
         while next <= vis {
             let upto = vis.min(next + MAX_REVS_PER_RESPONSE - 1);
-            let evs = inner.state.read().expect("state poisoned").events(&req.range, next, upto);
+            let evs = inner
+                .state
+                .read()
+                .expect("state poisoned")
+                .events(&req.range, next, upto);
             let mut evs = match evs {
                 Ok(e) => e,
                 Err(e) => {
@@ -493,7 +525,9 @@ async fn lease_expiry(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::
 }
 
 async fn auto_compact(inner: Weak<Inner>, mut closed: watch::Receiver<bool>) {
-    let Some(policy) = inner.upgrade().map(|i| i.opts.auto_compact) else { return };
+    let Some(policy) = inner.upgrade().map(|i| i.opts.auto_compact) else {
+        return;
+    };
     let every = match policy {
         AutoCompact::Off => return,
         AutoCompact::Revisions(_) => Duration::from_secs(60),
@@ -507,7 +541,10 @@ async fn auto_compact(inner: Weak<Inner>, mut closed: watch::Receiver<bool>) {
             _ = closed.changed() => return,
         }
         let Some(inner) = inner.upgrade() else { return };
-        let (vis, compacted) = (inner.visible(), inner.state.read().expect("state poisoned").compact_rev);
+        let (vis, compacted) = (
+            inner.visible(),
+            inner.state.read().expect("state poisoned").compact_rev,
+        );
         let target = match policy {
             AutoCompact::Off => return,
             AutoCompact::Revisions(keep) => vis - keep,
@@ -565,7 +602,9 @@ impl Store for Embedded {
         EmbeddedRef(self.inner.clone()).lease_keep_alive(id).await
     }
     async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
-        EmbeddedRef(self.inner.clone()).lease_time_to_live(id, keys).await
+        EmbeddedRef(self.inner.clone())
+            .lease_time_to_live(id, keys)
+            .await
     }
     async fn lease_list(&self) -> Result<Vec<i64>> {
         EmbeddedRef(self.inner.clone()).lease_list().await
@@ -603,7 +642,12 @@ impl Store for EmbeddedRef {
         check_key(&req.key)?;
         let limits = self.0.opts.limits;
         check_size(req.key.len() + req.value.len(), &limits)?;
-        let PutRequest { key, value, lease, prev_kv } = req;
+        let PutRequest {
+            key,
+            value,
+            lease,
+            prev_kv,
+        } = req;
         let (prev, rev) = self
             .0
             .write(|w| {
@@ -613,7 +657,10 @@ impl Store for EmbeddedRef {
                 Ok(w.put(key, value, lease))
             })
             .await?;
-        Ok(PutResponse { header: ResponseHeader { revision: rev }, prev_kv: prev.filter(|_| prev_kv) })
+        Ok(PutResponse {
+            header: ResponseHeader { revision: rev },
+            prev_kv: prev.filter(|_| prev_kv),
+        })
     }
 
     async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
@@ -632,13 +679,21 @@ impl Store for EmbeddedRef {
             .0
             .write(|w| {
                 let succeeded = req.compare.iter().all(|c| compare_holds(w.m, c));
-                let ops = if succeeded { &req.success } else { &req.failure };
+                let ops = if succeeded {
+                    &req.success
+                } else {
+                    &req.failure
+                };
                 check_branch(w.m, ops)?;
                 let mut out = Vec::with_capacity(ops.len());
                 for op in ops {
                     out.push(match op {
                         TxnOp::Range(r) => {
-                            let rev = if r.revision == 0 { i64::MAX } else { r.revision };
+                            let rev = if r.revision == 0 {
+                                i64::MAX
+                            } else {
+                                r.revision
+                            };
                             // The header is fixed up below, once the txn's revision is known.
                             TxnOpResponse::Range(do_range(w.m, r, rev, 0))
                         }
@@ -671,7 +726,11 @@ impl Store for EmbeddedRef {
                 TxnOpResponse::Delete(x) => TxnOpResponse::Delete(DeleteResponse { header, ..x }),
             })
             .collect();
-        Ok(TxnResponse { header, succeeded, responses })
+        Ok(TxnResponse {
+            header,
+            succeeded,
+            responses,
+        })
     }
 
     async fn compact(&self, revision: i64) -> Result<CompactResponse> {
@@ -680,25 +739,38 @@ impl Store for EmbeddedRef {
             .0
             .write(|w| {
                 if revision <= w.m.compact_rev {
-                    return Err(StoreError::Compacted { requested: revision, compact_revision: w.m.compact_rev });
+                    return Err(StoreError::Compacted {
+                        requested: revision,
+                        compact_revision: w.m.compact_rev,
+                    });
                 }
                 if revision > vis {
-                    return Err(StoreError::FutureRevision { requested: revision, current: vis });
+                    return Err(StoreError::FutureRevision {
+                        requested: revision,
+                        current: vis,
+                    });
                 }
                 w.compact(revision);
                 Ok(())
             })
             .await?;
-        Ok(CompactResponse { header: ResponseHeader { revision: rev } })
+        Ok(CompactResponse {
+            header: ResponseHeader { revision: rev },
+        })
     }
 
     async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
         let limits = self.0.opts.limits;
         if ttl > limits.max_lease_ttl {
-            return Err(StoreError::LeaseTtlTooLarge { ttl, max: limits.max_lease_ttl });
+            return Err(StoreError::LeaseTtlTooLarge {
+                ttl,
+                max: limits.max_lease_ttl,
+            });
         }
         if id < 0 {
-            return Err(StoreError::InvalidArgument(format!("lease id {id} must be >= 0 (0 picks one)")));
+            return Err(StoreError::InvalidArgument(format!(
+                "lease id {id} must be >= 0 (0 picks one)"
+            )));
         }
         let ttl = ttl.max(limits.min_lease_ttl);
         let (id, rev) = self
@@ -713,13 +785,23 @@ impl Store for EmbeddedRef {
             })
             .await?;
         self.0.lease_wake.notify_one();
-        Ok(LeaseGrantResponse { header: ResponseHeader { revision: rev }, id, ttl })
+        Ok(LeaseGrantResponse {
+            header: ResponseHeader { revision: rev },
+            id,
+            ttl,
+        })
     }
 
     async fn lease_revoke(&self, id: i64) -> Result<ResponseHeader> {
         let ((), rev) = self
             .0
-            .write(|w| if w.revoke(id) { Ok(()) } else { Err(StoreError::LeaseNotFound(id)) })
+            .write(|w| {
+                if w.revoke(id) {
+                    Ok(())
+                } else {
+                    Err(StoreError::LeaseNotFound(id))
+                }
+            })
             .await?;
         Ok(ResponseHeader { revision: rev })
     }
@@ -732,7 +814,11 @@ impl Store for EmbeddedRef {
         match st.leases.get_mut(&id) {
             Some(l) if l.deadline > now => {
                 l.deadline = now + Duration::from_secs(l.ttl as u64);
-                Ok(LeaseKeepAliveResponse { header: ResponseHeader { revision: rev }, id, ttl: l.ttl })
+                Ok(LeaseKeepAliveResponse {
+                    header: ResponseHeader { revision: rev },
+                    id,
+                    ttl: l.ttl,
+                })
             }
             _ => Err(StoreError::LeaseNotFound(id)),
         }
@@ -742,13 +828,20 @@ impl Store for EmbeddedRef {
         let vis = self.0.visible();
         let st = self.0.state.read().expect("state poisoned");
         let l = st.leases.get(&id).ok_or(StoreError::LeaseNotFound(id))?;
-        let remaining = l.deadline.saturating_duration_since(Instant::now()).as_secs() as i64;
+        let remaining = l
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs() as i64;
         Ok(LeaseTimeToLiveResponse {
             header: ResponseHeader { revision: vis },
             id,
             ttl: remaining,
             granted_ttl: l.ttl,
-            keys: if keys { l.keys.iter().cloned().collect() } else { Vec::new() },
+            keys: if keys {
+                l.keys.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
         })
     }
 
@@ -768,9 +861,17 @@ impl Store for EmbeddedRef {
             )));
         }
         self.0.check_writable()?;
-        let start = if req.start_revision == 0 { self.0.visible() + 1 } else { req.start_revision };
+        let start = if req.start_revision == 0 {
+            self.0.visible() + 1
+        } else {
+            req.start_revision
+        };
         let (tx, rx) = mpsc::channel(self.0.opts.watch_buffer.max(1));
-        let ctl = Arc::new(Ctl { progress: Notify::new(), cancel: Notify::new(), cancelled: AtomicBool::new(false) });
+        let ctl = Arc::new(Ctl {
+            progress: Notify::new(),
+            cancel: Notify::new(),
+            cancelled: AtomicBool::new(false),
+        });
         tokio::spawn(watcher(self.0.clone(), req, start, tx, ctl.clone()));
         Ok(WatchStream::new(rx, Box::new(ctl)))
     }

@@ -39,8 +39,14 @@ pub(crate) struct Lease {
 /// One logged change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Change {
-    Put { key: Bytes, value: Bytes, lease: i64 },
-    Delete { key: Bytes },
+    Put {
+        key: Bytes,
+        value: Bytes,
+        lease: i64,
+    },
+    Delete {
+        key: Bytes,
+    },
 }
 
 /// Everything one write did, as logged: replaying it on the state it was made on yields the
@@ -77,7 +83,10 @@ pub(crate) struct Mvcc {
     pub lease_counter: u64,
 }
 
-fn range_bounds(range: &KeyRange) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
+/// Start and end bounds of a key range in the index.
+type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+
+fn range_bounds(range: &KeyRange) -> Option<Bounds<'_>> {
     let start = &range.key[..];
     if range.range_end.is_empty() {
         return Some((Bound::Included(start), Bound::Included(start)));
@@ -88,7 +97,10 @@ fn range_bounds(range: &KeyRange) -> Option<(Bound<&[u8]>, Bound<&[u8]>)> {
     if start >= &range.range_end[..] {
         return None;
     }
-    Some((Bound::Included(start), Bound::Excluded(&range.range_end[..])))
+    Some((
+        Bound::Included(start),
+        Bound::Excluded(&range.range_end[..]),
+    ))
 }
 
 /// The entry visible at `rev` in a history.
@@ -131,10 +143,16 @@ impl Mvcc {
     /// Checks that `rev` (non-zero) can be read given the readable head `head`.
     pub fn check_read_rev(&self, rev: i64, head: i64) -> Result<()> {
         if rev > head {
-            return Err(StoreError::FutureRevision { requested: rev, current: head });
+            return Err(StoreError::FutureRevision {
+                requested: rev,
+                current: head,
+            });
         }
         if rev < self.compact_rev {
-            return Err(StoreError::Compacted { requested: rev, compact_revision: self.compact_rev });
+            return Err(StoreError::Compacted {
+                requested: rev,
+                compact_revision: self.compact_rev,
+            });
         }
         Ok(())
     }
@@ -142,7 +160,10 @@ impl Mvcc {
     /// Events of revisions `from..=to` for keys in `range`, in revision order.
     pub fn events(&self, range: &KeyRange, from: i64, to: i64) -> Result<Vec<Event>> {
         if from < self.compact_rev {
-            return Err(StoreError::Compacted { requested: from, compact_revision: self.compact_rev });
+            return Err(StoreError::Compacted {
+                requested: from,
+                compact_revision: self.compact_rev,
+            });
         }
         if from > to {
             return Ok(Vec::new());
@@ -170,7 +191,11 @@ impl Mvcc {
                 if e.rev > to {
                     break;
                 }
-                let prev = if i > 0 { hist[i - 1].kv.as_deref().cloned() } else { None };
+                let prev = if i > 0 {
+                    hist[i - 1].kv.as_deref().cloned()
+                } else {
+                    None
+                };
                 out.push((e.rev, e.sub, make_event(key, e, prev)));
             }
         }
@@ -182,7 +207,11 @@ impl Mvcc {
     pub fn compact(&mut self, rev: i64) {
         self.keys.retain(|_, hist| {
             let idx = hist.partition_point(|e| e.rev <= rev);
-            let keep_from = if idx > 0 && hist[idx - 1].kv.is_some() { idx - 1 } else { idx };
+            let keep_from = if idx > 0 && hist[idx - 1].kv.is_some() {
+                idx - 1
+            } else {
+                idx
+            };
             hist.drain(..keep_from);
             !hist.is_empty()
         });
@@ -230,8 +259,12 @@ impl Mvcc {
 
     /// Leases whose deadline has passed.
     pub fn expired(&self, now: Instant) -> Vec<i64> {
-        let mut v: Vec<i64> =
-            self.leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
+        let mut v: Vec<i64> = self
+            .leases
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         v.sort_unstable();
         v
     }
@@ -264,7 +297,10 @@ impl Mvcc {
         }
         w.finish();
         if self.rev != batch.rev {
-            return Err(format!("batch expected revision {} but replay reached {}", batch.rev, self.rev));
+            return Err(format!(
+                "batch expected revision {} but replay reached {}",
+                batch.rev, self.rev
+            ));
         }
         Ok(())
     }
@@ -272,10 +308,18 @@ impl Mvcc {
 
 fn make_event(key: &Bytes, e: &Entry, prev: Option<KeyValue>) -> Event {
     match &e.kv {
-        Some(kv) => Event { kind: EventType::Put, kv: (**kv).clone(), prev_kv: prev },
+        Some(kv) => Event {
+            kind: EventType::Put,
+            kv: (**kv).clone(),
+            prev_kv: prev,
+        },
         None => Event {
             kind: EventType::Delete,
-            kv: KeyValue { key: key.clone(), mod_revision: e.rev, ..Default::default() },
+            kv: KeyValue {
+                key: key.clone(),
+                mod_revision: e.rev,
+                ..Default::default()
+            },
             prev_kv: prev,
         },
     }
@@ -292,7 +336,12 @@ pub(crate) struct Writer<'a> {
 
 impl<'a> Writer<'a> {
     pub fn new(m: &'a mut Mvcc, now: Instant) -> Self {
-        Writer { m, batch: Batch::default(), now, events: Vec::new() }
+        Writer {
+            m,
+            batch: Batch::default(),
+            now,
+            events: Vec::new(),
+        }
     }
 
     /// The revision this write's changes get.
@@ -317,7 +366,11 @@ impl<'a> Writer<'a> {
             value: value.clone(),
             lease,
         });
-        hist.push(Entry { rev, sub, kv: Some(kv.clone()) });
+        hist.push(Entry {
+            rev,
+            sub,
+            kv: Some(kv.clone()),
+        });
         if let Some(p) = &prev {
             if p.lease != 0 && p.lease != lease {
                 if let Some(l) = self.m.leases.get_mut(&p.lease) {
@@ -330,7 +383,11 @@ impl<'a> Writer<'a> {
                 l.keys.insert(key.clone());
             }
         }
-        self.events.push(Event { kind: EventType::Put, kv: (*kv).clone(), prev_kv: prev.clone() });
+        self.events.push(Event {
+            kind: EventType::Put,
+            kv: (*kv).clone(),
+            prev_kv: prev.clone(),
+        });
         self.batch.changes.push(Change::Put { key, value, lease });
         prev
     }
@@ -355,20 +412,32 @@ impl<'a> Writer<'a> {
 
     /// Deletes every live key in `range`; returns their previous pairs.
     pub fn delete_range(&mut self, range: &KeyRange) -> Vec<KeyValue> {
-        let keys: Vec<Bytes> =
-            self.m.live_at(range, i64::MAX).map(|kv| kv.key.clone()).collect();
+        let keys: Vec<Bytes> = self
+            .m
+            .live_at(range, i64::MAX)
+            .map(|kv| kv.key.clone())
+            .collect();
         keys.iter().filter_map(|k| self.delete_key(k)).collect()
     }
 
     pub fn grant(&mut self, id: i64, ttl: i64) {
         let deadline = self.now + Duration::from_secs(ttl as u64);
-        self.m.leases.insert(id, Lease { ttl, deadline, keys: BTreeSet::new() });
+        self.m.leases.insert(
+            id,
+            Lease {
+                ttl,
+                deadline,
+                keys: BTreeSet::new(),
+            },
+        );
         self.batch.grants.push((id, ttl));
     }
 
     /// Deletes the lease's keys and the lease. Returns false if it does not exist.
     pub fn revoke(&mut self, id: i64) -> bool {
-        let Some(lease) = self.m.leases.get(&id) else { return false };
+        let Some(lease) = self.m.leases.get(&id) else {
+            return false;
+        };
         let keys: Vec<Bytes> = lease.keys.iter().cloned().collect();
         for k in &keys {
             self.delete_key(k);
@@ -386,7 +455,12 @@ impl<'a> Writer<'a> {
     /// Ends the write: bumps the revision if a key changed, records events. Returns the batch to
     /// log, or `None` if nothing needs logging.
     pub fn finish(self) -> Option<Batch> {
-        let Writer { m, mut batch, events, .. } = self;
+        let Writer {
+            m,
+            mut batch,
+            events,
+            ..
+        } = self;
         if !batch.changes.is_empty() {
             m.rev += 1;
             m.recent.push_back((m.rev, events.into()));

@@ -18,11 +18,17 @@ fn opts() -> Options {
 
 async fn fill(s: &Embedded) -> i64 {
     let g = s.lease_grant(600, 0).await.unwrap();
-    s.put(PutRequest::new("leased", "x").lease(g.id)).await.unwrap();
+    s.put(PutRequest::new("leased", "x").lease(g.id))
+        .await
+        .unwrap();
     for i in 0..50 {
-        s.put_kv(format!("k/{}", i % 10), format!("v{i}")).await.unwrap();
+        s.put_kv(format!("k/{}", i % 10), format!("v{i}"))
+            .await
+            .unwrap();
     }
-    s.delete(DeleteRequest::new(KeyRange::range("k/2", "k/4"))).await.unwrap();
+    s.delete(DeleteRequest::new(KeyRange::range("k/2", "k/4")))
+        .await
+        .unwrap();
     let r = s.status().await.unwrap().header.revision;
     s.compact(r - 5).await.unwrap();
     s.put_kv("after", "compact").await.unwrap();
@@ -31,7 +37,11 @@ async fn fill(s: &Embedded) -> i64 {
 
 async fn fingerprint(s: &Embedded) -> (StatusResponse, Vec<KeyValue>, Vec<i64>, u32, u32) {
     let st = s.status().await.unwrap();
-    let all = s.range(RangeRequest::new(KeyRange::all())).await.unwrap().kvs;
+    let all = s
+        .range(RangeRequest::new(KeyRange::all()))
+        .await
+        .unwrap()
+        .kvs;
     let leases = s.lease_list().await.unwrap();
     let h = s.hash_kv(0).await.unwrap().hash;
     let past = s.hash_kv(st.compact_revision + 1).await.unwrap().hash;
@@ -57,19 +67,30 @@ async fn restart_restores_exactly_the_same_state() {
 #[tokio::test]
 async fn snapshots_bound_the_log_and_restore_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Options { snapshot_bytes: 2048, ..opts() };
+    let o = Options {
+        snapshot_bytes: 2048,
+        ..opts()
+    };
     let s = Embedded::open(dir.path(), o.clone()).await.unwrap();
     fill(&s).await;
     for i in 0..300 {
-        s.put_kv(format!("s/{}", i % 20), vec![b'v'; 100]).await.unwrap();
+        s.put_kv(format!("s/{}", i % 20), vec![b'v'; 100])
+            .await
+            .unwrap();
     }
     let before = fingerprint(&s).await;
     drop(s);
-    let files: Vec<String> =
-        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let files: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     let wals = files.iter().filter(|f| f.starts_with("wal-")).count();
     let snaps = files.iter().filter(|f| f.starts_with("snap-")).count();
-    assert_eq!((wals, snaps), (1, 1), "old generations are removed: {files:?}");
+    assert_eq!(
+        (wals, snaps),
+        (1, 1),
+        "old generations are removed: {files:?}"
+    );
     let log_len = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap())
@@ -78,7 +99,10 @@ async fn snapshots_bound_the_log_and_restore_the_same_state() {
         .metadata()
         .unwrap()
         .len();
-    assert!(log_len < 2048 + 400, "log is bounded by the snapshot threshold, got {log_len}");
+    assert!(
+        log_len < 2048 + 400,
+        "log is bounded by the snapshot threshold, got {log_len}"
+    );
     let s = Embedded::open(dir.path(), o).await.unwrap();
     assert_eq!(fingerprint(&s).await, before);
 }
@@ -105,7 +129,11 @@ async fn a_torn_tail_is_truncated_and_nothing_else_is_lost() {
     // Half of a record, as a crash in the middle of a write leaves it.
     let rec = codec::encode_record(&Batch {
         rev: 99,
-        changes: vec![mvcc::Change::Put { key: "torn".into(), value: "x".into(), lease: 0 }],
+        changes: vec![mvcc::Change::Put {
+            key: "torn".into(),
+            value: "x".into(),
+            lease: 0,
+        }],
         ..Default::default()
     });
     let mut f = OpenOptions::new().append(true).open(&path).unwrap();
@@ -114,7 +142,11 @@ async fn a_torn_tail_is_truncated_and_nothing_else_is_lost() {
     let s = Embedded::open(dir.path(), opts()).await.unwrap();
     assert_eq!(fingerprint(&s).await, before);
     assert!(s.get("torn").await.unwrap().is_none());
-    assert_eq!(fs::metadata(&path).unwrap().len(), good, "torn bytes truncated");
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        good,
+        "torn bytes truncated"
+    );
 }
 
 #[tokio::test]
@@ -133,8 +165,13 @@ async fn damage_in_the_middle_refuses_to_start_naming_file_and_offset() {
     fs::write(&path, &buf).unwrap();
     let err = Embedded::open(dir.path(), opts()).await.unwrap_err();
     match &err {
-        StoreError::Corrupt { file, offset: at, .. } => {
-            assert!(file.ends_with(path.file_name().unwrap().to_str().unwrap()), "{err}");
+        StoreError::Corrupt {
+            file, offset: at, ..
+        } => {
+            assert!(
+                file.ends_with(path.file_name().unwrap().to_str().unwrap()),
+                "{err}"
+            );
             assert_eq!(*at, offset as u64, "{err}");
         }
         other => panic!("expected corrupt, got {other:?}"),
@@ -153,14 +190,22 @@ async fn a_damaged_snapshot_refuses_to_start() {
     let snap = fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("snap-"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("snap-")
+        })
         .unwrap();
     let mut buf = fs::read(&snap).unwrap();
     let n = buf.len();
     buf[n / 2] ^= 0x01;
     fs::write(&snap, &buf).unwrap();
     let err = Embedded::open(dir.path(), opts()).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Corrupt { file, .. } if file.contains("snap-")), "{err}");
+    assert!(
+        matches!(&err, StoreError::Corrupt { file, .. } if file.contains("snap-")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -168,9 +213,14 @@ async fn a_second_open_of_the_same_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = Embedded::open(dir.path(), opts()).await.unwrap();
     let err = Embedded::open(dir.path(), opts()).await.unwrap_err();
-    assert!(matches!(&err, StoreError::Locked(m) if m.contains(&std::process::id().to_string())), "{err}");
+    assert!(
+        matches!(&err, StoreError::Locked(m) if m.contains(&std::process::id().to_string())),
+        "{err}"
+    );
     drop(s);
-    Embedded::open(dir.path(), opts()).await.expect("released on close");
+    Embedded::open(dir.path(), opts())
+        .await
+        .expect("released on close");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,13 +241,26 @@ async fn group_commit_shares_fsyncs_between_concurrent_writers() {
     }
     let st = s.stats();
     assert_eq!(st.records, 64 * 20);
-    assert!(st.fsyncs < st.records / 2, "group commit should batch: {st:?}");
+    assert!(
+        st.fsyncs < st.records / 2,
+        "group commit should batch: {st:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_always_syncs_every_write() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(Embedded::open(dir.path(), Options { durability: Durability::Always, ..opts() }).await.unwrap());
+    let s = Arc::new(
+        Embedded::open(
+            dir.path(),
+            Options {
+                durability: Durability::Always,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap(),
+    );
     let mut tasks = Vec::new();
     for t in 0..8 {
         let s = s.clone();
@@ -223,7 +286,10 @@ async fn unknown_fsync_mode_is_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_compaction_by_period_keeps_recent_history() {
     let dir = tempfile::tempdir().unwrap();
-    let o = Options { auto_compact: AutoCompact::Period(Duration::from_millis(300)), ..opts() };
+    let o = Options {
+        auto_compact: AutoCompact::Period(Duration::from_millis(300)),
+        ..opts()
+    };
     let s = Embedded::open(dir.path(), o).await.unwrap();
     let first = s.put_kv("ac", "0").await.unwrap().header.revision;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -232,8 +298,14 @@ async fn auto_compaction_by_period_keeps_recent_history() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let st = s.status().await.unwrap();
-    assert!(st.compact_revision >= first, "history older than the period was compacted: {st:?}");
-    assert!(st.compact_revision < st.header.revision, "recent history is kept: {st:?}");
+    assert!(
+        st.compact_revision >= first,
+        "history older than the period was compacted: {st:?}"
+    );
+    assert!(
+        st.compact_revision < st.header.revision,
+        "recent history is kept: {st:?}"
+    );
 }
 
 // ---- property tests of the MVCC index ------------------------------------------------------

@@ -32,8 +32,17 @@ pub(crate) struct Durable {
 }
 
 enum Item {
-    Record { seq: u64, rev: i64, bytes: Vec<u8> },
-    Rotate { seq: u64, rev: i64, gen: u64, snapshot: Vec<u8> },
+    Record {
+        seq: u64,
+        rev: i64,
+        bytes: Vec<u8>,
+    },
+    Rotate {
+        seq: u64,
+        rev: i64,
+        gen: u64,
+        snapshot: Vec<u8>,
+    },
 }
 
 struct Queue {
@@ -62,7 +71,10 @@ fn snap_name(gen: u64) -> String {
     format!("snap-{gen:020}.snap")
 }
 fn parse_gen(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
-    name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
+    name.strip_prefix(prefix)?
+        .strip_suffix(suffix)?
+        .parse()
+        .ok()
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
@@ -126,8 +138,12 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
         match tail {
             LogTail::Clean => bytes += buf.len() as u64,
             LogTail::Torn { offset } if is_last => {
-                let f = OpenOptions::new().write(true).open(&path).map_err(|e| io_err("cannot open", &path, e))?;
-                f.set_len(offset).map_err(|e| io_err("cannot truncate", &path, e))?;
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| io_err("cannot open", &path, e))?;
+                f.set_len(offset)
+                    .map_err(|e| io_err("cannot truncate", &path, e))?;
                 f.sync_all().map_err(|e| io_err("cannot sync", &path, e))?;
                 tracing::warn!(file = %path.display(), offset, "truncated a torn record at the end of the log");
                 bytes += offset;
@@ -140,7 +156,11 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
                 })
             }
             LogTail::Corrupt { offset, reason } => {
-                return Err(StoreError::Corrupt { file: path.display().to_string(), offset, reason })
+                return Err(StoreError::Corrupt {
+                    file: path.display().to_string(),
+                    offset,
+                    reason,
+                })
             }
         }
     }
@@ -159,14 +179,29 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
         .open(&path)
         .map_err(|e| io_err("cannot open", &path, e))?;
     sync_dir(dir).map_err(|e| io_err("cannot sync", dir, e))?;
-    Ok(Recovered { state, gen: last_gen, file, bytes })
+    Ok(Recovered {
+        state,
+        gen: last_gen,
+        file,
+        bytes,
+    })
 }
 
 impl Log {
     pub fn new(gen: u64, rev: i64, snapshot_bytes: u64, since_snapshot: u64) -> Self {
-        let (durable, _) = watch::channel(Durable { seq: 0, rev, failed: None });
+        let (durable, _) = watch::channel(Durable {
+            seq: 0,
+            rev,
+            failed: None,
+        });
         Log {
-            q: Mutex::new(Queue { items: Vec::new(), seq: 0, since_snapshot, gen, shutdown: false }),
+            q: Mutex::new(Queue {
+                items: Vec::new(),
+                seq: 0,
+                since_snapshot,
+                gen,
+                shutdown: false,
+            }),
             cv: Condvar::new(),
             durable,
             snapshot_bytes,
@@ -184,13 +219,22 @@ impl Log {
         q.seq += 1;
         let seq = q.seq;
         q.since_snapshot += bytes.len() as u64;
-        q.items.push(Item::Record { seq, rev: batch.rev, bytes });
+        q.items.push(Item::Record {
+            seq,
+            rev: batch.rev,
+            bytes,
+        });
         if q.since_snapshot >= self.snapshot_bytes {
             q.since_snapshot = 0;
             q.gen += 1;
             let gen = q.gen;
             let snapshot = codec::encode_snapshot(state);
-            q.items.push(Item::Rotate { seq, rev: batch.rev, gen, snapshot });
+            q.items.push(Item::Rotate {
+                seq,
+                rev: batch.rev,
+                gen,
+                snapshot,
+            });
         }
         drop(q);
         self.cv.notify_one();
@@ -209,7 +253,12 @@ impl Log {
         q.gen += 1;
         let gen = q.gen;
         let seq = q.seq;
-        q.items.push(Item::Rotate { seq, rev: state.rev, gen, snapshot: codec::encode_snapshot(state) });
+        q.items.push(Item::Rotate {
+            seq,
+            rev: state.rev,
+            gen,
+            snapshot: codec::encode_snapshot(state),
+        });
         drop(q);
         self.cv.notify_one();
         seq
@@ -261,7 +310,12 @@ impl Log {
                             self.publish(seq, rev);
                         }
                     }
-                    Item::Rotate { seq, rev, gen, snapshot } => {
+                    Item::Rotate {
+                        seq,
+                        rev,
+                        gen,
+                        snapshot,
+                    } => {
                         if let Err(e) = self.flush(&mut file, &mut buf, mode) {
                             return self.fail(format!("cannot write log: {e}"));
                         }
@@ -269,7 +323,8 @@ impl Log {
                             Ok(f) => file = f,
                             Err(e) => return self.fail(format!("cannot write snapshot: {e}")),
                         }
-                        self.disk_bytes.store(snapshot.len() as u64, Ordering::Relaxed);
+                        self.disk_bytes
+                            .store(snapshot.len() as u64, Ordering::Relaxed);
                         self.publish(seq, rev);
                     }
                 }
@@ -288,7 +343,8 @@ impl Log {
             return Ok(());
         }
         file.write_all(buf)?;
-        self.disk_bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.disk_bytes
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         buf.clear();
         if mode != Durability::None {
             file.sync_data()?;
@@ -306,7 +362,10 @@ fn rotate(dir: &Path, gen: u64, snapshot: &[u8]) -> std::io::Result<File> {
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, dir.join(snap_name(gen)))?;
-    let file = OpenOptions::new().create(true).append(true).open(dir.join(wal_name(gen)))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(wal_name(gen)))?;
     sync_dir(dir)?;
     if gen > 0 {
         let _ = fs::remove_file(dir.join(wal_name(gen - 1)));
@@ -315,7 +374,8 @@ fn rotate(dir: &Path, gen: u64, snapshot: &[u8]) -> std::io::Result<File> {
         if let Ok(rd) = fs::read_dir(dir) {
             for ent in rd.flatten() {
                 let name = ent.file_name().to_string_lossy().into_owned();
-                let old = parse_gen(&name, "wal-", ".log").or_else(|| parse_gen(&name, "snap-", ".snap"));
+                let old =
+                    parse_gen(&name, "wal-", ".log").or_else(|| parse_gen(&name, "snap-", ".snap"));
                 if old.is_some_and(|g| g < gen) {
                     let _ = fs::remove_file(ent.path());
                 }

@@ -1,0 +1,107 @@
+//! `cargo xtask test`: installs what the tests need (as root, with apt-get; otherwise prints
+//! the exact command), then runs rustfmt, clippy and every test with all features.
+
+use std::process::{exit, Command};
+
+/// Debian packages the tests need, with a binary that proves each is installed.
+const PREREQS: &[(&str, &str)] = &[
+    ("protoc", "protobuf-compiler"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
+];
+
+fn have(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn run(what: &str, cmd: &mut Command) {
+    eprintln!("xtask: {what}: {cmd:?}");
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            eprintln!("xtask: {what} failed ({s})");
+            exit(s.code().unwrap_or(1));
+        }
+        Err(e) => {
+            eprintln!("xtask: cannot run {what}: {e}");
+            exit(1);
+        }
+    }
+}
+
+fn install_prereqs() {
+    let missing: Vec<&str> = PREREQS
+        .iter()
+        .filter(|(bin, _)| !have(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let cmd = format!("apt-get update && apt-get install -y {}", missing.join(" "));
+    if !is_root() {
+        eprintln!(
+            "xtask: missing prerequisites: {}\nxtask: install them with:\n    sudo sh -c '{cmd}'",
+            missing.join(", ")
+        );
+        exit(1);
+    }
+    run(
+        "apt-get update",
+        Command::new("apt-get").arg("update").arg("-q"),
+    );
+    run(
+        "apt-get install",
+        Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    );
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("test") => {
+            install_prereqs();
+            run("rustfmt", cargo().args(["fmt", "--all", "--", "--check"]));
+            run(
+                "clippy",
+                cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--all-features",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+            );
+            run(
+                "tests",
+                cargo()
+                    .args(["test", "--workspace", "--all-features"])
+                    .args(&args[1..]),
+            );
+        }
+        Some("install-prereqs") => install_prereqs(),
+        _ => {
+            eprintln!("usage: cargo xtask test [-- test args]   (fmt, clippy, all tests)\n       cargo xtask install-prereqs");
+            exit(2);
+        }
+    }
+}
