@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::time::{Duration, Instant};
+use tokio::time::Instant;
 
 use super::mvcc::{Batch, Change, Entry, Lease, Mvcc};
 use crate::types::KeyValue;
@@ -323,7 +323,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
     for _ in 0..n {
         let id = d.i64()?;
         let ttl = d.i64()?;
-        let deadline = now + Duration::from_secs(ttl.max(0) as u64);
+        let deadline = super::mvcc::deadline(now, ttl);
         m.leases.insert(
             id,
             Lease {

@@ -813,7 +813,7 @@ impl Store for EmbeddedRef {
         let rev = st.rev;
         match st.leases.get_mut(&id) {
             Some(l) if l.deadline > now => {
-                l.deadline = now + Duration::from_secs(l.ttl as u64);
+                l.deadline = mvcc::deadline(now, l.ttl);
                 Ok(LeaseKeepAliveResponse {
                     header: ResponseHeader { revision: rev },
                     id,

@@ -273,6 +273,9 @@ impl Mvcc {
     pub fn replay(&mut self, batch: &Batch, now: Instant) -> std::result::Result<(), String> {
         let mut w = Writer::new(self, now);
         for (id, ttl) in &batch.grants {
+            if *id <= 0 || *ttl <= 0 {
+                return Err(format!("lease grant with invalid id {id} or TTL {ttl}"));
+            }
             w.grant(*id, *ttl);
         }
         for c in &batch.changes {
@@ -304,6 +307,12 @@ impl Mvcc {
         }
         Ok(())
     }
+}
+
+/// `now + ttl` seconds, saturating far in the future for absurd TTLs read from disk.
+pub(crate) fn deadline(now: Instant, ttl: i64) -> Instant {
+    let far = Duration::from_secs(100 * 365 * 86400);
+    now.checked_add(Duration::from_secs(ttl.max(0) as u64).min(far)).unwrap_or(now)
 }
 
 fn make_event(key: &Bytes, e: &Entry, prev: Option<KeyValue>) -> Event {
@@ -421,7 +430,7 @@ impl<'a> Writer<'a> {
     }
 
     pub fn grant(&mut self, id: i64, ttl: i64) {
-        let deadline = self.now + Duration::from_secs(ttl as u64);
+        let deadline = deadline(self.now, ttl);
         self.m.leases.insert(
             id,
             Lease {
