@@ -312,7 +312,8 @@ impl Mvcc {
 /// `now + ttl` seconds, saturating far in the future for absurd TTLs read from disk.
 pub(crate) fn deadline(now: Instant, ttl: i64) -> Instant {
     let far = Duration::from_secs(100 * 365 * 86400);
-    now.checked_add(Duration::from_secs(ttl.max(0) as u64).min(far)).unwrap_or(now)
+    now.checked_add(Duration::from_secs(ttl.max(0) as u64).min(far))
+        .unwrap_or(now)
 }
 
 fn make_event(key: &Bytes, e: &Entry, prev: Option<KeyValue>) -> Event {
