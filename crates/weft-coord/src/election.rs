@@ -1,0 +1,198 @@
+//! Leader election: campaign, proclaim, resign, observe, with terms.
+//!
+//! Candidates write `PREFIX/<lease hex>` with their value; the leader is the candidate with the
+//! lowest create revision, and that revision is its **term**: strictly increasing across
+//! successive leaders, usable as a fencing token. A candidate watches only its predecessor.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc;
+use weft_store::{
+    Compare, CompareOp, CompareTarget, KeyRange, PutRequest, RangeRequest, Store, StoreError, TxnOp, TxnRequest,
+    WatchRequest,
+};
+
+use crate::lock::{check_name, create_key, delete_own, ownership_lost, still_owned, wait_turn, Cleanup};
+use crate::session::Session;
+use crate::{CoordError, Result};
+
+/// Default key prefix of elections.
+pub const ELECTION_PREFIX: &str = "/weft/election/";
+
+/// The current leader as observers see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leader {
+    /// The leader's proclaimed value.
+    pub value: Bytes,
+    /// The leader's term (create revision of its key).
+    pub term: i64,
+    /// The leader's key.
+    pub key: Bytes,
+}
+
+/// An election.
+#[derive(Clone)]
+pub struct Election {
+    store: Arc<dyn Store>,
+    prefix: Bytes,
+    name: String,
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Election").field("name", &self.name).finish()
+    }
+}
+
+/// Proof of leadership.
+#[derive(Debug)]
+pub struct Leadership {
+    session: Session,
+    key: Bytes,
+    term: i64,
+    resigned: bool,
+}
+
+async fn current_leader(store: &dyn Store, prefix: &Bytes) -> Result<(Option<Leader>, i64)> {
+    let r = store.range(RangeRequest::new(KeyRange::prefix(prefix.clone()))).await?;
+    let leader = r
+        .kvs
+        .iter()
+        .min_by_key(|kv| kv.create_revision)
+        .map(|kv| Leader { value: kv.value.clone(), term: kv.create_revision, key: kv.key.clone() });
+    Ok((leader, r.header.revision))
+}
+
+impl Election {
+    /// The election `name` (keys under `/weft/election/<name>/`).
+    pub fn new(store: Arc<dyn Store>, name: &str) -> Result<Election> {
+        check_name("election", name)?;
+        Ok(Election { store, prefix: Bytes::from(format!("{ELECTION_PREFIX}{name}/")), name: name.into() })
+    }
+
+    /// Becomes a candidate with `value` and waits until elected. Cancel-safe: dropping the
+    /// future withdraws the candidacy. Fails at once if the session is lost.
+    pub async fn campaign(&self, session: &Session, value: impl Into<Bytes>) -> Result<Leadership> {
+        session.check()?;
+        let key = Bytes::from([&self.prefix[..], format!("{:x}", session.lease()).as_bytes()].concat());
+        let rev = create_key(&**session.store(), &key, value.into(), session.lease(), &self.name).await?;
+        let mut cleanup = Cleanup { store: session.store().clone(), key: key.clone(), rev, armed: true };
+        wait_turn(session, &self.prefix, &key, rev, 1).await?;
+        cleanup.armed = false;
+        Ok(Leadership { session: session.clone(), key, term: rev, resigned: false })
+    }
+
+    /// The current leader, if any.
+    pub async fn leader(&self) -> Result<Option<Leader>> {
+        Ok(current_leader(&*self.store, &self.prefix).await?.0)
+    }
+
+    /// A stream of leader changes: the current leader first (or `None` if there is none), then
+    /// every change of leader or value. It resynchronizes by itself after a compaction and ends
+    /// with an error (never silently) if the store fails.
+    pub fn observe(&self) -> impl Stream<Item = Result<Option<Leader>>> + Send + 'static {
+        let (tx, rx) = mpsc::channel(16);
+        let (store, prefix) = (self.store.clone(), self.prefix.clone());
+        tokio::spawn(async move {
+            let mut last: Option<Option<Leader>> = None;
+            loop {
+                let (leader, rev) = match current_leader(&*store, &prefix).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if last.as_ref() != Some(&leader) {
+                    if tx.send(Ok(leader.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(leader);
+                }
+                let mut w = match store.watch(WatchRequest::new(KeyRange::prefix(prefix.clone())).start_revision(rev + 1)).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        m = w.message() => match m {
+                            Some(Ok(_)) => {
+                                let leader = match current_leader(&*store, &prefix).await {
+                                    Ok((l, _)) => l,
+                                    Err(e) => { let _ = tx.send(Err(e)).await; return; }
+                                };
+                                if last.as_ref() != Some(&leader) {
+                                    if tx.send(Ok(leader.clone())).await.is_err() { return; }
+                                    last = Some(leader);
+                                }
+                            }
+                            // Resynchronize from the current state.
+                            Some(Err(StoreError::Compacted { .. })) | None => break,
+                            Some(Err(e)) => { let _ = tx.send(Err(e.into())).await; return; }
+                        },
+                        _ = tx.closed() => return,
+                    }
+                }
+            }
+        });
+        tokio_stream_from(rx)
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+impl Leadership {
+    /// The term: strictly increasing across successive leaders.
+    pub fn term(&self) -> i64 {
+        self.term
+    }
+
+    /// The leader key.
+    pub fn key(&self) -> &Bytes {
+        &self.key
+    }
+
+    /// Publishes a new value, only while still the leader.
+    pub async fn proclaim(&self, value: impl Into<Bytes>) -> Result<()> {
+        self.session.check()?;
+        let t = TxnRequest::new()
+            .when([Compare::new(self.key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(self.term))])
+            .and_then([TxnOp::Put(PutRequest::new(self.key.clone(), value).lease(self.session.lease()))]);
+        if !self.session.store().txn(t).await?.succeeded {
+            return Err(CoordError::OwnershipLost(String::from_utf8_lossy(&self.key).into_owned()));
+        }
+        Ok(())
+    }
+
+    /// Whether the store still records this leadership.
+    pub async fn is_leader(&self) -> Result<bool> {
+        still_owned(&self.session, &self.key, self.term).await
+    }
+
+    /// Resolves when leadership is lost (session lost or key deleted).
+    pub async fn lost(&self) -> CoordError {
+        ownership_lost(&self.session, &self.key, self.term).await
+    }
+
+    /// Gives up leadership; the next candidate is elected.
+    pub async fn resign(mut self) -> Result<()> {
+        self.resigned = true;
+        delete_own(&**self.session.store(), &self.key, self.term).await?;
+        Ok(())
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        if !self.resigned {
+            let _ = Cleanup { store: self.session.store().clone(), key: self.key.clone(), rev: self.term, armed: true };
+        }
+    }
+}
