@@ -15,7 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Duration;
 use weft_store::{
-    DeleteRequest, EventType, KeyRange, KeyValue, PutRequest, RangeRequest, Store, StoreError, WatchRequest,
+    DeleteRequest, EventType, KeyRange, KeyValue, PutRequest, RangeRequest, Store, StoreError,
+    WatchRequest,
 };
 
 use crate::lock::check_name;
@@ -182,13 +183,41 @@ impl Registry {
         session.check()?;
         let key = Bytes::from([&service_prefix(service)[..], instance.id.as_bytes()].concat());
         let value = serde_json::to_vec(&instance).expect("instance serializes");
-        session.store().put(PutRequest::new(key.clone(), value).lease(session.lease())).await?;
+        session
+            .store()
+            .put(PutRequest::new(key.clone(), value).lease(session.lease()))
+            .await?;
         let (stop, stop_rx) = watch::channel(false);
         let instance = Arc::new(tokio::sync::Mutex::new(instance));
         if let Some(check) = check {
-            tokio::spawn(run_check(session.clone(), key.clone(), instance.clone(), check, stop_rx));
+            tokio::spawn(run_check(
+                session.clone(),
+                key.clone(),
+                instance.clone(),
+                check,
+                stop_rx,
+            ));
         }
-        Ok(Registration { session: session.clone(), key, instance, stop, done: false })
+        Ok(Registration {
+            session: session.clone(),
+            key,
+            instance,
+            stop,
+            done: false,
+        })
+    }
+
+    /// Removes one instance, whoever registered it. Returns whether it existed.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<bool> {
+        check_name("service", service)?;
+        check_name("instance id", id)?;
+        let key = Bytes::from([&service_prefix(service)[..], id.as_bytes()].concat());
+        Ok(self
+            .store
+            .delete(DeleteRequest::new(KeyRange::key(key)))
+            .await?
+            .deleted
+            > 0)
     }
 
     /// The instances of `service` now.
@@ -226,10 +255,15 @@ impl Registry {
         let store = self.store.clone();
         let prefix = service_prefix(service);
         let mut rev = from.revision;
-        let mut known: HashMap<String, Instance> = from.instances.iter().map(|i| (i.id.clone(), i.clone())).collect();
+        let mut known: HashMap<String, Instance> = from
+            .instances
+            .iter()
+            .map(|i| (i.id.clone(), i.clone()))
+            .collect();
         tokio::spawn(async move {
             loop {
-                let req = WatchRequest::new(KeyRange::prefix(prefix.clone())).start_revision(rev + 1);
+                let req =
+                    WatchRequest::new(KeyRange::prefix(prefix.clone())).start_revision(rev + 1);
                 let mut w = match store.watch(req).await {
                     Ok(w) => w,
                     Err(e) => {
@@ -254,11 +288,15 @@ impl Registry {
                                         batch.push(DiscoveryEvent::Removed(id));
                                     }
                                     EventType::Put => match decode(&e.kv) {
-                                        Ok(inst) => batch.push(match known.insert(id, inst.clone()) {
-                                            Some(_) => DiscoveryEvent::Updated(inst),
-                                            None => DiscoveryEvent::Added(inst),
-                                        }),
-                                        Err(err) => tracing::warn!(error = %err, "skipping undecodable instance"),
+                                        Ok(inst) => {
+                                            batch.push(match known.insert(id, inst.clone()) {
+                                                Some(_) => DiscoveryEvent::Updated(inst),
+                                                None => DiscoveryEvent::Added(inst),
+                                            })
+                                        }
+                                        Err(err) => {
+                                            tracing::warn!(error = %err, "skipping undecodable instance")
+                                        }
                                     },
                                 }
                             }
@@ -270,7 +308,11 @@ impl Registry {
                             match snapshot(&*store, &prefix).await {
                                 Ok(s) => {
                                     rev = s.revision;
-                                    known = s.instances.iter().map(|i| (i.id.clone(), i.clone())).collect();
+                                    known = s
+                                        .instances
+                                        .iter()
+                                        .map(|i| (i.id.clone(), i.clone()))
+                                        .collect();
                                     if tx.send(Ok(vec![DiscoveryEvent::Reset(s)])).await.is_err() {
                                         return;
                                     }
@@ -299,7 +341,9 @@ impl Registry {
 }
 
 async fn snapshot(store: &dyn Store, prefix: &Bytes) -> Result<ServiceSnapshot> {
-    let r = store.range(RangeRequest::new(KeyRange::prefix(prefix.clone()))).await?;
+    let r = store
+        .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
+        .await?;
     let mut instances = Vec::with_capacity(r.kvs.len());
     for kv in &r.kvs {
         match decode(kv) {
@@ -307,7 +351,10 @@ async fn snapshot(store: &dyn Store, prefix: &Bytes) -> Result<ServiceSnapshot> 
             Err(e) => tracing::warn!(error = %e, "skipping undecodable instance"),
         }
     }
-    Ok(ServiceSnapshot { revision: r.header.revision, instances })
+    Ok(ServiceSnapshot {
+        revision: r.header.revision,
+        instances,
+    })
 }
 
 impl Registration {
@@ -323,11 +370,19 @@ impl Registration {
         publish(&self.session, &self.key, &inst).await
     }
 
+    /// Keeps the instance registered past this value (until its lease ends).
+    pub fn detach(mut self) {
+        self.done = true;
+    }
+
     /// Removes the instance.
     pub async fn deregister(mut self) -> Result<()> {
         self.done = true;
         self.stop.send_replace(true);
-        self.session.store().delete(DeleteRequest::new(KeyRange::key(self.key.clone()))).await?;
+        self.session
+            .store()
+            .delete(DeleteRequest::new(KeyRange::key(self.key.clone())))
+            .await?;
         Ok(())
     }
 }
@@ -350,7 +405,10 @@ impl Drop for Registration {
 async fn publish(session: &Session, key: &Bytes, inst: &Instance) -> Result<()> {
     session.check()?;
     let value = serde_json::to_vec(inst).expect("instance serializes");
-    session.store().put(PutRequest::new(key.clone(), value).lease(session.lease())).await?;
+    session
+        .store()
+        .put(PutRequest::new(key.clone(), value).lease(session.lease()))
+        .await?;
     Ok(())
 }
 
@@ -358,7 +416,10 @@ async fn publish(session: &Session, key: &Bytes, inst: &Instance) -> Result<()> 
 pub async fn probe(check: &HealthCheck) -> bool {
     match check {
         HealthCheck::Tcp { addr, timeout, .. } => {
-            matches!(tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_)))
+            matches!(
+                tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Ok(_))
+            )
         }
         HealthCheck::Http { url, timeout, .. } => {
             matches!(tokio::time::timeout(*timeout, http_get_status(url)).await, Ok(Ok(code)) if (200..400).contains(&code))
@@ -368,12 +429,18 @@ pub async fn probe(check: &HealthCheck) -> bool {
 
 async fn http_get_status(url: &str) -> std::io::Result<u16> {
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
-    let rest = url.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| bad("only http:// URLs are supported"))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if host.contains(':') { host.to_string() } else { format!("{host}:80") };
+    let addr = if host.contains(':') {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: weft-health\r\n\r\n").as_bytes()).await?;
     let mut buf = [0u8; 64];
@@ -386,7 +453,10 @@ async fn http_get_status(url: &str) -> std::io::Result<u16> {
         n += k;
     }
     let line = String::from_utf8_lossy(&buf[..n]);
-    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| bad("not an HTTP response"))
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("not an HTTP response"))
 }
 
 async fn run_check(
@@ -400,7 +470,11 @@ async fn run_check(
         HealthCheck::Http { interval, .. } | HealthCheck::Tcp { interval, .. } => *interval,
     };
     loop {
-        let health = if probe(&check).await { Health::Passing } else { Health::Critical };
+        let health = if probe(&check).await {
+            Health::Passing
+        } else {
+            Health::Critical
+        };
         {
             let mut inst = instance.lock().await;
             if inst.health != health {
@@ -445,7 +519,10 @@ pub struct CacheOptions {
 
 impl Default for CacheOptions {
     fn default() -> Self {
-        CacheOptions { protection_threshold: 0.5, retry: Duration::from_millis(500) }
+        CacheOptions {
+            protection_threshold: 0.5,
+            retry: Duration::from_millis(500),
+        }
     }
 }
 
@@ -463,7 +540,11 @@ struct CacheState {
 
 impl ServiceCache {
     /// Starts caching `service`.
-    pub async fn new(registry: &Registry, service: &str, opts: CacheOptions) -> Result<ServiceCache> {
+    pub async fn new(
+        registry: &Registry,
+        service: &str,
+        opts: CacheOptions,
+    ) -> Result<ServiceCache> {
         if !(0.0..=1.0).contains(&opts.protection_threshold) {
             return Err(CoordError::InvalidArgument(format!(
                 "protection threshold {} must be within 0.0..=1.0",
@@ -471,9 +552,17 @@ impl ServiceCache {
             )));
         }
         let first = registry.discover(service).await?;
-        let (tx, rx) = watch::channel(CachedView { instances: first.instances.clone(), revision: first.revision, ..Default::default() });
+        let (tx, rx) = watch::channel(CachedView {
+            instances: first.instances.clone(),
+            revision: first.revision,
+            ..Default::default()
+        });
         let state = Arc::new(RwLock::new(CacheState {
-            actual: first.instances.iter().map(|i| (i.id.clone(), i.clone())).collect(),
+            actual: first
+                .instances
+                .iter()
+                .map(|i| (i.id.clone(), i.clone()))
+                .collect(),
             served: first.instances.clone(),
         }));
         let (registry, service) = (registry.clone(), service.to_string());
@@ -498,14 +587,19 @@ impl ServiceCache {
                                 st.actual.remove(&id);
                             }
                             DiscoveryEvent::Reset(s) => {
-                                st.actual = s.instances.iter().map(|i| (i.id.clone(), i.clone())).collect();
+                                st.actual = s
+                                    .instances
+                                    .iter()
+                                    .map(|i| (i.id.clone(), i.clone()))
+                                    .collect();
                             }
                         }
                     }
                     let actual: Vec<Instance> = st.actual.values().cloned().collect();
                     let protected = opts.protection_threshold > 0.0
                         && !st.served.is_empty()
-                        && (actual.len() as f64) < opts.protection_threshold * st.served.len() as f64;
+                        && (actual.len() as f64)
+                            < opts.protection_threshold * st.served.len() as f64;
                     if !protected {
                         st.served = actual;
                     }
@@ -531,7 +625,11 @@ impl ServiceCache {
                     }
                     if let Ok(s) = registry.discover(&service).await {
                         let mut st = state.write().expect("cache state poisoned");
-                        st.actual = s.instances.iter().map(|i| (i.id.clone(), i.clone())).collect();
+                        st.actual = s
+                            .instances
+                            .iter()
+                            .map(|i| (i.id.clone(), i.clone()))
+                            .collect();
                         st.served = s.instances.clone();
                         drop(st);
                         tx.send_modify(|v| {
@@ -546,7 +644,10 @@ impl ServiceCache {
                 }
             }
         });
-        Ok(ServiceCache { view: rx, _task: task })
+        Ok(ServiceCache {
+            view: rx,
+            _task: task,
+        })
     }
 
     /// The current view.

@@ -10,11 +10,13 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::mpsc;
 use weft_store::{
-    Compare, CompareOp, CompareTarget, KeyRange, PutRequest, RangeRequest, Store, StoreError, TxnOp, TxnRequest,
-    WatchRequest,
+    Compare, CompareOp, CompareTarget, KeyRange, PutRequest, RangeRequest, Store, StoreError,
+    TxnOp, TxnRequest, WatchRequest,
 };
 
-use crate::lock::{check_name, create_key, delete_own, ownership_lost, still_owned, wait_turn, Cleanup};
+use crate::lock::{
+    check_name, create_key, delete_own, ownership_lost, still_owned, wait_turn, Cleanup,
+};
 use crate::session::Session;
 use crate::{CoordError, Result};
 
@@ -42,7 +44,9 @@ pub struct Election {
 
 impl std::fmt::Debug for Election {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Election").field("name", &self.name).finish()
+        f.debug_struct("Election")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -56,12 +60,18 @@ pub struct Leadership {
 }
 
 async fn current_leader(store: &dyn Store, prefix: &Bytes) -> Result<(Option<Leader>, i64)> {
-    let r = store.range(RangeRequest::new(KeyRange::prefix(prefix.clone()))).await?;
+    let r = store
+        .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
+        .await?;
     let leader = r
         .kvs
         .iter()
         .min_by_key(|kv| kv.create_revision)
-        .map(|kv| Leader { value: kv.value.clone(), term: kv.create_revision, key: kv.key.clone() });
+        .map(|kv| Leader {
+            value: kv.value.clone(),
+            term: kv.create_revision,
+            key: kv.key.clone(),
+        });
     Ok((leader, r.header.revision))
 }
 
@@ -69,19 +79,46 @@ impl Election {
     /// The election `name` (keys under `/weft/election/<name>/`).
     pub fn new(store: Arc<dyn Store>, name: &str) -> Result<Election> {
         check_name("election", name)?;
-        Ok(Election { store, prefix: Bytes::from(format!("{ELECTION_PREFIX}{name}/")), name: name.into() })
+        Ok(Election {
+            store,
+            prefix: Bytes::from(format!("{ELECTION_PREFIX}{name}/")),
+            name: name.into(),
+        })
     }
 
     /// Becomes a candidate with `value` and waits until elected. Cancel-safe: dropping the
     /// future withdraws the candidacy. Fails at once if the session is lost.
     pub async fn campaign(&self, session: &Session, value: impl Into<Bytes>) -> Result<Leadership> {
         session.check()?;
-        let key = Bytes::from([&self.prefix[..], format!("{:x}", session.lease()).as_bytes()].concat());
-        let rev = create_key(&**session.store(), &key, value.into(), session.lease(), &self.name).await?;
-        let mut cleanup = Cleanup { store: session.store().clone(), key: key.clone(), rev, armed: true };
+        let key = Bytes::from(
+            [
+                &self.prefix[..],
+                format!("{:x}", session.lease()).as_bytes(),
+            ]
+            .concat(),
+        );
+        let rev = create_key(
+            &**session.store(),
+            &key,
+            value.into(),
+            session.lease(),
+            &self.name,
+        )
+        .await?;
+        let mut cleanup = Cleanup {
+            store: session.store().clone(),
+            key: key.clone(),
+            rev,
+            armed: true,
+        };
         wait_turn(session, &self.prefix, &key, rev, 1).await?;
         cleanup.armed = false;
-        Ok(Leadership { session: session.clone(), key, term: rev, resigned: false })
+        Ok(Leadership {
+            session: session.clone(),
+            key,
+            term: rev,
+            resigned: false,
+        })
     }
 
     /// The current leader, if any.
@@ -111,7 +148,12 @@ impl Election {
                     }
                     last = Some(leader);
                 }
-                let mut w = match store.watch(WatchRequest::new(KeyRange::prefix(prefix.clone())).start_revision(rev + 1)).await {
+                let mut w = match store
+                    .watch(
+                        WatchRequest::new(KeyRange::prefix(prefix.clone())).start_revision(rev + 1),
+                    )
+                    .await
+                {
                     Ok(w) => w,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
@@ -144,7 +186,9 @@ impl Election {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl Stream<Item = T> + Send + 'static {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -163,10 +207,18 @@ impl Leadership {
     pub async fn proclaim(&self, value: impl Into<Bytes>) -> Result<()> {
         self.session.check()?;
         let t = TxnRequest::new()
-            .when([Compare::new(self.key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(self.term))])
-            .and_then([TxnOp::Put(PutRequest::new(self.key.clone(), value).lease(self.session.lease()))]);
+            .when([Compare::new(
+                self.key.clone(),
+                CompareOp::Equal,
+                CompareTarget::CreateRevision(self.term),
+            )])
+            .and_then([TxnOp::Put(
+                PutRequest::new(self.key.clone(), value).lease(self.session.lease()),
+            )]);
         if !self.session.store().txn(t).await?.succeeded {
-            return Err(CoordError::OwnershipLost(String::from_utf8_lossy(&self.key).into_owned()));
+            return Err(CoordError::OwnershipLost(
+                String::from_utf8_lossy(&self.key).into_owned(),
+            ));
         }
         Ok(())
     }
@@ -181,6 +233,23 @@ impl Leadership {
         ownership_lost(&self.session, &self.key, self.term).await
     }
 
+    /// Keeps the leadership past this value (no resign on drop); returns `(key, term)`.
+    pub fn detach(mut self) -> (Bytes, i64) {
+        self.resigned = true;
+        (self.key.clone(), self.term)
+    }
+
+    /// Rebuilds a leadership from [`Leadership::detach`]'s parts. It checks nothing:
+    /// [`Leadership::proclaim`] and [`Leadership::resign`] only act while it is still valid.
+    pub fn from_parts(session: &Session, key: Bytes, term: i64) -> Leadership {
+        Leadership {
+            session: session.clone(),
+            key,
+            term,
+            resigned: false,
+        }
+    }
+
     /// Gives up leadership; the next candidate is elected.
     pub async fn resign(mut self) -> Result<()> {
         self.resigned = true;
@@ -192,7 +261,12 @@ impl Leadership {
 impl Drop for Leadership {
     fn drop(&mut self) {
         if !self.resigned {
-            let _ = Cleanup { store: self.session.store().clone(), key: self.key.clone(), rev: self.term, armed: true };
+            let _ = Cleanup {
+                store: self.session.store().clone(),
+                key: self.key.clone(),
+                rev: self.term,
+                armed: true,
+            };
         }
     }
 }

@@ -34,10 +34,10 @@ mod session;
 pub mod suite;
 
 pub use discovery::{
-    probe, CacheOptions, CachedView, DiscoveryEvent, Health, HealthCheck, Instance, Registration, Registry,
-    ServiceCache, ServiceSnapshot, SERVICE_PREFIX,
+    probe, CacheOptions, CachedView, DiscoveryEvent, Health, HealthCheck, Instance, Registration,
+    Registry, ServiceCache, ServiceSnapshot, SERVICE_PREFIX,
 };
 pub use election::{Election, Leader, Leadership, ELECTION_PREFIX};
 pub use error::{CoordError, Result};
-pub use lock::{LockGuard, Mutex, Semaphore, LOCK_PREFIX, SEMAPHORE_PREFIX};
+pub use lock::{release_parts, LockGuard, Mutex, Semaphore, LOCK_PREFIX, SEMAPHORE_PREFIX};
 pub use session::{LostReason, Session, SessionOptions};

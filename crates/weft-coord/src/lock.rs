@@ -17,8 +17,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Duration;
 use weft_store::{
-    Compare, CompareOp, CompareTarget, DeleteRequest, EventType, KeyRange, KeyValue, PutRequest, RangeRequest,
-    Store, StoreError, TxnOp, TxnRequest, TxnResponse, WatchRequest,
+    Compare, CompareOp, CompareTarget, DeleteRequest, EventType, KeyRange, KeyValue, PutRequest,
+    RangeRequest, Store, StoreError, TxnOp, TxnRequest, TxnResponse, WatchRequest,
 };
 
 use crate::session::Session;
@@ -39,9 +39,19 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
 }
 
 /// Creates the waiter key if absent; returns its create revision.
-pub(crate) async fn create_key(store: &dyn Store, key: &Bytes, value: Bytes, lease: i64, what: &str) -> Result<i64> {
+pub(crate) async fn create_key(
+    store: &dyn Store,
+    key: &Bytes,
+    value: Bytes,
+    lease: i64,
+    what: &str,
+) -> Result<i64> {
     let t = TxnRequest::new()
-        .when([Compare::new(key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(0))])
+        .when([Compare::new(
+            key.clone(),
+            CompareOp::Equal,
+            CompareTarget::CreateRevision(0),
+        )])
         .and_then([TxnOp::Put(PutRequest::new(key.clone(), value).lease(lease))]);
     let r = store.txn(t).await?;
     if !r.succeeded {
@@ -53,9 +63,21 @@ pub(crate) async fn create_key(store: &dyn Store, key: &Bytes, value: Bytes, lea
 /// Deletes `key` only if it still has create revision `rev` (it is ours).
 pub(crate) async fn delete_own(store: &dyn Store, key: &Bytes, rev: i64) -> Result<bool> {
     let t = TxnRequest::new()
-        .when([Compare::new(key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(rev))])
-        .and_then([TxnOp::Delete(DeleteRequest::new(KeyRange::key(key.clone())))]);
+        .when([Compare::new(
+            key.clone(),
+            CompareOp::Equal,
+            CompareTarget::CreateRevision(rev),
+        )])
+        .and_then([TxnOp::Delete(DeleteRequest::new(KeyRange::key(
+            key.clone(),
+        )))]);
     Ok(store.txn(t).await?.succeeded)
+}
+
+/// Releases a lock (or semaphore permit) from its detached parts: deletes `key` only if it
+/// still has create revision `token`. Returns whether it was still held.
+pub async fn release_parts(store: &dyn Store, key: &Bytes, token: i64) -> Result<bool> {
+    delete_own(store, key, token).await
 }
 
 /// Removes a waiter's key if the future that created it is dropped before it finished.
@@ -97,12 +119,18 @@ pub(crate) async fn wait_turn(
     let store = session.store().clone();
     loop {
         session.check()?;
-        let r = store.range(RangeRequest::new(KeyRange::prefix(prefix.clone())).keys_only()).await?;
+        let r = store
+            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())).keys_only())
+            .await?;
         match r.kvs.iter().find(|kv| kv.key == *my_key) {
             Some(kv) if kv.create_revision == my_rev => {}
             _ => return Err(CoordError::OwnershipLost(key_str(my_key))),
         }
-        let mut earlier: Vec<&KeyValue> = r.kvs.iter().filter(|kv| kv.create_revision < my_rev).collect();
+        let mut earlier: Vec<&KeyValue> = r
+            .kvs
+            .iter()
+            .filter(|kv| kv.create_revision < my_rev)
+            .collect();
         if earlier.len() < slots {
             return Ok(());
         }
@@ -115,10 +143,16 @@ pub(crate) async fn wait_turn(
             KeyRange::prefix(prefix.clone())
         };
         let mut pred = store
-            .watch(WatchRequest { no_put: true, ..WatchRequest::new(watched).start_revision(from) })
+            .watch(WatchRequest {
+                no_put: true,
+                ..WatchRequest::new(watched).start_revision(from)
+            })
             .await?;
         let mut own = store
-            .watch(WatchRequest { no_put: true, ..WatchRequest::new(KeyRange::key(my_key.clone())).start_revision(from) })
+            .watch(WatchRequest {
+                no_put: true,
+                ..WatchRequest::new(KeyRange::key(my_key.clone())).start_revision(from)
+            })
             .await?;
         tokio::select! {
             m = pred.message() => match m {
@@ -142,7 +176,10 @@ pub(crate) async fn still_owned(session: &Session, key: &Bytes, token: i64) -> R
     if session.lost_reason().is_some() {
         return Ok(false);
     }
-    let r = session.store().range(RangeRequest::new(KeyRange::key(key.clone())).keys_only()).await?;
+    let r = session
+        .store()
+        .range(RangeRequest::new(KeyRange::key(key.clone())).keys_only())
+        .await?;
     Ok(r.kvs.first().is_some_and(|kv| kv.create_revision == token))
 }
 
@@ -150,7 +187,10 @@ pub(crate) async fn still_owned(session: &Session, key: &Bytes, token: i64) -> R
 pub(crate) async fn ownership_lost(session: &Session, key: &Bytes, token: i64) -> CoordError {
     let store = session.store().clone();
     loop {
-        let req = WatchRequest { no_put: true, ..WatchRequest::new(KeyRange::key(key.clone())).start_revision(token) };
+        let req = WatchRequest {
+            no_put: true,
+            ..WatchRequest::new(KeyRange::key(key.clone())).start_revision(token)
+        };
         let mut w = match store.watch(req).await {
             Ok(w) => w,
             Err(e) => return e.into(),
@@ -209,13 +249,22 @@ impl Mutex {
     /// A lock named `name` (keys under `/weft/lock/<name>/`) owned through `session`.
     pub fn new(session: &Session, name: &str) -> Result<Mutex> {
         check_name("lock", name)?;
-        Ok(Self::with_prefix(session, Bytes::from(format!("{LOCK_PREFIX}{name}/")), name))
+        Ok(Self::with_prefix(
+            session,
+            Bytes::from(format!("{LOCK_PREFIX}{name}/")),
+            name,
+        ))
     }
 
     /// A lock under an explicit key prefix.
     pub fn with_prefix(session: &Session, prefix: Bytes, name: &str) -> Mutex {
         let key = Bytes::from([&prefix[..], format!("{:x}", session.lease()).as_bytes()].concat());
-        Mutex { session: session.clone(), prefix, key, name: name.to_string() }
+        Mutex {
+            session: session.clone(),
+            prefix,
+            key,
+            name: name.to_string(),
+        }
     }
 
     /// Waits for the lock. Cancel-safe: dropping the future removes the waiter's key. Ends at
@@ -239,8 +288,15 @@ impl Mutex {
 
     /// The current holder's key and fencing token, if any.
     pub async fn holder(&self) -> Result<Option<(Bytes, i64)>> {
-        let r = self.session.store().range(RangeRequest::new(KeyRange::prefix(self.prefix.clone())).keys_only()).await?;
-        Ok(r.kvs.iter().min_by_key(|kv| kv.create_revision).map(|kv| (kv.key.clone(), kv.create_revision)))
+        let r = self
+            .session
+            .store()
+            .range(RangeRequest::new(KeyRange::prefix(self.prefix.clone())).keys_only())
+            .await?;
+        Ok(r.kvs
+            .iter()
+            .min_by_key(|kv| kv.create_revision)
+            .map(|kv| (kv.key.clone(), kv.create_revision)))
     }
 }
 
@@ -249,21 +305,45 @@ impl Semaphore {
     pub fn new(session: &Session, name: &str, permits: usize) -> Result<Semaphore> {
         check_name("semaphore", name)?;
         if permits == 0 {
-            return Err(CoordError::InvalidArgument("a semaphore needs at least one permit".into()));
+            return Err(CoordError::InvalidArgument(
+                "a semaphore needs at least one permit".into(),
+            ));
         }
         let prefix = Bytes::from(format!("{SEMAPHORE_PREFIX}{name}/"));
         let key = Bytes::from([&prefix[..], format!("{:x}", session.lease()).as_bytes()].concat());
-        Ok(Semaphore { session: session.clone(), prefix, key, name: name.to_string(), permits })
+        Ok(Semaphore {
+            session: session.clone(),
+            prefix,
+            key,
+            name: name.to_string(),
+            permits,
+        })
     }
 
     /// Waits for a permit (FIFO). Cancel-safe like [`Mutex::lock`].
     pub async fn acquire(&self) -> Result<LockGuard> {
-        acquire(&self.session, &self.prefix, &self.key, &self.name, self.permits, false).await
+        acquire(
+            &self.session,
+            &self.prefix,
+            &self.key,
+            &self.name,
+            self.permits,
+            false,
+        )
+        .await
     }
 
     /// Takes a permit if one is free now.
     pub async fn try_acquire(&self) -> Result<LockGuard> {
-        acquire(&self.session, &self.prefix, &self.key, &self.name, self.permits, true).await
+        acquire(
+            &self.session,
+            &self.prefix,
+            &self.key,
+            &self.name,
+            self.permits,
+            true,
+        )
+        .await
     }
 
     /// Waits at most `timeout`.
@@ -286,9 +366,16 @@ async fn acquire(
     session.check()?;
     let store = session.store().clone();
     let rev = create_key(&*store, key, Bytes::new(), session.lease(), name).await?;
-    let mut cleanup = Cleanup { store: store.clone(), key: key.clone(), rev, armed: true };
+    let mut cleanup = Cleanup {
+        store: store.clone(),
+        key: key.clone(),
+        rev,
+        armed: true,
+    };
     if try_only {
-        let r = store.range(RangeRequest::new(KeyRange::prefix(prefix.clone())).keys_only()).await?;
+        let r = store
+            .range(RangeRequest::new(KeyRange::prefix(prefix.clone())).keys_only())
+            .await?;
         let earlier = r.kvs.iter().filter(|kv| kv.create_revision < rev).count();
         if earlier >= slots {
             cleanup.armed = false;
@@ -299,7 +386,12 @@ async fn acquire(
         wait_turn(session, prefix, key, rev, slots).await?;
     }
     cleanup.armed = false;
-    Ok(LockGuard { session: session.clone(), key: key.clone(), token: rev, released: false })
+    Ok(LockGuard {
+        session: session.clone(),
+        key: key.clone(),
+        token: rev,
+        released: false,
+    })
 }
 
 impl LockGuard {
@@ -328,13 +420,35 @@ impl LockGuard {
     pub async fn txn_if_held(&self, ops: Vec<TxnOp>) -> Result<TxnResponse> {
         self.session.check()?;
         let t = TxnRequest::new()
-            .when([Compare::new(self.key.clone(), CompareOp::Equal, CompareTarget::CreateRevision(self.token))])
+            .when([Compare::new(
+                self.key.clone(),
+                CompareOp::Equal,
+                CompareTarget::CreateRevision(self.token),
+            )])
             .and_then(ops);
         let r = self.session.store().txn(t).await?;
         if !r.succeeded {
             return Err(CoordError::OwnershipLost(key_str(&self.key)));
         }
         Ok(r)
+    }
+
+    /// Keeps the lock held past this guard (no release on drop); returns `(key, token)`.
+    /// [`LockGuard::from_parts`] rebuilds the guard, e.g. in a later HTTP request.
+    pub fn detach(mut self) -> (Bytes, i64) {
+        self.released = true;
+        (self.key.clone(), self.token)
+    }
+
+    /// Rebuilds a guard from [`LockGuard::detach`]'s parts. It checks nothing: use
+    /// [`LockGuard::is_held`] or [`LockGuard::txn_if_held`].
+    pub fn from_parts(session: &Session, key: Bytes, token: i64) -> LockGuard {
+        LockGuard {
+            session: session.clone(),
+            key,
+            token,
+            released: false,
+        }
     }
 
     /// Releases the lock.
@@ -348,7 +462,12 @@ impl LockGuard {
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if !self.released {
-            let _ = Cleanup { store: self.session.store().clone(), key: self.key.clone(), rev: self.token, armed: true };
+            let _ = Cleanup {
+                store: self.session.store().clone(),
+                key: self.key.clone(),
+                rev: self.token,
+                armed: true,
+            };
         }
     }
 }

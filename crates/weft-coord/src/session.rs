@@ -43,7 +43,10 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { ttl: 10, safety_margin: None }
+        SessionOptions {
+            ttl: 10,
+            safety_margin: None,
+        }
     }
 }
 
@@ -51,6 +54,8 @@ struct Inner {
     store: Arc<dyn Store>,
     lease: i64,
     ttl: i64,
+    /// Whether this process owns the lease (keeps it alive, revokes it at the end).
+    owned: bool,
     lost: watch::Sender<Option<LostReason>>,
     stop: watch::Sender<bool>,
 }
@@ -65,7 +70,10 @@ pub struct Session {
 
 impl fmt::Debug for Session {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session").field("lease", &self.inner.lease).field("ttl", &self.inner.ttl).finish()
+        f.debug_struct("Session")
+            .field("lease", &self.inner.lease)
+            .field("ttl", &self.inner.ttl)
+            .finish()
     }
 }
 
@@ -73,12 +81,17 @@ impl Session {
     /// Grants a lease and starts keeping it alive.
     pub async fn new(store: Arc<dyn Store>, opts: SessionOptions) -> Result<Session> {
         if opts.ttl <= 0 {
-            return Err(CoordError::InvalidArgument(format!("session TTL {}s must be positive", opts.ttl)));
+            return Err(CoordError::InvalidArgument(format!(
+                "session TTL {}s must be positive",
+                opts.ttl
+            )));
         }
         let granted_at = Instant::now();
         let g = store.lease_grant(opts.ttl, 0).await?;
         let ttl = Duration::from_secs(g.ttl as u64);
-        let margin = opts.safety_margin.unwrap_or((ttl / 10).max(Duration::from_millis(100)));
+        let margin = opts
+            .safety_margin
+            .unwrap_or((ttl / 10).max(Duration::from_millis(100)));
         if margin >= ttl {
             return Err(CoordError::InvalidArgument(format!(
                 "safety margin {margin:?} must be shorter than the TTL {ttl:?}"
@@ -86,9 +99,40 @@ impl Session {
         }
         let (lost, _) = watch::channel(None);
         let (stop, stop_rx) = watch::channel(false);
-        let inner = Arc::new(Inner { store, lease: g.id, ttl: g.ttl, lost, stop });
-        tokio::spawn(keepalive(Arc::downgrade(&inner), stop_rx, granted_at + ttl - margin, ttl, margin));
+        let inner = Arc::new(Inner {
+            store,
+            lease: g.id,
+            ttl: g.ttl,
+            owned: true,
+            lost,
+            stop,
+        });
+        tokio::spawn(keepalive(
+            Arc::downgrade(&inner),
+            stop_rx,
+            granted_at + ttl - margin,
+            ttl,
+            margin,
+        ));
         Ok(Session { inner })
+    }
+
+    /// A session over a lease that someone else keeps alive (e.g. a client of the node's HTTP
+    /// API). It never renews or revokes the lease; operations fail once the lease is gone.
+    pub async fn attach(store: Arc<dyn Store>, lease: i64) -> Result<Session> {
+        let ttl = store.lease_time_to_live(lease, false).await?;
+        let (lost, _) = watch::channel(None);
+        let (stop, _) = watch::channel(true);
+        Ok(Session {
+            inner: Arc::new(Inner {
+                store,
+                lease,
+                ttl: ttl.granted_ttl,
+                owned: false,
+                lost,
+                stop,
+            }),
+        })
     }
 
     /// The lease id.
@@ -114,7 +158,10 @@ impl Session {
     /// Resolves when the session is lost (at once if it already is).
     pub async fn lost(&self) -> LostReason {
         let mut rx = self.inner.lost.subscribe();
-        let reason = rx.wait_for(Option::is_some).await.map(|r| r.expect("is some"));
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.expect("is some"));
         reason.unwrap_or(LostReason::Closed)
     }
 
@@ -154,7 +201,7 @@ impl Session {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.stop.send_replace(true);
-        if *self.lost.borrow() == Some(LostReason::Closed) {
+        if !self.owned || *self.lost.borrow() == Some(LostReason::Closed) {
             return;
         }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -198,7 +245,8 @@ async fn keepalive(
             return;
         }
         let sent = now;
-        let res = tokio::time::timeout(deadline - now, inner.store.lease_keep_alive(inner.lease)).await;
+        let res =
+            tokio::time::timeout(deadline - now, inner.store.lease_keep_alive(inner.lease)).await;
         match res {
             Ok(Ok(_)) => {
                 deadline = sent + ttl - margin;

@@ -13,17 +13,32 @@ use crate::*;
 
 async fn session(store: &Arc<dyn Store>) -> Session {
     let ttl = store.limits().min_lease_ttl;
-    Session::new(store.clone(), SessionOptions { ttl, ..Default::default() }).await.expect("session")
+    Session::new(
+        store.clone(),
+        SessionOptions {
+            ttl,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("session")
 }
 
 async fn keys_under(store: &Arc<dyn Store>, prefix: &str) -> i64 {
-    store.range(RangeRequest::new(KeyRange::prefix(prefix.to_string())).count_only()).await.unwrap().count
+    store
+        .range(RangeRequest::new(KeyRange::prefix(prefix.to_string())).count_only())
+        .await
+        .unwrap()
+        .count
 }
 
 async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !f().await {
-        assert!(tokio::time::Instant::now() < deadline, "{what} did not happen within {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -55,7 +70,10 @@ pub async fn lock_mutual_exclusion(store: Arc<dyn Store>) {
     }
     let tokens = tokens.lock().unwrap().clone();
     assert_eq!(tokens.len(), 20);
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "tokens not strictly increasing: {tokens:?}");
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "tokens not strictly increasing: {tokens:?}"
+    );
 }
 
 /// Waiters are served in arrival order.
@@ -74,7 +92,10 @@ pub async fn lock_fifo(store: Arc<dyn Store>) {
             s.close().await.unwrap();
         }));
         let st = store.clone();
-        eventually("waiter queued", Duration::from_secs(5), async || keys_under(&st, "/weft/lock/fifo/").await == i as i64 + 2).await;
+        eventually("waiter queued", Duration::from_secs(5), async || {
+            keys_under(&st, "/weft/lock/fifo/").await == i as i64 + 2
+        })
+        .await;
     }
     held.unlock().await.unwrap();
     for t in tasks {
@@ -90,23 +111,45 @@ pub async fn lock_try_timeout_cancel(store: Arc<dyn Store>) {
     let b = session(&store).await;
     let held = Mutex::new(&a, "try").unwrap().lock().await.unwrap();
     let mb = Mutex::new(&b, "try").unwrap();
-    assert!(matches!(mb.try_lock().await, Err(CoordError::WouldBlock(_))));
-    assert!(matches!(mb.lock_timeout(Duration::from_millis(200)).await, Err(CoordError::Timeout(_))));
+    assert!(matches!(
+        mb.try_lock().await,
+        Err(CoordError::WouldBlock(_))
+    ));
+    assert!(matches!(
+        mb.lock_timeout(Duration::from_millis(200)).await,
+        Err(CoordError::Timeout(_))
+    ));
     let st = store.clone();
-    eventually("timed-out waiter removed", Duration::from_secs(5), async || keys_under(&st, "/weft/lock/try/").await == 1).await;
+    eventually(
+        "timed-out waiter removed",
+        Duration::from_secs(5),
+        async || keys_under(&st, "/weft/lock/try/").await == 1,
+    )
+    .await;
     tokio::select! {
         _ = mb.lock() => panic!("acquired a held lock"),
         _ = tokio::time::sleep(Duration::from_millis(200)) => {}
     }
     let st = store.clone();
-    eventually("dropped waiter removed", Duration::from_secs(5), async || keys_under(&st, "/weft/lock/try/").await == 1).await;
+    eventually(
+        "dropped waiter removed",
+        Duration::from_secs(5),
+        async || keys_under(&st, "/weft/lock/try/").await == 1,
+    )
+    .await;
     // The same session cannot queue twice for one lock.
-    assert!(matches!(Mutex::new(&a, "try").unwrap().try_lock().await, Err(CoordError::AlreadyHeld(_))));
+    assert!(matches!(
+        Mutex::new(&a, "try").unwrap().try_lock().await,
+        Err(CoordError::AlreadyHeld(_))
+    ));
     held.unlock().await.unwrap();
     let g = mb.try_lock().await.unwrap();
     assert!(g.is_held().await.unwrap());
     g.unlock().await.unwrap();
-    assert!(matches!(Mutex::new(&a, "bad/name"), Err(CoordError::InvalidArgument(_))));
+    assert!(matches!(
+        Mutex::new(&a, "bad/name"),
+        Err(CoordError::InvalidArgument(_))
+    ));
 }
 
 /// A holder that crashes loses the lock within its TTL; the next waiter gets it with a larger
@@ -115,7 +158,11 @@ pub async fn lock_handover_after_crash(store: Arc<dyn Store>) {
     let a = session(&store).await;
     let b = session(&store).await;
     let ga = Mutex::new(&a, "crash").unwrap().lock().await.unwrap();
-    let ok = ga.txn_if_held(vec![weft_store::TxnOp::Put(weft_store::PutRequest::new("fenced", "a"))]).await;
+    let ok = ga
+        .txn_if_held(vec![weft_store::TxnOp::Put(weft_store::PutRequest::new(
+            "fenced", "a",
+        ))])
+        .await;
     assert!(ok.is_ok());
     let waiter = {
         let b = b.clone();
@@ -123,13 +170,33 @@ pub async fn lock_handover_after_crash(store: Arc<dyn Store>) {
     };
     let start = tokio::time::Instant::now();
     a.simulate_crash();
-    let lost = tokio::time::timeout(Duration::from_secs(a.ttl() as u64 + 5), ga.lost()).await.expect("lost fires");
-    assert!(matches!(lost, CoordError::SessionLost(_) | CoordError::OwnershipLost(_)), "{lost:?}");
-    let gb = tokio::time::timeout(Duration::from_secs(a.ttl() as u64 + 5), waiter).await.expect("handover").unwrap().unwrap();
-    eprintln!("lock handover after a holder crash: {:?} (TTL {}s)", start.elapsed(), a.ttl());
+    let lost = tokio::time::timeout(Duration::from_secs(a.ttl() as u64 + 5), ga.lost())
+        .await
+        .expect("lost fires");
+    assert!(
+        matches!(
+            lost,
+            CoordError::SessionLost(_) | CoordError::OwnershipLost(_)
+        ),
+        "{lost:?}"
+    );
+    let gb = tokio::time::timeout(Duration::from_secs(a.ttl() as u64 + 5), waiter)
+        .await
+        .expect("handover")
+        .unwrap()
+        .unwrap();
+    eprintln!(
+        "lock handover after a holder crash: {:?} (TTL {}s)",
+        start.elapsed(),
+        a.ttl()
+    );
     assert!(gb.fencing_token() > ga.fencing_token());
     assert!(!ga.is_held().await.unwrap());
-    let stale = ga.txn_if_held(vec![weft_store::TxnOp::Put(weft_store::PutRequest::new("fenced", "stale"))]).await;
+    let stale = ga
+        .txn_if_held(vec![weft_store::TxnOp::Put(weft_store::PutRequest::new(
+            "fenced", "stale",
+        ))])
+        .await;
     assert!(stale.is_err(), "stale holder wrote");
     assert_eq!(&store.get("fenced").await.unwrap().unwrap().value[..], b"a");
     gb.unlock().await.unwrap();
@@ -145,10 +212,22 @@ pub async fn waiter_with_lost_lease_fails(store: Arc<dyn Store>) {
         tokio::spawn(async move { Mutex::new(&b, "phantom").unwrap().lock().await })
     };
     let st = store.clone();
-    eventually("waiter queued", Duration::from_secs(5), async || keys_under(&st, "/weft/lock/phantom/").await == 2).await;
+    eventually("waiter queued", Duration::from_secs(5), async || {
+        keys_under(&st, "/weft/lock/phantom/").await == 2
+    })
+    .await;
     store.lease_revoke(b.lease()).await.unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), waiter).await.expect("waiter ends").unwrap();
-    assert!(matches!(r, Err(CoordError::OwnershipLost(_)) | Err(CoordError::SessionLost(_))), "{r:?}");
+    let r = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("waiter ends")
+        .unwrap();
+    assert!(
+        matches!(
+            r,
+            Err(CoordError::OwnershipLost(_)) | Err(CoordError::SessionLost(_))
+        ),
+        "{r:?}"
+    );
 }
 
 /// A semaphore admits at most N holders, and does admit N.
@@ -179,8 +258,12 @@ pub async fn semaphore_bounds(store: Arc<dyn Store>) {
     assert_eq!(peak.load(Ordering::SeqCst), 2);
 }
 
-async fn next_leader<S: futures::Stream<Item = Result<Option<Leader>>> + Unpin>(obs: &mut S) -> Option<Leader> {
-    let v = tokio::time::timeout(Duration::from_secs(10), obs.next()).await.expect("observer update");
+async fn next_leader<S: futures::Stream<Item = Result<Option<Leader>>> + Unpin>(
+    obs: &mut S,
+) -> Option<Leader> {
+    let v = tokio::time::timeout(Duration::from_secs(10), obs.next())
+        .await
+        .expect("observer update");
     v.expect("observer ended").expect("observer error")
 }
 
@@ -188,7 +271,11 @@ async fn next_leader<S: futures::Stream<Item = Result<Option<Leader>>> + Unpin>(
 pub async fn election_terms_and_failover(store: Arc<dyn Store>) {
     let e = Election::new(store.clone(), "main").unwrap();
     let mut obs = Box::pin(e.observe());
-    let first = tokio::time::timeout(Duration::from_secs(5), obs.next()).await.unwrap().unwrap().unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), obs.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(first.is_none(), "no leader yet");
     let a = session(&store).await;
     let la = e.campaign(&a, "a").await.unwrap();
@@ -203,10 +290,18 @@ pub async fn election_terms_and_failover(store: Arc<dyn Store>) {
         tokio::spawn(async move { e.campaign(&b, "b").await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(&e.leader().await.unwrap().unwrap().value[..], b"a2", "B must wait");
+    assert_eq!(
+        &e.leader().await.unwrap().unwrap().value[..],
+        b"a2",
+        "B must wait"
+    );
     let ta = la.term();
     la.resign().await.unwrap();
-    let lb = tokio::time::timeout(Duration::from_secs(5), cb).await.unwrap().unwrap().unwrap();
+    let lb = tokio::time::timeout(Duration::from_secs(5), cb)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(lb.term() > ta);
     let seen = next_leader(&mut obs).await.unwrap();
     assert_eq!((&seen.value[..], seen.term), (&b"b"[..], lb.term()));
@@ -228,12 +323,25 @@ pub async fn election_terms_and_failover(store: Arc<dyn Store>) {
         }
     };
     let failover = crashed.elapsed();
-    eprintln!("election failover after a leader crash: {failover:?} (TTL {}s)", b.ttl());
-    assert!(failover <= Duration::from_secs(b.ttl() as u64 + 1), "failover took {failover:?}");
-    let lc = tokio::time::timeout(Duration::from_secs(5), cc).await.unwrap().unwrap().unwrap();
+    eprintln!(
+        "election failover after a leader crash: {failover:?} (TTL {}s)",
+        b.ttl()
+    );
+    assert!(
+        failover <= Duration::from_secs(b.ttl() as u64 + 1),
+        "failover took {failover:?}"
+    );
+    let lc = tokio::time::timeout(Duration::from_secs(5), cc)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.term, lc.term());
     assert!(lc.term() > lb.term());
-    assert!(!lb.is_leader().await.unwrap(), "no phantom leadership after the session is lost");
+    assert!(
+        !lb.is_leader().await.unwrap(),
+        "no phantom leadership after the session is lost"
+    );
     assert!(lb.proclaim("zombie").await.is_err());
 }
 
@@ -245,29 +353,46 @@ pub async fn discovery_lifecycle(store: Arc<dyn Store>) {
     let mut i1 = Instance::new("a1", "10.0.0.1:80");
     i1.tags = vec!["blue".into()];
     let r1 = reg.register(&s1, "api", i1.clone(), None).await.unwrap();
-    let _r2 = reg.register(&s2, "api", Instance::new("a2", "10.0.0.2:80"), None).await.unwrap();
+    let _r2 = reg
+        .register(&s2, "api", Instance::new("a2", "10.0.0.2:80"), None)
+        .await
+        .unwrap();
     let snap = reg.discover("api").await.unwrap();
     assert_eq!(snap.instances.len(), 2);
     assert_eq!(snap.instances[0], i1);
     let mut w = Box::pin(reg.watch("api", &snap));
-    let mut next = async || tokio::time::timeout(Duration::from_secs(10), w.next()).await.expect("event").unwrap().unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("event")
+            .unwrap()
+            .unwrap()
+    };
     r1.set_health(Health::Critical).await.unwrap();
     match next().await {
-        DiscoveryEvent::Updated(i) => assert_eq!((i.id.as_str(), i.health), ("a1", Health::Critical)),
+        DiscoveryEvent::Updated(i) => {
+            assert_eq!((i.id.as_str(), i.health), ("a1", Health::Critical))
+        }
         other => panic!("{other:?}"),
     }
     let crashed = tokio::time::Instant::now();
     s2.simulate_crash();
     assert_eq!(next().await, DiscoveryEvent::Removed("a2".into()));
     assert!(crashed.elapsed() <= Duration::from_secs(s2.ttl() as u64 + 1));
-    let _r3 = reg.register(&s1, "api", Instance::new("a3", "10.0.0.3:80"), None).await.unwrap();
+    let _r3 = reg
+        .register(&s1, "api", Instance::new("a3", "10.0.0.3:80"), None)
+        .await
+        .unwrap();
     assert!(matches!(next().await, DiscoveryEvent::Added(i) if i.id == "a3"));
     r1.deregister().await.unwrap();
     assert_eq!(next().await, DiscoveryEvent::Removed("a1".into()));
     s1.close().await.unwrap();
     assert_eq!(next().await, DiscoveryEvent::Removed("a3".into()));
     assert!(reg.discover("api").await.unwrap().instances.is_empty());
-    assert!(matches!(reg.discover("a/b").await, Err(CoordError::InvalidArgument(_))));
+    assert!(matches!(
+        reg.discover("a/b").await,
+        Err(CoordError::InvalidArgument(_))
+    ));
 }
 
 /// A watch from a compacted revision resynchronizes with a reset event instead of failing.
@@ -275,15 +400,37 @@ pub async fn discovery_resync_after_compaction(store: Arc<dyn Store>) {
     let reg = Registry::new(store.clone());
     let s = session(&store).await;
     let old = reg.discover("web").await.unwrap();
-    let _r = reg.register(&s, "web", Instance::new("w1", "h:1"), None).await.unwrap();
-    let rev = store.put_kv("unrelated", "x").await.unwrap().header.revision;
+    let _r = reg
+        .register(&s, "web", Instance::new("w1", "h:1"), None)
+        .await
+        .unwrap();
+    let rev = store
+        .put_kv("unrelated", "x")
+        .await
+        .unwrap()
+        .header
+        .revision;
     store.compact(rev).await.unwrap();
     let mut w = Box::pin(reg.watch("web", &old));
-    match tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap() {
-        DiscoveryEvent::Reset(snap) => assert_eq!(snap.instances.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec!["w1"]),
+    match tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        DiscoveryEvent::Reset(snap) => assert_eq!(
+            snap.instances
+                .iter()
+                .map(|i| i.id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["w1"]
+        ),
         other => panic!("expected a reset, got {other:?}"),
     }
-    let _r2 = reg.register(&s, "web", Instance::new("w2", "h:2"), None).await.unwrap();
+    let _r2 = reg
+        .register(&s, "web", Instance::new("w2", "h:2"), None)
+        .await
+        .unwrap();
     assert!(matches!(w.next().await.unwrap().unwrap(), DiscoveryEvent::Added(i) if i.id == "w2"));
 }
 
@@ -294,18 +441,41 @@ pub async fn cache_protection(store: Arc<dyn Store>) {
     let one = session(&store).await;
     let mut regs = Vec::new();
     for i in 0..4 {
-        regs.push(reg.register(&many, "db", Instance::new(format!("m{i}"), "h"), None).await.unwrap());
+        regs.push(
+            reg.register(&many, "db", Instance::new(format!("m{i}"), "h"), None)
+                .await
+                .unwrap(),
+        );
     }
-    let _keep = reg.register(&one, "db", Instance::new("solo", "h"), None).await.unwrap();
-    let mut cache = ServiceCache::new(&reg, "db", CacheOptions::default()).await.unwrap();
+    let _keep = reg
+        .register(&one, "db", Instance::new("solo", "h"), None)
+        .await
+        .unwrap();
+    let mut cache = ServiceCache::new(&reg, "db", CacheOptions::default())
+        .await
+        .unwrap();
     assert_eq!(cache.view().instances.len(), 5);
     std::mem::forget(regs); // their session's end removes them all in one revision
     many.close().await.unwrap();
-    let v = tokio::time::timeout(Duration::from_secs(10), cache.changed()).await.unwrap();
-    assert!(v.protected, "4 of 5 vanished at once: keep serving the old set");
+    let v = tokio::time::timeout(Duration::from_secs(10), cache.changed())
+        .await
+        .unwrap();
+    assert!(
+        v.protected,
+        "4 of 5 vanished at once: keep serving the old set"
+    );
     assert_eq!(v.instances.len(), 5);
     assert!(!v.stale);
-    assert!(ServiceCache::new(&reg, "db", CacheOptions { protection_threshold: 1.5, ..Default::default() }).await.is_err());
+    assert!(ServiceCache::new(
+        &reg,
+        "db",
+        CacheOptions {
+            protection_threshold: 1.5,
+            ..Default::default()
+        }
+    )
+    .await
+    .is_err());
 }
 
 /// An active TCP health check marks the instance critical when its port stops answering.
@@ -314,18 +484,34 @@ pub async fn health_check(store: Arc<dyn Store>) {
     let addr = listener.local_addr().unwrap().to_string();
     let reg = Registry::new(store.clone());
     let s = session(&store).await;
-    let check = HealthCheck::Tcp { addr: addr.clone(), interval: Duration::from_millis(100), timeout: Duration::from_millis(500) };
+    let check = HealthCheck::Tcp {
+        addr: addr.clone(),
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(500),
+    };
     assert!(probe(&check).await);
-    let _r = reg.register(&s, "tcp", Instance::new("t1", addr.clone()), Some(check)).await.unwrap();
+    let _r = reg
+        .register(&s, "tcp", Instance::new("t1", addr.clone()), Some(check))
+        .await
+        .unwrap();
     let snap = reg.discover("tcp").await.unwrap();
     assert_eq!(snap.instances[0].health, Health::Passing);
     let mut w = Box::pin(reg.watch("tcp", &snap));
     drop(listener);
-    match tokio::time::timeout(Duration::from_secs(10), w.next()).await.unwrap().unwrap().unwrap() {
+    match tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
         DiscoveryEvent::Updated(i) => assert_eq!(i.health, Health::Critical),
         other => panic!("{other:?}"),
     }
-    let http = HealthCheck::Http { url: format!("http://{addr}/health"), interval: Duration::from_secs(1), timeout: Duration::from_millis(300) };
+    let http = HealthCheck::Http {
+        url: format!("http://{addr}/health"),
+        interval: Duration::from_secs(1),
+        timeout: Duration::from_millis(300),
+    };
     assert!(!probe(&http).await, "nothing listens there any more");
 }
 

@@ -9,7 +9,9 @@ use weft_store::Store;
 
 async fn fresh() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
-    let store = Embedded::open(dir.path(), Default::default()).await.unwrap();
+    let store = Embedded::open(dir.path(), Default::default())
+        .await
+        .unwrap();
     Some((Arc::new(store), dir))
 }
 
@@ -18,14 +20,33 @@ weft_coord::recipe_tests!(fresh());
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_serves_its_last_view_as_stale_when_the_store_is_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let emb = Arc::new(Embedded::open(dir.path(), Default::default()).await.unwrap());
+    let emb = Arc::new(
+        Embedded::open(dir.path(), Default::default())
+            .await
+            .unwrap(),
+    );
     let store: Arc<dyn Store> = emb.clone();
-    let s = Session::new(store.clone(), SessionOptions { ttl: 30, ..Default::default() }).await.unwrap();
+    let s = Session::new(
+        store.clone(),
+        SessionOptions {
+            ttl: 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let reg = Registry::new(store.clone());
-    let _r = reg.register(&s, "svc", Instance::new("i1", "h:1"), None).await.unwrap();
-    let mut cache = ServiceCache::new(&reg, "svc", CacheOptions::default()).await.unwrap();
+    let _r = reg
+        .register(&s, "svc", Instance::new("i1", "h:1"), None)
+        .await
+        .unwrap();
+    let mut cache = ServiceCache::new(&reg, "svc", CacheOptions::default())
+        .await
+        .unwrap();
     emb.close();
-    let v = tokio::time::timeout(Duration::from_secs(10), cache.changed()).await.unwrap();
+    let v = tokio::time::timeout(Duration::from_secs(10), cache.changed())
+        .await
+        .unwrap();
     assert!(v.stale);
     assert_eq!(v.instances.len(), 1, "keeps serving the last snapshot");
 }

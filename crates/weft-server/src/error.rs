@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use weft_coord::CoordError;
 use weft_store::StoreError;
 
 /// An error as the API returns it.
@@ -19,6 +20,9 @@ pub enum ApiError {
     /// The request body is larger than allowed.
     #[error("{0}")]
     TooLarge(String),
+    /// A coordination recipe failed.
+    #[error(transparent)]
+    Coord(weft_coord::CoordError),
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
@@ -45,6 +49,13 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Coord(e) => match e {
+                CoordError::Store(e) => ApiError::Store(e.clone()).status(),
+                CoordError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+                CoordError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+                CoordError::Decode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::CONFLICT,
+            },
             ApiError::Store(e) => match e {
                 StoreError::Compacted { .. } => StatusCode::GONE,
                 StoreError::FutureRevision { .. }
@@ -66,6 +77,16 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Store(e) => e.code(),
+            ApiError::Coord(e) => match e {
+                CoordError::Store(e) => e.code(),
+                CoordError::SessionLost(_) => "session_lost",
+                CoordError::OwnershipLost(_) => "ownership_lost",
+                CoordError::WouldBlock(_) => "would_block",
+                CoordError::Timeout(_) => "timeout",
+                CoordError::AlreadyHeld(_) => "already_held",
+                CoordError::InvalidArgument(_) => "invalid_argument",
+                _ => "internal",
+            },
             ApiError::BadRequest(_) => "bad_request",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unauthorized => "unauthorized",
@@ -80,7 +101,11 @@ impl ApiError {
             }) => Some(*compact_revision),
             _ => None,
         };
-        let retryable = matches!(self, ApiError::Store(e) if e.is_retryable());
+        let retryable = match self {
+            ApiError::Store(e) => e.is_retryable(),
+            ApiError::Coord(e) => e.is_retryable(),
+            _ => false,
+        };
         serde_json::to_value(Body {
             error: Detail {
                 code: self.code(),
@@ -90,6 +115,15 @@ impl ApiError {
             },
         })
         .unwrap_or_default()
+    }
+}
+
+impl From<CoordError> for ApiError {
+    fn from(e: CoordError) -> Self {
+        match e {
+            CoordError::Store(s) => ApiError::Store(s),
+            other => ApiError::Coord(other),
+        }
     }
 }
 

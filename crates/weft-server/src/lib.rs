@@ -16,16 +16,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,6 +35,7 @@ use tokio::sync::watch;
 use weft_store::{Store, WatchRequest};
 
 pub mod api;
+mod coord;
 mod error;
 
 pub use error::ApiError;
@@ -127,6 +126,17 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/lease/keepalive"),
     ("post", "/v1/lease/ttl"),
     ("get", "/v1/lease/list"),
+    ("post", "/v1/lock/acquire"),
+    ("post", "/v1/lock/release"),
+    ("post", "/v1/election/campaign"),
+    ("post", "/v1/election/proclaim"),
+    ("post", "/v1/election/resign"),
+    ("get", "/v1/election/leader"),
+    ("get", "/v1/election/observe"),
+    ("post", "/v1/svc/register"),
+    ("post", "/v1/svc/deregister"),
+    ("get", "/v1/svc/list"),
+    ("get", "/v1/svc/watch"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -161,6 +171,17 @@ pub fn router(
         .route("/v1/lease/keepalive", post(lease_keepalive))
         .route("/v1/lease/ttl", post(lease_ttl))
         .route("/v1/lease/list", get(lease_list))
+        .route("/v1/lock/acquire", post(coord::lock_acquire))
+        .route("/v1/lock/release", post(coord::lock_release))
+        .route("/v1/election/campaign", post(coord::election_campaign))
+        .route("/v1/election/proclaim", post(coord::election_proclaim))
+        .route("/v1/election/resign", post(coord::election_resign))
+        .route("/v1/election/leader", get(coord::election_leader))
+        .route("/v1/election/observe", get(coord::election_observe))
+        .route("/v1/svc/register", post(coord::svc_register))
+        .route("/v1/svc/deregister", post(coord::svc_deregister))
+        .route("/v1/svc/list", get(coord::svc_list))
+        .route("/v1/svc/watch", get(coord::svc_watch))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(track))
@@ -436,12 +457,6 @@ struct WatchQuery {
     encoding: Option<Encoding>,
 }
 
-fn sse_error(e: &ApiError) -> SseEvent {
-    SseEvent::default()
-        .event("error")
-        .data(e.to_json().to_string())
-}
-
 async fn watch_sse(
     State(st): State<AppState>,
     q: Result<Query<WatchQuery>, QueryRejection>,
@@ -471,38 +486,22 @@ async fn watch_sse(
         }
     }
     let gauge = Gauge;
-    let mut shutdown = st.shutdown.clone();
-    let stopped = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    let events = stream
-        .take_until(stopped)
-        .map(move |item| {
-            let _ = &gauge;
-            match item
-                .map_err(ApiError::Store)
-                .and_then(|m| api::watch_json(enc, &m))
-            {
-                Ok(j) if j.events.is_empty() => {
-                    let data = serde_json::json!({"revision": j.revision}).to_string();
-                    (SseEvent::default().event("progress").data(data), false)
-                }
-                Ok(j) => {
-                    let data = serde_json::to_string(&j).unwrap_or_default();
-                    (SseEvent::default().event("watch").data(data), false)
-                }
-                Err(e) => (sse_error(&e), true),
+    let events = stream.map(move |item| {
+        let _ = &gauge;
+        match item
+            .map_err(ApiError::Store)
+            .and_then(|m| api::watch_json(enc, &m))
+        {
+            Ok(j) if j.events.is_empty() => {
+                let data = serde_json::json!({"revision": j.revision}).to_string();
+                (SseEvent::default().event("progress").data(data), false)
             }
-        })
-        // An error event is the last one.
-        .scan(false, |ended, (ev, is_error)| {
-            if *ended {
-                return futures::future::ready(None);
+            Ok(j) => {
+                let data = serde_json::to_string(&j).unwrap_or_default();
+                (SseEvent::default().event("watch").data(data), false)
             }
-            *ended = is_error;
-            futures::future::ready(Some(Ok::<_, Infallible>(ev)))
-        });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response())
+            Err(e) => (coord::sse_error(&e), true),
+        }
+    });
+    Ok(coord::sse(&st, events))
 }

@@ -440,3 +440,173 @@ async fn openapi_lists_every_route_and_metrics_are_served() {
     assert!(text.contains("weft_store_revision"), "{text}");
     n.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_over_http_end_with_the_clients_lease() {
+    let n = node(ServerConfig::default()).await;
+    let (_, a) = n.post("/v1/lease/grant", json!({"ttl": 2})).await;
+    let (_, b) = n.post("/v1/lease/grant", json!({"ttl": 30})).await;
+    let (la, lb) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
+    let (s, g) = n
+        .post("/v1/lock/acquire", json!({"name": "job", "lease": la}))
+        .await;
+    assert_eq!(s, 200, "{g}");
+    let token = g["fencing_token"].as_i64().unwrap();
+    let (s, e) = n
+        .post(
+            "/v1/lock/acquire",
+            json!({"name": "job", "lease": lb, "try": true}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("would_block")),
+        "{e}"
+    );
+    let (s, e) = n
+        .post(
+            "/v1/lock/acquire",
+            json!({"name": "job", "lease": lb, "timeout_ms": 200}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (408, Some("timeout")),
+        "{e}"
+    );
+    let (s, e) = n
+        .post("/v1/lock/acquire", json!({"name": "job", "lease": 12345}))
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (404, Some("lease_not_found")),
+        "{e}"
+    );
+    // A never keeps its lease alive: the node must not either, so B gets the lock after A's TTL.
+    let start = std::time::Instant::now();
+    let (s, g2) = n
+        .post(
+            "/v1/lock/acquire",
+            json!({"name": "job", "lease": lb, "timeout_ms": 10000}),
+        )
+        .await;
+    assert_eq!(s, 200, "{g2}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(g2["fencing_token"].as_i64().unwrap() > token);
+    let (_, r) = n
+        .post(
+            "/v1/lock/release",
+            json!({"key": g2["key"], "fencing_token": g2["fencing_token"]}),
+        )
+        .await;
+    assert_eq!(r["released"], true);
+    let (_, r) = n
+        .post(
+            "/v1/lock/release",
+            json!({"key": g2["key"], "fencing_token": g2["fencing_token"]}),
+        )
+        .await;
+    assert_eq!(r["released"], false);
+    n.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elections_and_services_over_http() {
+    let n = node(ServerConfig::default()).await;
+    let (_, a) = n.post("/v1/lease/grant", json!({"ttl": 30})).await;
+    let la = a["id"].as_i64().unwrap();
+    let observe = n
+        .http
+        .get(format!("{}/v1/election/observe?name=main", n.base))
+        .send()
+        .await
+        .unwrap();
+    let (s, c) = n
+        .post(
+            "/v1/election/campaign",
+            json!({"name": "main", "lease": la, "value": "node-a"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{c}");
+    let (_, l) = n
+        .post(
+            "/v1/election/proclaim",
+            json!({"key": c["key"], "term": c["term"], "lease": la, "value": "node-a2"}),
+        )
+        .await;
+    assert_eq!(l, json!({}));
+    let leader: Value = n
+        .http
+        .get(format!("{}/v1/election/leader?name=main", n.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(leader["leader"]["value"], "node-a2");
+    assert_eq!(leader["leader"]["term"], c["term"]);
+    let evs = sse_events(observe, 3).await;
+    assert_eq!(evs[0].1, Value::Null);
+    assert_eq!(evs[2].1["value"], "node-a2");
+    let (s, _) = n
+        .post(
+            "/v1/election/resign",
+            json!({"key": c["key"], "term": c["term"], "lease": la}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, e) = n
+        .post(
+            "/v1/election/proclaim",
+            json!({"key": c["key"], "term": c["term"], "lease": la, "value": "x"}),
+        )
+        .await;
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (409, Some("ownership_lost")),
+        "{e}"
+    );
+
+    let watch = n
+        .http
+        .get(format!("{}/v1/svc/watch?service=api", n.base))
+        .send()
+        .await
+        .unwrap();
+    let inst = json!({"id": "i1", "address": "10.0.0.1:80", "tags": ["blue"]});
+    let (s, r) = n
+        .post(
+            "/v1/svc/register",
+            json!({"service": "api", "lease": la, "instance": inst}),
+        )
+        .await;
+    assert_eq!(s, 200, "{r}");
+    let list: Value = n
+        .http
+        .get(format!("{}/v1/svc/list?service=api", n.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["instances"][0]["tags"][0], "blue");
+    assert_eq!(list["instances"][0]["health"], "passing");
+    n.post("/v1/lease/revoke", json!({"id": la})).await;
+    let evs = sse_events(watch, 3).await;
+    let kinds: Vec<&str> = evs.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, vec!["reset", "added", "removed"]);
+    let (s, e) = n
+        .post(
+            "/v1/svc/register",
+            json!({"service": "a/b", "lease": la, "instance": inst}),
+        )
+        .await;
+    assert!(s == 400 || s == 404, "{s} {e}");
+    n.shutdown().await;
+}
