@@ -1,6 +1,7 @@
 //! `weft`: the node (`weft up`) and the command-line client of its API.
 
 mod client;
+mod coordcli;
 mod txn;
 
 use std::io::{Read, Write};
@@ -53,6 +54,85 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Service discovery: register, list, watch.
+    Svc {
+        #[command(subcommand)]
+        cmd: SvcCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Run a command while holding a distributed lock. The fencing token is passed in
+    /// WEFT_FENCING_TOKEN; the lock is released when the command exits, and the command is
+    /// killed if the lock is lost.
+    Lock {
+        /// Lock name.
+        name: String,
+        /// Lease TTL in seconds: how long the lock outlives this process if it is killed.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        /// Give up after this many seconds of waiting.
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Campaign for leadership and hold it until interrupted, or observe an election.
+    Elect {
+        /// Election name.
+        name: String,
+        /// Value to proclaim (required unless --observe).
+        #[arg(required_unless_present = "observe")]
+        value: Option<String>,
+        /// Print leader changes instead of campaigning.
+        #[arg(long)]
+        observe: bool,
+        /// Lease TTL in seconds.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
+#[derive(Subcommand)]
+enum SvcCmd {
+    /// Register an instance and keep it registered until interrupted.
+    Register {
+        service: String,
+        id: String,
+        address: String,
+        /// Lease TTL in seconds: the instance disappears this long after the process dies.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        /// Active health check: GET this URL (2xx/3xx is passing).
+        #[arg(long, conflicts_with = "check_tcp")]
+        check_http: Option<String>,
+        /// Active health check: TCP connect to this host:port.
+        #[arg(long)]
+        check_tcp: Option<String>,
+        /// Seconds between health checks.
+        #[arg(long, default_value_t = 5.0)]
+        check_interval: f64,
+        /// Tags (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Metadata KEY=VALUE (repeatable).
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+        /// Load-balancing weight.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Software version.
+        #[arg(long, default_value = "")]
+        version: String,
+    },
+    /// List the instances of a service.
+    List { service: String },
+    /// Print changes to a service until interrupted.
+    Watch { service: String },
 }
 
 #[derive(Args)]
@@ -75,6 +155,11 @@ struct UpArgs {
     /// Start a new log with a snapshot after this many log bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     snapshot_bytes: u64,
+    /// Serve the API over an etcd cluster instead of the embedded store (comma-separated
+    /// client URLs).
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
 }
 
 #[derive(Args)]
@@ -248,6 +333,87 @@ fn main() -> Result<()> {
             Cmd::Up(a) => up(a).await,
             Cmd::Kv { cmd, conn } => kv(cmd, conn).await,
             Cmd::Lease { cmd, conn } => lease(cmd, conn).await,
+            Cmd::Svc { cmd, conn } => {
+                let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+                match cmd {
+                    SvcCmd::Register {
+                        service,
+                        id,
+                        address,
+                        ttl,
+                        check_http,
+                        check_tcp,
+                        check_interval,
+                        tags,
+                        meta,
+                        weight,
+                        version,
+                    } => {
+                        let interval = secs(check_interval, "--check-interval")?;
+                        let timeout = interval.min(Duration::from_secs(5));
+                        let check = match (check_http, check_tcp) {
+                            (Some(url), _) => Some(weft_coord::HealthCheck::Http {
+                                url,
+                                interval,
+                                timeout,
+                            }),
+                            (None, Some(addr)) => Some(weft_coord::HealthCheck::Tcp {
+                                addr,
+                                interval,
+                                timeout,
+                            }),
+                            (None, None) => None,
+                        };
+                        let o = coordcli::RegisterOpts {
+                            service,
+                            id,
+                            address,
+                            ttl,
+                            tags,
+                            meta,
+                            weight,
+                            version,
+                            check,
+                        };
+                        coordcli::register(c, o).await
+                    }
+                    SvcCmd::List { service } => coordcli::list(&c, &service, conn.json).await,
+                    SvcCmd::Watch { service } => coordcli::watch_svc(&c, &service, conn.json).await,
+                }
+            }
+            Cmd::Lock {
+                name,
+                ttl,
+                timeout,
+                cmd,
+                conn,
+            } => {
+                let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+                let timeout = timeout.map(|t| secs(t, "--timeout")).transpose()?;
+                let code = coordcli::lock(c, &name, ttl, timeout, &cmd).await?;
+                std::process::exit(code);
+            }
+            Cmd::Elect {
+                name,
+                value,
+                observe,
+                ttl,
+                conn,
+            } => {
+                let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+                if observe {
+                    coordcli::observe(&c, &name, conn.json).await
+                } else {
+                    coordcli::elect(
+                        c,
+                        &name,
+                        value.as_deref().unwrap_or_default(),
+                        ttl,
+                        conn.json,
+                    )
+                    .await
+                }
+            }
             Cmd::Status { conn } => {
                 let c = Client::new(&conn.endpoint, conn.token.clone())?;
                 let s = c.get("/v1/status").await?;
@@ -273,7 +439,15 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+fn secs(v: f64, what: &str) -> Result<Duration> {
+    if !(v.is_finite() && v > 0.0 && v < 1e7) {
+        bail!("{what} {v} must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -313,9 +487,30 @@ async fn up(a: UpArgs) -> Result<()> {
             "--fsync none: acknowledged writes can be lost on power failure; for development only"
         );
     }
-    let store = Embedded::open(&a.data_dir, opts)
-        .await
-        .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))?;
+    #[cfg(feature = "etcd")]
+    let etcd = !a.etcd_endpoints.is_empty();
+    #[cfg(not(feature = "etcd"))]
+    let etcd = false;
+    let (store, embedded): (Arc<dyn weft_store::Store>, Option<Arc<Embedded>>) = if etcd {
+        #[cfg(feature = "etcd")]
+        {
+            let s = weft_store_etcd::EtcdStore::connect(&a.etcd_endpoints)
+                .await
+                .with_context(|| {
+                    format!("cannot connect to etcd at {}", a.etcd_endpoints.join(","))
+                })?;
+            (Arc::new(s), None)
+        }
+        #[cfg(not(feature = "etcd"))]
+        unreachable!()
+    } else {
+        let e = Arc::new(
+            Embedded::open(&a.data_dir, opts)
+                .await
+                .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))?,
+        );
+        (e.clone(), Some(e))
+    };
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -329,10 +524,11 @@ async fn up(a: UpArgs) -> Result<()> {
         token: a.token.clone(),
         ..Default::default()
     };
-    let store = Arc::new(store);
-    weft_server::run(listener, store.clone(), cfg, shutdown_signal()).await?;
+    weft_server::run(listener, store, cfg, shutdown_signal()).await?;
     tracing::info!("shutting down");
-    store.close();
+    if let Some(e) = embedded {
+        e.close();
+    }
     Ok(())
 }
 
@@ -495,7 +691,8 @@ async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
     Ok(())
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a query value.
+pub(crate) fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
