@@ -111,9 +111,12 @@ async fn long_poll(
     }
 }
 
-/// Resolves when `key` is deleted (or the watch fails).
-async fn key_deleted(c: &Client, key: &str) -> String {
-    let q = format!("/v1/watch?key={}", crate::urlencode(key));
+/// Resolves when `key`, created at revision `created`, is deleted (or the watch fails).
+async fn key_deleted(c: &Client, key: &str, created: i64) -> String {
+    let q = format!(
+        "/v1/watch?key={}&start_revision={created}",
+        crate::urlencode(key)
+    );
     let r = c
         .sse(&q, |ev, data| {
             !(ev == "watch"
@@ -167,7 +170,7 @@ pub async fn lock(
     let outcome = tokio::select! {
         st = child.wait() => Ok(st?.code().unwrap_or(1)),
         reason = lease.lost() => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
-        reason = key_deleted(&c, &key) => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
+        reason = key_deleted(&c, &key, token) => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
         _ = crate::shutdown_signal() => Err(anyhow!("interrupted; the command was killed")),
     };
     if outcome.is_err() {
@@ -210,7 +213,7 @@ pub async fn elect(
     std::io::stdout().flush()?;
     let res = tokio::select! {
         reason = lease.lost() => Err(anyhow!("leadership of {name} lost: {reason}")),
-        reason = key_deleted(&c, &key) => Err(anyhow!("leadership of {name} lost: {reason}")),
+        reason = key_deleted(&c, &key, term) => Err(anyhow!("leadership of {name} lost: {reason}")),
         _ = crate::shutdown_signal() => {
             c.post("/v1/election/resign", &json!({"key": key, "term": term, "lease": lease.id})).await.map(|_| ())
         }
