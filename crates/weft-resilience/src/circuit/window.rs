@@ -1,0 +1,255 @@
+//! Sliding windows of call outcomes: by call count, or by time in buckets.
+
+use tokio::time::{Duration, Instant};
+
+/// Totals over the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Calls counted.
+    pub calls: u32,
+    /// Of which failed.
+    pub failures: u32,
+    /// Of which were slow.
+    pub slow: u32,
+}
+
+impl Snapshot {
+    /// Failure rate in percent (0 with no calls).
+    pub fn failure_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.failures as f64 * 100.0 / self.calls as f64
+        }
+    }
+    /// Slow-call rate in percent (0 with no calls).
+    pub fn slow_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            self.slow as f64 * 100.0 / self.calls as f64
+        }
+    }
+}
+
+const FAIL: u8 = 1;
+const SLOW: u8 = 2;
+
+/// The last `size` outcomes.
+#[derive(Debug, Clone)]
+pub struct CountWindow {
+    ring: Vec<u8>,
+    head: usize,
+    len: usize,
+    totals: Snapshot,
+}
+
+impl CountWindow {
+    /// A window of `size` calls (`size > 0`).
+    pub fn new(size: u32) -> Self {
+        CountWindow {
+            ring: vec![0; size as usize],
+            head: 0,
+            len: 0,
+            totals: Snapshot::default(),
+        }
+    }
+
+    /// Records one call.
+    pub fn record(&mut self, failure: bool, slow: bool) {
+        let cap = self.ring.len();
+        if self.len == cap {
+            let old = self.ring[self.head];
+            self.totals.calls -= 1;
+            self.totals.failures -= u32::from(old & FAIL != 0);
+            self.totals.slow -= u32::from(old & SLOW != 0);
+        } else {
+            self.len += 1;
+        }
+        self.ring[self.head] = (FAIL * u8::from(failure)) | (SLOW * u8::from(slow));
+        self.head = (self.head + 1) % cap;
+        self.totals.calls += 1;
+        self.totals.failures += u32::from(failure);
+        self.totals.slow += u32::from(slow);
+    }
+
+    /// Current totals.
+    pub fn snapshot(&self) -> Snapshot {
+        self.totals
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        self.head = 0;
+        self.len = 0;
+        self.totals = Snapshot::default();
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    epoch: u64,
+    totals: Snapshot,
+}
+
+/// Outcomes of the last `window`, in `buckets` buckets (a bucket's calls leave the window
+/// together when it is reused).
+#[derive(Debug, Clone)]
+pub struct TimeWindow {
+    origin: Instant,
+    bucket_len: Duration,
+    buckets: Vec<Bucket>,
+    totals: Snapshot,
+}
+
+impl TimeWindow {
+    /// A window of `window` split into `buckets` (both non-zero).
+    pub fn new(window: Duration, buckets: u32, now: Instant) -> Self {
+        TimeWindow {
+            origin: now,
+            bucket_len: window / buckets,
+            buckets: vec![Bucket::default(); buckets as usize],
+            totals: Snapshot::default(),
+        }
+    }
+
+    fn epoch(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.origin).as_nanos() / self.bucket_len.as_nanos().max(1))
+            as u64
+            + 1
+    }
+
+    /// Drops buckets that fell out of the window at `now`.
+    fn expire(&mut self, now: Instant) {
+        let cur = self.epoch(now);
+        let n = self.buckets.len() as u64;
+        for b in &mut self.buckets {
+            if b.epoch != 0 && b.epoch + n <= cur {
+                self.totals.calls -= b.totals.calls;
+                self.totals.failures -= b.totals.failures;
+                self.totals.slow -= b.totals.slow;
+                *b = Bucket::default();
+            }
+        }
+    }
+
+    /// Records one call at `now`.
+    pub fn record(&mut self, failure: bool, slow: bool, now: Instant) {
+        self.expire(now);
+        let cur = self.epoch(now);
+        let n = self.buckets.len() as u64;
+        let b = &mut self.buckets[(cur % n) as usize];
+        if b.epoch != cur {
+            // Reused slot: expire() already removed its old totals.
+            *b = Bucket {
+                epoch: cur,
+                totals: Snapshot::default(),
+            };
+        }
+        b.totals.calls += 1;
+        b.totals.failures += u32::from(failure);
+        b.totals.slow += u32::from(slow);
+        self.totals.calls += 1;
+        self.totals.failures += u32::from(failure);
+        self.totals.slow += u32::from(slow);
+    }
+
+    /// Totals at `now`.
+    pub fn snapshot(&mut self, now: Instant) -> Snapshot {
+        self.expire(now);
+        self.totals
+    }
+
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
+        self.totals = Snapshot::default();
+    }
+}
+
+/// Either kind of window.
+#[derive(Debug, Clone)]
+pub enum Window {
+    /// By count.
+    Count(CountWindow),
+    /// By time.
+    Time(TimeWindow),
+}
+
+impl Window {
+    /// Records one call.
+    pub fn record(&mut self, failure: bool, slow: bool, now: Option<Instant>) {
+        match self {
+            Window::Count(w) => w.record(failure, slow),
+            Window::Time(w) => w.record(failure, slow, now.unwrap_or_else(Instant::now)),
+        }
+    }
+    /// Current totals.
+    pub fn snapshot(&mut self, now: Option<Instant>) -> Snapshot {
+        match self {
+            Window::Count(w) => w.snapshot(),
+            Window::Time(w) => w.snapshot(now.unwrap_or_else(Instant::now)),
+        }
+    }
+    /// Forgets everything.
+    pub fn reset(&mut self) {
+        match self {
+            Window::Count(w) => w.reset(),
+            Window::Time(w) => w.reset(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The count window's totals equal a naive recount of the last `size` outcomes.
+        #[test]
+        fn count_window_matches_a_naive_model(size in 1u32..50, calls in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..300)) {
+            let mut w = CountWindow::new(size);
+            for (i, (f, s)) in calls.iter().enumerate() {
+                w.record(*f, *s);
+                let start = (i + 1).saturating_sub(size as usize);
+                let last = &calls[start..=i];
+                let want = Snapshot {
+                    calls: last.len() as u32,
+                    failures: last.iter().filter(|c| c.0).count() as u32,
+                    slow: last.iter().filter(|c| c.1).count() as u32,
+                };
+                prop_assert_eq!(w.snapshot(), want);
+            }
+        }
+
+        /// The time window's totals equal a recount of the calls in the buckets that overlap
+        /// the window.
+        #[test]
+        fn time_window_matches_a_naive_model(
+            buckets in 1u32..10,
+            steps in proptest::collection::vec((0u64..400, any::<bool>(), any::<bool>()), 0..200),
+        ) {
+            let origin = Instant::now();
+            let bucket = Duration::from_millis(100);
+            let window = bucket * buckets;
+            let mut w = TimeWindow::new(window, buckets, origin);
+            let mut t = 0u64;
+            let mut log: Vec<(u64, bool, bool)> = Vec::new();
+            for (dt, f, s) in steps {
+                t += dt;
+                let now = origin + Duration::from_millis(t);
+                w.record(f, s, now);
+                log.push((t, f, s));
+                let cur = t / bucket.as_millis() as u64;
+                let live: Vec<_> = log.iter().filter(|(at, _, _)| at / bucket.as_millis() as u64 + buckets as u64 > cur).collect();
+                let want = Snapshot {
+                    calls: live.len() as u32,
+                    failures: live.iter().filter(|c| c.1).count() as u32,
+                    slow: live.iter().filter(|c| c.2).count() as u32,
+                };
+                prop_assert_eq!(w.snapshot(now), want);
+            }
+        }
+    }
+}
