@@ -1,0 +1,234 @@
+//! The rest of the family, deterministic with paused time where time matters.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower::{BoxError, Service, ServiceExt};
+use weft_resilience::builder::ResilienceBuilder;
+use weft_resilience::bulkhead::{Bulkhead, BulkheadFull};
+use weft_resilience::circuit::{CallNotPermitted, CircuitBreaker, CircuitBreakerLayer, State};
+use weft_resilience::ratelimit::RateLimiter;
+use weft_resilience::retry::{HttpRetry, RetryClassify, RetryDecision, RetryPolicy};
+use weft_resilience::throttle::AdaptiveThrottle;
+use weft_resilience::HttpClassifier;
+
+fn always_retry<T, E>(r: &Result<T, E>) -> RetryDecision {
+    if r.is_err() {
+        RetryDecision::Yes { after: None }
+    } else {
+        RetryDecision::No
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_stops_at_max_attempts_and_max_elapsed() {
+    let calls = AtomicU32::new(0);
+    let p = RetryPolicy::new(4, Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+    let r: Result<(), &str> = p
+        .call(always_retry, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err("no") }
+        })
+        .await;
+    assert!(r.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    // max elapsed: a Retry-After longer than the budget of time ends the retries.
+    calls.store(0, Ordering::SeqCst);
+    let p = RetryPolicy::new(10, Duration::from_millis(100), Duration::from_secs(1)).unwrap().max_elapsed(Duration::from_secs(3));
+    let start = tokio::time::Instant::now();
+    let _: Result<(), &str> = p
+        .call(|_: &Result<(), &str>| RetryDecision::Yes { after: Some(Duration::from_secs(2)) }, || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err("no") }
+        })
+        .await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "Retry-After of 2s honoured once, then over 3s");
+    assert!(start.elapsed() >= Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_jitter_backoff_stays_within_its_cap() {
+    let p = RetryPolicy::new(10, Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+    for n in 0..10 {
+        let cap = Duration::from_millis(100 * (1 << n)).min(Duration::from_secs(1));
+        for _ in 0..100 {
+            assert!(p.backoff(n) <= cap);
+        }
+    }
+    let fixed = RetryPolicy::new(3, Duration::from_millis(100), Duration::from_secs(1)).unwrap().random(|| 0.5);
+    assert_eq!(fixed.backoff(2), Duration::from_millis(200));
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_budget_is_never_exceeded() {
+    // 10 % of requests, no floor: 1000 failing requests may retry at most ~100 times.
+    let p = Arc::new(RetryPolicy::new(5, Duration::from_millis(1), Duration::from_millis(2)).unwrap().budget(Duration::from_secs(10), 0, 0.1));
+    let attempts = Arc::new(AtomicU32::new(0));
+    for _ in 0..1000 {
+        let a = attempts.clone();
+        let _: Result<(), &str> = p
+            .call(always_retry, || {
+                a.fetch_add(1, Ordering::SeqCst);
+                async { Err("down") }
+            })
+            .await;
+    }
+    let retries = attempts.load(Ordering::SeqCst) - 1000;
+    assert!(retries <= 101, "{retries} retries for 1000 requests with a 10% budget");
+    assert!(retries >= 50, "the budget allows some retries: {retries}");
+}
+
+#[test]
+fn http_retry_only_for_idempotent_methods_and_honours_retry_after() {
+    let get = http::Request::get("/").body(()).unwrap();
+    let post = http::Request::post("/").body(()).unwrap();
+    let busy: Result<http::Response<()>, ()> =
+        Ok(http::Response::builder().status(503).header("retry-after", "7").body(()).unwrap());
+    assert_eq!(HttpRetry.decide(&get, &busy), RetryDecision::Yes { after: Some(Duration::from_secs(7)) });
+    assert_eq!(HttpRetry.decide(&post, &busy), RetryDecision::No, "POST is not retried");
+    let bad: Result<http::Response<()>, ()> = Ok(http::Response::builder().status(400).body(()).unwrap());
+    assert_eq!(HttpRetry.decide(&get, &bad), RetryDecision::No);
+}
+
+#[test]
+fn rate_limiter_never_over_admits() {
+    use governor::clock::FakeRelativeClock;
+    let clock = FakeRelativeClock::default();
+    let rl = RateLimiter::<String, _>::with_clock(10, 5, clock.clone()).unwrap();
+    let key = "alice".to_string();
+    let mut admitted = 0;
+    // 3 simulated seconds in 1 ms steps, hammering all the time.
+    for _ in 0..3000 {
+        for _ in 0..3 {
+            if rl.check(&key).is_ok() {
+                admitted += 1;
+            }
+        }
+        clock.advance(Duration::from_millis(1));
+    }
+    // Burst of 5 plus 10/s for 3 s.
+    assert!(admitted <= 5 + 30, "admitted {admitted}");
+    assert!(admitted >= 30, "admitted {admitted}");
+    // Keys are independent.
+    assert!(rl.check(&"bob".to_string()).is_ok());
+    let mut e = None;
+    for _ in 0..100 {
+        if let Err(x) = rl.check(&key) {
+            e = Some(x);
+            break;
+        }
+    }
+    let e = e.expect("an exhausted key is limited");
+    assert!(e.retry_after <= Duration::from_millis(100));
+    assert!(RateLimiter::<String>::new(0, 1).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn bulkhead_bounds_concurrency_and_the_wait() {
+    let b = Bulkhead::new(2, Duration::from_millis(50)).unwrap();
+    let running = Arc::new(AtomicU32::new(0));
+    let peak = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (b, running, peak) = (b.clone(), running.clone(), peak.clone());
+        tasks.push(tokio::spawn(async move {
+            b.call(|| async {
+                let n = running.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(n, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+            .await
+        }));
+    }
+    let mut full = 0;
+    for t in tasks {
+        if t.await.unwrap() == Err(BulkheadFull { max: 2 }) {
+            full += 1;
+        }
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 2);
+    assert_eq!(full, 4, "the rest waited 50 ms, less than a call, and were rejected");
+    assert!(Bulkhead::new(0, Duration::ZERO).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_throttle_rejects_in_proportion() {
+    let t = AdaptiveThrottle::with_random(2.0, Duration::from_secs(60), || 0.5).unwrap();
+    assert!(t.admit().is_ok());
+    // The backend accepts nothing: requests grow, accepts stay 0, probability tends to 1.
+    for _ in 0..100 {
+        if t.admit().is_ok() {
+            t.record(false);
+        }
+    }
+    assert!(t.probability() > 0.9, "p = {}", t.probability());
+    assert!(t.admit().is_err());
+    // With K = 2 and everything accepted, nothing is rejected.
+    let t = AdaptiveThrottle::with_random(2.0, Duration::from_secs(60), || 0.0).unwrap();
+    for _ in 0..100 {
+        t.admit().unwrap();
+        t.record(true);
+    }
+    assert_eq!(t.probability(), 0.0);
+    assert!(AdaptiveThrottle::new(0.5, Duration::from_secs(1)).is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_as_a_tower_layer_with_the_http_classifier() {
+    let breaker = Arc::new(CircuitBreaker::builder("http").count_window(4).minimum_calls(4).build().unwrap());
+    let status = Arc::new(AtomicU32::new(500));
+    let s = status.clone();
+    let inner = tower::service_fn(move |_req: ()| {
+        let code = s.load(Ordering::SeqCst) as u16;
+        async move { Ok::<_, BoxError>(http::Response::builder().status(code).body(()).unwrap()) }
+    });
+    let mut svc = tower::ServiceBuilder::new().layer(CircuitBreakerLayer::with_classifier(breaker.clone(), HttpClassifier)).service(inner);
+    // 4xx are the caller's fault: they never open the breaker.
+    status.store(404, Ordering::SeqCst);
+    for _ in 0..8 {
+        svc.ready().await.unwrap().call(()).await.unwrap();
+    }
+    assert_eq!(breaker.state(), State::Closed);
+    status.store(503, Ordering::SeqCst);
+    for _ in 0..4 {
+        let _ = svc.ready().await.unwrap().call(()).await;
+    }
+    assert_eq!(breaker.state(), State::Open);
+    let e = svc.ready().await.unwrap().call(()).await.unwrap_err();
+    assert!(e.downcast_ref::<CallNotPermitted>().is_some(), "{e}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_builder_composes_retry_breaker_and_timeout() {
+    let breaker = Arc::new(CircuitBreaker::builder("stack").count_window(20).minimum_calls(6).build().unwrap());
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let inner = tower::service_fn(move |slow: bool| {
+        c.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if slow {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            Ok::<_, BoxError>(1u32)
+        }
+    });
+    let mut svc = ResilienceBuilder::<bool, u32>::new()
+        .retry(RetryPolicy::new(3, Duration::from_millis(10), Duration::from_millis(50)).unwrap(), |_: &bool, r: &Result<u32, BoxError>| always_retry(r))
+        .circuit_breaker(breaker.clone())
+        .timeout(Duration::from_millis(100))
+        .service(inner);
+    assert_eq!(svc.ready().await.unwrap().call(false).await.unwrap(), 1);
+    // A slow call times out per attempt, each attempt counts for the breaker.
+    assert!(svc.ready().await.unwrap().call(true).await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + 3);
+    assert_eq!(breaker.snapshot().failures, 3);
+    // Two more slow requests: the breaker opens after 6 failures in the window, and the
+    // retries of the last request are rejected without reaching the service.
+    let _ = svc.ready().await.unwrap().call(true).await;
+    assert_eq!(breaker.state(), State::Open);
+    let before = calls.load(Ordering::SeqCst);
+    assert!(svc.ready().await.unwrap().call(false).await.is_err());
+    assert_eq!(calls.load(Ordering::SeqCst), before, "rejected by the open breaker");
+}
