@@ -1,7 +1,7 @@
 //! Resilience middleware for tokio services: circuit breaker, adaptive throttling, retry with
-//! budgets, timeout, bulkhead and rate limiting. Every piece is a tower [`Layer`](tower::Layer)
-//! + [`Service`](tower::Service) (usable in axum, tonic, hyper and the weft gateway) and a plain
-//! async API.
+//! budgets, timeout, bulkhead and rate limiting. Every piece is a tower
+//! [`Layer`](tower::Layer) and [`Service`](tower::Service) (usable in axum, tonic, hyper and the
+//! weft gateway) and also a plain async API.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -35,15 +35,26 @@ async fn retry_stops_at_max_attempts_and_max_elapsed() {
     assert_eq!(calls.load(Ordering::SeqCst), 4);
     // max elapsed: a Retry-After longer than the budget of time ends the retries.
     calls.store(0, Ordering::SeqCst);
-    let p = RetryPolicy::new(10, Duration::from_millis(100), Duration::from_secs(1)).unwrap().max_elapsed(Duration::from_secs(3));
+    let p = RetryPolicy::new(10, Duration::from_millis(100), Duration::from_secs(1))
+        .unwrap()
+        .max_elapsed(Duration::from_secs(3));
     let start = tokio::time::Instant::now();
     let _: Result<(), &str> = p
-        .call(|_: &Result<(), &str>| RetryDecision::Yes { after: Some(Duration::from_secs(2)) }, || {
-            calls.fetch_add(1, Ordering::SeqCst);
-            async { Err("no") }
-        })
+        .call(
+            |_: &Result<(), &str>| RetryDecision::Yes {
+                after: Some(Duration::from_secs(2)),
+            },
+            || {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err("no") }
+            },
+        )
         .await;
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "Retry-After of 2s honoured once, then over 3s");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "Retry-After of 2s honoured once, then over 3s"
+    );
     assert!(start.elapsed() >= Duration::from_secs(2));
 }
 
@@ -56,14 +67,20 @@ async fn full_jitter_backoff_stays_within_its_cap() {
             assert!(p.backoff(n) <= cap);
         }
     }
-    let fixed = RetryPolicy::new(3, Duration::from_millis(100), Duration::from_secs(1)).unwrap().random(|| 0.5);
+    let fixed = RetryPolicy::new(3, Duration::from_millis(100), Duration::from_secs(1))
+        .unwrap()
+        .random(|| 0.5);
     assert_eq!(fixed.backoff(2), Duration::from_millis(200));
 }
 
 #[tokio::test(start_paused = true)]
 async fn retry_budget_is_never_exceeded() {
     // 10 % of requests, no floor: 1000 failing requests may retry at most ~100 times.
-    let p = Arc::new(RetryPolicy::new(5, Duration::from_millis(1), Duration::from_millis(2)).unwrap().budget(Duration::from_secs(10), 0, 0.1));
+    let p = Arc::new(
+        RetryPolicy::new(5, Duration::from_millis(1), Duration::from_millis(2))
+            .unwrap()
+            .budget(Duration::from_secs(10), 0, 0.1),
+    );
     let attempts = Arc::new(AtomicU32::new(0));
     for _ in 0..1000 {
         let a = attempts.clone();
@@ -75,7 +92,10 @@ async fn retry_budget_is_never_exceeded() {
             .await;
     }
     let retries = attempts.load(Ordering::SeqCst) - 1000;
-    assert!(retries <= 101, "{retries} retries for 1000 requests with a 10% budget");
+    assert!(
+        retries <= 101,
+        "{retries} retries for 1000 requests with a 10% budget"
+    );
     assert!(retries >= 50, "the budget allows some retries: {retries}");
 }
 
@@ -83,11 +103,24 @@ async fn retry_budget_is_never_exceeded() {
 fn http_retry_only_for_idempotent_methods_and_honours_retry_after() {
     let get = http::Request::get("/").body(()).unwrap();
     let post = http::Request::post("/").body(()).unwrap();
-    let busy: Result<http::Response<()>, ()> =
-        Ok(http::Response::builder().status(503).header("retry-after", "7").body(()).unwrap());
-    assert_eq!(HttpRetry.decide(&get, &busy), RetryDecision::Yes { after: Some(Duration::from_secs(7)) });
-    assert_eq!(HttpRetry.decide(&post, &busy), RetryDecision::No, "POST is not retried");
-    let bad: Result<http::Response<()>, ()> = Ok(http::Response::builder().status(400).body(()).unwrap());
+    let busy: Result<http::Response<()>, ()> = Ok(http::Response::builder()
+        .status(503)
+        .header("retry-after", "7")
+        .body(())
+        .unwrap());
+    assert_eq!(
+        HttpRetry.decide(&get, &busy),
+        RetryDecision::Yes {
+            after: Some(Duration::from_secs(7))
+        }
+    );
+    assert_eq!(
+        HttpRetry.decide(&post, &busy),
+        RetryDecision::No,
+        "POST is not retried"
+    );
+    let bad: Result<http::Response<()>, ()> =
+        Ok(http::Response::builder().status(400).body(()).unwrap());
     assert_eq!(HttpRetry.decide(&get, &bad), RetryDecision::No);
 }
 
@@ -149,7 +182,10 @@ async fn bulkhead_bounds_concurrency_and_the_wait() {
         }
     }
     assert_eq!(peak.load(Ordering::SeqCst), 2);
-    assert_eq!(full, 4, "the rest waited 50 ms, less than a call, and were rejected");
+    assert_eq!(
+        full, 4,
+        "the rest waited 50 ms, less than a call, and were rejected"
+    );
     assert!(Bulkhead::new(0, Duration::ZERO).is_err());
 }
 
@@ -177,14 +213,25 @@ async fn adaptive_throttle_rejects_in_proportion() {
 
 #[tokio::test(start_paused = true)]
 async fn breaker_as_a_tower_layer_with_the_http_classifier() {
-    let breaker = Arc::new(CircuitBreaker::builder("http").count_window(4).minimum_calls(4).build().unwrap());
+    let breaker = Arc::new(
+        CircuitBreaker::builder("http")
+            .count_window(4)
+            .minimum_calls(4)
+            .build()
+            .unwrap(),
+    );
     let status = Arc::new(AtomicU32::new(500));
     let s = status.clone();
     let inner = tower::service_fn(move |_req: ()| {
         let code = s.load(Ordering::SeqCst) as u16;
         async move { Ok::<_, BoxError>(http::Response::builder().status(code).body(()).unwrap()) }
     });
-    let mut svc = tower::ServiceBuilder::new().layer(CircuitBreakerLayer::with_classifier(breaker.clone(), HttpClassifier)).service(inner);
+    let mut svc = tower::ServiceBuilder::new()
+        .layer(CircuitBreakerLayer::with_classifier(
+            breaker.clone(),
+            HttpClassifier,
+        ))
+        .service(inner);
     // 4xx are the caller's fault: they never open the breaker.
     status.store(404, Ordering::SeqCst);
     for _ in 0..8 {
@@ -202,7 +249,13 @@ async fn breaker_as_a_tower_layer_with_the_http_classifier() {
 
 #[tokio::test(start_paused = true)]
 async fn the_builder_composes_retry_breaker_and_timeout() {
-    let breaker = Arc::new(CircuitBreaker::builder("stack").count_window(20).minimum_calls(6).build().unwrap());
+    let breaker = Arc::new(
+        CircuitBreaker::builder("stack")
+            .count_window(20)
+            .minimum_calls(6)
+            .build()
+            .unwrap(),
+    );
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let inner = tower::service_fn(move |slow: bool| {
@@ -215,7 +268,10 @@ async fn the_builder_composes_retry_breaker_and_timeout() {
         }
     });
     let mut svc = ResilienceBuilder::<bool, u32>::new()
-        .retry(RetryPolicy::new(3, Duration::from_millis(10), Duration::from_millis(50)).unwrap(), |_: &bool, r: &Result<u32, BoxError>| always_retry(r))
+        .retry(
+            RetryPolicy::new(3, Duration::from_millis(10), Duration::from_millis(50)).unwrap(),
+            |_: &bool, r: &Result<u32, BoxError>| always_retry(r),
+        )
         .circuit_breaker(breaker.clone())
         .timeout(Duration::from_millis(100))
         .service(inner);
@@ -230,5 +286,9 @@ async fn the_builder_composes_retry_breaker_and_timeout() {
     assert_eq!(breaker.state(), State::Open);
     let before = calls.load(Ordering::SeqCst);
     assert!(svc.ready().await.unwrap().call(false).await.is_err());
-    assert_eq!(calls.load(Ordering::SeqCst), before, "rejected by the open breaker");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before,
+        "rejected by the open breaker"
+    );
 }

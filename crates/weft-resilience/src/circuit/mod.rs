@@ -588,6 +588,23 @@ impl CircuitBreaker {
                 .is_some_and(|t| s.slow_rate() >= t)
     }
 
+    /// Runs a synchronous `f` through the breaker; `Err` results are failures. (Probe
+    /// deadlines cannot interrupt synchronous code; a slow probe is still counted as slow.)
+    #[inline]
+    pub fn call_sync<T, E>(&self, f: impl FnOnce() -> Result<T, E>) -> Result<T, Error<E>> {
+        let permit = self.try_acquire().map_err(Error::Rejected)?;
+        let r = f();
+        self.record(
+            permit,
+            if r.is_ok() {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+        );
+        r.map_err(Error::Inner)
+    }
+
     /// Runs `f` through the breaker; `Err` results are failures.
     pub async fn call<F, Fut, T, E>(&self, f: F) -> Result<T, Error<E>>
     where
