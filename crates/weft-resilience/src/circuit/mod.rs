@@ -32,7 +32,7 @@ pub use error::{CallNotPermitted, ConfigError, Error, ProbeTimeout};
 pub use future::ResponseFuture;
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreakerService;
-use window::{CountWindow, Snapshot, TimeWindow, Window};
+use window::{AtomicCountWindow, Snapshot, TimeWindow};
 
 use crate::classify::{Classify, ErrorsAreFailures, Outcome};
 use crate::rng::{Random, XorShift};
@@ -223,7 +223,8 @@ impl Permit {
 }
 
 struct Inner {
-    window: Window,
+    /// The time window (time-based configurations only; count windows are lock-free).
+    window: Option<TimeWindow>,
     open_until: Instant,
     reopenings: u32,
     probes_admitted: u32,
@@ -246,6 +247,8 @@ pub struct CircuitBreaker {
     name: String,
     cfg: Config,
     timed: bool,
+    count: Option<AtomicCountWindow>,
+    records: AtomicU64,
     state: AtomicU8,
     generation: AtomicU64,
     inner: Mutex<Inner>,
@@ -329,10 +332,10 @@ impl Builder {
     pub fn build(self) -> Result<CircuitBreaker, ConfigError> {
         self.cfg.validate()?;
         let now = Instant::now();
-        let window = match self.cfg.window {
-            WindowKind::Count { size } => Window::Count(CountWindow::new(size)),
+        let (count, window) = match self.cfg.window {
+            WindowKind::Count { size } => (Some(AtomicCountWindow::new(size)), None),
             WindowKind::Time { window, buckets } => {
-                Window::Time(TimeWindow::new(window, buckets, now))
+                (None, Some(TimeWindow::new(window, buckets, now)))
             }
         };
         let timed = self.cfg.slow_call_rate_threshold.is_some()
@@ -351,6 +354,8 @@ impl Builder {
         Ok(CircuitBreaker {
             name,
             timed,
+            count,
+            records: AtomicU64::new(0),
             state: AtomicU8::new(State::Closed as u8),
             generation: AtomicU64::new(0),
             inner: Mutex::new(Inner {
@@ -400,8 +405,26 @@ impl CircuitBreaker {
 
     /// The current window totals.
     pub fn snapshot(&self) -> Snapshot {
-        let now = self.timed.then(Instant::now);
-        self.lock().window.snapshot(now)
+        match &self.count {
+            Some(c) => c.snapshot(),
+            None => self
+                .lock()
+                .window
+                .as_mut()
+                .map(|w| w.snapshot(Instant::now()))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn snapshot_locked(&self, inner: &mut Inner, now: Instant) -> Snapshot {
+        match &self.count {
+            Some(c) => c.snapshot(),
+            None => inner
+                .window
+                .as_mut()
+                .map(|w| w.snapshot(now))
+                .unwrap_or_default(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -436,7 +459,12 @@ impl CircuitBreaker {
             }
             State::Closed => {
                 inner.reopenings = 0;
-                inner.window.reset();
+                if let Some(w) = inner.window.as_mut() {
+                    w.reset();
+                }
+                if let Some(c) = &self.count {
+                    c.reset();
+                }
             }
             _ => {}
         }
@@ -450,7 +478,7 @@ impl CircuitBreaker {
     /// Forces a state by hand (`ForcedOpen`, `ForcedClosed`, `Disabled`, or back to `Closed`).
     pub fn force(&self, to: State) {
         let mut inner = self.lock();
-        let snap = inner.window.snapshot(Some(Instant::now()));
+        let snap = self.snapshot_locked(&mut inner, Instant::now());
         self.transition(&mut inner, to, snap, Instant::now());
     }
 
@@ -488,7 +516,7 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         let mut state = self.state();
         if state == State::Open && now >= inner.open_until {
-            let snap = inner.window.snapshot(Some(now));
+            let snap = self.snapshot_locked(&mut inner, now);
             self.transition(&mut inner, State::HalfOpen, snap, now);
             state = State::HalfOpen;
         }
@@ -534,32 +562,38 @@ impl CircuitBreaker {
         if slow {
             self.metrics.slow.increment(1);
         }
-        let mut inner = self.lock();
+        if permit.probe {
+            return self.record_probe(permit, failure, slow, now);
+        }
         if permit.generation != self.generation.load(Ordering::Acquire) {
             // Admitted in an earlier state: its outcome no longer says anything.
             return;
         }
-        if permit.probe {
-            inner.probes.calls += 1;
-            inner.probes.failures += u32::from(failure);
-            inner.probes.slow += u32::from(slow);
-            if inner.probes.calls >= self.cfg.half_open_probes {
-                let snap = inner.probes;
-                let to = if self.trips(&snap) {
-                    State::Open
-                } else {
-                    State::Closed
-                };
-                self.transition(&mut inner, to, snap, now.unwrap_or_else(Instant::now));
+        // Closed state: lock-free for count windows.
+        let snap = match &self.count {
+            Some(c) => c.record(failure, slow),
+            None => {
+                let mut inner = self.lock();
+                let now = now.unwrap_or_else(Instant::now);
+                let w = inner.window.as_mut().expect("time window");
+                w.record(failure, slow, now);
+                w.snapshot(now)
             }
+        };
+        if snap.calls < self.cfg.minimum_calls {
             return;
         }
-        inner.window.record(failure, slow, now);
-        let snap = inner.window.snapshot(now);
-        if snap.calls >= self.cfg.minimum_calls {
+        if self.records.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
             self.metrics.failure_rate.set(snap.failure_rate());
             self.metrics.slow_rate.set(snap.slow_rate());
-            if self.state() == State::Closed && self.trips(&snap) {
+        }
+        if self.trips(&snap) {
+            let mut inner = self.lock();
+            if self.state() == State::Closed
+                && permit.generation == self.generation.load(Ordering::Acquire)
+            {
+                self.metrics.failure_rate.set(snap.failure_rate());
+                self.metrics.slow_rate.set(snap.slow_rate());
                 self.transition(
                     &mut inner,
                     State::Open,
@@ -567,6 +601,26 @@ impl CircuitBreaker {
                     now.unwrap_or_else(Instant::now),
                 );
             }
+        }
+    }
+
+    #[cold]
+    fn record_probe(&self, permit: Permit, failure: bool, slow: bool, now: Option<Instant>) {
+        let mut inner = self.lock();
+        if permit.generation != self.generation.load(Ordering::Acquire) {
+            return;
+        }
+        inner.probes.calls += 1;
+        inner.probes.failures += u32::from(failure);
+        inner.probes.slow += u32::from(slow);
+        if inner.probes.calls >= self.cfg.half_open_probes {
+            let snap = inner.probes;
+            let to = if self.trips(&snap) {
+                State::Open
+            } else {
+                State::Closed
+            };
+            self.transition(&mut inner, to, snap, now.unwrap_or_else(Instant::now));
         }
     }
 

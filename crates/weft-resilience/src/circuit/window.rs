@@ -86,6 +86,79 @@ impl CountWindow {
     }
 }
 
+/// A lock-free count window for the closed-state hot path: each record claims the next slot
+/// with one `fetch_add` and adjusts the totals by the difference to the slot's old outcome.
+/// Concurrent records never share a slot unless more than `size` are in flight at once.
+#[derive(Debug)]
+pub struct AtomicCountWindow {
+    slots: Box<[std::sync::atomic::AtomicU8]>,
+    next: std::sync::atomic::AtomicU64,
+    failures: std::sync::atomic::AtomicI64,
+    slow: std::sync::atomic::AtomicI64,
+}
+
+impl AtomicCountWindow {
+    /// A window of `size` calls (`size > 0`).
+    pub fn new(size: u32) -> Self {
+        use std::sync::atomic::*;
+        AtomicCountWindow {
+            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            next: AtomicU64::new(0),
+            failures: AtomicI64::new(0),
+            slow: AtomicI64::new(0),
+        }
+    }
+
+    /// Records one call and returns the totals after it.
+    #[inline]
+    pub fn record(&self, failure: bool, slow: bool) -> Snapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cap = self.slots.len() as u64;
+        let i = self.next.fetch_add(1, Relaxed);
+        let new = (FAIL * u8::from(failure)) | (SLOW * u8::from(slow));
+        let old = self.slots[(i % cap) as usize].swap(new, Relaxed);
+        let df = i64::from(new & FAIL) - i64::from(old & FAIL);
+        let failures = if df != 0 {
+            self.failures.fetch_add(df, Relaxed) + df
+        } else {
+            self.failures.load(Relaxed)
+        };
+        let ds = i64::from((new & SLOW) >> 1) - i64::from((old & SLOW) >> 1);
+        let slow = if ds != 0 {
+            self.slow.fetch_add(ds, Relaxed) + ds
+        } else {
+            self.slow.load(Relaxed)
+        };
+        Snapshot {
+            calls: (i + 1).min(cap) as u32,
+            failures: failures.max(0) as u32,
+            slow: slow.max(0) as u32,
+        }
+    }
+
+    /// Current totals.
+    pub fn snapshot(&self) -> Snapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let cap = self.slots.len() as u64;
+        Snapshot {
+            calls: self.next.load(Relaxed).min(cap) as u32,
+            failures: self.failures.load(Relaxed).max(0) as u32,
+            slow: self.slow.load(Relaxed).max(0) as u32,
+        }
+    }
+
+    /// Forgets everything (racing records may leave a small error until they leave the window).
+    pub fn reset(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        for s in self.slots.iter() {
+            s.store(0, Relaxed);
+        }
+        self.next.store(0, Relaxed);
+        self.failures.store(0, Relaxed);
+        self.slow.store(0, Relaxed);
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     epoch: u64,
@@ -167,45 +240,23 @@ impl TimeWindow {
     }
 }
 
-/// Either kind of window.
-#[derive(Debug, Clone)]
-pub enum Window {
-    /// By count.
-    Count(CountWindow),
-    /// By time.
-    Time(TimeWindow),
-}
-
-impl Window {
-    /// Records one call.
-    pub fn record(&mut self, failure: bool, slow: bool, now: Option<Instant>) {
-        match self {
-            Window::Count(w) => w.record(failure, slow),
-            Window::Time(w) => w.record(failure, slow, now.unwrap_or_else(Instant::now)),
-        }
-    }
-    /// Current totals.
-    pub fn snapshot(&mut self, now: Option<Instant>) -> Snapshot {
-        match self {
-            Window::Count(w) => w.snapshot(),
-            Window::Time(w) => w.snapshot(now.unwrap_or_else(Instant::now)),
-        }
-    }
-    /// Forgets everything.
-    pub fn reset(&mut self) {
-        match self {
-            Window::Count(w) => w.reset(),
-            Window::Time(w) => w.reset(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
     proptest! {
+        /// The lock-free count window agrees with the plain one.
+        #[test]
+        fn atomic_count_window_matches_the_plain_one(size in 1u32..50, calls in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..300)) {
+            let mut plain = CountWindow::new(size);
+            let atomic = AtomicCountWindow::new(size);
+            for (f, s) in calls {
+                plain.record(f, s);
+                prop_assert_eq!(atomic.record(f, s), plain.snapshot());
+            }
+        }
+
         /// The count window's totals equal a naive recount of the last `size` outcomes.
         #[test]
         fn count_window_matches_a_naive_model(size in 1u32..50, calls in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..300)) {
