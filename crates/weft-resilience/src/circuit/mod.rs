@@ -570,20 +570,23 @@ impl CircuitBreaker {
             return;
         }
         // Closed state: lock-free for count windows.
-        let snap = match &self.count {
+        let (seq, snap) = match &self.count {
             Some(c) => c.record(failure, slow),
             None => {
                 let mut inner = self.lock();
                 let now = now.unwrap_or_else(Instant::now);
                 let w = inner.window.as_mut().expect("time window");
                 w.record(failure, slow, now);
-                w.snapshot(now)
+                (
+                    self.records.fetch_add(1, Ordering::Relaxed),
+                    w.snapshot(now),
+                )
             }
         };
         if snap.calls < self.cfg.minimum_calls {
             return;
         }
-        if self.records.fetch_add(1, Ordering::Relaxed) % 64 == 0 {
+        if seq.is_multiple_of(64) {
             self.metrics.failure_rate.set(snap.failure_rate());
             self.metrics.slow_rate.set(snap.slow_rate());
         }

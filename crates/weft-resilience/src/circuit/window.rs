@@ -109,14 +109,18 @@ impl AtomicCountWindow {
         }
     }
 
-    /// Records one call and returns the totals after it.
+    /// Records one call; returns its sequence number and the totals after it.
     #[inline]
-    pub fn record(&self, failure: bool, slow: bool) -> Snapshot {
+    pub fn record(&self, failure: bool, slow: bool) -> (u64, Snapshot) {
         use std::sync::atomic::Ordering::Relaxed;
         let cap = self.slots.len() as u64;
         let i = self.next.fetch_add(1, Relaxed);
         let new = (FAIL * u8::from(failure)) | (SLOW * u8::from(slow));
-        let old = self.slots[(i % cap) as usize].swap(new, Relaxed);
+        // The slot is ours alone (the sequence number is unique) unless more than `size`
+        // records are in flight at once, so a plain load and store suffice.
+        let slot = &self.slots[(i % cap) as usize];
+        let old = slot.load(Relaxed);
+        slot.store(new, Relaxed);
         let df = i64::from(new & FAIL) - i64::from(old & FAIL);
         let failures = if df != 0 {
             self.failures.fetch_add(df, Relaxed) + df
@@ -129,11 +133,12 @@ impl AtomicCountWindow {
         } else {
             self.slow.load(Relaxed)
         };
-        Snapshot {
+        let snap = Snapshot {
             calls: (i + 1).min(cap) as u32,
             failures: failures.max(0) as u32,
             slow: slow.max(0) as u32,
-        }
+        };
+        (i, snap)
     }
 
     /// Current totals.
@@ -253,7 +258,7 @@ mod tests {
             let atomic = AtomicCountWindow::new(size);
             for (f, s) in calls {
                 plain.record(f, s);
-                prop_assert_eq!(atomic.record(f, s), plain.snapshot());
+                prop_assert_eq!(atomic.record(f, s).1, plain.snapshot());
             }
         }
 
