@@ -10,7 +10,7 @@ fn next_prime(mut n: u64) -> u64 {
         }
         let mut d = 2;
         while d * d <= n {
-            if n % d == 0 {
+            if n.is_multiple_of(d) {
                 return false;
             }
             d += 1;

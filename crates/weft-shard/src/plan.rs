@@ -203,7 +203,7 @@ pub fn plan_keys<'k>(
     new: &dyn Placement,
     keys: impl IntoIterator<Item = &'k [u8]>,
 ) -> Plan {
-    let mut by_pair: Vec<((String, String), Vec<Vec<u8>>)> = Vec::new();
+    let mut by_pair: Vec<Move> = Vec::new();
     let mut index: HashMap<(usize, usize), usize> = HashMap::new();
     let (mut total, mut moved) = (0usize, 0usize);
     for k in keys {
