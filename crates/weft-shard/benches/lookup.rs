@@ -122,11 +122,16 @@ fn rendezvous(c: &mut Criterion) {
 
 fn others(c: &mut Criterion) {
     bench_weft(c, "slots", |ns| Box::new(Slots::new(ns).unwrap()));
-    bench_weft(c, "bounded_eps_0.25", |ns| Box::new(BoundedLoads::new(ns, 160, 0.25).unwrap()));
+    bench_weft(c, "bounded_eps_0.25", |ns| {
+        Box::new(BoundedLoads::new(ns, 160, 0.25).unwrap())
+    });
 }
 
 fn config() -> Criterion {
-    Criterion::default().sample_size(20).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1))
+    Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
 }
 
 // criterion's macros generate undocumented items.

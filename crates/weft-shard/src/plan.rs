@@ -213,25 +213,21 @@ pub fn plan_keys<'k>(
         if old.nodes()[a].id != new.nodes()[b].id {
             moved += 1;
             let slot = *index.entry((a, b)).or_insert_with(|| {
-                by_pair.push((
-                    (old.nodes()[a].id.clone(), new.nodes()[b].id.clone()),
-                    Vec::new(),
-                ));
+                let (from, to) = (old.nodes()[a].id.clone(), new.nodes()[b].id.clone());
+                by_pair.push(Move {
+                    range: Range::Keys(Vec::new()),
+                    from,
+                    to,
+                });
                 by_pair.len() - 1
             });
-            by_pair[slot].1.push(k.to_vec());
+            if let Range::Keys(ks) = &mut by_pair[slot].range {
+                ks.push(k.to_vec());
+            }
         }
     }
-    let moves = by_pair
-        .into_iter()
-        .map(|((from, to), keys)| Move {
-            range: Range::Keys(keys),
-            from,
-            to,
-        })
-        .collect();
     Plan {
-        moves,
+        moves: by_pair,
         fraction_moved: if total == 0 {
             0.0
         } else {
