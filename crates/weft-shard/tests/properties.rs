@@ -119,6 +119,9 @@ fn invalid_topologies_are_refused() {
     );
 }
 
+/// Name, before, after, and the allowed ratio of moved keys to the ideal.
+type Case = (&'static str, Box<dyn Placement>, Box<dyn Placement>, f64);
+
 fn shares(p: &dyn Placement, ks: &[Vec<u8>]) -> Vec<f64> {
     let mut c = vec![0usize; p.nodes().len()];
     for k in ks {
@@ -182,7 +185,7 @@ proptest! {
         let mut j = Jump::new(&old).unwrap();
         if add { j.add(Node::new("new")).unwrap(); } else { j.remove(&old[n / 2].id).unwrap(); }
         let j_old = Jump::new(&old).unwrap();
-        let cases: Vec<(&str, Box<dyn Placement>, Box<dyn Placement>, f64)> = vec![
+        let cases: Vec<Case> = vec![
             ("ring", Box::new(Ring::new(&old, 160).unwrap()), Box::new(Ring::new(&new, 160).unwrap()), 1.6),
             ("rendezvous", Box::new(Rendezvous::new(&old).unwrap()), Box::new(Rendezvous::new(&new).unwrap()), 1.3),
             ("maglev", Box::new(Maglev::new(&old, Some(65537)).unwrap()), Box::new(Maglev::new(&new, Some(65537)).unwrap()), 2.0),
