@@ -120,6 +120,49 @@ fn rendezvous(c: &mut Criterion) {
     g.finish();
 }
 
+/// The placement alone, with the key's hash computed beforehand.
+fn prehashed(c: &mut Criterion) {
+    let hs: Vec<u64> = keys().iter().map(|k| hash(k.as_bytes())).collect();
+    let mut g = c.benchmark_group("prehashed_1000");
+    let ns = nodes(1000);
+    let ring = Ring::new(&ns, 160).unwrap();
+    let jump = Jump::new(&ns).unwrap();
+    let maglev = Maglev::new(&ns, None).unwrap();
+    let slots = Slots::new(&ns).unwrap();
+    let mut i = 0usize;
+    g.bench_function("ring_160", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(ring.locate_hash(hs[i]))
+        })
+    });
+    g.bench_function("jump", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(jump.locate_hash(hs[i]))
+        })
+    });
+    g.bench_function("maglev", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(maglev.locate_hash(hs[i]))
+        })
+    });
+    g.bench_function("slots", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(slots.locate_hash(hs[i]))
+        })
+    });
+    g.bench_function("hash_only", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            black_box(hash(b"user:1000"))
+        })
+    });
+    g.finish();
+}
+
 fn others(c: &mut Criterion) {
     bench_weft(c, "slots", |ns| Box::new(Slots::new(ns).unwrap()));
     bench_weft(c, "bounded_eps_0.25", |ns| {
@@ -138,6 +181,6 @@ fn config() -> Criterion {
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group! { name = benches; config = config(); targets = ring, jump, maglev, rendezvous, others }
+    criterion_group! { name = benches; config = config(); targets = ring, jump, maglev, rendezvous, others, prehashed }
 }
 criterion_main!(group::benches);

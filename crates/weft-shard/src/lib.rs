@@ -25,6 +25,7 @@
 //! assert_ne!(replicas[0], replicas[1]);
 //! ```
 
+pub mod analyze;
 mod bounded;
 mod jump;
 mod maglev;

@@ -2,6 +2,12 @@
 
 use crate::{check_nodes, hash, Node, Placement, ShardError};
 
+/// The table entry of a hash: `⌊h · len / 2^64⌋`.
+#[inline]
+fn entry(h: u64, len: usize) -> usize {
+    ((h as u128 * len as u128) >> 64) as usize
+}
+
 /// Smallest prime >= `n`.
 fn next_prime(mut n: u64) -> u64 {
     fn is_prime(n: u64) -> bool {
@@ -25,7 +31,8 @@ fn next_prime(mut n: u64) -> u64 {
 
 /// A Maglev lookup table of prime size `M`: each node walks its own permutation
 /// `(offset + j·skip) mod M` (offset = `hash("<id>#0") mod M`, skip = `hash("<id>#1") mod (M−1)
-/// + 1`) and claims free entries, `weight` entries per round. A key owns entry `h mod M`.
+/// + 1`) and claims free entries, `weight` entries per round. A key owns entry
+/// `⌊h · M / 2^64⌋` (a multiply and a shift instead of a division).
 #[derive(Clone, Debug)]
 pub struct Maglev {
     nodes: Vec<Node>,
@@ -94,11 +101,11 @@ impl Placement for Maglev {
     }
     #[inline]
     fn locate_hash(&self, h: u64) -> usize {
-        self.table[(h % self.table.len() as u64) as usize] as usize
+        self.table[entry(h, self.table.len())] as usize
     }
     fn replicas_hash(&self, h: u64, k: usize) -> Vec<usize> {
         let m = self.table.len() as u64;
-        let start = h % m;
+        let start = entry(h, self.table.len()) as u64;
         crate::distinct(self.nodes.len(), k, |i| {
             self.table[((start + i) % m) as usize] as usize
         })
