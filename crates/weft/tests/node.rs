@@ -255,3 +255,50 @@ fn cli_round_trip_and_exit_codes() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach"), "{err}");
 }
+
+#[test]
+fn shard_analyze_reports_every_algorithm_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("load.svg");
+    let out = Command::new(BIN)
+        .args([
+            "shard", "analyze", "--nodes", "8", "--keys", "20000", "--add", "1", "--json", "--plot",
+        ])
+        .arg(&svg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let algos: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["algo"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        algos,
+        vec!["ring", "rendezvous", "jump", "maglev", "bounded", "slots"]
+    );
+    for r in v.as_array().unwrap() {
+        let (moved, ideal) = (r["moved"].as_f64().unwrap(), r["ideal"].as_f64().unwrap());
+        assert!((ideal - 1.0 / 9.0).abs() < 1e-9);
+        assert!(moved < ideal * 1.6, "{r}");
+        assert!(r["max_over_mean"].as_f64().unwrap() < 1.5, "{r}");
+        assert_eq!(r["loads"].as_array().unwrap().len(), 8);
+    }
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.matches("<rect").count() > 6 * 8,
+        "one bar per node and algorithm"
+    );
+    let bad = Command::new(BIN)
+        .args(["shard", "analyze", "--algo", "nope"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: ring"));
+}
