@@ -1,6 +1,6 @@
 //! Lookup cost at N = 10, 100, 1000 nodes for each algorithm, side by side with the closest
 //! crate: `hashring` (ring, 160 vnodes), `jumphash`, `maglev`, `rendezvous_hash`. Keys are
-//! short strings hashed by each library its own way (weft: XXH64).
+//! short strings hashed by each library its own way (weft: XXH3-64).
 //!
 //! `cargo bench -p weft-shard --bench lookup`
 

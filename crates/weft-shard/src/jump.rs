@@ -22,6 +22,7 @@ pub fn jump(mut key: u64, n: u32) -> u32 {
 pub struct Jump {
     buckets: Vec<Option<usize>>,
     nodes: Vec<Node>,
+    tombstones: usize,
 }
 
 impl Jump {
@@ -31,6 +32,7 @@ impl Jump {
         Ok(Jump {
             buckets: (0..nodes.len()).map(Some).collect(),
             nodes: nodes.to_vec(),
+            tombstones: 0,
         })
     }
 
@@ -50,6 +52,7 @@ impl Jump {
             .position(|b| *b == Some(i))
             .expect("node has a bucket");
         self.buckets[slot] = None;
+        self.tombstones += 1;
         Ok(())
     }
 
@@ -61,7 +64,10 @@ impl Jump {
         self.nodes.push(node);
         let idx = self.nodes.len() - 1;
         match self.buckets.iter().position(Option::is_none) {
-            Some(slot) => self.buckets[slot] = Some(idx),
+            Some(slot) => {
+                self.buckets[slot] = Some(idx);
+                self.tombstones -= 1;
+            }
             None => self.buckets.push(Some(idx)),
         }
         Ok(())
@@ -78,6 +84,10 @@ impl Placement for Jump {
     #[inline]
     fn locate_hash(&self, h: u64) -> usize {
         let n = self.buckets.len() as u32;
+        if self.tombstones == 0 && self.buckets.len() == self.nodes.len() {
+            // No node was ever removed: bucket i is node i.
+            return jump(h, n) as usize;
+        }
         let mut k = h;
         loop {
             if let Some(i) = self.buckets[jump(k, n) as usize] {

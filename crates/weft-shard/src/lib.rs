@@ -10,8 +10,9 @@
 //! | bounded loads (ε) | [`BoundedLoads`] | via ring | O(log V) + probes | ≈ ideal |
 //! | hash slots (16384, Redis-style) | [`Slots`] | yes | O(1) | exact minimum |
 //!
-//! **The hash** is specified so that any language can reproduce placements: XXH64 with seed 0
-//! over the key's bytes ([`hash`]; test vectors in the tests). Virtual-node points and
+//! **The hash** is specified so that any language can reproduce placements: XXH3-64 (xxHash
+//! 0.8's `XXH3_64bits`, default secret, no seed) over the key's bytes ([`hash`]; test vectors
+//! in the tests). Virtual-node points and
 //! per-node seeds hash the UTF-8 string `"<node id>#<n>"`. Nothing depends on a process-random
 //! seed.
 //!
@@ -41,10 +42,10 @@ pub use rendezvous::Rendezvous;
 pub use ring::Ring;
 pub use slots::{Slots, SLOT_COUNT};
 
-/// The placement hash: XXH64, seed 0.
+/// The placement hash: XXH3-64 (xxHash 0.8, `XXH3_64bits`, no seed, no secret).
 #[inline]
 pub fn hash(key: &[u8]) -> u64 {
-    xxhash_rust::xxh64::xxh64(key, 0)
+    xxhash_rust::xxh3::xxh3_64(key)
 }
 
 /// A second, independent 64-bit mix of a hash (splitmix64's finalizer), for re-hashing.
