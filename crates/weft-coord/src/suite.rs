@@ -515,6 +515,34 @@ pub async fn health_check(store: Arc<dyn Store>) {
     assert!(!probe(&http).await, "nothing listens there any more");
 }
 
+/// The cache keeps serving its last view, flagged stale, once the store is gone; `kill`
+/// makes the store unreachable (closes it, or stops the server).
+pub async fn cache_goes_stale(store: Arc<dyn Store>, kill: impl FnOnce()) {
+    let s = Session::new(
+        store.clone(),
+        SessionOptions {
+            ttl: 30,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let reg = Registry::new(store.clone());
+    let _r = reg
+        .register(&s, "svc", Instance::new("i1", "h:1"), None)
+        .await
+        .unwrap();
+    let mut cache = ServiceCache::new(&reg, "svc", CacheOptions::default())
+        .await
+        .unwrap();
+    kill();
+    let v = tokio::time::timeout(Duration::from_secs(30), cache.changed())
+        .await
+        .unwrap();
+    assert!(v.stale);
+    assert_eq!(v.instances.len(), 1, "keeps serving the last snapshot");
+}
+
 /// Instantiates the suite for a backend: `$factory` is an async expression giving
 /// `Option<(Arc<dyn Store>, guard)>` (`None`: backend unavailable and skipping allowed).
 #[macro_export]

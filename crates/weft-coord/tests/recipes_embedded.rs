@@ -1,9 +1,6 @@
 //! The recipe suite on the embedded store, plus the cache's behaviour when the store goes away.
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use weft_coord::{CacheOptions, Instance, Registry, ServiceCache, Session, SessionOptions};
 use weft_store::embedded::Embedded;
 use weft_store::Store;
 
@@ -26,27 +23,5 @@ async fn cache_serves_its_last_view_as_stale_when_the_store_is_gone() {
             .unwrap(),
     );
     let store: Arc<dyn Store> = emb.clone();
-    let s = Session::new(
-        store.clone(),
-        SessionOptions {
-            ttl: 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let reg = Registry::new(store.clone());
-    let _r = reg
-        .register(&s, "svc", Instance::new("i1", "h:1"), None)
-        .await
-        .unwrap();
-    let mut cache = ServiceCache::new(&reg, "svc", CacheOptions::default())
-        .await
-        .unwrap();
-    emb.close();
-    let v = tokio::time::timeout(Duration::from_secs(10), cache.changed())
-        .await
-        .unwrap();
-    assert!(v.stale);
-    assert_eq!(v.instances.len(), 1, "keeps serving the last snapshot");
+    weft_coord::suite::cache_goes_stale(store, move || emb.close()).await;
 }

@@ -1,9 +1,6 @@
 //! The recipe suite on a real etcd, plus the cache's behaviour when etcd dies.
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use weft_coord::{CacheOptions, Instance, Registry, ServiceCache, Session, SessionOptions};
 use weft_store::Store;
 use weft_store_etcd::{testing::EtcdServer, EtcdStore};
 
@@ -22,27 +19,5 @@ async fn cache_serves_its_last_view_as_stale_when_etcd_dies() {
     let Some((store, server)) = fresh().await else {
         return;
     };
-    let s = Session::new(
-        store.clone(),
-        SessionOptions {
-            ttl: 30,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let reg = Registry::new(store.clone());
-    let _r = reg
-        .register(&s, "svc", Instance::new("i1", "h:1"), None)
-        .await
-        .unwrap();
-    let mut cache = ServiceCache::new(&reg, "svc", CacheOptions::default())
-        .await
-        .unwrap();
-    drop(server);
-    let v = tokio::time::timeout(Duration::from_secs(30), cache.changed())
-        .await
-        .unwrap();
-    assert!(v.stale);
-    assert_eq!(v.instances.len(), 1, "keeps serving the last snapshot");
+    weft_coord::suite::cache_goes_stale(store, move || drop(server)).await;
 }

@@ -41,3 +41,7 @@ pub mod throttle;
 pub mod timeout;
 
 pub use classify::{Classify, ErrorsAreFailures, HttpClassifier, Outcome};
+
+/// The response future of the boxed middlewares (throttle, retry, timeout, bulkhead, rate limit).
+pub type BoxResponse<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tower::BoxError>> + Send>>;
