@@ -1,0 +1,750 @@
+//! The etcd v3 gRPC API over any [`Store`]: KV (Range, Put, DeleteRange, Txn, Compact), Watch,
+//! Lease (Grant, Revoke, KeepAlive, TimeToLive, Leases), Maintenance.Status and
+//! Cluster.MemberList, so etcd clients (etcdctl, Go clientv3, etcd-client) work against
+//! `weft up --etcd-listen ADDR` unchanged. Everything else answers `UNIMPLEMENTED` with a
+//! message. Generated server traits come from the `etcd-client` crate (`build-server`), so no
+//! proto file is copied here. Errors carry etcd's own messages so clients recognise them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use etcd_client::proto::*;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use weft_store::{self as ws, Store, StoreError};
+
+/// Settings of the etcd API.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The URL clients use to reach this server (reported by `MemberList`).
+    pub client_url: String,
+    /// Member and cluster id reported in headers.
+    pub member_id: u64,
+}
+
+/// The etcd API service over a store.
+#[derive(Clone)]
+pub struct EtcdApi {
+    store: Arc<dyn Store>,
+    cfg: Config,
+}
+
+impl std::fmt::Debug for EtcdApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdApi").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// Serves the etcd API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    cfg: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let api = EtcdApi { store, cfg };
+    tonic::transport::Server::builder()
+        .add_service(PbKvServer::new(api.clone()))
+        .add_service(PbWatchServer::new(api.clone()))
+        .add_service(PbLeaseServer::new(api.clone()))
+        .add_service(PbMaintenanceServer::new(api.clone()))
+        .add_service(PbClusterServer::new(api))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+}
+
+/// Maps a store error to the status etcd returns for it, with etcd's message.
+pub fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::Compacted { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        StoreError::FutureRevision { .. } => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
+        StoreError::LeaseNotFound(_) => Status::not_found("etcdserver: requested lease not found"),
+        StoreError::LeaseExists(_) => {
+            Status::failed_precondition("etcdserver: lease already exists")
+        }
+        StoreError::LeaseTtlTooLarge { .. } => {
+            Status::out_of_range("etcdserver: too large lease TTL")
+        }
+        StoreError::TooLarge { .. } => Status::invalid_argument("etcdserver: request is too large"),
+        StoreError::TooManyOps { .. } => {
+            Status::invalid_argument("etcdserver: too many operations in txn request")
+        }
+        StoreError::DuplicateKey => {
+            Status::invalid_argument("etcdserver: duplicate key given in txn request")
+        }
+        StoreError::InvalidArgument(m) if m.contains("key is not provided") => {
+            Status::invalid_argument("etcdserver: key is not provided")
+        }
+        StoreError::InvalidArgument(m) => Status::invalid_argument(m),
+        StoreError::Unavailable(m) => Status::unavailable(m),
+        StoreError::Closed => Status::unavailable("etcdserver: server stopped"),
+        StoreError::Unsupported(m) => Status::unimplemented(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn unimplemented(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not supported by weft's etcd API"))
+}
+
+impl EtcdApi {
+    fn header(&self, revision: i64) -> Option<PbResponseHeader> {
+        Some(PbResponseHeader {
+            cluster_id: self.cfg.member_id,
+            member_id: self.cfg.member_id,
+            revision,
+            raft_term: 1,
+        })
+    }
+}
+
+fn kv(k: ws::KeyValue) -> PbKeyValue {
+    PbKeyValue {
+        key: k.key.to_vec(),
+        create_revision: k.create_revision,
+        mod_revision: k.mod_revision,
+        version: k.version,
+        value: k.value.to_vec(),
+        lease: k.lease,
+    }
+}
+
+fn range_of(key: Vec<u8>, end: Vec<u8>) -> ws::KeyRange {
+    ws::KeyRange {
+        key: Bytes::from(key),
+        range_end: Bytes::from(end),
+    }
+}
+
+fn range_req(r: PbRangeRequest) -> Result<(ws::RangeRequest, i32, i32), Status> {
+    if r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0
+    {
+        return Err(unimplemented("range revision filters"));
+    }
+    Ok((
+        ws::RangeRequest {
+            range: range_of(r.key, r.range_end),
+            limit: r.limit,
+            revision: r.revision,
+            keys_only: r.keys_only,
+            count_only: r.count_only,
+        },
+        r.sort_order,
+        r.sort_target,
+    ))
+}
+
+/// Sorts like etcd (order: 0 none, 1 ascend, 2 descend; target: 0 key, 1 version, 2 create,
+/// 3 mod, 4 value). Keys come back in key order already.
+fn sort(kvs: &mut [ws::KeyValue], order: i32, target: i32) {
+    if order == 0 || (order == 1 && target == 0) {
+        return;
+    }
+    kvs.sort_by(|a, b| match target {
+        1 => a.version.cmp(&b.version),
+        2 => a.create_revision.cmp(&b.create_revision),
+        3 => a.mod_revision.cmp(&b.mod_revision),
+        4 => a.value.cmp(&b.value),
+        _ => a.key.cmp(&b.key),
+    });
+    if order == 2 {
+        kvs.reverse();
+    }
+}
+
+fn range_resp(api: &EtcdApi, mut r: ws::RangeResponse, order: i32, target: i32) -> PbRangeResponse {
+    sort(&mut r.kvs, order, target);
+    PbRangeResponse {
+        header: api.header(r.header.revision),
+        kvs: r.kvs.into_iter().map(kv).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+fn put_req(p: PbPutRequest) -> Result<ws::PutRequest, Status> {
+    if p.ignore_value || p.ignore_lease {
+        return Err(unimplemented("put with ignore_value or ignore_lease"));
+    }
+    Ok(ws::PutRequest {
+        key: Bytes::from(p.key),
+        value: Bytes::from(p.value),
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+    })
+}
+
+fn compare(c: PbCompare) -> Result<ws::Compare, Status> {
+    let op = match c.result {
+        0 => ws::CompareOp::Equal,
+        1 => ws::CompareOp::Greater,
+        2 => ws::CompareOp::Less,
+        3 => ws::CompareOp::NotEqual,
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "unknown compare result {other}"
+            )))
+        }
+    };
+    let target = match c.target_union {
+        Some(PbTargetUnion::Version(v)) => ws::CompareTarget::Version(v),
+        Some(PbTargetUnion::CreateRevision(v)) => ws::CompareTarget::CreateRevision(v),
+        Some(PbTargetUnion::ModRevision(v)) => ws::CompareTarget::ModRevision(v),
+        Some(PbTargetUnion::Value(v)) => ws::CompareTarget::Value(Bytes::from(v)),
+        Some(PbTargetUnion::Lease(v)) => ws::CompareTarget::Lease(v),
+        None => match c.target {
+            0 => ws::CompareTarget::Version(0),
+            1 => ws::CompareTarget::CreateRevision(0),
+            2 => ws::CompareTarget::ModRevision(0),
+            3 => ws::CompareTarget::Value(Bytes::new()),
+            _ => ws::CompareTarget::Lease(0),
+        },
+    };
+    Ok(ws::Compare {
+        range: range_of(c.key, c.range_end),
+        target,
+        op,
+    })
+}
+
+type Sorts = Vec<(i32, i32)>;
+
+fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Sorts), Status> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut sorts = Vec::new();
+    for op in list {
+        out.push(match op.request {
+            Some(PbTxnOpRequest::RequestRange(r)) => {
+                let (r, o, t) = range_req(r)?;
+                sorts.push((o, t));
+                ws::TxnOp::Range(r)
+            }
+            Some(PbTxnOpRequest::RequestPut(p)) => ws::TxnOp::Put(put_req(p)?),
+            Some(PbTxnOpRequest::RequestDeleteRange(d)) => ws::TxnOp::Delete(ws::DeleteRequest {
+                range: range_of(d.key, d.range_end),
+                prev_kv: d.prev_kv,
+            }),
+            Some(PbTxnOpRequest::RequestTxn(_)) => {
+                return Err(unimplemented("nested transactions"))
+            }
+            None => return Err(Status::invalid_argument("empty request op")),
+        });
+    }
+    Ok((out, sorts))
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PbKvService for EtcdApi {
+    async fn range(
+        &self,
+        req: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
+        let (r, order, target) = range_req(req.into_inner())?;
+        let resp = self.store.range(r).await.map_err(status)?;
+        Ok(Response::new(range_resp(self, resp, order, target)))
+    }
+
+    type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
+    async fn range_stream(
+        &self,
+        _req: Request<PbRangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(unimplemented("RangeStream"))
+    }
+
+    async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        let r = self
+            .store
+            .put(put_req(req.into_inner())?)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PbPutResponse {
+            header: self.header(r.header.revision),
+            prev_kv: r.prev_kv.map(kv),
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<PbDeleteRequest>,
+    ) -> Result<Response<PbDeleteResponse>, Status> {
+        let d = req.into_inner();
+        let r = self
+            .store
+            .delete(ws::DeleteRequest {
+                range: range_of(d.key, d.range_end),
+                prev_kv: d.prev_kv,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PbDeleteResponse {
+            header: self.header(r.header.revision),
+            deleted: r.deleted,
+            prev_kvs: r.prev_kvs.into_iter().map(kv).collect(),
+        }))
+    }
+
+    async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        let t = req.into_inner();
+        let compare = t
+            .compare
+            .into_iter()
+            .map(compare)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (success, s_sorts) = ops(t.success)?;
+        let (failure, f_sorts) = ops(t.failure)?;
+        let r = self
+            .store
+            .txn(ws::TxnRequest {
+                compare,
+                success,
+                failure,
+            })
+            .await
+            .map_err(status)?;
+        let mut sorts = if r.succeeded { s_sorts } else { f_sorts }.into_iter();
+        let responses = r
+            .responses
+            .into_iter()
+            .map(|op| PbResponseOp {
+                response: Some(match op {
+                    ws::TxnOpResponse::Range(x) => {
+                        let (o, t) = sorts.next().unwrap_or((0, 0));
+                        PbTxnOpResponse::ResponseRange(range_resp(self, x, o, t))
+                    }
+                    ws::TxnOpResponse::Put(x) => PbTxnOpResponse::ResponsePut(PbPutResponse {
+                        header: self.header(x.header.revision),
+                        prev_kv: x.prev_kv.map(kv),
+                    }),
+                    ws::TxnOpResponse::Delete(x) => {
+                        PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
+                            header: self.header(x.header.revision),
+                            deleted: x.deleted,
+                            prev_kvs: x.prev_kvs.into_iter().map(kv).collect(),
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(PbTxnResponse {
+            header: self.header(r.header.revision),
+            succeeded: r.succeeded,
+            responses,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<PbCompactionRequest>,
+    ) -> Result<Response<PbCompactionResponse>, Status> {
+        let r = self
+            .store
+            .compact(req.into_inner().revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PbCompactionResponse {
+            header: self.header(r.header.revision),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl PbWatchService for EtcdApi {
+    type WatchStream = BoxStream<PbWatchResponse>;
+
+    async fn watch(
+        &self,
+        req: Request<Streaming<PbWatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let mut input = req.into_inner();
+        let (tx, mut rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(128);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut next_id = 0i64;
+            let mut controls: std::collections::HashMap<i64, Arc<tokio::sync::Notify>> =
+                std::collections::HashMap::new();
+            let mut tasks: std::collections::HashMap<i64, tokio::task::JoinHandle<()>> =
+                std::collections::HashMap::new();
+            loop {
+                let msg = tokio::select! {
+                    m = input.message() => m,
+                    _ = tx.closed() => break,
+                };
+                let Ok(Some(msg)) = msg else { break };
+                match msg.request_union {
+                    Some(PbWatchRequestUnion::CreateRequest(c)) => {
+                        let id = if c.watch_id != 0 { c.watch_id } else { next_id };
+                        next_id = next_id.max(id) + 1;
+                        let wreq = ws::WatchRequest {
+                            range: range_of(c.key, c.range_end),
+                            start_revision: c.start_revision,
+                            prev_kv: c.prev_kv,
+                            no_put: c.filters.contains(&0),
+                            no_delete: c.filters.contains(&1),
+                            progress_notify: c.progress_notify,
+                        };
+                        let rev = api
+                            .store
+                            .status()
+                            .await
+                            .map(|s| s.header.revision)
+                            .unwrap_or(0);
+                        let mut stream = match api.store.watch(wreq).await {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let _ = tx
+                                    .send(Ok(PbWatchResponse {
+                                        header: api.header(rev),
+                                        watch_id: id,
+                                        created: true,
+                                        canceled: true,
+                                        cancel_reason: e.to_string(),
+                                        ..Default::default()
+                                    }))
+                                    .await;
+                                continue;
+                            }
+                        };
+                        let _ = tx
+                            .send(Ok(PbWatchResponse {
+                                header: api.header(rev),
+                                watch_id: id,
+                                created: true,
+                                ..Default::default()
+                            }))
+                            .await;
+                        let progress = Arc::new(tokio::sync::Notify::new());
+                        controls.insert(id, progress.clone());
+                        let (tx2, api2) = (tx.clone(), api.clone());
+                        tasks.insert(
+                            id,
+                            tokio::spawn(async move {
+                                loop {
+                                    let m = tokio::select! {
+                                        m = stream.message() => m,
+                                        _ = progress.notified() => { stream.request_progress(); continue; }
+                                    };
+                                    let resp = match m {
+                                        Some(Ok(r)) => PbWatchResponse {
+                                            header: api2.header(r.revision),
+                                            watch_id: id,
+                                            events: r
+                                                .events
+                                                .into_iter()
+                                                .map(|e| PbEvent {
+                                                    r#type: if e.kind == ws::EventType::Put { 0 } else { 1 },
+                                                    kv: Some(kv(e.kv)),
+                                                    prev_kv: e.prev_kv.map(kv),
+                                                })
+                                                .collect(),
+                                            ..Default::default()
+                                        },
+                                        Some(Err(StoreError::Compacted { compact_revision, .. })) => PbWatchResponse {
+                                            header: api2.header(0),
+                                            watch_id: id,
+                                            canceled: true,
+                                            compact_revision,
+                                            cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                                            ..Default::default()
+                                        },
+                                        Some(Err(e)) => PbWatchResponse {
+                                            header: api2.header(0),
+                                            watch_id: id,
+                                            canceled: true,
+                                            cancel_reason: e.to_string(),
+                                            ..Default::default()
+                                        },
+                                        None => return,
+                                    };
+                                    let last = resp.canceled;
+                                    if tx2.send(Ok(resp)).await.is_err() || last {
+                                        return;
+                                    }
+                                }
+                            }),
+                        );
+                    }
+                    Some(PbWatchRequestUnion::CancelRequest(c)) => {
+                        controls.remove(&c.watch_id);
+                        if let Some(t) = tasks.remove(&c.watch_id) {
+                            t.abort();
+                            let rev = api
+                                .store
+                                .status()
+                                .await
+                                .map(|s| s.header.revision)
+                                .unwrap_or(0);
+                            let _ = tx
+                                .send(Ok(PbWatchResponse {
+                                    header: api.header(rev),
+                                    watch_id: c.watch_id,
+                                    canceled: true,
+                                    ..Default::default()
+                                }))
+                                .await;
+                        }
+                    }
+                    Some(PbWatchRequestUnion::ProgressRequest(_)) => {
+                        for p in controls.values() {
+                            p.notify_one();
+                        }
+                    }
+                    None => {}
+                }
+            }
+            for (_, t) in tasks {
+                t.abort();
+            }
+        });
+        let out = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[tonic::async_trait]
+impl PbLeaseService for EtcdApi {
+    async fn lease_grant(
+        &self,
+        req: Request<PbLeaseGrantRequest>,
+    ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        let r = req.into_inner();
+        let g = self.store.lease_grant(r.ttl, r.id).await.map_err(status)?;
+        Ok(Response::new(PbLeaseGrantResponse {
+            header: self.header(g.header.revision),
+            id: g.id,
+            ttl: g.ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<PbLeaseRevokeRequest>,
+    ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let h = self
+            .store
+            .lease_revoke(req.into_inner().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PbLeaseRevokeResponse {
+            header: self.header(h.revision),
+        }))
+    }
+
+    type LeaseKeepAliveStream = BoxStream<PbLeaseKeepAliveResponse>;
+    async fn lease_keep_alive(
+        &self,
+        req: Request<Streaming<PbLeaseKeepAliveRequest>>,
+    ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let mut input = req.into_inner();
+        let (tx, mut rx) = mpsc::channel(16);
+        let api = self.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = input.message().await {
+                let resp = match api.store.lease_keep_alive(m.id).await {
+                    Ok(r) => PbLeaseKeepAliveResponse {
+                        header: api.header(r.header.revision),
+                        id: m.id,
+                        ttl: r.ttl,
+                    },
+                    // etcd answers an unknown lease with TTL 0.
+                    Err(StoreError::LeaseNotFound(_)) => PbLeaseKeepAliveResponse {
+                        header: api.header(0),
+                        id: m.id,
+                        ttl: 0,
+                    },
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(futures::stream::poll_fn(
+            move |cx| rx.poll_recv(cx),
+        ))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<PbLeaseTimeToLiveRequest>,
+    ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        match self.store.lease_time_to_live(r.id, r.keys).await {
+            Ok(t) => Ok(Response::new(PbLeaseTimeToLiveResponse {
+                header: self.header(t.header.revision),
+                id: t.id,
+                ttl: t.ttl,
+                granted_ttl: t.granted_ttl,
+                keys: t.keys.into_iter().map(|k| k.to_vec()).collect(),
+            })),
+            // etcd answers an unknown lease with TTL -1.
+            Err(StoreError::LeaseNotFound(_)) => Ok(Response::new(PbLeaseTimeToLiveResponse {
+                header: self.header(0),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            })),
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn lease_leases(
+        &self,
+        _req: Request<PbLeaseLeasesRequest>,
+    ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        let ids = self.store.lease_list().await.map_err(status)?;
+        let rev = self
+            .store
+            .status()
+            .await
+            .map(|s| s.header.revision)
+            .unwrap_or(0);
+        Ok(Response::new(PbLeaseLeasesResponse {
+            header: self.header(rev),
+            leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl PbMaintenanceService for EtcdApi {
+    async fn alarm(
+        &self,
+        _r: Request<PbAlarmRequest>,
+    ) -> Result<Response<PbAlarmResponse>, Status> {
+        Ok(Response::new(PbAlarmResponse {
+            header: self.header(0),
+            alarms: vec![],
+        }))
+    }
+    async fn status(
+        &self,
+        _r: Request<PbStatusRequest>,
+    ) -> Result<Response<PbStatusResponse>, Status> {
+        let s = self.store.status().await.map_err(status)?;
+        Ok(Response::new(PbStatusResponse {
+            header: self.header(s.header.revision),
+            version: format!("3.4.0-weft.{}", env!("CARGO_PKG_VERSION")),
+            db_size: s.db_size,
+            leader: self.cfg.member_id,
+            raft_index: s.header.revision as u64,
+            raft_term: 1,
+            raft_applied_index: s.header.revision as u64,
+            db_size_in_use: s.db_size,
+            ..Default::default()
+        }))
+    }
+    async fn defragment(
+        &self,
+        _r: Request<PbDefragmentRequest>,
+    ) -> Result<Response<PbDefragmentResponse>, Status> {
+        Err(unimplemented("Defragment"))
+    }
+    async fn hash(&self, _r: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        Err(unimplemented("Hash (use HashKV)"))
+    }
+    async fn hash_kv(
+        &self,
+        r: Request<PbHashKvRequest>,
+    ) -> Result<Response<PbHashKvResponse>, Status> {
+        let h = self
+            .store
+            .hash_kv(r.into_inner().revision)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(PbHashKvResponse {
+            header: self.header(h.header.revision),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.hash_revision,
+        }))
+    }
+    type SnapshotStream = BoxStream<PbSnapshotResponse>;
+    async fn snapshot(
+        &self,
+        _r: Request<PbSnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(unimplemented("Snapshot"))
+    }
+    async fn move_leader(
+        &self,
+        _r: Request<PbMoveLeaderRequest>,
+    ) -> Result<Response<PbMoveLeaderResponse>, Status> {
+        Err(unimplemented("MoveLeader"))
+    }
+    async fn downgrade(
+        &self,
+        _r: Request<PbDowngradeRequest>,
+    ) -> Result<Response<PbDowngradeResponse>, Status> {
+        Err(unimplemented("Downgrade"))
+    }
+}
+
+#[tonic::async_trait]
+impl PbClusterService for EtcdApi {
+    async fn member_add(
+        &self,
+        _r: Request<PbMemberAddRequest>,
+    ) -> Result<Response<PbMemberAddResponse>, Status> {
+        Err(unimplemented("MemberAdd (weft is a single member)"))
+    }
+    async fn member_remove(
+        &self,
+        _r: Request<PbMemberRemoveRequest>,
+    ) -> Result<Response<PbMemberRemoveResponse>, Status> {
+        Err(unimplemented("MemberRemove (weft is a single member)"))
+    }
+    async fn member_update(
+        &self,
+        _r: Request<PbMemberUpdateRequest>,
+    ) -> Result<Response<PbMemberUpdateResponse>, Status> {
+        Err(unimplemented("MemberUpdate (weft is a single member)"))
+    }
+    async fn member_list(
+        &self,
+        _r: Request<PbMemberListRequest>,
+    ) -> Result<Response<PbMemberListResponse>, Status> {
+        let rev = self
+            .store
+            .status()
+            .await
+            .map(|s| s.header.revision)
+            .unwrap_or(0);
+        Ok(Response::new(PbMemberListResponse {
+            header: self.header(rev),
+            members: vec![PbMember {
+                id: self.cfg.member_id,
+                name: "weft".into(),
+                peer_ur_ls: vec![],
+                client_ur_ls: vec![self.cfg.client_url.clone()],
+                is_learner: false,
+            }],
+        }))
+    }
+    async fn member_promote(
+        &self,
+        _r: Request<PbMemberPromoteRequest>,
+    ) -> Result<Response<PbMemberPromoteResponse>, Status> {
+        Err(unimplemented("MemberPromote (weft is a single member)"))
+    }
+}
