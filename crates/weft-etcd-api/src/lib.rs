@@ -126,24 +126,50 @@ fn range_of(key: Vec<u8>, end: Vec<u8>) -> ws::KeyRange {
     }
 }
 
-fn range_req(r: PbRangeRequest) -> Result<(ws::RangeRequest, i32, i32), Status> {
-    if r.min_mod_revision != 0
-        || r.max_mod_revision != 0
-        || r.min_create_revision != 0
-        || r.max_create_revision != 0
-    {
-        return Err(unimplemented("range revision filters"));
+/// What the store cannot do by itself and this layer applies after the range: etcd's sort
+/// (before the limit) and revision filters.
+#[derive(Clone, Copy, Debug, Default)]
+struct Post {
+    order: i32,
+    target: i32,
+    limit: i64,
+    min_mod: i64,
+    max_mod: i64,
+    min_create: i64,
+    max_create: i64,
+}
+
+impl Post {
+    /// Whether the store's own limit can be used (key order, no filters).
+    fn trivial(&self) -> bool {
+        (self.order == 0 || (self.order == 1 && self.target == 0))
+            && self.min_mod == 0
+            && self.max_mod == 0
+            && self.min_create == 0
+            && self.max_create == 0
     }
+}
+
+fn range_req(r: PbRangeRequest) -> Result<(ws::RangeRequest, Post), Status> {
+    let post = Post {
+        order: r.sort_order,
+        target: r.sort_target,
+        limit: r.limit,
+        min_mod: r.min_mod_revision,
+        max_mod: r.max_mod_revision,
+        min_create: r.min_create_revision,
+        max_create: r.max_create_revision,
+    };
     Ok((
         ws::RangeRequest {
             range: range_of(r.key, r.range_end),
-            limit: r.limit,
+            // Sorting and filtering happen before the limit, as in etcd.
+            limit: if post.trivial() { r.limit } else { 0 },
             revision: r.revision,
             keys_only: r.keys_only,
             count_only: r.count_only,
         },
-        r.sort_order,
-        r.sort_target,
+        post,
     ))
 }
 
@@ -165,8 +191,20 @@ fn sort(kvs: &mut [ws::KeyValue], order: i32, target: i32) {
     }
 }
 
-fn range_resp(api: &EtcdApi, mut r: ws::RangeResponse, order: i32, target: i32) -> PbRangeResponse {
-    sort(&mut r.kvs, order, target);
+fn range_resp(api: &EtcdApi, mut r: ws::RangeResponse, p: Post) -> PbRangeResponse {
+    if !p.trivial() {
+        r.kvs.retain(|kv| {
+            (p.min_mod == 0 || kv.mod_revision >= p.min_mod)
+                && (p.max_mod == 0 || kv.mod_revision <= p.max_mod)
+                && (p.min_create == 0 || kv.create_revision >= p.min_create)
+                && (p.max_create == 0 || kv.create_revision <= p.max_create)
+        });
+        sort(&mut r.kvs, p.order, p.target);
+        if p.limit > 0 && r.kvs.len() as i64 > p.limit {
+            r.kvs.truncate(p.limit as usize);
+            r.more = true;
+        }
+    }
     PbRangeResponse {
         header: api.header(r.header.revision),
         kvs: r.kvs.into_iter().map(kv).collect(),
@@ -220,16 +258,14 @@ fn compare(c: PbCompare) -> Result<ws::Compare, Status> {
     })
 }
 
-type Sorts = Vec<(i32, i32)>;
-
-fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Sorts), Status> {
+fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Vec<Post>), Status> {
     let mut out = Vec::with_capacity(list.len());
     let mut sorts = Vec::new();
     for op in list {
         out.push(match op.request {
             Some(PbTxnOpRequest::RequestRange(r)) => {
-                let (r, o, t) = range_req(r)?;
-                sorts.push((o, t));
+                let (r, post) = range_req(r)?;
+                sorts.push(post);
                 ws::TxnOp::Range(r)
             }
             Some(PbTxnOpRequest::RequestPut(p)) => ws::TxnOp::Put(put_req(p)?),
@@ -254,9 +290,9 @@ impl PbKvService for EtcdApi {
         &self,
         req: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
-        let (r, order, target) = range_req(req.into_inner())?;
+        let (r, post) = range_req(req.into_inner())?;
         let resp = self.store.range(r).await.map_err(status)?;
-        Ok(Response::new(range_resp(self, resp, order, target)))
+        Ok(Response::new(range_resp(self, resp, post)))
     }
 
     type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
@@ -324,8 +360,8 @@ impl PbKvService for EtcdApi {
             .map(|op| PbResponseOp {
                 response: Some(match op {
                     ws::TxnOpResponse::Range(x) => {
-                        let (o, t) = sorts.next().unwrap_or((0, 0));
-                        PbTxnOpResponse::ResponseRange(range_resp(self, x, o, t))
+                        let post = sorts.next().unwrap_or_default();
+                        PbTxnOpResponse::ResponseRange(range_resp(self, x, post))
                     }
                     ws::TxnOpResponse::Put(x) => PbTxnOpResponse::ResponsePut(PbPutResponse {
                         header: self.header(x.header.revision),

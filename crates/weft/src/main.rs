@@ -202,6 +202,11 @@ struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+    /// Also serve the etcd v3 gRPC API (KV, Watch, Lease, Status, MemberList) on this address,
+    /// so etcdctl and etcd client libraries work against this node.
+    #[cfg(feature = "etcd")]
+    #[arg(long)]
+    etcd_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -694,7 +699,36 @@ async fn up(a: UpArgs) -> Result<()> {
         token: a.token.clone(),
         ..Default::default()
     };
+    #[cfg(feature = "etcd")]
+    let (stop_tx, grpc) = match a.etcd_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                bail!("--etcd-listen {addr}: the etcd API has no authentication yet; listen on loopback");
+            }
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let url = format!("http://{}", l.local_addr()?);
+            println!("etcd API listening on {url}");
+            std::io::stdout().flush()?;
+            let ecfg = weft_etcd_api::Config {
+                client_url: url,
+                member_id: 0x7765_6674,
+            };
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     weft_server::run(listener, store, cfg, shutdown_signal()).await?;
+    #[cfg(feature = "etcd")]
+    if let (Some(tx), Some(task)) = (stop_tx, grpc) {
+        let _ = tx.send(true);
+        let _ = task.await;
+    }
     tracing::info!("shutting down");
     if let Some(e) = embedded {
         e.close();

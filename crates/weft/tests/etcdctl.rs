@@ -1,0 +1,285 @@
+//! etcdctl (Debian etcd-client, v3.4) against a real etcd and against `weft up --etcd-listen`:
+//! one list of commands, normalized outputs compared; and `etcdctl lock` from three processes
+//! keeps mutual exclusion on weft.
+#![cfg(feature = "etcd")]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::*;
+use weft_store_etcd::testing::EtcdServer;
+
+struct WeftEtcd {
+    _node: Node,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+fn weft_with_etcd_api() -> WeftEtcd {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut l1, mut l2) = (String::new(), String::new());
+    out.read_line(&mut l1).unwrap();
+    out.read_line(&mut l2).unwrap();
+    let url = |l: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_string()
+    };
+    WeftEtcd {
+        _node: Node {
+            child,
+            endpoint: url(&l1),
+        },
+        url: url(&l2),
+        _dir: dir,
+    }
+}
+
+fn etcdctl_available() -> bool {
+    let ok = Command::new("etcdctl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok && std::env::var("CI").as_deref() == Ok("true") {
+        panic!("etcdctl is not installed but CI=true: apt-get install etcd-client");
+    }
+    ok
+}
+
+fn etcdctl(
+    endpoint: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    timeout: Option<Duration>,
+) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(format!(
+        "{}",
+        timeout.unwrap_or(Duration::from_secs(8)).as_secs_f64()
+    ))
+    .arg("etcdctl")
+    .arg(format!("--endpoints={endpoint}"))
+    .args(args)
+    .env("ETCDCTL_API", "3")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut i = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            i.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    normalize(&text)
+}
+
+/// Lease ids, revisions, remaining TTLs and lock/election key suffixes differ between servers.
+fn normalize(s: &str) -> String {
+    // The Go client's own retry logs carry random ids; they are not answers.
+    let s: String = s
+        .lines()
+        .filter(|l| !l.starts_with("{\"level\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut out = String::new();
+    for tok in s.split_inclusive(|c: char| !c.is_ascii_alphanumeric()) {
+        let word: String = tok
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
+        let rest = &tok[word.len()..];
+        let is_hex = word.len() >= 8 && word.chars().all(|c| c.is_ascii_hexdigit());
+        let is_num = !word.is_empty() && word.chars().all(|c| c.is_ascii_digit());
+        if is_hex || is_num {
+            out.push('#');
+        } else {
+            out.push_str(&word);
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// The script: (args, stdin, timeout for commands that hold or follow).
+fn script() -> Vec<(Vec<&'static str>, Option<&'static str>, Option<Duration>)> {
+    let hold = Some(Duration::from_secs(2));
+    vec![
+        (vec!["put", "app/a", "1"], None, None),
+        (vec!["put", "app/b", "2"], None, None),
+        (vec!["put", "app/c", "3"], None, None),
+        (vec!["put", "app/a", "10", "--prev-kv"], None, None),
+        (vec!["get", "app/a"], None, None),
+        (vec!["get", "app/", "--prefix"], None, None),
+        (vec!["get", "app/", "--prefix", "--limit=2"], None, None),
+        (vec!["get", "app/", "--prefix", "--keys-only"], None, None),
+        (
+            vec!["get", "app/", "--prefix", "--count-only", "-w", "fields"],
+            None,
+            None,
+        ),
+        (vec!["get", "app/a", "--rev=2"], None, None),
+        (
+            vec![
+                "get",
+                "app/",
+                "--prefix",
+                "--sort-by=VALUE",
+                "--order=DESCEND",
+            ],
+            None,
+            None,
+        ),
+        (vec!["get", "app/a", "--rev=9999"], None, None),
+        (
+            vec!["txn"],
+            Some("value(\"app/a\") = \"10\"\n\nput app/t yes\nget app/b\n\nput app/t no\n\n"),
+            None,
+        ),
+        (
+            vec!["txn"],
+            Some("mod(\"app/a\") > \"9999\"\n\nput app/t yes\n\nget app/c\n\n"),
+            None,
+        ),
+        (
+            vec!["watch", "app/", "--prefix", "--rev=1", "--prev-kv"],
+            None,
+            hold,
+        ),
+        (vec!["del", "app/b"], None, None),
+        (vec!["del", "app/", "--prefix", "--prev-kv"], None, None),
+        (vec!["del", "nothing"], None, None),
+        (vec!["lease", "grant", "100"], None, None),
+        (vec!["lease", "list"], None, None),
+        (
+            vec!["lease", "timetolive", "123456789", "--keys"],
+            None,
+            None,
+        ),
+        (vec!["lease", "revoke", "123456789"], None, None),
+        (vec!["lock", "mylock", "echo", "locked"], None, None),
+        (vec!["elect", "-l", "myelection"], None, hold),
+    ]
+}
+
+#[test]
+fn etcdctl_sees_the_same_answers_from_weft_and_etcd() {
+    if !etcdctl_available() {
+        eprintln!("etcdctl not installed; skipping");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(etcd) = rt.block_on(EtcdServer::start_or_skip()) else {
+        return;
+    };
+    let weft = weft_with_etcd_api();
+    let mut mismatches = Vec::new();
+    for (args, stdin, timeout) in script() {
+        let a = etcdctl(&etcd.endpoint, &args, stdin, timeout);
+        let b = etcdctl(&weft.url, &args, stdin, timeout);
+        if a != b {
+            mismatches.push(format!(
+                "etcdctl {}\n--- etcd:\n{a}--- weft:\n{b}",
+                args.join(" ")
+            ));
+        }
+    }
+    // Lease lifecycle on a granted id, and compaction, compared after normalization.
+    for ep in [&etcd.endpoint, &weft.url] {
+        let g = etcdctl(ep, &["lease", "grant", "60"], None, None);
+        assert!(g.starts_with("lease # granted with TTL(60s)"), "{ep}: {g}");
+    }
+    // Member names and peer URLs differ by design; both list one started member.
+    for ep in [&etcd.endpoint, &weft.url] {
+        let m = etcdctl(ep, &["member", "list"], None, None);
+        assert_eq!(m.lines().count(), 1, "{ep}: {m}");
+        assert!(m.contains(", started, "), "{ep}: {m}");
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} differences:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+#[test]
+fn etcdctl_lock_from_three_processes_is_mutually_exclusive_on_weft() {
+    if !etcdctl_available() {
+        eprintln!("etcdctl not installed; skipping");
+        return;
+    }
+    let weft = weft_with_etcd_api();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let script = format!(
+        "echo start $(date +%s%N) >> {l}; sleep 0.3; echo end $(date +%s%N) >> {l}",
+        l = log.display()
+    );
+    let mut kids: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new("etcdctl")
+                .arg(format!("--endpoints={}", weft.url))
+                .args(["lock", "shared", "--", "sh", "-c", &script])
+                .env("ETCDCTL_API", "3")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for k in &mut kids {
+        loop {
+            if let Some(st) = k.try_wait().unwrap() {
+                assert!(st.success());
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcdctl lock did not finish");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut times: Vec<(u128, u128)> = Vec::new();
+    let mut open: Option<u128> = None;
+    for line in text.lines() {
+        let (kind, t) = line.split_once(' ').unwrap();
+        let t: u128 = t.parse().unwrap();
+        match kind {
+            "start" => {
+                assert!(open.is_none(), "two holders at once:\n{text}");
+                open = Some(t);
+            }
+            _ => times.push((open.take().expect("end without start"), t)),
+        }
+    }
+    assert_eq!(times.len(), 3, "{text}");
+}
