@@ -1,5 +1,7 @@
 //! `weft`: the node (`weft up`) and the command-line client of its API.
 
+#[cfg(feature = "etcd")]
+mod bench;
 mod client;
 mod coordcli;
 mod txn;
@@ -79,6 +81,12 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Benchmarks.
+    #[cfg(feature = "etcd")]
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
     /// Sharding tools.
     Shard {
         #[command(subcommand)]
@@ -99,6 +107,27 @@ enum Cmd {
         ttl: i64,
         #[command(flatten)]
         conn: Conn,
+    },
+}
+
+#[cfg(feature = "etcd")]
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// The same etcd client against etcd v3 endpoints (a real etcd and/or weft's --etcd-listen),
+    /// side by side: throughput and p50/p99 latency per workload and concurrency.
+    EtcdApi {
+        /// NAME=URL pairs, e.g. etcd=http://127.0.0.1:2379,weft=http://127.0.0.1:2381.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// Workloads: put, get, txn, lease, lock.
+        #[arg(long, value_delimiter = ',', default_value = "put,get,txn,lease,lock")]
+        workloads: Vec<String>,
+        /// Concurrent clients.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Seconds per cell.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
     },
 }
 
@@ -460,6 +489,38 @@ fn main() -> Result<()> {
                     )
                     .await
                 }
+            }
+            #[cfg(feature = "etcd")]
+            Cmd::Bench {
+                cmd:
+                    BenchCmd::EtcdApi {
+                        endpoints,
+                        workloads,
+                        clients,
+                        seconds,
+                    },
+            } => {
+                let dur = secs(seconds, "--seconds")?;
+                println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs |");
+                println!("|---|---|---|---|---|---|");
+                for w in &workloads {
+                    for c in &clients {
+                        for e in &endpoints {
+                            let (name, url) = e
+                                .split_once('=')
+                                .with_context(|| format!("--endpoints {e:?} must be NAME=URL"))?;
+                            let cell = bench::run(url, w, *c, dur).await?;
+                            println!(
+                                "| {w} | {c} | {name} | {:.0} | {} | {} |",
+                                cell.per_sec(),
+                                cell.p50_us,
+                                cell.p99_us
+                            );
+                            std::io::stdout().flush()?;
+                        }
+                    }
+                }
+                Ok(())
             }
             Cmd::Shard {
                 cmd:
