@@ -46,16 +46,24 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let api = EtcdApi { store, cfg };
+    // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's algorithm
+    // and delayed ACKs add ~40 ms to each exchange.
+    let incoming = futures::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |s| {
+            if let Ok(s) = &s {
+                let _ = s.set_nodelay(true);
+            }
+            s
+        },
+    );
     tonic::transport::Server::builder()
         .add_service(PbKvServer::new(api.clone()))
         .add_service(PbWatchServer::new(api.clone()))
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
