@@ -158,6 +158,7 @@ pub async fn lock(
             return Err(e);
         }
     };
+    let stop = crate::shutdown_signal();
     let key = g["key"].as_str().context("lock key")?.to_string();
     let token = g["fencing_token"].as_i64().context("fencing token")?;
     let mut child = tokio::process::Command::new(prog)
@@ -171,7 +172,7 @@ pub async fn lock(
         st = child.wait() => Ok(st?.code().unwrap_or(1)),
         reason = lease.lost() => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
         reason = key_deleted(&c, &key, token) => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
-        _ = crate::shutdown_signal() => Err(anyhow!("interrupted; the command was killed")),
+        _ = stop => Err(anyhow!("interrupted; the command was killed")),
     };
     if outcome.is_err() {
         let _ = child.kill().await;
@@ -205,6 +206,7 @@ pub async fn elect(
     .await?;
     let key = r["key"].as_str().context("key")?.to_string();
     let term = r["term"].as_i64().context("term")?;
+    let stop = crate::shutdown_signal();
     if json_out {
         println!("{r}");
     } else {
@@ -214,7 +216,7 @@ pub async fn elect(
     let res = tokio::select! {
         reason = lease.lost() => Err(anyhow!("leadership of {name} lost: {reason}")),
         reason = key_deleted(&c, &key, term) => Err(anyhow!("leadership of {name} lost: {reason}")),
-        _ = crate::shutdown_signal() => {
+        _ = stop => {
             c.post("/v1/election/resign", &json!({"key": key, "term": term, "lease": lease.id})).await.map(|_| ())
         }
     };
@@ -284,6 +286,8 @@ pub async fn register(c: Arc<Client>, o: RegisterOpts) -> Result<()> {
     let lease = ClientLease::grant(c.clone(), o.ttl).await?;
     let body = |inst: &Instance| json!({"service": o.service, "lease": lease.id, "instance": inst});
     c.post("/v1/svc/register", &body(&inst)).await?;
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
     println!(
         "registered {}/{} at {} (lease {:x}, TTL {}s, {:?})",
         o.service, o.id, o.address, lease.id, lease.ttl, inst.health
@@ -298,7 +302,7 @@ pub async fn register(c: Arc<Client>, o: RegisterOpts) -> Result<()> {
     let res = loop {
         tokio::select! {
             reason = lease.lost() => break Err(anyhow!("registration of {}/{} lost: {reason}", o.service, o.id)),
-            _ = crate::shutdown_signal() => break Ok(()),
+            _ = &mut stop => break Ok(()),
             _ = tokio::time::sleep(interval) => {
                 if let Some(check) = &o.check {
                     let h = if probe(check).await { Health::Passing } else { Health::Critical };
