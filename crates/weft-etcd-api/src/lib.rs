@@ -106,6 +106,15 @@ fn unimplemented(what: &str) -> Status {
 }
 
 impl EtcdApi {
+    /// The store's current revision for response headers (0 if the store cannot say).
+    async fn current_revision(&self) -> i64 {
+        self.store
+            .status()
+            .await
+            .map(|s| s.header.revision)
+            .unwrap_or(0)
+    }
+
     fn header(&self, revision: i64) -> Option<PbResponseHeader> {
         Some(PbResponseHeader {
             cluster_id: self.cfg.member_id,
@@ -442,12 +451,7 @@ impl PbWatchService for EtcdApi {
                             no_delete: c.filters.contains(&1),
                             progress_notify: c.progress_notify,
                         };
-                        let rev = api
-                            .store
-                            .status()
-                            .await
-                            .map(|s| s.header.revision)
-                            .unwrap_or(0);
+                        let rev = api.current_revision().await;
                         let mut stream = match api.store.watch(wreq).await {
                             Ok(s) => s,
                             Err(e) => {
@@ -527,12 +531,7 @@ impl PbWatchService for EtcdApi {
                         controls.remove(&c.watch_id);
                         if let Some(t) = tasks.remove(&c.watch_id) {
                             t.abort();
-                            let rev = api
-                                .store
-                                .status()
-                                .await
-                                .map(|s| s.header.revision)
-                                .unwrap_or(0);
+                            let rev = api.current_revision().await;
                             let _ = tx
                                 .send(Ok(PbWatchResponse {
                                     header: api.header(rev),
@@ -657,12 +656,7 @@ impl PbLeaseService for EtcdApi {
         _req: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
         let ids = self.store.lease_list().await.map_err(status)?;
-        let rev = self
-            .store
-            .status()
-            .await
-            .map(|s| s.header.revision)
-            .unwrap_or(0);
+        let rev = self.current_revision().await;
         Ok(Response::new(PbLeaseLeasesResponse {
             header: self.header(rev),
             leases: ids.into_iter().map(|id| PbLeaseStatus { id }).collect(),
@@ -768,12 +762,7 @@ impl PbClusterService for EtcdApi {
         &self,
         _r: Request<PbMemberListRequest>,
     ) -> Result<Response<PbMemberListResponse>, Status> {
-        let rev = self
-            .store
-            .status()
-            .await
-            .map(|s| s.header.revision)
-            .unwrap_or(0);
+        let rev = self.current_revision().await;
         Ok(Response::new(PbMemberListResponse {
             header: self.header(rev),
             members: vec![PbMember {

@@ -114,6 +114,16 @@ pub struct KeySel {
 }
 
 impl KeySel {
+    /// A selection from the fields that request bodies share.
+    pub fn of(key: &str, range_end: &Option<String>, prefix: bool, from_key: bool) -> Self {
+        KeySel {
+            key: key.to_string(),
+            range_end: range_end.clone(),
+            prefix,
+            from_key,
+        }
+    }
+
     /// The store range.
     pub fn range(&self, enc: Encoding) -> Result<ws::KeyRange, ApiError> {
         let key = enc.decode("key", &self.key)?;
@@ -179,12 +189,7 @@ pub struct RangeBody {
 impl RangeBody {
     /// To a store request.
     pub fn to_store(&self, enc: Encoding) -> Result<ws::RangeRequest, ApiError> {
-        let sel = KeySel {
-            key: self.key.clone(),
-            range_end: self.range_end.clone(),
-            prefix: self.prefix,
-            from_key: self.from_key,
-        };
+        let sel = KeySel::of(&self.key, &self.range_end, self.prefix, self.from_key);
         Ok(ws::RangeRequest {
             range: sel.range(enc)?,
             limit: self.limit,
@@ -293,12 +298,7 @@ pub struct DeleteBody {
 impl DeleteBody {
     /// To a store request.
     pub fn to_store(&self, enc: Encoding) -> Result<ws::DeleteRequest, ApiError> {
-        let sel = KeySel {
-            key: self.key.clone(),
-            range_end: self.range_end.clone(),
-            prefix: self.prefix,
-            from_key: self.from_key,
-        };
+        let sel = KeySel::of(&self.key, &self.range_end, self.prefix, self.from_key);
         Ok(ws::DeleteRequest {
             range: sel.range(enc)?,
             prev_kv: self.prev_kv,
@@ -348,12 +348,7 @@ pub struct CompareBody {
 
 impl CompareBody {
     fn to_store(&self, enc: Encoding) -> Result<ws::Compare, ApiError> {
-        let sel = KeySel {
-            key: self.key.clone(),
-            range_end: self.range_end.clone(),
-            prefix: self.prefix,
-            from_key: false,
-        };
+        let sel = KeySel::of(&self.key, &self.range_end, self.prefix, false);
         let op = match self.op.as_str() {
             "=" | "==" | "equal" => ws::CompareOp::Equal,
             "!=" | "not_equal" => ws::CompareOp::NotEqual,

@@ -463,12 +463,7 @@ async fn watch_sse(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let enc = q.encoding.unwrap_or_default();
-    let sel = api::KeySel {
-        key: q.key,
-        range_end: q.range_end,
-        prefix: q.prefix,
-        from_key: q.from_key,
-    };
+    let sel = api::KeySel::of(&q.key, &q.range_end, q.prefix, q.from_key);
     let req = WatchRequest {
         range: sel.range(enc)?,
         start_revision: q.start_revision,
