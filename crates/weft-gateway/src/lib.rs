@@ -1,0 +1,482 @@
+//! weft-gateway: an API gateway (reverse proxy) on hyper 1 + tower pieces from
+//! `weft-resilience`, `weft-shard` and `weft-coord`.
+//!
+//! - Routes ([`config::RouteConfig`]) match host, path (exact, prefix, template), method,
+//!   headers and query; they rewrite paths, add and remove headers, and have deadlines,
+//!   retries (with a budget), a circuit breaker, auth (API key, basic, JWT), rate limits (local
+//!   GCRA or shared through the store) and CORS.
+//! - Upstreams are static lists or services discovered in a [`weft_store::Store`] (embedded or
+//!   etcd), balanced by weighted round robin, least request (P2C + EWMA), ring hash, Maglev or
+//!   random, with active health checks and passive outlier ejection.
+//! - Configuration comes from TOML and/or the store ([`config::ROUTE_PREFIX`]) and reloads
+//!   without dropping connections; endpoint state (health, EWMA, ejection) and breakers
+//!   survive reloads.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let cfg = weft_gateway::Config::from_toml(r#"
+//!     [[route]]
+//!     name = "api"
+//!     path_prefix = "/api"
+//!     rewrite = ""
+//!     upstream = "backend"
+//!
+//!     [[upstream]]
+//!     name = "backend"
+//!     endpoints = [{ address = "127.0.0.1:9000" }]
+//! "#, "inline")?;
+//! let gw = weft_gateway::Gateway::new(cfg, None)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! weft_gateway::serve(listener, gw, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod lb;
+pub mod proxy;
+pub mod route;
+mod server;
+pub mod upstream;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+
+use arc_swap::ArcSwap;
+use tokio::time::Duration;
+use tower::retry::budget::TpsBudget;
+use weft_resilience::circuit::CircuitBreaker;
+use weft_resilience::ratelimit::RateLimiter;
+use weft_store::{Store, StoreExt};
+
+pub use config::Config;
+pub use error::{ConfigError, GatewayError, Reason};
+pub use server::{serve, serve_admin};
+
+use crate::auth::Authenticator;
+use crate::config::{BreakerConfig, RateLimitConfig, RetryConfig, RouteConfig, UpstreamConfig};
+use crate::proxy::{HttpClient, RequestIds, Route};
+use crate::upstream::{EndpointRegistry, Upstream};
+
+/// The routing table in force: replaced as a whole on reload.
+pub(crate) struct Table {
+    pub routes: Vec<Arc<Route>>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub server: config::ServerConfig,
+    pub request_id_header: http::HeaderName,
+    pub generation: u64,
+    /// Store routes that were rejected, with why.
+    pub errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct Persist {
+    upstreams: HashMap<String, (UpstreamConfig, Weak<Upstream>)>,
+    breakers: HashMap<String, (BreakerConfig, Arc<CircuitBreaker>)>,
+    limiters: HashMap<String, (RateLimitConfig, Arc<RateLimiter<String>>)>,
+    budgets: HashMap<String, (RetryConfig, Arc<TpsBudget>)>,
+    file: Config,
+    store_routes: BTreeMap<String, Result<RouteConfig, String>>,
+    generation: u64,
+    lease: Option<(u64, i64)>,
+}
+
+/// A gateway: the routing table, endpoint state and upstream clients.
+pub struct Gateway {
+    table: ArcSwap<Table>,
+    registry: Arc<EndpointRegistry>,
+    persist: Mutex<Persist>,
+    store: Option<Arc<dyn Store>>,
+    client_h1: HttpClient,
+    client_h2: HttpClient,
+    ids: RequestIds,
+    access: Option<std::sync::mpsc::SyncSender<String>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// A gateway for `cfg`. With a store, upstreams may be discovered services and routes may
+    /// also come from the store (call [`Gateway::watch_store_routes`]). Must be called inside a
+    /// tokio runtime (health checks and discovery run as tasks).
+    pub fn new(cfg: Config, store: Option<Arc<dyn Store>>) -> Result<Arc<Gateway>, GatewayError> {
+        cfg.validate("config", store.is_some())?;
+        let access = if cfg.server.access_log {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<String>(8192);
+            std::thread::Builder::new()
+                .name("weft-access-log".into())
+                .spawn(move || {
+                    use std::io::Write;
+                    let mut out = std::io::BufWriter::new(std::io::stdout());
+                    while let Ok(line) = rx.recv() {
+                        let _ = writeln!(out, "{line}");
+                        while let Ok(line) = rx.try_recv() {
+                            let _ = writeln!(out, "{line}");
+                        }
+                        let _ = out.flush();
+                    }
+                })?;
+            Some(tx)
+        } else {
+            None
+        };
+        let gw = Arc::new(Gateway {
+            table: ArcSwap::from_pointee(Table {
+                routes: Vec::new(),
+                upstreams: Vec::new(),
+                server: cfg.server.clone(),
+                request_id_header: http::HeaderName::from_static("x-request-id"),
+                generation: 0,
+                errors: Vec::new(),
+            }),
+            registry: Arc::new(EndpointRegistry::default()),
+            persist: Mutex::new(Persist::default()),
+            client_h1: proxy::build_client(&cfg.server, false),
+            client_h2: proxy::build_client(&cfg.server, true),
+            store,
+            ids: RequestIds::new(),
+            access,
+        });
+        gw.reload(cfg)?;
+        Ok(gw)
+    }
+
+    /// The store, if any.
+    pub fn store(&self) -> Option<&Arc<dyn Store>> {
+        self.store.as_ref()
+    }
+
+    /// Replaces the file configuration and rebuilds the table. Connections and in-flight
+    /// requests are untouched; endpoint state, breakers, limiters and retry budgets of
+    /// unchanged routes and upstreams carry over. On error the old table stays.
+    pub fn reload(&self, cfg: Config) -> Result<(), GatewayError> {
+        cfg.validate("config", self.store.is_some())?;
+        let mut p = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+        let old = std::mem::replace(&mut p.file, cfg);
+        match self.rebuild(&mut p) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                p.file = old;
+                Err(e)
+            }
+        }
+    }
+
+    fn rebuild(&self, p: &mut Persist) -> Result<(), GatewayError> {
+        let cfg = p.file.clone();
+        let mut errors = Vec::new();
+        let mut route_cfgs: Vec<RouteConfig> = cfg.routes.clone();
+        for (name, r) in &p.store_routes {
+            match r {
+                Err(e) => errors.push(format!("{}{name}: {e}", config::ROUTE_PREFIX)),
+                Ok(r) if cfg.routes.iter().any(|f| f.name == r.name) => errors.push(format!(
+                    "{}{name}: a route named {:?} is defined in the file, which wins",
+                    config::ROUTE_PREFIX, r.name
+                )),
+                Ok(r) => {
+                    let mut c = cfg.clone();
+                    c.routes = vec![r.clone()];
+                    match c.validate(&format!("{}{name}", config::ROUTE_PREFIX), self.store.is_some()) {
+                        Ok(()) => route_cfgs.push(r.clone()),
+                        Err(e) => errors.push(e.to_string()),
+                    }
+                }
+            }
+        }
+        // Upstreams: defined ones, plus implicit discovered services.
+        let mut ups_cfg: Vec<UpstreamConfig> = cfg.upstreams.clone();
+        for r in &route_cfgs {
+            if !ups_cfg.iter().any(|u| u.name == r.upstream) {
+                ups_cfg.push(UpstreamConfig {
+                    name: r.upstream.clone(),
+                    service: Some(r.upstream.clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for u in ups_cfg {
+            let reuse = p
+                .upstreams
+                .get(&u.name)
+                .filter(|(c, _)| *c == u)
+                .and_then(|(_, w)| w.upgrade());
+            let up = match reuse {
+                Some(up) => up,
+                None => {
+                    let up = Upstream::new(u.clone(), &self.registry, None).map_err(|m| {
+                        ConfigError::Invalid { origin: "config".into(), line: None, path: format!("upstream {:?}", u.name), message: m }
+                    })?;
+                    if let Some(store) = &self.store {
+                        up.follow_service(store.clone(), self.registry.clone());
+                    }
+                    up.start_health_checks();
+                    p.upstreams.insert(u.name.clone(), (u.clone(), Arc::downgrade(&up)));
+                    up
+                }
+            };
+            upstreams.insert(u.name.clone(), up);
+        }
+        let mut auths: HashMap<String, Arc<Authenticator>> = HashMap::new();
+        for a in &cfg.auths {
+            let built = Authenticator::build(a).map_err(|(f, m)| ConfigError::Invalid {
+                origin: "config".into(),
+                line: None,
+                path: format!("auth {:?}.{f}", a.name),
+                message: m,
+            })?;
+            auths.insert(a.name.clone(), Arc::new(built));
+        }
+        let mut routes = Vec::new();
+        for r in route_cfgs {
+            let breaker = match &r.breaker {
+                None => None,
+                Some(b) => Some(match p.breakers.get(&r.name).filter(|(c, _)| c == b) {
+                    Some((_, br)) => br.clone(),
+                    None => Arc::new(proxy::build_breaker(&r.name, b).map_err(|m| ConfigError::Invalid {
+                        origin: "config".into(),
+                        line: None,
+                        path: format!("route {:?}.breaker", r.name),
+                        message: m,
+                    })?),
+                }),
+            };
+            let limiter = match &r.rate_limit {
+                Some(rl) if !rl.global => Some(match p.limiters.get(&r.name).filter(|(c, _)| c == rl) {
+                    Some((_, l)) => l.clone(),
+                    None => Arc::new(
+                        RateLimiter::new(rl.per_second, rl.burst.unwrap_or(rl.per_second)).map_err(|e| ConfigError::Invalid {
+                            origin: "config".into(),
+                            line: None,
+                            path: format!("route {:?}.rate_limit", r.name),
+                            message: e.to_string(),
+                        })?,
+                    ),
+                }),
+                _ => None,
+            };
+            let budget = match &r.retry {
+                Some(rt) if rt.attempts > 1 => Some(match p.budgets.get(&r.name).filter(|(c, _)| c == rt) {
+                    Some((_, b)) => b.clone(),
+                    None => Arc::new(TpsBudget::new(Duration::from_secs(10), rt.budget_min_per_sec, rt.budget_ratio)),
+                }),
+                _ => None,
+            };
+            if let (Some(b), Some(c)) = (&breaker, &r.breaker) {
+                p.breakers.insert(r.name.clone(), (c.clone(), b.clone()));
+            }
+            if let (Some(l), Some(c)) = (&limiter, &r.rate_limit) {
+                p.limiters.insert(r.name.clone(), (c.clone(), l.clone()));
+            }
+            if let (Some(b), Some(c)) = (&budget, &r.retry) {
+                p.budgets.insert(r.name.clone(), (c.clone(), b.clone()));
+            }
+            let up = upstreams[&r.upstream].clone();
+            let auth = r.auth.as_ref().map(|a| auths[a].clone());
+            routes.push(Arc::new(Route::new(r, up, auth, breaker, limiter, budget)));
+        }
+        // Most specific first; stable sort keeps declaration order for ties.
+        routes.sort_by_key(|r| r.matcher.rank());
+        let names: std::collections::HashSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        p.breakers.retain(|k, _| names.contains(k.as_str()));
+        p.limiters.retain(|k, _| names.contains(k.as_str()));
+        p.budgets.retain(|k, _| names.contains(k.as_str()));
+        p.upstreams.retain(|_, (_, w)| w.strong_count() > 0);
+        p.generation += 1;
+        for e in &errors {
+            tracing::warn!("route rejected: {e}");
+        }
+        let mut ups: Vec<Arc<Upstream>> = upstreams.into_values().collect();
+        ups.sort_by(|a, b| a.name.cmp(&b.name));
+        self.table.store(Arc::new(Table {
+            routes,
+            upstreams: ups,
+            request_id_header: http::HeaderName::from_bytes(cfg.server.request_id_header.as_bytes())
+                .unwrap_or(http::HeaderName::from_static("x-request-id")),
+            server: cfg.server.clone(),
+            generation: p.generation,
+            errors,
+        }));
+        tracing::info!(generation = p.generation, "gateway configuration loaded");
+        Ok(())
+    }
+
+    /// Reload generation (1 after the first load).
+    pub fn generation(&self) -> u64 {
+        self.table.load().generation
+    }
+
+    /// Follows routes stored under [`config::ROUTE_PREFIX`]: loads them now and rebuilds the
+    /// table on every change (invalid ones are skipped and reported by [`Gateway::status`]).
+    pub async fn watch_store_routes(self: &Arc<Self>) -> Result<(), GatewayError> {
+        let Some(store) = self.store.clone() else { return Ok(()) };
+        let rev = self.load_store_routes(&store).await?;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut rev = rev;
+            loop {
+                let mut req = weft_store::WatchRequest::new(weft_store::KeyRange::prefix(config::ROUTE_PREFIX));
+                req.start_revision = rev + 1;
+                let mut w = match store.watch(req).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::warn!("route watch failed, retrying: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    match w.message().await {
+                        Some(Ok(m)) if m.events.is_empty() => continue,
+                        Some(Ok(_)) | Some(Err(_)) | None => {}
+                    }
+                    let Some(gw) = weak.upgrade() else { return };
+                    match gw.load_store_routes(&store).await {
+                        Ok(r) => rev = r,
+                        Err(e) => tracing::warn!("reloading store routes failed: {e}"),
+                    }
+                    break;
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn load_store_routes(&self, store: &Arc<dyn Store>) -> Result<i64, GatewayError> {
+        let r = store.get_prefix(config::ROUTE_PREFIX).await?;
+        let mut routes = BTreeMap::new();
+        for kv in r.kvs {
+            let name = String::from_utf8_lossy(&kv.key[config::ROUTE_PREFIX.len()..]).into_owned();
+            let parsed = serde_json::from_slice::<RouteConfig>(&kv.value)
+                .map_err(|e| format!("not a route: {e}"))
+                .and_then(|rc| {
+                    if rc.name != name {
+                        Err(format!("the key names route {name:?} but the value names {:?}", rc.name))
+                    } else {
+                        Ok(rc)
+                    }
+                });
+            routes.insert(name, parsed);
+        }
+        let mut p = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+        if p.store_routes != routes || p.generation == 0 {
+            p.store_routes = routes;
+            self.rebuild(&mut p)?;
+        }
+        Ok(r.header.revision)
+    }
+
+    /// Counts one request in the shared one-second window of (`route`, `key`) in the store:
+    /// every gateway on the store shares the count, so limits do not multiply with the number
+    /// of instances. Err(Some(wait)) when over, Err(None) when the store fails.
+    pub(crate) async fn global_limit(&self, route: &str, key: &str, per_second: u32, burst: u32) -> Result<(), Option<Duration>> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let window = now.as_secs();
+        let lease = {
+            let cached = self.persist.lock().unwrap_or_else(|e| e.into_inner()).lease;
+            match cached {
+                Some((w, id)) if w == window => id,
+                _ => {
+                    let id = store.lease_grant(3, 0).await.map_err(|_| None)?.id;
+                    self.persist.lock().unwrap_or_else(|e| e.into_inner()).lease = Some((window, id));
+                    id
+                }
+            }
+        };
+        let mut req = weft_store::PutRequest::new(
+            format!("/weft/gateway/ratelimit/{route}/{key}/{window}"),
+            bytes::Bytes::new(),
+        );
+        req.lease = lease;
+        req.prev_kv = true;
+        let r = store.put(req).await.map_err(|_| None)?;
+        let count = r.prev_kv.map(|kv| kv.version).unwrap_or(0) + 1;
+        if count as u64 <= per_second.max(burst) as u64 {
+            Ok(())
+        } else {
+            Err(Some(Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos() as u64)))
+        }
+    }
+
+    /// JSON status for the admin API: routes, upstreams with endpoint state, breaker states,
+    /// rejected store routes.
+    pub fn status(&self) -> serde_json::Value {
+        let t = self.table.load();
+        let now = tokio::time::Instant::now();
+        let routes: Vec<_> = t
+            .routes
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "name": r.name,
+                    "config": r.cfg,
+                    "upstream": r.upstream.name,
+                    "breaker": r.breaker.as_ref().map(|b| format!("{:?}", b.state()).to_lowercase()),
+                })
+            })
+            .collect();
+        let upstreams: Vec<_> = t
+            .upstreams
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "name": u.name,
+                    "service": u.cfg.service,
+                    "balance": u.cfg.balance,
+                    "endpoints": u.endpoints().iter().map(|e| e.to_json(now)).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "generation": t.generation,
+            "routes": routes,
+            "upstreams": upstreams,
+            "errors": t.errors,
+        })
+    }
+
+    /// Stores a route under [`config::ROUTE_PREFIX`] after validating it against the current
+    /// file configuration (every gateway watching the store picks it up).
+    pub async fn put_route(&self, route: RouteConfig) -> Result<(), GatewayError> {
+        let store = self.store.as_ref().ok_or_else(|| ConfigError::Invalid {
+            origin: "admin".into(),
+            line: None,
+            path: "route".into(),
+            message: "this gateway has no store; edit the config file instead".into(),
+        })?;
+        let mut c = self.persist.lock().unwrap_or_else(|e| e.into_inner()).file.clone();
+        if c.routes.iter().any(|r| r.name == route.name) {
+            return Err(ConfigError::Invalid {
+                origin: "admin".into(),
+                line: None,
+                path: "route.name".into(),
+                message: format!("route {:?} is defined in the config file", route.name),
+            }
+            .into());
+        }
+        c.routes = vec![route.clone()];
+        c.validate("route", true)?;
+        store
+            .put_kv(
+                format!("{}{}", config::ROUTE_PREFIX, route.name),
+                serde_json::to_vec(&route).expect("serializable"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a stored route; false if there was none.
+    pub async fn delete_route(&self, name: &str) -> Result<bool, GatewayError> {
+        let Some(store) = &self.store else { return Ok(false) };
+        Ok(store.delete_key(format!("{}{name}", config::ROUTE_PREFIX)).await? > 0)
+    }
+}

@@ -1,0 +1,764 @@
+//! The request path: route → CORS → body limit → auth → rate limit → breaker → balanced,
+//! retried, deadline-bounded forwarding with streamed bodies → response.
+//!
+//! Accounting rules (so nothing is counted twice):
+//! - endpoint outlier ejection sees every *attempt* on that endpoint (connect error or 5xx is
+//!   a failure);
+//! - the route's breaker sees one outcome per *client request*, after retries: a request that
+//!   failed on one endpoint and succeeded on the next is a success for the route;
+//! - answers the gateway makes itself (no route, auth, rate limit, no healthy endpoint) are
+//!   not upstream outcomes: the breaker ignores them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::{Duration, Instant};
+use tower::retry::budget::{Budget, TpsBudget};
+use weft_resilience::circuit::CircuitBreaker;
+use weft_resilience::ratelimit::RateLimiter;
+use weft_resilience::Outcome;
+
+use crate::auth::Authenticator;
+use crate::config::{BreakerConfig, CorsConfig, RateKey, RouteConfig, ServerConfig};
+use crate::error::Reason;
+use crate::lb::PickCtx;
+use crate::route::Matcher;
+use crate::upstream::Upstream;
+use crate::Gateway;
+
+/// Body type of requests sent upstream and responses sent to clients.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+/// Boxed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) type HttpClient = Client<HttpConnector, Body>;
+
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+pub(crate) fn build_client(cfg: &ServerConfig, h2: bool) -> HttpClient {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(Duration::from_millis(cfg.connect_timeout_ms)));
+    conn.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .http2_only(h2)
+        .build(conn)
+}
+
+pub(crate) fn build_breaker(route: &str, b: &BreakerConfig) -> Result<CircuitBreaker, String> {
+    CircuitBreaker::builder(format!("route:{route}"))
+        .failure_rate(b.failure_rate)
+        .count_window(b.window)
+        .minimum_calls(b.minimum_calls)
+        .wait_in_open(
+            Duration::from_millis(b.open_ms),
+            2.0,
+            Duration::from_millis(b.max_open_ms.max(b.open_ms)),
+        )
+        .half_open(b.probes, Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// A compiled route.
+pub(crate) struct Route {
+    pub name: String,
+    pub cfg: RouteConfig,
+    pub matcher: Matcher,
+    pub upstream: Arc<Upstream>,
+    pub auth: Option<Arc<Authenticator>>,
+    pub breaker: Option<Arc<CircuitBreaker>>,
+    pub limiter: Option<Arc<RateLimiter<String>>>,
+    pub budget: Option<Arc<TpsBudget>>,
+    pub add_headers: Vec<(HeaderName, HeaderValue)>,
+    pub remove_headers: Vec<HeaderName>,
+    pub add_response_headers: Vec<(HeaderName, HeaderValue)>,
+    pub retry_methods: Vec<Method>,
+    pub counters: [metrics::Counter; 6],
+    pub latency: metrics::Histogram,
+}
+
+impl Route {
+    pub(crate) fn new(
+        cfg: RouteConfig,
+        upstream: Arc<Upstream>,
+        auth: Option<Arc<Authenticator>>,
+        breaker: Option<Arc<CircuitBreaker>>,
+        limiter: Option<Arc<RateLimiter<String>>>,
+        budget: Option<Arc<TpsBudget>>,
+    ) -> Route {
+        let hv = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| {
+                    (
+                        HeaderName::from_bytes(k.as_bytes()).expect("validated"),
+                        HeaderValue::from_str(v).expect("validated"),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let retry_methods = match &cfg.retry {
+            Some(r) if !r.methods.is_empty() => r
+                .methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).expect("validated"))
+                .collect(),
+            _ => vec![
+                Method::GET,
+                Method::HEAD,
+                Method::OPTIONS,
+                Method::TRACE,
+                Method::PUT,
+                Method::DELETE,
+            ],
+        };
+        let name = cfg.name.clone();
+        let up = upstream.name.clone();
+        let counter = |class: &'static str| {
+            metrics::counter!("weft_gateway_requests_total", "route" => name.clone(), "upstream" => up.clone(), "status" => class)
+        };
+        Route {
+            matcher: Matcher::new(&cfg),
+            add_headers: hv(&cfg.add_headers),
+            remove_headers: cfg
+                .remove_headers
+                .iter()
+                .map(|h| HeaderName::from_bytes(h.as_bytes()).expect("validated"))
+                .collect(),
+            add_response_headers: hv(&cfg.add_response_headers),
+            counters: [
+                counter("1xx"),
+                counter("2xx"),
+                counter("3xx"),
+                counter("4xx"),
+                counter("5xx"),
+                counter("other"),
+            ],
+            latency: metrics::histogram!("weft_gateway_request_duration_seconds", "route" => name.clone()),
+            name,
+            retry_methods,
+            cfg,
+            upstream,
+            auth,
+            breaker,
+            limiter,
+            budget,
+        }
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    let te_trailers = h
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for n in HOP_BY_HOP.iter() {
+        h.remove(n);
+    }
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                .unwrap_or(false)
+        })
+}
+
+/// A response the gateway makes itself.
+pub(crate) fn answer(reason: Reason, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": reason.as_str(), "message": message }).to_string();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = reason.status();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
+    r
+}
+
+fn status_class(s: StatusCode) -> usize {
+    match s.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+fn walk_errors(e: &(dyn std::error::Error + 'static)) -> (bool, bool) {
+    // (body too large, connect error)
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut too_large = false;
+    while let Some(c) = cur {
+        if c.is::<http_body_util::LengthLimitError>() {
+            too_large = true;
+        }
+        cur = c.source();
+    }
+    (too_large, false)
+}
+
+/// Request id: `<16 hex seed><16 hex counter>`.
+pub(crate) struct RequestIds {
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl RequestIds {
+    pub(crate) fn new() -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ (std::process::id() as u64).rotate_left(32);
+        RequestIds { seed, counter: AtomicU64::new(0) }
+    }
+    fn next(&self) -> HeaderValue {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:016x}{:016x}", self.seed, n)).expect("hex is a valid header")
+    }
+}
+
+fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+struct AccessEntry<'a> {
+    start: Instant,
+    method: &'a Method,
+    path: &'a str,
+    route: &'a str,
+    upstream: &'a str,
+    endpoint: &'a str,
+    consumer: &'a str,
+    remote: SocketAddr,
+    request_id: &'a HeaderValue,
+    attempts: u32,
+}
+
+impl Gateway {
+    /// Handles one client request.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+        let start = Instant::now();
+        let table = self.table.load_full();
+        let server = &table.server;
+        let rid_header = &table.request_id_header;
+        let request_id = match req.headers().get(rid_header) {
+            Some(v) if sane_request_id(v) => v.clone(),
+            _ => self.ids.next(),
+        };
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut log = AccessEntry {
+            start,
+            method: &method,
+            path: &path,
+            route: "",
+            upstream: "",
+            endpoint: "",
+            consumer: "",
+            remote,
+            request_id: &request_id,
+            attempts: 0,
+        };
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+        let found = table.routes.iter().find_map(|r| {
+            r.matcher
+                .matches(&method, host.as_deref(), &path, req.uri().query(), req.headers())
+                .map(|m| (r, m))
+        });
+        let mut resp = match found {
+            None => {
+                metrics::counter!("weft_gateway_no_route_total").increment(1);
+                answer(Reason::NoRoute, &format!("no route for {method} {path}"))
+            }
+            Some((route, matched)) => {
+                log.route = &route.name;
+                log.upstream = &route.upstream.name;
+                let mut endpoint = String::new();
+                let mut consumer = String::new();
+                let mut attempts = 0;
+                let r = self
+                    .forward(route, server, req, matched.path_and_query, remote, &request_id, &mut endpoint, &mut consumer, &mut attempts)
+                    .await;
+                let mut r = r;
+                for (k, v) in &route.add_response_headers {
+                    r.headers_mut().insert(k.clone(), v.clone());
+                }
+                route.counters[status_class(r.status())].increment(1);
+                route.latency.record(start.elapsed().as_secs_f64());
+                log.attempts = attempts;
+                self.access_log(&log, &r, &endpoint, &consumer);
+                r.headers_mut().insert(rid_header.clone(), request_id.clone());
+                return r;
+            }
+        };
+        self.access_log(&log, &resp, "", "");
+        resp.headers_mut().insert(rid_header.clone(), request_id.clone());
+        resp
+    }
+
+    fn access_log(&self, e: &AccessEntry<'_>, r: &Response<Body>, endpoint: &str, consumer: &str) {
+        let Some(tx) = &self.access else { return };
+        let line = serde_json::json!({
+            "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+            "request_id": e.request_id.to_str().unwrap_or(""),
+            "remote": e.remote.to_string(),
+            "method": e.method.as_str(),
+            "path": e.path,
+            "route": e.route,
+            "upstream": e.upstream,
+            "endpoint": if endpoint.is_empty() { e.endpoint } else { endpoint },
+            "consumer": if consumer.is_empty() { e.consumer } else { consumer },
+            "status": r.status().as_u16(),
+            "reason": r.headers().get("x-weft-reason").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            "attempts": e.attempts,
+            "duration_ms": e.start.elapsed().as_secs_f64() * 1000.0,
+        })
+        .to_string();
+        if tx.try_send(line).is_err() {
+            metrics::counter!("weft_gateway_access_log_dropped_total").increment(1);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        route: &Route,
+        server: &ServerConfig,
+        req: Request<Incoming>,
+        path_and_query: String,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+        endpoint_out: &mut String,
+        consumer_out: &mut String,
+        attempts_out: &mut u32,
+    ) -> Response<Body> {
+        let (origin_ok, cors) = match &route.cfg.cors {
+            Some(c) => {
+                let origin = req.headers().get(header::ORIGIN).cloned();
+                if let Some(o) = &origin {
+                    if req.method() == Method::OPTIONS
+                        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+                    {
+                        return preflight(c, o);
+                    }
+                }
+                (origin.filter(|o| origin_allowed(c, o)), Some(c))
+            }
+            None => (None, None),
+        };
+        let mut resp = self
+            .forward_inner(route, server, req, path_and_query, remote, request_id, endpoint_out, consumer_out, attempts_out)
+            .await;
+        if let (Some(c), Some(o)) = (cors, origin_ok) {
+            let h = resp.headers_mut();
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, if c.origins.iter().any(|x| x == "*") && !c.credentials { HeaderValue::from_static("*") } else { o });
+            h.append(header::VARY, HeaderValue::from_static("origin"));
+            if c.credentials {
+                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            }
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_inner(
+        &self,
+        route: &Route,
+        server: &ServerConfig,
+        req: Request<Incoming>,
+        path_and_query: String,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+        endpoint_out: &mut String,
+        consumer_out: &mut String,
+        attempts_out: &mut u32,
+    ) -> Response<Body> {
+        let max_body = route.cfg.max_body_bytes.unwrap_or(server.max_body_bytes);
+        let content_length = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if content_length.is_some_and(|l| l > max_body) {
+            return answer(Reason::BodyTooLarge, &format!("body of {} bytes is over the limit of {max_body} bytes", content_length.unwrap_or(0)));
+        }
+        // Authentication.
+        let consumer = match &route.auth {
+            Some(a) => match a.authenticate(req.headers(), req.uri().query()) {
+                Ok(c) => Some(c),
+                Err(f) => {
+                    let mut r = answer(Reason::Unauthorized, &f.message);
+                    if let Ok(v) = HeaderValue::from_str(&f.challenge) {
+                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                    }
+                    return r;
+                }
+            },
+            None => None,
+        };
+        if let Some(c) = &consumer {
+            consumer_out.clone_from(c);
+        }
+        // Rate limit.
+        if let Some(rl) = &route.cfg.rate_limit {
+            let key = match rl.by {
+                RateKey::Consumer => consumer.clone().unwrap_or_else(|| remote.ip().to_string()),
+                RateKey::Ip => remote.ip().to_string(),
+                RateKey::Route => String::new(),
+            };
+            let verdict = if rl.global {
+                self.global_limit(&route.name, &key, rl.per_second, rl.burst.unwrap_or(rl.per_second)).await
+            } else {
+                match &route.limiter {
+                    Some(l) => l.check(&key).map_err(|e| Some(e.retry_after)),
+                    None => Ok(()),
+                }
+            };
+            match verdict {
+                Ok(()) => {}
+                Err(Some(after)) => {
+                    let mut r = answer(Reason::RateLimited, "rate limit exceeded");
+                    let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    return r;
+                }
+                Err(None) => return answer(Reason::LimiterUnavailable, "the shared rate limiter is unavailable"),
+            }
+        }
+        // Breaker.
+        let permit = match &route.breaker {
+            Some(b) => match b.try_acquire() {
+                Ok(p) => Some(p),
+                Err(e) => return answer(Reason::BreakerOpen, &format!("route {} is failing: {e}", route.name)),
+            },
+            None => None,
+        };
+        let (resp, outcome) = self
+            .attempts(route, server, req, path_and_query, remote, request_id, consumer.as_deref(), max_body, content_length, endpoint_out, attempts_out)
+            .await;
+        if let (Some(b), Some(p)) = (&route.breaker, permit) {
+            b.record(p, outcome);
+        }
+        resp
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        route: &Route,
+        server: &ServerConfig,
+        mut req: Request<Incoming>,
+        path_and_query: String,
+        remote: SocketAddr,
+        request_id: &HeaderValue,
+        consumer: Option<&str>,
+        max_body: u64,
+        content_length: Option<u64>,
+        endpoint_out: &mut String,
+        attempts_out: &mut u32,
+    ) -> (Response<Body>, Outcome) {
+        let deadline = route.cfg.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        let upgrade = is_upgrade(req.headers());
+        let client_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+        // Upstream request head.
+        let mut headers = req.headers().clone();
+        strip_hop_by_hop(&mut headers, upgrade);
+        let original_host = headers.get(header::HOST).cloned().or_else(|| {
+            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let ip = remote.ip().to_string();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        if let Some(h) = &original_host {
+            headers.insert("x-forwarded-host", h.clone());
+        }
+        headers.insert(HeaderName::from_bytes(server.request_id_header.as_bytes()).unwrap_or(HeaderName::from_static("x-request-id")), request_id.clone());
+        headers.remove("x-weft-consumer");
+        if let Some(c) = consumer {
+            if let Ok(v) = HeaderValue::from_str(c) {
+                headers.insert("x-weft-consumer", v);
+            }
+        }
+        for h in &route.remove_headers {
+            headers.remove(h);
+        }
+        for (k, v) in &route.add_headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let retry = route.cfg.retry.clone().unwrap_or(crate::config::RetryConfig { attempts: 1, ..Default::default() });
+        let method = req.method().clone();
+        let (req, body) = req.into_parts();
+        // A replayable body lets us retry.
+        let mut replay: Option<Bytes> = None;
+        let mut stream: Option<Body> = None;
+        let retryable_method = route.retry_methods.contains(&method) && !upgrade;
+        let bodyless = content_length == Some(0)
+            || (content_length.is_none() && !headers_has_body(&req.headers) && req.version < http::Version::HTTP_2)
+            || http_body::Body::is_end_stream(&body);
+        if bodyless {
+            replay = Some(Bytes::new());
+        } else if retry.attempts > 1 && retryable_method && content_length.is_some_and(|l| l <= retry.buffer_bytes) {
+            match Limited::new(body, max_body as usize).collect().await {
+                Ok(c) => replay = Some(c.to_bytes()),
+                Err(e) => {
+                    let (too_large, _) = walk_errors(&*e);
+                    return if too_large {
+                        (answer(Reason::BodyTooLarge, &format!("body is over the limit of {max_body} bytes")), Outcome::Ignore)
+                    } else {
+                        (answer(Reason::BadRequest, &format!("reading the request body failed: {e}")), Outcome::Ignore)
+                    };
+                }
+            }
+        } else {
+            stream = Some(Limited::new(body, max_body as usize).map_err(|e| -> BoxError { e }).boxed_unsync());
+        }
+        let max_attempts = if replay.is_some() && retryable_method { retry.attempts.max(1) } else { 1 };
+        let ctx = PickCtx { headers: &req.headers, path: req.uri.path(), ip: remote.ip() };
+        let mut tried: Vec<usize> = Vec::new();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            *attempts_out = attempt;
+            let Some((idx, ep, set)) = route.upstream.pick(&ctx, &tried) else {
+                return if attempt == 1 {
+                    (answer(Reason::NoHealthyUpstream, &format!("upstream {} has no usable endpoint", route.upstream.name)), Outcome::Ignore)
+                } else {
+                    (answer(Reason::NoHealthyUpstream, "no other usable endpoint to retry on"), Outcome::Failure)
+                };
+            };
+            tried.push(idx);
+            endpoint_out.clone_from(&ep.address);
+            let uri = http::Uri::builder()
+                .scheme("http")
+                .authority(ep.authority.clone())
+                .path_and_query(path_and_query.as_str())
+                .build();
+            let uri = match uri {
+                Ok(u) => u,
+                Err(e) => return (answer(Reason::BadRequest, &format!("cannot build the upstream URI: {e}")), Outcome::Ignore),
+            };
+            let body = match (&replay, stream.take()) {
+                (Some(b), _) => full(b.clone()),
+                (None, Some(s)) => s,
+                (None, None) => empty(),
+            };
+            let mut up = Request::new(body);
+            *up.method_mut() = method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = headers.clone();
+            if route.upstream.cfg.protocol == crate::config::Protocol::H2c {
+                *up.version_mut() = http::Version::HTTP_2;
+                up.headers_mut().remove(header::HOST);
+            } else if let Some(h) = &original_host {
+                up.headers_mut().insert(header::HOST, h.clone());
+            }
+            let client = if route.upstream.cfg.protocol == crate::config::Protocol::H2c { &self.client_h2 } else { &self.client_h1 };
+            let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
+            let mut limit = per_try.map(|d| Instant::now() + d);
+            let mut deadline_hit = false;
+            if let Some(d) = deadline {
+                if limit.is_none_or(|l| d <= l) {
+                    limit = Some(d);
+                    deadline_hit = true;
+                }
+            }
+            ep.in_flight.fetch_add(1, Ordering::Relaxed);
+            let guard = InFlight(ep.clone());
+            let t0 = Instant::now();
+            let fut = client.request(up);
+            let result = match limit {
+                Some(l) => match tokio::time::timeout_at(l, fut).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(()),
+                },
+                None => Ok(fut.await),
+            };
+            let now = Instant::now();
+            let outlier = &route.upstream.cfg.outlier;
+            let (failure_kind, resp) = match result {
+                Err(()) => {
+                    ep.observe_latency(now - t0);
+                    ep.record(true, outlier, &set, now);
+                    drop(guard);
+                    (Some(if deadline_hit { Reason::Deadline } else { Reason::UpstreamTimeout }), None)
+                }
+                Ok(Err(e)) => {
+                    let (too_large, _) = walk_errors(&e);
+                    if too_large {
+                        drop(guard);
+                        return (answer(Reason::BodyTooLarge, &format!("body is over the limit of {max_body} bytes")), Outcome::Ignore);
+                    }
+                    ep.record(true, outlier, &set, now);
+                    drop(guard);
+                    tracing::debug!(endpoint = %ep.address, "upstream error: {e:?}");
+                    (Some(if e.is_connect() { Reason::ConnectError } else { Reason::UpstreamError }), None)
+                }
+                Ok(Ok(r)) => {
+                    ep.observe_latency(now - t0);
+                    let failed = r.status().is_server_error();
+                    ep.record(failed, outlier, &set, now);
+                    (None, Some((r, guard)))
+                }
+            };
+            let retry_status = resp.as_ref().is_some_and(|(r, _)| retry.on_status.contains(&r.status().as_u16()));
+            let should_retry = (failure_kind.is_some() && failure_kind != Some(Reason::Deadline)) || retry_status;
+            let time_left = deadline.is_none_or(|d| Instant::now() < d);
+            if should_retry && attempt < max_attempts && time_left {
+                let budget_ok = route.budget.as_ref().is_none_or(|b| b.withdraw());
+                if budget_ok {
+                    metrics::counter!("weft_gateway_retries_total", "route" => route.name.clone()).increment(1);
+                    let backoff = Duration::from_millis((route.upstream.rng.next_f64() * (10u64 << attempt.min(4)) as f64) as u64);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                metrics::counter!("weft_gateway_retry_budget_exhausted_total", "route" => route.name.clone()).increment(1);
+            }
+            if let Some(b) = &route.budget {
+                if attempt == 1 {
+                    b.deposit();
+                }
+            }
+            return match (failure_kind, resp) {
+                (Some(reason), _) => (answer(reason, &format!("endpoint {}: {reason}", ep.address)), Outcome::Failure),
+                (None, Some((r, guard))) => {
+                    let outcome = if r.status().is_server_error() { Outcome::Failure } else { Outcome::Success };
+                    (self.relay(r, guard, client_upgrade), outcome)
+                }
+                (None, None) => (answer(Reason::UpstreamError, "no response"), Outcome::Failure),
+            };
+        }
+    }
+
+    fn relay(&self, mut r: Response<Incoming>, guard: InFlight, client_upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
+        if r.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client) = client_upgrade {
+                let upstream = hyper::upgrade::on(&mut r);
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    match tokio::try_join!(client, upstream) {
+                        Ok((c, u)) => {
+                            let mut c = hyper_util::rt::TokioIo::new(c);
+                            let mut u = hyper_util::rt::TokioIo::new(u);
+                            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                        }
+                        Err(e) => tracing::debug!("upgrade failed: {e}"),
+                    }
+                });
+                let (mut parts, _) = r.into_parts();
+                strip_hop_by_hop(&mut parts.headers, true);
+                return Response::from_parts(parts, empty());
+            }
+        }
+        let (mut parts, body) = r.into_parts();
+        strip_hop_by_hop(&mut parts.headers, false);
+        let body = body
+            .map_err(move |e| -> BoxError {
+                let _ = &guard;
+                Box::new(e)
+            })
+            .boxed_unsync();
+        Response::from_parts(parts, body)
+    }
+}
+
+fn headers_has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING) || h.contains_key(header::CONTENT_LENGTH)
+}
+
+/// Decrements an endpoint's in-flight count when the exchange (including the streamed
+/// response body) ends.
+pub(crate) struct InFlight(Arc<crate::upstream::Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn origin_allowed(c: &CorsConfig, o: &HeaderValue) -> bool {
+    c.origins.iter().any(|x| x == "*" || x.as_bytes() == o.as_bytes())
+}
+
+fn preflight(c: &CorsConfig, origin: &HeaderValue) -> Response<Body> {
+    if !origin_allowed(c, origin) {
+        return answer(Reason::BadRequest, "origin not allowed by the route's CORS policy");
+    }
+    let mut r = Response::new(empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, if c.origins.iter().any(|x| x == "*") && !c.credentials { HeaderValue::from_static("*") } else { origin.clone() });
+    if let Ok(v) = HeaderValue::from_str(&c.methods.join(", ")) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&c.headers.join(", ")) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(c.max_age_secs));
+    if c.credentials {
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    h.insert(header::VARY, HeaderValue::from_static("origin"));
+    r
+}
