@@ -1,0 +1,474 @@
+//! The gateway against real upstream servers on loopback.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Duration;
+
+fn two_endpoints(a: &TestUpstream, b: &TestUpstream, extra: &str) -> String {
+    format!(
+        r#"
+[[route]]
+name = "api"
+path_prefix = "/api"
+rewrite = ""
+upstream = "backend"
+add_headers = {{ "x-added" = "yes" }}
+remove_headers = ["x-secret"]
+add_response_headers = {{ "x-served-by" = "weft" }}
+
+[[upstream]]
+name = "backend"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+{extra}
+"#,
+        a.addr, b.addr
+    )
+}
+
+#[tokio::test]
+async fn routes_rewrites_and_forwards_headers() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let toml = format!(
+        "{}\n[[route]]\nname = \"user\"\npath_template = \"/users/{{id}}/posts/{{*rest}}\"\nrewrite = \"/v2/{{id}}/{{rest}}\"\nupstream = \"backend\"\n",
+        two_endpoints(&a, &b, "")
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let r = send(gw.addr, "GET", "/api/x/y?q=1", &[("x-secret", "s"), ("x-forwarded-for", "10.0.0.9")], b"").await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["path"], "/x/y?q=1");
+    assert_eq!(j["headers"]["x-added"], "yes");
+    assert!(j["headers"].get("x-secret").is_none());
+    assert_eq!(j["headers"]["x-forwarded-for"], "10.0.0.9, 127.0.0.1");
+    assert_eq!(j["headers"]["x-forwarded-proto"], "http");
+    assert!(j["headers"]["host"].as_str().unwrap().starts_with("127.0.0.1:"), "the client's Host is kept");
+    let rid = j["headers"]["x-request-id"].as_str().unwrap();
+    assert_eq!(rid.len(), 32);
+    assert_eq!(r.headers["x-request-id"], rid);
+    assert_eq!(r.headers["x-served-by"], "weft");
+    // A sane client request id is kept.
+    let r = send(gw.addr, "GET", "/api", &[("x-request-id", "abc-123")], b"").await;
+    assert_eq!(r.json()["headers"]["x-request-id"], "abc-123");
+    assert_eq!(r.json()["path"], "/");
+    // Template rewrite.
+    let r = get(gw.addr, "/users/42/posts/a/b").await;
+    assert_eq!(r.json()["path"], "/v2/42/a/b");
+    // No route.
+    let r = get(gw.addr, "/apix").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.reason(), "no-route");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn weighted_round_robin_spreads_by_weight() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\", weight = 3 }}, {{ address = \"{}\" }}]\n",
+        a.addr, b.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    for _ in 0..40 {
+        assert_eq!(get(gw.addr, "/").await.status, 200);
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 30);
+    assert_eq!(b.hits.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test]
+async fn consecutive_failures_eject_an_endpoint_and_state_survives_reload() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    a.fail.store(500, Ordering::SeqCst);
+    let extra = "[upstream.outlier]\nconsecutive_failures = 3\nbase_ejection_ms = 60000\npanic_threshold_percent = 0\n";
+    let toml = two_endpoints(&a, &b, extra);
+    let gw = TestGateway::start(&toml, None).await;
+    let mut failures = 0;
+    for _ in 0..20 {
+        if get(gw.addr, "/api/").await.status == 500 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 3, "three failures eject a; the rest go to b");
+    let st = gw.gw.status();
+    let eps = &st["upstreams"][0]["endpoints"];
+    let ea = eps.as_array().unwrap().iter().find(|e| e["address"] == a.addr.to_string()).unwrap();
+    assert_eq!(ea["ejected"], true);
+    assert_eq!(ea["ejections"], 1);
+    // A reload with a changed route keeps the ejection (state is per endpoint, not per table).
+    let toml2 = toml.replace("x-added", "x-added2");
+    gw.gw.reload(weft_gateway::Config::from_toml(&toml2, "t").unwrap()).unwrap();
+    assert_eq!(gw.gw.generation(), 2);
+    for _ in 0..10 {
+        let r = get(gw.addr, "/api/").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-added2"], "yes");
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn ejection_is_capped_and_panic_mode_uses_everything() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    a.fail.store(503, Ordering::SeqCst);
+    b.fail.store(503, Ordering::SeqCst);
+    let extra = "[upstream.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 50\npanic_threshold_percent = 0\n";
+    let gw = TestGateway::start(&two_endpoints(&a, &b, extra), None).await;
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr, "/api").await.status, 503);
+    }
+    let st = gw.gw.status();
+    let ejected = st["upstreams"][0]["endpoints"].as_array().unwrap().iter().filter(|e| e["ejected"] == true).count();
+    assert_eq!(ejected, 1, "at most 50% of 2 endpoints may be ejected");
+    // Panic threshold: with 1 of 2 usable (50%) and a threshold of 60%, both get traffic.
+    let extra = "[upstream.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 50\npanic_threshold_percent = 60\n";
+    let a2 = TestUpstream::start("a2").await;
+    let b2 = TestUpstream::start("b2").await;
+    a2.fail.store(500, Ordering::SeqCst);
+    let gw2 = TestGateway::start(&two_endpoints(&a2, &b2, extra), None).await;
+    for _ in 0..20 {
+        get(gw2.addr, "/api").await;
+    }
+    assert!(a2.hits.load(Ordering::SeqCst) >= 5, "panic mode keeps sending to the ejected endpoint: {}", a2.hits.load(Ordering::SeqCst));
+}
+
+#[tokio::test]
+async fn retries_only_idempotent_requests_on_another_endpoint() {
+    let b = TestUpstream::start("b").await;
+    // A port with nothing listening.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+upstream = "u"
+retry = {{ attempts = 2 }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{dead}" }}, {{ address = "{}" }}]
+outlier = {{ consecutive_failures = 0 }}
+"#,
+        b.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    for _ in 0..10 {
+        let r = get(gw.addr, "/").await;
+        assert_eq!(r.status, 200, "GET is retried on the other endpoint");
+    }
+    let mut connect_errors = 0;
+    for _ in 0..10 {
+        let r = send(gw.addr, "POST", "/", &[], b"x").await;
+        if r.status == 502 {
+            assert_eq!(r.reason(), "connect-error");
+            connect_errors += 1;
+        }
+    }
+    assert_eq!(connect_errors, 5, "POST is not retried: half of them hit the dead endpoint");
+}
+
+#[tokio::test]
+async fn retry_budget_limits_retries() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    a.fail.store(503, Ordering::SeqCst);
+    b.fail.store(503, Ordering::SeqCst);
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+upstream = "u"
+retry = {{ attempts = 2, budget_ratio = 0.1, budget_min_per_sec = 1 }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+outlier = {{ consecutive_failures = 0 }}
+"#,
+        a.addr, b.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    for _ in 0..100 {
+        assert_eq!(get(gw.addr, "/").await.status, 503);
+    }
+    let total = a.hits.load(Ordering::SeqCst) + b.hits.load(Ordering::SeqCst);
+    // 100 requests; retries at most 10% of them plus the 1/s floor over the 10 s budget window.
+    assert!((100..=125).contains(&total), "{total} upstream attempts");
+}
+
+#[tokio::test]
+async fn breaker_opens_on_failures_and_answers_503() {
+    let a = TestUpstream::start("a").await;
+    a.fail.store(500, Ordering::SeqCst);
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+upstream = "u"
+breaker = {{ failure_rate = 50, window = 10, minimum_calls = 5, open_ms = 60000 }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}]
+outlier = {{ consecutive_failures = 0 }}
+"#,
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let r = get(gw.addr, "/").await;
+        statuses.push((r.status.as_u16(), r.reason().to_string()));
+    }
+    assert!(statuses[..5].iter().all(|s| s.0 == 500), "{statuses:?}");
+    assert!(statuses[5..].iter().all(|s| s.0 == 503 && s.1 == "breaker-open"), "{statuses:?}");
+    assert_eq!(a.hits.load(Ordering::SeqCst), 5);
+    assert_eq!(gw.gw.status()["routes"][0]["breaker"], "open");
+}
+
+#[tokio::test]
+async fn deadlines_and_per_try_timeouts() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+upstream = "u"
+timeout_ms = 200
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}]
+"#,
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let r = get(gw.addr, "/slow/2000").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.reason(), "deadline");
+    assert_eq!(get(gw.addr, "/slow/10").await.status, 200);
+}
+
+#[tokio::test]
+async fn body_limits_and_streaming() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[server]\nmax_body_bytes = 4000000\n[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let r = send(gw.addr, "POST", "/echo", &[], &big).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big.len());
+    assert!(r.body == big[..]);
+    let too_big = vec![0u8; 4_000_001];
+    let r = send(gw.addr, "POST", "/echo", &[], &too_big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.reason(), "body-too-large");
+    // Chunked (no length): the limit applies while streaming.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>(4);
+    tokio::spawn(async move {
+        for _ in 0..50 {
+            if tx.send(Ok(http_body::Frame::data(bytes::Bytes::from(vec![1u8; 100_000])))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
+    let req = http::Request::post(format!("http://{}/echo", gw.addr)).body(body).unwrap();
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let resp = c.request(req).await;
+    // Either the gateway answers 413, or the exchange is cut; the upstream never gets more
+    // than the limit.
+    if let Ok(resp) = resp {
+        use http_body_util::BodyExt;
+        let status = resp.status();
+        let got = resp.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        assert!(status == 413 || got <= 4_000_000, "{status} {got}");
+    }
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_slow_headers_time_out() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[server]\nheader_read_timeout_ms = 300\n[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&buf));
+    // Slowloris: a partial head is cut after the header-read timeout.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "connection not closed");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    assert_eq!(a.hits.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn websocket_upgrades_pass_through() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    s.write_all(b"ping").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"echo:ping");
+}
+
+#[tokio::test]
+async fn h2c_to_clients_and_upstreams() {
+    let a = TestUpstream::start_h2("a").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nprotocol = \"h2c\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    for _ in 0..3 {
+        let req = http::Request::get(format!("http://{}/hello", gw.addr))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let resp = c.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let j: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(j["version"], "HTTP/2.0");
+        assert_eq!(j["path"], "/hello");
+    }
+}
+
+#[tokio::test]
+async fn active_health_checks_take_endpoints_out_and_back() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let extra = "[upstream.health_check]\ninterval_ms = 50\ntimeout_ms = 200\nhealthy_threshold = 2\nunhealthy_threshold = 2\n[upstream.outlier]\npanic_threshold_percent = 0\n";
+    let gw = TestGateway::start(&two_endpoints(&a, &b, extra), None).await;
+    a.health.store(503, Ordering::SeqCst);
+    let healthy = |gw: &TestGateway, addr: std::net::SocketAddr| {
+        gw.gw.status()["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["address"] == addr.to_string())
+            .unwrap()["healthy"]
+            .as_bool()
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if !healthy(&gw, a.addr) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!healthy(&gw, a.addr));
+    let before = a.hits.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr, "/api").await.server(), "b");
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), before);
+    a.health.store(200, Ordering::SeqCst);
+    for _ in 0..100 {
+        if healthy(&gw, a.addr) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(healthy(&gw, a.addr));
+}
+
+#[tokio::test]
+async fn sticky_hashing_on_a_header() {
+    let ups: Vec<TestUpstream> = futures::future::join_all((0..4).map(|i| TestUpstream::start(Box::leak(format!("s{i}").into_boxed_str())))).await;
+    for balance in ["ring_hash", "maglev"] {
+        let eps: Vec<String> = ups.iter().map(|u| format!("{{ address = \"{}\" }}", u.addr)).collect();
+        let toml = format!(
+            "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbalance = \"{balance}\"\nhash_on = \"header:x-user\"\nendpoints = [{}]\n",
+            eps.join(", ")
+        );
+        let gw = TestGateway::start(&toml, None).await;
+        let mut seen = std::collections::HashSet::new();
+        for user in 0..20 {
+            let u = format!("user{user}");
+            let first = send(gw.addr, "GET", "/", &[("x-user", &u)], b"").await.server();
+            for _ in 0..3 {
+                assert_eq!(send(gw.addr, "GET", "/", &[("x-user", &u)], b"").await.server(), first);
+            }
+            seen.insert(first);
+        }
+        assert!(seen.len() >= 3, "{balance}: users spread over {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn cors_preflight_and_headers() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\ncors = {{ origins = [\"https://app.example\"], credentials = true }}\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let r = send(gw.addr, "OPTIONS", "/", &[("origin", "https://app.example"), ("access-control-request-method", "PUT")], b"").await;
+    assert_eq!(r.status, 204);
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    assert!(r.headers["access-control-allow-methods"].to_str().unwrap().contains("PUT"));
+    assert_eq!(a.hits.load(Ordering::SeqCst), 0, "preflight answered by the gateway");
+    let r = send(gw.addr, "GET", "/", &[("origin", "https://app.example")], b"").await;
+    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example");
+    let r = send(gw.addr, "GET", "/", &[("origin", "https://evil.example")], b"").await;
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    let r = send(gw.addr, "OPTIONS", "/", &[("origin", "https://evil.example"), ("access-control-request-method", "PUT")], b"").await;
+    assert_eq!(r.status, 400);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow/300").await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gw.shutdown().await;
+    assert_eq!(slow.await.unwrap(), 200);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+}
