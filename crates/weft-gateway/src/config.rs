@@ -403,7 +403,7 @@ impl Default for OutlierConfig {
 
 /// An authentication provider.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "serde_json::Value")]
 pub struct AuthConfig {
     /// Name routes refer to.
     pub name: String,
@@ -412,9 +412,29 @@ pub struct AuthConfig {
     pub method: AuthMethod,
 }
 
+impl TryFrom<serde_json::Value> for AuthConfig {
+    type Error = String;
+
+    // `flatten` cannot be combined with `deny_unknown_fields`; split the name off by hand so
+    // misspelt fields are still errors.
+    fn try_from(v: serde_json::Value) -> Result<Self, String> {
+        let serde_json::Value::Object(mut m) = v else {
+            return Err("an auth provider is a table".into());
+        };
+        let name = match m.remove("name") {
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err("auth `name` must be a string".into()),
+            None => return Err("missing field `name`".into()),
+        };
+        let method = serde_json::from_value(serde_json::Value::Object(m))
+            .map_err(|e| format!("auth {name:?}: {e} (kind is api_key, basic or jwt)"))?;
+        Ok(AuthConfig { name, method })
+    }
+}
+
 /// Authentication methods.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthMethod {
     /// A key in a header (or `?query` parameter) mapped to a consumer.
     ApiKey {
@@ -483,7 +503,7 @@ impl Config {
         let cfg: Config = toml::from_str(src).map_err(|e| {
             let line = e
                 .span()
-                .map(|s| src[..s.start.min(src.len())].lines().count().max(1));
+                .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
             ConfigError::Parse {
                 origin: origin.to_string(),
                 line,
@@ -733,4 +753,62 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(src: &str) -> String {
+        Config::from_toml(src, "gw.toml").unwrap_err().to_string()
+    }
+
+    const UP: &str = "[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"127.0.0.1:9000\" }]\n";
+
+    #[test]
+    fn errors_point_at_the_line_and_field() {
+        assert_eq!(
+            err("[server]\nmax_body_bytes = \"big\"\n"),
+            "gw.toml:2: invalid type: string \"big\", expected u64"
+        );
+        let e = err("[[route]]\nname = \"r\"\nupstream = \"u\"\ncolour = 1\n");
+        assert!(e.starts_with("gw.toml:4: unknown field `colour`"), "{e}");
+        let e = err(&format!("{UP}\n[[route]]\nname = \"a\"\nupstream = \"u\"\n\n[[route]]\nname = \"b\"\nupstream = \"u\"\nmethods = [\"GE T\"]\n"));
+        assert_eq!(e, "gw.toml:9: route[1].methods: \"GE T\" is not an HTTP method");
+        let e = err("[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"nohost\" }]\n");
+        assert_eq!(e, "gw.toml:1: upstream[0].endpoints.address: \"nohost\" needs a port (host:port)");
+        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\npath = \"/a\"\npath_prefix = \"/b\"\n"));
+        assert!(e.contains("route[0].path: give at most one of"), "{e}");
+        let e = err("[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\nbalance = \"maglev\"\n");
+        assert!(e.contains("upstream[0].hash_on: ring_hash and maglev need hash_on"), "{e}");
+        let e = err("[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\nbalance = \"fastest\"\n");
+        assert!(e.contains("unknown variant `fastest`"), "{e}");
+        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nauth = \"nobody\"\n"));
+        assert!(e.contains("route[0].auth: auth \"nobody\" is not defined"), "{e}");
+        let e = err(&format!("{UP}[[auth]]\nname = \"k\"\nkind = \"api_key\"\nkeys = {{ short = \"x\" }}\n"));
+        assert!(e.contains("auth[0].keys: key sho… is shorter than 16 characters"), "{e}");
+        let e = err(&format!("{UP}[[auth]]\nname = \"k\"\nkind = \"magic\"\n"));
+        assert!(e.contains("unknown variant `magic`"), "{e}");
+        let e = err(&format!("{UP}[[auth]]\nname = \"k\"\nkind = \"basic\"\nusers = {{ a = \"b\" }}\nrealmm = \"x\"\n"));
+        assert!(e.contains("unknown field `realmm`"), "{e}");
+        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nretry = {{ attempts = 0 }}\n"));
+        assert!(e.contains("route[0].retry.attempts: 0 must be within 1..=10"), "{e}");
+        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nbreaker = {{ failure_rate = 150.0 }}\n"));
+        assert!(e.contains("route[0].breaker:"), "{e}");
+        let e = err(&format!("{UP}{UP}"));
+        assert!(e.contains("gw.toml:4: upstream[1].name: duplicate upstream \"u\""), "{e}");
+    }
+
+    #[test]
+    fn routes_round_trip_through_json() {
+        let cfg = Config::from_toml(
+            &format!("{UP}[[route]]\nname = \"r\"\npath_template = \"/a/{{id}}\"\nrewrite = \"/b/{{id}}\"\nupstream = \"u\"\nretry = {{ attempts = 3 }}\n"),
+            "t",
+        )
+        .unwrap();
+        let json = serde_json::to_string(&cfg.routes[0]).unwrap();
+        let back: RouteConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, cfg.routes[0]);
+        assert_eq!(back.retry.as_ref().unwrap().on_status, vec![502, 503, 504]);
+    }
 }

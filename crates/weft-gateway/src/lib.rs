@@ -307,6 +307,38 @@ impl Gateway {
         Ok(())
     }
 
+    /// Reads, validates and applies a TOML file (errors name the file and line; the old
+    /// configuration stays on error).
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<(), GatewayError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let cfg = Config::from_toml(&text, &path.display().to_string())?;
+        self.reload(cfg)
+    }
+
+    /// Polls `path` every `every` and reloads when its content changes (editors that replace
+    /// the file are fine). Errors are logged and the running configuration is kept.
+    pub fn watch_file(self: &Arc<Self>, path: std::path::PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last = std::fs::read(&path).ok();
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(gw) = weak.upgrade() else { return };
+                let now = std::fs::read(&path).ok();
+                if now.is_some() && now != last {
+                    last = now;
+                    match gw.reload_file(&path) {
+                        Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                        Err(e) => tracing::error!("configuration not reloaded: {e}"),
+                    }
+                }
+            }
+        })
+    }
+
     /// Reload generation (1 after the first load).
     pub fn generation(&self) -> u64 {
         self.table.load().generation

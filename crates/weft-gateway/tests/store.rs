@@ -1,0 +1,166 @@
+//! The gateway on a store: discovered upstreams, routes kept in the store, shared rate limits,
+//! file reloads.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use tokio::time::Duration;
+use weft_coord::{Instance, Registry, Session, SessionOptions};
+use weft_store::Store;
+
+async fn store() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = weft_store::embedded::Embedded::open(dir.path(), Default::default()).await.unwrap();
+    (Arc::new(s), dir)
+}
+
+async fn until(mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached in 4 s");
+}
+
+#[tokio::test]
+async fn discovered_upstreams_follow_registrations() {
+    let (store, _dir) = store().await;
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let toml = "[[route]]\nname = \"r\"\nupstream = \"users\"\n\n[[upstream]]\nname = \"users\"\nservice = \"users\"\ntags = [\"v2\"]\n";
+    let gw = TestGateway::start(toml, Some(store.clone())).await;
+    let r = get(gw.addr, "/").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.reason(), "no-healthy-upstream");
+    let session = Session::new(store.clone(), SessionOptions::default()).await.unwrap();
+    let reg = Registry::new(store.clone());
+    let mut ia = Instance::new("a", a.addr.to_string());
+    ia.tags = vec!["v2".into()];
+    let ra = reg.register(&session, "users", ia, None).await.unwrap();
+    // Wrong tag: never used.
+    let rb = reg.register(&session, "users", Instance::new("b", b.addr.to_string()), None).await.unwrap();
+    until(|| gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().len() == 1).await;
+    for _ in 0..5 {
+        assert_eq!(get(gw.addr, "/").await.server(), "a");
+    }
+    assert_eq!(b.hits.load(Ordering::SeqCst), 0);
+    ra.deregister().await.unwrap();
+    until(|| gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().is_empty()).await;
+    assert_eq!(get(gw.addr, "/").await.status, 503);
+    drop(rb);
+}
+
+#[tokio::test]
+async fn routes_in_the_store_are_validated_and_hot_reloaded() {
+    let (store, _dir) = store().await;
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[upstream]]\nname = \"static\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, Some(store.clone())).await;
+    assert_eq!(get(gw.addr, "/new/x").await.status, 404);
+    let route: weft_gateway::config::RouteConfig = serde_json::from_value(serde_json::json!({
+        "name": "new", "path_prefix": "/new", "rewrite": "", "upstream": "static"
+    }))
+    .unwrap();
+    gw.gw.put_route(route).await.unwrap();
+    let addr = gw.addr;
+    for _ in 0..200 {
+        if get(addr, "/new/x").await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = get(addr, "/new/x").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["path"], "/x");
+    // Invalid routes are refused by the API, and skipped with a reason when written directly.
+    let bad: weft_gateway::config::RouteConfig = serde_json::from_value(serde_json::json!({
+        "name": "bad", "path_prefix": "nope", "upstream": "static"
+    }))
+    .unwrap();
+    let e = gw.gw.put_route(bad).await.unwrap_err().to_string();
+    assert!(e.contains("route[0].path_prefix") && e.contains("must start with '/'"), "{e}");
+    use weft_store::StoreExt;
+    store.put_kv("/weft/gateway/routes/broken", "{\"name\": 1}").await.unwrap();
+    until(|| gw.gw.status()["errors"].as_array().unwrap().len() == 1).await;
+    let err = gw.gw.status()["errors"][0].as_str().unwrap().to_string();
+    assert!(err.contains("/weft/gateway/routes/broken") && err.contains("not a route"), "{err}");
+    assert_eq!(get(addr, "/new/x").await.status, 200, "good routes keep working");
+    assert!(gw.gw.delete_route("new").await.unwrap());
+    for _ in 0..200 {
+        if get(addr, "/new/x").await.status == 404 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(addr, "/new/x").await.status, 404);
+}
+
+#[tokio::test]
+async fn global_rate_limits_are_shared_by_gateways() {
+    let (store, _dir) = store().await;
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\nrate_limit = {{ per_second = 5, by = \"route\", global = true }}\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let g1 = TestGateway::start(&toml, Some(store.clone())).await;
+    let g2 = TestGateway::start(&toml, Some(store.clone())).await;
+    // Start at the beginning of a wall-clock second so all requests fall in one window.
+    loop {
+        let sub = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis();
+        if sub < 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1000 - sub as u64 + 5)).await;
+    }
+    let mut ok = 0;
+    for i in 0..20 {
+        let gw = if i % 2 == 0 { &g1 } else { &g2 };
+        let r = get(gw.addr, "/").await;
+        match r.status.as_u16() {
+            200 => ok += 1,
+            429 => assert_eq!(r.reason(), "rate-limited"),
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(ok, 5, "5 per second in all, not 5 per gateway");
+}
+
+#[tokio::test]
+async fn config_file_changes_are_applied_and_bad_ones_kept_out() {
+    let a = TestUpstream::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let v1 = format!(
+        "[[route]]\nname = \"r\"\npath_prefix = \"/one\"\nrewrite = \"\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    std::fs::write(&path, &v1).unwrap();
+    let gw = TestGateway::start(&v1, None).await;
+    let _watch = gw.gw.watch_file(path.clone(), Duration::from_millis(50));
+    assert_eq!(get(gw.addr, "/one").await.status, 200);
+    // Keep a connection busy across the reload: it must not be dropped.
+    let addr = gw.addr;
+    let slow = tokio::spawn(async move { get(addr, "/one/slow/400").await.status });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    std::fs::write(&path, v1.replace("/one", "/two")).unwrap();
+    until(|| gw.gw.generation() == 2).await;
+    assert_eq!(get(gw.addr, "/two").await.status, 200);
+    assert_eq!(get(gw.addr, "/one").await.status, 404);
+    assert_eq!(slow.await.unwrap(), 200, "the request in flight during the reload completed");
+    // A broken file is reported and the running table stays.
+    std::fs::write(&path, "[[route]]\nname = \"r\"\nupstream = \"missing\"\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.gw.generation(), 2);
+    assert_eq!(get(gw.addr, "/two").await.status, 200);
+    let e = gw.gw.reload_file(&path).unwrap_err().to_string();
+    assert!(e.ends_with("gw.toml:1: route[0].upstream: upstream \"missing\" is not defined (defined: none)"), "{e}");
+}
