@@ -312,6 +312,11 @@ pub struct UpstreamConfig {
     /// Only discovered instances carrying all these tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Discovery protection: if the discovered set shrinks below this percentage of the
+    /// served set in one change, keep serving the old set (guards against a registry glitch
+    /// emptying the upstream; outlier ejection then handles the dead ones). 0 (default) off.
+    #[serde(default)]
+    pub protection_percent: u32,
     /// Algorithm.
     #[serde(default)]
     pub balance: Balance,
@@ -740,6 +745,9 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
         if h.kind == CheckKind::Http && !h.path.starts_with('/') {
             return Err(("health_check.path", "must start with '/'".into()));
         }
+    }
+    if u.protection_percent > 100 {
+        return Err(("protection_percent", "must be within 0..=100".into()));
     }
     let o = &u.outlier;
     if o.max_ejection_percent > 100 || o.panic_threshold_percent > 100 {

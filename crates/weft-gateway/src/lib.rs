@@ -53,7 +53,7 @@ use weft_store::{Store, StoreExt};
 
 pub use config::Config;
 pub use error::{ConfigError, GatewayError, Reason};
-pub use server::{serve, serve_admin};
+pub use server::{serve, serve_admin, MetricsRender};
 
 use crate::auth::Authenticator;
 use crate::config::{BreakerConfig, RateLimitConfig, RetryConfig, RouteConfig, UpstreamConfig};

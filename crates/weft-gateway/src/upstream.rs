@@ -285,6 +285,10 @@ impl Upstream {
         registry: Arc<EndpointRegistry>,
     ) {
         let Some(service) = self.cfg.service.clone() else { return };
+        let opts = weft_coord::CacheOptions {
+            protection_threshold: self.cfg.protection_percent as f64 / 100.0,
+            ..Default::default()
+        };
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let reg = weft_coord::Registry::new(store);
@@ -292,7 +296,7 @@ impl Upstream {
                 let cache = weft_coord::ServiceCache::new(
                     &reg,
                     &service,
-                    weft_coord::CacheOptions::default(),
+                    opts.clone(),
                 )
                 .await;
                 let mut cache = match cache {

@@ -164,3 +164,19 @@ async fn config_file_changes_are_applied_and_bad_ones_kept_out() {
     let e = gw.gw.reload_file(&path).unwrap_err().to_string();
     assert!(e.ends_with("gw.toml:1: route[0].upstream: upstream \"missing\" is not defined (defined: none)"), "{e}");
 }
+
+#[tokio::test]
+async fn discovery_protection_keeps_the_last_set_when_everything_vanishes() {
+    let (store, _dir) = store().await;
+    let a = TestUpstream::start("a").await;
+    let toml = "[[route]]\nname = \"r\"\nupstream = \"users\"\n\n[[upstream]]\nname = \"users\"\nservice = \"users\"\nprotection_percent = 50\n";
+    let gw = TestGateway::start(toml, Some(store.clone())).await;
+    let session = Session::new(store.clone(), SessionOptions::default()).await.unwrap();
+    let reg = Registry::new(store.clone());
+    let ra = reg.register(&session, "users", Instance::new("a", a.addr.to_string()), None).await.unwrap();
+    until(|| gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().len() == 1).await;
+    ra.deregister().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(get(gw.addr, "/").await.server(), "a");
+}

@@ -92,6 +92,12 @@ fn json_rejection(rej: JsonRejection) -> ApiError {
     }
 }
 
+/// Prometheus text of every metric recorded in this process (installs the recorder on first
+/// use), for processes that serve metrics elsewhere (e.g. the gateway's admin API).
+pub fn render_metrics() -> String {
+    metrics_handle().render()
+}
+
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE

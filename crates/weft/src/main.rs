@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod coordcli;
+mod gatewaycli;
 mod txn;
 
 use std::io::{Read, Write};
@@ -86,6 +87,16 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
+    },
+    /// Run an API gateway: routes, auth, rate limits, load balancing over static or discovered
+    /// upstreams, health checks, breakers; reloads its config on change and SIGHUP.
+    Gateway(gatewaycli::GatewayArgs),
+    /// Gateway routes kept in the store (picked up by every gateway on that store).
+    Route {
+        #[command(subcommand)]
+        cmd: gatewaycli::RouteCmd,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Sharding tools.
     Shard {
@@ -236,6 +247,16 @@ struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long)]
     etcd_listen: Option<SocketAddr>,
+    /// Also run the API gateway on this address (routes from --gateway-config and from the
+    /// store; upstreams may be services registered on this node).
+    #[arg(long)]
+    gateway_listen: Option<SocketAddr>,
+    /// Gateway configuration file (TOML), reloaded on change and on SIGHUP.
+    #[arg(long, requires = "gateway_listen")]
+    gateway_config: Option<PathBuf>,
+    /// Gateway admin API address (status, stored routes, metrics); uses --token.
+    #[arg(long, requires = "gateway_listen")]
+    gateway_admin: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -401,12 +422,21 @@ fn parse_retention(s: &str) -> Result<AutoCompact> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Cmd::Gateway(g) = &cli.cmd {
+        if let Some(n) = g.threads {
+            if n == 0 {
+                bail!("--threads must be at least 1");
+            }
+            rt.worker_threads(n);
+        }
+    }
+    let rt = rt.enable_all().build()?;
     let res = rt.block_on(async move {
         match cli.cmd {
             Cmd::Up(a) => up(a).await,
+            Cmd::Gateway(a) => gatewaycli::gateway(a).await,
+            Cmd::Route { cmd, conn } => gatewaycli::route(cmd, conn).await,
             Cmd::Kv { cmd, conn } => kv(cmd, conn).await,
             Cmd::Lease { cmd, conn } => lease(cmd, conn).await,
             Cmd::Svc { cmd, conn } => {
@@ -698,7 +728,7 @@ pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-async fn up(a: UpArgs) -> Result<()> {
+pub(crate) fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WEFT_LOG")
@@ -706,6 +736,10 @@ async fn up(a: UpArgs) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn up(a: UpArgs) -> Result<()> {
+    init_tracing();
     if !a.listen.ip().is_loopback() && a.token.as_deref().is_none_or(str::is_empty) {
         bail!(
             "refusing to listen on {} without a token: pass --token (or WEFT_TOKEN), or listen on loopback",
@@ -784,7 +818,36 @@ async fn up(a: UpArgs) -> Result<()> {
         }
         None => (None, None),
     };
+    let (gw_stop, gw_task) = match a.gateway_listen {
+        Some(addr) => {
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let store = store.clone();
+            let (config, admin, token) = (a.gateway_config.clone(), a.gateway_admin, a.token.clone());
+            // Start it here so configuration errors stop the node at once.
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+            let task = tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                let r = gatewaycli::run_gateway(config, addr, admin, token, Some(store), shutdown).await;
+                if let Err(e) = &r {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
+                }
+                r
+            });
+            // Give the gateway a moment to fail fast on a bad config or a busy port.
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), ready_rx).await {
+                bail!("gateway: {e}");
+            }
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
     weft_server::run(listener, store, cfg, shutdown_signal()).await?;
+    if let (Some(tx), Some(task)) = (gw_stop, gw_task) {
+        let _ = tx.send(true);
+        let _ = task.await;
+    }
     #[cfg(feature = "etcd")]
     if let (Some(tx), Some(task)) = (stop_tx, grpc) {
         let _ = tx.send(true);

@@ -1,0 +1,259 @@
+//! `weft gateway` (a stateless gateway process), the gateway inside `weft up`, and
+//! `weft route add|list|rm`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use weft_gateway::config::{RouteConfig, ROUTE_PREFIX};
+use weft_gateway::{Config, Gateway};
+
+use crate::client::Client;
+use crate::Conn;
+
+#[derive(Args)]
+pub(crate) struct GatewayArgs {
+    /// TOML configuration (routes, upstreams, auth); reloaded on change and on SIGHUP.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Proxy listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Admin API address (status, stored routes, metrics).
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
+    /// Bearer token for the admin API (required on non-loopback admin addresses).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Use this etcd cluster (or a weft node's --etcd-listen) as the store: discovered
+    /// upstreams, routes kept in the store, global rate limits.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// Starts a gateway on `store`: config file (optional) + stored routes, file watch, SIGHUP,
+/// admin API. Returns when `shutdown` completes.
+pub(crate) async fn run_gateway(
+    config: Option<PathBuf>,
+    listen: SocketAddr,
+    admin: Option<SocketAddr>,
+    token: Option<String>,
+    store: Option<Arc<dyn weft_store::Store>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    if let Some(a) = admin {
+        if !a.ip().is_loopback() && token.as_deref().is_none_or(str::is_empty) {
+            bail!("refusing to serve the gateway admin API on {a} without --token; use loopback or pass a token");
+        }
+    }
+    let cfg = match &config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Config::from_toml(&text, &p.display().to_string())?
+        }
+        None => Config::default(),
+    };
+    let gw = Gateway::new(cfg, store)?;
+    gw.watch_store_routes().await?;
+    if let Some(p) = &config {
+        gw.watch_file(p.clone(), Duration::from_secs(1));
+        let gw2 = gw.clone();
+        let p = p.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match gw2.reload_file(&p) {
+                    Ok(()) => tracing::info!("SIGHUP: configuration reloaded"),
+                    Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
+                }
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("gateway listening on http://{}", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = match admin {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on {a}"))?;
+            println!("gateway admin API on http://{}", l.local_addr()?);
+            let mut rx = stop_rx.clone();
+            let render: weft_gateway::MetricsRender =
+                Arc::new(weft_server::render_metrics);
+            Some(tokio::spawn(weft_gateway::serve_admin(
+                l,
+                gw.clone(),
+                Some(render),
+                token,
+                async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    weft_gateway::serve(listener, gw, shutdown).await?;
+    let _ = stop_tx.send(true);
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
+    crate::init_tracing();
+    #[cfg(feature = "etcd")]
+    let store: Option<Arc<dyn weft_store::Store>> = if a.etcd_endpoints.is_empty() {
+        None
+    } else {
+        let s = weft_store_etcd::EtcdStore::connect(&a.etcd_endpoints)
+            .await
+            .with_context(|| format!("cannot connect to etcd at {}", a.etcd_endpoints.join(",")))?;
+        Some(Arc::new(s))
+    };
+    #[cfg(not(feature = "etcd"))]
+    let store: Option<Arc<dyn weft_store::Store>> = None;
+    if a.config.is_none() && store.is_none() {
+        bail!("give --config FILE (and/or a store with --etcd-endpoints) so the gateway has routes");
+    }
+    run_gateway(a.config, a.listen, a.admin_listen, a.token, store, crate::shutdown_signal()).await
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RouteCmd {
+    /// Store a route (validated first); every gateway on the store picks it up.
+    Add {
+        /// Route name.
+        name: String,
+        /// Upstream name (or the discovered service of that name).
+        #[arg(long)]
+        upstream: String,
+        /// Path prefix.
+        #[arg(long, conflicts_with_all = ["path", "template"])]
+        prefix: Option<String>,
+        /// Exact path.
+        #[arg(long, conflicts_with = "template")]
+        path: Option<String>,
+        /// Path template, e.g. /users/{id}.
+        #[arg(long)]
+        template: Option<String>,
+        /// Rewrite of the matched prefix ("" strips it) or template.
+        #[arg(long)]
+        rewrite: Option<String>,
+        /// Hosts (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Methods (repeatable).
+        #[arg(long = "method")]
+        methods: Vec<String>,
+        /// Request deadline in milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Or: the whole route as JSON (fields as in the TOML [[route]] table).
+        #[arg(long, conflicts_with_all = ["prefix", "path", "template", "rewrite", "hosts", "methods", "timeout_ms"])]
+        spec: Option<String>,
+    },
+    /// List stored routes.
+    List,
+    /// Delete a stored route.
+    Rm {
+        /// Route name.
+        name: String,
+    },
+}
+
+pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
+    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    match cmd {
+        RouteCmd::Add {
+            name,
+            upstream,
+            prefix,
+            path,
+            template,
+            rewrite,
+            hosts,
+            methods,
+            timeout_ms,
+            spec: raw,
+        } => {
+            let r: RouteConfig = match raw {
+                Some(j) => {
+                    let mut v: Value = serde_json::from_str(&j).context("--spec is not JSON")?;
+                    v["name"] = json!(name);
+                    v["upstream"] = json!(upstream);
+                    serde_json::from_value(v).context("--spec is not a route")?
+                }
+                None => RouteConfig {
+                    name: name.clone(),
+                    upstream,
+                    path_prefix: prefix,
+                    path,
+                    path_template: template,
+                    rewrite,
+                    hosts,
+                    methods,
+                    timeout_ms,
+                    ..Default::default()
+                },
+            };
+            weft_gateway::config::validate_route(&r)
+                .map_err(|(field, msg)| anyhow::anyhow!("route {:?}: {field}: {msg}", r.name))?;
+            let value = serde_json::to_string(&r)?;
+            c.post(
+                "/v1/kv/put",
+                &json!({"key": format!("{ROUTE_PREFIX}{}", r.name), "value": value}),
+            )
+            .await?;
+            println!("route {} stored", r.name);
+        }
+        RouteCmd::List => {
+            let resp = c
+                .post("/v1/kv/range", &json!({"key": ROUTE_PREFIX, "prefix": true}))
+                .await?;
+            let kvs = resp["kvs"].as_array().cloned().unwrap_or_default();
+            if conn.json {
+                let routes: Vec<Value> = kvs
+                    .iter()
+                    .map(|kv| serde_json::from_str(kv["value"].as_str().unwrap_or("null")).unwrap_or(Value::Null))
+                    .collect();
+                println!("{}", Value::Array(routes));
+            } else {
+                for kv in kvs {
+                    let v: Value = serde_json::from_str(kv["value"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
+                    let m = v["path_prefix"]
+                        .as_str()
+                        .map(|p| format!("prefix {p}"))
+                        .or_else(|| v["path"].as_str().map(|p| format!("path {p}")))
+                        .or_else(|| v["path_template"].as_str().map(|p| format!("template {p}")))
+                        .unwrap_or_else(|| "any path".into());
+                    println!("{}\t{}\t-> {}", v["name"].as_str().unwrap_or("?"), m, v["upstream"].as_str().unwrap_or("?"));
+                }
+            }
+        }
+        RouteCmd::Rm { name } => {
+            let r = c
+                .post("/v1/kv/delete", &json!({"key": format!("{ROUTE_PREFIX}{name}")}))
+                .await?;
+            if r["deleted"].as_i64().unwrap_or(0) == 0 {
+                bail!("no stored route {name:?}");
+            }
+            println!("route {name} deleted");
+        }
+    }
+    Ok(())
+}

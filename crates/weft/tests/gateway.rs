@@ -1,0 +1,125 @@
+//! The gateway as processes: inside `weft up`, routed with `weft route`, over an instance
+//! registered with `weft svc register`; and `weft gateway` refusing a bad config.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{weft, BIN};
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let addr = addr.trim_start_matches("http://");
+    let mut s = match std::net::TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(_) => return (0, String::new()),
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Kill(std::process::Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn gateway_in_the_node_routes_to_registered_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = Command::new(BIN)
+        .args(["up", "--listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0", "--gateway-admin", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(node.stdout.take().unwrap());
+    let mut addrs = Vec::new();
+    while addrs.len() < 3 {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "node exited");
+        if let Some(a) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            addrs.push(a.to_string());
+        }
+    }
+    let _node = Kill(node);
+    let api = addrs.iter().find(|a| !a.is_empty()).unwrap().clone();
+    let (gw, admin) = (addrs[1].clone(), addrs[2].clone());
+    // No routes yet.
+    let (status, body) = http_get(&gw, "/api/health");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("x-weft-reason: no-route"), "{body}");
+    // The node's own HTTP API stands in for a service.
+    let reg = Kill(
+        Command::new(BIN)
+            .args(["svc", "register", "nodeapi", "n1", api.trim_start_matches("http://"), "--ttl", "5"])
+            .env("WEFT_ENDPOINT", &api)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (code, _, err) = weft(&["route", "add", "bad", "--upstream", "nodeapi", "--prefix", "nope"], &api, None);
+    assert_ne!(code, 0);
+    assert!(err.contains("path_prefix") && err.contains("must start with '/'"), "{err}");
+    let (code, stdout, err) = weft(&["route", "add", "api", "--upstream", "nodeapi", "--prefix", "/api", "--rewrite", ""], &api, None);
+    assert_eq!(code, 0, "{stdout}{err}");
+    wait_for("the route and the instance", || http_get(&gw, "/api/health").0 == 200);
+    let (_, body) = http_get(&gw, "/api/health");
+    assert!(body.contains("\"status\":\"ok\""), "{body}");
+    assert!(body.to_ascii_lowercase().contains("x-request-id:"), "{body}");
+    let (code, list, _) = weft(&["route", "list"], &api, None);
+    assert_eq!(code, 0);
+    assert!(list.contains("api\tprefix /api\t-> nodeapi"), "{list}");
+    let (status, st) = http_get(&admin, "/status");
+    assert_eq!(status, 200);
+    assert!(st.contains("\"name\":\"api\"") && st.contains("\"service\":\"nodeapi\""), "{st}");
+    // The instance goes away: 503; the route goes away: 404.
+    drop(reg);
+    let (code, _, _) = weft(&["svc", "deregister", "nodeapi", "n1"], &api, None);
+    let _ = code;
+    wait_for("the instance to leave", || http_get(&gw, "/api/health").0 == 503);
+    let (code, _, err) = weft(&["route", "rm", "api"], &api, None);
+    assert_eq!(code, 0, "{err}");
+    wait_for("the route to leave", || http_get(&gw, "/api/health").0 == 404);
+    let (code, _, err) = weft(&["route", "rm", "api"], &api, None);
+    assert_ne!(code, 0);
+    assert!(err.contains("no stored route"), "{err}");
+}
+
+#[test]
+fn gateway_refuses_a_bad_config_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gw.toml");
+    std::fs::write(&cfg, "[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\n\n[[route]]\nname = \"r\"\nupstream = \"v\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gw.toml:5: route[0].upstream: upstream \"v\" is not defined (defined: u)"), "{err}");
+}
