@@ -148,15 +148,20 @@ fn interleave(weights: &[u32]) -> Vec<u32> {
 }
 
 /// Request facts a balancer may use.
-pub(crate) struct PickCtx<'a> {
-    pub headers: &'a HeaderMap,
-    pub path: &'a str,
-    pub ip: std::net::IpAddr,
+pub(crate) struct PickCtx {
+    /// Hash of the request's `hash_on` value, when the upstream hashes and it is present.
+    pub hash: Option<u64>,
+}
+
+impl PickCtx {
+    pub(crate) fn new(up: &Upstream, headers: &HeaderMap, path: &str, ip: std::net::IpAddr) -> PickCtx {
+        PickCtx { hash: up.hash_on.as_ref().and_then(|h| h.hash(headers, path, ip)) }
+    }
 }
 
 impl Upstream {
     /// Picks an endpoint not in `tried`, or None when nothing is usable.
-    pub(crate) fn pick(&self, ctx: &PickCtx<'_>, tried: &[usize]) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
+    pub(crate) fn pick(&self, ctx: &PickCtx, tried: &[usize]) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
         let set = self.set.load_full();
         let n = set.endpoints.len();
         if n == 0 {
@@ -189,11 +194,7 @@ impl Upstream {
                 }
             }
             Balance::RingHash | Balance::Maglev => {
-                let h = self
-                    .hash_on
-                    .as_ref()
-                    .and_then(|h| h.hash(ctx.headers, ctx.path, ctx.ip));
-                match (h, &set.placement) {
+                match (ctx.hash, &set.placement) {
                     (Some(h), Some(p)) => {
                         let first = p.0.locate_hash(h);
                         if ok(first) {
@@ -262,7 +263,7 @@ mod tests {
         let mut c = vec![0; u.endpoints().len()];
         for k in 0..n {
             let h = headers(k);
-            let ctx = PickCtx { headers: &h, path: "/", ip: [127, 0, 0, 1].into() };
+            let ctx = PickCtx::new(u, &h, "/", [127, 0, 0, 1].into());
             c[u.pick(&ctx, &[]).unwrap().0] += 1;
         }
         c
@@ -304,7 +305,7 @@ mod tests {
             let u = upstream(b, &[1, 1, 1, 1], Some("header:x-user"));
             let mut h = HeaderMap::new();
             h.insert("x-user", "alice".parse().unwrap());
-            let ctx = PickCtx { headers: &h, path: "/", ip: [127, 0, 0, 1].into() };
+            let ctx = PickCtx::new(&u, &h, "/", [127, 0, 0, 1].into());
             let first = u.pick(&ctx, &[]).unwrap().0;
             for _ in 0..10 {
                 assert_eq!(u.pick(&ctx, &[]).unwrap().0, first);

@@ -28,7 +28,7 @@ use weft_resilience::ratelimit::RateLimiter;
 use weft_resilience::Outcome;
 
 use crate::auth::Authenticator;
-use crate::config::{BreakerConfig, CorsConfig, RateKey, RouteConfig, ServerConfig};
+use crate::config::{BreakerConfig, CorsConfig, RateKey, RetryConfig, RouteConfig, ServerConfig};
 use crate::error::Reason;
 use crate::lb::PickCtx;
 use crate::route::Matcher;
@@ -165,7 +165,7 @@ impl Route {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -263,8 +263,15 @@ impl RequestIds {
         RequestIds { seed, counter: AtomicU64::new(0) }
     }
     fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:016x}{:016x}", self.seed, n)).expect("hex is a valid header")
+        let mut buf = [0u8; 32];
+        for (i, v) in [self.seed, n].into_iter().enumerate() {
+            for j in 0..16 {
+                buf[i * 16 + j] = HEX[((v >> (60 - 4 * j)) & 0xf) as usize];
+            }
+        }
+        HeaderValue::from_bytes(&buf).expect("hex is a valid header")
     }
 }
 
@@ -286,73 +293,91 @@ struct AccessEntry<'a> {
     attempts: u32,
 }
 
+/// One exchange's facts and what it learned (for the access log).
+struct Exchange<'a> {
+    route: &'a Route,
+    server: &'a ServerConfig,
+    rid_header: &'a HeaderName,
+    remote: SocketAddr,
+    request_id: &'a HeaderValue,
+    path_and_query: Option<String>,
+    endpoint: Option<Arc<crate::upstream::Endpoint>>,
+    consumer: Option<String>,
+    attempts: u32,
+}
+
+static NO_RETRY: std::sync::LazyLock<RetryConfig> =
+    std::sync::LazyLock::new(|| RetryConfig { attempts: 1, ..Default::default() });
+
 impl Gateway {
     /// Handles one client request.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
         let start = Instant::now();
         let table = self.table.load_full();
-        let server = &table.server;
         let rid_header = &table.request_id_header;
         let request_id = match req.headers().get(rid_header) {
             Some(v) if sane_request_id(v) => v.clone(),
             _ => self.ids.next(),
         };
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let mut log = AccessEntry {
-            start,
-            method: &method,
-            path: &path,
-            route: "",
-            upstream: "",
-            endpoint: "",
-            consumer: "",
-            remote,
-            request_id: &request_id,
-            attempts: 0,
-        };
-        let host = req
-            .uri()
+        let uri = req.uri().clone();
+        let path = uri.path();
+        let host = uri
             .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string));
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
         let found = table.routes.iter().find_map(|r| {
             r.matcher
-                .matches(&method, host.as_deref(), &path, req.uri().query(), req.headers())
+                .matches(&method, host, path, uri.query(), req.headers())
                 .map(|m| (r, m))
         });
-        let mut resp = match found {
-            None => {
-                metrics::counter!("weft_gateway_no_route_total").increment(1);
-                answer(Reason::NoRoute, &format!("no route for {method} {path}"))
-            }
-            Some((route, matched)) => {
-                log.route = &route.name;
-                log.upstream = &route.upstream.name;
-                let mut endpoint = String::new();
-                let mut consumer = String::new();
-                let mut attempts = 0;
-                let r = self
-                    .forward(route, server, req, matched.path_and_query, remote, &request_id, &mut endpoint, &mut consumer, &mut attempts)
-                    .await;
-                let mut r = r;
-                for (k, v) in &route.add_response_headers {
-                    r.headers_mut().insert(k.clone(), v.clone());
-                }
-                route.counters[status_class(r.status())].increment(1);
-                route.latency.record(start.elapsed().as_secs_f64());
-                log.attempts = attempts;
-                self.access_log(&log, &r, &endpoint, &consumer);
-                r.headers_mut().insert(rid_header.clone(), request_id.clone());
-                return r;
-            }
+        let Some((route, matched)) = found else {
+            metrics::counter!("weft_gateway_no_route_total").increment(1);
+            let mut resp = answer(Reason::NoRoute, &format!("no route for {method} {path}"));
+            self.access_log(&AccessEntry { start, method: &method, path, route: "", upstream: "", endpoint: "", consumer: "", remote, request_id: &request_id, attempts: 0 }, &resp);
+            resp.headers_mut().insert(rid_header.clone(), request_id);
+            return resp;
         };
-        self.access_log(&log, &resp, "", "");
-        resp.headers_mut().insert(rid_header.clone(), request_id.clone());
-        resp
+        let mut x = Exchange {
+            route,
+            server: &table.server,
+            rid_header,
+            remote,
+            request_id: &request_id,
+            path_and_query: matched.path_and_query,
+            endpoint: None,
+            consumer: None,
+            attempts: 0,
+        };
+        let mut r = self.forward(&mut x, req).await;
+        for (k, v) in &route.add_response_headers {
+            r.headers_mut().insert(k.clone(), v.clone());
+        }
+        route.counters[status_class(r.status())].increment(1);
+        route.latency.record(start.elapsed().as_secs_f64());
+        if self.access.is_some() {
+            let endpoint = x.endpoint.as_ref().map(|e| e.address.as_str()).unwrap_or("");
+            self.access_log(
+                &AccessEntry {
+                    start,
+                    method: &method,
+                    path,
+                    route: &route.name,
+                    upstream: &route.upstream.name,
+                    endpoint,
+                    consumer: x.consumer.as_deref().unwrap_or(""),
+                    remote,
+                    request_id: &request_id,
+                    attempts: x.attempts,
+                },
+                &r,
+            );
+        }
+        r.headers_mut().insert(rid_header.clone(), request_id.clone());
+        r
     }
 
-    fn access_log(&self, e: &AccessEntry<'_>, r: &Response<Body>, endpoint: &str, consumer: &str) {
+    fn access_log(&self, e: &AccessEntry<'_>, r: &Response<Body>) {
         let Some(tx) = &self.access else { return };
         let line = serde_json::json!({
             "ts_ms": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
@@ -362,8 +387,8 @@ impl Gateway {
             "path": e.path,
             "route": e.route,
             "upstream": e.upstream,
-            "endpoint": if endpoint.is_empty() { e.endpoint } else { endpoint },
-            "consumer": if consumer.is_empty() { e.consumer } else { consumer },
+            "endpoint": e.endpoint,
+            "consumer": e.consumer,
             "status": r.status().as_u16(),
             "reason": r.headers().get("x-weft-reason").and_then(|v| v.to_str().ok()).unwrap_or(""),
             "attempts": e.attempts,
@@ -375,20 +400,8 @@ impl Gateway {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn forward(
-        &self,
-        route: &Route,
-        server: &ServerConfig,
-        req: Request<Incoming>,
-        path_and_query: String,
-        remote: SocketAddr,
-        request_id: &HeaderValue,
-        endpoint_out: &mut String,
-        consumer_out: &mut String,
-        attempts_out: &mut u32,
-    ) -> Response<Body> {
-        let (origin_ok, cors) = match &route.cfg.cors {
+    async fn forward(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Body> {
+        let (origin_ok, cors) = match &x.route.cfg.cors {
             Some(c) => {
                 let origin = req.headers().get(header::ORIGIN).cloned();
                 if let Some(o) = &origin {
@@ -402,9 +415,7 @@ impl Gateway {
             }
             None => (None, None),
         };
-        let mut resp = self
-            .forward_inner(route, server, req, path_and_query, remote, request_id, endpoint_out, consumer_out, attempts_out)
-            .await;
+        let mut resp = self.forward_inner(x, req).await;
         if let (Some(c), Some(o)) = (cors, origin_ok) {
             let h = resp.headers_mut();
             h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, if c.origins.iter().any(|x| x == "*") && !c.credentials { HeaderValue::from_static("*") } else { o });
@@ -416,32 +427,21 @@ impl Gateway {
         resp
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn forward_inner(
-        &self,
-        route: &Route,
-        server: &ServerConfig,
-        req: Request<Incoming>,
-        path_and_query: String,
-        remote: SocketAddr,
-        request_id: &HeaderValue,
-        endpoint_out: &mut String,
-        consumer_out: &mut String,
-        attempts_out: &mut u32,
-    ) -> Response<Body> {
-        let max_body = route.cfg.max_body_bytes.unwrap_or(server.max_body_bytes);
+    async fn forward_inner(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Body> {
+        let route = x.route;
+        let max_body = route.cfg.max_body_bytes.unwrap_or(x.server.max_body_bytes);
         let content_length = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if content_length.is_some_and(|l| l > max_body) {
-            return answer(Reason::BodyTooLarge, &format!("body of {} bytes is over the limit of {max_body} bytes", content_length.unwrap_or(0)));
+        if let Some(l) = content_length.filter(|l| *l > max_body) {
+            return answer(Reason::BodyTooLarge, &format!("body of {l} bytes is over the limit of {max_body} bytes"));
         }
         // Authentication.
-        let consumer = match &route.auth {
-            Some(a) => match a.authenticate(req.headers(), req.uri().query()) {
-                Ok(c) => Some(c),
+        if let Some(a) = &route.auth {
+            match a.authenticate(req.headers(), req.uri().query()) {
+                Ok(c) => x.consumer = Some(c),
                 Err(f) => {
                     let mut r = answer(Reason::Unauthorized, &f.message);
                     if let Ok(v) = HeaderValue::from_str(&f.challenge) {
@@ -449,17 +449,13 @@ impl Gateway {
                     }
                     return r;
                 }
-            },
-            None => None,
-        };
-        if let Some(c) = &consumer {
-            consumer_out.clone_from(c);
+            }
         }
         // Rate limit.
         if let Some(rl) = &route.cfg.rate_limit {
             let key = match rl.by {
-                RateKey::Consumer => consumer.clone().unwrap_or_else(|| remote.ip().to_string()),
-                RateKey::Ip => remote.ip().to_string(),
+                RateKey::Consumer => x.consumer.clone().unwrap_or_else(|| x.remote.ip().to_string()),
+                RateKey::Ip => x.remote.ip().to_string(),
                 RateKey::Route => String::new(),
             };
             let verdict = if rl.global {
@@ -489,54 +485,49 @@ impl Gateway {
             },
             None => None,
         };
-        let (resp, outcome) = self
-            .attempts(route, server, req, path_and_query, remote, request_id, consumer.as_deref(), max_body, content_length, endpoint_out, attempts_out)
-            .await;
+        let (resp, outcome) = self.attempts(x, req, max_body, content_length).await;
         if let (Some(b), Some(p)) = (&route.breaker, permit) {
             b.record(p, outcome);
         }
         resp
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
-        route: &Route,
-        server: &ServerConfig,
+        x: &mut Exchange<'_>,
         mut req: Request<Incoming>,
-        path_and_query: String,
-        remote: SocketAddr,
-        request_id: &HeaderValue,
-        consumer: Option<&str>,
         max_body: u64,
         content_length: Option<u64>,
-        endpoint_out: &mut String,
-        attempts_out: &mut u32,
     ) -> (Response<Body>, Outcome) {
+        let route = x.route;
         let deadline = route.cfg.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+        let (parts, body) = req.into_parts();
+        let ctx = PickCtx::new(&route.upstream, &parts.headers, parts.uri.path(), x.remote.ip());
+        let had_body_headers = headers_has_body(&parts.headers);
         // Upstream request head.
-        let mut headers = req.headers().clone();
+        let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade);
-        let original_host = headers.get(header::HOST).cloned().or_else(|| {
-            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let ip = remote.ip().to_string();
+        let original_host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let ip = x.remote.ip().to_string();
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip}")),
+            None => HeaderValue::from_str(&ip),
         };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Ok(v) = xff {
             headers.insert("x-forwarded-for", v);
         }
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
         if let Some(h) = &original_host {
             headers.insert("x-forwarded-host", h.clone());
         }
-        headers.insert(HeaderName::from_bytes(server.request_id_header.as_bytes()).unwrap_or(HeaderName::from_static("x-request-id")), request_id.clone());
+        headers.insert(x.rid_header.clone(), x.request_id.clone());
         headers.remove("x-weft-consumer");
-        if let Some(c) = consumer {
+        if let Some(c) = &x.consumer {
             if let Ok(v) = HeaderValue::from_str(c) {
                 headers.insert("x-weft-consumer", v);
             }
@@ -547,15 +538,32 @@ impl Gateway {
         for (k, v) in &route.add_headers {
             headers.insert(k.clone(), v.clone());
         }
-        let retry = route.cfg.retry.clone().unwrap_or(crate::config::RetryConfig { attempts: 1, ..Default::default() });
-        let method = req.method().clone();
-        let (req, body) = req.into_parts();
+        let h2 = route.upstream.cfg.protocol == crate::config::Protocol::H2c;
+        if h2 {
+            headers.remove(header::HOST);
+        } else if let Some(h) = &original_host {
+            headers.insert(header::HOST, h.clone());
+        }
+        let retry: &RetryConfig = route.cfg.retry.as_ref().unwrap_or(&NO_RETRY);
+        let method = parts.method;
+        let path_and_query = match x.path_and_query.take() {
+            Some(p) => http::uri::PathAndQuery::from_maybe_shared(Bytes::from(p)),
+            None => Ok(parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
+        };
+        let path_and_query = match path_and_query {
+            Ok(p) => p,
+            Err(e) => return (answer(Reason::BadRequest, &format!("cannot build the upstream path: {e}")), Outcome::Ignore),
+        };
         // A replayable body lets us retry.
         let mut replay: Option<Bytes> = None;
         let mut stream: Option<Body> = None;
         let retryable_method = route.retry_methods.contains(&method) && !upgrade;
         let bodyless = content_length == Some(0)
-            || (content_length.is_none() && !headers_has_body(&req.headers) && req.version < http::Version::HTTP_2)
+            || (content_length.is_none() && !had_body_headers && parts.version < http::Version::HTTP_2)
             || http_body::Body::is_end_stream(&body);
         if bodyless {
             replay = Some(Bytes::new());
@@ -574,32 +582,33 @@ impl Gateway {
         } else {
             stream = Some(Limited::new(body, max_body as usize).map_err(|e| -> BoxError { e }).boxed_unsync());
         }
-        let max_attempts = if replay.is_some() && retryable_method { retry.attempts.max(1) } else { 1 };
-        let ctx = PickCtx { headers: &req.headers, path: req.uri.path(), ip: remote.ip() };
-        let mut tried: Vec<usize> = Vec::new();
+        let max_attempts = if replay.is_some() && retryable_method { retry.attempts.clamp(1, 10) } else { 1 };
+        let mut tried = [0usize; 10];
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            *attempts_out = attempt;
-            let Some((idx, ep, set)) = route.upstream.pick(&ctx, &tried) else {
+            x.attempts = attempt;
+            let tried_now = &tried[..(attempt - 1) as usize];
+            let Some((idx, ep, set)) = route.upstream.pick(&ctx, tried_now) else {
                 return if attempt == 1 {
                     (answer(Reason::NoHealthyUpstream, &format!("upstream {} has no usable endpoint", route.upstream.name)), Outcome::Ignore)
                 } else {
                     (answer(Reason::NoHealthyUpstream, "no other usable endpoint to retry on"), Outcome::Failure)
                 };
             };
-            tried.push(idx);
-            endpoint_out.clone_from(&ep.address);
+            tried[(attempt - 1) as usize] = idx;
+            x.endpoint = Some(ep.clone());
             let uri = http::Uri::builder()
-                .scheme("http")
+                .scheme(http::uri::Scheme::HTTP)
                 .authority(ep.authority.clone())
-                .path_and_query(path_and_query.as_str())
+                .path_and_query(path_and_query.clone())
                 .build();
             let uri = match uri {
                 Ok(u) => u,
                 Err(e) => return (answer(Reason::BadRequest, &format!("cannot build the upstream URI: {e}")), Outcome::Ignore),
             };
             let body = match (&replay, stream.take()) {
+                (Some(b), _) if b.is_empty() => empty(),
                 (Some(b), _) => full(b.clone()),
                 (None, Some(s)) => s,
                 (None, None) => empty(),
@@ -607,14 +616,11 @@ impl Gateway {
             let mut up = Request::new(body);
             *up.method_mut() = method.clone();
             *up.uri_mut() = uri;
-            *up.headers_mut() = headers.clone();
-            if route.upstream.cfg.protocol == crate::config::Protocol::H2c {
+            *up.headers_mut() = if attempt >= max_attempts { std::mem::take(&mut headers) } else { headers.clone() };
+            if h2 {
                 *up.version_mut() = http::Version::HTTP_2;
-                up.headers_mut().remove(header::HOST);
-            } else if let Some(h) = &original_host {
-                up.headers_mut().insert(header::HOST, h.clone());
             }
-            let client = if route.upstream.cfg.protocol == crate::config::Protocol::H2c { &self.client_h2 } else { &self.client_h1 };
+            let client = if h2 { &self.client_h2 } else { &self.client_h1 };
             let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
             let mut limit = per_try.map(|d| Instant::now() + d);
             let mut deadline_hit = false;
@@ -629,10 +635,7 @@ impl Gateway {
             let t0 = Instant::now();
             let fut = client.request(up);
             let result = match limit {
-                Some(l) => match tokio::time::timeout_at(l, fut).await {
-                    Ok(r) => Ok(r),
-                    Err(_) => Err(()),
-                },
+                Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
                 None => Ok(fut.await),
             };
             let now = Instant::now();
@@ -647,7 +650,6 @@ impl Gateway {
                 Ok(Err(e)) => {
                     let (too_large, _) = walk_errors(&e);
                     if too_large {
-                        drop(guard);
                         return (answer(Reason::BodyTooLarge, &format!("body is over the limit of {max_body} bytes")), Outcome::Ignore);
                     }
                     ep.record(true, outlier, &set, now);

@@ -155,8 +155,8 @@ pub(crate) struct Matcher {
 /// What a match yields.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Matched {
-    /// Path (and query) to send upstream.
-    pub path_and_query: String,
+    /// Path (and query) to send upstream, if it differs from the request's.
+    pub path_and_query: Option<String>,
 }
 
 impl Matcher {
@@ -240,13 +240,13 @@ impl Matcher {
                 }
             }
         }
-        let new_path = match &self.path {
-            PathMatch::Any => path.to_string(),
+        let new_path: Option<String> = match &self.path {
+            PathMatch::Any => None,
             PathMatch::Exact(p) => {
                 if path != p {
                     return None;
                 }
-                path.to_string()
+                None
             }
             PathMatch::Prefix(p) => {
                 let rest = if p == "/" {
@@ -256,32 +256,26 @@ impl Matcher {
                         .filter(|r| r.is_empty() || r.starts_with('/'))
                 };
                 let rest = rest?;
-                match &self.rewrite {
-                    None => path.to_string(),
-                    Some(rw) => {
-                        let joined = format!("{}{}", rw.trim_end_matches('/'), rest);
-                        if joined.is_empty() {
-                            "/".into()
-                        } else if !joined.starts_with('/') {
-                            format!("/{joined}")
-                        } else {
-                            joined
-                        }
+                self.rewrite.as_ref().map(|rw| {
+                    let joined = format!("{}{}", rw.trim_end_matches('/'), rest);
+                    if joined.is_empty() {
+                        "/".into()
+                    } else if !joined.starts_with('/') {
+                        format!("/{joined}")
+                    } else {
+                        joined
                     }
-                }
+                })
             }
             PathMatch::Template(t) => {
                 let params = t.matches(path)?;
-                match &self.rewrite {
-                    None => path.to_string(),
-                    Some(rw) => Template::render(rw, &params),
-                }
+                self.rewrite.as_ref().map(|rw| Template::render(rw, &params))
             }
         };
-        let path_and_query = match query {
-            Some(q) => format!("{new_path}?{q}"),
-            None => new_path,
-        };
+        let path_and_query = new_path.map(|p| match query {
+            Some(q) => format!("{p}?{q}"),
+            None => p,
+        });
         Some(Matched { path_and_query })
     }
 }
@@ -346,7 +340,7 @@ mod tests {
             None => (pq, None),
         };
         mt.matches(&Method::from_bytes(method.as_bytes()).unwrap(), Some(host), p, q, &HeaderMap::new())
-            .map(|x| x.path_and_query)
+            .map(|x| x.path_and_query.unwrap_or_else(|| pq.to_string()))
     }
 
     #[test]

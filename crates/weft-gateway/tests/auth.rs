@@ -27,7 +27,10 @@ async fn gateway(a: &TestUpstream) -> TestGateway {
         let key = EncodingKey::from_ec_pem(&pem("ec_private.pem")).unwrap();
         let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).unwrap();
         jwk.common.key_id = Some("ec-1".into());
-        let path = std::env::temp_dir().join(format!("weft-jwks-{}.json", std::process::id()));
+        // One file per gateway: tests run in parallel in this process.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("weft-jwks-{}-{n}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_vec(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap()).unwrap();
         path
     };

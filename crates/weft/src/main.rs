@@ -20,6 +20,11 @@ use weft_store::embedded::{AutoCompact, Durability, Embedded, Options};
 
 use client::Client;
 
+// mimalloc: the proxy and the store allocate many small, short-lived buffers; glibc malloc
+// showed up as ~12 % of the gateway's CPU in perf.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Default address of `weft up`, and default endpoint of the client commands.
 const DEFAULT_LISTEN: &str = "127.0.0.1:2480";
 

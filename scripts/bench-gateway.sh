@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Gateway benchmark, side by side in one run: wrk (Debian) against nginx as a reverse proxy
+# (1 worker, keepalive upstream) and against `weft gateway` (1 worker thread, then 2), all
+# proxying to the same tiny upstream (a separate nginx with one worker answering a constant
+# 200), 64 connections. Then the cost of each gateway feature.
+#
+#   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS]
+#
+# Needs: nginx, wrk, openssl (apt-get install nginx wrk openssl), a release build of weft
+# (built here). Everything listens on loopback only. Prints a markdown table.
+set -euo pipefail
+
+SECS=${1:-10}
+CONNS=${2:-64}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+for bin in nginx wrk openssl; do
+    command -v "$bin" >/dev/null || { echo "missing $bin: apt-get install -y nginx wrk openssl" >&2; exit 1; }
+done
+
+(cd "$ROOT" && cargo build --release -q -p weft)
+WEFT="$ROOT/target/release/weft"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+UP=$(free_port); NGX=$(free_port)
+
+nginx_conf() { # $1 = name, $2 = server block
+    mkdir -p "$WORK/$1"
+    cat > "$WORK/$1/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1; fastcgi_temp_path $WORK/$1;
+    uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
+    $2
+}
+EOF
+    nginx -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
+}
+
+nginx_conf upstream "server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 'hello from upstream\n'; } }"
+nginx_conf proxy "upstream up { server 127.0.0.1:$UP; keepalive 64; }
+    server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
+      location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
+wait_port "$UP"; wait_port "$NGX"
+
+SECRET=bench-secret-bench-secret-bench-secret
+b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+HDR=$(printf '{"alg":"HS256","typ":"JWT"}' | b64url)
+PAY=$(printf '{"sub":"bench","exp":%d}' $(( $(date +%s) + 3600 )) | b64url)
+SIG=$(printf '%s.%s' "$HDR" "$PAY" | openssl dgst -sha256 -hmac "$SECRET" -binary | b64url)
+TOKEN="$HDR.$PAY.$SIG"
+
+cat > "$WORK/gw.toml" <<EOF
+[[route]]
+name = "plain"
+path = "/"
+upstream = "up"
+
+[[route]]
+name = "jwt"
+path_prefix = "/jwt"
+rewrite = ""
+upstream = "up"
+auth = "jwt"
+
+[[route]]
+name = "ratelimit"
+path_prefix = "/ratelimit"
+rewrite = ""
+upstream = "up"
+rate_limit = { per_second = 100000000, by = "ip" }
+
+[[route]]
+name = "breaker"
+path_prefix = "/breaker"
+rewrite = ""
+upstream = "up"
+breaker = { failure_rate = 50 }
+
+[[route]]
+name = "all"
+path_prefix = "/all"
+rewrite = ""
+upstream = "up"
+auth = "jwt"
+rate_limit = { per_second = 100000000 }
+breaker = { failure_rate = 50 }
+retry = { attempts = 2 }
+
+[[upstream]]
+name = "up"
+endpoints = [{ address = "127.0.0.1:$UP" }]
+
+[[auth]]
+name = "jwt"
+kind = "jwt"
+algorithms = ["HS256"]
+secret = "$SECRET"
+EOF
+
+run_wrk() { # $1 = label, $2 = url, rest = wrk args
+    local label=$1 url=$2; shift 2
+    local out
+    out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "$url")
+    local rps p50 p99 non2xx
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+    printf '| %s | %.0f | %s | %s |%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+ non-2xx: $non2xx}"
+}
+
+start_weft() { # $1 = threads; prints the port
+    local port; port=$(free_port)
+    "$WEFT" gateway --threads "$1" --listen 127.0.0.1:"$port" --config "$WORK/gw.toml" >/dev/null 2>"$WORK/weft-$1.log" &
+    PIDS+=($!)
+    wait_port "$port"
+    echo "$port"
+}
+
+echo "| target | req/s | p50 | p99 |"
+echo "|---|---:|---:|---:|"
+run_wrk "upstream direct (no proxy)" "http://127.0.0.1:$UP/"
+run_wrk "nginx 1.22 proxy, 1 worker" "http://127.0.0.1:$NGX/"
+W1=$(start_weft 1)
+run_wrk "weft gateway, 1 thread" "http://127.0.0.1:$W1/"
+W2=$(start_weft 2)
+run_wrk "weft gateway, 2 threads" "http://127.0.0.1:$W2/"
+run_wrk "weft 1 thread + JWT (HS256)" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
+run_wrk "weft 1 thread + rate limit (per IP, never hit)" "http://127.0.0.1:$W1/ratelimit"
+run_wrk "weft 1 thread + breaker" "http://127.0.0.1:$W1/breaker"
+run_wrk "weft 1 thread + JWT + limit + breaker + retry" "http://127.0.0.1:$W1/all" -H "Authorization: Bearer $TOKEN"
+
+# Discovery-backed upstream: a node with the gateway inside, the upstream registered as a
+# service, the route stored with `weft route add`.
+NODE=$(free_port); GWN=$(free_port)
+"$WEFT" up --data-dir "$WORK/node" --listen 127.0.0.1:"$NODE" --gateway-listen 127.0.0.1:"$GWN" >/dev/null 2>"$WORK/node.log" &
+PIDS+=($!)
+wait_port "$NODE"; wait_port "$GWN"
+export WEFT_ENDPOINT=http://127.0.0.1:$NODE
+"$WEFT" svc register up u1 127.0.0.1:"$UP" --ttl 30 >/dev/null &
+PIDS+=($!)
+"$WEFT" route add disc --upstream up --prefix / >/dev/null
+for _ in $(seq 100); do
+    status=$( (exec 3<>/dev/tcp/127.0.0.1/"$GWN"; printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3; head -1 <&3) 2>/dev/null | awk '{print $2}' || true)
+    [ "$status" = 200 ] && break
+    sleep 0.1
+done
+run_wrk "weft up gateway, discovered upstream (default threads)" "http://127.0.0.1:$GWN/"
