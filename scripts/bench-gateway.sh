@@ -126,21 +126,19 @@ run_wrk() { # $1 = label, $2 = url, rest = wrk args
     printf '| %s | %.0f | %s | %s |%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+ non-2xx: $non2xx}"
 }
 
-start_weft() { # $1 = threads; prints the port
-    local port; port=$(free_port)
-    "$WEFT" gateway --threads "$1" --listen 127.0.0.1:"$port" --config "$WORK/gw.toml" >/dev/null 2>"$WORK/weft-$1.log" &
+start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop it)
+    "$WEFT" gateway --threads "$1" --listen 127.0.0.1:"$2" --config "$WORK/gw.toml" >/dev/null 2>"$WORK/weft-$1.log" &
     PIDS+=($!)
-    wait_port "$port"
-    echo "$port"
+    wait_port "$2"
 }
 
 echo "| target | req/s | p50 | p99 |"
 echo "|---|---:|---:|---:|"
 run_wrk "upstream direct (no proxy)" "http://127.0.0.1:$UP/"
 run_wrk "nginx 1.22 proxy, 1 worker" "http://127.0.0.1:$NGX/"
-W1=$(start_weft 1)
+W1=$(free_port); start_weft 1 "$W1"
 run_wrk "weft gateway, 1 thread" "http://127.0.0.1:$W1/"
-W2=$(start_weft 2)
+W2=$(free_port); start_weft 2 "$W2"
 run_wrk "weft gateway, 2 threads" "http://127.0.0.1:$W2/"
 run_wrk "weft 1 thread + JWT (HS256)" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
 run_wrk "weft 1 thread + rate limit (per IP, never hit)" "http://127.0.0.1:$W1/ratelimit"

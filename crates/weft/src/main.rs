@@ -429,11 +429,14 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Cmd::Gateway(g) = &cli.cmd {
-        if let Some(n) = g.threads {
-            if n == 0 {
-                bail!("--threads must be at least 1");
+        match g.threads {
+            Some(0) => bail!("--threads must be at least 1"),
+            // One thread: tokio's single-threaded scheduler (no work-stealing bookkeeping).
+            Some(1) => rt = tokio::runtime::Builder::new_current_thread(),
+            Some(n) => {
+                rt.worker_threads(n);
             }
-            rt.worker_threads(n);
+            None => {}
         }
     }
     let rt = rt.enable_all().build()?;
