@@ -4,7 +4,10 @@
 # proxying to the same tiny upstream (a separate nginx with one worker answering a constant
 # 200), 64 connections. Then the cost of each gateway feature.
 #
-#   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS]
+#   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
+#
+# Each round runs every target once, in turn; the table shows the median of the rounds (this
+# machine is noisy) and each target's ratio to nginx.
 #
 # Needs: nginx, wrk, openssl (apt-get install nginx wrk openssl), a release build of weft
 # (built here). Everything listens on loopback only. Prints a markdown table.
@@ -12,6 +15,7 @@ set -euo pipefail
 
 SECS=${1:-10}
 CONNS=${2:-64}
+ROUNDS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -114,7 +118,7 @@ algorithms = ["HS256"]
 secret = "$SECRET"
 EOF
 
-run_wrk() { # $1 = label, $2 = url, rest = wrk args
+run_wrk() { # $1 = label, $2 = url, rest = wrk args; appends to results.tsv
     local label=$1 url=$2; shift 2
     local out
     out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "$url")
@@ -123,7 +127,8 @@ run_wrk() { # $1 = label, $2 = url, rest = wrk args
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
-    printf '| %s | %.0f | %s | %s |%s\n' "$label" "$rps" "$p50" "$p99" "${non2xx:+ non-2xx: $non2xx}"
+    [ -z "$non2xx" ] || echo "warning: $label: $non2xx non-2xx responses" >&2
+    printf '%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" >> "$WORK/results.tsv"
 }
 
 start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop it)
@@ -132,18 +137,8 @@ start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop
     wait_port "$2"
 }
 
-echo "| target | req/s | p50 | p99 |"
-echo "|---|---:|---:|---:|"
-run_wrk "upstream direct (no proxy)" "http://127.0.0.1:$UP/"
-run_wrk "nginx 1.22 proxy, 1 worker" "http://127.0.0.1:$NGX/"
 W1=$(free_port); start_weft 1 "$W1"
-run_wrk "weft gateway, 1 thread" "http://127.0.0.1:$W1/"
 W2=$(free_port); start_weft 2 "$W2"
-run_wrk "weft gateway, 2 threads" "http://127.0.0.1:$W2/"
-run_wrk "weft 1 thread + JWT (HS256)" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
-run_wrk "weft 1 thread + rate limit (per IP, never hit)" "http://127.0.0.1:$W1/ratelimit"
-run_wrk "weft 1 thread + breaker" "http://127.0.0.1:$W1/breaker"
-run_wrk "weft 1 thread + JWT + limit + breaker + retry" "http://127.0.0.1:$W1/all" -H "Authorization: Bearer $TOKEN"
 
 # Discovery-backed upstream: a node with the gateway inside, the upstream registered as a
 # service, the route stored with `weft route add`.
@@ -160,4 +155,42 @@ for _ in $(seq 100); do
     [ "$status" = 200 ] && break
     sleep 0.1
 done
-run_wrk "weft up gateway, discovered upstream (default threads)" "http://127.0.0.1:$GWN/"
+
+for round in $(seq "$ROUNDS"); do
+    echo "round $round/$ROUNDS" >&2
+    run_wrk "upstream direct (no proxy)" "http://127.0.0.1:$UP/"
+    run_wrk "nginx 1.22 proxy, 1 worker" "http://127.0.0.1:$NGX/"
+    run_wrk "weft gateway, 1 thread" "http://127.0.0.1:$W1/"
+    run_wrk "weft gateway, 2 threads" "http://127.0.0.1:$W2/"
+    run_wrk "weft 1 thread + JWT (HS256)" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
+    run_wrk "weft 1 thread + rate limit (per IP, never hit)" "http://127.0.0.1:$W1/ratelimit"
+    run_wrk "weft 1 thread + breaker" "http://127.0.0.1:$W1/breaker"
+    run_wrk "weft 1 thread + JWT + limit + breaker + retry" "http://127.0.0.1:$W1/all" -H "Authorization: Bearer $TOKEN"
+    run_wrk "weft up gateway, discovered upstream (default threads)" "http://127.0.0.1:$GWN/"
+done
+
+python3 - "$WORK/results.tsv" <<'PY'
+import statistics, sys
+rows = {}
+order = []
+def ms(v):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if v.endswith(unit):
+            return float(v[: -len(unit)]) * f
+    return float(v)
+for line in open(sys.argv[1]):
+    label, rps, p50, p99 = line.rstrip("\n").split("\t")
+    if label not in rows:
+        order.append(label)
+        rows[label] = []
+    rows[label].append((float(rps), ms(p50), ms(p99)))
+med = {l: tuple(statistics.median(x[i] for x in rows[l]) for i in range(3)) for l in order}
+nginx = med.get("nginx 1.22 proxy, 1 worker", (None,))[0]
+print("| target | req/s (median) | vs nginx | p50 ms | p99 ms | req/s of each round |")
+print("|---|---:|---:|---:|---:|---|")
+for l in order:
+    r, p50, p99 = med[l]
+    ratio = f"{r / nginx:.2f}x" if nginx else ""
+    each = ", ".join(f"{x[0]:.0f}" for x in rows[l])
+    print(f"| {l} | {r:.0f} | {ratio} | {p50:.2f} | {p99:.2f} | {each} |")
+PY

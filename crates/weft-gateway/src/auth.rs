@@ -49,7 +49,23 @@ pub(crate) enum Authenticator {
         audience: Vec<String>,
         consumer_claim: String,
         leeway: u64,
+        cache: TokenCache,
     },
+}
+
+/// Tokens that passed verification: token → (consumer, nbf, exp). A hit skips the signature
+/// check and claim parsing but still checks the time window; the cache belongs to one built
+/// provider, so a reload with other keys starts empty. Bounded: cleared when full.
+#[derive(Default)]
+pub(crate) struct TokenCache(std::sync::Mutex<HashMap<String, (String, u64, u64)>>);
+
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn read(path: &str) -> Result<Vec<u8>, String> {
@@ -175,6 +191,7 @@ impl Authenticator {
                     audience: audience.clone(),
                     consumer_claim: consumer_claim.clone(),
                     leeway: *leeway_secs,
+                    cache: TokenCache::default(),
                 })
             }
         }
@@ -221,7 +238,7 @@ impl Authenticator {
                     Err(fail("wrong user or password"))
                 }
             }
-            Authenticator::Jwt { algorithms, keys, issuer, audience, consumer_claim, leeway } => {
+            Authenticator::Jwt { algorithms, keys, issuer, audience, consumer_claim, leeway, cache } => {
                 let fail = |m: String| AuthFailure { message: m, challenge: "Bearer".into() };
                 let v = headers
                     .get(http::header::AUTHORIZATION)
@@ -232,6 +249,12 @@ impl Authenticator {
                     .or_else(|| v.strip_prefix("bearer "))
                     .ok_or_else(|| fail("expected a Bearer token".into()))?
                     .trim();
+                let now = unix_now();
+                if let Some((c, nbf, exp)) = cache.0.lock().unwrap_or_else(|e| e.into_inner()).get(token) {
+                    if now + leeway >= *nbf && now < exp + leeway {
+                        return Ok(c.clone());
+                    }
+                }
                 let header = jsonwebtoken::decode_header(token)
                     .map_err(|e| fail(format!("malformed token header: {e}")))?;
                 if !algorithms.contains(&header.alg) {
@@ -263,11 +286,20 @@ impl Authenticator {
                 }
                 let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.key, &val)
                     .map_err(|e| fail(format!("invalid token: {e}")))?;
-                match data.claims.get(consumer_claim) {
-                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                    Some(other) => Ok(other.to_string()),
-                    None => Err(fail(format!("token has no {consumer_claim:?} claim"))),
+                let consumer = match data.claims.get(consumer_claim) {
+                    Some(serde_json::Value::String(s)) => s.clone(),
+                    Some(other) => other.to_string(),
+                    None => return Err(fail(format!("token has no {consumer_claim:?} claim"))),
+                };
+                let num = |k: &str| data.claims.get(k).and_then(|v| v.as_u64());
+                if let Some(exp) = num("exp") {
+                    let mut c = cache.0.lock().unwrap_or_else(|e| e.into_inner());
+                    if c.len() >= TOKEN_CACHE_MAX {
+                        c.clear();
+                    }
+                    c.insert(token.to_string(), (consumer.clone(), num("nbf").unwrap_or(0), exp));
                 }
+                Ok(consumer)
             }
         }
     }

@@ -56,6 +56,12 @@ upstream = "u"
 auth = "hs"
 
 [[route]]
+name = "hs0"
+path_prefix = "/hs0"
+upstream = "u"
+auth = "hs0"
+
+[[route]]
 name = "rs"
 path_prefix = "/rs"
 upstream = "u"
@@ -89,6 +95,13 @@ algorithms = ["HS256"]
 secret = "{SECRET}"
 issuer = "issuer-1"
 audience = ["weft"]
+
+[[auth]]
+name = "hs0"
+kind = "jwt"
+algorithms = ["HS256"]
+secret = "{SECRET}"
+leeway_secs = 0
 
 [[auth]]
 name = "rs"
@@ -256,4 +269,18 @@ fn jwt_config_mistakes_are_reported() {
         assert!(e.contains(want), "{auth}: {e}");
         assert!(e.starts_with("gw.toml:5: auth[0]."), "{e}");
     }
+}
+
+#[tokio::test]
+async fn verified_tokens_are_cached_but_still_expire() {
+    let a = TestUpstream::start("a").await;
+    let gw = gateway(&a).await;
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let token = encode(&Header::new(Algorithm::HS256), &claims("gina", 2), &key).unwrap();
+    for _ in 0..3 {
+        assert_eq!(bearer(&gw, "/hs0", &token).await.status, 200);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+    let r = bearer(&gw, "/hs0", &token).await;
+    assert_eq!(r.status, 401, "a cached token must not outlive its exp");
 }
