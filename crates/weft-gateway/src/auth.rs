@@ -75,14 +75,21 @@ fn read(path: &str) -> Result<Vec<u8>, String> {
 impl Authenticator {
     pub(crate) fn build(cfg: &AuthConfig) -> Result<Authenticator, FieldError> {
         match &cfg.method {
-            AuthMethod::ApiKey { header, query, keys } => {
+            AuthMethod::ApiKey {
+                header,
+                query,
+                keys,
+            } => {
                 if keys.is_empty() {
                     return Err(("keys", "at least one key is required".into()));
                 }
                 if let Some((k, _)) = keys.iter().find(|(k, _)| k.len() < 16) {
                     return Err((
                         "keys",
-                        format!("key {}… is shorter than 16 characters", &k[..k.len().min(3)]),
+                        format!(
+                            "key {}… is shorter than 16 characters",
+                            &k[..k.len().min(3)]
+                        ),
                     ));
                 }
                 Ok(Authenticator::ApiKey {
@@ -99,7 +106,10 @@ impl Authenticator {
                 if users.keys().any(|u| u.contains(':')) {
                     return Err(("users", "user names cannot contain ':'".into()));
                 }
-                Ok(Authenticator::Basic { users: users.clone(), realm: realm.clone() })
+                Ok(Authenticator::Basic {
+                    users: users.clone(),
+                    realm: realm.clone(),
+                })
             }
             AuthMethod::Jwt {
                 algorithms,
@@ -112,7 +122,10 @@ impl Authenticator {
                 leeway_secs,
             } => {
                 if algorithms.is_empty() {
-                    return Err(("algorithms", "list the accepted algorithms, e.g. [\"RS256\"]".into()));
+                    return Err((
+                        "algorithms",
+                        "list the accepted algorithms, e.g. [\"RS256\"]".into(),
+                    ));
                 }
                 let mut algs = Vec::new();
                 for a in algorithms {
@@ -138,7 +151,11 @@ impl Authenticator {
                     if s.len() < 32 {
                         return Err(("secret", "an HMAC secret needs at least 32 bytes".into()));
                     }
-                    keys.push(JwtKey { kid: None, alg: None, key: DecodingKey::from_secret(s.as_bytes()) });
+                    keys.push(JwtKey {
+                        kid: None,
+                        alg: None,
+                        key: DecodingKey::from_secret(s.as_bytes()),
+                    });
                 } else if families.contains(&AlgorithmFamily::Hmac) {
                     return Err(("secret", "HS* algorithms need a secret".into()));
                 }
@@ -159,8 +176,17 @@ impl Authenticator {
                         AlgorithmFamily::Ec => DecodingKey::from_ec_pem(&pem),
                         _ => DecodingKey::from_ed_pem(&pem),
                     }
-                    .map_err(|e| ("public_key_file", format!("{p}: not a usable public key: {e}")))?;
-                    keys.push(JwtKey { kid: None, alg: None, key });
+                    .map_err(|e| {
+                        (
+                            "public_key_file",
+                            format!("{p}: not a usable public key: {e}"),
+                        )
+                    })?;
+                    keys.push(JwtKey {
+                        kid: None,
+                        alg: None,
+                        key,
+                    });
                 }
                 if let Some(p) = jwks_file {
                     let text = read(p).map_err(|m| ("jwks_file", m))?;
@@ -173,7 +199,11 @@ impl Authenticator {
                             .common
                             .key_algorithm
                             .and_then(|a| a.to_string().parse::<Algorithm>().ok());
-                        keys.push(JwtKey { kid: jwk.common.key_id.clone(), alg, key });
+                        keys.push(JwtKey {
+                            kid: jwk.common.key_id.clone(),
+                            alg,
+                            key,
+                        });
                     }
                 }
                 if keys.iter().all(|k| k.key.family() == AlgorithmFamily::Hmac)
@@ -198,22 +228,43 @@ impl Authenticator {
     }
 
     /// Authenticates a request, returning the consumer.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<String, AuthFailure> {
+    pub(crate) fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) -> Result<String, AuthFailure> {
         match self {
-            Authenticator::ApiKey { header, query: qname, keys } => {
-                let fail = |m: &str| AuthFailure { message: m.into(), challenge: format!("ApiKey header=\"{header}\"") };
-                let from_header = headers.get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
+            Authenticator::ApiKey {
+                header,
+                query: qname,
+                keys,
+            } => {
+                let fail = |m: &str| AuthFailure {
+                    message: m.into(),
+                    challenge: format!("ApiKey header=\"{header}\""),
+                };
+                let from_header = headers
+                    .get(header)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
                 let from_query = qname.as_ref().and_then(|q| {
                     crate::route::parse_query(query.unwrap_or(""))
                         .into_iter()
                         .find(|(k, _)| k == q)
                         .map(|(_, v)| v)
                 });
-                let key = from_header.or(from_query).ok_or_else(|| fail("missing API key"))?;
-                keys.get(&key).cloned().ok_or_else(|| fail("unknown API key"))
+                let key = from_header
+                    .or(from_query)
+                    .ok_or_else(|| fail("missing API key"))?;
+                keys.get(&key)
+                    .cloned()
+                    .ok_or_else(|| fail("unknown API key"))
             }
             Authenticator::Basic { users, realm } => {
-                let fail = |m: &str| AuthFailure { message: m.into(), challenge: format!("Basic realm=\"{realm}\"") };
+                let fail = |m: &str| AuthFailure {
+                    message: m.into(),
+                    challenge: format!("Basic realm=\"{realm}\""),
+                };
                 let v = headers
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
@@ -227,7 +278,9 @@ impl Authenticator {
                     .decode(b64.trim())
                     .map_err(|_| fail("credentials are not base64"))?;
                 let raw = String::from_utf8(raw).map_err(|_| fail("credentials are not UTF-8"))?;
-                let (user, pass) = raw.split_once(':').ok_or_else(|| fail("credentials need user:password"))?;
+                let (user, pass) = raw
+                    .split_once(':')
+                    .ok_or_else(|| fail("credentials need user:password"))?;
                 let ok = users
                     .get(user)
                     .map(|p| bool::from(p.as_bytes().ct_eq(pass.as_bytes())))
@@ -238,8 +291,19 @@ impl Authenticator {
                     Err(fail("wrong user or password"))
                 }
             }
-            Authenticator::Jwt { algorithms, keys, issuer, audience, consumer_claim, leeway, cache } => {
-                let fail = |m: String| AuthFailure { message: m, challenge: "Bearer".into() };
+            Authenticator::Jwt {
+                algorithms,
+                keys,
+                issuer,
+                audience,
+                consumer_claim,
+                leeway,
+                cache,
+            } => {
+                let fail = |m: String| AuthFailure {
+                    message: m,
+                    challenge: "Bearer".into(),
+                };
                 let v = headers
                     .get(http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
@@ -250,7 +314,9 @@ impl Authenticator {
                     .ok_or_else(|| fail("expected a Bearer token".into()))?
                     .trim();
                 let now = unix_now();
-                if let Some((c, nbf, exp)) = cache.0.lock().unwrap_or_else(|e| e.into_inner()).get(token) {
+                if let Some((c, nbf, exp)) =
+                    cache.0.lock().unwrap_or_else(|e| e.into_inner()).get(token)
+                {
                     if now + leeway >= *nbf && now < exp + leeway {
                         return Ok(c.clone());
                     }
@@ -284,8 +350,10 @@ impl Authenticator {
                 } else {
                     val.set_audience(audience);
                 }
-                let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key.key, &val)
-                    .map_err(|e| fail(format!("invalid token: {e}")))?;
+                let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                    token, &key.key, &val,
+                )
+                .map_err(|e| fail(format!("invalid token: {e}")))?;
                 let consumer = match data.claims.get(consumer_claim) {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(other) => other.to_string(),
@@ -297,7 +365,10 @@ impl Authenticator {
                     if c.len() >= TOKEN_CACHE_MAX {
                         c.clear();
                     }
-                    c.insert(token.to_string(), (consumer.clone(), num("nbf").unwrap_or(0), exp));
+                    c.insert(
+                        token.to_string(),
+                        (consumer.clone(), num("nbf").unwrap_or(0), exp),
+                    );
                 }
                 Ok(consumer)
             }

@@ -540,21 +540,36 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             if !names.insert(u.name.as_str()) {
-                return Err(at("upstream", i, "name", format!("duplicate upstream {:?}", u.name)));
+                return Err(at(
+                    "upstream",
+                    i,
+                    "name",
+                    format!("duplicate upstream {:?}", u.name),
+                ));
             }
             validate_upstream(u).map_err(|(f, m)| at("upstream", i, f, m))?;
         }
         let mut auths = std::collections::HashSet::new();
         for (i, a) in self.auths.iter().enumerate() {
             if !auths.insert(a.name.as_str()) {
-                return Err(at("auth", i, "name", format!("duplicate auth {:?}", a.name)));
+                return Err(at(
+                    "auth",
+                    i,
+                    "name",
+                    format!("duplicate auth {:?}", a.name),
+                ));
             }
             crate::auth::Authenticator::build(a).map_err(|(f, m)| at("auth", i, f, m))?;
         }
         let mut routes = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             if !routes.insert(r.name.as_str()) {
-                return Err(at("route", i, "name", format!("duplicate route {:?}", r.name)));
+                return Err(at(
+                    "route",
+                    i,
+                    "name",
+                    format!("duplicate route {:?}", r.name),
+                ));
             }
             validate_route(r).map_err(|(f, m)| at("route", i, f, m))?;
             if !names.contains(r.upstream.as_str()) && !implicit_services {
@@ -566,7 +581,11 @@ impl Config {
                     format!(
                         "upstream {:?} is not defined (defined: {})",
                         r.upstream,
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 ));
             }
@@ -647,7 +666,12 @@ pub fn validate_route(r: &RouteConfig) -> Result<(), FieldError> {
         http::Method::from_bytes(m.as_bytes())
             .map_err(|_| ("methods", format!("{m:?} is not an HTTP method")))?;
     }
-    for h in r.headers.keys().chain(r.add_headers.keys()).chain(&r.remove_headers) {
+    for h in r
+        .headers
+        .keys()
+        .chain(r.add_headers.keys())
+        .chain(&r.remove_headers)
+    {
         http::HeaderName::from_bytes(h.as_bytes())
             .map_err(|_| ("headers", format!("{h:?} is not a valid header name")))?;
     }
@@ -665,7 +689,10 @@ pub fn validate_route(r: &RouteConfig) -> Result<(), FieldError> {
     }
     if let Some(rt) = &r.retry {
         if rt.attempts == 0 || rt.attempts > 10 {
-            return Err(("retry.attempts", format!("{} must be within 1..=10", rt.attempts)));
+            return Err((
+                "retry.attempts",
+                format!("{} must be within 1..=10", rt.attempts),
+            ));
         }
         if !(0.0..=1000.0).contains(&rt.budget_ratio) {
             return Err(("retry.budget_ratio", "must be within 0..=1000".into()));
@@ -717,7 +744,10 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
     for e in &u.endpoints {
         crate::upstream::parse_authority(&e.address).map_err(|m| ("endpoints.address", m))?;
         if e.weight == 0 {
-            return Err(("endpoints.weight", format!("{}: weight must be >= 1", e.address)));
+            return Err((
+                "endpoints.weight",
+                format!("{}: weight must be >= 1", e.address),
+            ));
         }
     }
     if let Some(s) = &u.service {
@@ -737,7 +767,10 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
     }
     if let Some(h) = &u.health_check {
         if h.interval_ms == 0 || h.timeout_ms == 0 {
-            return Err(("health_check", "interval_ms and timeout_ms must be > 0".into()));
+            return Err((
+                "health_check",
+                "interval_ms and timeout_ms must be > 0".into(),
+            ));
         }
         if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
             return Err(("health_check", "thresholds must be >= 1".into()));
@@ -753,7 +786,8 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
     if o.max_ejection_percent > 100 || o.panic_threshold_percent > 100 {
         return Err(("outlier", "percentages must be within 0..=100".into()));
     }
-    if o.consecutive_failures > 0 && (o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms)
+    if o.consecutive_failures > 0
+        && (o.base_ejection_ms == 0 || o.max_ejection_ms < o.base_ejection_ms)
     {
         return Err((
             "outlier",
@@ -782,29 +816,60 @@ mod tests {
         let e = err("[[route]]\nname = \"r\"\nupstream = \"u\"\ncolour = 1\n");
         assert!(e.starts_with("gw.toml:4: unknown field `colour`"), "{e}");
         let e = err(&format!("{UP}\n[[route]]\nname = \"a\"\nupstream = \"u\"\n\n[[route]]\nname = \"b\"\nupstream = \"u\"\nmethods = [\"GE T\"]\n"));
-        assert_eq!(e, "gw.toml:9: route[1].methods: \"GE T\" is not an HTTP method");
+        assert_eq!(
+            e,
+            "gw.toml:9: route[1].methods: \"GE T\" is not an HTTP method"
+        );
         let e = err("[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"nohost\" }]\n");
-        assert_eq!(e, "gw.toml:1: upstream[0].endpoints.address: \"nohost\" needs a port (host:port)");
-        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\npath = \"/a\"\npath_prefix = \"/b\"\n"));
+        assert_eq!(
+            e,
+            "gw.toml:1: upstream[0].endpoints.address: \"nohost\" needs a port (host:port)"
+        );
+        let e = err(&format!(
+            "{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\npath = \"/a\"\npath_prefix = \"/b\"\n"
+        ));
         assert!(e.contains("route[0].path: give at most one of"), "{e}");
         let e = err("[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\nbalance = \"maglev\"\n");
-        assert!(e.contains("upstream[0].hash_on: ring_hash and maglev need hash_on"), "{e}");
+        assert!(
+            e.contains("upstream[0].hash_on: ring_hash and maglev need hash_on"),
+            "{e}"
+        );
         let e = err("[[upstream]]\nname = \"u\"\nendpoints = [{ address = \"127.0.0.1:1\" }]\nbalance = \"fastest\"\n");
         assert!(e.contains("unknown variant `fastest`"), "{e}");
-        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nauth = \"nobody\"\n"));
-        assert!(e.contains("route[0].auth: auth \"nobody\" is not defined"), "{e}");
-        let e = err(&format!("{UP}[[auth]]\nname = \"k\"\nkind = \"api_key\"\nkeys = {{ short = \"x\" }}\n"));
-        assert!(e.contains("auth[0].keys: key sho… is shorter than 16 characters"), "{e}");
+        let e = err(&format!(
+            "{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nauth = \"nobody\"\n"
+        ));
+        assert!(
+            e.contains("route[0].auth: auth \"nobody\" is not defined"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{UP}[[auth]]\nname = \"k\"\nkind = \"api_key\"\nkeys = {{ short = \"x\" }}\n"
+        ));
+        assert!(
+            e.contains("auth[0].keys: key sho… is shorter than 16 characters"),
+            "{e}"
+        );
         let e = err(&format!("{UP}[[auth]]\nname = \"k\"\nkind = \"magic\"\n"));
         assert!(e.contains("unknown variant `magic`"), "{e}");
         let e = err(&format!("{UP}[[auth]]\nname = \"k\"\nkind = \"basic\"\nusers = {{ a = \"b\" }}\nrealmm = \"x\"\n"));
         assert!(e.contains("unknown field `realmm`"), "{e}");
-        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nretry = {{ attempts = 0 }}\n"));
-        assert!(e.contains("route[0].retry.attempts: 0 must be within 1..=10"), "{e}");
-        let e = err(&format!("{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nbreaker = {{ failure_rate = 150.0 }}\n"));
+        let e = err(&format!(
+            "{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nretry = {{ attempts = 0 }}\n"
+        ));
+        assert!(
+            e.contains("route[0].retry.attempts: 0 must be within 1..=10"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{UP}[[route]]\nname = \"r\"\nupstream = \"u\"\nbreaker = {{ failure_rate = 150.0 }}\n"
+        ));
         assert!(e.contains("route[0].breaker:"), "{e}");
         let e = err(&format!("{UP}{UP}"));
-        assert!(e.contains("gw.toml:4: upstream[1].name: duplicate upstream \"u\""), "{e}");
+        assert!(
+            e.contains("gw.toml:4: upstream[1].name: duplicate upstream \"u\""),
+            "{e}"
+        );
     }
 
     #[test]

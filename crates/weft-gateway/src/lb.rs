@@ -89,7 +89,10 @@ impl std::fmt::Debug for PlacementBox {
 }
 
 impl EndpointSet {
-    pub(crate) fn build(endpoints: Vec<Arc<Endpoint>>, balance: Balance) -> Result<EndpointSet, String> {
+    pub(crate) fn build(
+        endpoints: Vec<Arc<Endpoint>>,
+        balance: Balance,
+    ) -> Result<EndpointSet, String> {
         let weights: Vec<u32> = endpoints
             .iter()
             .map(|e| e.weight.load(Ordering::Relaxed).max(1))
@@ -117,7 +120,11 @@ impl EndpointSet {
                 _ => None,
             }
         };
-        Ok(EndpointSet { endpoints, schedule, placement })
+        Ok(EndpointSet {
+            endpoints,
+            schedule,
+            placement,
+        })
     }
 }
 
@@ -129,7 +136,10 @@ fn interleave(weights: &[u32]) -> Vec<u32> {
     }
     let total: u64 = weights.iter().map(|&w| w as u64).sum();
     let scale = (total as f64 / 4096.0).max(1.0);
-    let w: Vec<i64> = weights.iter().map(|&x| ((x as f64 / scale).round() as i64).max(1)).collect();
+    let w: Vec<i64> = weights
+        .iter()
+        .map(|&x| ((x as f64 / scale).round() as i64).max(1))
+        .collect();
     let sum: i64 = w.iter().sum();
     let mut cur = vec![0i64; w.len()];
     let mut out = Vec::with_capacity(sum as usize);
@@ -154,14 +164,25 @@ pub(crate) struct PickCtx {
 }
 
 impl PickCtx {
-    pub(crate) fn new(up: &Upstream, headers: &HeaderMap, path: &str, ip: std::net::IpAddr) -> PickCtx {
-        PickCtx { hash: up.hash_on.as_ref().and_then(|h| h.hash(headers, path, ip)) }
+    pub(crate) fn new(
+        up: &Upstream,
+        headers: &HeaderMap,
+        path: &str,
+        ip: std::net::IpAddr,
+    ) -> PickCtx {
+        PickCtx {
+            hash: up.hash_on.as_ref().and_then(|h| h.hash(headers, path, ip)),
+        }
     }
 }
 
 impl Upstream {
     /// Picks an endpoint not in `tried`, or None when nothing is usable.
-    pub(crate) fn pick(&self, ctx: &PickCtx, tried: &[usize]) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
+    pub(crate) fn pick(
+        &self,
+        ctx: &PickCtx,
+        tried: &[usize],
+    ) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
         let set = self.set.load_full();
         let n = set.endpoints.len();
         if n == 0 {
@@ -172,7 +193,8 @@ impl Upstream {
         let panic = self.cfg.outlier.panic_threshold_percent > 0
             && usable_count * 100 < n * self.cfg.outlier.panic_threshold_percent as usize;
         if panic {
-            metrics::counter!("weft_gateway_panic_total", "upstream" => self.name.clone()).increment(1);
+            metrics::counter!("weft_gateway_panic_total", "upstream" => self.name.clone())
+                .increment(1);
         }
         if usable_count == 0 && !panic {
             return None;
@@ -182,14 +204,18 @@ impl Upstream {
             Balance::RoundRobin => {
                 let s = &set.schedule;
                 let start = self.rr.fetch_add(1, Ordering::Relaxed) as usize;
-                (0..s.len()).map(|k| s[(start + k) % s.len()] as usize).find(|&i| ok(i))
+                (0..s.len())
+                    .map(|k| s[(start + k) % s.len()] as usize)
+                    .find(|&i| ok(i))
             }
             Balance::Random => self.weighted_random(&set, &ok),
             Balance::LeastRequest => {
                 let a = self.weighted_random(&set, &ok)?;
                 let b = self.weighted_random(&set, &|i| ok(i) && i != a);
                 match b {
-                    Some(b) if set.endpoints[b].load_score() < set.endpoints[a].load_score() => Some(b),
+                    Some(b) if set.endpoints[b].load_score() < set.endpoints[a].load_score() => {
+                        Some(b)
+                    }
                     _ => Some(a),
                 }
             }
@@ -250,13 +276,21 @@ mod tests {
             endpoints: weights
                 .iter()
                 .enumerate()
-                .map(|(i, &w)| EndpointConfig { address: format!("127.0.0.1:{}", 1000 + i), weight: w })
+                .map(|(i, &w)| EndpointConfig {
+                    address: format!("127.0.0.1:{}", 1000 + i),
+                    weight: w,
+                })
                 .collect(),
             balance,
             hash_on: hash_on.map(str::to_string),
             ..Default::default()
         };
-        Upstream::new(cfg, &EndpointRegistry::default(), Some(Arc::new(weft_resilience::rng::XorShift::seeded(7)))).unwrap()
+        Upstream::new(
+            cfg,
+            &EndpointRegistry::default(),
+            Some(Arc::new(weft_resilience::rng::XorShift::seeded(7))),
+        )
+        .unwrap()
     }
 
     fn counts(u: &Upstream, n: usize, headers: impl Fn(usize) -> HeaderMap) -> Vec<usize> {
@@ -327,9 +361,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("cookie", "a=1; sid=xyz".parse().unwrap());
         let ip = [10, 0, 0, 1].into();
-        assert_eq!(HashOn::parse("cookie:sid").unwrap().hash(&h, "/", ip), Some(weft_shard::hash(b"xyz")));
-        assert_eq!(HashOn::parse("cookie:none").unwrap().hash(&h, "/", ip), None);
-        assert_eq!(HashOn::parse("path").unwrap().hash(&h, "/p", ip), Some(weft_shard::hash(b"/p")));
+        assert_eq!(
+            HashOn::parse("cookie:sid").unwrap().hash(&h, "/", ip),
+            Some(weft_shard::hash(b"xyz"))
+        );
+        assert_eq!(
+            HashOn::parse("cookie:none").unwrap().hash(&h, "/", ip),
+            None
+        );
+        assert_eq!(
+            HashOn::parse("path").unwrap().hash(&h, "/p", ip),
+            Some(weft_shard::hash(b"/p"))
+        );
         assert!(HashOn::parse("body").is_err());
     }
 }

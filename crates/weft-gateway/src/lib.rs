@@ -177,12 +177,16 @@ impl Gateway {
                 Err(e) => errors.push(format!("{}{name}: {e}", config::ROUTE_PREFIX)),
                 Ok(r) if cfg.routes.iter().any(|f| f.name == r.name) => errors.push(format!(
                     "{}{name}: a route named {:?} is defined in the file, which wins",
-                    config::ROUTE_PREFIX, r.name
+                    config::ROUTE_PREFIX,
+                    r.name
                 )),
                 Ok(r) => {
                     let mut c = cfg.clone();
                     c.routes = vec![r.clone()];
-                    match c.validate(&format!("{}{name}", config::ROUTE_PREFIX), self.store.is_some()) {
+                    match c.validate(
+                        &format!("{}{name}", config::ROUTE_PREFIX),
+                        self.store.is_some(),
+                    ) {
                         Ok(()) => route_cfgs.push(r.clone()),
                         Err(e) => errors.push(e.to_string()),
                     }
@@ -211,13 +215,19 @@ impl Gateway {
                 Some(up) => up,
                 None => {
                     let up = Upstream::new(u.clone(), &self.registry, None).map_err(|m| {
-                        ConfigError::Invalid { origin: "config".into(), line: None, path: format!("upstream {:?}", u.name), message: m }
+                        ConfigError::Invalid {
+                            origin: "config".into(),
+                            line: None,
+                            path: format!("upstream {:?}", u.name),
+                            message: m,
+                        }
                     })?;
                     if let Some(store) = &self.store {
                         up.follow_service(store.clone(), self.registry.clone());
                     }
                     up.start_health_checks();
-                    p.upstreams.insert(u.name.clone(), (u.clone(), Arc::downgrade(&up)));
+                    p.upstreams
+                        .insert(u.name.clone(), (u.clone(), Arc::downgrade(&up)));
                     up
                 }
             };
@@ -239,33 +249,44 @@ impl Gateway {
                 None => None,
                 Some(b) => Some(match p.breakers.get(&r.name).filter(|(c, _)| c == b) {
                     Some((_, br)) => br.clone(),
-                    None => Arc::new(proxy::build_breaker(&r.name, b).map_err(|m| ConfigError::Invalid {
-                        origin: "config".into(),
-                        line: None,
-                        path: format!("route {:?}.breaker", r.name),
-                        message: m,
+                    None => Arc::new(proxy::build_breaker(&r.name, b).map_err(|m| {
+                        ConfigError::Invalid {
+                            origin: "config".into(),
+                            line: None,
+                            path: format!("route {:?}.breaker", r.name),
+                            message: m,
+                        }
                     })?),
                 }),
             };
             let limiter = match &r.rate_limit {
-                Some(rl) if !rl.global => Some(match p.limiters.get(&r.name).filter(|(c, _)| c == rl) {
-                    Some((_, l)) => l.clone(),
-                    None => Arc::new(
-                        RateLimiter::new(rl.per_second, rl.burst.unwrap_or(rl.per_second)).map_err(|e| ConfigError::Invalid {
-                            origin: "config".into(),
-                            line: None,
-                            path: format!("route {:?}.rate_limit", r.name),
-                            message: e.to_string(),
-                        })?,
-                    ),
-                }),
+                Some(rl) if !rl.global => {
+                    Some(match p.limiters.get(&r.name).filter(|(c, _)| c == rl) {
+                        Some((_, l)) => l.clone(),
+                        None => Arc::new(
+                            RateLimiter::new(rl.per_second, rl.burst.unwrap_or(rl.per_second))
+                                .map_err(|e| ConfigError::Invalid {
+                                    origin: "config".into(),
+                                    line: None,
+                                    path: format!("route {:?}.rate_limit", r.name),
+                                    message: e.to_string(),
+                                })?,
+                        ),
+                    })
+                }
                 _ => None,
             };
             let budget = match &r.retry {
-                Some(rt) if rt.attempts > 1 => Some(match p.budgets.get(&r.name).filter(|(c, _)| c == rt) {
-                    Some((_, b)) => b.clone(),
-                    None => Arc::new(TpsBudget::new(Duration::from_secs(10), rt.budget_min_per_sec, rt.budget_ratio)),
-                }),
+                Some(rt) if rt.attempts > 1 => {
+                    Some(match p.budgets.get(&r.name).filter(|(c, _)| c == rt) {
+                        Some((_, b)) => b.clone(),
+                        None => Arc::new(TpsBudget::new(
+                            Duration::from_secs(10),
+                            rt.budget_min_per_sec,
+                            rt.budget_ratio,
+                        )),
+                    })
+                }
                 _ => None,
             };
             if let (Some(b), Some(c)) = (&breaker, &r.breaker) {
@@ -283,7 +304,8 @@ impl Gateway {
         }
         // Most specific first; stable sort keeps declaration order for ties.
         routes.sort_by_key(|r| r.matcher.rank());
-        let names: std::collections::HashSet<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+        let names: std::collections::HashSet<&str> =
+            routes.iter().map(|r| r.name.as_str()).collect();
         p.breakers.retain(|k, _| names.contains(k.as_str()));
         p.limiters.retain(|k, _| names.contains(k.as_str()));
         p.budgets.retain(|k, _| names.contains(k.as_str()));
@@ -297,8 +319,10 @@ impl Gateway {
         self.table.store(Arc::new(Table {
             routes,
             upstreams: ups,
-            request_id_header: http::HeaderName::from_bytes(cfg.server.request_id_header.as_bytes())
-                .unwrap_or(http::HeaderName::from_static("x-request-id")),
+            request_id_header: http::HeaderName::from_bytes(
+                cfg.server.request_id_header.as_bytes(),
+            )
+            .unwrap_or(http::HeaderName::from_static("x-request-id")),
             server: cfg.server.clone(),
             generation: p.generation,
             errors,
@@ -320,7 +344,11 @@ impl Gateway {
 
     /// Polls `path` every `every` and reloads when its content changes (editors that replace
     /// the file are fine). Errors are logged and the running configuration is kept.
-    pub fn watch_file(self: &Arc<Self>, path: std::path::PathBuf, every: Duration) -> tokio::task::JoinHandle<()> {
+    pub fn watch_file(
+        self: &Arc<Self>,
+        path: std::path::PathBuf,
+        every: Duration,
+    ) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut last = std::fs::read(&path).ok();
@@ -347,13 +375,17 @@ impl Gateway {
     /// Follows routes stored under [`config::ROUTE_PREFIX`]: loads them now and rebuilds the
     /// table on every change (invalid ones are skipped and reported by [`Gateway::status`]).
     pub async fn watch_store_routes(self: &Arc<Self>) -> Result<(), GatewayError> {
-        let Some(store) = self.store.clone() else { return Ok(()) };
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
         let rev = self.load_store_routes(&store).await?;
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut rev = rev;
             loop {
-                let mut req = weft_store::WatchRequest::new(weft_store::KeyRange::prefix(config::ROUTE_PREFIX));
+                let mut req = weft_store::WatchRequest::new(weft_store::KeyRange::prefix(
+                    config::ROUTE_PREFIX,
+                ));
                 req.start_revision = rev + 1;
                 let mut w = match store.watch(req).await {
                     Ok(w) => w,
@@ -389,7 +421,10 @@ impl Gateway {
                 .map_err(|e| format!("not a route: {e}"))
                 .and_then(|rc| {
                     if rc.name != name {
-                        Err(format!("the key names route {name:?} but the value names {:?}", rc.name))
+                        Err(format!(
+                            "the key names route {name:?} but the value names {:?}",
+                            rc.name
+                        ))
                     } else {
                         Ok(rc)
                     }
@@ -407,8 +442,16 @@ impl Gateway {
     /// Counts one request in the shared one-second window of (`route`, `key`) in the store:
     /// every gateway on the store shares the count, so limits do not multiply with the number
     /// of instances. Err(Some(wait)) when over, Err(None) when the store fails.
-    pub(crate) async fn global_limit(&self, route: &str, key: &str, per_second: u32, burst: u32) -> Result<(), Option<Duration>> {
-        let Some(store) = &self.store else { return Ok(()) };
+    pub(crate) async fn global_limit(
+        &self,
+        route: &str,
+        key: &str,
+        per_second: u32,
+        burst: u32,
+    ) -> Result<(), Option<Duration>> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -419,7 +462,8 @@ impl Gateway {
                 Some((w, id)) if w == window => id,
                 _ => {
                     let id = store.lease_grant(3, 0).await.map_err(|_| None)?.id;
-                    self.persist.lock().unwrap_or_else(|e| e.into_inner()).lease = Some((window, id));
+                    self.persist.lock().unwrap_or_else(|e| e.into_inner()).lease =
+                        Some((window, id));
                     id
                 }
             }
@@ -435,7 +479,9 @@ impl Gateway {
         if count as u64 <= per_second.max(burst) as u64 {
             Ok(())
         } else {
-            Err(Some(Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos() as u64)))
+            Err(Some(
+                Duration::from_secs(1) - Duration::from_nanos(now.subsec_nanos() as u64),
+            ))
         }
     }
 
@@ -485,7 +531,12 @@ impl Gateway {
             path: "route".into(),
             message: "this gateway has no store; edit the config file instead".into(),
         })?;
-        let mut c = self.persist.lock().unwrap_or_else(|e| e.into_inner()).file.clone();
+        let mut c = self
+            .persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .file
+            .clone();
         if c.routes.iter().any(|r| r.name == route.name) {
             return Err(ConfigError::Invalid {
                 origin: "admin".into(),
@@ -508,7 +559,12 @@ impl Gateway {
 
     /// Deletes a stored route; false if there was none.
     pub async fn delete_route(&self, name: &str) -> Result<bool, GatewayError> {
-        let Some(store) = &self.store else { return Ok(false) };
-        Ok(store.delete_key(format!("{}{name}", config::ROUTE_PREFIX)).await? > 0)
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        Ok(store
+            .delete_key(format!("{}{name}", config::ROUTE_PREFIX))
+            .await?
+            > 0)
     }
 }

@@ -132,9 +132,7 @@ impl Route {
         };
         let name = cfg.name.clone();
         let up = upstream.name.clone();
-        let counter = |class: &'static str| {
-            metrics::counter!("weft_gateway_requests_total", "route" => name.clone(), "upstream" => up.clone(), "status" => class)
-        };
+        let counter = |class: &'static str| metrics::counter!("weft_gateway_requests_total", "route" => name.clone(), "upstream" => up.clone(), "status" => class);
         Route {
             matcher: Matcher::new(&cfg),
             add_headers: hv(&cfg.add_headers),
@@ -208,7 +206,10 @@ fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
             v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                .map(|s| {
+                    s.split(',')
+                        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+                })
                 .unwrap_or(false)
         })
 }
@@ -218,8 +219,12 @@ pub(crate) fn answer(reason: Reason, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": reason.as_str(), "message": message }).to_string();
     let mut r = Response::new(full(body));
     *r.status_mut() = reason.status();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    r.headers_mut().insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert("x-weft-reason", HeaderValue::from_static(reason.as_str()));
     r
 }
 
@@ -260,7 +265,10 @@ impl RequestIds {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ (std::process::id() as u64).rotate_left(32);
-        RequestIds { seed, counter: AtomicU64::new(0) }
+        RequestIds {
+            seed,
+            counter: AtomicU64::new(0),
+        }
     }
     fn next(&self) -> HeaderValue {
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -306,12 +314,18 @@ struct Exchange<'a> {
     attempts: u32,
 }
 
-static NO_RETRY: std::sync::LazyLock<RetryConfig> =
-    std::sync::LazyLock::new(|| RetryConfig { attempts: 1, ..Default::default() });
+static NO_RETRY: std::sync::LazyLock<RetryConfig> = std::sync::LazyLock::new(|| RetryConfig {
+    attempts: 1,
+    ..Default::default()
+});
 
 impl Gateway {
     /// Handles one client request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, remote: SocketAddr) -> Response<Body> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
         let start = Instant::now();
         let table = self.table.load_full();
         let rid_header = &table.request_id_header;
@@ -322,10 +336,11 @@ impl Gateway {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let path = uri.path();
-        let host = uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()));
+        let host = uri.authority().map(|a| a.as_str()).or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let found = table.routes.iter().find_map(|r| {
             r.matcher
                 .matches(&method, host, path, uri.query(), req.headers())
@@ -334,7 +349,21 @@ impl Gateway {
         let Some((route, matched)) = found else {
             metrics::counter!("weft_gateway_no_route_total").increment(1);
             let mut resp = answer(Reason::NoRoute, &format!("no route for {method} {path}"));
-            self.access_log(&AccessEntry { start, method: &method, path, route: "", upstream: "", endpoint: "", consumer: "", remote, request_id: &request_id, attempts: 0 }, &resp);
+            self.access_log(
+                &AccessEntry {
+                    start,
+                    method: &method,
+                    path,
+                    route: "",
+                    upstream: "",
+                    endpoint: "",
+                    consumer: "",
+                    remote,
+                    request_id: &request_id,
+                    attempts: 0,
+                },
+                &resp,
+            );
             resp.headers_mut().insert(rid_header.clone(), request_id);
             return resp;
         };
@@ -356,7 +385,11 @@ impl Gateway {
         route.counters[status_class(r.status())].increment(1);
         route.latency.record(start.elapsed().as_secs_f64());
         if self.access.is_some() {
-            let endpoint = x.endpoint.as_ref().map(|e| e.address.as_str()).unwrap_or("");
+            let endpoint = x
+                .endpoint
+                .as_ref()
+                .map(|e| e.address.as_str())
+                .unwrap_or("");
             self.access_log(
                 &AccessEntry {
                     start,
@@ -373,7 +406,8 @@ impl Gateway {
                 &r,
             );
         }
-        r.headers_mut().insert(rid_header.clone(), request_id.clone());
+        r.headers_mut()
+            .insert(rid_header.clone(), request_id.clone());
         r
     }
 
@@ -406,7 +440,9 @@ impl Gateway {
                 let origin = req.headers().get(header::ORIGIN).cloned();
                 if let Some(o) = &origin {
                     if req.method() == Method::OPTIONS
-                        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+                        && req
+                            .headers()
+                            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
                     {
                         return preflight(c, o);
                     }
@@ -418,10 +454,20 @@ impl Gateway {
         let mut resp = self.forward_inner(x, req).await;
         if let (Some(c), Some(o)) = (cors, origin_ok) {
             let h = resp.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, if c.origins.iter().any(|x| x == "*") && !c.credentials { HeaderValue::from_static("*") } else { o });
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                if c.origins.iter().any(|x| x == "*") && !c.credentials {
+                    HeaderValue::from_static("*")
+                } else {
+                    o
+                },
+            );
             h.append(header::VARY, HeaderValue::from_static("origin"));
             if c.credentials {
-                h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
             }
         }
         resp
@@ -436,7 +482,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if let Some(l) = content_length.filter(|l| *l > max_body) {
-            return answer(Reason::BodyTooLarge, &format!("body of {l} bytes is over the limit of {max_body} bytes"));
+            return answer(
+                Reason::BodyTooLarge,
+                &format!("body of {l} bytes is over the limit of {max_body} bytes"),
+            );
         }
         // Authentication.
         if let Some(a) = &route.auth {
@@ -454,12 +503,21 @@ impl Gateway {
         // Rate limit.
         if let Some(rl) = &route.cfg.rate_limit {
             let key = match rl.by {
-                RateKey::Consumer => x.consumer.clone().unwrap_or_else(|| x.remote.ip().to_string()),
+                RateKey::Consumer => x
+                    .consumer
+                    .clone()
+                    .unwrap_or_else(|| x.remote.ip().to_string()),
                 RateKey::Ip => x.remote.ip().to_string(),
                 RateKey::Route => String::new(),
             };
             let verdict = if rl.global {
-                self.global_limit(&route.name, &key, rl.per_second, rl.burst.unwrap_or(rl.per_second)).await
+                self.global_limit(
+                    &route.name,
+                    &key,
+                    rl.per_second,
+                    rl.burst.unwrap_or(rl.per_second),
+                )
+                .await
             } else {
                 match &route.limiter {
                     Some(l) => l.check(&key).map_err(|e| Some(e.retry_after)),
@@ -471,17 +529,28 @@ impl Gateway {
                 Err(Some(after)) => {
                     let mut r = answer(Reason::RateLimited, "rate limit exceeded");
                     let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-                    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                    r.headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                     return r;
                 }
-                Err(None) => return answer(Reason::LimiterUnavailable, "the shared rate limiter is unavailable"),
+                Err(None) => {
+                    return answer(
+                        Reason::LimiterUnavailable,
+                        "the shared rate limiter is unavailable",
+                    )
+                }
             }
         }
         // Breaker.
         let permit = match &route.breaker {
             Some(b) => match b.try_acquire() {
                 Ok(p) => Some(p),
-                Err(e) => return answer(Reason::BreakerOpen, &format!("route {} is failing: {e}", route.name)),
+                Err(e) => {
+                    return answer(
+                        Reason::BreakerOpen,
+                        &format!("route {} is failing: {e}", route.name),
+                    )
+                }
             },
             None => None,
         };
@@ -500,19 +569,33 @@ impl Gateway {
         content_length: Option<u64>,
     ) -> (Response<Body>, Outcome) {
         let route = x.route;
-        let deadline = route.cfg.timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+        let deadline = route
+            .cfg
+            .timeout_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
         let upgrade = is_upgrade(req.headers());
-        let client_upgrade = if upgrade { Some(hyper::upgrade::on(&mut req)) } else { None };
+        let client_upgrade = if upgrade {
+            Some(hyper::upgrade::on(&mut req))
+        } else {
+            None
+        };
         let (parts, body) = req.into_parts();
-        let ctx = PickCtx::new(&route.upstream, &parts.headers, parts.uri.path(), x.remote.ip());
+        let ctx = PickCtx::new(
+            &route.upstream,
+            &parts.headers,
+            parts.uri.path(),
+            x.remote.ip(),
+        );
         let had_body_headers = headers_has_body(&parts.headers);
         // Upstream request head.
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade);
-        let original_host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let original_host = headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let ip = x.remote.ip().to_string();
         let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
             Some(prev) => HeaderValue::from_str(&format!("{prev}, {ip}")),
@@ -556,33 +639,66 @@ impl Gateway {
         };
         let path_and_query = match path_and_query {
             Ok(p) => p,
-            Err(e) => return (answer(Reason::BadRequest, &format!("cannot build the upstream path: {e}")), Outcome::Ignore),
+            Err(e) => {
+                return (
+                    answer(
+                        Reason::BadRequest,
+                        &format!("cannot build the upstream path: {e}"),
+                    ),
+                    Outcome::Ignore,
+                )
+            }
         };
         // A replayable body lets us retry.
         let mut replay: Option<Bytes> = None;
         let mut stream: Option<Body> = None;
         let retryable_method = route.retry_methods.contains(&method) && !upgrade;
         let bodyless = content_length == Some(0)
-            || (content_length.is_none() && !had_body_headers && parts.version < http::Version::HTTP_2)
+            || (content_length.is_none()
+                && !had_body_headers
+                && parts.version < http::Version::HTTP_2)
             || http_body::Body::is_end_stream(&body);
         if bodyless {
             replay = Some(Bytes::new());
-        } else if retry.attempts > 1 && retryable_method && content_length.is_some_and(|l| l <= retry.buffer_bytes) {
+        } else if retry.attempts > 1
+            && retryable_method
+            && content_length.is_some_and(|l| l <= retry.buffer_bytes)
+        {
             match Limited::new(body, max_body as usize).collect().await {
                 Ok(c) => replay = Some(c.to_bytes()),
                 Err(e) => {
                     let (too_large, _) = walk_errors(&*e);
                     return if too_large {
-                        (answer(Reason::BodyTooLarge, &format!("body is over the limit of {max_body} bytes")), Outcome::Ignore)
+                        (
+                            answer(
+                                Reason::BodyTooLarge,
+                                &format!("body is over the limit of {max_body} bytes"),
+                            ),
+                            Outcome::Ignore,
+                        )
                     } else {
-                        (answer(Reason::BadRequest, &format!("reading the request body failed: {e}")), Outcome::Ignore)
+                        (
+                            answer(
+                                Reason::BadRequest,
+                                &format!("reading the request body failed: {e}"),
+                            ),
+                            Outcome::Ignore,
+                        )
                     };
                 }
             }
         } else {
-            stream = Some(Limited::new(body, max_body as usize).map_err(|e| -> BoxError { e }).boxed_unsync());
+            stream = Some(
+                Limited::new(body, max_body as usize)
+                    .map_err(|e| -> BoxError { e })
+                    .boxed_unsync(),
+            );
         }
-        let max_attempts = if replay.is_some() && retryable_method { retry.attempts.clamp(1, 10) } else { 1 };
+        let max_attempts = if replay.is_some() && retryable_method {
+            retry.attempts.clamp(1, 10)
+        } else {
+            1
+        };
         let mut tried = [0usize; 10];
         let mut attempt = 0u32;
         loop {
@@ -591,9 +707,21 @@ impl Gateway {
             let tried_now = &tried[..(attempt - 1) as usize];
             let Some((idx, ep, set)) = route.upstream.pick(&ctx, tried_now) else {
                 return if attempt == 1 {
-                    (answer(Reason::NoHealthyUpstream, &format!("upstream {} has no usable endpoint", route.upstream.name)), Outcome::Ignore)
+                    (
+                        answer(
+                            Reason::NoHealthyUpstream,
+                            &format!("upstream {} has no usable endpoint", route.upstream.name),
+                        ),
+                        Outcome::Ignore,
+                    )
                 } else {
-                    (answer(Reason::NoHealthyUpstream, "no other usable endpoint to retry on"), Outcome::Failure)
+                    (
+                        answer(
+                            Reason::NoHealthyUpstream,
+                            "no other usable endpoint to retry on",
+                        ),
+                        Outcome::Failure,
+                    )
                 };
             };
             tried[(attempt - 1) as usize] = idx;
@@ -605,7 +733,15 @@ impl Gateway {
                 .build();
             let uri = match uri {
                 Ok(u) => u,
-                Err(e) => return (answer(Reason::BadRequest, &format!("cannot build the upstream URI: {e}")), Outcome::Ignore),
+                Err(e) => {
+                    return (
+                        answer(
+                            Reason::BadRequest,
+                            &format!("cannot build the upstream URI: {e}"),
+                        ),
+                        Outcome::Ignore,
+                    )
+                }
             };
             let body = match (&replay, stream.take()) {
                 (Some(b), _) if b.is_empty() => empty(),
@@ -616,7 +752,11 @@ impl Gateway {
             let mut up = Request::new(body);
             *up.method_mut() = method.clone();
             *up.uri_mut() = uri;
-            *up.headers_mut() = if attempt >= max_attempts { std::mem::take(&mut headers) } else { headers.clone() };
+            *up.headers_mut() = if attempt >= max_attempts {
+                std::mem::take(&mut headers)
+            } else {
+                headers.clone()
+            };
             if h2 {
                 *up.version_mut() = http::Version::HTTP_2;
             }
@@ -645,17 +785,37 @@ impl Gateway {
                     ep.observe_latency(now - t0);
                     ep.record(true, outlier, &set, now);
                     drop(guard);
-                    (Some(if deadline_hit { Reason::Deadline } else { Reason::UpstreamTimeout }), None)
+                    (
+                        Some(if deadline_hit {
+                            Reason::Deadline
+                        } else {
+                            Reason::UpstreamTimeout
+                        }),
+                        None,
+                    )
                 }
                 Ok(Err(e)) => {
                     let (too_large, _) = walk_errors(&e);
                     if too_large {
-                        return (answer(Reason::BodyTooLarge, &format!("body is over the limit of {max_body} bytes")), Outcome::Ignore);
+                        return (
+                            answer(
+                                Reason::BodyTooLarge,
+                                &format!("body is over the limit of {max_body} bytes"),
+                            ),
+                            Outcome::Ignore,
+                        );
                     }
                     ep.record(true, outlier, &set, now);
                     drop(guard);
                     tracing::debug!(endpoint = %ep.address, "upstream error: {e:?}");
-                    (Some(if e.is_connect() { Reason::ConnectError } else { Reason::UpstreamError }), None)
+                    (
+                        Some(if e.is_connect() {
+                            Reason::ConnectError
+                        } else {
+                            Reason::UpstreamError
+                        }),
+                        None,
+                    )
                 }
                 Ok(Ok(r)) => {
                     ep.observe_latency(now - t0);
@@ -664,14 +824,20 @@ impl Gateway {
                     (None, Some((r, guard)))
                 }
             };
-            let retry_status = resp.as_ref().is_some_and(|(r, _)| retry.on_status.contains(&r.status().as_u16()));
-            let should_retry = (failure_kind.is_some() && failure_kind != Some(Reason::Deadline)) || retry_status;
+            let retry_status = resp
+                .as_ref()
+                .is_some_and(|(r, _)| retry.on_status.contains(&r.status().as_u16()));
+            let should_retry =
+                (failure_kind.is_some() && failure_kind != Some(Reason::Deadline)) || retry_status;
             let time_left = deadline.is_none_or(|d| Instant::now() < d);
             if should_retry && attempt < max_attempts && time_left {
                 let budget_ok = route.budget.as_ref().is_none_or(|b| b.withdraw());
                 if budget_ok {
-                    metrics::counter!("weft_gateway_retries_total", "route" => route.name.clone()).increment(1);
-                    let backoff = Duration::from_millis((route.upstream.rng.next_f64() * (10u64 << attempt.min(4)) as f64) as u64);
+                    metrics::counter!("weft_gateway_retries_total", "route" => route.name.clone())
+                        .increment(1);
+                    let backoff = Duration::from_millis(
+                        (route.upstream.rng.next_f64() * (10u64 << attempt.min(4)) as f64) as u64,
+                    );
                     tokio::time::sleep(backoff).await;
                     continue;
                 }
@@ -683,17 +849,32 @@ impl Gateway {
                 }
             }
             return match (failure_kind, resp) {
-                (Some(reason), _) => (answer(reason, &format!("endpoint {}: {reason}", ep.address)), Outcome::Failure),
+                (Some(reason), _) => (
+                    answer(reason, &format!("endpoint {}: {reason}", ep.address)),
+                    Outcome::Failure,
+                ),
                 (None, Some((r, guard))) => {
-                    let outcome = if r.status().is_server_error() { Outcome::Failure } else { Outcome::Success };
+                    let outcome = if r.status().is_server_error() {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
                     (self.relay(r, guard, client_upgrade), outcome)
                 }
-                (None, None) => (answer(Reason::UpstreamError, "no response"), Outcome::Failure),
+                (None, None) => (
+                    answer(Reason::UpstreamError, "no response"),
+                    Outcome::Failure,
+                ),
             };
         }
     }
 
-    fn relay(&self, mut r: Response<Incoming>, guard: InFlight, client_upgrade: Option<hyper::upgrade::OnUpgrade>) -> Response<Body> {
+    fn relay(
+        &self,
+        mut r: Response<Incoming>,
+        guard: InFlight,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    ) -> Response<Body> {
         if r.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut r);
@@ -740,26 +921,44 @@ impl Drop for InFlight {
 }
 
 fn origin_allowed(c: &CorsConfig, o: &HeaderValue) -> bool {
-    c.origins.iter().any(|x| x == "*" || x.as_bytes() == o.as_bytes())
+    c.origins
+        .iter()
+        .any(|x| x == "*" || x.as_bytes() == o.as_bytes())
 }
 
 fn preflight(c: &CorsConfig, origin: &HeaderValue) -> Response<Body> {
     if !origin_allowed(c, origin) {
-        return answer(Reason::BadRequest, "origin not allowed by the route's CORS policy");
+        return answer(
+            Reason::BadRequest,
+            "origin not allowed by the route's CORS policy",
+        );
     }
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, if c.origins.iter().any(|x| x == "*") && !c.credentials { HeaderValue::from_static("*") } else { origin.clone() });
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        if c.origins.iter().any(|x| x == "*") && !c.credentials {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        },
+    );
     if let Ok(v) = HeaderValue::from_str(&c.methods.join(", ")) {
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
     }
     if let Ok(v) = HeaderValue::from_str(&c.headers.join(", ")) {
         h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
     }
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(c.max_age_secs));
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(c.max_age_secs),
+    );
     if c.credentials {
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     h.insert(header::VARY, HeaderValue::from_static("origin"));
     r

@@ -33,7 +33,11 @@ impl Template {
             .ok_or_else(|| format!("{t:?} must start with '/'"))?;
         let mut segs = Vec::new();
         let mut names = std::collections::HashSet::new();
-        let parts: Vec<&str> = if body.is_empty() { vec![] } else { body.split('/').collect() };
+        let parts: Vec<&str> = if body.is_empty() {
+            vec![]
+        } else {
+            body.split('/').collect()
+        };
         for (i, p) in parts.iter().enumerate() {
             if let Some(inner) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 let (rest, name) = match inner.strip_prefix('*') {
@@ -41,7 +45,9 @@ impl Template {
                     None => (false, inner),
                 };
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("{t:?}: parameter {p:?} needs a name of A-Z a-z 0-9 _"));
+                    return Err(format!(
+                        "{t:?}: parameter {p:?} needs a name of A-Z a-z 0-9 _"
+                    ));
                 }
                 if !names.insert(name.to_string()) {
                     return Err(format!("{t:?}: parameter {name:?} appears twice"));
@@ -49,7 +55,11 @@ impl Template {
                 if rest && i + 1 != parts.len() {
                     return Err(format!("{t:?}: {{*{name}}} must be the last segment"));
                 }
-                segs.push(if rest { Seg::Rest(name.into()) } else { Seg::Param(name.into()) });
+                segs.push(if rest {
+                    Seg::Rest(name.into())
+                } else {
+                    Seg::Param(name.into())
+                });
             } else if p.contains('{') || p.contains('}') {
                 return Err(format!(
                     "{t:?}: segment {p:?} mixes text and a parameter; a parameter is a whole segment"
@@ -77,7 +87,9 @@ impl Template {
                 Seg::Lit(_) => false,
             });
             if !known {
-                return Err(format!("{rewrite:?}: {{{name}}} is not a parameter of the template"));
+                return Err(format!(
+                    "{rewrite:?}: {{{name}}} is not a parameter of the template"
+                ));
             }
             rest = &rest[open + close + 1..];
         }
@@ -85,13 +97,20 @@ impl Template {
     }
 
     fn literals(&self) -> usize {
-        self.segs.iter().filter(|s| matches!(s, Seg::Lit(_))).count()
+        self.segs
+            .iter()
+            .filter(|s| matches!(s, Seg::Lit(_)))
+            .count()
     }
 
     /// Matches a path, returning the parameters.
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
         let body = path.strip_prefix('/')?;
-        let all: Vec<&str> = if body.is_empty() { Vec::new() } else { body.split('/').collect() };
+        let all: Vec<&str> = if body.is_empty() {
+            Vec::new()
+        } else {
+            body.split('/').collect()
+        };
         let mut parts = all.iter().copied();
         let mut params = Vec::new();
         let mut consumed = 0usize;
@@ -164,7 +183,11 @@ impl Matcher {
         let path = if let Some(p) = &r.path {
             PathMatch::Exact(p.clone())
         } else if let Some(p) = &r.path_prefix {
-            let p = if p.len() > 1 { p.trim_end_matches('/').to_string() } else { p.clone() };
+            let p = if p.len() > 1 {
+                p.trim_end_matches('/').to_string()
+            } else {
+                p.clone()
+            };
             PathMatch::Prefix(p)
         } else if let Some(t) = &r.path_template {
             PathMatch::Template(Template::parse(t).expect("validated"))
@@ -182,7 +205,12 @@ impl Matcher {
             headers: r
                 .headers
                 .iter()
-                .map(|(k, v)| (http::HeaderName::from_bytes(k.as_bytes()).expect("validated"), v.clone()))
+                .map(|(k, v)| {
+                    (
+                        http::HeaderName::from_bytes(k.as_bytes()).expect("validated"),
+                        v.clone(),
+                    )
+                })
                 .collect(),
             query: r.query.clone(),
             rewrite: r.rewrite.clone(),
@@ -213,9 +241,11 @@ impl Matcher {
             let host = host?.to_ascii_lowercase();
             let host = strip_port(&host);
             let ok = self.hosts.iter().any(|h| match h.strip_prefix("*.") {
-                Some(suffix) => host.len() > suffix.len() + 1
-                    && host.ends_with(suffix)
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.',
+                Some(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.ends_with(suffix)
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                }
                 None => h == host,
             });
             if !ok {
@@ -269,7 +299,9 @@ impl Matcher {
             }
             PathMatch::Template(t) => {
                 let params = t.matches(path)?;
-                self.rewrite.as_ref().map(|rw| Template::render(rw, &params))
+                self.rewrite
+                    .as_ref()
+                    .map(|rw| Template::render(rw, &params))
             }
         };
         let path_and_query = new_path.map(|p| match query {
@@ -282,7 +314,11 @@ impl Matcher {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map(|h| &host[..h.len() + 1]).unwrap_or(host);
+        return host
+            .split(']')
+            .next()
+            .map(|h| &host[..h.len() + 1])
+            .unwrap_or(host);
     }
     host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host)
 }
@@ -328,7 +364,11 @@ mod tests {
     use super::*;
 
     fn route(f: impl FnOnce(&mut RouteConfig)) -> Matcher {
-        let mut r = RouteConfig { name: "r".into(), upstream: "u".into(), ..Default::default() };
+        let mut r = RouteConfig {
+            name: "r".into(),
+            upstream: "u".into(),
+            ..Default::default()
+        };
         f(&mut r);
         crate::config::validate_route(&r).unwrap();
         Matcher::new(&r)
@@ -339,8 +379,14 @@ mod tests {
             Some((p, q)) => (p, Some(q)),
             None => (pq, None),
         };
-        mt.matches(&Method::from_bytes(method.as_bytes()).unwrap(), Some(host), p, q, &HeaderMap::new())
-            .map(|x| x.path_and_query.unwrap_or_else(|| pq.to_string()))
+        mt.matches(
+            &Method::from_bytes(method.as_bytes()).unwrap(),
+            Some(host),
+            p,
+            q,
+            &HeaderMap::new(),
+        )
+        .map(|x| x.path_and_query.unwrap_or_else(|| pq.to_string()))
     }
 
     #[test]
@@ -349,7 +395,10 @@ mod tests {
             r.path_template = Some("/users/{id}/posts/{*rest}".into());
             r.rewrite = Some("/v2/{id}/{rest}".into());
         });
-        assert_eq!(m(&t, "GET", "h", "/users/7/posts/a/b?x=1").as_deref(), Some("/v2/7/a/b?x=1"));
+        assert_eq!(
+            m(&t, "GET", "h", "/users/7/posts/a/b?x=1").as_deref(),
+            Some("/v2/7/a/b?x=1")
+        );
         assert_eq!(m(&t, "GET", "h", "/users/7/post/a"), None);
         assert_eq!(m(&t, "GET", "h", "/users//posts/a"), None);
         let t = route(|r| r.path_template = Some("/a/{x}".into()));
@@ -359,7 +408,10 @@ mod tests {
         assert!(Template::parse("/a/x{y}").is_err());
         assert!(Template::parse("/{*a}/b").is_err());
         assert!(Template::parse("/{a}/{a}").is_err());
-        assert!(Template::parse("/{a}").unwrap().check_rewrite("/{b}").is_err());
+        assert!(Template::parse("/{a}")
+            .unwrap()
+            .check_rewrite("/{b}")
+            .is_err());
     }
 
     #[test]
@@ -401,7 +453,11 @@ mod tests {
     fn query_decoding() {
         assert_eq!(
             parse_query("a=1+2&b=%41%zz&c"),
-            vec![("a".into(), "1 2".into()), ("b".into(), "A%zz".into()), ("c".into(), "".into())]
+            vec![
+                ("a".into(), "1 2".into()),
+                ("b".into(), "A%zz".into()),
+                ("c".into(), "".into())
+            ]
         );
         assert_eq!(parse_query("x=%"), vec![("x".into(), "%".into())]);
     }

@@ -53,7 +53,10 @@ pub async fn serve(
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .keep_alive(true);
-        builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
@@ -78,13 +81,18 @@ pub type MetricsRender = Arc<dyn Fn() -> String + Send + Sync>;
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
 fn err(status: StatusCode, code: &str, message: impl std::fmt::Display) -> Response<Body> {
-    json(status, serde_json::json!({"error": code, "message": message.to_string()}))
+    json(
+        status,
+        serde_json::json!({"error": code, "message": message.to_string()}),
+    )
 }
 
 async fn admin(
@@ -104,7 +112,11 @@ async fn admin(
                 bool::from(v.as_bytes().ct_eq(t.as_bytes()))
             });
         if !ok && req.uri().path() != "/health" {
-            return err(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token");
+            return err(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            );
         }
     }
     let path = req.uri().path().to_string();
@@ -121,14 +133,21 @@ async fn admin(
                 );
                 r
             }
-            None => err(StatusCode::NOT_FOUND, "not_found", "metrics are served by the node's /metrics"),
+            None => err(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "metrics are served by the node's /metrics",
+            ),
         },
         (Method::GET, "/routes") => json(StatusCode::OK, gw.status()["routes"].clone()),
         (m, p) if p.starts_with("/routes/") => {
             let name = &p["/routes/".len()..];
             match m {
                 Method::PUT => {
-                    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20).collect().await {
+                    let body = match http_body_util::Limited::new(req.into_body(), 1 << 20)
+                        .collect()
+                        .await
+                    {
                         Ok(b) => b.to_bytes(),
                         Err(e) => return err(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e),
                     };
@@ -140,24 +159,41 @@ async fn admin(
                         return err(
                             StatusCode::BAD_REQUEST,
                             "invalid_route",
-                            format!("the path names route {name:?} but the body names {:?}", route.name),
+                            format!(
+                                "the path names route {name:?} but the body names {:?}",
+                                route.name
+                            ),
                         );
                     }
                     match gw.put_route(route).await {
                         Ok(()) => json(StatusCode::OK, serde_json::json!({"stored": name})),
-                        Err(crate::GatewayError::Config(e)) => err(StatusCode::BAD_REQUEST, "invalid_route", e),
+                        Err(crate::GatewayError::Config(e)) => {
+                            err(StatusCode::BAD_REQUEST, "invalid_route", e)
+                        }
                         Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, "store", e),
                     }
                 }
                 Method::DELETE => match gw.delete_route(name).await {
                     Ok(true) => json(StatusCode::OK, serde_json::json!({"deleted": name})),
-                    Ok(false) => err(StatusCode::NOT_FOUND, "not_found", format!("no stored route {name:?}")),
+                    Ok(false) => err(
+                        StatusCode::NOT_FOUND,
+                        "not_found",
+                        format!("no stored route {name:?}"),
+                    ),
                     Err(e) => err(StatusCode::SERVICE_UNAVAILABLE, "store", e),
                 },
-                _ => err(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use PUT or DELETE"),
+                _ => err(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "use PUT or DELETE",
+                ),
             }
         }
-        (_, p) => err(StatusCode::NOT_FOUND, "not_found", format!("no admin route {p}")),
+        (_, p) => err(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no admin route {p}"),
+        ),
     }
 }
 
@@ -191,4 +227,3 @@ pub async fn serve_admin(
         });
     }
 }
-

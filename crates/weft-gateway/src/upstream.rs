@@ -16,9 +16,14 @@ use crate::lb::{EndpointSet, HashOn};
 
 /// Parses `host:port` (an `http://` prefix and a trailing `/` are accepted).
 pub fn parse_authority(addr: &str) -> Result<http::uri::Authority, String> {
-    let a = addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/');
+    let a = addr
+        .strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/');
     if addr.starts_with("https://") {
-        return Err(format!("{addr:?}: TLS to upstreams is not supported; use host:port"));
+        return Err(format!(
+            "{addr:?}: TLS to upstreams is not supported; use host:port"
+        ));
     }
     let auth: http::uri::Authority = a
         .parse()
@@ -116,7 +121,13 @@ impl Endpoint {
 
     /// Records the outcome of one attempt for outlier ejection. `failure`: connect error or 5xx.
     /// Returns true if this ejected the endpoint.
-    pub(crate) fn record(&self, failure: bool, cfg: &OutlierConfig, set: &EndpointSet, now: Instant) -> bool {
+    pub(crate) fn record(
+        &self,
+        failure: bool,
+        cfg: &OutlierConfig,
+        set: &EndpointSet,
+        now: Instant,
+    ) -> bool {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if !failure {
             self.consecutive_failures.store(0, Ordering::Relaxed);
@@ -161,7 +172,11 @@ impl Endpoint {
 
     fn record_check(&self, ok: bool, cfg: &HealthCheckConfig) {
         let streak = self.check_streak.load(Ordering::Relaxed);
-        let streak = if ok { streak.max(0) + 1 } else { streak.min(0) - 1 };
+        let streak = if ok {
+            streak.max(0) + 1
+        } else {
+            streak.min(0) - 1
+        };
         self.check_streak.store(streak, Ordering::Relaxed);
         let healthy = self.active_healthy.load(Ordering::Relaxed);
         if healthy && streak <= -(cfg.unhealthy_threshold as i32) {
@@ -199,7 +214,12 @@ pub(crate) struct EndpointRegistry {
 }
 
 impl EndpointRegistry {
-    pub(crate) fn get(&self, upstream: &str, address: &str, weight: u32) -> Result<Arc<Endpoint>, String> {
+    pub(crate) fn get(
+        &self,
+        upstream: &str,
+        address: &str,
+        weight: u32,
+    ) -> Result<Arc<Endpoint>, String> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let key = (upstream.to_string(), address.to_string());
         if let Some(e) = map.get(&key).and_then(Weak::upgrade) {
@@ -229,13 +249,20 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for Upstream {
     fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -284,7 +311,9 @@ impl Upstream {
         store: Arc<dyn weft_store::Store>,
         registry: Arc<EndpointRegistry>,
     ) {
-        let Some(service) = self.cfg.service.clone() else { return };
+        let Some(service) = self.cfg.service.clone() else {
+            return;
+        };
         let opts = weft_coord::CacheOptions {
             protection_threshold: self.cfg.protection_percent as f64 / 100.0,
             ..Default::default()
@@ -293,12 +322,7 @@ impl Upstream {
         let task = tokio::spawn(async move {
             let reg = weft_coord::Registry::new(store);
             loop {
-                let cache = weft_coord::ServiceCache::new(
-                    &reg,
-                    &service,
-                    opts.clone(),
-                )
-                .await;
+                let cache = weft_coord::ServiceCache::new(&reg, &service, opts.clone()).await;
                 let mut cache = match cache {
                     Ok(c) => c,
                     Err(e) => {
@@ -333,7 +357,9 @@ impl Upstream {
                     );
                     eps.push(e)
                 }
-                Err(m) => tracing::warn!(upstream = %self.name, instance = %inst.id, "skipping instance: {m}"),
+                Err(m) => {
+                    tracing::warn!(upstream = %self.name, instance = %inst.id, "skipping instance: {m}")
+                }
             }
         }
         match EndpointSet::build(eps, self.cfg.balance) {
@@ -347,7 +373,9 @@ impl Upstream {
 
     /// Starts active health checks, if configured.
     pub(crate) fn start_health_checks(self: &Arc<Self>) {
-        let Some(hc) = self.cfg.health_check.clone() else { return };
+        let Some(hc) = self.cfg.health_check.clone() else {
+            return;
+        };
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(hc.interval_ms));
@@ -381,9 +409,10 @@ pub(crate) async fn probe(e: &Endpoint, hc: &HealthCheckConfig) -> bool {
             return Some(true);
         }
         let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
-            .await
-            .ok()?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
+                .await
+                .ok()?;
         tokio::spawn(async move {
             let _ = conn.await;
         });

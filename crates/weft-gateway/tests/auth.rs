@@ -11,7 +11,10 @@ const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
 const SECRET: &str = "0123456789abcdef0123456789abcdef-hs";
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn claims(sub: &str, exp_in: i64) -> serde_json::Value {
@@ -31,7 +34,11 @@ async fn gateway(a: &TestUpstream) -> TestGateway {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
         let path = std::env::temp_dir().join(format!("weft-jwks-{}-{n}.json", std::process::id()));
-        std::fs::write(&path, serde_json::to_vec(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&jsonwebtoken::jwk::JwkSet { keys: vec![jwk] }).unwrap(),
+        )
+        .unwrap();
         path
     };
     let toml = format!(
@@ -128,9 +135,26 @@ async fn api_keys_identify_consumers_and_feed_rate_limits() {
     let r = get(gw.addr, "/key").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.reason(), "unauthorized");
-    let r = send(gw.addr, "GET", "/key", &[("x-api-key", "nope-nope-nope-nope")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/key",
+        &[("x-api-key", "nope-nope-nope-nope")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 401);
-    let r = send(gw.addr, "GET", "/key", &[("x-api-key", "key-alice-0123456789"), ("x-weft-consumer", "forged")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/key",
+        &[
+            ("x-api-key", "key-alice-0123456789"),
+            ("x-weft-consumer", "forged"),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-weft-consumer"], "alice");
     let r = get(gw.addr, "/key?apikey=key-bob-0123456789ab").await;
@@ -138,13 +162,36 @@ async fn api_keys_identify_consumers_and_feed_rate_limits() {
     // Alice has used 1 of her burst of 3: two more pass, then 429 with Retry-After. Bob's
     // limit is his own.
     for _ in 0..2 {
-        assert_eq!(send(gw.addr, "GET", "/key", &[("x-api-key", "key-alice-0123456789")], b"").await.status, 200);
+        assert_eq!(
+            send(
+                gw.addr,
+                "GET",
+                "/key",
+                &[("x-api-key", "key-alice-0123456789")],
+                b""
+            )
+            .await
+            .status,
+            200
+        );
     }
-    let r = send(gw.addr, "GET", "/key", &[("x-api-key", "key-alice-0123456789")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/key",
+        &[("x-api-key", "key-alice-0123456789")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 429);
     assert_eq!(r.reason(), "rate-limited");
     assert_eq!(r.headers["retry-after"], "1");
-    assert_eq!(get(gw.addr, "/key?apikey=key-bob-0123456789ab").await.status, 200);
+    assert_eq!(
+        get(gw.addr, "/key?apikey=key-bob-0123456789ab")
+            .await
+            .status,
+        200
+    );
 }
 
 #[tokio::test]
@@ -155,17 +202,45 @@ async fn basic_auth() {
     assert_eq!(r.status, 401);
     assert_eq!(r.headers["www-authenticate"], "Basic realm=\"weft\"");
     // carol:wrong, carol:s3cret
-    let r = send(gw.addr, "GET", "/basic", &[("authorization", "Basic Y2Fyb2w6d3Jvbmc=")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/basic",
+        &[("authorization", "Basic Y2Fyb2w6d3Jvbmc=")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 401);
-    let r = send(gw.addr, "GET", "/basic", &[("authorization", "Basic Y2Fyb2w6czNjcmV0")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/basic",
+        &[("authorization", "Basic Y2Fyb2w6czNjcmV0")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-weft-consumer"], "carol");
-    let r = send(gw.addr, "GET", "/basic", &[("authorization", "Basic !!!")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/basic",
+        &[("authorization", "Basic !!!")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 401);
 }
 
 async fn bearer(gw: &TestGateway, path: &str, token: &str) -> Reply {
-    send(gw.addr, "GET", path, &[("authorization", &format!("Bearer {token}"))], b"").await
+    send(
+        gw.addr,
+        "GET",
+        path,
+        &[("authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+    .await
 }
 
 #[tokio::test]
@@ -181,18 +256,63 @@ async fn jwt_hs256_claims_are_checked() {
     assert_eq!(bearer(&gw, "/hs", &expired).await.status, 401);
     let mut c = claims("dave", 300);
     c["aud"] = "other".into();
-    assert_eq!(bearer(&gw, "/hs", &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()).await.status, 401);
+    assert_eq!(
+        bearer(
+            &gw,
+            "/hs",
+            &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
+        )
+        .await
+        .status,
+        401
+    );
     let mut c = claims("dave", 300);
     c["iss"] = "mallory".into();
-    assert_eq!(bearer(&gw, "/hs", &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()).await.status, 401);
+    assert_eq!(
+        bearer(
+            &gw,
+            "/hs",
+            &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
+        )
+        .await
+        .status,
+        401
+    );
     let mut c = claims("dave", 300);
     c["nbf"] = (now() + 3600).into();
-    assert_eq!(bearer(&gw, "/hs", &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()).await.status, 401);
+    assert_eq!(
+        bearer(
+            &gw,
+            "/hs",
+            &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
+        )
+        .await
+        .status,
+        401
+    );
     let mut c = claims("dave", 300);
     c.as_object_mut().unwrap().remove("exp");
-    assert_eq!(bearer(&gw, "/hs", &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()).await.status, 401);
+    assert_eq!(
+        bearer(
+            &gw,
+            "/hs",
+            &encode(&Header::new(Algorithm::HS256), &c, &key).unwrap()
+        )
+        .await
+        .status,
+        401
+    );
     let wrong = EncodingKey::from_secret(b"another-secret-another-secret-xx");
-    assert_eq!(bearer(&gw, "/hs", &encode(&Header::new(Algorithm::HS256), &claims("dave", 300), &wrong).unwrap()).await.status, 401);
+    assert_eq!(
+        bearer(
+            &gw,
+            "/hs",
+            &encode(&Header::new(Algorithm::HS256), &claims("dave", 300), &wrong).unwrap()
+        )
+        .await
+        .status,
+        401
+    );
     // Tampered payload.
     let mut parts: Vec<String> = ok.split('.').map(str::to_string).collect();
     use base64::Engine;
@@ -222,10 +342,19 @@ async fn jwt_none_and_algorithm_confusion_are_rejected() {
     }
     // RS256 route; token signed HS256 with the RSA *public key* as the HMAC secret.
     let public = pem("rsa_public.pem");
-    let confused = encode(&Header::new(Algorithm::HS256), &c, &EncodingKey::from_secret(&public)).unwrap();
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &c,
+        &EncodingKey::from_secret(&public),
+    )
+    .unwrap();
     let r = bearer(&gw, "/rs", &confused).await;
     assert_eq!(r.status, 401);
-    assert!(String::from_utf8_lossy(&r.body).contains("not accepted"), "{:?}", r.body);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("not accepted"),
+        "{:?}",
+        r.body
+    );
     // The genuine RS256 token passes.
     let rsa = EncodingKey::from_rsa_pem(&pem("rsa_private.pem")).unwrap();
     let good = encode(&Header::new(Algorithm::RS256), &c, &rsa).unwrap();
@@ -258,14 +387,28 @@ fn jwt_config_mistakes_are_reported() {
     };
     let cases = [
         ("algorithms = [\"HS256\"]", "HS* algorithms need a secret"),
-        ("algorithms = [\"HS256\"]\nsecret = \"short\"", "at least 32 bytes"),
+        (
+            "algorithms = [\"HS256\"]\nsecret = \"short\"",
+            "at least 32 bytes",
+        ),
         ("algorithms = [\"none\"]", "is not supported"),
-        ("algorithms = [\"RS256\"]", "need public_key_file or jwks_file"),
-        ("algorithms = [\"RS256\", \"ES256\"]\npublic_key_file = \"/dev/null\"", "one PEM key serves one key type"),
-        ("algorithms = [\"RS256\"]\npublic_key_file = \"/nonexistent.pem\"", "cannot read /nonexistent.pem"),
+        (
+            "algorithms = [\"RS256\"]",
+            "need public_key_file or jwks_file",
+        ),
+        (
+            "algorithms = [\"RS256\", \"ES256\"]\npublic_key_file = \"/dev/null\"",
+            "one PEM key serves one key type",
+        ),
+        (
+            "algorithms = [\"RS256\"]\npublic_key_file = \"/nonexistent.pem\"",
+            "cannot read /nonexistent.pem",
+        ),
     ];
     for (auth, want) in cases {
-        let e = weft_gateway::Config::from_toml(&base(auth), "gw.toml").unwrap_err().to_string();
+        let e = weft_gateway::Config::from_toml(&base(auth), "gw.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(want), "{auth}: {e}");
         assert!(e.starts_with("gw.toml:5: auth[0]."), "{e}");
     }

@@ -38,7 +38,14 @@ async fn routes_rewrites_and_forwards_headers() {
         two_endpoints(&a, &b, "")
     );
     let gw = TestGateway::start(&toml, None).await;
-    let r = send(gw.addr, "GET", "/api/x/y?q=1", &[("x-secret", "s"), ("x-forwarded-for", "10.0.0.9")], b"").await;
+    let r = send(
+        gw.addr,
+        "GET",
+        "/api/x/y?q=1",
+        &[("x-secret", "s"), ("x-forwarded-for", "10.0.0.9")],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 200);
     let j = r.json();
     assert_eq!(j["path"], "/x/y?q=1");
@@ -46,7 +53,13 @@ async fn routes_rewrites_and_forwards_headers() {
     assert!(j["headers"].get("x-secret").is_none());
     assert_eq!(j["headers"]["x-forwarded-for"], "10.0.0.9, 127.0.0.1");
     assert_eq!(j["headers"]["x-forwarded-proto"], "http");
-    assert!(j["headers"]["host"].as_str().unwrap().starts_with("127.0.0.1:"), "the client's Host is kept");
+    assert!(
+        j["headers"]["host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "the client's Host is kept"
+    );
     let rid = j["headers"]["x-request-id"].as_str().unwrap();
     assert_eq!(rid.len(), 32);
     assert_eq!(r.headers["x-request-id"], rid);
@@ -98,12 +111,19 @@ async fn consecutive_failures_eject_an_endpoint_and_state_survives_reload() {
     assert_eq!(failures, 3, "three failures eject a; the rest go to b");
     let st = gw.gw.status();
     let eps = &st["upstreams"][0]["endpoints"];
-    let ea = eps.as_array().unwrap().iter().find(|e| e["address"] == a.addr.to_string()).unwrap();
+    let ea = eps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == a.addr.to_string())
+        .unwrap();
     assert_eq!(ea["ejected"], true);
     assert_eq!(ea["ejections"], 1);
     // A reload with a changed route keeps the ejection (state is per endpoint, not per table).
     let toml2 = toml.replace("x-added", "x-added2");
-    gw.gw.reload(weft_gateway::Config::from_toml(&toml2, "t").unwrap()).unwrap();
+    gw.gw
+        .reload(weft_gateway::Config::from_toml(&toml2, "t").unwrap())
+        .unwrap();
     assert_eq!(gw.gw.generation(), 2);
     for _ in 0..10 {
         let r = get(gw.addr, "/api/").await;
@@ -125,7 +145,12 @@ async fn ejection_is_capped_and_panic_mode_uses_everything() {
         assert_eq!(get(gw.addr, "/api").await.status, 503);
     }
     let st = gw.gw.status();
-    let ejected = st["upstreams"][0]["endpoints"].as_array().unwrap().iter().filter(|e| e["ejected"] == true).count();
+    let ejected = st["upstreams"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ejected"] == true)
+        .count();
     assert_eq!(ejected, 1, "at most 50% of 2 endpoints may be ejected");
     // Panic threshold: with 1 of 2 usable (50%) and a threshold of 60%, both get traffic.
     let extra = "[upstream.outlier]\nconsecutive_failures = 1\nmax_ejection_percent = 50\npanic_threshold_percent = 60\n";
@@ -136,7 +161,11 @@ async fn ejection_is_capped_and_panic_mode_uses_everything() {
     for _ in 0..20 {
         get(gw2.addr, "/api").await;
     }
-    assert!(a2.hits.load(Ordering::SeqCst) >= 5, "panic mode keeps sending to the ejected endpoint: {}", a2.hits.load(Ordering::SeqCst));
+    assert!(
+        a2.hits.load(Ordering::SeqCst) >= 5,
+        "panic mode keeps sending to the ejected endpoint: {}",
+        a2.hits.load(Ordering::SeqCst)
+    );
 }
 
 #[tokio::test]
@@ -174,7 +203,10 @@ outlier = {{ consecutive_failures = 0 }}
             connect_errors += 1;
         }
     }
-    assert_eq!(connect_errors, 5, "POST is not retried: half of them hit the dead endpoint");
+    assert_eq!(
+        connect_errors, 5,
+        "POST is not retried: half of them hit the dead endpoint"
+    );
 }
 
 #[tokio::test]
@@ -231,7 +263,12 @@ outlier = {{ consecutive_failures = 0 }}
         statuses.push((r.status.as_u16(), r.reason().to_string()));
     }
     assert!(statuses[..5].iter().all(|s| s.0 == 500), "{statuses:?}");
-    assert!(statuses[5..].iter().all(|s| s.0 == 503 && s.1 == "breaker-open"), "{statuses:?}");
+    assert!(
+        statuses[5..]
+            .iter()
+            .all(|s| s.0 == 503 && s.1 == "breaker-open"),
+        "{statuses:?}"
+    );
     assert_eq!(a.hits.load(Ordering::SeqCst), 5);
     assert_eq!(gw.gw.status()["routes"][0]["breaker"], "open");
 }
@@ -277,16 +314,26 @@ async fn body_limits_and_streaming() {
     assert_eq!(r.status, 413);
     assert_eq!(r.reason(), "body-too-large");
     // Chunked (no length): the limit applies while streaming.
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>(4);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>(4);
     tokio::spawn(async move {
         for _ in 0..50 {
-            if tx.send(Ok(http_body::Frame::data(bytes::Bytes::from(vec![1u8; 100_000])))).await.is_err() {
+            if tx
+                .send(Ok(http_body::Frame::data(bytes::Bytes::from(vec![
+                    1u8;
+                    100_000
+                ]))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     let body = http_body_util::StreamBody::new(tokio_stream_from(rx));
-    let req = http::Request::post(format!("http://{}/echo", gw.addr)).body(body).unwrap();
+    let req = http::Request::post(format!("http://{}/echo", gw.addr))
+        .body(body)
+        .unwrap();
     let c = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build(hyper_util::client::legacy::connect::HttpConnector::new());
     let resp = c.request(req).await;
@@ -295,12 +342,19 @@ async fn body_limits_and_streaming() {
     if let Ok(resp) = resp {
         use http_body_util::BodyExt;
         let status = resp.status();
-        let got = resp.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
+        let got = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
         assert!(status == 413 || got <= 4_000_000, "{status} {got}");
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -313,10 +367,16 @@ async fn malformed_requests_get_400_and_slow_headers_time_out() {
     );
     let gw = TestGateway::start(&toml, None).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&buf));
+    assert!(
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
     // Slowloris: a partial head is cut after the header-read timeout.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -339,12 +399,21 @@ async fn websocket_upgrades_pass_through() {
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut buf = vec![0u8; 1024];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("upgrade: websocket"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{head}"
+    );
     s.write_all(b"ping").await.unwrap();
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.unwrap().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&buf[..n], b"echo:ping");
 }
 
@@ -414,9 +483,15 @@ async fn active_health_checks_take_endpoints_out_and_back() {
 
 #[tokio::test]
 async fn sticky_hashing_on_a_header() {
-    let ups: Vec<TestUpstream> = futures::future::join_all((0..4).map(|i| TestUpstream::start(Box::leak(format!("s{i}").into_boxed_str())))).await;
+    let ups: Vec<TestUpstream> = futures::future::join_all(
+        (0..4).map(|i| TestUpstream::start(Box::leak(format!("s{i}").into_boxed_str()))),
+    )
+    .await;
     for balance in ["ring_hash", "maglev"] {
-        let eps: Vec<String> = ups.iter().map(|u| format!("{{ address = \"{}\" }}", u.addr)).collect();
+        let eps: Vec<String> = ups
+            .iter()
+            .map(|u| format!("{{ address = \"{}\" }}", u.addr))
+            .collect();
         let toml = format!(
             "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nbalance = \"{balance}\"\nhash_on = \"header:x-user\"\nendpoints = [{}]\n",
             eps.join(", ")
@@ -425,9 +500,16 @@ async fn sticky_hashing_on_a_header() {
         let mut seen = std::collections::HashSet::new();
         for user in 0..20 {
             let u = format!("user{user}");
-            let first = send(gw.addr, "GET", "/", &[("x-user", &u)], b"").await.server();
+            let first = send(gw.addr, "GET", "/", &[("x-user", &u)], b"")
+                .await
+                .server();
             for _ in 0..3 {
-                assert_eq!(send(gw.addr, "GET", "/", &[("x-user", &u)], b"").await.server(), first);
+                assert_eq!(
+                    send(gw.addr, "GET", "/", &[("x-user", &u)], b"")
+                        .await
+                        .server(),
+                    first
+                );
             }
             seen.insert(first);
         }
@@ -443,17 +525,64 @@ async fn cors_preflight_and_headers() {
         a.addr
     );
     let gw = TestGateway::start(&toml, None).await;
-    let r = send(gw.addr, "OPTIONS", "/", &[("origin", "https://app.example"), ("access-control-request-method", "PUT")], b"").await;
+    let r = send(
+        gw.addr,
+        "OPTIONS",
+        "/",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 204);
-    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
     assert_eq!(r.headers["access-control-allow-credentials"], "true");
-    assert!(r.headers["access-control-allow-methods"].to_str().unwrap().contains("PUT"));
-    assert_eq!(a.hits.load(Ordering::SeqCst), 0, "preflight answered by the gateway");
-    let r = send(gw.addr, "GET", "/", &[("origin", "https://app.example")], b"").await;
-    assert_eq!(r.headers["access-control-allow-origin"], "https://app.example");
-    let r = send(gw.addr, "GET", "/", &[("origin", "https://evil.example")], b"").await;
+    assert!(r.headers["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("PUT"));
+    assert_eq!(
+        a.hits.load(Ordering::SeqCst),
+        0,
+        "preflight answered by the gateway"
+    );
+    let r = send(
+        gw.addr,
+        "GET",
+        "/",
+        &[("origin", "https://app.example")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = send(
+        gw.addr,
+        "GET",
+        "/",
+        &[("origin", "https://evil.example")],
+        b"",
+    )
+    .await;
     assert!(r.headers.get("access-control-allow-origin").is_none());
-    let r = send(gw.addr, "OPTIONS", "/", &[("origin", "https://evil.example"), ("access-control-request-method", "PUT")], b"").await;
+    let r = send(
+        gw.addr,
+        "OPTIONS",
+        "/",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "PUT"),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(r.status, 400);
 }
 
@@ -470,5 +599,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     gw.shutdown().await;
     assert_eq!(slow.await.unwrap(), 200);
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
 }

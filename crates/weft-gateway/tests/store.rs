@@ -3,8 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use common::*;
 use tokio::time::Duration;
@@ -13,7 +13,9 @@ use weft_store::Store;
 
 async fn store() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let s = weft_store::embedded::Embedded::open(dir.path(), Default::default()).await.unwrap();
+    let s = weft_store::embedded::Embedded::open(dir.path(), Default::default())
+        .await
+        .unwrap();
     (Arc::new(s), dir)
 }
 
@@ -37,20 +39,43 @@ async fn discovered_upstreams_follow_registrations() {
     let r = get(gw.addr, "/").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.reason(), "no-healthy-upstream");
-    let session = Session::new(store.clone(), SessionOptions::default()).await.unwrap();
+    let session = Session::new(store.clone(), SessionOptions::default())
+        .await
+        .unwrap();
     let reg = Registry::new(store.clone());
     let mut ia = Instance::new("a", a.addr.to_string());
     ia.tags = vec!["v2".into()];
     let ra = reg.register(&session, "users", ia, None).await.unwrap();
     // Wrong tag: never used.
-    let rb = reg.register(&session, "users", Instance::new("b", b.addr.to_string()), None).await.unwrap();
-    until(|| gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().len() == 1).await;
+    let rb = reg
+        .register(
+            &session,
+            "users",
+            Instance::new("b", b.addr.to_string()),
+            None,
+        )
+        .await
+        .unwrap();
+    until(|| {
+        gw.gw.status()["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
     for _ in 0..5 {
         assert_eq!(get(gw.addr, "/").await.server(), "a");
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 0);
     ra.deregister().await.unwrap();
-    until(|| gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().is_empty()).await;
+    until(|| {
+        gw.gw.status()["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
     assert_eq!(get(gw.addr, "/").await.status, 503);
     drop(rb);
 }
@@ -86,13 +111,26 @@ async fn routes_in_the_store_are_validated_and_hot_reloaded() {
     }))
     .unwrap();
     let e = gw.gw.put_route(bad).await.unwrap_err().to_string();
-    assert!(e.contains("route[0].path_prefix") && e.contains("must start with '/'"), "{e}");
+    assert!(
+        e.contains("route[0].path_prefix") && e.contains("must start with '/'"),
+        "{e}"
+    );
     use weft_store::StoreExt;
-    store.put_kv("/weft/gateway/routes/broken", "{\"name\": 1}").await.unwrap();
+    store
+        .put_kv("/weft/gateway/routes/broken", "{\"name\": 1}")
+        .await
+        .unwrap();
     until(|| gw.gw.status()["errors"].as_array().unwrap().len() == 1).await;
     let err = gw.gw.status()["errors"][0].as_str().unwrap().to_string();
-    assert!(err.contains("/weft/gateway/routes/broken") && err.contains("not a route"), "{err}");
-    assert_eq!(get(addr, "/new/x").await.status, 200, "good routes keep working");
+    assert!(
+        err.contains("/weft/gateway/routes/broken") && err.contains("not a route"),
+        "{err}"
+    );
+    assert_eq!(
+        get(addr, "/new/x").await.status,
+        200,
+        "good routes keep working"
+    );
     assert!(gw.gw.delete_route("new").await.unwrap());
     for _ in 0..200 {
         if get(addr, "/new/x").await.status == 404 {
@@ -115,7 +153,10 @@ async fn global_rate_limits_are_shared_by_gateways() {
     let g2 = TestGateway::start(&toml, Some(store.clone())).await;
     // Start at the beginning of a wall-clock second so all requests fall in one window.
     loop {
-        let sub = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_millis();
+        let sub = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
         if sub < 200 {
             break;
         }
@@ -155,14 +196,23 @@ async fn config_file_changes_are_applied_and_bad_ones_kept_out() {
     until(|| gw.gw.generation() == 2).await;
     assert_eq!(get(gw.addr, "/two").await.status, 200);
     assert_eq!(get(gw.addr, "/one").await.status, 404);
-    assert_eq!(slow.await.unwrap(), 200, "the request in flight during the reload completed");
+    assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "the request in flight during the reload completed"
+    );
     // A broken file is reported and the running table stays.
     std::fs::write(&path, "[[route]]\nname = \"r\"\nupstream = \"missing\"\n").unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(gw.gw.generation(), 2);
     assert_eq!(get(gw.addr, "/two").await.status, 200);
     let e = gw.gw.reload_file(&path).unwrap_err().to_string();
-    assert!(e.ends_with("gw.toml:1: route[0].upstream: upstream \"missing\" is not defined (defined: none)"), "{e}");
+    assert!(
+        e.ends_with(
+            "gw.toml:1: route[0].upstream: upstream \"missing\" is not defined (defined: none)"
+        ),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -171,12 +221,35 @@ async fn discovery_protection_keeps_the_last_set_when_everything_vanishes() {
     let a = TestUpstream::start("a").await;
     let toml = "[[route]]\nname = \"r\"\nupstream = \"users\"\n\n[[upstream]]\nname = \"users\"\nservice = \"users\"\nprotection_percent = 50\n";
     let gw = TestGateway::start(toml, Some(store.clone())).await;
-    let session = Session::new(store.clone(), SessionOptions::default()).await.unwrap();
+    let session = Session::new(store.clone(), SessionOptions::default())
+        .await
+        .unwrap();
     let reg = Registry::new(store.clone());
-    let ra = reg.register(&session, "users", Instance::new("a", a.addr.to_string()), None).await.unwrap();
-    until(|| gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().len() == 1).await;
+    let ra = reg
+        .register(
+            &session,
+            "users",
+            Instance::new("a", a.addr.to_string()),
+            None,
+        )
+        .await
+        .unwrap();
+    until(|| {
+        gw.gw.status()["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
     ra.deregister().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gw.gw.status()["upstreams"][0]["endpoints"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        gw.gw.status()["upstreams"][0]["endpoints"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(get(gw.addr, "/").await.server(), "a");
 }

@@ -90,8 +90,7 @@ pub(crate) async fn run_gateway(
                 .with_context(|| format!("cannot listen on {a}"))?;
             println!("gateway admin API on http://{}", l.local_addr()?);
             let mut rx = stop_rx.clone();
-            let render: weft_gateway::MetricsRender =
-                Arc::new(weft_server::render_metrics);
+            let render: weft_gateway::MetricsRender = Arc::new(weft_server::render_metrics);
             Some(tokio::spawn(weft_gateway::serve_admin(
                 l,
                 gw.clone(),
@@ -128,11 +127,23 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
     #[cfg(not(feature = "etcd"))]
     let store: Option<Arc<dyn weft_store::Store>> = None;
     if a.config.is_none() && store.is_none() {
-        bail!("give --config FILE (and/or a store with --etcd-endpoints) so the gateway has routes");
+        bail!(
+            "give --config FILE (and/or a store with --etcd-endpoints) so the gateway has routes"
+        );
     }
-    run_gateway(a.config, a.listen, a.admin_listen, a.token, store, crate::shutdown_signal()).await
+    run_gateway(
+        a.config,
+        a.listen,
+        a.admin_listen,
+        a.token,
+        store,
+        crate::shutdown_signal(),
+    )
+    .await
 }
 
+// Parsed once per process; boxing the big variant would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub(crate) enum RouteCmd {
     /// Store a route (validated first); every gateway on the store picks it up.
@@ -223,31 +234,46 @@ pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
         }
         RouteCmd::List => {
             let resp = c
-                .post("/v1/kv/range", &json!({"key": ROUTE_PREFIX, "prefix": true}))
+                .post(
+                    "/v1/kv/range",
+                    &json!({"key": ROUTE_PREFIX, "prefix": true}),
+                )
                 .await?;
             let kvs = resp["kvs"].as_array().cloned().unwrap_or_default();
             if conn.json {
                 let routes: Vec<Value> = kvs
                     .iter()
-                    .map(|kv| serde_json::from_str(kv["value"].as_str().unwrap_or("null")).unwrap_or(Value::Null))
+                    .map(|kv| {
+                        serde_json::from_str(kv["value"].as_str().unwrap_or("null"))
+                            .unwrap_or(Value::Null)
+                    })
                     .collect();
                 println!("{}", Value::Array(routes));
             } else {
                 for kv in kvs {
-                    let v: Value = serde_json::from_str(kv["value"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
+                    let v: Value = serde_json::from_str(kv["value"].as_str().unwrap_or("null"))
+                        .unwrap_or(Value::Null);
                     let m = v["path_prefix"]
                         .as_str()
                         .map(|p| format!("prefix {p}"))
                         .or_else(|| v["path"].as_str().map(|p| format!("path {p}")))
                         .or_else(|| v["path_template"].as_str().map(|p| format!("template {p}")))
                         .unwrap_or_else(|| "any path".into());
-                    println!("{}\t{}\t-> {}", v["name"].as_str().unwrap_or("?"), m, v["upstream"].as_str().unwrap_or("?"));
+                    println!(
+                        "{}\t{}\t-> {}",
+                        v["name"].as_str().unwrap_or("?"),
+                        m,
+                        v["upstream"].as_str().unwrap_or("?")
+                    );
                 }
             }
         }
         RouteCmd::Rm { name } => {
             let r = c
-                .post("/v1/kv/delete", &json!({"key": format!("{ROUTE_PREFIX}{name}")}))
+                .post(
+                    "/v1/kv/delete",
+                    &json!({"key": format!("{ROUTE_PREFIX}{name}")}),
+                )
                 .await?;
             if r["deleted"].as_i64().unwrap_or(0) == 0 {
                 bail!("no stored route {name:?}");

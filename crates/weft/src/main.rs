@@ -830,21 +830,24 @@ async fn up(a: UpArgs) -> Result<()> {
         Some(addr) => {
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let store = store.clone();
-            let (config, admin, token) = (a.gateway_config.clone(), a.gateway_admin, a.token.clone());
+            let (config, admin, token) =
+                (a.gateway_config.clone(), a.gateway_admin, a.token.clone());
             // Start it here so configuration errors stop the node at once.
             let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
             let task = tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                let r = gatewaycli::run_gateway(config, addr, admin, token, Some(store), shutdown).await;
+                let r = gatewaycli::run_gateway(config, addr, admin, token, Some(store), shutdown)
+                    .await;
                 if let Err(e) = &r {
                     let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
                 }
                 r
             });
             // Give the gateway a moment to fail fast on a bad config or a busy port.
-            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), ready_rx).await {
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), ready_rx).await
+            {
                 bail!("gateway: {e}");
             }
             (Some(tx), Some(task))

@@ -16,7 +16,11 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
         Err(_) => return (0, String::new()),
     };
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     let status = out
@@ -50,7 +54,16 @@ impl Drop for Kill {
 fn gateway_in_the_node_routes_to_registered_services() {
     let dir = tempfile::tempdir().unwrap();
     let mut node = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0", "--gateway-listen", "127.0.0.1:0", "--gateway-admin", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--gateway-admin",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::piped())
@@ -75,35 +88,84 @@ fn gateway_in_the_node_routes_to_registered_services() {
     // The node's own HTTP API stands in for a service.
     let reg = Kill(
         Command::new(BIN)
-            .args(["svc", "register", "nodeapi", "n1", api.trim_start_matches("http://"), "--ttl", "5"])
+            .args([
+                "svc",
+                "register",
+                "nodeapi",
+                "n1",
+                api.trim_start_matches("http://"),
+                "--ttl",
+                "5",
+            ])
             .env("WEFT_ENDPOINT", &api)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    let (code, _, err) = weft(&["route", "add", "bad", "--upstream", "nodeapi", "--prefix", "nope"], &api, None);
+    let (code, _, err) = weft(
+        &[
+            "route",
+            "add",
+            "bad",
+            "--upstream",
+            "nodeapi",
+            "--prefix",
+            "nope",
+        ],
+        &api,
+        None,
+    );
     assert_ne!(code, 0);
-    assert!(err.contains("path_prefix") && err.contains("must start with '/'"), "{err}");
-    let (code, stdout, err) = weft(&["route", "add", "api", "--upstream", "nodeapi", "--prefix", "/api", "--rewrite", ""], &api, None);
+    assert!(
+        err.contains("path_prefix") && err.contains("must start with '/'"),
+        "{err}"
+    );
+    let (code, stdout, err) = weft(
+        &[
+            "route",
+            "add",
+            "api",
+            "--upstream",
+            "nodeapi",
+            "--prefix",
+            "/api",
+            "--rewrite",
+            "",
+        ],
+        &api,
+        None,
+    );
     assert_eq!(code, 0, "{stdout}{err}");
-    wait_for("the route and the instance", || http_get(&gw, "/api/health").0 == 200);
+    wait_for("the route and the instance", || {
+        http_get(&gw, "/api/health").0 == 200
+    });
     let (_, body) = http_get(&gw, "/api/health");
     assert!(body.contains("\"status\":\"ok\""), "{body}");
-    assert!(body.to_ascii_lowercase().contains("x-request-id:"), "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("x-request-id:"),
+        "{body}"
+    );
     let (code, list, _) = weft(&["route", "list"], &api, None);
     assert_eq!(code, 0);
     assert!(list.contains("api\tprefix /api\t-> nodeapi"), "{list}");
     let (status, st) = http_get(&admin, "/status");
     assert_eq!(status, 200);
-    assert!(st.contains("\"name\":\"api\"") && st.contains("\"service\":\"nodeapi\""), "{st}");
+    assert!(
+        st.contains("\"name\":\"api\"") && st.contains("\"service\":\"nodeapi\""),
+        "{st}"
+    );
     // The instance goes away: 503; the route goes away: 404.
     drop(reg);
     let (code, _, _) = weft(&["svc", "deregister", "nodeapi", "n1"], &api, None);
     let _ = code;
-    wait_for("the instance to leave", || http_get(&gw, "/api/health").0 == 503);
+    wait_for("the instance to leave", || {
+        http_get(&gw, "/api/health").0 == 503
+    });
     let (code, _, err) = weft(&["route", "rm", "api"], &api, None);
     assert_eq!(code, 0, "{err}");
-    wait_for("the route to leave", || http_get(&gw, "/api/health").0 == 404);
+    wait_for("the route to leave", || {
+        http_get(&gw, "/api/health").0 == 404
+    });
     let (code, _, err) = weft(&["route", "rm", "api"], &api, None);
     assert_ne!(code, 0);
     assert!(err.contains("no stored route"), "{err}");
@@ -121,5 +183,8 @@ fn gateway_refuses_a_bad_config_with_its_location() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("gw.toml:5: route[0].upstream: upstream \"v\" is not defined (defined: u)"), "{err}");
+    assert!(
+        err.contains("gw.toml:5: route[0].upstream: upstream \"v\" is not defined (defined: u)"),
+        "{err}"
+    );
 }

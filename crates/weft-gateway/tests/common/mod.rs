@@ -56,7 +56,9 @@ impl TestUpstream {
         let (n, h, he, f) = (name.to_string(), hits.clone(), health.clone(), fail.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { return };
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
                 let (n, h, he, f) = (n.clone(), h.clone(), he.clone(), f.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
@@ -76,11 +78,19 @@ impl TestUpstream {
                 });
             }
         });
-        TestUpstream { addr, name: name.to_string(), hits, health, fail, task }
+        TestUpstream {
+            addr,
+            name: name.to_string(),
+            hits,
+            health,
+            fail,
+            task,
+        }
     }
 }
 
-type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type Body =
+    http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
@@ -115,7 +125,9 @@ async fn upstream(
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
     }
     if path == "/echo" {
-        let body = req.into_body().map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
+        let body = req
+            .into_body()
+            .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) });
         return Response::new(body.boxed_unsync());
     }
     if path == "/ws" {
@@ -140,14 +152,21 @@ async fn upstream(
         });
         let mut r = Response::new(full(""));
         *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
-        r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+        r.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        r.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
         return r;
     }
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_string())))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
+            )
+        })
         .collect();
     let v = serde_json::json!({
         "server": name,
@@ -177,7 +196,12 @@ impl TestGateway {
         let task = tokio::spawn(weft_gateway::serve(listener, gw.clone(), async move {
             let _ = rx.await;
         }));
-        TestGateway { addr, gw, stop: Some(tx), task: Some(task) }
+        TestGateway {
+            addr,
+            gw,
+            stop: Some(tx),
+            task: Some(task),
+        }
     }
 
     pub async fn shutdown(mut self) {
@@ -197,7 +221,10 @@ impl Reply {
         serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {:?}", self.body))
     }
     pub fn reason(&self) -> &str {
-        self.headers.get("x-weft-reason").map(|v| v.to_str().unwrap()).unwrap_or("")
+        self.headers
+            .get("x-weft-reason")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
     }
     pub fn server(&self) -> String {
         self.json()["server"].as_str().unwrap().to_string()
@@ -208,15 +235,27 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
-    let mut b = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
     let req = b.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
     let resp = client().request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
-    Reply { status: parts.status, headers: parts.headers, body: body.collect().await.unwrap().to_bytes() }
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
