@@ -56,9 +56,16 @@ pub struct Endpoint {
 
 fn epoch() -> Instant {
     static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    // tokio's Instant wraps std's; converting keeps paused test clocks consistent because
-    // only differences from this base are stored.
-    Instant::from_std(*EPOCH.get_or_init(std::time::Instant::now))
+    // Ejection deadlines are stored as nanoseconds after this base. tokio's Instant wraps
+    // std's, and a paused test clock starts at its runtime's creation, which may precede the
+    // first call here: put the base well in the past (as far as the monotonic clock allows).
+    Instant::from_std(*EPOCH.get_or_init(|| {
+        let now = std::time::Instant::now();
+        [3600, 60, 1]
+            .iter()
+            .find_map(|s| now.checked_sub(std::time::Duration::from_secs(*s)))
+            .unwrap_or(now)
+    }))
 }
 
 fn nanos_since_epoch(t: Instant) -> u64 {
@@ -143,8 +150,13 @@ impl Endpoint {
             return false;
         }
         self.failures.fetch_add(1, Ordering::Relaxed);
+        // Failures of requests that were already on their way when it was ejected do not
+        // count towards the next ejection.
+        if self.is_ejected(now) {
+            return false;
+        }
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures || self.is_ejected(now) {
+        if cfg.consecutive_failures == 0 || n < cfg.consecutive_failures {
             return false;
         }
         // Cap: at most max_ejection_percent of the set ejected, but one may always be.
@@ -425,4 +437,52 @@ pub(crate) async fn probe(e: &Endpoint, hc: &HealthCheckConfig) -> bool {
         Some(resp.status().is_success() || resp.status().is_redirection())
     };
     matches!(tokio::time::timeout(timeout, fut).await, Ok(Some(true)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_time_grows_is_capped_and_decays() {
+        let cfg = OutlierConfig {
+            consecutive_failures: 2,
+            base_ejection_ms: 1_000,
+            max_ejection_ms: 3_500,
+            max_ejection_percent: 100,
+            panic_threshold_percent: 0,
+        };
+        let reg = EndpointRegistry::default();
+        let e = reg.get("u", "127.0.0.1:1", 1).unwrap();
+        let set = EndpointSet::build(vec![e.clone()], Balance::RoundRobin).unwrap();
+        let eject = |e: &Endpoint| {
+            let now = Instant::now();
+            assert!(!e.record(true, &cfg, &set, now));
+            assert!(e.record(true, &cfg, &set, now));
+        };
+        let ejected_ms = |e: &Endpoint| e.to_json(Instant::now())["ejected_for_ms"].as_u64().unwrap();
+        eject(&e);
+        assert_eq!(ejected_ms(&e), 1_000);
+        // While ejected, more failures do not extend it.
+        assert!(!e.record(true, &cfg, &set, Instant::now()));
+        assert!(!e.record(true, &cfg, &set, Instant::now()));
+        tokio::time::advance(Duration::from_millis(1_001)).await;
+        assert!(e.is_usable(Instant::now()));
+        eject(&e);
+        assert_eq!(ejected_ms(&e), 2_000, "second ejection: 2 x base");
+        tokio::time::advance(Duration::from_millis(2_001)).await;
+        eject(&e);
+        assert_eq!(ejected_ms(&e), 3_000, "third: 3 x base");
+        // A success long after the ejection ended lowers the multiplier by one step.
+        tokio::time::advance(Duration::from_millis(5_000)).await;
+        assert!(!e.record(false, &cfg, &set, Instant::now()));
+        eject(&e);
+        assert_eq!(ejected_ms(&e), 3_000, "after one decay step: 3 x base again, not 4 x");
+        tokio::time::advance(Duration::from_millis(3_001)).await;
+        eject(&e);
+        assert_eq!(ejected_ms(&e), 3_500, "4 x base, capped at max_ejection_ms");
+        // The same registry hands out the same state (reloads keep it).
+        assert!(Arc::ptr_eq(&e, &reg.get("u", "127.0.0.1:1", 5).unwrap()));
+        assert_eq!(e.weight.load(Ordering::Relaxed), 5);
+    }
 }

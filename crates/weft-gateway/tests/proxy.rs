@@ -604,3 +604,112 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         "listener closed"
     );
 }
+
+#[tokio::test]
+async fn per_try_timeouts_bound_each_attempt() {
+    let slow = TestUpstream::start("a").await;
+    let fast = TestUpstream::start("b").await;
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+path_prefix = "/"
+upstream = "u"
+retry = {{ attempts = 2, per_try_timeout_ms = 100 }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+outlier = {{ consecutive_failures = 0 }}
+"#,
+        slow.addr, fast.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    // Quick answers are unaffected.
+    let t0 = tokio::time::Instant::now();
+    for _ in 0..4 {
+        let r = get(gw.addr, "/slow/0").await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    // Every attempt on a hanging path times out after 100 ms; with two attempts the answer is
+    // a 504 upstream-timeout after about 200 ms, not a hang.
+    let t0 = tokio::time::Instant::now();
+    let r = get(gw.addr, "/slow/5000").await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.reason(), "upstream-timeout");
+    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+    assert_eq!(slow.hits.load(Ordering::SeqCst) + fast.hits.load(Ordering::SeqCst), 6, "4 + 2 attempts");
+}
+
+#[tokio::test]
+async fn breaker_counts_requests_after_retries_and_ejection_counts_attempts() {
+    let bad = TestUpstream::start("bad").await;
+    let good = TestUpstream::start("good").await;
+    bad.fail.store(503, Ordering::SeqCst);
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+upstream = "u"
+retry = {{ attempts = 2, budget_ratio = 1.0 }}
+breaker = {{ failure_rate = 20, window = 10, minimum_calls = 5, open_ms = 60000 }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+outlier = {{ consecutive_failures = 3, base_ejection_ms = 60000, panic_threshold_percent = 0 }}
+"#,
+        bad.addr, good.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/").await.status, 200, "retried on the good endpoint");
+    }
+    let st = gw.gw.status();
+    assert_eq!(st["routes"][0]["breaker"], "closed", "the route never failed a request");
+    let eps = st["upstreams"][0]["endpoints"].as_array().unwrap().clone();
+    let b = eps.iter().find(|e| e["address"] == bad.addr.to_string()).unwrap();
+    assert_eq!(b["ejected"], true, "the endpoint failed 3 attempts in a row");
+    assert_eq!(bad.hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn breaker_survives_an_unrelated_reload() {
+    let a = TestUpstream::start("a").await;
+    a.fail.store(500, Ordering::SeqCst);
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\nbreaker = {{ window = 10, minimum_calls = 3, open_ms = 60000 }}\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\noutlier = {{ consecutive_failures = 0 }}\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    for _ in 0..3 {
+        get(gw.addr, "/").await;
+    }
+    assert_eq!(get(gw.addr, "/").await.reason(), "breaker-open");
+    let more = format!("{toml}[[route]]\nname = \"other\"\npath = \"/other\"\nupstream = \"u\"\n");
+    gw.gw.reload(weft_gateway::Config::from_toml(&more, "t").unwrap()).unwrap();
+    assert_eq!(get(gw.addr, "/").await.reason(), "breaker-open", "reload kept the open breaker");
+    // Changing the breaker's settings starts a fresh one.
+    let changed = toml.replace("minimum_calls = 3", "minimum_calls = 4");
+    gw.gw.reload(weft_gateway::Config::from_toml(&changed, "t").unwrap()).unwrap();
+    assert_eq!(get(gw.addr, "/").await.status, 500);
+}
+
+#[tokio::test]
+async fn tcp_health_checks() {
+    let a = TestUpstream::start("a").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}, {{ address = \"{dead}\" }}]\nhealth_check = {{ kind = \"tcp\", interval_ms = 30, unhealthy_threshold = 1 }}\noutlier = {{ consecutive_failures = 0, panic_threshold_percent = 0 }}\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..10 {
+        assert_eq!(get(gw.addr, "/").await.status, 200, "the dead endpoint was taken out");
+    }
+}

@@ -98,6 +98,12 @@ pub fn render_metrics() -> String {
     metrics_handle().render()
 }
 
+/// Installs the process-wide Prometheus recorder now. Metric handles created before it
+/// exists record nothing, so call this before building anything that caches handles.
+pub fn install_metrics() {
+    let _ = metrics_handle();
+}
+
 fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -109,6 +115,14 @@ fn metrics_handle() -> PrometheusHandle {
                     "a metrics recorder was already installed; /metrics shows only weft's own"
                 );
             }
+            // Histograms keep raw samples until drained; drain them even if nobody scrapes.
+            let h = handle.clone();
+            let _ = std::thread::Builder::new()
+                .name("weft-metrics-upkeep".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    h.run_upkeep();
+                });
             handle
         })
         .clone()

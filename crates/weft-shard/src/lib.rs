@@ -36,7 +36,7 @@ mod ring;
 mod slots;
 
 pub use bounded::BoundedLoads;
-pub use jump::Jump;
+pub use jump::{jump, jump_back, Jump};
 pub use maglev::Maglev;
 pub use rendezvous::Rendezvous;
 pub use ring::Ring;

@@ -39,7 +39,8 @@ fn the_hash_is_xxh3_64() {
 
 /// Golden placements for nodes `a`, `b`, `c` (weight 1): other implementations of the
 /// documented scheme (XXH3-64; ring points "<id>#<n>", 160 per node; Maglev size 65537;
-/// rendezvous seeds "<id>#0"; jump over buckets in node order) must produce exactly these.
+/// rendezvous seeds "<id>#0"; JumpBackHash over buckets in node order) must produce exactly
+/// these.
 #[test]
 fn placements_are_reproducible_vectors() {
     let ns = vec![Node::new("a"), Node::new("b"), Node::new("c")];
@@ -55,10 +56,10 @@ fn placements_are_reproducible_vectors() {
             "b",
             "b",
             "a",
-            "b",
+            "a",
         ),
-        ("user:2", 0x69a0_366b_760b_5c02, 7170, "c", "b", "c", "a"),
-        ("user:3", 0x5e7c_378e_945d_b807, 14343, "b", "c", "a", "c"),
+        ("user:2", 0x69a0_366b_760b_5c02, 7170, "c", "b", "c", "b"),
+        ("user:3", 0x5e7c_378e_945d_b807, 14343, "b", "c", "a", "a"),
         ("order:42", 0x78a6_b099_db11_78c5, 14533, "c", "c", "c", "c"),
     ];
     for (key, h, slot, r, m, v, j) in gold {
@@ -76,10 +77,51 @@ fn placements_are_reproducible_vectors() {
             "{key}"
         );
     }
+    for k in 0..1000u64 {
+        let h = hash(&k.to_le_bytes());
+        assert_eq!(jump_ref(h, 10) as u32, weft_shard::jump(h, 10));
+    }
+    // JumpBackHash vectors (SplitMix64 generator, see the jump module docs).
+    let jb: Vec<u32> = [0u64, 1, 42, 0xDEAD_BEEF, u64::MAX]
+        .iter()
+        .map(|&h| weft_shard::jump_back(h, 1000))
+        .collect();
+    assert_eq!(jb, JUMP_BACK_VECTORS);
     assert_eq!(
-        jump_ref(hash(b"abc"), 10),
+        weft_shard::jump_back(hash(b"abc"), 10) as usize,
         Jump::new(&nodes(10)).unwrap().locate_hash(hash(b"abc"))
     );
+}
+
+const JUMP_BACK_VECTORS: [u32; 5] = [313, 492, 166, 923, 288];
+
+/// Growing from n to n + 1 buckets moves only keys that land on the new bucket, and the load
+/// is balanced: the jump-hash guarantees, checked on JumpBackHash.
+#[test]
+fn jump_back_is_consistent_and_balanced() {
+    for key in 0..3000u64 {
+        let h = hash(&key.to_le_bytes());
+        let mut prev = weft_shard::jump_back(h, 1);
+        assert_eq!(prev, 0);
+        for n in 2..=300u32 {
+            let b = weft_shard::jump_back(h, n);
+            assert!(b < n);
+            assert!(b == prev || b == n - 1, "key {key}: {prev} -> {b} at n = {n}");
+            prev = b;
+        }
+    }
+    for n in [7u32, 100, 1000] {
+        let keys = 200 * n as u64;
+        let mut count = vec![0u64; n as usize];
+        for k in 0..keys {
+            count[weft_shard::jump_back(hash(&k.to_le_bytes()), n) as usize] += 1;
+        }
+        let mean = keys as f64 / n as f64;
+        let max = *count.iter().max().unwrap() as f64;
+        let min = *count.iter().min().unwrap() as f64;
+        // 200 keys per bucket: a binomial spread of about ±3.5 sigma (±50) at most.
+        assert!(max / mean < 1.3 && min / mean > 0.7, "n = {n}: min {min}, max {max}");
+    }
 }
 
 /// The published reference implementation of jump hash, for comparison.
@@ -316,3 +358,4 @@ async fn executor_throttles_pauses_and_reports_progress() {
     )
     .is_err());
 }
+

@@ -81,9 +81,110 @@ async fn op(
             g.unlock().await?;
             session.close().await?;
         }
-        other => anyhow::bail!("unknown workload {other:?}; allowed: put, get, txn, lease, lock"),
+        other => {
+            anyhow::bail!("unknown workload {other:?}; allowed: put, get, txn, lease, lock, watch")
+        }
     }
     Ok(())
+}
+
+fn percentiles(mut all: Vec<u64>, secs: f64) -> Cell {
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Cell {
+        ops: all.len() as u64,
+        secs,
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
+}
+
+/// Watch fan-out: `watchers` watch one prefix (spread over the connections), one writer puts
+/// to it as fast as it can; ops = events delivered to all watchers per second, latency = put
+/// sent → event received (same process, same clock).
+async fn run_watch(conns: &[Client], watchers: usize, duration: Duration) -> Result<Cell> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let prefix = format!(
+        "bench/watch/{}/",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    let start = Instant::now();
+    let written = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for t in 0..watchers {
+        let mut c = conns[t % conns.len()].clone();
+        let mut stream = c
+            .watch(
+                prefix.clone(),
+                Some(etcd_client::WatchOptions::new().with_prefix()),
+            )
+            .await?;
+        let (written, done) = (written.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let hard_stop = duration + Duration::from_secs(5);
+            loop {
+                if done.load(Ordering::Acquire) && lat.len() as u64 >= written.load(Ordering::Acquire)
+                {
+                    break;
+                }
+                if start.elapsed() > hard_stop {
+                    break;
+                }
+                let msg = tokio::time::timeout(Duration::from_millis(200), stream.message()).await;
+                let resp = match msg {
+                    Err(_) => continue,
+                    Ok(r) => match r? {
+                        Some(r) => r,
+                        None => break,
+                    },
+                };
+                let now = start.elapsed().as_micros() as u64;
+                for ev in resp.events() {
+                    if let Some(kv) = ev.kv() {
+                        let sent = kv
+                            .value()
+                            .get(..8)
+                            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+                            .unwrap_or(now);
+                        lat.push(now.saturating_sub(sent));
+                    }
+                }
+            }
+            anyhow::Ok(lat)
+        }));
+    }
+    let mut w = conns[0].clone();
+    let mut i = 0u64;
+    while start.elapsed() < duration {
+        let mut value = (start.elapsed().as_micros() as u64).to_le_bytes().to_vec();
+        value.resize(128, b'v');
+        w.put(format!("{prefix}{}", i % 100), value, None).await?;
+        i += 1;
+        written.store(i, Ordering::Release);
+    }
+    done.store(true, Ordering::Release);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let expected = i * watchers as u64;
+    if (all.len() as u64) < expected {
+        anyhow::bail!(
+            "watch fan-out: {} of {expected} events delivered within 5 s after the last put",
+            all.len()
+        );
+    }
+    Ok(percentiles(all, secs))
 }
 
 /// Runs `workload` with `clients` concurrent tasks for `duration`.
@@ -100,6 +201,9 @@ pub async fn run(
                 .await
                 .with_context(|| format!("cannot connect to {endpoint}"))?,
         );
+    }
+    if workload == "watch" {
+        return run_watch(&conns, clients, duration).await;
     }
     if workload == "get" {
         for i in 0..100 {
@@ -137,17 +241,5 @@ pub async fn run(
     for t in tasks {
         all.extend(t.await??);
     }
-    let secs = start.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
-    Ok(Cell {
-        ops: all.len() as u64,
-        secs,
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-    })
+    Ok(percentiles(all, start.elapsed().as_secs_f64()))
 }

@@ -54,6 +54,8 @@ pub(crate) async fn run_gateway(
             bail!("refusing to serve the gateway admin API on {a} without --token; use loopback or pass a token");
         }
     }
+    // Routes cache their metric handles: the recorder must exist first.
+    weft_server::install_metrics();
     let cfg = match &config {
         Some(p) => {
             let text = std::fs::read_to_string(p)

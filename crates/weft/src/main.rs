@@ -135,8 +135,9 @@ enum BenchCmd {
         /// NAME=URL pairs, e.g. etcd=http://127.0.0.1:2379,weft=http://127.0.0.1:2381.
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
-        /// Workloads: put, get, txn, lease, lock.
-        #[arg(long, value_delimiter = ',', default_value = "put,get,txn,lease,lock")]
+        /// Workloads: put, get, txn, lease, lock, watch (fan-out: CLIENTS watchers of one
+        /// prefix, one writer; ops/s counts delivered events).
+        #[arg(long, value_delimiter = ',', default_value = "put,get,txn,lease,lock,watch")]
         workloads: Vec<String>,
         /// Concurrent clients.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]

@@ -185,6 +185,12 @@ fn script() -> Vec<(Vec<&'static str>, Option<&'static str>, Option<Duration>)> 
         (vec!["lease", "revoke", "123456789"], None, None),
         (vec!["lock", "mylock", "echo", "locked"], None, None),
         (vec!["elect", "-l", "myelection"], None, hold),
+        // Compaction, and what reading or watching below it looks like.
+        (vec!["compaction", "5"], None, None),
+        (vec!["get", "app/a", "--rev=4"], None, None),
+        (vec!["compaction", "4"], None, None),
+        (vec!["watch", "app/", "--prefix", "--rev=2"], None, hold),
+        (vec!["get", "app/", "--prefix", "--rev=5"], None, None),
     ]
 }
 

@@ -188,3 +188,66 @@ fn gateway_refuses_a_bad_config_with_its_location() {
         "{err}"
     );
 }
+
+#[test]
+fn standalone_gateway_logs_counts_and_reloads_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start(&dir.path().join("node"));
+    let upstream = node.endpoint.trim_start_matches("http://").to_string();
+    let cfg = dir.path().join("gw.toml");
+    let write = |path: &str| {
+        std::fs::write(
+            &cfg,
+            format!("[server]\naccess_log = true\n\n[[route]]\nname = \"r\"\npath_prefix = \"{path}\"\nrewrite = \"\"\nupstream = \"node\"\n\n[[upstream]]\nname = \"node\"\nendpoints = [{{ address = \"{upstream}\" }}]\n"),
+        )
+        .unwrap()
+    };
+    write("/a");
+    let mut gw = Command::new(BIN)
+        .args(["gateway", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = gw.id();
+    let mut out = BufReader::new(gw.stdout.take().unwrap());
+    let _gw = Kill(gw);
+    let mut addrs = Vec::new();
+    while addrs.len() < 2 {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited");
+        if let Some(a) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            addrs.push(a.to_string());
+        }
+    }
+    let (gw_addr, admin) = (addrs[0].clone(), addrs[1].clone());
+    let (status, body) = http_get(&gw_addr, "/a/health");
+    assert_eq!(status, 200, "{body}");
+    // The access log line.
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    assert_eq!(entry["route"], "r");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["path"], "/a/health");
+    assert_eq!(entry["endpoint"], upstream);
+    assert_eq!(entry["request_id"].as_str().unwrap().len(), 32);
+    // Metrics per route, upstream and status class.
+    let (_, metrics) = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains("weft_gateway_requests_total{route=\"r\",upstream=\"node\",status=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    // SIGHUP applies a changed file (the poller would too, within a second).
+    write("/b");
+    let rc = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    assert!(rc.success());
+    wait_for("the new route", || http_get(&gw_addr, "/b/health").0 == 200);
+    assert_eq!(http_get(&gw_addr, "/a/health").0, 404);
+    // A broken file keeps the running configuration.
+    std::fs::write(&cfg, "[[route]]\nname = 1\n").unwrap();
+    let _ = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(http_get(&gw_addr, "/b/health").0, 200);
+}
