@@ -460,7 +460,11 @@ mod tests {
             assert!(!e.record(true, &cfg, &set, now));
             assert!(e.record(true, &cfg, &set, now));
         };
-        let ejected_ms = |e: &Endpoint| e.to_json(Instant::now())["ejected_for_ms"].as_u64().unwrap();
+        let ejected_ms = |e: &Endpoint| {
+            e.to_json(Instant::now())["ejected_for_ms"]
+                .as_u64()
+                .unwrap()
+        };
         eject(&e);
         assert_eq!(ejected_ms(&e), 1_000);
         // While ejected, more failures do not extend it.
@@ -477,7 +481,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(5_000)).await;
         assert!(!e.record(false, &cfg, &set, Instant::now()));
         eject(&e);
-        assert_eq!(ejected_ms(&e), 3_000, "after one decay step: 3 x base again, not 4 x");
+        assert_eq!(
+            ejected_ms(&e),
+            3_000,
+            "after one decay step: 3 x base again, not 4 x"
+        );
         tokio::time::advance(Duration::from_millis(3_001)).await;
         eject(&e);
         assert_eq!(ejected_ms(&e), 3_500, "4 x base, capped at max_ejection_ms");

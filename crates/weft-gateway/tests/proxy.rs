@@ -638,8 +638,16 @@ outlier = {{ consecutive_failures = 0 }}
     let r = get(gw.addr, "/slow/5000").await;
     assert_eq!(r.status, 504);
     assert_eq!(r.reason(), "upstream-timeout");
-    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
-    assert_eq!(slow.hits.load(Ordering::SeqCst) + fast.hits.load(Ordering::SeqCst), 6, "4 + 2 attempts");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(
+        slow.hits.load(Ordering::SeqCst) + fast.hits.load(Ordering::SeqCst),
+        6,
+        "4 + 2 attempts"
+    );
 }
 
 #[tokio::test]
@@ -664,13 +672,26 @@ outlier = {{ consecutive_failures = 3, base_ejection_ms = 60000, panic_threshold
     );
     let gw = TestGateway::start(&toml, None).await;
     for _ in 0..20 {
-        assert_eq!(get(gw.addr, "/").await.status, 200, "retried on the good endpoint");
+        assert_eq!(
+            get(gw.addr, "/").await.status,
+            200,
+            "retried on the good endpoint"
+        );
     }
     let st = gw.gw.status();
-    assert_eq!(st["routes"][0]["breaker"], "closed", "the route never failed a request");
+    assert_eq!(
+        st["routes"][0]["breaker"], "closed",
+        "the route never failed a request"
+    );
     let eps = st["upstreams"][0]["endpoints"].as_array().unwrap().clone();
-    let b = eps.iter().find(|e| e["address"] == bad.addr.to_string()).unwrap();
-    assert_eq!(b["ejected"], true, "the endpoint failed 3 attempts in a row");
+    let b = eps
+        .iter()
+        .find(|e| e["address"] == bad.addr.to_string())
+        .unwrap();
+    assert_eq!(
+        b["ejected"], true,
+        "the endpoint failed 3 attempts in a row"
+    );
     assert_eq!(bad.hits.load(Ordering::SeqCst), 3);
 }
 
@@ -688,11 +709,19 @@ async fn breaker_survives_an_unrelated_reload() {
     }
     assert_eq!(get(gw.addr, "/").await.reason(), "breaker-open");
     let more = format!("{toml}[[route]]\nname = \"other\"\npath = \"/other\"\nupstream = \"u\"\n");
-    gw.gw.reload(weft_gateway::Config::from_toml(&more, "t").unwrap()).unwrap();
-    assert_eq!(get(gw.addr, "/").await.reason(), "breaker-open", "reload kept the open breaker");
+    gw.gw
+        .reload(weft_gateway::Config::from_toml(&more, "t").unwrap())
+        .unwrap();
+    assert_eq!(
+        get(gw.addr, "/").await.reason(),
+        "breaker-open",
+        "reload kept the open breaker"
+    );
     // Changing the breaker's settings starts a fresh one.
     let changed = toml.replace("minimum_calls = 3", "minimum_calls = 4");
-    gw.gw.reload(weft_gateway::Config::from_toml(&changed, "t").unwrap()).unwrap();
+    gw.gw
+        .reload(weft_gateway::Config::from_toml(&changed, "t").unwrap())
+        .unwrap();
     assert_eq!(get(gw.addr, "/").await.status, 500);
 }
 
@@ -710,6 +739,10 @@ async fn tcp_health_checks() {
     let gw = TestGateway::start(&toml, None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     for _ in 0..10 {
-        assert_eq!(get(gw.addr, "/").await.status, 200, "the dead endpoint was taken out");
+        assert_eq!(
+            get(gw.addr, "/").await.status,
+            200,
+            "the dead endpoint was taken out"
+        );
     }
 }

@@ -55,7 +55,11 @@ pub fn jump_back(h: u64, n: u32) -> u32 {
             return 0;
         }
         let lo = 1u32 << (31 - x.leading_zeros());
-        let half = if x.count_ones() & 1 == 1 { (r0 >> 32) as u32 } else { r0 as u32 };
+        let half = if x.count_ones() & 1 == 1 {
+            (r0 >> 32) as u32
+        } else {
+            r0 as u32
+        };
         let i = lo + (half & (lo - 1));
         if i < n {
             return i;

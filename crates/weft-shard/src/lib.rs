@@ -5,7 +5,7 @@
 //! |---|---|---|---|---|
 //! | consistent-hash ring with virtual nodes | [`Ring`] | yes (vnodes ∝ weight) | O(log V) | ≈ ideal |
 //! | rendezvous (weighted HRW) | [`Rendezvous`] | yes | O(N) | ideal |
-//! | jump hash, any node removable | [`Jump`] | no | O(log N) | ideal |
+//! | jump hash (JumpBackHash), any node removable | [`Jump`] | no | O(1) expected | ideal |
 //! | Maglev | [`Maglev`] | yes | O(1) | near ideal |
 //! | bounded loads (ε) | [`BoundedLoads`] | via ring | O(log V) + probes | ≈ ideal |
 //! | hash slots (16384, Redis-style) | [`Slots`] | yes | O(1) | exact minimum |

@@ -106,7 +106,10 @@ fn jump_back_is_consistent_and_balanced() {
         for n in 2..=300u32 {
             let b = weft_shard::jump_back(h, n);
             assert!(b < n);
-            assert!(b == prev || b == n - 1, "key {key}: {prev} -> {b} at n = {n}");
+            assert!(
+                b == prev || b == n - 1,
+                "key {key}: {prev} -> {b} at n = {n}"
+            );
             prev = b;
         }
     }
@@ -120,7 +123,10 @@ fn jump_back_is_consistent_and_balanced() {
         let max = *count.iter().max().unwrap() as f64;
         let min = *count.iter().min().unwrap() as f64;
         // 200 keys per bucket: a binomial spread of about ±3.5 sigma (±50) at most.
-        assert!(max / mean < 1.3 && min / mean > 0.7, "n = {n}: min {min}, max {max}");
+        assert!(
+            max / mean < 1.3 && min / mean > 0.7,
+            "n = {n}: min {min}, max {max}"
+        );
     }
 }
 
@@ -358,4 +364,3 @@ async fn executor_throttles_pauses_and_reports_progress() {
     )
     .is_err());
 }
-

@@ -38,6 +38,7 @@ async fn collect(w: &mut WatchStream, n: usize) -> Vec<Event> {
 /// Revisions, create/mod revisions and versions follow etcd exactly.
 pub async fn revisions(s: &dyn Store) {
     let r0 = rev(s).await;
+    assert_eq!(r0, 1, "an empty store is at revision 1 (etcd's numbering)");
     let r1 = s.put_kv("a", "1").await.unwrap().header.revision;
     assert_eq!(
         r1,

@@ -132,7 +132,8 @@ async fn run_watch(conns: &[Client], watchers: usize, duration: Duration) -> Res
             let mut lat = Vec::new();
             let hard_stop = duration + Duration::from_secs(5);
             loop {
-                if done.load(Ordering::Acquire) && lat.len() as u64 >= written.load(Ordering::Acquire)
+                if done.load(Ordering::Acquire)
+                    && lat.len() as u64 >= written.load(Ordering::Acquire)
                 {
                     break;
                 }

@@ -137,7 +137,11 @@ enum BenchCmd {
         endpoints: Vec<String>,
         /// Workloads: put, get, txn, lease, lock, watch (fan-out: CLIENTS watchers of one
         /// prefix, one writer; ops/s counts delivered events).
-        #[arg(long, value_delimiter = ',', default_value = "put,get,txn,lease,lock,watch")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "put,get,txn,lease,lock,watch"
+        )]
         workloads: Vec<String>,
         /// Concurrent clients.
         #[arg(long, value_delimiter = ',', default_value = "1,16,64")]

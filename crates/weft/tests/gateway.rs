@@ -204,7 +204,14 @@ fn standalone_gateway_logs_counts_and_reloads_on_sighup() {
     };
     write("/a");
     let mut gw = Command::new(BIN)
-        .args(["gateway", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
         .arg(&cfg)
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::piped())
@@ -227,7 +234,8 @@ fn standalone_gateway_logs_counts_and_reloads_on_sighup() {
     // The access log line.
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    let entry: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let entry: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     assert_eq!(entry["route"], "r");
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["path"], "/a/health");
@@ -236,18 +244,25 @@ fn standalone_gateway_logs_counts_and_reloads_on_sighup() {
     // Metrics per route, upstream and status class.
     let (_, metrics) = http_get(&admin, "/metrics");
     assert!(
-        metrics.contains("weft_gateway_requests_total{route=\"r\",upstream=\"node\",status=\"2xx\"} 1"),
+        metrics.contains(
+            "weft_gateway_requests_total{route=\"r\",upstream=\"node\",status=\"2xx\"} 1"
+        ),
         "{metrics}"
     );
     // SIGHUP applies a changed file (the poller would too, within a second).
     write("/b");
-    let rc = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    let rc = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(rc.success());
     wait_for("the new route", || http_get(&gw_addr, "/b/health").0 == 200);
     assert_eq!(http_get(&gw_addr, "/a/health").0, 404);
     // A broken file keeps the running configuration.
     std::fs::write(&cfg, "[[route]]\nname = 1\n").unwrap();
-    let _ = Command::new("kill").args(["-HUP", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(http_get(&gw_addr, "/b/health").0, 200);
 }

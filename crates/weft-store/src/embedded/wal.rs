@@ -123,7 +123,11 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
                 reason,
             })?
         }
-        None => Mvcc::default(),
+        // As etcd: an empty store is at revision 1, the first write makes revision 2.
+        None => Mvcc {
+            rev: 1,
+            ..Default::default()
+        },
     };
     let live: Vec<u64> = wals.iter().copied().filter(|g| *g >= gen).collect();
     let mut bytes = 0u64;
