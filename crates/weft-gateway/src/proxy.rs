@@ -239,17 +239,16 @@ fn status_class(s: StatusCode) -> usize {
     }
 }
 
-fn walk_errors(e: &(dyn std::error::Error + 'static)) -> (bool, bool) {
-    // (body too large, connect error)
+/// Whether the request body's size limit is what failed (anywhere in the error chain).
+fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut too_large = false;
     while let Some(c) = cur {
         if c.is::<http_body_util::LengthLimitError>() {
-            too_large = true;
+            return true;
         }
         cur = c.source();
     }
-    (too_large, false)
+    false
 }
 
 /// Request id: `<16 hex seed><16 hex counter>`.
@@ -454,14 +453,7 @@ impl Gateway {
         let mut resp = self.forward_inner(x, req).await;
         if let (Some(c), Some(o)) = (cors, origin_ok) {
             let h = resp.headers_mut();
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                if c.origins.iter().any(|x| x == "*") && !c.credentials {
-                    HeaderValue::from_static("*")
-                } else {
-                    o
-                },
-            );
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin(c, &o));
             h.append(header::VARY, HeaderValue::from_static("origin"));
             if c.credentials {
                 h.insert(
@@ -667,7 +659,7 @@ impl Gateway {
             match Limited::new(body, max_body as usize).collect().await {
                 Ok(c) => replay = Some(c.to_bytes()),
                 Err(e) => {
-                    let (too_large, _) = walk_errors(&*e);
+                    let too_large = body_too_large(&*e);
                     return if too_large {
                         (
                             answer(
@@ -795,7 +787,7 @@ impl Gateway {
                     )
                 }
                 Ok(Err(e)) => {
-                    let (too_large, _) = walk_errors(&e);
+                    let too_large = body_too_large(&e);
                     if too_large {
                         return (
                             answer(
@@ -926,6 +918,15 @@ fn origin_allowed(c: &CorsConfig, o: &HeaderValue) -> bool {
         .any(|x| x == "*" || x.as_bytes() == o.as_bytes())
 }
 
+/// `*` for a wildcard policy without credentials, else the (allowed) origin itself.
+fn allow_origin(c: &CorsConfig, origin: &HeaderValue) -> HeaderValue {
+    if c.origins.iter().any(|x| x == "*") && !c.credentials {
+        HeaderValue::from_static("*")
+    } else {
+        origin.clone()
+    }
+}
+
 fn preflight(c: &CorsConfig, origin: &HeaderValue) -> Response<Body> {
     if !origin_allowed(c, origin) {
         return answer(
@@ -936,14 +937,7 @@ fn preflight(c: &CorsConfig, origin: &HeaderValue) -> Response<Body> {
     let mut r = Response::new(empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
     let h = r.headers_mut();
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        if c.origins.iter().any(|x| x == "*") && !c.credentials {
-            HeaderValue::from_static("*")
-        } else {
-            origin.clone()
-        },
-    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin(c, origin));
     if let Ok(v) = HeaderValue::from_str(&c.methods.join(", ")) {
         h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, v);
     }

@@ -135,24 +135,15 @@ async fn api_keys_identify_consumers_and_feed_rate_limits() {
     let r = get(gw.addr, "/key").await;
     assert_eq!(r.status, 401);
     assert_eq!(r.reason(), "unauthorized");
-    let r = send(
-        gw.addr,
-        "GET",
-        "/key",
-        &[("x-api-key", "nope-nope-nope-nope")],
-        b"",
-    )
-    .await;
+    let r = get_h(gw.addr, "/key", &[("x-api-key", "nope-nope-nope-nope")]).await;
     assert_eq!(r.status, 401);
-    let r = send(
+    let r = get_h(
         gw.addr,
-        "GET",
         "/key",
         &[
             ("x-api-key", "key-alice-0123456789"),
             ("x-weft-consumer", "forged"),
         ],
-        b"",
     )
     .await;
     assert_eq!(r.status, 200);
@@ -163,26 +154,13 @@ async fn api_keys_identify_consumers_and_feed_rate_limits() {
     // limit is his own.
     for _ in 0..2 {
         assert_eq!(
-            send(
-                gw.addr,
-                "GET",
-                "/key",
-                &[("x-api-key", "key-alice-0123456789")],
-                b""
-            )
-            .await
-            .status,
+            get_h(gw.addr, "/key", &[("x-api-key", "key-alice-0123456789")])
+                .await
+                .status,
             200
         );
     }
-    let r = send(
-        gw.addr,
-        "GET",
-        "/key",
-        &[("x-api-key", "key-alice-0123456789")],
-        b"",
-    )
-    .await;
+    let r = get_h(gw.addr, "/key", &[("x-api-key", "key-alice-0123456789")]).await;
     assert_eq!(r.status, 429);
     assert_eq!(r.reason(), "rate-limited");
     assert_eq!(r.headers["retry-after"], "1");
@@ -202,43 +180,30 @@ async fn basic_auth() {
     assert_eq!(r.status, 401);
     assert_eq!(r.headers["www-authenticate"], "Basic realm=\"weft\"");
     // carol:wrong, carol:s3cret
-    let r = send(
+    let r = get_h(
         gw.addr,
-        "GET",
         "/basic",
         &[("authorization", "Basic Y2Fyb2w6d3Jvbmc=")],
-        b"",
     )
     .await;
     assert_eq!(r.status, 401);
-    let r = send(
+    let r = get_h(
         gw.addr,
-        "GET",
         "/basic",
         &[("authorization", "Basic Y2Fyb2w6czNjcmV0")],
-        b"",
     )
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["headers"]["x-weft-consumer"], "carol");
-    let r = send(
-        gw.addr,
-        "GET",
-        "/basic",
-        &[("authorization", "Basic !!!")],
-        b"",
-    )
-    .await;
+    let r = get_h(gw.addr, "/basic", &[("authorization", "Basic !!!")]).await;
     assert_eq!(r.status, 401);
 }
 
 async fn bearer(gw: &TestGateway, path: &str, token: &str) -> Reply {
-    send(
+    get_h(
         gw.addr,
-        "GET",
         path,
         &[("authorization", &format!("Bearer {token}"))],
-        b"",
     )
     .await
 }

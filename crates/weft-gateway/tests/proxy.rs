@@ -38,12 +38,10 @@ async fn routes_rewrites_and_forwards_headers() {
         two_endpoints(&a, &b, "")
     );
     let gw = TestGateway::start(&toml, None).await;
-    let r = send(
+    let r = get_h(
         gw.addr,
-        "GET",
         "/api/x/y?q=1",
         &[("x-secret", "s"), ("x-forwarded-for", "10.0.0.9")],
-        b"",
     )
     .await;
     assert_eq!(r.status, 200);
@@ -65,7 +63,7 @@ async fn routes_rewrites_and_forwards_headers() {
     assert_eq!(r.headers["x-request-id"], rid);
     assert_eq!(r.headers["x-served-by"], "weft");
     // A sane client request id is kept.
-    let r = send(gw.addr, "GET", "/api", &[("x-request-id", "abc-123")], b"").await;
+    let r = get_h(gw.addr, "/api", &[("x-request-id", "abc-123")]).await;
     assert_eq!(r.json()["headers"]["x-request-id"], "abc-123");
     assert_eq!(r.json()["path"], "/");
     // Template rewrite.
@@ -500,16 +498,9 @@ async fn sticky_hashing_on_a_header() {
         let mut seen = std::collections::HashSet::new();
         for user in 0..20 {
             let u = format!("user{user}");
-            let first = send(gw.addr, "GET", "/", &[("x-user", &u)], b"")
-                .await
-                .server();
+            let first = get_h(gw.addr, "/", &[("x-user", &u)]).await.server();
             for _ in 0..3 {
-                assert_eq!(
-                    send(gw.addr, "GET", "/", &[("x-user", &u)], b"")
-                        .await
-                        .server(),
-                    first
-                );
+                assert_eq!(get_h(gw.addr, "/", &[("x-user", &u)]).await.server(), first);
             }
             seen.insert(first);
         }
@@ -551,26 +542,12 @@ async fn cors_preflight_and_headers() {
         0,
         "preflight answered by the gateway"
     );
-    let r = send(
-        gw.addr,
-        "GET",
-        "/",
-        &[("origin", "https://app.example")],
-        b"",
-    )
-    .await;
+    let r = get_h(gw.addr, "/", &[("origin", "https://app.example")]).await;
     assert_eq!(
         r.headers["access-control-allow-origin"],
         "https://app.example"
     );
-    let r = send(
-        gw.addr,
-        "GET",
-        "/",
-        &[("origin", "https://evil.example")],
-        b"",
-    )
-    .await;
+    let r = get_h(gw.addr, "/", &[("origin", "https://evil.example")]).await;
     assert!(r.headers.get("access-control-allow-origin").is_none());
     let r = send(
         gw.addr,

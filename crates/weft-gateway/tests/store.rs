@@ -19,6 +19,27 @@ async fn store() -> (Arc<dyn Store>, tempfile::TempDir) {
     (Arc::new(s), dir)
 }
 
+fn endpoint_count(gw: &TestGateway) -> usize {
+    gw.gw.status()["upstreams"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+async fn register(
+    store: &Arc<dyn Store>,
+    instance: Instance,
+) -> (Session, weft_coord::Registration) {
+    let session = Session::new(store.clone(), SessionOptions::default())
+        .await
+        .unwrap();
+    let r = Registry::new(store.clone())
+        .register(&session, "users", instance, None)
+        .await
+        .unwrap();
+    (session, r)
+}
+
 async fn until(mut f: impl FnMut() -> bool) {
     for _ in 0..200 {
         if f() {
@@ -39,43 +60,18 @@ async fn discovered_upstreams_follow_registrations() {
     let r = get(gw.addr, "/").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.reason(), "no-healthy-upstream");
-    let session = Session::new(store.clone(), SessionOptions::default())
-        .await
-        .unwrap();
-    let reg = Registry::new(store.clone());
     let mut ia = Instance::new("a", a.addr.to_string());
     ia.tags = vec!["v2".into()];
-    let ra = reg.register(&session, "users", ia, None).await.unwrap();
+    let (_sa, ra) = register(&store, ia).await;
     // Wrong tag: never used.
-    let rb = reg
-        .register(
-            &session,
-            "users",
-            Instance::new("b", b.addr.to_string()),
-            None,
-        )
-        .await
-        .unwrap();
-    until(|| {
-        gw.gw.status()["upstreams"][0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    })
-    .await;
+    let (_sb, rb) = register(&store, Instance::new("b", b.addr.to_string())).await;
+    until(|| endpoint_count(&gw) == 1).await;
     for _ in 0..5 {
         assert_eq!(get(gw.addr, "/").await.server(), "a");
     }
     assert_eq!(b.hits.load(Ordering::SeqCst), 0);
     ra.deregister().await.unwrap();
-    until(|| {
-        gw.gw.status()["upstreams"][0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .is_empty()
-    })
-    .await;
+    until(|| endpoint_count(&gw) == 0).await;
     assert_eq!(get(gw.addr, "/").await.status, 503);
     drop(rb);
 }
@@ -221,35 +217,10 @@ async fn discovery_protection_keeps_the_last_set_when_everything_vanishes() {
     let a = TestUpstream::start("a").await;
     let toml = "[[route]]\nname = \"r\"\nupstream = \"users\"\n\n[[upstream]]\nname = \"users\"\nservice = \"users\"\nprotection_percent = 50\n";
     let gw = TestGateway::start(toml, Some(store.clone())).await;
-    let session = Session::new(store.clone(), SessionOptions::default())
-        .await
-        .unwrap();
-    let reg = Registry::new(store.clone());
-    let ra = reg
-        .register(
-            &session,
-            "users",
-            Instance::new("a", a.addr.to_string()),
-            None,
-        )
-        .await
-        .unwrap();
-    until(|| {
-        gw.gw.status()["upstreams"][0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .len()
-            == 1
-    })
-    .await;
+    let (_s, ra) = register(&store, Instance::new("a", a.addr.to_string())).await;
+    until(|| endpoint_count(&gw) == 1).await;
     ra.deregister().await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        gw.gw.status()["upstreams"][0]["endpoints"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(endpoint_count(&gw), 1);
     assert_eq!(get(gw.addr, "/").await.server(), "a");
 }

@@ -258,6 +258,10 @@ pub async fn send(
     }
 }
 
+pub async fn get_h(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Reply {
+    send(addr, "GET", path, headers, b"").await
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, "GET", path, &[], b"").await
 }
