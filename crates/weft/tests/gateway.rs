@@ -266,3 +266,103 @@ fn standalone_gateway_logs_counts_and_reloads_on_sighup() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(http_get(&gw_addr, "/b/health").0, 200);
 }
+
+/// Two stateless gateways on one etcd: an instance registered in etcd, a route stored in etcd,
+/// and a global rate limit counted in etcd, so the limit holds for both gateways together.
+#[cfg(feature = "etcd")]
+#[test]
+fn two_gateways_on_etcd_share_routes_discovery_and_limits() {
+    use std::sync::Arc;
+    use weft_store::StoreExt;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(etcd) = rt.block_on(weft_store_etcd::testing::EtcdServer::start_or_skip()) else {
+        return;
+    };
+    // The upstream: a weft node's own HTTP API.
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start(&dir.path().join("node"));
+    let upstream = node.endpoint.trim_start_matches("http://").to_string();
+    let (_session, _reg) = rt.block_on(async {
+        let store: Arc<dyn weft_store::Store> = Arc::new(
+            weft_store_etcd::EtcdStore::connect(&[etcd.endpoint.as_str()])
+                .await
+                .unwrap(),
+        );
+        let session = weft_coord::Session::new(store.clone(), Default::default())
+            .await
+            .unwrap();
+        let reg = weft_coord::Registry::new(store.clone())
+            .register(
+                &session,
+                "nodeapi",
+                weft_coord::Instance::new("n1", upstream.clone()),
+                None,
+            )
+            .await
+            .unwrap();
+        let route = serde_json::json!({
+            "name": "api", "path_prefix": "/api", "rewrite": "", "upstream": "nodeapi",
+            "rate_limit": {"per_second": 5, "by": "route", "global": true}
+        });
+        store
+            .put_kv("/weft/gateway/routes/api", route.to_string())
+            .await
+            .unwrap();
+        (session, reg)
+    });
+    let start_gw = || {
+        let mut gw = Command::new(BIN)
+            .args([
+                "gateway",
+                "--listen",
+                "127.0.0.1:0",
+                "--etcd-endpoints",
+                &etcd.endpoint,
+            ])
+            .env("WEFT_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(gw.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        (Kill(gw), addr, out)
+    };
+    let (_g1, a1, _o1) = start_gw();
+    let (_g2, a2, _o2) = start_gw();
+    for a in [&a1, &a2] {
+        wait_for("route and instance from etcd", || {
+            matches!(http_get(a, "/api/health").0, 200 | 429)
+        });
+    }
+    // A fresh wall-clock second, then 20 requests alternating between the gateways.
+    loop {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_millis();
+        if ms < 100 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1000 - ms as u64 + 5));
+    }
+    let mut ok = 0;
+    for i in 0..20 {
+        let a = if i % 2 == 0 { &a1 } else { &a2 };
+        match http_get(a, "/api/health").0 {
+            200 => ok += 1,
+            429 => {}
+            s => panic!("status {s}"),
+        }
+    }
+    assert_eq!(ok, 5, "5 per second across both gateways");
+}
