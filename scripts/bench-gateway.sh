@@ -30,8 +30,9 @@ for bin in nginx wrk openssl; do
     command -v "$bin" >/dev/null || { echo "missing $bin: apt-get install -y nginx wrk openssl" >&2; exit 1; }
 done
 
-(cd "$ROOT" && cargo build --release -q -p weft)
+(cd "$ROOT" && cargo build --release -q -p weft && cargo build --release -q -p weft-gateway --example bare_proxy)
 WEFT="$ROOT/target/release/weft"
+BARE="$ROOT/target/release/examples/bare_proxy"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -139,6 +140,12 @@ start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop
 
 W1=$(free_port); start_weft 1 "$W1"
 W2=$(free_port); start_weft 2 "$W2"
+# The floor: hyper's server (h1/h2c detection, header-read timer) + hyper-util's pooled client
+# with nothing in between, one thread.
+BP=$(free_port)
+"$BARE" 127.0.0.1:"$BP" 127.0.0.1:"$UP" auto timer >/dev/null &
+PIDS+=($!)
+wait_port "$BP"
 
 # Discovery-backed upstream: a node with the gateway inside, the upstream registered as a
 # service, the route stored with `weft route add`.
@@ -160,6 +167,7 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
     run_wrk "upstream direct (no proxy)" "http://127.0.0.1:$UP/"
     run_wrk "nginx 1.22 proxy, 1 worker" "http://127.0.0.1:$NGX/"
+    run_wrk "bare hyper proxy (floor), 1 thread" "http://127.0.0.1:$BP/"
     run_wrk "weft gateway, 1 thread" "http://127.0.0.1:$W1/"
     run_wrk "weft gateway, 2 threads" "http://127.0.0.1:$W2/"
     run_wrk "weft 1 thread + JWT (HS256)" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"

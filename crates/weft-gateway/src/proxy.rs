@@ -163,6 +163,11 @@ impl Route {
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_WEFT_CONSUMER: HeaderName = HeaderName::from_static("x-weft-consumer");
+
 static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -619,24 +624,24 @@ impl Gateway {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => {
                 HeaderValue::from_str(&format!("{prev}, {}", x.peer.ip.to_str().unwrap_or("")))
             }
             None => Ok(x.peer.ip.clone()),
         };
         if let Ok(v) = xff {
-            headers.insert("x-forwarded-for", v);
+            headers.insert(X_FORWARDED_FOR, v);
         }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         if let Some(h) = &original_host {
-            headers.insert("x-forwarded-host", h.clone());
+            headers.insert(X_FORWARDED_HOST, h.clone());
         }
         headers.insert(x.rid_header.clone(), x.request_id.clone());
-        headers.remove("x-weft-consumer");
+        headers.remove(&X_WEFT_CONSUMER);
         if let Some(c) = &x.consumer {
             if let Ok(v) = HeaderValue::from_str(c) {
-                headers.insert("x-weft-consumer", v);
+                headers.insert(X_WEFT_CONSUMER, v);
             }
         }
         for h in &route.remove_headers {

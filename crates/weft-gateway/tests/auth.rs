@@ -220,7 +220,8 @@ async fn jwt_hs256_claims_are_checked() {
     let expired = encode(&Header::new(Algorithm::HS256), &claims("dave", -300), &key).unwrap();
     assert_eq!(bearer(&gw, "/hs", &expired).await.status, 401);
     // Each mutation of otherwise valid claims must be refused.
-    let mutations: [(&str, fn(&mut serde_json::Value)); 4] = [
+    type Mutation = (&'static str, fn(&mut serde_json::Value));
+    let mutations: [Mutation; 4] = [
         ("wrong aud", |c| c["aud"] = "other".into()),
         ("wrong iss", |c| c["iss"] = "mallory".into()),
         ("nbf in the future", |c| c["nbf"] = (now() + 3600).into()),
