@@ -572,27 +572,50 @@ impl Config {
                 ));
             }
             validate_route(r).map_err(|(f, m)| at("route", i, f, m))?;
-            if !names.contains(r.upstream.as_str()) && !implicit_services {
-                let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
-                return Err(at(
-                    "route",
-                    i,
-                    "upstream",
-                    format!(
-                        "upstream {:?} is not defined (defined: {})",
-                        r.upstream,
-                        if known.is_empty() {
-                            "none".to_string()
-                        } else {
-                            known.join(", ")
-                        }
-                    ),
-                ));
-            }
-            if let Some(a) = &r.auth {
-                if !auths.contains(a.as_str()) {
-                    return Err(at("route", i, "auth", format!("auth {a:?} is not defined")));
-                }
+            self.check_route_refs(r, implicit_services)
+                .map_err(|(f, m)| at("route", i, f, m))?;
+        }
+        Ok(())
+    }
+
+    /// Checks one more route (e.g. one kept in the store) against this configuration's
+    /// upstreams and auth providers, without re-validating the rest (which reads key files).
+    pub fn validate_extra_route(
+        &self,
+        r: &RouteConfig,
+        origin: &str,
+        implicit_services: bool,
+    ) -> Result<(), ConfigError> {
+        validate_route(r)
+            .and_then(|()| self.check_route_refs(r, implicit_services))
+            .map_err(|(f, m)| ConfigError::Invalid {
+                origin: origin.to_string(),
+                line: None,
+                path: format!("route[0].{f}"),
+                message: m,
+            })
+    }
+
+    /// The route's upstream and auth exist (or the upstream is an implicit service).
+    fn check_route_refs(&self, r: &RouteConfig, implicit_services: bool) -> Result<(), FieldError> {
+        if !implicit_services && !self.upstreams.iter().any(|u| u.name == r.upstream) {
+            let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+            return Err((
+                "upstream",
+                format!(
+                    "upstream {:?} is not defined (defined: {})",
+                    r.upstream,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        }
+        if let Some(a) = &r.auth {
+            if !self.auths.iter().any(|x| &x.name == a) {
+                return Err(("auth", format!("auth {a:?} is not defined")));
             }
         }
         Ok(())

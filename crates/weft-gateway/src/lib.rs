@@ -77,6 +77,9 @@ struct Persist {
     breakers: HashMap<String, (BreakerConfig, Arc<CircuitBreaker>)>,
     limiters: HashMap<String, (RateLimitConfig, Arc<RateLimiter<String>>)>,
     budgets: HashMap<String, (RetryConfig, Arc<TpsBudget>)>,
+    /// Built providers by name: unchanged ones are not rebuilt (no key files re-read, JWT
+    /// cache kept).
+    auths: HashMap<String, (config::AuthConfig, Arc<Authenticator>)>,
     file: Config,
     store_routes: BTreeMap<String, Result<RouteConfig, String>>,
     generation: u64,
@@ -106,6 +109,7 @@ impl Gateway {
     /// also come from the store (call [`Gateway::watch_store_routes`]). Must be called inside a
     /// tokio runtime (health checks and discovery run as tasks).
     pub fn new(cfg: Config, store: Option<Arc<dyn Store>>) -> Result<Arc<Gateway>, GatewayError> {
+        // Validated once here (before any thread starts); `apply` does not repeat it.
         cfg.validate("config", store.is_some())?;
         let access = if cfg.server.access_log {
             let (tx, rx) = std::sync::mpsc::sync_channel::<String>(8192);
@@ -143,7 +147,7 @@ impl Gateway {
             ids: RequestIds::new(),
             access,
         });
-        gw.reload(cfg)?;
+        gw.apply(cfg)?;
         Ok(gw)
     }
 
@@ -157,6 +161,11 @@ impl Gateway {
     /// unchanged routes and upstreams carry over. On error the old table stays.
     pub fn reload(&self, cfg: Config) -> Result<(), GatewayError> {
         cfg.validate("config", self.store.is_some())?;
+        self.apply(cfg)
+    }
+
+    /// Installs an already validated file configuration.
+    fn apply(&self, cfg: Config) -> Result<(), GatewayError> {
         let mut p = self.persist.lock().unwrap_or_else(|e| e.into_inner());
         let old = std::mem::replace(&mut p.file, cfg);
         match self.rebuild(&mut p) {
@@ -181,9 +190,8 @@ impl Gateway {
                     r.name
                 )),
                 Ok(r) => {
-                    let mut c = cfg.clone();
-                    c.routes = vec![r.clone()];
-                    match c.validate(
+                    match cfg.validate_extra_route(
+                        r,
                         &format!("{}{name}", config::ROUTE_PREFIX),
                         self.store.is_some(),
                     ) {
@@ -235,14 +243,27 @@ impl Gateway {
         }
         let mut auths: HashMap<String, Arc<Authenticator>> = HashMap::new();
         for a in &cfg.auths {
-            let built = Authenticator::build(a).map_err(|(f, m)| ConfigError::Invalid {
-                origin: "config".into(),
-                line: None,
-                path: format!("auth {:?}.{f}", a.name),
-                message: m,
-            })?;
-            auths.insert(a.name.clone(), Arc::new(built));
+            let built =
+                match p.auths.get(&a.name).filter(|(c, _)| c == a) {
+                    Some((_, built)) => built.clone(),
+                    None => Arc::new(Authenticator::build(a).map_err(|(f, m)| {
+                        ConfigError::Invalid {
+                            origin: "config".into(),
+                            line: None,
+                            path: format!("auth {:?}.{f}", a.name),
+                            message: m,
+                        }
+                    })?),
+                };
+            auths.insert(a.name.clone(), built);
         }
+        p.auths = auths
+            .iter()
+            .filter_map(|(n, b)| {
+                let c = cfg.auths.iter().find(|a| &a.name == n)?;
+                Some((n.clone(), (c.clone(), b.clone())))
+            })
+            .collect();
         let mut routes = Vec::new();
         for r in route_cfgs {
             let breaker = match &r.breaker {
@@ -531,23 +552,19 @@ impl Gateway {
             path: "route".into(),
             message: "this gateway has no store; edit the config file instead".into(),
         })?;
-        let mut c = self
-            .persist
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .file
-            .clone();
-        if c.routes.iter().any(|r| r.name == route.name) {
-            return Err(ConfigError::Invalid {
-                origin: "admin".into(),
-                line: None,
-                path: "route.name".into(),
-                message: format!("route {:?} is defined in the config file", route.name),
+        {
+            let p = self.persist.lock().unwrap_or_else(|e| e.into_inner());
+            if p.file.routes.iter().any(|r| r.name == route.name) {
+                return Err(ConfigError::Invalid {
+                    origin: "admin".into(),
+                    line: None,
+                    path: "route.name".into(),
+                    message: format!("route {:?} is defined in the config file", route.name),
+                }
+                .into());
             }
-            .into());
+            p.file.validate_extra_route(&route, "route", true)?;
         }
-        c.routes = vec![route.clone()];
-        c.validate("route", true)?;
         store
             .put_kv(
                 format!("{}{}", config::ROUTE_PREFIX, route.name),

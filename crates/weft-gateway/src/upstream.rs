@@ -411,32 +411,24 @@ impl Upstream {
     }
 }
 
-/// One active check of one endpoint.
+/// One active check of one endpoint, with weft-coord's prober (the one registrations use).
 pub(crate) async fn probe(e: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let timeout = Duration::from_millis(hc.timeout_ms);
-    let addr = e.authority.as_str().to_string();
-    let fut = async {
-        let stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
-        if hc.kind == CheckKind::Tcp {
-            return Some(true);
-        }
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
-                .await
-                .ok()?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::get(&hc.path)
-            .header(http::header::HOST, addr.as_str())
-            .header(http::header::USER_AGENT, "weft-gateway-health")
-            .body(http_body_util::Empty::new())
-            .ok()?;
-        let resp = send.send_request(req).await.ok()?;
-        Some(resp.status().is_success() || resp.status().is_redirection())
+    let interval = Duration::from_millis(hc.interval_ms);
+    let addr = e.authority.as_str();
+    let check = match hc.kind {
+        CheckKind::Tcp => weft_coord::HealthCheck::Tcp {
+            addr: addr.to_string(),
+            interval,
+            timeout,
+        },
+        CheckKind::Http => weft_coord::HealthCheck::Http {
+            url: format!("http://{addr}{}", hc.path),
+            interval,
+            timeout,
+        },
     };
-    matches!(tokio::time::timeout(timeout, fut).await, Ok(Some(true)))
+    weft_coord::probe(&check).await
 }
 
 #[cfg(test)]
