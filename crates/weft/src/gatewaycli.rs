@@ -39,16 +39,39 @@ pub(crate) struct GatewayArgs {
     pub etcd_endpoints: Vec<String>,
 }
 
+/// A gateway whose configuration is loaded and whose listeners are bound: every start-up
+/// error has happened by the time this exists.
+pub(crate) struct StartedGateway {
+    gw: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    stop_admin: tokio::sync::watch::Sender<bool>,
+    admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl StartedGateway {
+    /// Serves until `shutdown` completes.
+    pub(crate) async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        weft_gateway::serve(self.listener, self.gw, shutdown).await?;
+        let _ = self.stop_admin.send(true);
+        if let Some(t) = self.admin_task {
+            let _ = t.await;
+        }
+        Ok(())
+    }
+}
+
 /// Starts a gateway on `store`: config file (optional) + stored routes, file watch, SIGHUP,
-/// admin API. Returns when `shutdown` completes.
-pub(crate) async fn run_gateway(
+/// admin API.
+pub(crate) async fn start_gateway(
     config: Option<PathBuf>,
     listen: SocketAddr,
     admin: Option<SocketAddr>,
     token: Option<String>,
     store: Option<Arc<dyn weft_store::Store>>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<()> {
+) -> Result<StartedGateway> {
     if let Some(a) = admin {
         if !a.ip().is_loopback() && token.as_deref().is_none_or(str::is_empty) {
             bail!("refusing to serve the gateway admin API on {a} without --token; use loopback or pass a token");
@@ -107,12 +130,12 @@ pub(crate) async fn run_gateway(
     };
     use std::io::Write;
     std::io::stdout().flush()?;
-    weft_gateway::serve(listener, gw, shutdown).await?;
-    let _ = stop_tx.send(true);
-    if let Some(t) = admin_task {
-        let _ = t.await;
-    }
-    Ok(())
+    Ok(StartedGateway {
+        gw,
+        listener,
+        stop_admin: stop_tx,
+        admin_task,
+    })
 }
 
 pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
@@ -133,15 +156,10 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
             "give --config FILE (and/or a store with --etcd-endpoints) so the gateway has routes"
         );
     }
-    run_gateway(
-        a.config,
-        a.listen,
-        a.admin_listen,
-        a.token,
-        store,
-        crate::shutdown_signal(),
-    )
-    .await
+    start_gateway(a.config, a.listen, a.admin_listen, a.token, store)
+        .await?
+        .serve(crate::shutdown_signal())
+        .await
 }
 
 // Parsed once per process; boxing the big variant would only add noise.

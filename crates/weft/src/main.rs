@@ -833,28 +833,20 @@ async fn up(a: UpArgs) -> Result<()> {
     };
     let (gw_stop, gw_task) = match a.gateway_listen {
         Some(addr) => {
+            // Started here, so a bad config or a busy port stops the node at once.
+            let started = gatewaycli::start_gateway(
+                a.gateway_config.clone(),
+                addr,
+                a.gateway_admin,
+                a.token.clone(),
+                Some(store.clone()),
+            )
+            .await
+            .context("gateway")?;
             let (tx, mut rx) = tokio::sync::watch::channel(false);
-            let store = store.clone();
-            let (config, admin, token) =
-                (a.gateway_config.clone(), a.gateway_admin, a.token.clone());
-            // Start it here so configuration errors stop the node at once.
-            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<()>>();
-            let task = tokio::spawn(async move {
-                let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                let r = gatewaycli::run_gateway(config, addr, admin, token, Some(store), shutdown)
-                    .await;
-                if let Err(e) = &r {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("{e:#}")));
-                }
-                r
-            });
-            // Give the gateway a moment to fail fast on a bad config or a busy port.
-            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_millis(500), ready_rx).await
-            {
-                bail!("gateway: {e}");
-            }
+            let task = tokio::spawn(started.serve(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
             (Some(tx), Some(task))
         }
         None => (None, None),
