@@ -48,9 +48,6 @@ pub enum GatewayError {
     /// The store failed.
     #[error("store: {0}")]
     Store(#[from] weft_store::StoreError),
-    /// Discovery failed.
-    #[error("discovery: {0}")]
-    Coord(#[from] weft_coord::CoordError),
     /// A listener or socket failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
@@ -62,7 +59,7 @@ impl GatewayError {
         match self {
             GatewayError::Config(_) => false,
             GatewayError::Store(e) => e.is_retryable(),
-            GatewayError::Coord(_) | GatewayError::Io(_) => true,
+            GatewayError::Io(_) => true,
         }
     }
 }

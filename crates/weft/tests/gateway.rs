@@ -42,6 +42,22 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Reads the process's stdout until it has announced `n` `http://` addresses.
+fn addresses(out: &mut impl BufRead, n: usize) -> Vec<String> {
+    let mut addrs = Vec::new();
+    while addrs.len() < n {
+        let mut line = String::new();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "process exited before announcing {n} addresses"
+        );
+        if let Some(a) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            addrs.push(a.to_string());
+        }
+    }
+    addrs
+}
+
 struct Kill(std::process::Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -70,17 +86,9 @@ fn gateway_in_the_node_routes_to_registered_services() {
         .spawn()
         .unwrap();
     let mut out = BufReader::new(node.stdout.take().unwrap());
-    let mut addrs = Vec::new();
-    while addrs.len() < 3 {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "node exited");
-        if let Some(a) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-            addrs.push(a.to_string());
-        }
-    }
+    let addrs = addresses(&mut out, 3);
     let _node = Kill(node);
-    let api = addrs.iter().find(|a| !a.is_empty()).unwrap().clone();
-    let (gw, admin) = (addrs[1].clone(), addrs[2].clone());
+    let (api, gw, admin) = (addrs[0].clone(), addrs[1].clone(), addrs[2].clone());
     // No routes yet.
     let (status, body) = http_get(&gw, "/api/health");
     assert_eq!(status, 404, "{body}");
@@ -220,14 +228,7 @@ fn standalone_gateway_logs_counts_and_reloads_on_sighup() {
     let pid = gw.id();
     let mut out = BufReader::new(gw.stdout.take().unwrap());
     let _gw = Kill(gw);
-    let mut addrs = Vec::new();
-    while addrs.len() < 2 {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "gateway exited");
-        if let Some(a) = line.split_whitespace().find(|w| w.starts_with("http://")) {
-            addrs.push(a.to_string());
-        }
-    }
+    let addrs = addresses(&mut out, 2);
     let (gw_addr, admin) = (addrs[0].clone(), addrs[1].clone());
     let (status, body) = http_get(&gw_addr, "/a/health");
     assert_eq!(status, 200, "{body}");
@@ -328,13 +329,7 @@ fn two_gateways_on_etcd_share_routes_discovery_and_limits() {
             .spawn()
             .unwrap();
         let mut out = BufReader::new(gw.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let addr = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_string();
+        let addr = addresses(&mut out, 1).remove(0);
         (Kill(gw), addr, out)
     };
     let (_g1, a1, _o1) = start_gw();
