@@ -224,3 +224,69 @@ async fn discovery_protection_keeps_the_last_set_when_everything_vanishes() {
     assert_eq!(endpoint_count(&gw), 1);
     assert_eq!(get(gw.addr, "/").await.server(), "a");
 }
+
+#[tokio::test]
+async fn admin_api_manages_stored_routes_behind_a_token() {
+    let (store, _dir) = store().await;
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[upstream]]\nname = \"static\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, Some(store.clone())).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    tokio::spawn(weft_gateway::serve_admin(
+        listener,
+        gw.gw.clone(),
+        None,
+        Some("s3cret".into()),
+        std::future::pending(),
+    ));
+    let auth = [("authorization", "Bearer s3cret")];
+    let route = br#"{"name": "x", "path_prefix": "/x", "rewrite": "", "upstream": "static"}"#;
+    assert_eq!(
+        send(admin, "PUT", "/routes/x", &[], route).await.status,
+        401
+    );
+    assert_eq!(
+        get(admin, "/health").await.status,
+        200,
+        "health needs no token"
+    );
+    let r = send(admin, "PUT", "/routes/y", &auth, route).await;
+    assert_eq!(r.status, 400, "path and body name differ");
+    let r = send(admin, "PUT", "/routes/x", &auth, b"{").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"], "invalid_route");
+    let r = send(admin, "PUT", "/routes/x", &auth, route).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let addr = gw.addr;
+    for _ in 0..200 {
+        if get(addr, "/x/hello").await.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(get(addr, "/x/hello").await.json()["path"], "/hello");
+    let st = get_h(admin, "/status", &auth).await;
+    assert_eq!(st.status, 200);
+    assert!(st.json()["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "x"));
+    assert_eq!(
+        send(admin, "DELETE", "/routes/x", &auth, b"").await.status,
+        200
+    );
+    assert_eq!(
+        send(admin, "DELETE", "/routes/x", &auth, b"").await.status,
+        404
+    );
+    assert_eq!(
+        get_h(admin, "/metrics", &auth).await.status,
+        404,
+        "no renderer given"
+    );
+}
