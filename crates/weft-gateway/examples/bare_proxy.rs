@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+type FastBody = weft_gateway::proxy::Body;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rest: Vec<String> = args.collect();
     let auto = rest.iter().any(|a| a == "auto");
     let timer = rest.iter().any(|a| a == "timer");
+    // "fast": weft's own HTTP/1 upstream client (weft_gateway::h1) instead of hyper-util's.
+    let fast = rest.iter().any(|a| a == "fast");
+    let pool = weft_gateway::h1::Pool::new(&upstream, 256, std::time::Duration::from_secs(60));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -44,11 +47,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             let (s, _) = listener.accept().await?;
             let _ = s.set_nodelay(true);
-            let (client, upstream) = (client.clone(), upstream.clone());
+            let (client, upstream, pool) = (client.clone(), upstream.clone(), pool.clone());
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                    let (client, upstream) = (client.clone(), upstream.clone());
+                    let (client, upstream, pool) = (client.clone(), upstream.clone(), pool.clone());
                     async move {
+                        if fast {
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.as_str())
+                                .unwrap_or("/");
+                            let r = pool
+                                .send(
+                                    std::time::Duration::from_secs(2),
+                                    req.method(),
+                                    pq,
+                                    req.headers(),
+                                    Bytes::new(),
+                                )
+                                .await;
+                            let resp = match r {
+                                Ok(r) => r.map(|b| {
+                                    b.map_err(|e| -> weft_gateway::proxy::BoxError { e })
+                                        .boxed_unsync()
+                                }),
+                                Err(_) => {
+                                    let mut r = hyper::Response::new(
+                                        http_body_util::Empty::new()
+                                            .map_err(|e| match e {})
+                                            .boxed_unsync(),
+                                    );
+                                    *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+                                    r
+                                }
+                            };
+                            return Ok::<hyper::Response<FastBody>, Infallible>(resp);
+                        }
                         let pq = req
                             .uri()
                             .path_and_query()
@@ -56,7 +91,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .unwrap_or("/");
                         *req.uri_mut() = format!("http://{upstream}{pq}").parse().unwrap();
                         let resp = match client.request(req).await {
-                            Ok(r) => r.map(|b| b.boxed_unsync()),
+                            Ok(r) => r.map(|b| {
+                                b.map_err(|e| -> weft_gateway::proxy::BoxError { Box::new(e) })
+                                    .boxed_unsync()
+                            }),
                             Err(_) => {
                                 let mut r = hyper::Response::new(
                                     http_body_util::Empty::new()
@@ -67,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 r
                             }
                         };
-                        Ok::<hyper::Response<Body>, Infallible>(resp)
+                        Ok::<hyper::Response<FastBody>, Infallible>(resp)
                     }
                 });
                 if auto {

@@ -35,6 +35,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod h1;
 pub mod lb;
 pub mod proxy;
 pub mod route;
@@ -139,7 +140,7 @@ impl Gateway {
                 generation: 0,
                 errors: Vec::new(),
             }),
-            registry: Arc::new(EndpointRegistry::default()),
+            registry: Arc::new(EndpointRegistry::new(cfg.server.pool_max_idle_per_host)),
             persist: Mutex::new(Persist::default()),
             client_h1: proxy::build_client(&cfg.server, false),
             client_h2: proxy::build_client(&cfg.server, true),

@@ -723,6 +723,10 @@ impl Gateway {
                     .boxed_unsync(),
             );
         }
+        // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
+        // upgrades and h2c go through hyper's.
+        let fast = !h2 && !upgrade;
+        let connect_timeout = Duration::from_millis(x.server.connect_timeout_ms);
         let max_attempts = if replay.is_some() && retryable_method {
             retry.attempts.clamp(1, 10)
         } else {
@@ -755,41 +759,6 @@ impl Gateway {
             };
             tried[(attempt - 1) as usize] = idx;
             x.endpoint = Some(ep.clone());
-            let uri = http::Uri::builder()
-                .scheme(http::uri::Scheme::HTTP)
-                .authority(ep.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build();
-            let uri = match uri {
-                Ok(u) => u,
-                Err(e) => {
-                    return (
-                        answer(
-                            Reason::BadRequest,
-                            &format!("cannot build the upstream URI: {e}"),
-                        ),
-                        Outcome::Ignore,
-                    )
-                }
-            };
-            let body = match (&replay, stream.take()) {
-                (Some(b), _) if b.is_empty() => empty(),
-                (Some(b), _) => full(b.clone()),
-                (None, Some(s)) => s,
-                (None, None) => empty(),
-            };
-            let mut up = Request::new(body);
-            *up.method_mut() = method.clone();
-            *up.uri_mut() = uri;
-            *up.headers_mut() = if attempt >= max_attempts {
-                std::mem::take(&mut headers)
-            } else {
-                headers.clone()
-            };
-            if h2 {
-                *up.version_mut() = http::Version::HTTP_2;
-            }
-            let client = if h2 { &self.client_h2 } else { &self.client_h1 };
             let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
             let mut limit = per_try.map(|d| Instant::now() + d);
             let mut deadline_hit = false;
@@ -802,10 +771,65 @@ impl Gateway {
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
             let guard = InFlight(ep.clone());
             let t0 = Instant::now();
-            let fut = client.request(up);
-            let result = match limit {
-                Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
-                None => Ok(fut.await),
+            let result: Result<Result<UpResp, SendError>, ()> = match (&replay, fast) {
+                // The common case: HTTP/1.1 upstream, body in memory: weft's own client.
+                (Some(b), true) => {
+                    let fut = ep.pool.send(
+                        connect_timeout,
+                        &method,
+                        path_and_query.as_str(),
+                        &headers,
+                        b.clone(),
+                    );
+                    let r = match limit {
+                        Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
+                        None => Ok(fut.await),
+                    };
+                    r.map(|r| r.map(UpResp::Fast).map_err(SendError::Fast))
+                }
+                _ => {
+                    let uri = http::Uri::builder()
+                        .scheme(http::uri::Scheme::HTTP)
+                        .authority(ep.authority.clone())
+                        .path_and_query(path_and_query.clone())
+                        .build();
+                    let uri = match uri {
+                        Ok(u) => u,
+                        Err(e) => {
+                            return (
+                                answer(
+                                    Reason::BadRequest,
+                                    &format!("cannot build the upstream URI: {e}"),
+                                ),
+                                Outcome::Ignore,
+                            )
+                        }
+                    };
+                    let body = match (&replay, stream.take()) {
+                        (Some(b), _) if b.is_empty() => empty(),
+                        (Some(b), _) => full(b.clone()),
+                        (None, Some(s)) => s,
+                        (None, None) => empty(),
+                    };
+                    let mut up = Request::new(body);
+                    *up.method_mut() = method.clone();
+                    *up.uri_mut() = uri;
+                    *up.headers_mut() = if attempt >= max_attempts {
+                        std::mem::take(&mut headers)
+                    } else {
+                        headers.clone()
+                    };
+                    if h2 {
+                        *up.version_mut() = http::Version::HTTP_2;
+                    }
+                    let client = if h2 { &self.client_h2 } else { &self.client_h1 };
+                    let fut = client.request(up);
+                    let r = match limit {
+                        Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
+                        None => Ok(fut.await),
+                    };
+                    r.map(|r| r.map(UpResp::Hyper).map_err(SendError::Hyper))
+                }
             };
             let now = Instant::now();
             let outlier = &route.upstream.cfg.outlier;
@@ -824,7 +848,7 @@ impl Gateway {
                     )
                 }
                 Ok(Err(e)) => {
-                    let too_large = body_too_large(&e);
+                    let too_large = e.body_too_large();
                     if too_large {
                         return (
                             answer(
@@ -900,10 +924,24 @@ impl Gateway {
 
     fn relay(
         &self,
-        mut r: Response<Incoming>,
+        r: UpResp,
         guard: InFlight,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
+        let mut r = match r {
+            UpResp::Hyper(r) => r,
+            UpResp::Fast(r) => {
+                let (mut parts, body) = r.into_parts();
+                strip_hop_by_hop(&mut parts.headers, false);
+                let body = body
+                    .map_err(move |e| {
+                        let _ = &guard;
+                        e
+                    })
+                    .boxed_unsync();
+                return Response::from_parts(parts, body);
+            }
+        };
         if r.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut r);
@@ -932,6 +970,44 @@ impl Gateway {
             })
             .boxed_unsync();
         Response::from_parts(parts, body)
+    }
+}
+
+/// A response from either upstream client.
+enum UpResp {
+    Hyper(Response<Incoming>),
+    Fast(Response<Body>),
+}
+
+impl UpResp {
+    fn status(&self) -> StatusCode {
+        match self {
+            UpResp::Hyper(r) => r.status(),
+            UpResp::Fast(r) => r.status(),
+        }
+    }
+}
+
+/// An error from either upstream client.
+#[derive(Debug)]
+enum SendError {
+    Hyper(hyper_util::client::legacy::Error),
+    Fast(crate::h1::Error),
+}
+
+impl SendError {
+    fn is_connect(&self) -> bool {
+        match self {
+            SendError::Hyper(e) => e.is_connect(),
+            SendError::Fast(e) => e.is_connect(),
+        }
+    }
+
+    fn body_too_large(&self) -> bool {
+        match self {
+            SendError::Hyper(e) => body_too_large(e),
+            SendError::Fast(_) => false,
+        }
     }
 }
 

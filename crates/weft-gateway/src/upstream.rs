@@ -52,6 +52,8 @@ pub struct Endpoint {
     ejections: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Idle HTTP/1.1 connections to it (weft's own upstream client, [`crate::h1`]).
+    pub(crate) pool: Arc<crate::h1::Pool>,
 }
 
 fn epoch() -> Instant {
@@ -73,10 +75,10 @@ fn nanos_since_epoch(t: Instant) -> u64 {
 }
 
 impl Endpoint {
-    pub(crate) fn new(address: &str, weight: u32) -> Result<Endpoint, String> {
+    pub(crate) fn new(address: &str, weight: u32, max_idle: usize) -> Result<Endpoint, String> {
+        let authority = parse_authority(address)?;
         Ok(Endpoint {
             address: address.to_string(),
-            authority: parse_authority(address)?,
             weight: AtomicU32::new(weight.max(1)),
             in_flight: AtomicU32::new(0),
             ewma_us: AtomicU64::new(f64::to_bits(1_000.0)),
@@ -88,6 +90,12 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            pool: crate::h1::Pool::new(
+                authority.as_str(),
+                max_idle,
+                std::time::Duration::from_secs(60),
+            ),
+            authority,
         })
     }
 
@@ -220,12 +228,27 @@ impl Endpoint {
 }
 
 /// Endpoint state kept across reloads: (upstream, address) → endpoint.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub(crate) struct EndpointRegistry {
     map: Mutex<HashMap<(String, String), Weak<Endpoint>>>,
+    /// Idle connections kept per endpoint.
+    max_idle: usize,
+}
+
+impl Default for EndpointRegistry {
+    fn default() -> Self {
+        EndpointRegistry::new(256)
+    }
 }
 
 impl EndpointRegistry {
+    pub(crate) fn new(max_idle: usize) -> Self {
+        EndpointRegistry {
+            map: Mutex::default(),
+            max_idle,
+        }
+    }
+
     pub(crate) fn get(
         &self,
         upstream: &str,
@@ -238,7 +261,7 @@ impl EndpointRegistry {
             e.weight.store(weight.max(1), Ordering::Relaxed);
             return Ok(e);
         }
-        let e = Arc::new(Endpoint::new(address, weight)?);
+        let e = Arc::new(Endpoint::new(address, weight, self.max_idle)?);
         map.insert(key, Arc::downgrade(&e));
         if map.len() > 1024 {
             map.retain(|_, w| w.strong_count() > 0);
