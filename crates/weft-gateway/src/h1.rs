@@ -91,8 +91,24 @@ impl Error {
     }
 }
 
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as gateway worker `id` ([`crate::serve_threads`]): pooled
+/// connections are handed back to the worker (and so the runtime and reactor) that made them.
+pub(crate) fn set_worker(id: usize) {
+    WORKER.with(|w| w.set(id));
+}
+
+fn worker() -> usize {
+    WORKER.with(|w| w.get())
+}
+
 struct Conn {
     io: TcpStream,
+    /// The worker thread whose runtime registered the socket.
+    worker: usize,
     /// Bytes read but not consumed yet.
     rbuf: BytesMut,
     /// Reused for each request head.
@@ -139,6 +155,7 @@ impl Pool {
 
     fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
+        let me = worker();
         loop {
             let c = {
                 let mut idle = self.idle.lock().ok()?;
@@ -150,7 +167,9 @@ impl Pool {
                 if expired > 0 {
                     idle.drain(..expired);
                 }
-                idle.pop()?
+                // The most recent connection made by this worker.
+                let i = idle.iter().rposition(|c| c.worker == me)?;
+                idle.remove(i)
             };
             if c.looks_alive() {
                 return Some(c);
@@ -182,6 +201,21 @@ impl Pool {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Body>, Error> {
+        self.send_guarded::<()>(connect_timeout, method, target, headers, body, None)
+            .await
+    }
+
+    /// [`Pool::send`], holding `guard` until the response body has been read or dropped (it is
+    /// dropped with the head when the body came with it, or with this future on an error).
+    pub async fn send_guarded<G: Send + 'static>(
+        self: &Arc<Self>,
+        connect_timeout: std::time::Duration,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        guard: Option<G>,
+    ) -> Result<Response<Body>, Error> {
         let addr = self.addr.as_str();
         let reused = self.checkout();
         let was_reused = reused.is_some();
@@ -191,7 +225,7 @@ impl Pool {
         };
         encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
         match exchange(&mut conn, &body, method).await {
-            Ok(head) => Ok(self.respond(conn, head, method)),
+            Ok(head) => Ok(self.respond(conn, head, method, guard)),
             Err(Failure { error, written }) => {
                 // A reused connection that the upstream had closed: try once more on a new one
                 // if the upstream cannot have acted on the request.
@@ -205,14 +239,20 @@ impl Pool {
                 let mut conn = connect(addr, connect_timeout).await?;
                 encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
                 match exchange(&mut conn, &body, method).await {
-                    Ok(head) => Ok(self.respond(conn, head, method)),
+                    Ok(head) => Ok(self.respond(conn, head, method, guard)),
                     Err(f) => Err(f.error),
                 }
             }
         }
     }
 
-    fn respond(self: &Arc<Self>, mut conn: Conn, head: Head, method: &Method) -> Response<Body> {
+    fn respond<G: Send + 'static>(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        head: Head,
+        method: &Method,
+        guard: Option<G>,
+    ) -> Response<Body> {
         let mut framing = head.framing;
         if method == Method::HEAD {
             framing = Framing::Length(0);
@@ -241,6 +281,7 @@ impl Pool {
             pool: self.clone(),
             framing,
             keep_alive: head.keep_alive,
+            _guard: guard.map(|g| Box::new(g) as Box<dyn Send>),
         }
         .boxed_unsync();
         resp
@@ -273,6 +314,7 @@ async fn connect(addr: &str, timeout: std::time::Duration) -> Result<Conn, Error
     let _ = io.set_nodelay(true);
     Ok(Conn {
         io,
+        worker: worker(),
         rbuf: BytesMut::with_capacity(READ_CHUNK),
         wbuf: Vec::with_capacity(1024),
         since: Instant::now(),
@@ -417,9 +459,12 @@ enum Framing {
 
 /// Parses a response head from the front of `buf`, consuming it. `Ok(None)`: incomplete.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
-    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Response::new(&mut raw);
-    let n = match r.parse(buf) {
+    // Uninitialized header slots: initializing 128 of them per response showed in perf.
+    let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut r, buf, &mut raw)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(Error::Invalid(e.to_string())),
@@ -664,10 +709,13 @@ struct Streaming {
     pool: Arc<Pool>,
     framing: Framing,
     keep_alive: bool,
+    /// Held until the body is done or dropped.
+    _guard: Option<Box<dyn Send>>,
 }
 
 impl Streaming {
     fn finish(&mut self) {
+        self._guard = None;
         if let Some(c) = self.conn.take() {
             if self.keep_alive {
                 self.pool.checkin(c);

@@ -54,7 +54,7 @@ use weft_store::{Store, StoreExt};
 
 pub use config::Config;
 pub use error::{ConfigError, GatewayError, Reason};
-pub use server::{serve, serve_admin, MetricsRender};
+pub use server::{bind_workers, serve, serve_admin, serve_threads, MetricsRender};
 
 use crate::auth::Authenticator;
 use crate::config::{BreakerConfig, RateLimitConfig, RetryConfig, RouteConfig, UpstreamConfig};

@@ -180,6 +180,15 @@ static HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Usually there is none: one pass over the names instead of a hash lookup per
+    // hop-by-hop name.
+    if !keep_upgrade
+        && !h
+            .keys()
+            .any(|k| k == header::UPGRADE || HOP_BY_HOP.iter().any(|n| n == k))
+    {
+        return;
+    }
     // Headers named by `Connection`. The usual tokens (keep-alive, close, upgrade) are handled
     // below without building header names: this runs twice per request (perf showed it).
     let mut listed: Vec<HeaderName> = Vec::new();
@@ -367,7 +376,7 @@ impl Gateway {
             _ => self.ids.next(),
         };
         let method = req.method().clone();
-        let uri = req.uri().clone();
+        let uri = req.uri();
         let path = uri.path();
         let host = uri.authority().map(|a| a.as_str()).or_else(|| {
             req.headers()
@@ -400,6 +409,8 @@ impl Gateway {
             resp.headers_mut().insert(rid_header.clone(), request_id);
             return resp;
         };
+        // Only the access log needs the path after the request is handed on.
+        let log_path = self.access.is_some().then(|| path.to_string());
         let mut x = Exchange {
             route,
             server: &table.server,
@@ -428,7 +439,7 @@ impl Gateway {
                 &AccessEntry {
                     start,
                     method: &method,
-                    path,
+                    path: log_path.as_deref().unwrap_or(""),
                     route: &route.name,
                     upstream: &route.upstream.name,
                     endpoint,
@@ -769,17 +780,20 @@ impl Gateway {
                 }
             }
             ep.in_flight.fetch_add(1, Ordering::Relaxed);
-            let guard = InFlight(ep.clone());
+            let mut guard = Some(InFlight(ep.clone()));
             let t0 = Instant::now();
             let result: Result<Result<UpResp, SendError>, ()> = match (&replay, fast) {
                 // The common case: HTTP/1.1 upstream, body in memory: weft's own client.
                 (Some(b), true) => {
-                    let fut = ep.pool.send(
+                    // The in-flight count ends with the response body (at once if it came
+                    // whole with the head).
+                    let fut = ep.pool.send_guarded(
                         connect_timeout,
                         &method,
                         path_and_query.as_str(),
                         &headers,
                         b.clone(),
+                        guard.take(),
                     );
                     let r = match limit {
                         Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
@@ -925,21 +939,14 @@ impl Gateway {
     fn relay(
         &self,
         r: UpResp,
-        guard: InFlight,
+        guard: Option<InFlight>,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     ) -> Response<Body> {
         let mut r = match r {
             UpResp::Hyper(r) => r,
-            UpResp::Fast(r) => {
-                let (mut parts, body) = r.into_parts();
-                strip_hop_by_hop(&mut parts.headers, false);
-                let body = body
-                    .map_err(move |e| {
-                        let _ = &guard;
-                        e
-                    })
-                    .boxed_unsync();
-                return Response::from_parts(parts, body);
+            UpResp::Fast(mut r) => {
+                strip_hop_by_hop(r.headers_mut(), false);
+                return r;
             }
         };
         if r.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -18,6 +18,97 @@ use tokio::time::Duration;
 use crate::proxy::{full, Body};
 use crate::Gateway;
 
+/// Binds `threads` listening sockets to `addr` with `SO_REUSEPORT` (one per worker of
+/// [`serve_threads`]; the kernel spreads new connections evenly over them). With port 0 the
+/// first socket picks the port and the others join it.
+pub fn bind_workers(
+    addr: std::net::SocketAddr,
+    threads: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(threads.max(1));
+    let mut addr = addr;
+    for _ in 0..threads.max(1) {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        if threads > 1 {
+            sock.set_reuseport(true)?;
+        }
+        sock.bind(addr)?;
+        let l = sock.listen(1024)?;
+        addr = l.local_addr()?;
+        out.push(l.into_std()?);
+    }
+    Ok(out)
+}
+
+/// Thread-per-core serving, as nginx workers do: one OS thread with its own single-threaded
+/// tokio runtime and accept loop per listener (see [`bind_workers`]); the first listener is
+/// served on the calling task's runtime, which also keeps running the gateway's background
+/// work (health checks, discovery, reloads). Connections stay on the thread that accepted
+/// them, so a request never hops between threads, and upstream keep-alive connections are
+/// reused by the thread that made them. Returns after `shutdown` once every worker drained.
+pub async fn serve_threads(
+    listeners: Vec<std::net::TcpListener>,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut listeners = listeners.into_iter();
+    let Some(first) = listeners.next() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "serve_threads needs at least one listener",
+        ));
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut workers = Vec::new();
+    for (i, l) in listeners.enumerate() {
+        let gw = gw.clone();
+        let mut rx = stop_rx.clone();
+        let worker = i + 1;
+        let handle = std::thread::Builder::new()
+            .name(format!("weft-gw-{worker}"))
+            .spawn(move || -> std::io::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                rt.block_on(async move {
+                    crate::h1::set_worker(worker);
+                    l.set_nonblocking(true)?;
+                    let l = TcpListener::from_std(l)?;
+                    serve(l, gw, async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+                })
+            })?;
+        workers.push(handle);
+    }
+    first.set_nonblocking(true)?;
+    let first = TcpListener::from_std(first)?;
+    let res = serve(first, gw, async {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    })
+    .await;
+    let _ = stop_tx.send(true);
+    let joined = tokio::task::spawn_blocking(move || {
+        workers
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a gateway worker panicked")))
+            })
+            .collect::<std::io::Result<Vec<()>>>()
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    res.and(joined.map(|_| ()))
+}
+
 /// Serves the gateway on `listener` until `shutdown` completes, then stops accepting and
 /// lets open exchanges finish (up to 30 s).
 pub async fn serve(

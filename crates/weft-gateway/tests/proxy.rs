@@ -723,3 +723,48 @@ async fn tcp_health_checks() {
         );
     }
 }
+
+#[tokio::test]
+async fn thread_per_core_workers_share_one_port_and_drain_on_shutdown() {
+    let a = TestUpstream::start("a").await;
+    let toml = format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
+        a.addr
+    );
+    let cfg = weft_gateway::Config::from_toml(&toml, "t.toml").unwrap();
+    let gw = weft_gateway::Gateway::new(cfg, None).unwrap();
+    let listeners = weft_gateway::bind_workers("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+    let port = listeners[0].local_addr().unwrap().port();
+    assert!(listeners
+        .iter()
+        .all(|l| l.local_addr().unwrap().port() == port));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(weft_gateway::serve_threads(listeners, gw, async move {
+        let _ = rx.await;
+    }));
+    // New connections each time: the kernel spreads them over the three workers.
+    for _ in 0..60 {
+        assert_eq!(get(addr, "/x").await.status, 200);
+    }
+    assert_eq!(a.hits.load(Ordering::SeqCst), 60);
+    // A request in flight on a worker finishes before shutdown returns.
+    let slow = tokio::spawn(async move { get(addr, "/slow/300").await.status });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let _ = tx.send(());
+    assert_eq!(slow.await.unwrap(), 200);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("all workers stop")
+        .unwrap()
+        .unwrap();
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // Bad input: no listener at all.
+    let cfg = weft_gateway::Config::from_toml(&toml, "t.toml").unwrap();
+    let gw = weft_gateway::Gateway::new(cfg, None).unwrap();
+    let e = weft_gateway::serve_threads(Vec::new(), gw, async {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("at least one listener"));
+}

@@ -29,7 +29,8 @@ pub(crate) struct GatewayArgs {
     /// Bearer token for the admin API (required on non-loopback admin addresses).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Worker threads (default: one per core).
+    /// Worker threads, each with its own single-threaded runtime and accept loop on a
+    /// SO_REUSEPORT socket (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Use this etcd cluster (or a weft node's --etcd-listen) as the store: discovered
@@ -43,7 +44,7 @@ pub(crate) struct GatewayArgs {
 /// error has happened by the time this exists.
 pub(crate) struct StartedGateway {
     gw: Arc<Gateway>,
-    listener: tokio::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     stop_admin: tokio::sync::watch::Sender<bool>,
     admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -54,7 +55,7 @@ impl StartedGateway {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        weft_gateway::serve(self.listener, self.gw, shutdown).await?;
+        weft_gateway::serve_threads(self.listeners, self.gw, shutdown).await?;
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
@@ -68,6 +69,7 @@ impl StartedGateway {
 pub(crate) async fn start_gateway(
     config: Option<PathBuf>,
     listen: SocketAddr,
+    threads: usize,
     admin: Option<SocketAddr>,
     token: Option<String>,
     store: Option<Arc<dyn weft_store::Store>>,
@@ -103,10 +105,9 @@ pub(crate) async fn start_gateway(
             }
         });
     }
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
+    let listeners = weft_gateway::bind_workers(listen, threads)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    println!("gateway listening on http://{}", listener.local_addr()?);
+    println!("gateway listening on http://{}", listeners[0].local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = match admin {
         Some(a) => {
@@ -132,7 +133,7 @@ pub(crate) async fn start_gateway(
     std::io::stdout().flush()?;
     Ok(StartedGateway {
         gw,
-        listener,
+        listeners,
         stop_admin: stop_tx,
         admin_task,
     })
@@ -156,7 +157,12 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
             "give --config FILE (and/or a store with --etcd-endpoints) so the gateway has routes"
         );
     }
-    start_gateway(a.config, a.listen, a.admin_listen, a.token, store)
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    start_gateway(a.config, a.listen, threads, a.admin_listen, a.token, store)
         .await?
         .serve(crate::shutdown_signal())
         .await

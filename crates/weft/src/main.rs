@@ -434,15 +434,12 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Cmd::Gateway(g) = &cli.cmd {
-        match g.threads {
-            Some(0) => bail!("--threads must be at least 1"),
-            // One thread: tokio's single-threaded scheduler (no work-stealing bookkeeping).
-            Some(1) => rt = tokio::runtime::Builder::new_current_thread(),
-            Some(n) => {
-                rt.worker_threads(n);
-            }
-            None => {}
+        if g.threads == Some(0) {
+            bail!("--threads must be at least 1");
         }
+        // The gateway runs thread-per-core (weft_gateway::serve_threads): this runtime is
+        // worker 0 and the others make their own.
+        rt = tokio::runtime::Builder::new_current_thread();
     }
     let rt = rt.enable_all().build()?;
     let res = rt.block_on(async move {
@@ -837,6 +834,7 @@ async fn up(a: UpArgs) -> Result<()> {
             let started = gatewaycli::start_gateway(
                 a.gateway_config.clone(),
                 addr,
+                1,
                 a.gateway_admin,
                 a.token.clone(),
                 Some(store.clone()),
