@@ -7,7 +7,9 @@
 #   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #
 # Each round runs every target once, in turn; the table shows the median of the rounds (this
-# machine is noisy) and each target's ratio to nginx.
+# machine is noisy) and each target's ratio to nginx, in req/s and in the CPU time the proxy
+# process spent per request (user + system from /proc; steadier than req/s when the machine's
+# speed drifts; for the "upstream direct" row it is the upstream's own cost).
 #
 # Needs: nginx, wrk, openssl (apt-get install nginx wrk openssl), a release build of weft
 # (built here). Everything listens on loopback only. Prints a markdown table.
@@ -63,6 +65,9 @@ nginx_conf proxy "upstream up { server 127.0.0.1:$UP; keepalive 64; }
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 wait_port "$UP"; wait_port "$NGX"
+# nginx's proxy worker (the process doing the work).
+NGXPID=$(pgrep -P "${PIDS[1]}" | head -1)
+UPPID=$(pgrep -P "${PIDS[0]}" | head -1)
 
 SECRET=bench-secret-bench-secret-bench-secret
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -119,17 +124,26 @@ algorithms = ["HS256"]
 secret = "$SECRET"
 EOF
 
-run_wrk() { # $1 = label, $2 = url, rest = wrk args; appends to results.tsv
-    local label=$1 url=$2; shift 2
-    local out
+ticks() { # CPU time (user + system, in clock ticks) of a process and its threads
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+run_wrk() { # $1 = label, $2 = proxy pid, $3 = url, rest = wrk args; appends to results.tsv
+    local label=$1 pid=$2 url=$3; shift 3
+    local out t0 t1
+    t0=$(ticks "$pid")
     out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "$url")
-    local rps p50 p99 non2xx
+    t1=$(ticks "$pid")
+    local rps p50 p99 non2xx n cpu
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    # CPU microseconds the proxy spent per request: steadier than req/s on a noisy machine.
+    cpu=$(python3 -c "print(f'{($t1 - $t0) * 1e6 / $(getconf CLK_TCK) / $n:.1f}')")
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
     p50=$(awk '$1=="50%" {print $2}' <<<"$out")
     p99=$(awk '$1=="99%" {print $2}' <<<"$out")
     non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
     [ -z "$non2xx" ] || echo "warning: $label: $non2xx non-2xx responses" >&2
-    printf '%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" >> "$WORK/results.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" "$cpu" >> "$WORK/results.tsv"
 }
 
 start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop it)
@@ -138,20 +152,25 @@ start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop
     wait_port "$2"
 }
 
-W1=$(free_port); start_weft 1 "$W1"
-W2=$(free_port); start_weft 2 "$W2"
+W1=$(free_port); start_weft 1 "$W1"; W1PID=${PIDS[-1]}
+W2=$(free_port); start_weft 2 "$W2"; W2PID=${PIDS[-1]}
 # The floor: hyper's server (h1/h2c detection, header-read timer) + hyper-util's pooled client
 # with nothing in between, one thread.
 BP=$(free_port)
 "$BARE" 127.0.0.1:"$BP" 127.0.0.1:"$UP" auto timer >/dev/null &
-PIDS+=($!)
+PIDS+=($!); BPPID=$!
 wait_port "$BP"
+# The same hyper server with weft's own HTTP/1 upstream client (weft_gateway::h1), nothing else.
+BF=$(free_port)
+"$BARE" 127.0.0.1:"$BF" 127.0.0.1:"$UP" auto timer fast >/dev/null &
+PIDS+=($!); BFPID=$!
+wait_port "$BF"
 
 # Discovery-backed upstream: a node with the gateway inside, the upstream registered as a
 # service, the route stored with `weft route add`.
 NODE=$(free_port); GWN=$(free_port)
 "$WEFT" up --data-dir "$WORK/node" --listen 127.0.0.1:"$NODE" --gateway-listen 127.0.0.1:"$GWN" >/dev/null 2>"$WORK/node.log" &
-PIDS+=($!)
+PIDS+=($!); NODEPID=$!
 wait_port "$NODE"; wait_port "$GWN"
 export WEFT_ENDPOINT=http://127.0.0.1:$NODE
 "$WEFT" svc register up u1 127.0.0.1:"$UP" --ttl 30 >/dev/null &
@@ -165,16 +184,17 @@ done
 
 for round in $(seq "$ROUNDS"); do
     echo "round $round/$ROUNDS" >&2
-    run_wrk "upstream direct (no proxy)" "http://127.0.0.1:$UP/"
-    run_wrk "nginx 1.22 proxy, 1 worker" "http://127.0.0.1:$NGX/"
-    run_wrk "bare hyper proxy (floor), 1 thread" "http://127.0.0.1:$BP/"
-    run_wrk "weft gateway, 1 thread" "http://127.0.0.1:$W1/"
-    run_wrk "weft gateway, 2 threads" "http://127.0.0.1:$W2/"
-    run_wrk "weft 1 thread + JWT (HS256)" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
-    run_wrk "weft 1 thread + rate limit (per IP, never hit)" "http://127.0.0.1:$W1/ratelimit"
-    run_wrk "weft 1 thread + breaker" "http://127.0.0.1:$W1/breaker"
-    run_wrk "weft 1 thread + JWT + limit + breaker + retry" "http://127.0.0.1:$W1/all" -H "Authorization: Bearer $TOKEN"
-    run_wrk "weft up gateway, discovered upstream (default threads)" "http://127.0.0.1:$GWN/"
+    run_wrk "upstream direct (no proxy)" "$UPPID" "http://127.0.0.1:$UP/"
+    run_wrk "nginx 1.22 proxy, 1 worker" "$NGXPID" "http://127.0.0.1:$NGX/"
+    run_wrk "bare hyper proxy (floor), 1 thread" "$BPPID" "http://127.0.0.1:$BP/"
+    run_wrk "bare hyper server + weft h1 client, 1 thread" "$BFPID" "http://127.0.0.1:$BF/"
+    run_wrk "weft gateway, 1 thread" "$W1PID" "http://127.0.0.1:$W1/"
+    run_wrk "weft gateway, 2 threads" "$W2PID" "http://127.0.0.1:$W2/"
+    run_wrk "weft 1 thread + JWT (HS256)" "$W1PID" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
+    run_wrk "weft 1 thread + rate limit (per IP, never hit)" "$W1PID" "http://127.0.0.1:$W1/ratelimit"
+    run_wrk "weft 1 thread + breaker" "$W1PID" "http://127.0.0.1:$W1/breaker"
+    run_wrk "weft 1 thread + JWT + limit + breaker + retry" "$W1PID" "http://127.0.0.1:$W1/all" -H "Authorization: Bearer $TOKEN"
+    run_wrk "weft up gateway, discovered upstream (default threads)" "$NODEPID" "http://127.0.0.1:$GWN/"
 done
 
 python3 - "$WORK/results.tsv" <<'PY'
@@ -187,18 +207,19 @@ def ms(v):
             return float(v[: -len(unit)]) * f
     return float(v)
 for line in open(sys.argv[1]):
-    label, rps, p50, p99 = line.rstrip("\n").split("\t")
+    label, rps, p50, p99, cpu = line.rstrip("\n").split("\t")
     if label not in rows:
         order.append(label)
         rows[label] = []
-    rows[label].append((float(rps), ms(p50), ms(p99)))
-med = {l: tuple(statistics.median(x[i] for x in rows[l]) for i in range(3)) for l in order}
-nginx = med.get("nginx 1.22 proxy, 1 worker", (None,))[0]
-print("| target | req/s (median) | vs nginx | p50 ms | p99 ms | req/s of each round |")
-print("|---|---:|---:|---:|---:|---|")
+    rows[label].append((float(rps), ms(p50), ms(p99), float(cpu)))
+med = {l: tuple(statistics.median(x[i] for x in rows[l]) for i in range(4)) for l in order}
+nginx = med.get("nginx 1.22 proxy, 1 worker", (None,))
+print("| target | req/s (median) | vs nginx | p50 ms | p99 ms | proxy CPU µs/request | vs nginx | req/s of each round |")
+print("|---|---:|---:|---:|---:|---:|---:|---|")
 for l in order:
-    r, p50, p99 = med[l]
-    ratio = f"{r / nginx:.2f}x" if nginx else ""
+    r, p50, p99, cpu = med[l]
+    ratio = f"{r / nginx[0]:.2f}x" if nginx[0] else ""
+    cratio = f"{cpu / nginx[3]:.2f}x" if nginx[0] else ""
     each = ", ".join(f"{x[0]:.0f}" for x in rows[l])
-    print(f"| {l} | {r:.0f} | {ratio} | {p50:.2f} | {p99:.2f} | {each} |")
+    print(f"| {l} | {r:.0f} | {ratio} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {cratio} | {each} |")
 PY

@@ -482,7 +482,15 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Error::Invalid(format!("header name {:?}", h.name)))?;
-        let start = h.value.as_ptr() as usize - base;
+        // Values are slices of `buf`; an empty one may point anywhere.
+        if h.value.is_empty() {
+            spans.push((name, 0, 0));
+            continue;
+        }
+        let start = (h.value.as_ptr() as usize)
+            .checked_sub(base)
+            .filter(|s| s + h.value.len() <= n)
+            .ok_or_else(|| Error::Invalid("header value outside the head".into()))?;
         spans.push((name, start, start + h.value.len()));
     }
     let head = buf.split_to(n).freeze();
@@ -703,6 +711,40 @@ fn parse_hex(s: &[u8]) -> Result<u64, String> {
     Ok(v)
 }
 
+/// Parses a complete response (head and body) held in `data` with the same code the client
+/// uses on the wire: status and body, or why it is invalid or incomplete. For fuzzing and
+/// tests; never panics.
+#[doc(hidden)]
+pub fn decode_response(data: &[u8], method: &Method) -> Result<(u16, Vec<u8>), String> {
+    let mut buf = BytesMut::from(data);
+    let head = loop {
+        match parse_head(&mut buf, method).map_err(|e| e.to_string())? {
+            None => return Err("incomplete head".into()),
+            Some(h)
+                if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Some(h) => break h,
+        }
+    };
+    let mut body = Vec::new();
+    match head.framing {
+        Framing::Length(n) => {
+            if (buf.len() as u64) < n {
+                return Err("incomplete body".into());
+            }
+            body.extend_from_slice(&buf[..n as usize]);
+        }
+        Framing::Close => body.extend_from_slice(&buf),
+        Framing::Chunked(mut st) => loop {
+            match st.step(&mut buf)? {
+                Step::Data(d) => body.extend_from_slice(&d),
+                Step::NeedMore => return Err("incomplete chunked body".into()),
+                Step::Done => break,
+            }
+        },
+    }
+    Ok((head.status.as_u16(), body))
+}
+
 /// A response body read from the connection as the client asks for it.
 struct Streaming {
     conn: Option<Conn>,
@@ -891,6 +933,11 @@ mod tests {
         let h = parse_head(&mut b, &Method::HEAD).unwrap().unwrap();
         assert_eq!(h.framing, Framing::Length(0));
 
+        let mut b =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-empty:\r\ncontent-length: 0\r\n\r\n"[..]);
+        let h = parse_head(&mut b, &Method::GET).unwrap().unwrap();
+        assert_eq!(h.headers["x-empty"], "");
+
         let mut b = BytesMut::from(&b"HTTP/1.1 204 No Content\r\n\r\n"[..]);
         let h = parse_head(&mut b, &Method::GET).unwrap().unwrap();
         assert_eq!(h.framing, Framing::Length(0));
@@ -909,7 +956,38 @@ mod tests {
         }
     }
 
+    #[test]
+    fn whole_responses_decode() {
+        let ok = |d: &[u8]| decode_response(d, &Method::GET).unwrap();
+        assert_eq!(
+            ok(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"),
+            (200, b"hi".to_vec())
+        );
+        assert_eq!(
+            ok(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"),
+            (201, b"ab".to_vec())
+        );
+        assert!(decode_response(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhi",
+            &Method::GET
+        )
+        .is_err());
+        assert!(decode_response(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab",
+            &Method::GET
+        )
+        .is_err());
+    }
+
     proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = decode_response(&data, &Method::GET);
+            let mut with_head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+            with_head.extend_from_slice(&data);
+            let _ = decode_response(&with_head, &Method::GET);
+        }
+
         #[test]
         fn chunked_round_trip(
             data in proptest::collection::vec(any::<u8>(), 0..3000),

@@ -331,13 +331,20 @@ pub struct Remote {
     /// The peer address.
     pub addr: SocketAddr,
     ip: HeaderValue,
+    /// The IP as text (the per-IP rate-limit key).
+    ip_string: String,
 }
 
 impl Remote {
     /// Facts about a peer.
     pub fn new(addr: SocketAddr) -> Remote {
-        let ip = HeaderValue::from_str(&addr.ip().to_string()).expect("an IP is a valid header");
-        Remote { addr, ip }
+        let ip_string = addr.ip().to_string();
+        let ip = HeaderValue::from_str(&ip_string).expect("an IP is a valid header");
+        Remote {
+            addr,
+            ip,
+            ip_string,
+        }
     }
 }
 
@@ -540,26 +547,25 @@ impl Gateway {
         }
         // Rate limit.
         if let Some(rl) = &route.cfg.rate_limit {
-            let key = match rl.by {
-                RateKey::Consumer => x
-                    .consumer
-                    .clone()
-                    .unwrap_or_else(|| x.remote.ip().to_string()),
-                RateKey::Ip => x.remote.ip().to_string(),
-                RateKey::Route => String::new(),
+            // Borrowed keys: the limiter clones a key only the first time it sees it.
+            static ROUTE_KEY: String = String::new();
+            let key: &String = match rl.by {
+                RateKey::Consumer => x.consumer.as_ref().unwrap_or(&x.peer.ip_string),
+                RateKey::Ip => &x.peer.ip_string,
+                RateKey::Route => &ROUTE_KEY,
             };
             let verdict = if rl.global {
                 // Boxed: a store round trip's future is large and rarely needed.
                 Box::pin(self.global_limit(
                     &route.name,
-                    &key,
+                    key,
                     rl.per_second,
                     rl.burst.unwrap_or(rl.per_second),
                 ))
                 .await
             } else {
                 match &route.limiter {
-                    Some(l) => l.check(&key).map_err(|e| Some(e.retry_after)),
+                    Some(l) => l.check(key).map_err(|e| Some(e.retry_after)),
                     None => Ok(()),
                 }
             };
