@@ -20,13 +20,19 @@ use crate::Gateway;
 
 /// Binds `threads` listening sockets to `addr` with `SO_REUSEPORT` (one per worker of
 /// [`serve_threads`]; the kernel spreads new connections evenly over them). With port 0 the
-/// first socket picks the port and the others join it.
+/// first socket picks the port and the others join it. A port already in use is an error,
+/// even if its owner also uses `SO_REUSEPORT`.
 pub fn bind_workers(
     addr: std::net::SocketAddr,
     threads: usize,
 ) -> std::io::Result<Vec<std::net::TcpListener>> {
     let mut out = Vec::with_capacity(threads.max(1));
     let mut addr = addr;
+    // SO_REUSEPORT would let this group share a port some other process (with the same user
+    // and also SO_REUSEPORT) already serves: check that the port is free first.
+    if threads > 1 && addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     for _ in 0..threads.max(1) {
         let sock = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?

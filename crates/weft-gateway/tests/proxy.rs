@@ -739,6 +739,9 @@ async fn thread_per_core_workers_share_one_port_and_drain_on_shutdown() {
         .iter()
         .all(|l| l.local_addr().unwrap().port() == port));
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A port in use (here by the first group, which uses SO_REUSEPORT itself) is refused.
+    let e = weft_gateway::bind_workers(addr, 2).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(weft_gateway::serve_threads(listeners, gw, async move {
         let _ = rx.await;
