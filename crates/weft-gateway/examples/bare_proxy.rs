@@ -24,6 +24,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type FastBody = weft_gateway::proxy::Body;
 
+fn bad_gateway() -> hyper::Response<FastBody> {
+    let mut r = hyper::Response::new(
+        http_body_util::Empty::new()
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+    r
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:18090".into());
@@ -75,15 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                     b.map_err(|e| -> weft_gateway::proxy::BoxError { e })
                                         .boxed_unsync()
                                 }),
-                                Err(_) => {
-                                    let mut r = hyper::Response::new(
-                                        http_body_util::Empty::new()
-                                            .map_err(|e| match e {})
-                                            .boxed_unsync(),
-                                    );
-                                    *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-                                    r
-                                }
+                                Err(_) => bad_gateway(),
                             };
                             return Ok::<hyper::Response<FastBody>, Infallible>(resp);
                         }
@@ -98,15 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 b.map_err(|e| -> weft_gateway::proxy::BoxError { Box::new(e) })
                                     .boxed_unsync()
                             }),
-                            Err(_) => {
-                                let mut r = hyper::Response::new(
-                                    http_body_util::Empty::new()
-                                        .map_err(|e| match e {})
-                                        .boxed_unsync(),
-                                );
-                                *r.status_mut() = hyper::StatusCode::BAD_GATEWAY;
-                                r
-                            }
+                            Err(_) => bad_gateway(),
                         };
                         Ok::<hyper::Response<FastBody>, Infallible>(resp)
                     }
