@@ -217,30 +217,26 @@ impl Pool {
         guard: Option<G>,
     ) -> Result<Response<Body>, Error> {
         let addr = self.addr.as_str();
-        let reused = self.checkout();
-        let was_reused = reused.is_some();
-        let mut conn = match reused {
-            Some(c) => c,
-            None => connect(addr, connect_timeout).await?,
-        };
-        encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
-        match exchange(&mut conn, &body, method).await {
-            Ok(head) => Ok(self.respond(conn, head, method, guard)),
-            Err(Failure { error, written }) => {
-                // A reused connection that the upstream had closed: try once more on a new one
-                // if the upstream cannot have acted on the request.
-                let retry = was_reused
-                    && matches!(error, Error::Closed | Error::Io(_))
-                    && (!written || is_idempotent(method));
-                if !retry {
-                    return Err(error);
-                }
-                drop(conn);
-                let mut conn = connect(addr, connect_timeout).await?;
-                encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
-                match exchange(&mut conn, &body, method).await {
-                    Ok(head) => Ok(self.respond(conn, head, method, guard)),
-                    Err(f) => Err(f.error),
+        // At most two tries: the second only on a fresh connection, so it never loops again.
+        let mut reused = self.checkout();
+        loop {
+            let was_reused = reused.is_some();
+            let mut conn = match reused.take() {
+                Some(c) => c,
+                None => connect(addr, connect_timeout).await?,
+            };
+            encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
+            match exchange(&mut conn, &body, method).await {
+                Ok(head) => return Ok(self.respond(conn, head, guard)),
+                Err(Failure { error, written }) => {
+                    // A reused connection that the upstream had closed: try once more on a new
+                    // one if the upstream cannot have acted on the request.
+                    let retry = was_reused
+                        && matches!(error, Error::Closed | Error::Io(_))
+                        && (!written || IDEMPOTENT.contains(method));
+                    if !retry {
+                        return Err(error);
+                    }
                 }
             }
         }
@@ -250,13 +246,9 @@ impl Pool {
         self: &Arc<Self>,
         mut conn: Conn,
         head: Head,
-        method: &Method,
         guard: Option<G>,
     ) -> Response<Body> {
-        let mut framing = head.framing;
-        if method == Method::HEAD {
-            framing = Framing::Length(0);
-        }
+        let framing = head.framing;
         let mut resp = Response::new(crate::proxy::empty());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -281,19 +273,30 @@ impl Pool {
             pool: self.clone(),
             framing,
             keep_alive: head.keep_alive,
-            _guard: guard.map(|g| Box::new(g) as Box<dyn Send>),
+            guard: guard.map(|g| Box::new(g) as Box<dyn Send>),
         }
         .boxed_unsync();
         resp
     }
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+/// The idempotent methods (RFC 9110 §9.2.2): safe to send again.
+pub(crate) const IDEMPOTENT: [Method; 6] = [
+    Method::GET,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PUT,
+    Method::DELETE,
+];
+
+/// An interim answer (100 Continue and friends) that precedes the real one.
+fn is_interim(s: StatusCode) -> bool {
+    s.is_informational() && s != StatusCode::SWITCHING_PROTOCOLS
 }
+
+/// Bodies up to this size go out in the same write as the head.
+const INLINE_BODY: usize = 16 * 1024;
 
 async fn connect(addr: &str, timeout: std::time::Duration) -> Result<Conn, Error> {
     let io = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
@@ -377,7 +380,7 @@ fn encode_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    if body.len() <= 16 * 1024 {
+    if body.len() <= INLINE_BODY {
         out.extend_from_slice(body);
     }
 }
@@ -404,19 +407,14 @@ async fn exchange(conn: &mut Conn, body: &Bytes, method: &Method) -> Result<Head
         }
     };
     conn.io.write_all(&conn.wbuf).await.map_err(fail(false))?;
-    if body.len() > 16 * 1024 {
+    if body.len() > INLINE_BODY {
         conn.io.write_all(body).await.map_err(fail(true))?;
     }
     loop {
         if !conn.rbuf.is_empty() {
             match parse_head(&mut conn.rbuf, method) {
-                Ok(Some(h)) => {
-                    // Interim answers (100 Continue and friends) are skipped.
-                    if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS {
-                        continue;
-                    }
-                    return Ok(h);
-                }
+                Ok(Some(h)) if is_interim(h.status) => continue,
+                Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
                 Err(e) => {
                     return Err(Failure {
@@ -476,7 +474,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     } else {
         Version::HTTP_11
     };
-    // Offsets of names and values in the head, to slice the frozen head without copying.
+    // Offsets of the values in the head, to slice the frozen head without copying.
     let base = buf.as_ptr() as usize;
     let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(r.headers.len());
     for h in r.headers.iter() {
@@ -550,7 +548,9 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     } else {
         Framing::Close
     };
-    let keep_alive = !close && framing != Framing::Close && !te_with_length(te, length);
+    // With both Transfer-Encoding and Content-Length the length is ignored (RFC 9112 §6.3) and
+    // the connection must not be reused.
+    let keep_alive = !close && framing != Framing::Close && !(te && length.is_some());
     Ok(Some(Head {
         status,
         version,
@@ -558,12 +558,6 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         framing,
         keep_alive,
     }))
-}
-
-/// Both Transfer-Encoding and Content-Length: the length is ignored (RFC 9112 §6.3) and the
-/// connection must not be reused.
-fn te_with_length(te: bool, length: Option<u64>) -> bool {
-    te && length.is_some()
 }
 
 /// Chunked transfer-coding decoder state.
@@ -620,7 +614,7 @@ impl Chunked {
                         Some(i) => &line[..i],
                         None => line,
                     };
-                    let size = parse_hex(trim_ows(size_part))?;
+                    let size = parse_hex(size_part.trim_ascii())?;
                     buf.advance(end + 1);
                     *self = if size == 0 {
                         Chunked::Trailers(0)
@@ -676,39 +670,13 @@ impl Chunked {
     }
 }
 
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
 fn parse_hex(s: &[u8]) -> Result<u64, String> {
-    if s.is_empty() || s.len() > 15 {
-        return Err(format!(
-            "invalid chunk size {:?}",
-            String::from_utf8_lossy(s)
-        ));
-    }
-    let mut v = 0u64;
-    for b in s {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            b'A'..=b'F' => b - b'A' + 10,
-            _ => {
-                return Err(format!(
-                    "invalid chunk size {:?}",
-                    String::from_utf8_lossy(s)
-                ))
-            }
-        };
-        v = v * 16 + d as u64;
-    }
-    Ok(v)
+    // At most 15 hex digits, so it fits in a u64; from_str_radix alone would accept a sign.
+    std::str::from_utf8(s)
+        .ok()
+        .filter(|t| !t.is_empty() && t.len() <= 15 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|t| u64::from_str_radix(t, 16).ok())
+        .ok_or_else(|| format!("invalid chunk size {:?}", String::from_utf8_lossy(s)))
 }
 
 /// Parses a complete response (head and body) held in `data` with the same code the client
@@ -720,8 +688,7 @@ pub fn decode_response(data: &[u8], method: &Method) -> Result<(u16, Vec<u8>), S
     let head = loop {
         match parse_head(&mut buf, method).map_err(|e| e.to_string())? {
             None => return Err("incomplete head".into()),
-            Some(h)
-                if h.status.is_informational() && h.status != StatusCode::SWITCHING_PROTOCOLS => {}
+            Some(h) if is_interim(h.status) => {}
             Some(h) => break h,
         }
     };
@@ -752,12 +719,12 @@ struct Streaming {
     framing: Framing,
     keep_alive: bool,
     /// Held until the body is done or dropped.
-    _guard: Option<Box<dyn Send>>,
+    guard: Option<Box<dyn Send>>,
 }
 
 impl Streaming {
     fn finish(&mut self) {
-        self._guard = None;
+        self.guard = None;
         if let Some(c) = self.conn.take() {
             if self.keep_alive {
                 self.pool.checkin(c);

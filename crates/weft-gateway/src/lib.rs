@@ -87,6 +87,33 @@ struct Persist {
     lease: Option<(u64, i64)>,
 }
 
+/// A failure building a part of an already validated configuration (a key file, limiter
+/// settings), named by its path.
+fn build_error(path: String, message: String) -> ConfigError {
+    ConfigError::Invalid {
+        origin: "config".into(),
+        line: None,
+        path,
+        message,
+    }
+}
+
+/// The object kept for `name` if it was built from the same settings (its state carries over
+/// a reload), else a new one from `build`, kept for the next rebuild.
+fn reuse_or_build<C: Clone + PartialEq, T, E>(
+    kept: &mut HashMap<String, (C, Arc<T>)>,
+    name: &str,
+    cfg: &C,
+    build: impl FnOnce() -> Result<T, E>,
+) -> Result<Arc<T>, E> {
+    if let Some((_, built)) = kept.get(name).filter(|(c, _)| c == cfg) {
+        return Ok(built.clone());
+    }
+    let built = Arc::new(build()?);
+    kept.insert(name.to_string(), (cfg.clone(), built.clone()));
+    Ok(built)
+}
+
 /// A gateway: the routing table, endpoint state and upstream clients.
 pub struct Gateway {
     table: ArcSwap<Table>,
@@ -223,14 +250,8 @@ impl Gateway {
             let up = match reuse {
                 Some(up) => up,
                 None => {
-                    let up = Upstream::new(u.clone(), &self.registry, None).map_err(|m| {
-                        ConfigError::Invalid {
-                            origin: "config".into(),
-                            line: None,
-                            path: format!("upstream {:?}", u.name),
-                            message: m,
-                        }
-                    })?;
+                    let up = Upstream::new(u.clone(), &self.registry, None)
+                        .map_err(|m| build_error(format!("upstream {:?}", u.name), m))?;
                     if let Some(store) = &self.store {
                         up.follow_service(store.clone(), self.registry.clone());
                     }
@@ -244,82 +265,53 @@ impl Gateway {
         }
         let mut auths: HashMap<String, Arc<Authenticator>> = HashMap::new();
         for a in &cfg.auths {
-            let built =
-                match p.auths.get(&a.name).filter(|(c, _)| c == a) {
-                    Some((_, built)) => built.clone(),
-                    None => Arc::new(Authenticator::build(a).map_err(|(f, m)| {
-                        ConfigError::Invalid {
-                            origin: "config".into(),
-                            line: None,
-                            path: format!("auth {:?}.{f}", a.name),
-                            message: m,
-                        }
-                    })?),
-                };
+            let built = reuse_or_build(&mut p.auths, &a.name, a, || {
+                Authenticator::build(a)
+                    .map_err(|(f, m)| build_error(format!("auth {:?}.{f}", a.name), m))
+            })?;
             auths.insert(a.name.clone(), built);
         }
-        p.auths = auths
-            .iter()
-            .filter_map(|(n, b)| {
-                let c = cfg.auths.iter().find(|a| &a.name == n)?;
-                Some((n.clone(), (c.clone(), b.clone())))
-            })
-            .collect();
+        p.auths.retain(|n, _| auths.contains_key(n));
         let mut routes = Vec::new();
         for r in route_cfgs {
-            let breaker = match &r.breaker {
-                None => None,
-                Some(b) => Some(match p.breakers.get(&r.name).filter(|(c, _)| c == b) {
-                    Some((_, br)) => br.clone(),
-                    None => Arc::new(proxy::build_breaker(&r.name, b).map_err(|m| {
-                        ConfigError::Invalid {
-                            origin: "config".into(),
-                            line: None,
-                            path: format!("route {:?}.breaker", r.name),
-                            message: m,
-                        }
-                    })?),
-                }),
-            };
-            let limiter = match &r.rate_limit {
-                Some(rl) if !rl.global => {
-                    Some(match p.limiters.get(&r.name).filter(|(c, _)| c == rl) {
-                        Some((_, l)) => l.clone(),
-                        None => Arc::new(
-                            RateLimiter::new(rl.per_second, rl.burst.unwrap_or(rl.per_second))
-                                .map_err(|e| ConfigError::Invalid {
-                                    origin: "config".into(),
-                                    line: None,
-                                    path: format!("route {:?}.rate_limit", r.name),
-                                    message: e.to_string(),
-                                })?,
-                        ),
+            let breaker = r
+                .breaker
+                .as_ref()
+                .map(|b| {
+                    reuse_or_build(&mut p.breakers, &r.name, b, || {
+                        proxy::build_breaker(&r.name, b)
+                            .map_err(|m| build_error(format!("route {:?}.breaker", r.name), m))
                     })
-                }
-                _ => None,
-            };
-            let budget = match &r.retry {
-                Some(rt) if rt.attempts > 1 => {
-                    Some(match p.budgets.get(&r.name).filter(|(c, _)| c == rt) {
-                        Some((_, b)) => b.clone(),
-                        None => Arc::new(TpsBudget::new(
+                })
+                .transpose()?;
+            let limiter = r
+                .rate_limit
+                .as_ref()
+                .filter(|rl| !rl.global)
+                .map(|rl| {
+                    reuse_or_build(&mut p.limiters, &r.name, rl, || {
+                        RateLimiter::new(rl.per_second, rl.burst.unwrap_or(rl.per_second)).map_err(
+                            |e| {
+                                build_error(format!("route {:?}.rate_limit", r.name), e.to_string())
+                            },
+                        )
+                    })
+                })
+                .transpose()?;
+            let budget = r
+                .retry
+                .as_ref()
+                .filter(|rt| rt.attempts > 1)
+                .map(|rt| {
+                    reuse_or_build(&mut p.budgets, &r.name, rt, || {
+                        Ok::<_, ConfigError>(TpsBudget::new(
                             Duration::from_secs(10),
                             rt.budget_min_per_sec,
                             rt.budget_ratio,
-                        )),
+                        ))
                     })
-                }
-                _ => None,
-            };
-            if let (Some(b), Some(c)) = (&breaker, &r.breaker) {
-                p.breakers.insert(r.name.clone(), (c.clone(), b.clone()));
-            }
-            if let (Some(l), Some(c)) = (&limiter, &r.rate_limit) {
-                p.limiters.insert(r.name.clone(), (c.clone(), l.clone()));
-            }
-            if let (Some(b), Some(c)) = (&budget, &r.retry) {
-                p.budgets.insert(r.name.clone(), (c.clone(), b.clone()));
-            }
+                })
+                .transpose()?;
             let up = upstreams[&r.upstream].clone();
             let auth = r.auth.as_ref().map(|a| auths[a].clone());
             routes.push(Arc::new(Route::new(r, up, auth, breaker, limiter, budget)));

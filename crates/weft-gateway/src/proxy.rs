@@ -121,14 +121,7 @@ impl Route {
                 .iter()
                 .map(|m| Method::from_bytes(m.as_bytes()).expect("validated"))
                 .collect(),
-            _ => vec![
-                Method::GET,
-                Method::HEAD,
-                Method::OPTIONS,
-                Method::TRACE,
-                Method::PUT,
-                Method::DELETE,
-            ],
+            _ => crate::h1::IDEMPOTENT.to_vec(),
         };
         let name = cfg.name.clone();
         let up = upstream.name.clone();
@@ -785,8 +778,7 @@ impl Gateway {
                     deadline_hit = true;
                 }
             }
-            ep.in_flight.fetch_add(1, Ordering::Relaxed);
-            let mut guard = Some(InFlight(ep.clone()));
+            let mut guard = Some(InFlight::enter(&ep));
             let t0 = Instant::now();
             let result: Result<Result<UpResp, SendError>, ()> = match (&replay, fast) {
                 // The common case: HTTP/1.1 upstream, body in memory: weft's own client.
@@ -801,11 +793,9 @@ impl Gateway {
                         b.clone(),
                         guard.take(),
                     );
-                    let r = match limit {
-                        Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
-                        None => Ok(fut.await),
-                    };
-                    r.map(|r| r.map(UpResp::Fast).map_err(SendError::Fast))
+                    within(limit, fut)
+                        .await
+                        .map(|r| r.map(UpResp::Fast).map_err(SendError::Fast))
                 }
                 _ => {
                     let uri = http::Uri::builder()
@@ -844,11 +834,9 @@ impl Gateway {
                     }
                     let client = if h2 { &self.client_h2 } else { &self.client_h1 };
                     let fut = client.request(up);
-                    let r = match limit {
-                        Some(l) => tokio::time::timeout_at(l, fut).await.map_err(|_| ()),
-                        None => Ok(fut.await),
-                    };
-                    r.map(|r| r.map(UpResp::Hyper).map_err(SendError::Hyper))
+                    within(limit, fut)
+                        .await
+                        .map(|r| r.map(UpResp::Hyper).map_err(SendError::Hyper))
                 }
             };
             let now = Instant::now();
@@ -1024,6 +1012,14 @@ impl SendError {
     }
 }
 
+/// Runs `f`, giving up at `limit` (Err) if there is one.
+async fn within<F: std::future::Future>(limit: Option<Instant>, f: F) -> Result<F::Output, ()> {
+    match limit {
+        Some(l) => tokio::time::timeout_at(l, f).await.map_err(|_| ()),
+        None => Ok(f.await),
+    }
+}
+
 fn headers_has_body(h: &HeaderMap) -> bool {
     h.contains_key(header::TRANSFER_ENCODING) || h.contains_key(header::CONTENT_LENGTH)
 }
@@ -1031,6 +1027,13 @@ fn headers_has_body(h: &HeaderMap) -> bool {
 /// Decrements an endpoint's in-flight count when the exchange (including the streamed
 /// response body) ends.
 pub(crate) struct InFlight(Arc<crate::upstream::Endpoint>);
+
+impl InFlight {
+    fn enter(ep: &Arc<crate::upstream::Endpoint>) -> InFlight {
+        ep.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(ep.clone())
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
