@@ -298,8 +298,8 @@ endpoints = [{{ address = "{}" }}]
 async fn body_limits_and_streaming() {
     let a = TestUpstream::start("a").await;
     let toml = format!(
-        "[server]\nmax_body_bytes = 4000000\n[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
+        "[server]\nmax_body_bytes = 4000000\n{}",
+        single_route(a.addr, "")
     );
     let gw = TestGateway::start(&toml, None).await;
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
@@ -360,8 +360,8 @@ fn tokio_stream_from<T: Send + 'static>(
 async fn malformed_requests_get_400_and_slow_headers_time_out() {
     let a = TestUpstream::start("a").await;
     let toml = format!(
-        "[server]\nheader_read_timeout_ms = 300\n[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
+        "[server]\nheader_read_timeout_ms = 300\n{}",
+        single_route(a.addr, "")
     );
     let gw = TestGateway::start(&toml, None).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
@@ -389,10 +389,7 @@ async fn malformed_requests_get_400_and_slow_headers_time_out() {
 #[tokio::test]
 async fn websocket_upgrades_pass_through() {
     let a = TestUpstream::start("a").await;
-    let toml = format!(
-        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
-    );
+    let toml = single_route(a.addr, "");
     let gw = TestGateway::start(&toml, None).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
@@ -511,9 +508,9 @@ async fn sticky_hashing_on_a_header() {
 #[tokio::test]
 async fn cors_preflight_and_headers() {
     let a = TestUpstream::start("a").await;
-    let toml = format!(
-        "[[route]]\nname = \"r\"\nupstream = \"u\"\ncors = {{ origins = [\"https://app.example\"], credentials = true }}\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
+    let toml = single_route(
+        a.addr,
+        "cors = { origins = [\"https://app.example\"], credentials = true }",
     );
     let gw = TestGateway::start(&toml, None).await;
     let r = send(
@@ -566,10 +563,7 @@ async fn cors_preflight_and_headers() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     let a = TestUpstream::start("a").await;
-    let toml = format!(
-        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
-    );
+    let toml = single_route(a.addr, "");
     let gw = TestGateway::start(&toml, None).await;
     let addr = gw.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow/300").await.status });
@@ -727,10 +721,7 @@ async fn tcp_health_checks() {
 #[tokio::test]
 async fn thread_per_core_workers_share_one_port_and_drain_on_shutdown() {
     let a = TestUpstream::start("a").await;
-    let toml = format!(
-        "[[route]]\nname = \"r\"\nupstream = \"u\"\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
-    );
+    let toml = single_route(a.addr, "");
     let cfg = weft_gateway::Config::from_toml(&toml, "t.toml").unwrap();
     let gw = weft_gateway::Gateway::new(cfg, None).unwrap();
     let listeners = weft_gateway::bind_workers("127.0.0.1:0".parse().unwrap(), 3).unwrap();

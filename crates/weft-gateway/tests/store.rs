@@ -141,9 +141,9 @@ async fn routes_in_the_store_are_validated_and_hot_reloaded() {
 async fn global_rate_limits_are_shared_by_gateways() {
     let (store, _dir) = store().await;
     let a = TestUpstream::start("a").await;
-    let toml = format!(
-        "[[route]]\nname = \"r\"\nupstream = \"u\"\nrate_limit = {{ per_second = 5, by = \"route\", global = true }}\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{}\" }}]\n",
-        a.addr
+    let toml = single_route(
+        a.addr,
+        "rate_limit = { per_second = 5, by = \"route\", global = true }",
     );
     let g1 = TestGateway::start(&toml, Some(store.clone())).await;
     let g2 = TestGateway::start(&toml, Some(store.clone())).await;

@@ -178,6 +178,13 @@ async fn upstream(
 }
 
 /// A running gateway on a free port.
+/// A config with one route `r` (plus `route_extra` lines) to one upstream `u` at `upstream`.
+pub fn single_route(upstream: SocketAddr, route_extra: &str) -> String {
+    format!(
+        "[[route]]\nname = \"r\"\nupstream = \"u\"\n{route_extra}\n[[upstream]]\nname = \"u\"\nendpoints = [{{ address = \"{upstream}\" }}]\n"
+    )
+}
+
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub gw: Arc<Gateway>,
