@@ -265,20 +265,20 @@ pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
                     &json!({"key": ROUTE_PREFIX, "prefix": true}),
                 )
                 .await?;
-            let kvs = resp["kvs"].as_array().cloned().unwrap_or_default();
+            let routes: Vec<Value> = resp["kvs"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|kv| {
+                    serde_json::from_str(kv["value"].as_str().unwrap_or("null"))
+                        .unwrap_or(Value::Null)
+                })
+                .collect();
             if conn.json {
-                let routes: Vec<Value> = kvs
-                    .iter()
-                    .map(|kv| {
-                        serde_json::from_str(kv["value"].as_str().unwrap_or("null"))
-                            .unwrap_or(Value::Null)
-                    })
-                    .collect();
                 println!("{}", Value::Array(routes));
             } else {
-                for kv in kvs {
-                    let v: Value = serde_json::from_str(kv["value"].as_str().unwrap_or("null"))
-                        .unwrap_or(Value::Null);
+                for v in routes {
                     let m = v["path_prefix"]
                         .as_str()
                         .map(|p| format!("prefix {p}"))
