@@ -11,6 +11,10 @@
 //! - Configuration comes from TOML and/or the store ([`config::ROUTE_PREFIX`]) and reloads
 //!   without dropping connections; endpoint state (health, EWMA, ejection) and breakers
 //!   survive reloads.
+//! - Requests to HTTP/1.1 upstreams go through weft's own pooled client ([`h1`]); h2c,
+//!   streamed request bodies and upgrades through hyper's. [`serve`] runs on the caller's
+//!   runtime; [`serve_threads`] runs one single-threaded runtime per worker thread on the
+//!   `SO_REUSEPORT` listeners of [`bind_workers`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
