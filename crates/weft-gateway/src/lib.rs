@@ -38,6 +38,7 @@
 
 pub mod auth;
 pub mod config;
+mod conn;
 pub mod error;
 pub mod h1;
 pub mod lb;

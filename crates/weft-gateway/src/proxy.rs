@@ -40,6 +40,15 @@ pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// Boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client request's body as the gateway receives it.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// Streamed from hyper's server.
+    Incoming(Incoming),
+    /// Already read whole (weft's own HTTP/1.1 server reads small bodies before routing).
+    Buffered(Bytes),
+}
+
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
 pub(crate) fn full(b: impl Into<Bytes>) -> Body {
@@ -364,7 +373,7 @@ impl Gateway {
     /// Handles one client request.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: Arc<Remote>,
     ) -> Response<Body> {
         let remote = peer.addr;
@@ -479,7 +488,7 @@ impl Gateway {
         }
     }
 
-    async fn forward(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Body> {
+    async fn forward(&self, x: &mut Exchange<'_>, req: Request<RequestBody>) -> Response<Body> {
         let (origin_ok, cors) = match &x.route.cfg.cors {
             Some(c) => {
                 let origin = req.headers().get(header::ORIGIN).cloned();
@@ -511,7 +520,7 @@ impl Gateway {
         resp
     }
 
-    async fn forward_inner(&self, x: &mut Exchange<'_>, req: Request<Incoming>) -> Response<Body> {
+    async fn forward_inner(&self, x: &mut Exchange<'_>, req: Request<RequestBody>) -> Response<Body> {
         let route = x.route;
         let max_body = route.cfg.max_body_bytes.unwrap_or(x.server.max_body_bytes);
         let content_length = req
@@ -602,7 +611,7 @@ impl Gateway {
     async fn attempts(
         &self,
         x: &mut Exchange<'_>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         max_body: u64,
         content_length: Option<u64>,
     ) -> (Response<Body>, Outcome) {
@@ -692,46 +701,64 @@ impl Gateway {
         let mut replay: Option<Bytes> = None;
         let mut stream: Option<Body> = None;
         let retryable_method = route.retry_methods.contains(&method) && !upgrade;
-        let bodyless = content_length == Some(0)
-            || (content_length.is_none()
-                && !had_body_headers
-                && parts.version < http::Version::HTTP_2)
-            || http_body::Body::is_end_stream(&body);
-        if bodyless {
-            replay = Some(Bytes::new());
-        } else if retry.attempts > 1
-            && retryable_method
-            && content_length.is_some_and(|l| l <= retry.buffer_bytes)
-        {
-            match Limited::new(body, max_body as usize).collect().await {
-                Ok(c) => replay = Some(c.to_bytes()),
-                Err(e) => {
-                    let too_large = body_too_large(&*e);
-                    return if too_large {
-                        (
-                            answer(
-                                Reason::BodyTooLarge,
-                                &format!("body is over the limit of {max_body} bytes"),
-                            ),
-                            Outcome::Ignore,
-                        )
-                    } else {
-                        (
-                            answer(
-                                Reason::BadRequest,
-                                &format!("reading the request body failed: {e}"),
-                            ),
-                            Outcome::Ignore,
-                        )
-                    };
+        let body = match body {
+            RequestBody::Buffered(b) => {
+                if b.len() as u64 > max_body {
+                    return (
+                        answer(
+                            Reason::BodyTooLarge,
+                            &format!("body is over the limit of {max_body} bytes"),
+                        ),
+                        Outcome::Ignore,
+                    );
                 }
+                replay = Some(b);
+                None
             }
-        } else {
-            stream = Some(
-                Limited::new(body, max_body as usize)
-                    .map_err(|e| -> BoxError { e })
-                    .boxed_unsync(),
-            );
+            RequestBody::Incoming(b) => Some(b),
+        };
+        if let Some(body) = body {
+            let bodyless = content_length == Some(0)
+                || (content_length.is_none()
+                    && !had_body_headers
+                    && parts.version < http::Version::HTTP_2)
+                || http_body::Body::is_end_stream(&body);
+            if bodyless {
+                replay = Some(Bytes::new());
+            } else if retry.attempts > 1
+                && retryable_method
+                && content_length.is_some_and(|l| l <= retry.buffer_bytes)
+            {
+                match Limited::new(body, max_body as usize).collect().await {
+                    Ok(c) => replay = Some(c.to_bytes()),
+                    Err(e) => {
+                        let too_large = body_too_large(&*e);
+                        return if too_large {
+                            (
+                                answer(
+                                    Reason::BodyTooLarge,
+                                    &format!("body is over the limit of {max_body} bytes"),
+                                ),
+                                Outcome::Ignore,
+                            )
+                        } else {
+                            (
+                                answer(
+                                    Reason::BadRequest,
+                                    &format!("reading the request body failed: {e}"),
+                                ),
+                                Outcome::Ignore,
+                            )
+                        };
+                    }
+                }
+            } else {
+                stream = Some(
+                    Limited::new(body, max_body as usize)
+                        .map_err(|e| -> BoxError { e })
+                        .boxed_unsync(),
+                );
+            }
         }
         // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
         // upgrades and h2c go through hyper's.

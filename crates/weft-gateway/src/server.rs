@@ -9,9 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::time::Duration;
 
@@ -122,7 +120,9 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Each connection holds a sender: `recv` returns `None` once all of them are done.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
         let (stream, remote) = tokio::select! {
@@ -138,37 +138,21 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let header_timeout = Duration::from_millis(gw.table.load().server.header_read_timeout_ms);
         let gw = gw.clone();
         let peer = Arc::new(crate::proxy::Remote::new(remote));
-        let svc = service_fn(move |req: Request<Incoming>| {
-            let (gw, peer) = (gw.clone(), peer.clone());
-            // Boxed once here: the request future is a few KiB and would otherwise be copied
-            // each time hyper moves it (memmove showed up in perf).
-            let fut = Box::pin(gw.handle(req, peer));
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
+        let stop = stop.clone();
+        let done = done_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%remote, "connection ended: {e}");
-            }
+            crate::conn::serve_conn(stream, gw, peer, stop).await;
+            drop(done);
         });
     }
     drop(listener);
+    // Idle connections close now, busy ones after their response.
+    stop.cancel();
+    drop(done_tx);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = done_rx.recv() => {}
         _ = tokio::time::sleep(Duration::from_secs(30)) => {
             tracing::warn!("connections still open after 30 s; closing");
         }
