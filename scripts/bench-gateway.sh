@@ -5,6 +5,7 @@
 # 200), 64 connections. Then the cost of each gateway feature.
 #
 #   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
+#   ROWS='nginx|weft gateway' scripts/bench-gateway.sh ...   # only the rows matching ROWS
 #
 # Each round runs every target once, in turn; the table shows the median of the rounds (this
 # machine is noisy) and each target's ratio to nginx, in req/s and in the CPU time the proxy
@@ -130,6 +131,8 @@ ticks() { # CPU time (user + system, in clock ticks) of a process and its thread
 
 run_wrk() { # $1 = label, $2 = proxy pid, $3 = url, rest = wrk args; appends to results.tsv
     local label=$1 pid=$2 url=$3; shift 3
+    # ROWS=REGEX runs only the matching rows (for quick checks; full runs leave it unset).
+    if [ -n "${ROWS:-}" ] && ! [[ "$label" =~ $ROWS ]]; then return 0; fi
     local out t0 t1
     t0=$(ticks "$pid")
     out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$@" "$url")

@@ -22,6 +22,7 @@
 
 use std::io::{self, Write as _};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -52,6 +53,26 @@ pub const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 const INLINE_BODY: usize = 16 * 1024;
 const READ_CHUNK: usize = 8 * 1024;
 
+/// The serve loop's shutdown signal: a token to wake waiting connections and a flag that is
+/// cheap to check after each response (the token's own check takes a lock).
+#[derive(Clone, Default)]
+pub(crate) struct Stop {
+    token: CancellationToken,
+    flag: Arc<AtomicBool>,
+}
+
+impl Stop {
+    /// Asks every connection to finish.
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.token.cancel();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
 /// Where the pieces of a parsed request head are in the read buffer.
 #[derive(Default)]
 struct Head {
@@ -76,40 +97,40 @@ enum Parsed {
 
 /// Serves one accepted connection until the client closes it, a timeout, an error or
 /// `stop` (graceful: a request in progress is answered first).
-pub(crate) async fn serve_conn(
-    mut io: TcpStream,
-    gw: Arc<Gateway>,
-    peer: Arc<Remote>,
-    stop: CancellationToken,
-) {
+pub(crate) async fn serve_conn(mut io: TcpStream, gw: Arc<Gateway>, peer: Arc<Remote>, stop: Stop) {
     let header_timeout = Duration::from_millis(gw.table.load().server.header_read_timeout_ms);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
-    // One timer per connection, reset for each wait.
+    // One timer per connection, re-armed lazily: it only has to fire no later than the
+    // current wait's deadline, so a busy keep-alive connection touches it once per idle
+    // period, not once per request.
     let timer = tokio::time::sleep(header_timeout);
     tokio::pin!(timer);
-    let stopped = stop.clone().cancelled_owned();
+    let stopped = stop.token.clone().cancelled_owned();
     tokio::pin!(stopped);
     // The first request's head is due within the header timeout of accept.
-    let mut head_deadline = Some(Instant::now() + header_timeout);
+    let mut head_start = Some(Instant::now());
     let mut head = Head::default();
     loop {
         // Read until a complete plain head is buffered.
         loop {
             if !buf.is_empty() {
-                if head_deadline.is_none() {
-                    head_deadline = Some(Instant::now() + header_timeout);
-                }
                 match parse(&buf, &mut head) {
-                    Parsed::Partial if buf.len() < MAX_FAST_HEAD => {}
+                    Parsed::Partial if buf.len() < MAX_FAST_HEAD => {
+                        // A head in pieces: its deadline runs from the first piece.
+                        head_start.get_or_insert_with(Instant::now);
+                    }
                     Parsed::Partial | Parsed::Fallback => {
                         return fallback(io, buf.freeze(), gw, peer, stop).await;
                     }
                     Parsed::Plain => break,
                 }
             }
-            let deadline = head_deadline.unwrap_or_else(|| Instant::now() + KEEP_ALIVE_IDLE);
-            match read_more(&mut io, &mut buf, &mut timer, deadline, &mut stopped).await {
+            let wait = match head_start {
+                Some(t) => Wait::Until(t + header_timeout),
+                None => Wait::Idle,
+            };
+            match read_more(&mut io, &mut buf, &mut timer, wait, &mut stopped).await {
                 Ok(true) => {}
                 // EOF, timeout, shutdown or error: close (hyper does not answer them either).
                 Ok(false) | Err(_) => return,
@@ -118,13 +139,12 @@ pub(crate) async fn serve_conn(
         // The body: read the rest if it is not all here yet (no timeout beyond shutdown and
         // the idle limit, as with hyper's streamed bodies).
         while buf.len() < head.len + head.body_len {
-            let deadline = Instant::now() + KEEP_ALIVE_IDLE;
-            match read_more(&mut io, &mut buf, &mut timer, deadline, &mut stopped).await {
+            match read_more(&mut io, &mut buf, &mut timer, Wait::Idle, &mut stopped).await {
                 Ok(true) => {}
                 Ok(false) | Err(_) => return,
             }
         }
-        head_deadline = None;
+        head_start = None;
         let raw = buf.split_to(head.len).freeze();
         let body = buf.split_to(head.body_len).freeze();
         let req = match build_request(&mut head, &raw, body) {
@@ -140,7 +160,7 @@ pub(crate) async fn serve_conn(
         let close = wants_close(req.headers());
         let head_only = req.method() == Method::HEAD;
         let resp = gw.clone().handle(req, peer.clone()).await;
-        let close = close || stop.is_cancelled();
+        let close = close || stop.is_stopping();
         if write_response(&mut io, &mut wbuf, resp, head_only, close)
             .await
             .is_err()
@@ -151,38 +171,59 @@ pub(crate) async fn serve_conn(
     }
 }
 
+/// How long a read may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// Until this instant (a request head's deadline).
+    Until(Instant),
+    /// For [`KEEP_ALIVE_IDLE`] from now.
+    Idle,
+}
+
 /// Reads more bytes into `buf`: `Ok(false)` on EOF, a passed deadline or shutdown.
 async fn read_more(
     io: &mut TcpStream,
     buf: &mut BytesMut,
     timer: &mut Pin<&mut tokio::time::Sleep>,
-    deadline: Instant,
+    wait: Wait,
     stopped: &mut Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
 ) -> io::Result<bool> {
     buf.reserve(READ_CHUNK);
-    // Usually the bytes are already there: no timer needed.
+    // Usually the bytes are already there: no clock or timer needed.
     match io.try_read_buf(buf) {
         Ok(0) => return Ok(false),
         Ok(_) => return Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(e) => return Err(e),
     }
-    if timer.deadline() != deadline {
-        timer.as_mut().reset(deadline);
+    let due = match wait {
+        Wait::Until(t) => t,
+        Wait::Idle => Instant::now() + KEEP_ALIVE_IDLE,
+    };
+    if timer.deadline() > due {
+        timer.as_mut().reset(due);
     }
-    tokio::select! {
-        biased;
-        r = io.read_buf(buf) => r.map(|n| n > 0),
-        _ = timer.as_mut() => Ok(false),
-        _ = stopped.as_mut() => Ok(false),
+    loop {
+        tokio::select! {
+            biased;
+            r = io.read_buf(buf) => return r.map(|n| n > 0),
+            _ = timer.as_mut() => {
+                // The timer may have been set for an earlier wait.
+                if Instant::now() >= due {
+                    return Ok(false);
+                }
+                timer.as_mut().reset(due);
+            }
+            _ = stopped.as_mut() => return Ok(false),
+        }
     }
 }
 
 /// Parses the request head at the front of `buf` into `head` (positions, not copies) and
 /// decides whether the fast path takes it.
 fn parse(buf: &[u8], head: &mut Head) -> Parsed {
-    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
-        MAX_FAST_HEADERS];
+    let mut slots =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FAST_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -252,6 +293,28 @@ fn build_request(head: &mut Head, raw: &Bytes, body: Bytes) -> Option<Request<Re
     *r.uri_mut() = uri;
     *r.headers_mut() = headers;
     Some(r)
+}
+
+/// What the server loop makes of `data` as the start of a connection: `Ok(Some((method,
+/// target, body length)))` for a request it serves itself, `Ok(None)` for an incomplete
+/// head, `Err` when hyper's server would take the connection. For fuzzing and property tests.
+#[doc(hidden)]
+pub fn decode_request(data: &[u8]) -> Result<Option<(String, String, usize)>, ()> {
+    let mut head = Head::default();
+    match parse(data, &mut head) {
+        Parsed::Partial => Ok(None),
+        Parsed::Fallback => Err(()),
+        Parsed::Plain => {
+            let raw = Bytes::copy_from_slice(&data[..head.len]);
+            let body_len = head.body_len;
+            let r = build_request(&mut head, &raw, Bytes::new()).ok_or(())?;
+            Ok(Some((
+                r.method().to_string(),
+                r.uri().to_string(),
+                body_len,
+            )))
+        }
+    }
 }
 
 /// Whether the client's `Connection` header says `close`.
@@ -375,13 +438,7 @@ async fn write_response(
 
 /// Hands the connection to hyper's server (HTTP/1.1 with upgrades, or h2c), replaying the
 /// bytes already read.
-async fn fallback(
-    io: TcpStream,
-    read: Bytes,
-    gw: Arc<Gateway>,
-    peer: Arc<Remote>,
-    stop: CancellationToken,
-) {
+async fn fallback(io: TcpStream, read: Bytes, gw: Arc<Gateway>, peer: Arc<Remote>, stop: Stop) {
     let header_timeout = Duration::from_millis(gw.table.load().server.header_read_timeout_ms);
     let remote = peer.addr;
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -404,7 +461,7 @@ async fn fallback(
     tokio::pin!(conn);
     let res = tokio::select! {
         r = conn.as_mut() => r,
-        _ = stop.cancelled() => {
+        _ = stop.token.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -535,7 +592,12 @@ mod tests {
             b"POST /a HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
             b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
         ] {
-            assert_eq!(kind(raw), Parsed::Fallback, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(
+                kind(raw),
+                Parsed::Fallback,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
         let mut many = b"GET / HTTP/1.1\r\n".to_vec();
         for i in 0..MAX_FAST_HEADERS + 1 {
@@ -571,6 +633,30 @@ mod tests {
                 .into_iter()
                 .collect()
         ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = decode_request(&data);
+        }
+
+        #[test]
+        fn any_split_of_a_request_parses_the_same(cut in 0usize..60, extra in "[a-z]{0,20}") {
+            let raw = format!("POST /p/{extra}?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nX-Y: {extra}\r\n\r\nabc");
+            let whole = decode_request(raw.as_bytes()).unwrap().unwrap();
+            proptest::prop_assert_eq!(&whole, &("POST".to_string(), format!("/p/{extra}?x=1"), 3));
+            let cut = cut.min(raw.len());
+            let head_len = raw.len() - 3;
+            match decode_request(&raw.as_bytes()[..cut]) {
+                Ok(None) => proptest::prop_assert!(cut < head_len),
+                Ok(Some(p)) => {
+                    proptest::prop_assert!(cut >= head_len);
+                    proptest::prop_assert_eq!(p, whole);
+                }
+                Err(()) => proptest::prop_assert!(false, "a prefix of a valid request went to hyper"),
+            }
+        }
     }
 
     #[test]

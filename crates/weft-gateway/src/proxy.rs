@@ -520,7 +520,11 @@ impl Gateway {
         resp
     }
 
-    async fn forward_inner(&self, x: &mut Exchange<'_>, req: Request<RequestBody>) -> Response<Body> {
+    async fn forward_inner(
+        &self,
+        x: &mut Exchange<'_>,
+        req: Request<RequestBody>,
+    ) -> Response<Body> {
         let route = x.route;
         let max_body = route.cfg.max_body_bytes.unwrap_or(x.server.max_body_bytes);
         let content_length = req

@@ -120,7 +120,7 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = crate::conn::Stop::default();
     // Each connection holds a sender: `recv` returns `None` once all of them are done.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);

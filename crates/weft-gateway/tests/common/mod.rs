@@ -158,14 +158,18 @@ async fn upstream(
             .insert("connection", "upgrade".parse().unwrap());
         return r;
     }
+    // Repeated headers are joined with ", " (so tests see every value).
     let headers: serde_json::Map<String, serde_json::Value> = req
         .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                serde_json::Value::String(v.to_str().unwrap_or("").to_string()),
-            )
+        .keys()
+        .map(|k| {
+            let all: Vec<&str> = req
+                .headers()
+                .get_all(k)
+                .iter()
+                .map(|v| v.to_str().unwrap_or(""))
+                .collect();
+            (k.to_string(), serde_json::Value::String(all.join(", ")))
         })
         .collect();
     let v = serde_json::json!({
