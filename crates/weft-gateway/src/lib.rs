@@ -59,7 +59,7 @@ use weft_store::{Store, StoreExt};
 
 pub use config::Config;
 #[doc(hidden)]
-pub use conn::decode_request;
+pub use conn::{decode_request, Decoded};
 pub use error::{ConfigError, GatewayError, Reason};
 pub use server::{bind_workers, serve, serve_admin, serve_threads, MetricsRender};
 
