@@ -295,24 +295,32 @@ fn build_request(head: &mut Head, raw: &Bytes, body: Bytes) -> Option<Request<Re
     Some(r)
 }
 
-/// What the server loop makes of `data` as the start of a connection: `Ok(Some((method,
-/// target, body length)))` for a request it serves itself, `Ok(None)` for an incomplete
-/// head, `Err` when hyper's server would take the connection. For fuzzing and property tests.
+/// What the server loop makes of some bytes at the start of a connection.
 #[doc(hidden)]
-pub fn decode_request(data: &[u8]) -> Result<Option<(String, String, usize)>, ()> {
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// The head is not complete yet.
+    Incomplete,
+    /// Hyper's server would take the connection.
+    Hyper,
+    /// A request the loop serves itself: method, target, body length.
+    Request(String, String, usize),
+}
+
+/// Decodes `data` as the server loop would. For fuzzing and property tests.
+#[doc(hidden)]
+pub fn decode_request(data: &[u8]) -> Decoded {
     let mut head = Head::default();
     match parse(data, &mut head) {
-        Parsed::Partial => Ok(None),
-        Parsed::Fallback => Err(()),
+        Parsed::Partial => Decoded::Incomplete,
+        Parsed::Fallback => Decoded::Hyper,
         Parsed::Plain => {
             let raw = Bytes::copy_from_slice(&data[..head.len]);
             let body_len = head.body_len;
-            let r = build_request(&mut head, &raw, Bytes::new()).ok_or(())?;
-            Ok(Some((
-                r.method().to_string(),
-                r.uri().to_string(),
-                body_len,
-            )))
+            match build_request(&mut head, &raw, Bytes::new()) {
+                Some(r) => Decoded::Request(r.method().to_string(), r.uri().to_string(), body_len),
+                None => Decoded::Hyper,
+            }
         }
     }
 }
