@@ -518,16 +518,29 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
                 .ok()
                 .and_then(|v| v.rsplit(',').next())
                 .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            // Hop-by-hop: the body is decoded here, and re-framed by whoever sends it on.
+            continue;
         } else if name == header::CONNECTION {
             let v = value.to_str().unwrap_or("");
+            let mut only_framing = true;
             for token in v.split(',') {
                 let t = token.trim();
                 if t.eq_ignore_ascii_case("close") {
                     close = true;
-                } else if t.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                    close = false;
+                } else if t.eq_ignore_ascii_case("keep-alive") {
+                    if version == Version::HTTP_10 {
+                        close = false;
+                    }
+                } else if !t.is_empty() {
+                    only_framing = false;
                 }
             }
+            // Consumed here, unless it names other headers the proxy must drop.
+            if only_framing {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
         headers.append(name, value);
     }
@@ -895,6 +908,18 @@ mod tests {
         );
         let h = parse_head(&mut b, &Method::GET).unwrap().unwrap();
         assert!(!h.keep_alive);
+        // Framing headers are consumed, not handed on.
+        assert!(h.headers.get("connection").is_none());
+
+        let mut b = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nconnection: keep-alive, x-secret\r\nkeep-alive: timeout=5\r\ntransfer-encoding: chunked\r\nx-secret: 1\r\n\r\n"[..],
+        );
+        let h = parse_head(&mut b, &Method::GET).unwrap().unwrap();
+        assert!(h.keep_alive);
+        assert!(h.headers.get("keep-alive").is_none());
+        assert!(h.headers.get("transfer-encoding").is_none());
+        // A Connection header naming other headers stays, for the proxy to drop them.
+        assert_eq!(h.headers["connection"], "keep-alive, x-secret");
 
         let mut b = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n"[..]);
         let h = parse_head(&mut b, &Method::HEAD).unwrap().unwrap();
