@@ -159,7 +159,7 @@ pub(crate) async fn serve_conn(mut io: TcpStream, gw: Arc<Gateway>, peer: Arc<Re
         };
         let close = wants_close(req.headers());
         let head_only = req.method() == Method::HEAD;
-        let resp = gw.clone().handle(req, peer.clone()).await;
+        let resp = gw.handle(req, &peer).await;
         let close = close || stop.is_stopping();
         if write_response(&mut io, &mut wbuf, resp, head_only, close)
             .await
@@ -282,7 +282,8 @@ fn parse(buf: &[u8], head: &mut Head) -> Parsed {
 fn build_request(head: &mut Head, raw: &Bytes, body: Bytes) -> Option<Request<RequestBody>> {
     let slice = |(start, len): (usize, usize)| raw.slice(start..start + len);
     let uri = Uri::from_maybe_shared(slice(head.path)).ok()?;
-    let mut headers = HeaderMap::with_capacity(head.headers.len());
+    // Room for the forwarded headers the proxy adds without growing the map.
+    let mut headers = HeaderMap::with_capacity(head.headers.len() + 6);
     for &[ns, nl, vs, vl] in &head.headers {
         let name = HeaderName::from_bytes(&raw[ns..ns + nl]).ok()?;
         let value = HeaderValue::from_maybe_shared(slice((vs, vl))).ok()?;
@@ -452,7 +453,7 @@ async fn fallback(io: TcpStream, read: Bytes, gw: Arc<Gateway>, peer: Arc<Remote
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (gw, peer) = (gw.clone(), peer.clone());
         // Boxed once here: the request future is a few KiB and hyper moves it.
-        let fut = Box::pin(gw.handle(req.map(RequestBody::Incoming), peer));
+        let fut = Box::pin(async move { gw.handle(req.map(RequestBody::Incoming), &peer).await });
         async move { Ok::<_, std::convert::Infallible>(fut.await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

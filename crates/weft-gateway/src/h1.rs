@@ -113,6 +113,8 @@ struct Conn {
     rbuf: BytesMut,
     /// Reused for each request head.
     wbuf: Vec<u8>,
+    /// Reused for each response head's header positions.
+    spans: Vec<(HeaderName, usize, usize)>,
     since: Instant,
 }
 
@@ -320,6 +322,7 @@ async fn connect(addr: &str, timeout: std::time::Duration) -> Result<Conn, Error
         worker: worker(),
         rbuf: BytesMut::with_capacity(READ_CHUNK),
         wbuf: Vec::with_capacity(1024),
+        spans: Vec::new(),
         since: Instant::now(),
     })
 }
@@ -412,7 +415,7 @@ async fn exchange(conn: &mut Conn, body: &Bytes, method: &Method) -> Result<Head
     }
     loop {
         if !conn.rbuf.is_empty() {
-            match parse_head(&mut conn.rbuf, method) {
+            match parse_head_with(&mut conn.rbuf, method, &mut conn.spans) {
                 Ok(Some(h)) if is_interim(h.status) => continue,
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
@@ -457,6 +460,15 @@ enum Framing {
 
 /// Parses a response head from the front of `buf`, consuming it. `Ok(None)`: incomplete.
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
+    parse_head_with(buf, method, &mut Vec::new())
+}
+
+/// [`parse_head`] with a reusable vector for the header positions.
+fn parse_head_with(
+    buf: &mut BytesMut,
+    method: &Method,
+    spans: &mut Vec<(HeaderName, usize, usize)>,
+) -> Result<Option<Head>, Error> {
     // Uninitialized header slots: initializing 128 of them per response showed in perf.
     let mut raw = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut r = httparse::Response::new(&mut []);
@@ -476,7 +488,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     };
     // Offsets of the values in the head, to slice the frozen head without copying.
     let base = buf.as_ptr() as usize;
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(r.headers.len());
+    spans.clear();
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Error::Invalid(format!("header name {:?}", h.name)))?;
@@ -492,12 +504,13 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         spans.push((name, start, start + h.value.len()));
     }
     let head = buf.split_to(n).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the headers the proxy adds (request id, CORS, configured ones) without growing.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut te = false;
     let mut close = version == Version::HTTP_10;
-    for (name, s, e) in spans {
+    for (name, s, e) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(s..e))
             .map_err(|_| Error::Invalid(format!("value of header {name}")))?;
         if name == header::CONTENT_LENGTH {

@@ -371,11 +371,7 @@ static NO_RETRY: std::sync::LazyLock<RetryConfig> = std::sync::LazyLock::new(|| 
 
 impl Gateway {
     /// Handles one client request.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<RequestBody>,
-        peer: Arc<Remote>,
-    ) -> Response<Body> {
+    pub async fn handle(&self, req: Request<RequestBody>, peer: &Remote) -> Response<Body> {
         let remote = peer.addr;
         let start = Instant::now();
         let table = self.table.load_full();
@@ -425,7 +421,7 @@ impl Gateway {
             server: &table.server,
             rid_header,
             remote,
-            peer: &peer,
+            peer,
             request_id: &request_id,
             path_and_query: matched.path_and_query,
             endpoint: None,
