@@ -39,12 +39,12 @@ BARE="$ROOT/target/release/examples/bare_proxy"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-UP=$(free_port); NGX=$(free_port)
+UP=$(free_port); NGX=$(free_port); NGX2=$(free_port)
 
-nginx_conf() { # $1 = name, $2 = server block
+nginx_conf() { # $1 = name, $2 = server block, $3 = worker processes (default 1)
     mkdir -p "$WORK/$1"
     cat > "$WORK/$1/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes ${3:-1};
 pid $WORK/$1/nginx.pid;
 error_log $WORK/$1/error.log warn;
 events { worker_connections 4096; }
@@ -63,12 +63,17 @@ nginx_conf upstream "server { listen 127.0.0.1:$UP; keepalive_requests 1000000; 
 nginx_conf proxy "upstream up { server 127.0.0.1:$UP; keepalive 64; }
     server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
       location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+# For reference at two cores: nginx with two workers (the goal compares against one).
+nginx_conf proxy2 "upstream up { server 127.0.0.1:$UP; keepalive 64; }
+    server { listen 127.0.0.1:$NGX2; keepalive_requests 1000000;
+      location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" 2
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
-wait_port "$UP"; wait_port "$NGX"
+wait_port "$UP"; wait_port "$NGX"; wait_port "$NGX2"
 # nginx's proxy worker (the process doing the work).
 NGXPID=$(pgrep -P "${PIDS[1]}" | head -1)
 UPPID=$(pgrep -P "${PIDS[0]}" | head -1)
+NGX2PIDS=$(pgrep -P "${PIDS[2]}" | paste -sd,)
 
 SECRET=bench-secret-bench-secret-bench-secret
 b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
@@ -125,8 +130,10 @@ algorithms = ["HS256"]
 secret = "$SECRET"
 EOF
 
-ticks() { # CPU time (user + system, in clock ticks) of a process and its threads
-    awk '{print $14 + $15}' "/proc/$1/stat"
+ticks() { # CPU time (user + system, in clock ticks) of processes (comma-separated pids)
+    local t=0 p
+    for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+    echo "$t"
 }
 
 run_wrk() { # $1 = label, $2 = proxy pid, $3 = url, rest = wrk args; appends to results.tsv
@@ -193,6 +200,7 @@ for round in $(seq "$ROUNDS"); do
     run_wrk "bare hyper server + weft h1 client, 1 thread" "$BFPID" "http://127.0.0.1:$BF/"
     run_wrk "weft gateway, 1 thread" "$W1PID" "http://127.0.0.1:$W1/"
     run_wrk "weft gateway, 2 threads" "$W2PID" "http://127.0.0.1:$W2/"
+    run_wrk "nginx 1.22 proxy, 2 workers (reference)" "$NGX2PIDS" "http://127.0.0.1:$NGX2/"
     run_wrk "weft 1 thread + JWT (HS256)" "$W1PID" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
     run_wrk "weft 1 thread + rate limit (per IP, never hit)" "$W1PID" "http://127.0.0.1:$W1/ratelimit"
     run_wrk "weft 1 thread + breaker" "$W1PID" "http://127.0.0.1:$W1/breaker"

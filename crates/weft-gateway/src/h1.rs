@@ -225,7 +225,8 @@ impl Pool {
             let was_reused = reused.is_some();
             let mut conn = match reused.take() {
                 Some(c) => c,
-                None => connect(addr, connect_timeout).await?,
+                // Boxed: rare, and it would make every request's future larger.
+                None => Box::pin(connect(addr, connect_timeout)).await?,
             };
             encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
             match exchange(&mut conn, &body, method).await {

@@ -304,7 +304,8 @@ impl RequestIds {
                 buf[i * 16 + j] = HEX[((v >> (60 - 4 * j)) & 0xf) as usize];
             }
         }
-        HeaderValue::from_bytes(&buf).expect("hex is a valid header")
+        // An owned buffer: clones (upstream request, response) share it without a copy.
+        HeaderValue::from_maybe_shared(Bytes::from_owner(buf)).expect("hex is a valid header")
     }
 }
 
