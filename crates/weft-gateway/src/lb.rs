@@ -178,17 +178,27 @@ impl PickCtx {
 
 impl Upstream {
     /// Picks an endpoint not in `tried`, or None when nothing is usable.
+    #[cfg(test)]
     pub(crate) fn pick(
         &self,
         ctx: &PickCtx,
         tried: &[usize],
+    ) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
+        self.pick_at(ctx, tried, Instant::now())
+    }
+
+    /// [`Upstream::pick`] as of `now` (the caller's clock reading, reused).
+    pub(crate) fn pick_at(
+        &self,
+        ctx: &PickCtx,
+        tried: &[usize],
+        now: Instant,
     ) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
         let set = self.set.load_full();
         let n = set.endpoints.len();
         if n == 0 {
             return None;
         }
-        let now = Instant::now();
         let usable_count = set.endpoints.iter().filter(|e| e.is_usable(now)).count();
         let panic = self.cfg.outlier.panic_threshold_percent > 0
             && usable_count * 100 < n * self.cfg.outlier.panic_threshold_percent as usize;

@@ -634,16 +634,22 @@ impl Gateway {
             parts.uri.path(),
             x.remote.ip(),
         );
-        let had_body_headers = headers_has_body(&parts.headers);
+        // Only a streamed body's framing is read from the headers.
+        let had_body_headers =
+            matches!(body, RequestBody::Incoming(_)) && headers_has_body(&parts.headers);
         // Upstream request head.
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers, upgrade);
-        let original_host = headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let (original_host, host_in_headers) = match headers.get(header::HOST) {
+            Some(h) => (Some(h.clone()), true),
+            None => (
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                false,
+            ),
+        };
         let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(prev) => {
                 HeaderValue::from_str(&format!("{prev}, {}", x.peer.ip.to_str().unwrap_or("")))
@@ -674,7 +680,14 @@ impl Gateway {
         if h2 {
             headers.remove(header::HOST);
         } else if let Some(h) = &original_host {
-            headers.insert(header::HOST, h.clone());
+            // The client's Host is kept (over the route's header changes); it is usually
+            // still in place.
+            let touched = !host_in_headers
+                || route.remove_headers.contains(&header::HOST)
+                || route.add_headers.iter().any(|(k, _)| k == header::HOST);
+            if touched {
+                headers.insert(header::HOST, h.clone());
+            }
         }
         let retry: &RetryConfig = route.cfg.retry.as_ref().unwrap_or(&NO_RETRY);
         let method = parts.method;
@@ -776,7 +789,8 @@ impl Gateway {
             attempt += 1;
             x.attempts = attempt;
             let tried_now = &tried[..(attempt - 1) as usize];
-            let Some((idx, ep, set)) = route.upstream.pick(&ctx, tried_now) else {
+            let t0 = Instant::now();
+            let Some((idx, ep, set)) = route.upstream.pick_at(&ctx, tried_now, t0) else {
                 return if attempt == 1 {
                     (
                         answer(
@@ -796,9 +810,11 @@ impl Gateway {
                 };
             };
             tried[(attempt - 1) as usize] = idx;
-            x.endpoint = Some(ep.clone());
+            if self.access.is_some() {
+                x.endpoint = Some(ep.clone()); // for the access log only
+            }
             let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
-            let mut limit = per_try.map(|d| Instant::now() + d);
+            let mut limit = per_try.map(|d| t0 + d);
             let mut deadline_hit = false;
             if let Some(d) = deadline {
                 if limit.is_none_or(|l| d <= l) {
@@ -807,7 +823,6 @@ impl Gateway {
                 }
             }
             let mut guard = Some(InFlight::enter(&ep));
-            let t0 = Instant::now();
             let result: Result<Result<UpResp, SendError>, ()> = match (&replay, fast) {
                 // The common case: HTTP/1.1 upstream, body in memory: weft's own client.
                 (Some(b), true) => {
