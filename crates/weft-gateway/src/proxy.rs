@@ -429,7 +429,506 @@ impl Gateway {
             consumer: None,
             attempts: 0,
         };
-        let mut r = self.forward(&mut x, req).await;
+        // forward → forward_inner → attempts, inlined as labelled blocks: as nested async
+        // functions each held its own copy of the request and was moved into its caller's
+        // future (multi-KiB memmoves per request in perf).
+        let mut r = {
+            let x = &mut x;
+            // CORS around everything below.
+            'forward: {
+                let (origin_ok, cors) = match &x.route.cfg.cors {
+                    Some(c) => {
+                        let origin = req.headers().get(header::ORIGIN).cloned();
+                        if let Some(o) = &origin {
+                            if req.method() == Method::OPTIONS
+                                && req
+                                    .headers()
+                                    .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+                            {
+                                break 'forward preflight(c, o);
+                            }
+                        }
+                        (origin.filter(|o| origin_allowed(c, o)), Some(c))
+                    }
+                    None => (None, None),
+                };
+                // Body limit, auth, rate limit, breaker around the attempts.
+                let mut resp = 'inner: {
+                    let route = x.route;
+                    let max_body = route.cfg.max_body_bytes.unwrap_or(x.server.max_body_bytes);
+                    let content_length = req
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    if let Some(l) = content_length.filter(|l| *l > max_body) {
+                        break 'inner answer(
+                            Reason::BodyTooLarge,
+                            &format!("body of {l} bytes is over the limit of {max_body} bytes"),
+                        );
+                    }
+                    // Authentication.
+                    if let Some(a) = &route.auth {
+                        match a.authenticate(req.headers(), req.uri().query()) {
+                            Ok(c) => x.consumer = Some(c),
+                            Err(f) => {
+                                let mut r = answer(Reason::Unauthorized, &f.message);
+                                if let Ok(v) = HeaderValue::from_str(&f.challenge) {
+                                    r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                                }
+                                break 'inner r;
+                            }
+                        }
+                    }
+                    // Rate limit.
+                    if let Some(rl) = &route.cfg.rate_limit {
+                        // Borrowed keys: the limiter clones a key only the first time it sees it.
+                        static ROUTE_KEY: String = String::new();
+                        let key: &String = match rl.by {
+                            RateKey::Consumer => x.consumer.as_ref().unwrap_or(&x.peer.ip_string),
+                            RateKey::Ip => &x.peer.ip_string,
+                            RateKey::Route => &ROUTE_KEY,
+                        };
+                        let verdict = if rl.global {
+                            // Boxed: a store round trip's future is large and rarely needed.
+                            Box::pin(self.global_limit(
+                                &route.name,
+                                key,
+                                rl.per_second,
+                                rl.burst.unwrap_or(rl.per_second),
+                            ))
+                            .await
+                        } else {
+                            match &route.limiter {
+                                Some(l) => l.check(key).map_err(|e| Some(e.retry_after)),
+                                None => Ok(()),
+                            }
+                        };
+                        match verdict {
+                            Ok(()) => {}
+                            Err(Some(after)) => {
+                                let mut r = answer(Reason::RateLimited, "rate limit exceeded");
+                                let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+                                r.headers_mut()
+                                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                                break 'inner r;
+                            }
+                            Err(None) => {
+                                break 'inner answer(
+                                    Reason::LimiterUnavailable,
+                                    "the shared rate limiter is unavailable",
+                                )
+                            }
+                        }
+                    }
+                    // Breaker.
+                    let permit = match &route.breaker {
+                        Some(b) => match b.try_acquire() {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                break 'inner answer(
+                                    Reason::BreakerOpen,
+                                    &format!("route {} is failing: {e}", route.name),
+                                )
+                            }
+                        },
+                        None => None,
+                    };
+                    // Balanced, retried, deadline-bounded forwarding.
+                    let (resp, outcome) = 'attempts: {
+                        let mut req = req;
+                        let route = x.route;
+                        let deadline = route
+                            .cfg
+                            .timeout_ms
+                            .map(|ms| Instant::now() + Duration::from_millis(ms));
+                        let upgrade = is_upgrade(req.headers());
+                        let client_upgrade = if upgrade {
+                            Some(hyper::upgrade::on(&mut req))
+                        } else {
+                            None
+                        };
+                        let (parts, body) = req.into_parts();
+                        let ctx = PickCtx::new(
+                            &route.upstream,
+                            &parts.headers,
+                            parts.uri.path(),
+                            x.remote.ip(),
+                        );
+                        // Only a streamed body's framing is read from the headers.
+                        let had_body_headers = matches!(body, RequestBody::Incoming(_))
+                            && headers_has_body(&parts.headers);
+                        // Upstream request head.
+                        let mut headers = parts.headers;
+                        strip_hop_by_hop(&mut headers, upgrade);
+                        let (original_host, host_in_headers) = match headers.get(header::HOST) {
+                            Some(h) => (Some(h.clone()), true),
+                            None => (
+                                parts
+                                    .uri
+                                    .authority()
+                                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+                                false,
+                            ),
+                        };
+                        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+                        {
+                            Some(prev) => HeaderValue::from_str(&format!(
+                                "{prev}, {}",
+                                x.peer.ip.to_str().unwrap_or("")
+                            )),
+                            None => Ok(x.peer.ip.clone()),
+                        };
+                        if let Ok(v) = xff {
+                            headers.insert(X_FORWARDED_FOR, v);
+                        }
+                        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                        if let Some(h) = &original_host {
+                            headers.insert(X_FORWARDED_HOST, h.clone());
+                        }
+                        headers.insert(x.rid_header.clone(), x.request_id.clone());
+                        headers.remove(&X_WEFT_CONSUMER);
+                        if let Some(c) = &x.consumer {
+                            if let Ok(v) = HeaderValue::from_str(c) {
+                                headers.insert(X_WEFT_CONSUMER, v);
+                            }
+                        }
+                        for h in &route.remove_headers {
+                            headers.remove(h);
+                        }
+                        for (k, v) in &route.add_headers {
+                            headers.insert(k.clone(), v.clone());
+                        }
+                        let h2 = route.upstream.cfg.protocol == crate::config::Protocol::H2c;
+                        if h2 {
+                            headers.remove(header::HOST);
+                        } else if let Some(h) = &original_host {
+                            // The client's Host is kept (over the route's header changes); it is usually
+                            // still in place.
+                            let touched = !host_in_headers
+                                || route.remove_headers.contains(&header::HOST)
+                                || route.add_headers.iter().any(|(k, _)| k == header::HOST);
+                            if touched {
+                                headers.insert(header::HOST, h.clone());
+                            }
+                        }
+                        let retry: &RetryConfig = route.cfg.retry.as_ref().unwrap_or(&NO_RETRY);
+                        let method = parts.method;
+                        let path_and_query = match x.path_and_query.take() {
+                            Some(p) => http::uri::PathAndQuery::from_maybe_shared(Bytes::from(p)),
+                            None => Ok(parts
+                                .uri
+                                .path_and_query()
+                                .cloned()
+                                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
+                        };
+                        let path_and_query = match path_and_query {
+                            Ok(p) => p,
+                            Err(e) => {
+                                break 'attempts (
+                                    answer(
+                                        Reason::BadRequest,
+                                        &format!("cannot build the upstream path: {e}"),
+                                    ),
+                                    Outcome::Ignore,
+                                )
+                            }
+                        };
+                        // A replayable body lets us retry.
+                        let mut replay: Option<Bytes> = None;
+                        let mut stream: Option<Body> = None;
+                        let retryable_method = route.retry_methods.contains(&method) && !upgrade;
+                        let body = match body {
+                            RequestBody::Buffered(b) => {
+                                if b.len() as u64 > max_body {
+                                    break 'attempts (
+                                        answer(
+                                            Reason::BodyTooLarge,
+                                            &format!("body is over the limit of {max_body} bytes"),
+                                        ),
+                                        Outcome::Ignore,
+                                    );
+                                }
+                                replay = Some(b);
+                                None
+                            }
+                            RequestBody::Incoming(b) => Some(b),
+                        };
+                        if let Some(body) = body {
+                            let bodyless = content_length == Some(0)
+                                || (content_length.is_none()
+                                    && !had_body_headers
+                                    && parts.version < http::Version::HTTP_2)
+                                || http_body::Body::is_end_stream(&body);
+                            if bodyless {
+                                replay = Some(Bytes::new());
+                            } else if retry.attempts > 1
+                                && retryable_method
+                                && content_length.is_some_and(|l| l <= retry.buffer_bytes)
+                            {
+                                match Limited::new(body, max_body as usize).collect().await {
+                                    Ok(c) => replay = Some(c.to_bytes()),
+                                    Err(e) => {
+                                        let too_large = body_too_large(&*e);
+                                        break 'attempts if too_large {
+                                            (
+                                                answer(
+                                                    Reason::BodyTooLarge,
+                                                    &format!("body is over the limit of {max_body} bytes"),
+                                                ),
+                                                Outcome::Ignore,
+                                            )
+                                        } else {
+                                            (
+                                                answer(
+                                                    Reason::BadRequest,
+                                                    &format!(
+                                                        "reading the request body failed: {e}"
+                                                    ),
+                                                ),
+                                                Outcome::Ignore,
+                                            )
+                                        };
+                                    }
+                                }
+                            } else {
+                                stream = Some(
+                                    Limited::new(body, max_body as usize)
+                                        .map_err(|e| -> BoxError { e })
+                                        .boxed_unsync(),
+                                );
+                            }
+                        }
+                        // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
+                        // upgrades and h2c go through hyper's.
+                        let fast = !h2 && !upgrade;
+                        let connect_timeout = Duration::from_millis(x.server.connect_timeout_ms);
+                        let max_attempts = if replay.is_some() && retryable_method {
+                            retry.attempts.clamp(1, 10)
+                        } else {
+                            1
+                        };
+                        let mut tried = [0usize; 10];
+                        let mut attempt = 0u32;
+                        loop {
+                            attempt += 1;
+                            x.attempts = attempt;
+                            let tried_now = &tried[..(attempt - 1) as usize];
+                            let t0 = Instant::now();
+                            let Some((idx, ep, set)) = route.upstream.pick_at(&ctx, tried_now, t0)
+                            else {
+                                break 'attempts if attempt == 1 {
+                                    (
+                                        answer(
+                                            Reason::NoHealthyUpstream,
+                                            &format!(
+                                                "upstream {} has no usable endpoint",
+                                                route.upstream.name
+                                            ),
+                                        ),
+                                        Outcome::Ignore,
+                                    )
+                                } else {
+                                    (
+                                        answer(
+                                            Reason::NoHealthyUpstream,
+                                            "no other usable endpoint to retry on",
+                                        ),
+                                        Outcome::Failure,
+                                    )
+                                };
+                            };
+                            tried[(attempt - 1) as usize] = idx;
+                            if self.access.is_some() {
+                                x.endpoint = Some(ep.clone()); // for the access log only
+                            }
+                            let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
+                            let mut limit = per_try.map(|d| t0 + d);
+                            let mut deadline_hit = false;
+                            if let Some(d) = deadline {
+                                if limit.is_none_or(|l| d <= l) {
+                                    limit = Some(d);
+                                    deadline_hit = true;
+                                }
+                            }
+                            let mut guard = Some(InFlight::enter(&ep));
+                            let result: Result<Result<UpResp, SendError>, ()> =
+                                match (&replay, fast) {
+                                    // The common case: HTTP/1.1 upstream, body in memory: weft's own client.
+                                    (Some(b), true) => {
+                                        // The in-flight count ends with the response body (at once if it came
+                                        // whole with the head).
+                                        let fut = ep.pool.send_guarded(
+                                            connect_timeout,
+                                            &method,
+                                            path_and_query.as_str(),
+                                            &headers,
+                                            b.clone(),
+                                            guard.take(),
+                                        );
+                                        within(limit, fut)
+                                            .await
+                                            .map(|r| r.map(UpResp::Fast).map_err(SendError::Fast))
+                                    }
+                                    _ => {
+                                        let uri = http::Uri::builder()
+                                            .scheme(http::uri::Scheme::HTTP)
+                                            .authority(ep.authority.clone())
+                                            .path_and_query(path_and_query.clone())
+                                            .build();
+                                        let uri = match uri {
+                                            Ok(u) => u,
+                                            Err(e) => {
+                                                break 'attempts (
+                                                    answer(
+                                                        Reason::BadRequest,
+                                                        &format!(
+                                                            "cannot build the upstream URI: {e}"
+                                                        ),
+                                                    ),
+                                                    Outcome::Ignore,
+                                                )
+                                            }
+                                        };
+                                        let body = match (&replay, stream.take()) {
+                                            (Some(b), _) if b.is_empty() => empty(),
+                                            (Some(b), _) => full(b.clone()),
+                                            (None, Some(s)) => s,
+                                            (None, None) => empty(),
+                                        };
+                                        let mut up = Request::new(body);
+                                        *up.method_mut() = method.clone();
+                                        *up.uri_mut() = uri;
+                                        *up.headers_mut() = if attempt >= max_attempts {
+                                            std::mem::take(&mut headers)
+                                        } else {
+                                            headers.clone()
+                                        };
+                                        if h2 {
+                                            *up.version_mut() = http::Version::HTTP_2;
+                                        }
+                                        let client =
+                                            if h2 { &self.client_h2 } else { &self.client_h1 };
+                                        let fut = client.request(up);
+                                        within(limit, fut)
+                                            .await
+                                            .map(|r| r.map(UpResp::Hyper).map_err(SendError::Hyper))
+                                    }
+                                };
+                            let now = Instant::now();
+                            let outlier = &route.upstream.cfg.outlier;
+                            let (failure_kind, resp) = match result {
+                                Err(()) => {
+                                    ep.observe_latency(now - t0);
+                                    ep.record(true, outlier, &set, now);
+                                    drop(guard);
+                                    (
+                                        Some(if deadline_hit {
+                                            Reason::Deadline
+                                        } else {
+                                            Reason::UpstreamTimeout
+                                        }),
+                                        None,
+                                    )
+                                }
+                                Ok(Err(e)) => {
+                                    let too_large = e.body_too_large();
+                                    if too_large {
+                                        break 'attempts (
+                                            answer(
+                                                Reason::BodyTooLarge,
+                                                &format!(
+                                                    "body is over the limit of {max_body} bytes"
+                                                ),
+                                            ),
+                                            Outcome::Ignore,
+                                        );
+                                    }
+                                    ep.record(true, outlier, &set, now);
+                                    drop(guard);
+                                    tracing::debug!(endpoint = %ep.address, "upstream error: {e:?}");
+                                    (
+                                        Some(if e.is_connect() {
+                                            Reason::ConnectError
+                                        } else {
+                                            Reason::UpstreamError
+                                        }),
+                                        None,
+                                    )
+                                }
+                                Ok(Ok(r)) => {
+                                    ep.observe_latency(now - t0);
+                                    let failed = r.status().is_server_error();
+                                    ep.record(failed, outlier, &set, now);
+                                    (None, Some((r, guard)))
+                                }
+                            };
+                            let retry_status = resp.as_ref().is_some_and(|(r, _)| {
+                                retry.on_status.contains(&r.status().as_u16())
+                            });
+                            let should_retry = (failure_kind.is_some()
+                                && failure_kind != Some(Reason::Deadline))
+                                || retry_status;
+                            let time_left = deadline.is_none_or(|d| Instant::now() < d);
+                            if should_retry && attempt < max_attempts && time_left {
+                                let budget_ok = route.budget.as_ref().is_none_or(|b| b.withdraw());
+                                if budget_ok {
+                                    metrics::counter!("weft_gateway_retries_total", "route" => route.name.clone())
+                                        .increment(1);
+                                    let backoff = Duration::from_millis(
+                                        (route.upstream.rng.next_f64()
+                                            * (10u64 << attempt.min(4)) as f64)
+                                            as u64,
+                                    );
+                                    tokio::time::sleep(backoff).await;
+                                    continue;
+                                }
+                                metrics::counter!("weft_gateway_retry_budget_exhausted_total", "route" => route.name.clone()).increment(1);
+                            }
+                            if let Some(b) = &route.budget {
+                                if attempt == 1 {
+                                    b.deposit();
+                                }
+                            }
+                            break 'attempts match (failure_kind, resp) {
+                                (Some(reason), _) => (
+                                    answer(reason, &format!("endpoint {}: {reason}", ep.address)),
+                                    Outcome::Failure,
+                                ),
+                                (None, Some((r, guard))) => {
+                                    let outcome = if r.status().is_server_error() {
+                                        Outcome::Failure
+                                    } else {
+                                        Outcome::Success
+                                    };
+                                    (self.relay(r, guard, client_upgrade), outcome)
+                                }
+                                (None, None) => (
+                                    answer(Reason::UpstreamError, "no response"),
+                                    Outcome::Failure,
+                                ),
+                            };
+                        }
+                    };
+                    if let (Some(b), Some(p)) = (&route.breaker, permit) {
+                        b.record(p, outcome);
+                    }
+                    resp
+                };
+                if let (Some(c), Some(o)) = (cors, origin_ok) {
+                    let h = resp.headers_mut();
+                    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin(c, &o));
+                    h.append(header::VARY, HeaderValue::from_static("origin"));
+                    if c.credentials {
+                        h.insert(
+                            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                            HeaderValue::from_static("true"),
+                        );
+                    }
+                }
+                resp
+            }
+        };
         for (k, v) in &route.add_response_headers {
             r.headers_mut().insert(k.clone(), v.clone());
         }
@@ -482,494 +981,6 @@ impl Gateway {
         .to_string();
         if tx.try_send(line).is_err() {
             metrics::counter!("weft_gateway_access_log_dropped_total").increment(1);
-        }
-    }
-
-    async fn forward(&self, x: &mut Exchange<'_>, req: Request<RequestBody>) -> Response<Body> {
-        let (origin_ok, cors) = match &x.route.cfg.cors {
-            Some(c) => {
-                let origin = req.headers().get(header::ORIGIN).cloned();
-                if let Some(o) = &origin {
-                    if req.method() == Method::OPTIONS
-                        && req
-                            .headers()
-                            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
-                    {
-                        return preflight(c, o);
-                    }
-                }
-                (origin.filter(|o| origin_allowed(c, o)), Some(c))
-            }
-            None => (None, None),
-        };
-        let mut resp = self.forward_inner(x, req).await;
-        if let (Some(c), Some(o)) = (cors, origin_ok) {
-            let h = resp.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin(c, &o));
-            h.append(header::VARY, HeaderValue::from_static("origin"));
-            if c.credentials {
-                h.insert(
-                    header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                    HeaderValue::from_static("true"),
-                );
-            }
-        }
-        resp
-    }
-
-    async fn forward_inner(
-        &self,
-        x: &mut Exchange<'_>,
-        req: Request<RequestBody>,
-    ) -> Response<Body> {
-        let route = x.route;
-        let max_body = route.cfg.max_body_bytes.unwrap_or(x.server.max_body_bytes);
-        let content_length = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if let Some(l) = content_length.filter(|l| *l > max_body) {
-            return answer(
-                Reason::BodyTooLarge,
-                &format!("body of {l} bytes is over the limit of {max_body} bytes"),
-            );
-        }
-        // Authentication.
-        if let Some(a) = &route.auth {
-            match a.authenticate(req.headers(), req.uri().query()) {
-                Ok(c) => x.consumer = Some(c),
-                Err(f) => {
-                    let mut r = answer(Reason::Unauthorized, &f.message);
-                    if let Ok(v) = HeaderValue::from_str(&f.challenge) {
-                        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-                    }
-                    return r;
-                }
-            }
-        }
-        // Rate limit.
-        if let Some(rl) = &route.cfg.rate_limit {
-            // Borrowed keys: the limiter clones a key only the first time it sees it.
-            static ROUTE_KEY: String = String::new();
-            let key: &String = match rl.by {
-                RateKey::Consumer => x.consumer.as_ref().unwrap_or(&x.peer.ip_string),
-                RateKey::Ip => &x.peer.ip_string,
-                RateKey::Route => &ROUTE_KEY,
-            };
-            let verdict = if rl.global {
-                // Boxed: a store round trip's future is large and rarely needed.
-                Box::pin(self.global_limit(
-                    &route.name,
-                    key,
-                    rl.per_second,
-                    rl.burst.unwrap_or(rl.per_second),
-                ))
-                .await
-            } else {
-                match &route.limiter {
-                    Some(l) => l.check(key).map_err(|e| Some(e.retry_after)),
-                    None => Ok(()),
-                }
-            };
-            match verdict {
-                Ok(()) => {}
-                Err(Some(after)) => {
-                    let mut r = answer(Reason::RateLimited, "rate limit exceeded");
-                    let secs = after.as_secs_f64().ceil().max(1.0) as u64;
-                    r.headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                    return r;
-                }
-                Err(None) => {
-                    return answer(
-                        Reason::LimiterUnavailable,
-                        "the shared rate limiter is unavailable",
-                    )
-                }
-            }
-        }
-        // Breaker.
-        let permit = match &route.breaker {
-            Some(b) => match b.try_acquire() {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    return answer(
-                        Reason::BreakerOpen,
-                        &format!("route {} is failing: {e}", route.name),
-                    )
-                }
-            },
-            None => None,
-        };
-        let (resp, outcome) = self.attempts(x, req, max_body, content_length).await;
-        if let (Some(b), Some(p)) = (&route.breaker, permit) {
-            b.record(p, outcome);
-        }
-        resp
-    }
-
-    async fn attempts(
-        &self,
-        x: &mut Exchange<'_>,
-        mut req: Request<RequestBody>,
-        max_body: u64,
-        content_length: Option<u64>,
-    ) -> (Response<Body>, Outcome) {
-        let route = x.route;
-        let deadline = route
-            .cfg
-            .timeout_ms
-            .map(|ms| Instant::now() + Duration::from_millis(ms));
-        let upgrade = is_upgrade(req.headers());
-        let client_upgrade = if upgrade {
-            Some(hyper::upgrade::on(&mut req))
-        } else {
-            None
-        };
-        let (parts, body) = req.into_parts();
-        let ctx = PickCtx::new(
-            &route.upstream,
-            &parts.headers,
-            parts.uri.path(),
-            x.remote.ip(),
-        );
-        // Only a streamed body's framing is read from the headers.
-        let had_body_headers =
-            matches!(body, RequestBody::Incoming(_)) && headers_has_body(&parts.headers);
-        // Upstream request head.
-        let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers, upgrade);
-        let (original_host, host_in_headers) = match headers.get(header::HOST) {
-            Some(h) => (Some(h.clone()), true),
-            None => (
-                parts
-                    .uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
-                false,
-            ),
-        };
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                HeaderValue::from_str(&format!("{prev}, {}", x.peer.ip.to_str().unwrap_or("")))
-            }
-            None => Ok(x.peer.ip.clone()),
-        };
-        if let Ok(v) = xff {
-            headers.insert(X_FORWARDED_FOR, v);
-        }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        if let Some(h) = &original_host {
-            headers.insert(X_FORWARDED_HOST, h.clone());
-        }
-        headers.insert(x.rid_header.clone(), x.request_id.clone());
-        headers.remove(&X_WEFT_CONSUMER);
-        if let Some(c) = &x.consumer {
-            if let Ok(v) = HeaderValue::from_str(c) {
-                headers.insert(X_WEFT_CONSUMER, v);
-            }
-        }
-        for h in &route.remove_headers {
-            headers.remove(h);
-        }
-        for (k, v) in &route.add_headers {
-            headers.insert(k.clone(), v.clone());
-        }
-        let h2 = route.upstream.cfg.protocol == crate::config::Protocol::H2c;
-        if h2 {
-            headers.remove(header::HOST);
-        } else if let Some(h) = &original_host {
-            // The client's Host is kept (over the route's header changes); it is usually
-            // still in place.
-            let touched = !host_in_headers
-                || route.remove_headers.contains(&header::HOST)
-                || route.add_headers.iter().any(|(k, _)| k == header::HOST);
-            if touched {
-                headers.insert(header::HOST, h.clone());
-            }
-        }
-        let retry: &RetryConfig = route.cfg.retry.as_ref().unwrap_or(&NO_RETRY);
-        let method = parts.method;
-        let path_and_query = match x.path_and_query.take() {
-            Some(p) => http::uri::PathAndQuery::from_maybe_shared(Bytes::from(p)),
-            None => Ok(parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"))),
-        };
-        let path_and_query = match path_and_query {
-            Ok(p) => p,
-            Err(e) => {
-                return (
-                    answer(
-                        Reason::BadRequest,
-                        &format!("cannot build the upstream path: {e}"),
-                    ),
-                    Outcome::Ignore,
-                )
-            }
-        };
-        // A replayable body lets us retry.
-        let mut replay: Option<Bytes> = None;
-        let mut stream: Option<Body> = None;
-        let retryable_method = route.retry_methods.contains(&method) && !upgrade;
-        let body = match body {
-            RequestBody::Buffered(b) => {
-                if b.len() as u64 > max_body {
-                    return (
-                        answer(
-                            Reason::BodyTooLarge,
-                            &format!("body is over the limit of {max_body} bytes"),
-                        ),
-                        Outcome::Ignore,
-                    );
-                }
-                replay = Some(b);
-                None
-            }
-            RequestBody::Incoming(b) => Some(b),
-        };
-        if let Some(body) = body {
-            let bodyless = content_length == Some(0)
-                || (content_length.is_none()
-                    && !had_body_headers
-                    && parts.version < http::Version::HTTP_2)
-                || http_body::Body::is_end_stream(&body);
-            if bodyless {
-                replay = Some(Bytes::new());
-            } else if retry.attempts > 1
-                && retryable_method
-                && content_length.is_some_and(|l| l <= retry.buffer_bytes)
-            {
-                match Limited::new(body, max_body as usize).collect().await {
-                    Ok(c) => replay = Some(c.to_bytes()),
-                    Err(e) => {
-                        let too_large = body_too_large(&*e);
-                        return if too_large {
-                            (
-                                answer(
-                                    Reason::BodyTooLarge,
-                                    &format!("body is over the limit of {max_body} bytes"),
-                                ),
-                                Outcome::Ignore,
-                            )
-                        } else {
-                            (
-                                answer(
-                                    Reason::BadRequest,
-                                    &format!("reading the request body failed: {e}"),
-                                ),
-                                Outcome::Ignore,
-                            )
-                        };
-                    }
-                }
-            } else {
-                stream = Some(
-                    Limited::new(body, max_body as usize)
-                        .map_err(|e| -> BoxError { e })
-                        .boxed_unsync(),
-                );
-            }
-        }
-        // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
-        // upgrades and h2c go through hyper's.
-        let fast = !h2 && !upgrade;
-        let connect_timeout = Duration::from_millis(x.server.connect_timeout_ms);
-        let max_attempts = if replay.is_some() && retryable_method {
-            retry.attempts.clamp(1, 10)
-        } else {
-            1
-        };
-        let mut tried = [0usize; 10];
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            x.attempts = attempt;
-            let tried_now = &tried[..(attempt - 1) as usize];
-            let t0 = Instant::now();
-            let Some((idx, ep, set)) = route.upstream.pick_at(&ctx, tried_now, t0) else {
-                return if attempt == 1 {
-                    (
-                        answer(
-                            Reason::NoHealthyUpstream,
-                            &format!("upstream {} has no usable endpoint", route.upstream.name),
-                        ),
-                        Outcome::Ignore,
-                    )
-                } else {
-                    (
-                        answer(
-                            Reason::NoHealthyUpstream,
-                            "no other usable endpoint to retry on",
-                        ),
-                        Outcome::Failure,
-                    )
-                };
-            };
-            tried[(attempt - 1) as usize] = idx;
-            if self.access.is_some() {
-                x.endpoint = Some(ep.clone()); // for the access log only
-            }
-            let per_try = retry.per_try_timeout_ms.map(Duration::from_millis);
-            let mut limit = per_try.map(|d| t0 + d);
-            let mut deadline_hit = false;
-            if let Some(d) = deadline {
-                if limit.is_none_or(|l| d <= l) {
-                    limit = Some(d);
-                    deadline_hit = true;
-                }
-            }
-            let mut guard = Some(InFlight::enter(&ep));
-            let result: Result<Result<UpResp, SendError>, ()> = match (&replay, fast) {
-                // The common case: HTTP/1.1 upstream, body in memory: weft's own client.
-                (Some(b), true) => {
-                    // The in-flight count ends with the response body (at once if it came
-                    // whole with the head).
-                    let fut = ep.pool.send_guarded(
-                        connect_timeout,
-                        &method,
-                        path_and_query.as_str(),
-                        &headers,
-                        b.clone(),
-                        guard.take(),
-                    );
-                    within(limit, fut)
-                        .await
-                        .map(|r| r.map(UpResp::Fast).map_err(SendError::Fast))
-                }
-                _ => {
-                    let uri = http::Uri::builder()
-                        .scheme(http::uri::Scheme::HTTP)
-                        .authority(ep.authority.clone())
-                        .path_and_query(path_and_query.clone())
-                        .build();
-                    let uri = match uri {
-                        Ok(u) => u,
-                        Err(e) => {
-                            return (
-                                answer(
-                                    Reason::BadRequest,
-                                    &format!("cannot build the upstream URI: {e}"),
-                                ),
-                                Outcome::Ignore,
-                            )
-                        }
-                    };
-                    let body = match (&replay, stream.take()) {
-                        (Some(b), _) if b.is_empty() => empty(),
-                        (Some(b), _) => full(b.clone()),
-                        (None, Some(s)) => s,
-                        (None, None) => empty(),
-                    };
-                    let mut up = Request::new(body);
-                    *up.method_mut() = method.clone();
-                    *up.uri_mut() = uri;
-                    *up.headers_mut() = if attempt >= max_attempts {
-                        std::mem::take(&mut headers)
-                    } else {
-                        headers.clone()
-                    };
-                    if h2 {
-                        *up.version_mut() = http::Version::HTTP_2;
-                    }
-                    let client = if h2 { &self.client_h2 } else { &self.client_h1 };
-                    let fut = client.request(up);
-                    within(limit, fut)
-                        .await
-                        .map(|r| r.map(UpResp::Hyper).map_err(SendError::Hyper))
-                }
-            };
-            let now = Instant::now();
-            let outlier = &route.upstream.cfg.outlier;
-            let (failure_kind, resp) = match result {
-                Err(()) => {
-                    ep.observe_latency(now - t0);
-                    ep.record(true, outlier, &set, now);
-                    drop(guard);
-                    (
-                        Some(if deadline_hit {
-                            Reason::Deadline
-                        } else {
-                            Reason::UpstreamTimeout
-                        }),
-                        None,
-                    )
-                }
-                Ok(Err(e)) => {
-                    let too_large = e.body_too_large();
-                    if too_large {
-                        return (
-                            answer(
-                                Reason::BodyTooLarge,
-                                &format!("body is over the limit of {max_body} bytes"),
-                            ),
-                            Outcome::Ignore,
-                        );
-                    }
-                    ep.record(true, outlier, &set, now);
-                    drop(guard);
-                    tracing::debug!(endpoint = %ep.address, "upstream error: {e:?}");
-                    (
-                        Some(if e.is_connect() {
-                            Reason::ConnectError
-                        } else {
-                            Reason::UpstreamError
-                        }),
-                        None,
-                    )
-                }
-                Ok(Ok(r)) => {
-                    ep.observe_latency(now - t0);
-                    let failed = r.status().is_server_error();
-                    ep.record(failed, outlier, &set, now);
-                    (None, Some((r, guard)))
-                }
-            };
-            let retry_status = resp
-                .as_ref()
-                .is_some_and(|(r, _)| retry.on_status.contains(&r.status().as_u16()));
-            let should_retry =
-                (failure_kind.is_some() && failure_kind != Some(Reason::Deadline)) || retry_status;
-            let time_left = deadline.is_none_or(|d| Instant::now() < d);
-            if should_retry && attempt < max_attempts && time_left {
-                let budget_ok = route.budget.as_ref().is_none_or(|b| b.withdraw());
-                if budget_ok {
-                    metrics::counter!("weft_gateway_retries_total", "route" => route.name.clone())
-                        .increment(1);
-                    let backoff = Duration::from_millis(
-                        (route.upstream.rng.next_f64() * (10u64 << attempt.min(4)) as f64) as u64,
-                    );
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-                metrics::counter!("weft_gateway_retry_budget_exhausted_total", "route" => route.name.clone()).increment(1);
-            }
-            if let Some(b) = &route.budget {
-                if attempt == 1 {
-                    b.deposit();
-                }
-            }
-            return match (failure_kind, resp) {
-                (Some(reason), _) => (
-                    answer(reason, &format!("endpoint {}: {reason}", ep.address)),
-                    Outcome::Failure,
-                ),
-                (None, Some((r, guard))) => {
-                    let outcome = if r.status().is_server_error() {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    };
-                    (self.relay(r, guard, client_upgrade), outcome)
-                }
-                (None, None) => (
-                    answer(Reason::UpstreamError, "no response"),
-                    Outcome::Failure,
-                ),
-            };
         }
     }
 
