@@ -218,6 +218,24 @@ impl Pool {
         body: Bytes,
         guard: Option<G>,
     ) -> Result<Response<Body>, Error> {
+        self.send_with(connect_timeout, method, target, headers, &[], body, guard)
+            .await
+    }
+
+    /// [`Pool::send_guarded`] with header overrides written straight into the request head:
+    /// each `(name, value)` in `extra` replaces every `headers` entry of that name (`None`
+    /// just drops them). Saves the map operations of inserting them first.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_with<G: Send + 'static>(
+        self: &Arc<Self>,
+        connect_timeout: std::time::Duration,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        extra: &[(&HeaderName, Option<&HeaderValue>)],
+        body: Bytes,
+        guard: Option<G>,
+    ) -> Result<Response<Body>, Error> {
         let addr = self.addr.as_str();
         // At most two tries: the second only on a fresh connection, so it never loops again.
         let mut reused = self.checkout();
@@ -228,7 +246,7 @@ impl Pool {
                 // Boxed: rare, and it would make every request's future larger.
                 None => Box::pin(connect(addr, connect_timeout)).await?,
             };
-            encode_head(&mut conn.wbuf, method, target, headers, &body, addr);
+            encode_head(&mut conn.wbuf, method, target, headers, extra, &body, addr);
             match exchange(&mut conn, &body, method).await {
                 Ok(head) => return Ok(self.respond(conn, head, guard)),
                 Err(Failure { error, written }) => {
@@ -351,6 +369,7 @@ fn encode_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    extra: &[(&HeaderName, Option<&HeaderValue>)],
     body: &Bytes,
     addr: &str,
 ) {
@@ -370,10 +389,21 @@ fn encode_head(
             had_length = true;
             continue;
         }
+        if extra.iter().any(|(n, _)| *n == k) {
+            continue;
+        }
         out.extend_from_slice(k.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    for (k, v) in extra {
+        if let Some(v) = v {
+            out.extend_from_slice(k.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if !body.is_empty()
         || had_length
@@ -960,6 +990,43 @@ mod tests {
             let mut b = BytesMut::from(bad);
             assert!(parse_head(&mut b, &Method::GET).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn extra_headers_replace_or_drop_map_entries() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example"));
+        h.append("x-a", HeaderValue::from_static("1"));
+        h.append("x-a", HeaderValue::from_static("2"));
+        h.insert("x-gone", HeaderValue::from_static("g"));
+        h.insert("x-kept", HeaderValue::from_static("k"));
+        let (a, gone, new) = (
+            HeaderName::from_static("x-a"),
+            HeaderName::from_static("x-gone"),
+            HeaderName::from_static("x-new"),
+        );
+        let three = HeaderValue::from_static("3");
+        let n = HeaderValue::from_static("n");
+        let extra = [(&a, Some(&three)), (&gone, None), (&new, Some(&n))];
+        let mut out = Vec::new();
+        encode_head(
+            &mut out,
+            &Method::GET,
+            "/p",
+            &h,
+            &extra,
+            &Bytes::new(),
+            "up:1",
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("GET /p HTTP/1.1\r\n"), "{text}");
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert!(lines.contains(&"host: example"));
+        assert!(lines.contains(&"x-kept: k"));
+        assert!(lines.contains(&"x-a: 3"));
+        assert!(lines.contains(&"x-new: n"));
+        assert!(!text.contains("x-a: 1") && !text.contains("x-a: 2") && !text.contains("x-gone"));
+        assert!(text.ends_with("\r\n\r\n"));
     }
 
     #[test]

@@ -579,38 +579,40 @@ impl Gateway {
                             )),
                             None => Ok(x.peer.ip.clone()),
                         };
-                        if let Ok(v) = xff {
-                            headers.insert(X_FORWARDED_FOR, v);
-                        }
-                        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-                        if let Some(h) = &original_host {
-                            headers.insert(X_FORWARDED_HOST, h.clone());
-                        }
-                        headers.insert(x.rid_header.clone(), x.request_id.clone());
-                        headers.remove(&X_WEFT_CONSUMER);
-                        if let Some(c) = &x.consumer {
-                            if let Ok(v) = HeaderValue::from_str(c) {
-                                headers.insert(X_WEFT_CONSUMER, v);
+                        let xff = xff.ok();
+                        let consumer = x
+                            .consumer
+                            .as_ref()
+                            .and_then(|c| HeaderValue::from_str(c).ok());
+                        let proto = HeaderValue::from_static("http");
+                        // The forwarding headers: each replaces the client's (None: drops it).
+                        // A client value that cannot be extended (XFF) or is not replaced (XFH
+                        // without a host) passes through.
+                        let [xff_n, xfp_n, xfh_n, consumer_n] = [
+                            X_FORWARDED_FOR,
+                            X_FORWARDED_PROTO,
+                            X_FORWARDED_HOST,
+                            X_WEFT_CONSUMER,
+                        ];
+                        let mut forwarded: [(&HeaderName, Option<&HeaderValue>); 5] =
+                            [(&consumer_n, None); 5];
+                        let mut n_fwd = 0;
+                        for (k, v) in [
+                            (&xff_n, xff.as_ref().map(Some)),
+                            (&xfp_n, Some(Some(&proto))),
+                            (&xfh_n, original_host.as_ref().map(Some)),
+                            (x.rid_header, Some(Some(x.request_id))),
+                            (&consumer_n, Some(consumer.as_ref())),
+                        ] {
+                            if let Some(v) = v {
+                                forwarded[n_fwd] = (k, v);
+                                n_fwd += 1;
                             }
                         }
-                        for h in &route.remove_headers {
-                            headers.remove(h);
-                        }
-                        for (k, v) in &route.add_headers {
-                            headers.insert(k.clone(), v.clone());
-                        }
+                        let forwarded = &forwarded[..n_fwd];
                         let h2 = route.upstream.cfg.protocol == crate::config::Protocol::H2c;
                         if h2 {
                             headers.remove(header::HOST);
-                        } else if let Some(h) = &original_host {
-                            // The client's Host is kept (over the route's header changes); it is usually
-                            // still in place.
-                            let touched = !host_in_headers
-                                || route.remove_headers.contains(&header::HOST)
-                                || route.add_headers.iter().any(|(k, _)| k == header::HOST);
-                            if touched {
-                                headers.insert(header::HOST, h.clone());
-                            }
                         }
                         let retry: &RetryConfig = route.cfg.retry.as_ref().unwrap_or(&NO_RETRY);
                         let method = parts.method;
@@ -702,6 +704,44 @@ impl Gateway {
                         // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
                         // upgrades and h2c go through hyper's.
                         let fast = !h2 && !upgrade;
+                        // weft's client writes the forwarding headers straight into the request
+                        // head when the route edits no headers; otherwise they go into the map
+                        // first, then the route's removals and additions (which may override them).
+                        let direct = fast
+                            && replay.is_some()
+                            && route.add_headers.is_empty()
+                            && route.remove_headers.is_empty();
+                        if !direct {
+                            for (k, v) in forwarded {
+                                match v {
+                                    Some(v) => {
+                                        headers.insert((*k).clone(), (*v).clone());
+                                    }
+                                    None => {
+                                        headers.remove(*k);
+                                    }
+                                }
+                            }
+                            for h in &route.remove_headers {
+                                headers.remove(h);
+                            }
+                            for (k, v) in &route.add_headers {
+                                headers.insert(k.clone(), v.clone());
+                            }
+                        }
+                        // The client's Host is kept (over the route's header changes); it is
+                        // usually still in place.
+                        if !h2 {
+                            if let Some(h) = &original_host {
+                                let touched = !host_in_headers
+                                    || route.remove_headers.contains(&header::HOST)
+                                    || route.add_headers.iter().any(|(k, _)| k == header::HOST);
+                                if touched {
+                                    headers.insert(header::HOST, h.clone());
+                                }
+                            }
+                        }
+                        let extra = if direct { forwarded } else { &[] };
                         let connect_timeout = Duration::from_millis(x.server.connect_timeout_ms);
                         let max_attempts = if replay.is_some() && retryable_method {
                             retry.attempts.clamp(1, 10)
@@ -758,11 +798,12 @@ impl Gateway {
                                     (Some(b), true) => {
                                         // The in-flight count ends with the response body (at once if it came
                                         // whole with the head).
-                                        let fut = ep.pool.send_guarded(
+                                        let fut = ep.pool.send_with(
                                             connect_timeout,
                                             &method,
                                             path_and_query.as_str(),
                                             &headers,
+                                            extra,
                                             b.clone(),
                                             guard.take(),
                                         );

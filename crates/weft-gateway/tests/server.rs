@@ -342,3 +342,50 @@ async fn slow_heads_time_out_after_a_request_and_idle_connections_close_on_shutd
     assert!(t0.elapsed() < Duration::from_secs(2));
     assert!(closed(&mut idle).await);
 }
+
+#[tokio::test]
+async fn forwarding_headers_replace_the_clients_on_both_header_paths() {
+    let a = TestUpstream::start("a").await;
+    // Route `plain` edits no headers (weft's client writes the forwarding headers into the
+    // request head); route `edited` overrides one of them (they go through the header map).
+    let toml = format!(
+        r#"
+[[route]]
+name = "plain"
+path_prefix = "/plain"
+upstream = "u"
+
+[[route]]
+name = "edited"
+path_prefix = "/edited"
+upstream = "u"
+add_headers = {{ "x-forwarded-proto" = "https" }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}]
+"#,
+        a.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    let spoofed = [
+        ("x-weft-consumer", "forged"),
+        ("x-forwarded-proto", "gopher"),
+        ("x-forwarded-host", "evil"),
+        ("x-forwarded-for", "10.1.1.1"),
+        ("x-request-id", "client-id-1"),
+    ];
+    for (path, proto) in [("/plain", "http"), ("/edited", "https")] {
+        let r = get_h(gw.addr, path, &spoofed).await;
+        let h = &r.json()["headers"];
+        assert!(h.get("x-weft-consumer").is_none(), "{path}: {h}");
+        assert_eq!(h["x-forwarded-proto"], proto, "{path}");
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1, 127.0.0.1", "{path}");
+        // The client's Host (not its X-Forwarded-Host) is what is forwarded; one value each.
+        let host = h["host"].as_str().unwrap();
+        assert_eq!(h["x-forwarded-host"], host, "{path}");
+        assert_eq!(h["x-request-id"], "client-id-1", "{path}");
+        assert_eq!(r.headers["x-request-id"], "client-id-1");
+    }
+    gw.shutdown().await;
+}
