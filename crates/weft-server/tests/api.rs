@@ -610,3 +610,22 @@ async fn elections_and_services_over_http() {
     assert!(s == 400 || s == 404, "{s} {e}");
     n.shutdown().await;
 }
+
+#[test]
+fn latency_histograms_render_as_buckets() {
+    weft_server::install_metrics();
+    let h = metrics::histogram!("weft_test_latency_seconds");
+    h.record(0.003);
+    h.record(0.003);
+    h.record(7.0);
+    let out = weft_server::render_metrics();
+    assert!(
+        out.contains("weft_test_latency_seconds_bucket{le=\"0.005\"} 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("weft_test_latency_seconds_bucket{le=\"+Inf\"} 3"),
+        "{out}"
+    );
+    assert!(out.contains("weft_test_latency_seconds_count 3"), "{out}");
+}
