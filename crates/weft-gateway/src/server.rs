@@ -52,9 +52,11 @@ pub fn bind_workers(
 /// Thread-per-core serving, as nginx workers do: one OS thread with its own single-threaded
 /// tokio runtime and accept loop per listener (see [`bind_workers`]); the first listener is
 /// served on the calling task's runtime, which also keeps running the gateway's background
-/// work (health checks, discovery, reloads). Connections stay on the thread that accepted
-/// them, so a request never hops between threads, and upstream keep-alive connections are
-/// reused by the thread that made them. Returns after `shutdown` once every worker drained.
+/// work (health checks, discovery, reloads). New connections are dealt round robin to the
+/// workers, whichever listener accepted them (a hand-off only at accept); a connection then
+/// stays on its worker, so a request never hops between threads, and upstream keep-alive
+/// connections are reused by the thread that made them. Returns after `shutdown` once every
+/// worker drained.
 pub async fn serve_threads(
     listeners: Vec<std::net::TcpListener>,
     gw: Arc<Gateway>,
@@ -67,9 +69,24 @@ pub async fn serve_threads(
             "serve_threads needs at least one listener",
         ));
     };
+    let rest: Vec<std::net::TcpListener> = listeners.collect();
+    // Connections are spread round robin over the workers (see `Dispatch`).
+    let (senders, mut inboxes): (Vec<_>, Vec<_>) = (0..=rest.len())
+        .map(|_| tokio::sync::mpsc::unbounded_channel::<Handoff>())
+        .unzip();
+    let dispatch = Arc::new(Dispatch {
+        next: std::sync::atomic::AtomicUsize::new(0),
+        workers: senders,
+    });
+    let mut inboxes = inboxes.drain(..).enumerate().map(|(me, inbox)| Worker {
+        me,
+        dispatch: dispatch.clone(),
+        inbox,
+    });
+    let first_worker = inboxes.next();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut workers = Vec::new();
-    for (i, l) in listeners.enumerate() {
+    for ((i, l), w) in rest.into_iter().enumerate().zip(inboxes) {
         let gw = gw.clone();
         let mut rx = stop_rx.clone();
         let worker = i + 1;
@@ -83,9 +100,14 @@ pub async fn serve_threads(
                     crate::h1::set_worker(worker);
                     l.set_nonblocking(true)?;
                     let l = TcpListener::from_std(l)?;
-                    serve(l, gw, async move {
-                        let _ = rx.wait_for(|s| *s).await;
-                    })
+                    serve_worker(
+                        l,
+                        gw,
+                        async move {
+                            let _ = rx.wait_for(|s| *s).await;
+                        },
+                        Some(w),
+                    )
                     .await
                 })
             })?;
@@ -93,10 +115,18 @@ pub async fn serve_threads(
     }
     first.set_nonblocking(true)?;
     let first = TcpListener::from_std(first)?;
-    let res = serve(first, gw, async {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    })
+    drop(dispatch);
+    // With one worker there is nobody to hand connections to.
+    let first_worker = first_worker.filter(|w| w.dispatch.workers.len() > 1);
+    let res = serve_worker(
+        first,
+        gw,
+        async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        },
+        first_worker,
+    )
     .await;
     let _ = stop_tx.send(true);
     let joined = tokio::task::spawn_blocking(move || {
@@ -120,18 +150,74 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_worker(listener, gw, shutdown, None).await
+}
+
+/// A freshly accepted connection handed from one worker to another.
+type Handoff = (std::net::TcpStream, std::net::SocketAddr);
+
+/// How the workers of [`serve_threads`] share connections: round robin by count, whichever
+/// worker's listener accepted them (the kernel's `SO_REUSEPORT` hash can leave one worker with
+/// most of a client's connections: 2:1 was seen with 64 wrk connections).
+struct Dispatch {
+    next: std::sync::atomic::AtomicUsize,
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Handoff>>,
+}
+
+/// One worker's share of [`Dispatch`]: its index and its inbox.
+struct Worker {
+    me: usize,
+    dispatch: Arc<Dispatch>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handoff>,
+}
+
+async fn serve_worker(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    mut worker: Option<Worker>,
+) -> std::io::Result<()> {
     let stop = crate::conn::Stop::default();
     // Each connection holds a sender: `recv` returns `None` once all of them are done.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
+        let inbox = async {
+            match worker.as_mut() {
+                Some(w) => w.inbox.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let (stream, remote) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok((stream, remote)) => {
+                    if let Some(w) = &worker {
+                        let n = w.dispatch.workers.len();
+                        let to = w.dispatch.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+                        if to != w.me {
+                            // Deregistered here, registered by the receiving worker's runtime.
+                            match stream.into_std() {
+                                Ok(std) => {
+                                    let _ = w.dispatch.workers[to].send((std, remote));
+                                }
+                                Err(e) => tracing::debug!("hand-off failed: {e}"),
+                            }
+                            continue;
+                        }
+                    }
+                    (stream, remote)
+                }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            Some((std, remote)) = inbox => match tokio::net::TcpStream::from_std(std) {
+                Ok(stream) => (stream, remote),
+                Err(e) => {
+                    tracing::debug!("taking over a connection failed: {e}");
                     continue;
                 }
             },
