@@ -156,14 +156,16 @@ run_wrk() { # $1 = label, $2 = proxy pid, $3 = url, rest = wrk args; appends to 
     printf '%s\t%s\t%s\t%s\t%s\n' "$label" "$rps" "$p50" "$p99" "$cpu" >> "$WORK/results.tsv"
 }
 
-start_weft() { # $1 = threads, $2 = port (runs in this shell so cleanup can stop it)
-    "$WEFT" gateway --threads "$1" --listen 127.0.0.1:"$2" --config "$WORK/gw.toml" >/dev/null 2>"$WORK/weft-$1.log" &
+start_weft() { # $1 = threads, $2 = port, rest = flags (runs in this shell so cleanup can stop it)
+    local t=$1 port=$2; shift 2
+    "$WEFT" gateway --threads "$t" --listen 127.0.0.1:"$port" --config "$WORK/gw.toml" "$@" >/dev/null 2>"$WORK/weft-$t-$port.log" &
     PIDS+=($!)
-    wait_port "$2"
+    wait_port "$port"
 }
 
 W1=$(free_port); start_weft 1 "$W1"; W1PID=${PIDS[-1]}
 W2=$(free_port); start_weft 2 "$W2"; W2PID=${PIDS[-1]}
+W2P=$(free_port); start_weft 2 "$W2P" --pin-cpus; W2PPID=${PIDS[-1]}
 # The floor: hyper's server (h1/h2c detection, header-read timer) + hyper-util's pooled client
 # with nothing in between, one thread.
 BP=$(free_port)
@@ -200,6 +202,7 @@ for round in $(seq "$ROUNDS"); do
     run_wrk "bare hyper server + weft h1 client, 1 thread" "$BFPID" "http://127.0.0.1:$BF/"
     run_wrk "weft gateway, 1 thread" "$W1PID" "http://127.0.0.1:$W1/"
     run_wrk "weft gateway, 2 threads" "$W2PID" "http://127.0.0.1:$W2/"
+    run_wrk "weft gateway, 2 threads, --pin-cpus" "$W2PPID" "http://127.0.0.1:$W2P/"
     run_wrk "nginx 1.22 proxy, 2 workers (reference)" "$NGX2PIDS" "http://127.0.0.1:$NGX2/"
     run_wrk "weft 1 thread + JWT (HS256)" "$W1PID" "http://127.0.0.1:$W1/jwt" -H "Authorization: Bearer $TOKEN"
     run_wrk "weft 1 thread + rate limit (per IP, never hit)" "$W1PID" "http://127.0.0.1:$W1/ratelimit"

@@ -65,7 +65,10 @@ pub use config::Config;
 #[doc(hidden)]
 pub use conn::{decode_request, Decoded};
 pub use error::{ConfigError, GatewayError, Reason};
-pub use server::{bind_workers, serve, serve_admin, serve_threads, MetricsRender};
+pub use server::{
+    bind_workers, serve, serve_admin, serve_threads, serve_threads_with, MetricsRender,
+    ThreadOptions,
+};
 
 use crate::auth::Authenticator;
 use crate::config::{BreakerConfig, RateLimitConfig, RetryConfig, RouteConfig, UpstreamConfig};

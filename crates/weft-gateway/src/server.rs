@@ -62,6 +62,52 @@ pub async fn serve_threads(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve_threads_with(listeners, gw, shutdown, ThreadOptions::default()).await
+}
+
+/// Options of [`serve_threads_with`].
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct ThreadOptions {
+    /// Pin worker `k` (the calling thread is worker 0) to the `k`-th CPU the process may run
+    /// on, as nginx's `worker_cpu_affinity auto`. Off by default. With as many workers as
+    /// cores on a busy machine it keeps the scheduler from stacking two workers on one CPU:
+    /// in a 2-worker wrk run on 2 cores the p99 went from 3.7–4.5 ms to 1.3 ms.
+    pub pin_cpus: bool,
+}
+
+impl ThreadOptions {
+    /// Options with CPU pinning on or off.
+    pub fn pin_cpus(mut self, on: bool) -> Self {
+        self.pin_cpus = on;
+        self
+    }
+}
+
+/// Pins the calling thread to the `k`-th CPU (modulo their number) of the process's allowed
+/// set; returns that CPU's number.
+pub(crate) fn pin_current_thread(k: usize) -> std::io::Result<usize> {
+    use rustix::thread::{sched_getaffinity, sched_setaffinity, CpuSet};
+    let allowed = sched_getaffinity(None)?;
+    let cpus: Vec<usize> = (0..CpuSet::MAX_CPU)
+        .filter(|&c| allowed.is_set(c))
+        .collect();
+    let Some(&cpu) = cpus.get(k % cpus.len().max(1)) else {
+        return Err(std::io::Error::other("no CPU in the affinity mask"));
+    };
+    let mut one = CpuSet::new();
+    one.set(cpu);
+    sched_setaffinity(None, &one)?;
+    Ok(cpu)
+}
+
+/// [`serve_threads`] with options.
+pub async fn serve_threads_with(
+    listeners: Vec<std::net::TcpListener>,
+    gw: Arc<Gateway>,
+    shutdown: impl Future<Output = ()>,
+    opts: ThreadOptions,
+) -> std::io::Result<()> {
     let mut listeners = listeners.into_iter();
     let Some(first) = listeners.next() else {
         return Err(std::io::Error::new(
@@ -96,6 +142,12 @@ pub async fn serve_threads(
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
+                if opts.pin_cpus {
+                    match pin_current_thread(worker) {
+                        Ok(cpu) => tracing::debug!(worker, cpu, "worker pinned"),
+                        Err(e) => tracing::warn!(worker, "cannot pin the worker to a CPU: {e}"),
+                    }
+                }
                 rt.block_on(async move {
                     crate::h1::set_worker(worker);
                     l.set_nonblocking(true)?;
@@ -116,6 +168,12 @@ pub async fn serve_threads(
     first.set_nonblocking(true)?;
     let first = TcpListener::from_std(first)?;
     drop(dispatch);
+    if opts.pin_cpus {
+        match pin_current_thread(0) {
+            Ok(cpu) => tracing::debug!(worker = 0, cpu, "worker pinned"),
+            Err(e) => tracing::warn!(worker = 0, "cannot pin the worker to a CPU: {e}"),
+        }
+    }
     // With one worker there is nobody to hand connections to.
     let first_worker = first_worker.filter(|w| w.dispatch.workers.len() > 1);
     let res = serve_worker(
@@ -396,5 +454,24 @@ pub async fn serve_admin(
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_pinned_thread_runs_on_exactly_one_allowed_cpu() {
+        let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+        let n = allowed.count() as usize;
+        // On its own thread: pinning must not leak into the test harness's threads.
+        let (cpu, after) = std::thread::spawn(move || {
+            let cpu = super::pin_current_thread(n + 1).unwrap();
+            (cpu, rustix::thread::sched_getaffinity(None).unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(after.count(), 1);
+        assert!(after.is_set(cpu));
+        assert!(allowed.is_set(cpu), "cpu {cpu} is in the allowed set");
     }
 }

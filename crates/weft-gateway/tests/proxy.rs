@@ -734,11 +734,19 @@ async fn thread_per_core_workers_share_one_port_and_drain_on_shutdown() {
     let e = weft_gateway::bind_workers(addr, 2).unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(weft_gateway::serve_threads(listeners, gw, async move {
-        let _ = rx.await;
-    }));
-    // A new connection each time, so the kernel can hand them to any of the three workers
-    // (which one is not observable here; every request must succeed wherever it lands).
+    // Pinned workers (each on one CPU; on this test's thread too, which ends with it).
+    let opts = weft_gateway::ThreadOptions::default().pin_cpus(true);
+    let task = tokio::spawn(weft_gateway::serve_threads_with(
+        listeners,
+        gw,
+        async move {
+            let _ = rx.await;
+        },
+        opts,
+    ));
+    // A new connection each time: they are dealt round robin to the three workers, so two
+    // of three are handed from the accepting worker to another one (which worker served a
+    // request is not observable here; every request must succeed wherever it lands).
     for _ in 0..60 {
         assert_eq!(get(addr, "/x").await.status, 200);
     }

@@ -33,6 +33,10 @@ pub(crate) struct GatewayArgs {
     /// SO_REUSEPORT socket (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Pin worker k to the k-th CPU (as nginx's `worker_cpu_affinity auto`): keeps the
+    /// scheduler from stacking workers on one core when they are as many as the cores.
+    #[arg(long)]
+    pub pin_cpus: bool,
     /// Use this etcd cluster (or a weft node's --etcd-listen) as the store: discovered
     /// upstreams, routes kept in the store, global rate limits.
     #[cfg(feature = "etcd")]
@@ -47,6 +51,7 @@ pub(crate) struct StartedGateway {
     listeners: Vec<std::net::TcpListener>,
     stop_admin: tokio::sync::watch::Sender<bool>,
     admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pin_cpus: bool,
 }
 
 impl StartedGateway {
@@ -55,7 +60,8 @@ impl StartedGateway {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        weft_gateway::serve_threads(self.listeners, self.gw, shutdown).await?;
+        let opts = weft_gateway::ThreadOptions::default().pin_cpus(self.pin_cpus);
+        weft_gateway::serve_threads_with(self.listeners, self.gw, shutdown, opts).await?;
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
@@ -136,6 +142,7 @@ pub(crate) async fn start_gateway(
         listeners,
         stop_admin: stop_tx,
         admin_task,
+        pin_cpus: false,
     })
 }
 
@@ -162,10 +169,10 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    start_gateway(a.config, a.listen, threads, a.admin_listen, a.token, store)
-        .await?
-        .serve(crate::shutdown_signal())
-        .await
+    let mut started =
+        start_gateway(a.config, a.listen, threads, a.admin_listen, a.token, store).await?;
+    started.pin_cpus = a.pin_cpus;
+    started.serve(crate::shutdown_signal()).await
 }
 
 // Parsed once per process; boxing the big variant would only add noise.
