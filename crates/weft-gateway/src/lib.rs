@@ -67,7 +67,7 @@ pub use conn::{decode_request, Decoded};
 pub use error::{ConfigError, GatewayError, Reason};
 pub use server::{
     bind_workers, serve, serve_admin, serve_threads, serve_threads_with, MetricsRender,
-    ThreadOptions,
+    ThreadOptions, WORKER_EVENT_INTERVAL,
 };
 
 use crate::auth::Authenticator;

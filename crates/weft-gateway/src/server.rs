@@ -65,6 +65,13 @@ pub async fn serve_threads(
     serve_threads_with(listeners, gw, shutdown, ThreadOptions::default()).await
 }
 
+/// How many tasks a gateway worker's runtime polls between two looks at the reactor while
+/// tasks are ready (tokio's default is 61). Finishing longer batches before polling for new
+/// events, as nginx does with whole `epoll_wait` batches, lowered the 1-thread p99 in
+/// alternating wrk rounds (1.79–1.85 ms against 1.93–1.95 ms with the default; nginx
+/// 1.84–1.93 ms). Use it for the runtime that calls [`serve_threads`] too.
+pub const WORKER_EVENT_INTERVAL: u32 = 256;
+
 /// Options of [`serve_threads_with`].
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
@@ -140,6 +147,7 @@ pub async fn serve_threads_with(
             .name(format!("weft-gw-{worker}"))
             .spawn(move || -> std::io::Result<()> {
                 let rt = tokio::runtime::Builder::new_current_thread()
+                    .event_interval(WORKER_EVENT_INTERVAL)
                     .enable_all()
                     .build()?;
                 if opts.pin_cpus {

@@ -440,6 +440,7 @@ fn main() -> Result<()> {
         // The gateway runs thread-per-core (weft_gateway::serve_threads): this runtime is
         // worker 0 and the others make their own.
         rt = tokio::runtime::Builder::new_current_thread();
+        rt.event_interval(weft_gateway::WORKER_EVENT_INTERVAL);
     }
     let rt = rt.enable_all().build()?;
     let res = rt.block_on(async move {
