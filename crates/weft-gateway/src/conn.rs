@@ -28,7 +28,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use http_body::Body as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -346,10 +346,8 @@ async fn write_response(
 ) -> io::Result<()> {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    let no_body = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let bodiless_status = crate::h1::status_has_no_body(status);
+    let no_body = head_only || bodiless_status;
     let length = body.size_hint().exact();
     let chunked = !no_body && length.is_none();
     wbuf.clear();
@@ -383,11 +381,8 @@ async fn write_response(
     if close {
         wbuf.extend_from_slice(b"connection: close\r\n");
     }
-    let informational_or_empty = status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
     match length {
-        Some(n) if !(informational_or_empty || head_only && had_length) => {
+        Some(n) if !(bodiless_status || head_only && had_length) => {
             wbuf.extend_from_slice(b"content-length: ");
             let _ = write!(wbuf, "{n}");
             wbuf.extend_from_slice(b"\r\n");
@@ -413,18 +408,14 @@ async fn write_response(
         if data.is_empty() {
             continue;
         }
-        let mut pending: &[u8] = &[];
         if chunked {
             let _ = write!(wbuf, "{:x}\r\n", data.len());
         }
         if data.len() <= INLINE_BODY {
             wbuf.extend_from_slice(&data);
         } else {
-            pending = &data;
-        }
-        if !pending.is_empty() {
             io.write_all(wbuf).await?;
-            io.write_all(pending).await?;
+            io.write_all(&data).await?;
             wbuf.clear();
         }
         if chunked {

@@ -203,28 +203,14 @@ impl Pool {
         headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Body>, Error> {
-        self.send_guarded::<()>(connect_timeout, method, target, headers, body, None)
+        self.send_with::<()>(connect_timeout, method, target, headers, &[], body, None)
             .await
     }
 
-    /// [`Pool::send`], holding `guard` until the response body has been read or dropped (it is
+    /// [`Pool::send`] with header overrides written straight into the request head (each
+    /// `(name, value)` in `extra` replaces every `headers` entry of that name; `None` just
+    /// drops them), holding `guard` until the response body has been read or dropped (it is
     /// dropped with the head when the body came with it, or with this future on an error).
-    pub async fn send_guarded<G: Send + 'static>(
-        self: &Arc<Self>,
-        connect_timeout: std::time::Duration,
-        method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        body: Bytes,
-        guard: Option<G>,
-    ) -> Result<Response<Body>, Error> {
-        self.send_with(connect_timeout, method, target, headers, &[], body, guard)
-            .await
-    }
-
-    /// [`Pool::send_guarded`] with header overrides written straight into the request head:
-    /// each `(name, value)` in `extra` replaces every `headers` entry of that name (`None`
-    /// just drops them). Saves the map operations of inserting them first.
     #[allow(clippy::too_many_arguments)]
     pub async fn send_with<G: Send + 'static>(
         self: &Arc<Self>,
@@ -310,6 +296,11 @@ pub(crate) const IDEMPOTENT: [Method; 6] = [
     Method::PUT,
     Method::DELETE,
 ];
+
+/// Whether a response with this status never has a body (RFC 9112 §6.3): 1xx, 204, 304.
+pub(crate) fn status_has_no_body(s: StatusCode) -> bool {
+    s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED
+}
 
 /// An interim answer (100 Continue and friends) that precedes the real one.
 fn is_interim(s: StatusCode) -> bool {
@@ -588,11 +579,7 @@ fn parse_head_with(
         }
         headers.append(name, value);
     }
-    let framing = if method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if method == Method::HEAD || status_has_no_body(status) {
         Framing::Length(0)
     } else if te {
         if chunked {

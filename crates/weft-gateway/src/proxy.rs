@@ -240,6 +240,12 @@ fn is_upgrade(h: &HeaderMap) -> bool {
         })
 }
 
+/// A response the gateway makes itself that says nothing about the upstream (the breaker
+/// ignores it).
+fn ignored(reason: Reason, message: &str) -> (Response<Body>, Outcome) {
+    (answer(reason, message), Outcome::Ignore)
+}
+
 /// A response the gateway makes itself.
 pub(crate) fn answer(reason: Reason, message: &str) -> Response<Body> {
     let body = serde_json::json!({ "error": reason.as_str(), "message": message }).to_string();
@@ -627,12 +633,9 @@ impl Gateway {
                         let path_and_query = match path_and_query {
                             Ok(p) => p,
                             Err(e) => {
-                                break 'attempts (
-                                    answer(
-                                        Reason::BadRequest,
-                                        &format!("cannot build the upstream path: {e}"),
-                                    ),
-                                    Outcome::Ignore,
+                                break 'attempts ignored(
+                                    Reason::BadRequest,
+                                    &format!("cannot build the upstream path: {e}"),
                                 )
                             }
                         };
@@ -643,12 +646,9 @@ impl Gateway {
                         let body = match body {
                             RequestBody::Buffered(b) => {
                                 if b.len() as u64 > max_body {
-                                    break 'attempts (
-                                        answer(
-                                            Reason::BodyTooLarge,
-                                            &format!("body is over the limit of {max_body} bytes"),
-                                        ),
-                                        Outcome::Ignore,
+                                    break 'attempts ignored(
+                                        Reason::BodyTooLarge,
+                                        &format!("body is over the limit of {max_body} bytes"),
                                     );
                                 }
                                 replay = Some(b);
@@ -673,22 +673,16 @@ impl Gateway {
                                     Err(e) => {
                                         let too_large = body_too_large(&*e);
                                         break 'attempts if too_large {
-                                            (
-                                                answer(
-                                                    Reason::BodyTooLarge,
-                                                    &format!("body is over the limit of {max_body} bytes"),
+                                            ignored(
+                                                Reason::BodyTooLarge,
+                                                &format!(
+                                                    "body is over the limit of {max_body} bytes"
                                                 ),
-                                                Outcome::Ignore,
                                             )
                                         } else {
-                                            (
-                                                answer(
-                                                    Reason::BadRequest,
-                                                    &format!(
-                                                        "reading the request body failed: {e}"
-                                                    ),
-                                                ),
-                                                Outcome::Ignore,
+                                            ignored(
+                                                Reason::BadRequest,
+                                                &format!("reading the request body failed: {e}"),
                                             )
                                         };
                                     }
@@ -758,15 +752,12 @@ impl Gateway {
                             let Some((idx, ep, set)) = route.upstream.pick_at(&ctx, tried_now, t0)
                             else {
                                 break 'attempts if attempt == 1 {
-                                    (
-                                        answer(
-                                            Reason::NoHealthyUpstream,
-                                            &format!(
-                                                "upstream {} has no usable endpoint",
-                                                route.upstream.name
-                                            ),
+                                    ignored(
+                                        Reason::NoHealthyUpstream,
+                                        &format!(
+                                            "upstream {} has no usable endpoint",
+                                            route.upstream.name
                                         ),
-                                        Outcome::Ignore,
                                     )
                                 } else {
                                     (
@@ -820,14 +811,9 @@ impl Gateway {
                                         let uri = match uri {
                                             Ok(u) => u,
                                             Err(e) => {
-                                                break 'attempts (
-                                                    answer(
-                                                        Reason::BadRequest,
-                                                        &format!(
-                                                            "cannot build the upstream URI: {e}"
-                                                        ),
-                                                    ),
-                                                    Outcome::Ignore,
+                                                break 'attempts ignored(
+                                                    Reason::BadRequest,
+                                                    &format!("cannot build the upstream URI: {e}"),
                                                 )
                                             }
                                         };
@@ -875,14 +861,9 @@ impl Gateway {
                                 Ok(Err(e)) => {
                                     let too_large = e.body_too_large();
                                     if too_large {
-                                        break 'attempts (
-                                            answer(
-                                                Reason::BodyTooLarge,
-                                                &format!(
-                                                    "body is over the limit of {max_body} bytes"
-                                                ),
-                                            ),
-                                            Outcome::Ignore,
+                                        break 'attempts ignored(
+                                            Reason::BodyTooLarge,
+                                            &format!("body is over the limit of {max_body} bytes"),
                                         );
                                     }
                                     ep.record(true, outlier, &set, now);

@@ -79,7 +79,8 @@ pub struct ThreadOptions {
     /// Pin worker `k` (the calling thread is worker 0) to the `k`-th CPU the process may run
     /// on, as nginx's `worker_cpu_affinity auto`. Off by default. With as many workers as
     /// cores on a busy machine it keeps the scheduler from stacking two workers on one CPU:
-    /// in a 2-worker wrk run on 2 cores the p99 went from 3.7–4.5 ms to 1.3 ms.
+    /// with 2 workers, wrk and the upstream on 2 cores the p99 went from 2.7–4.5 ms to
+    /// 1.5–1.6 ms (`scripts/bench-gateway.sh`, docs/benchmarks.md runs 11–12).
     pub pin_cpus: bool,
 }
 
@@ -106,6 +107,14 @@ pub(crate) fn pin_current_thread(k: usize) -> std::io::Result<usize> {
     one.set(cpu);
     sched_setaffinity(None, &one)?;
     Ok(cpu)
+}
+
+/// Pins the calling thread as worker `k`, logging the outcome (a failure is not fatal).
+fn pin_worker(k: usize) {
+    match pin_current_thread(k) {
+        Ok(cpu) => tracing::debug!(worker = k, cpu, "worker pinned"),
+        Err(e) => tracing::warn!(worker = k, "cannot pin the worker to a CPU: {e}"),
+    }
 }
 
 /// [`serve_threads`] with options.
@@ -151,10 +160,7 @@ pub async fn serve_threads_with(
                     .enable_all()
                     .build()?;
                 if opts.pin_cpus {
-                    match pin_current_thread(worker) {
-                        Ok(cpu) => tracing::debug!(worker, cpu, "worker pinned"),
-                        Err(e) => tracing::warn!(worker, "cannot pin the worker to a CPU: {e}"),
-                    }
+                    pin_worker(worker);
                 }
                 rt.block_on(async move {
                     crate::h1::set_worker(worker);
@@ -177,10 +183,7 @@ pub async fn serve_threads_with(
     let first = TcpListener::from_std(first)?;
     drop(dispatch);
     if opts.pin_cpus {
-        match pin_current_thread(0) {
-            Ok(cpu) => tracing::debug!(worker = 0, cpu, "worker pinned"),
-            Err(e) => tracing::warn!(worker = 0, "cannot pin the worker to a CPU: {e}"),
-        }
+        pin_worker(0);
     }
     // With one worker there is nobody to hand connections to.
     let first_worker = first_worker.filter(|w| w.dispatch.workers.len() > 1);

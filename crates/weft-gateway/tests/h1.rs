@@ -82,15 +82,19 @@ fn host() -> HeaderMap {
     h
 }
 
+/// One request through `pool` with the test's `host` header and a 2 s connect timeout.
+async fn send_to(
+    pool: &Arc<Pool>,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<http::Response<weft_gateway::proxy::Body>, weft_gateway::h1::Error> {
+    pool.send(Duration::from_secs(2), &method, path, &host(), body)
+        .await
+}
+
 async fn get(pool: &Arc<Pool>, method: Method, body: &str) -> (u16, Bytes) {
-    let r = pool
-        .send(
-            Duration::from_secs(2),
-            &method,
-            "/p?q=1",
-            &host(),
-            Bytes::from(body.to_string()),
-        )
+    let r = send_to(pool, method, "/p?q=1", Bytes::from(body.to_string()))
         .await
         .expect("request failed");
     let status = r.status().as_u16();
@@ -174,15 +178,7 @@ async fn a_reused_connection_closed_in_flight_is_retried_for_idempotent_methods_
     assert_eq!(get(&pool, Method::GET, "").await.0, 200);
     assert_eq!(conns.load(Ordering::SeqCst), 2);
     // POST on the reused connection: the upstream may have acted on it: an error, not a resend.
-    let r = pool
-        .send(
-            Duration::from_secs(2),
-            &Method::POST,
-            "/",
-            &host(),
-            Bytes::from_static(b"x"),
-        )
-        .await;
+    let r = send_to(&pool, Method::POST, "/", Bytes::from_static(b"x")).await;
     let err = r.expect_err("a POST must not be resent");
     assert!(!err.is_connect());
     assert!(err.to_string().contains("closed"), "{err}");
@@ -231,14 +227,7 @@ async fn chunked_close_delimited_and_large_bodies_stream() {
     let send = |path: &'static str| {
         let pool = pool.clone();
         async move {
-            let r = pool
-                .send(
-                    Duration::from_secs(2),
-                    &Method::GET,
-                    path,
-                    &host(),
-                    Bytes::new(),
-                )
+            let r = send_to(&pool, Method::GET, path, Bytes::new())
                 .await
                 .unwrap();
             r.into_body().collect().await.unwrap().to_bytes()
@@ -283,27 +272,13 @@ async fn truncated_bodies_garbage_and_head() {
     })
     .await;
     let pool = Pool::new(&addr, 8, Duration::from_secs(60));
-    let r = pool
-        .send(
-            Duration::from_secs(2),
-            &Method::GET,
-            "/truncated",
-            &host(),
-            Bytes::new(),
-        )
+    let r = send_to(&pool, Method::GET, "/truncated", Bytes::new())
         .await
         .unwrap();
     let e = r.into_body().collect().await.expect_err("truncated body");
     assert!(e.to_string().contains("inside the body"), "{e}");
 
-    let e = pool
-        .send(
-            Duration::from_secs(2),
-            &Method::GET,
-            "/garbage",
-            &host(),
-            Bytes::new(),
-        )
+    let e = send_to(&pool, Method::GET, "/garbage", Bytes::new())
         .await
         .expect_err("garbage");
     assert!(e.to_string().contains("invalid upstream response"), "{e}");
@@ -318,15 +293,13 @@ async fn truncated_bodies_garbage_and_head() {
     let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = free.local_addr().unwrap().to_string();
     drop(free);
-    let e = Pool::new(&dead, 8, Duration::from_secs(60))
-        .send(
-            Duration::from_secs(2),
-            &Method::GET,
-            "/",
-            &host(),
-            Bytes::new(),
-        )
-        .await
-        .expect_err("connect");
+    let e = send_to(
+        &Pool::new(&dead, 8, Duration::from_secs(60)),
+        Method::GET,
+        "/",
+        Bytes::new(),
+    )
+    .await
+    .expect_err("connect");
     assert!(e.is_connect(), "{e}");
 }

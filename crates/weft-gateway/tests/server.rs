@@ -19,6 +19,10 @@ struct Raw {
 }
 
 impl Raw {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -101,6 +105,14 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>, head_only: bool) ->
     raw
 }
 
+/// A test upstream, a gateway with one route to it, and a raw connection to the gateway.
+async fn plain_gateway() -> (TestUpstream, TestGateway, TcpStream) {
+    let a = TestUpstream::start("a").await;
+    let gw = TestGateway::start(&single_route(a.addr, ""), None).await;
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    (a, gw, s)
+}
+
 async fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
     matches!(
@@ -111,9 +123,7 @@ async fn closed(s: &mut TcpStream) -> bool {
 
 #[tokio::test]
 async fn keep_alive_pipelining_and_bodies_in_pieces() {
-    let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&single_route(a.addr, ""), None).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (a, gw, mut s) = plain_gateway().await;
     // Three pipelined requests in one write, answered in order on one connection.
     s.write_all(
         b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n\
@@ -125,14 +135,14 @@ async fn keep_alive_pipelining_and_bodies_in_pieces() {
     let mut buf = Vec::new();
     let r1 = read_response(&mut s, &mut buf, false).await;
     assert_eq!(r1.status, 200);
-    let j: serde_json::Value = serde_json::from_slice(&r1.body).unwrap();
+    let j = r1.json();
     assert_eq!(j["path"], "/one");
     assert!(r1.header("date").is_some(), "{:?}", r1.headers);
     assert!(r1.header("x-request-id").is_some());
     let r2 = read_response(&mut s, &mut buf, false).await;
     assert_eq!((r2.status, r2.body.as_slice()), (200, &b"hello"[..]));
     let r3 = read_response(&mut s, &mut buf, false).await;
-    let j: serde_json::Value = serde_json::from_slice(&r3.body).unwrap();
+    let j = r3.json();
     assert_eq!(j["path"], "/two?q=1");
     assert_eq!(j["headers"]["x-thing"], "a, b", "{j}");
     // A body that arrives in pieces, after its head.
@@ -152,7 +162,7 @@ async fn keep_alive_pipelining_and_bodies_in_pieces() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.write_all(b"st: x\r\n\r\n").await.unwrap();
     let r = read_response(&mut s, &mut buf, false).await;
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let j = r.json();
     assert_eq!(j["path"], "/pieces");
     assert!(buf.is_empty());
     assert_eq!(a.hits.load(std::sync::atomic::Ordering::SeqCst), 5);
@@ -161,9 +171,7 @@ async fn keep_alive_pipelining_and_bodies_in_pieces() {
 
 #[tokio::test]
 async fn head_and_connection_close() {
-    let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&single_route(a.addr, ""), None).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (_upstream, gw, mut s) = plain_gateway().await;
     s.write_all(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -176,7 +184,7 @@ async fn head_and_connection_close() {
     let len: usize = h.header("content-length").unwrap().parse().unwrap();
     assert!(len > 0);
     assert_eq!(g.status, 200);
-    let j: serde_json::Value = serde_json::from_slice(&g.body).unwrap();
+    let j = g.json();
     assert_eq!(j["path"], "/y");
     // The gateway's own answers are framed too (and dated).
     s.write_all(b"GET /y HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -194,9 +202,7 @@ async fn head_and_connection_close() {
 
 #[tokio::test]
 async fn unusual_requests_are_handed_to_hyper_mid_connection() {
-    let a = TestUpstream::start("a").await;
-    let gw = TestGateway::start(&single_route(a.addr, ""), None).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let (_upstream, gw, mut s) = plain_gateway().await;
     let mut buf = Vec::new();
     // Plain first (weft's loop), then a chunked body (hyper from here on), then plain again.
     s.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -215,7 +221,7 @@ async fn unusual_requests_are_handed_to_hyper_mid_connection() {
         .await
         .unwrap();
     let r = read_response(&mut s, &mut buf, false).await;
-    let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let j = r.json();
     assert_eq!(j["path"], "/third");
     // A body over the in-memory limit streams through hyper.
     let big = vec![b'z'; 200_000];
