@@ -13,6 +13,7 @@ pub struct Cell {
     pub secs: f64,
     pub p50_us: u64,
     pub p99_us: u64,
+    pub max_us: u64,
 }
 
 impl Cell {
@@ -100,6 +101,7 @@ fn percentiles(mut all: Vec<u64>, secs: f64) -> Cell {
         secs,
         p50_us: pct(0.5),
         p99_us: pct(0.99),
+        max_us: all.last().copied().unwrap_or(0),
     }
 }
 
@@ -188,15 +190,76 @@ async fn run_watch(conns: &[Client], watchers: usize, duration: Duration) -> Res
     Ok(percentiles(all, secs))
 }
 
+/// `NAME=PID` pairs of `--server-pids`.
+pub fn parse_pids(pairs: &[String]) -> Result<std::collections::HashMap<String, u32>> {
+    pairs
+        .iter()
+        .map(|p| {
+            let (name, pid) = p
+                .split_once('=')
+                .with_context(|| format!("--server-pids {p:?} must be NAME=PID"))?;
+            let pid = pid
+                .parse()
+                .with_context(|| format!("--server-pids {p:?}: {pid:?} is not a process id"))?;
+            Ok((name.to_string(), pid))
+        })
+        .collect()
+}
+
+/// CPU time (user + system, in clock ticks of 10 ms) of this process and of a server.
+pub struct CpuSample {
+    me: u64,
+    server: Option<u64>,
+}
+
+fn cpu_ticks(pid: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("cannot read /proc/{pid}/stat (is the process running?)"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("malformed /proc stat")?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| -> Result<u64> {
+        f.get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("malformed /proc stat")
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+impl CpuSample {
+    /// Reads the counters now.
+    pub fn take(server: Option<u32>) -> Result<Self> {
+        Ok(CpuSample {
+            me: cpu_ticks("self")?,
+            server: server.map(|p| cpu_ticks(&p.to_string())).transpose()?,
+        })
+    }
+
+    /// CPU µs per operation of the server (if sampled) and of this client since `before`.
+    pub fn since(&self, before: &CpuSample, ops: u64) -> (Option<f64>, f64) {
+        let per_op = |ticks: u64| ticks as f64 * 10_000.0 / ops.max(1) as f64;
+        (
+            self.server
+                .zip(before.server)
+                .map(|(a, b)| per_op(a.saturating_sub(b))),
+            per_op(self.me.saturating_sub(before.me)),
+        )
+    }
+}
+
 /// Runs `workload` with `clients` concurrent tasks for `duration`.
 pub async fn run(
     endpoint: &str,
     workload: &str,
     clients: usize,
+    max_conns: usize,
     duration: Duration,
 ) -> Result<Cell> {
     let mut conns = Vec::new();
-    for _ in 0..clients.min(16) {
+    for _ in 0..clients.min(max_conns).max(1) {
         conns.push(
             Client::connect([endpoint], None)
                 .await

@@ -149,6 +149,14 @@ enum BenchCmd {
         /// Seconds per cell.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// gRPC connections per cell, shared round robin by the clients (at most one per
+        /// client). etcd's own benchmark tool calls this --conns.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// NAME=PID of local server processes: adds the server's and this client's CPU time
+        /// per operation (from /proc) to each row.
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<String>,
     },
 }
 
@@ -539,23 +547,43 @@ fn main() -> Result<()> {
                         workloads,
                         clients,
                         seconds,
+                        conns,
+                        server_pids,
                     },
             } => {
                 let dur = secs(seconds, "--seconds")?;
-                println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs |");
-                println!("|---|---|---|---|---|---|");
+                if conns == 0 {
+                    bail!("--conns must be at least 1");
+                }
+                let pids = bench::parse_pids(&server_pids)?;
+                if pids.is_empty() {
+                    println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs |");
+                    println!("|---|---|---|---|---|---|---|");
+                } else {
+                    println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs | server CPU µs/op | client CPU µs/op |");
+                    println!("|---|---|---|---|---|---|---|---|---|");
+                }
                 for w in &workloads {
                     for c in &clients {
                         for e in &endpoints {
                             let (name, url) = e
                                 .split_once('=')
                                 .with_context(|| format!("--endpoints {e:?} must be NAME=URL"))?;
-                            let cell = bench::run(url, w, *c, dur).await?;
+                            let pid = pids.get(name).copied();
+                            let before = bench::CpuSample::take(pid)?;
+                            let cell = bench::run(url, w, *c, conns, dur).await?;
+                            let cpu = bench::CpuSample::take(pid)?.since(&before, cell.ops);
+                            let cpu = match (pids.is_empty(), cpu) {
+                                (true, _) => String::new(),
+                                (false, (Some(s), c)) => format!(" {s:.1} | {c:.1} |"),
+                                (false, (None, c)) => format!(" | {c:.1} |"),
+                            };
                             println!(
-                                "| {w} | {c} | {name} | {:.0} | {} | {} |",
+                                "| {w} | {c} | {name} | {:.0} | {} | {} | {} |{cpu}",
                                 cell.per_sec(),
                                 cell.p50_us,
-                                cell.p99_us
+                                cell.p99_us,
+                                cell.max_us
                             );
                             std::io::stdout().flush()?;
                         }

@@ -9,13 +9,13 @@
 //! `rev, compact_rev, leases n: u32 (id, ttl)*, keys n: u64 (key, entries n: u32
 //! (rev: i64, sub: u32, live: u8, [create: i64, version: i64, lease: i64, value]))*`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::mvcc::{Batch, Change, Entry, Lease, Mvcc};
+use super::mvcc::{Batch, Change, Entry, Keys, Lease, Mvcc, Snapshot};
 use crate::types::KeyValue;
 
 /// Size of a record header.
@@ -256,16 +256,14 @@ pub(crate) fn parse_log(buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> DResult<()>
 }
 
 /// Serializes the whole state.
-pub(crate) fn encode_snapshot(m: &Mvcc) -> Vec<u8> {
+pub(crate) fn encode_snapshot(m: &Snapshot) -> Vec<u8> {
     let mut e = Enc(Vec::with_capacity(1 << 16));
     e.i64(m.rev);
     e.i64(m.compact_rev);
-    let mut leases: Vec<(&i64, &Lease)> = m.leases.iter().collect();
-    leases.sort_by_key(|(id, _)| **id);
-    e.u32(leases.len() as u32);
-    for (id, l) in leases {
+    e.u32(m.leases.len() as u32);
+    for (id, ttl) in &m.leases {
         e.i64(*id);
-        e.i64(l.ttl);
+        e.i64(*ttl);
     }
     e.u64(m.keys.len() as u64);
     for (key, hist) in &m.keys {
@@ -335,7 +333,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
     }
     let n = d.u64()?;
     let n = d.count(n, 8)?;
-    let mut keys = BTreeMap::new();
+    let mut keys = Keys::new();
     for _ in 0..n {
         let key = d.bytes()?;
         let ne = d.u32()?;

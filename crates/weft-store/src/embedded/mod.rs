@@ -226,12 +226,22 @@ impl Embedded {
     }
 
     /// Writes a snapshot now and starts a new log (normally done automatically by size).
+    /// Returns once the snapshot file is written.
     pub async fn snapshot(&self) -> Result<()> {
-        let seq = {
+        let (seq, gen) = {
             let st = self.inner.state.read().expect("state poisoned");
             self.inner.log.snapshot_now(&st)
         };
-        self.inner.wait_durable(seq).await
+        self.inner.wait_durable(seq).await?;
+        let mut done = self.inner.log.snap_done.subscribe();
+        let d = done
+            .wait_for(|(g, _)| *g >= gen)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        match &d.1 {
+            Some(e) => Err(StoreError::Storage(e.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Flushes the log, stops background tasks and watches, and releases the data directory.
@@ -275,15 +285,19 @@ impl Inner {
     }
 
     async fn wait_durable(&self, seq: u64) -> Result<()> {
-        let mut rx = self.log.durable.subscribe();
-        let d = rx
-            .wait_for(|d| d.seq >= seq || d.failed.is_some())
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        if d.seq >= seq {
+        let rx = match self.log.wait(seq) {
+            wal::Wait::Durable => return Ok(()),
+            wal::Wait::Failed(f) => return Err(StoreError::Storage(f)),
+            wal::Wait::Pending(rx) => rx,
+        };
+        if rx.await.is_ok() {
             return Ok(());
         }
-        Err(StoreError::Storage(d.failed.clone().unwrap_or_default()))
+        // The flusher stopped before this record was durable: it failed, or the store closed.
+        match &self.log.durable.borrow().failed {
+            Some(f) => Err(StoreError::Storage(f.clone())),
+            None => Err(StoreError::Closed),
+        }
     }
 
     /// Runs one write: `f` validates, then mutates through the writer; the batch is logged and

@@ -9,7 +9,7 @@
 //! - A lease's key set is exactly the live keys whose latest entry names that lease.
 //! - `recent` holds the events of consecutive revisions ending at `rev`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -73,9 +73,23 @@ impl Batch {
 /// How many revisions of events the ring keeps for synced watchers.
 const RECENT_REVISIONS: usize = 8192;
 
+/// The key index. A persistent (copy-on-write) B-tree, so that a snapshot of the whole state
+/// is an O(1) clone under the state lock and is encoded by the flusher thread, without
+/// blocking reads and writes for a time proportional to the state's size.
+pub(crate) type Keys = imbl::OrdMap<Bytes, Vec<Entry>>;
+
+/// A point-in-time copy of what a snapshot file holds; cheap to take (see [`Keys`]).
+pub(crate) struct Snapshot {
+    pub rev: i64,
+    pub compact_rev: i64,
+    /// `(id, ttl)` of every live lease, sorted by id.
+    pub leases: Vec<(i64, i64)>,
+    pub keys: Keys,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Mvcc {
-    pub keys: BTreeMap<Bytes, Vec<Entry>>,
+    pub keys: Keys,
     pub rev: i64,
     pub compact_rev: i64,
     pub leases: HashMap<i64, Lease>,
@@ -125,7 +139,7 @@ impl Mvcc {
         range: &'a KeyRange,
     ) -> impl Iterator<Item = (&'a Bytes, &'a Vec<Entry>)> + 'a {
         range_bounds(range)
-            .map(|b| self.keys.range::<[u8], _>(b))
+            .map(|b| self.keys.range::<_, [u8]>(b))
             .into_iter()
             .flatten()
     }
@@ -205,19 +219,46 @@ impl Mvcc {
 
     /// Drops history before `rev` (keeping the newest live entry at or below it).
     pub fn compact(&mut self, rev: i64) {
-        self.keys.retain(|_, hist| {
+        let keep_from = |hist: &[Entry]| {
             let idx = hist.partition_point(|e| e.rev <= rev);
-            let keep_from = if idx > 0 && hist[idx - 1].kv.is_some() {
+            if idx > 0 && hist[idx - 1].kv.is_some() {
                 idx - 1
             } else {
                 idx
-            };
-            hist.drain(..keep_from);
-            !hist.is_empty()
-        });
+            }
+        };
+        // Only the histories that change are touched, so that nodes shared with a snapshot
+        // still being written are not copied needlessly.
+        let due: Vec<Bytes> = self
+            .keys
+            .iter()
+            .filter(|(_, hist)| keep_from(hist) > 0)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            if let Some(hist) = self.keys.get_mut(&key[..]) {
+                let n = keep_from(hist);
+                hist.drain(..n);
+                if hist.is_empty() {
+                    self.keys.remove(&key[..]);
+                }
+            }
+        }
         self.compact_rev = rev;
         while self.recent.front().is_some_and(|(r, _)| *r < rev) {
             self.recent.pop_front();
+        }
+    }
+
+    /// A copy of the state for a snapshot file: O(leases), the key index is shared.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut leases: Vec<(i64, i64)> = self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect();
+        leases.sort_unstable();
+        Snapshot {
+            rev: self.rev,
+            compact_rev: self.compact_rev,
+            leases,
+            keys: self.keys.clone(),
         }
     }
 

@@ -388,13 +388,47 @@ proptest! {
         let tail = codec::parse_log(&bytes, |_, p| replayed.replay(&codec::decode_batch(p)?, now));
         prop_assert!(matches!(tail, codec::LogTail::Clean));
         // Snapshot round trip.
-        let snap = codec::decode_snapshot(&codec::encode_snapshot(&m), now).unwrap();
+        let snap = codec::decode_snapshot(&codec::encode_snapshot(&m.snapshot()), now).unwrap();
         for rev in m.compact_rev..=m.rev {
             prop_assert_eq!(replayed.hash_at(rev), m.hash_at(rev));
             prop_assert_eq!(snap.hash_at(rev), m.hash_at(rev));
         }
         prop_assert_eq!(replayed.rev, m.rev);
         prop_assert_eq!(snap.compact_rev, m.compact_rev);
+    }
+
+    /// A snapshot copy is unaffected by the writes and compactions that follow it (it shares
+    /// the key index copy-on-write): encoded later, it equals the encoding taken at once.
+    #[test]
+    fn snapshot_copy_is_isolated_from_later_writes(
+        before in proptest::collection::vec(op(), 1..60),
+        after in proptest::collection::vec(op(), 1..60),
+    ) {
+        let now = Instant::now();
+        let mut m = Mvcc::default();
+        let apply = |m: &mut Mvcc, op: &Op| {
+            let mut w = Writer::new(m, now);
+            match op {
+                Op::Put(k, v) => { w.put(key(*k), Bytes::from(vec![*v]), 0); }
+                Op::Del(k, n) => { w.delete_range(&KeyRange::range(key(*k), key(k.saturating_add(*n)))); }
+                Op::Compact(x) => {
+                    let target = (*x as i64) % (w.m.rev + 1);
+                    if target > w.m.compact_rev {
+                        w.compact(target);
+                    }
+                }
+            }
+            w.finish();
+        };
+        for op in &before {
+            apply(&mut m, op);
+        }
+        let at_once = codec::encode_snapshot(&m.snapshot());
+        let copy = m.snapshot();
+        for op in &after {
+            apply(&mut m, op);
+        }
+        prop_assert_eq!(codec::encode_snapshot(&copy), at_once);
     }
 
     /// Events rebuilt from history equal the events recorded live, for any window.
@@ -417,4 +451,54 @@ proptest! {
         let rebuilt = m.events(&range, from, m.rev).unwrap();
         prop_assert_eq!(live, rebuilt);
     }
+}
+
+/// Snapshots are written beside the log, not in its way: while a snapshot cannot be written
+/// (here: its temporary path is a directory), writes are still acknowledged, the logs it would
+/// have covered are kept, and a restart replays all of them.
+#[tokio::test]
+async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    fill(&s).await;
+    let blocker = dir.path().join(format!("{}.tmp", wal::snap_name(1)));
+    fs::create_dir(&blocker).unwrap();
+    let err = s.snapshot().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Storage(m) if m.contains("cannot write snapshot 1")),
+        "{err:?}"
+    );
+    for i in 0..20 {
+        s.put_kv(format!("later/{i}"), "x").await.unwrap();
+    }
+    let before = fingerprint(&s).await;
+    drop(s);
+    let mut files: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".log") || f.ends_with(".snap"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [wal::wal_name(0), wal::wal_name(1)],
+        "both logs are kept"
+    );
+    fs::remove_dir(&blocker).unwrap();
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(fingerprint(&s).await, before);
+    // The next snapshot succeeds and covers both logs.
+    s.snapshot().await.unwrap();
+    s.put_kv("after/snapshot", "y").await.unwrap();
+    let before = fingerprint(&s).await;
+    drop(s);
+    let mut files: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".log") || f.ends_with(".snap"))
+        .collect();
+    files.sort();
+    assert_eq!(files, [wal::snap_name(2), wal::wal_name(2)]);
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(fingerprint(&s).await, before);
 }

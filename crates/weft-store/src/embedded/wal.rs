@@ -5,6 +5,8 @@
 //! Writers append encoded records to an in-memory queue under the state lock, so log order is
 //! apply order; one thread drains the queue, writes, fsyncs once for everything it took
 //! (`group`), and only then publishes the new durable sequence number and visible revision.
+//! At rotation it starts the next log and hands a copy of the state to the snapshot thread,
+//! which writes `snap-<gen>` and then removes the older generations.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -12,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::codec::{self, LogTail};
-use super::mvcc::{Batch, Mvcc};
+use super::mvcc::{Batch, Mvcc, Snapshot};
 use super::Durability;
 use crate::{Result, StoreError};
 
@@ -31,6 +33,16 @@ pub(crate) struct Durable {
     pub failed: Option<String>,
 }
 
+/// See [`Log::wait`].
+pub(crate) enum Wait {
+    /// Already durable.
+    Durable,
+    /// The log failed; nothing more becomes durable.
+    Failed(String),
+    /// Resolves when durable; errors when the flusher stopped first.
+    Pending(oneshot::Receiver<()>),
+}
+
 enum Item {
     Record {
         seq: u64,
@@ -41,8 +53,13 @@ enum Item {
         seq: u64,
         rev: i64,
         gen: u64,
-        snapshot: Vec<u8>,
+        snapshot: Snapshot,
     },
+}
+
+struct SnapSlot {
+    job: Option<(u64, Snapshot)>,
+    stop: bool,
 }
 
 struct Queue {
@@ -58,16 +75,26 @@ pub(crate) struct Log {
     q: Mutex<Queue>,
     cv: Condvar,
     pub durable: watch::Sender<Durable>,
+    /// `durable.seq`, readable without the watch's lock.
+    durable_seq: AtomicU64,
+    /// Writers waiting for their record to be durable, each woken alone when it is (a watch
+    /// would wake every waiter on every flush, and most would go back to sleep).
+    waiters: Mutex<Vec<(u64, oneshot::Sender<()>)>>,
     snapshot_bytes: u64,
+    /// The next snapshot for the snapshot thread; a newer one replaces one not yet started.
+    snap_job: Mutex<SnapSlot>,
+    snap_cv: Condvar,
+    /// The newest snapshot generation the snapshot thread finished, and its error if it failed.
+    pub snap_done: watch::Sender<(u64, Option<String>)>,
     pub fsyncs: AtomicU64,
     pub records: AtomicU64,
     pub disk_bytes: AtomicU64,
 }
 
-fn wal_name(gen: u64) -> String {
+pub(crate) fn wal_name(gen: u64) -> String {
     format!("wal-{gen:020}.log")
 }
-fn snap_name(gen: u64) -> String {
+pub(crate) fn snap_name(gen: u64) -> String {
     format!("snap-{gen:020}.snap")
 }
 fn parse_gen(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
@@ -208,7 +235,15 @@ impl Log {
             }),
             cv: Condvar::new(),
             durable,
+            durable_seq: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
             snapshot_bytes,
+            snap_job: Mutex::new(SnapSlot {
+                job: None,
+                stop: false,
+            }),
+            snap_cv: Condvar::new(),
+            snap_done: watch::channel((gen, None)).0,
             fsyncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
             disk_bytes: AtomicU64::new(0),
@@ -232,7 +267,7 @@ impl Log {
             q.since_snapshot = 0;
             q.gen += 1;
             let gen = q.gen;
-            let snapshot = codec::encode_snapshot(state);
+            let snapshot = state.snapshot();
             q.items.push(Item::Rotate {
                 seq,
                 rev: batch.rev,
@@ -250,8 +285,9 @@ impl Log {
         self.q.lock().expect("log queue poisoned").seq
     }
 
-    /// Forces a snapshot now (used by tests and by `compact`).
-    pub fn snapshot_now(&self, state: &Mvcc) -> u64 {
+    /// Forces a snapshot now (used by tests and by `compact`); returns the sequence number it
+    /// covers and its generation.
+    pub fn snapshot_now(&self, state: &Mvcc) -> (u64, u64) {
         let mut q = self.q.lock().expect("log queue poisoned");
         q.since_snapshot = 0;
         q.gen += 1;
@@ -261,11 +297,11 @@ impl Log {
             seq,
             rev: state.rev,
             gen,
-            snapshot: codec::encode_snapshot(state),
+            snapshot: state.snapshot(),
         });
         drop(q);
         self.cv.notify_one();
-        seq
+        (seq, gen)
     }
 
     /// Asks the flusher to stop after draining the queue.
@@ -274,20 +310,107 @@ impl Log {
         self.cv.notify_one();
     }
 
+    /// What a writer whose record has sequence number `seq` has to wait for.
+    pub fn wait(&self, seq: u64) -> Wait {
+        if self.durable_seq.load(Ordering::Acquire) >= seq {
+            return Wait::Durable;
+        }
+        let mut w = self.waiters.lock().expect("log waiters poisoned");
+        // Checked again under the lock: `publish` and `release` update the state before they
+        // take it, so a waiter registered here is always seen by the next one.
+        if self.durable_seq.load(Ordering::Acquire) >= seq {
+            return Wait::Durable;
+        }
+        if let Some(f) = &self.durable.borrow().failed {
+            return Wait::Failed(f.clone());
+        }
+        let (tx, rx) = oneshot::channel();
+        w.push((seq, tx));
+        Wait::Pending(rx)
+    }
+
     fn publish(&self, seq: u64, rev: i64) {
         self.durable.send_modify(|d| {
             d.seq = d.seq.max(seq);
             d.rev = d.rev.max(rev);
         });
+        self.durable_seq.fetch_max(seq, Ordering::AcqRel);
+        let mut w = self.waiters.lock().expect("log waiters poisoned");
+        let mut i = 0;
+        while i < w.len() {
+            if w[i].0 <= seq {
+                let (_, tx) = w.swap_remove(i);
+                let _ = tx.send(());
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Drops every waiter's sender: called when the flusher stops, so no writer waits forever.
+    fn release(&self) {
+        self.waiters.lock().expect("log waiters poisoned").clear();
     }
 
     fn fail(&self, msg: String) {
         tracing::error!(%msg, "the store stopped accepting writes");
         self.durable.send_modify(|d| d.failed = Some(msg));
+        self.release();
     }
 
-    /// The flusher thread's body.
-    pub fn run(&self, dir: PathBuf, mut file: File, mode: Durability) {
+    /// The flusher thread's body. Snapshots are written by a second thread, so that the log
+    /// keeps being flushed (and writes acknowledged) while a large state is encoded and saved.
+    pub fn run(&self, dir: PathBuf, file: File, mode: Durability) {
+        std::thread::scope(|scope| {
+            let snapshotter = std::thread::Builder::new()
+                .name("weft-snapshot".into())
+                .spawn_scoped(scope, || self.snapshot_loop(&dir));
+            if let Err(e) = snapshotter {
+                self.fail(format!("cannot start the snapshot thread: {e}"));
+                return;
+            }
+            self.flush_loop(dir.clone(), file, mode);
+            self.snap_job.lock().expect("snapshot slot poisoned").stop = true;
+            self.snap_cv.notify_one();
+        });
+        self.release();
+    }
+
+    /// The snapshot thread's body: writes the newest submitted snapshot, then drops the older
+    /// generations it covers. Finishes a pending snapshot before stopping.
+    fn snapshot_loop(&self, dir: &Path) {
+        loop {
+            let (gen, snap) = {
+                let mut slot = self.snap_job.lock().expect("snapshot slot poisoned");
+                loop {
+                    if let Some(job) = slot.job.take() {
+                        break job;
+                    }
+                    if slot.stop {
+                        return;
+                    }
+                    slot = self.snap_cv.wait(slot).expect("snapshot slot poisoned");
+                }
+            };
+            let bytes = codec::encode_snapshot(&snap);
+            drop(snap);
+            match write_snapshot(dir, gen, &bytes) {
+                Ok(()) => {
+                    self.disk_bytes.store(bytes.len() as u64, Ordering::Relaxed);
+                    self.snap_done.send_replace((gen, None));
+                }
+                Err(e) => {
+                    // Nothing is lost: the logs since the last good snapshot are all kept and
+                    // replayed on start. The next rotation tries again.
+                    let msg = format!("cannot write snapshot {gen}: {e}");
+                    tracing::error!(%msg);
+                    self.snap_done.send_replace((gen, Some(msg)));
+                }
+            }
+        }
+    }
+
+    fn flush_loop(&self, dir: PathBuf, mut file: File, mode: Durability) {
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         loop {
             let items = {
@@ -323,13 +446,16 @@ impl Log {
                         if let Err(e) = self.flush(&mut file, &mut buf, mode) {
                             return self.fail(format!("cannot write log: {e}"));
                         }
-                        match rotate(&dir, gen, &snapshot) {
+                        // Records up to `seq` are durable in the old log; later ones go to the
+                        // new one while the snapshot thread writes the state as of `seq`.
+                        match start_log(&dir, gen) {
                             Ok(f) => file = f,
-                            Err(e) => return self.fail(format!("cannot write snapshot: {e}")),
+                            Err(e) => return self.fail(format!("cannot start log {gen}: {e}")),
                         }
-                        self.disk_bytes
-                            .store(snapshot.len() as u64, Ordering::Relaxed);
                         self.publish(seq, rev);
+                        self.snap_job.lock().expect("snapshot slot poisoned").job =
+                            Some((gen, snapshot));
+                        self.snap_cv.notify_one();
                     }
                 }
             }
@@ -358,33 +484,44 @@ impl Log {
     }
 }
 
-/// Writes `snap-<gen>` durably, starts `wal-<gen>`, and removes the older generation.
-fn rotate(dir: &Path, gen: u64, snapshot: &[u8]) -> std::io::Result<File> {
-    let tmp = dir.join(format!("{}.tmp", snap_name(gen)));
-    let mut f = File::create(&tmp)?;
-    f.write_all(snapshot)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, dir.join(snap_name(gen)))?;
+/// How much of a snapshot is written between two syncs.
+const SNAPSHOT_SYNC_BYTES: usize = 4 << 20;
+
+/// Starts `wal-<gen>`: records after the snapshot of generation `gen` go there.
+fn start_log(dir: &Path, gen: u64) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(wal_name(gen)))?;
     sync_dir(dir)?;
-    if gen > 0 {
-        let _ = fs::remove_file(dir.join(wal_name(gen - 1)));
-        let _ = fs::remove_file(dir.join(snap_name(gen - 1)));
-        // Older generations may be left over from an interrupted rotation.
-        if let Ok(rd) = fs::read_dir(dir) {
-            for ent in rd.flatten() {
-                let name = ent.file_name().to_string_lossy().into_owned();
-                let old =
-                    parse_gen(&name, "wal-", ".log").or_else(|| parse_gen(&name, "snap-", ".snap"));
-                if old.is_some_and(|g| g < gen) {
-                    let _ = fs::remove_file(ent.path());
-                }
+    Ok(file)
+}
+
+/// Writes `snap-<gen>` durably and removes the generations it covers (older snapshots and
+/// logs, including ones left over from an interrupted rotation). Until it is renamed into
+/// place, recovery uses the previous snapshot and replays the older logs too.
+fn write_snapshot(dir: &Path, gen: u64, snapshot: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{}.tmp", snap_name(gen)));
+    let mut f = File::create(&tmp)?;
+    // Synced in pieces: a large amount of dirty data flushed at once would hold up the log's
+    // own fsyncs (the file system commits its journal for both), stalling acknowledgements.
+    for piece in snapshot.chunks(SNAPSHOT_SYNC_BYTES) {
+        f.write_all(piece)?;
+        f.sync_data()?;
+    }
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(snap_name(gen)))?;
+    sync_dir(dir)?;
+    if let Ok(rd) = fs::read_dir(dir) {
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            let old =
+                parse_gen(&name, "wal-", ".log").or_else(|| parse_gen(&name, "snap-", ".snap"));
+            if old.is_some_and(|g| g < gen) {
+                let _ = fs::remove_file(ent.path());
             }
         }
     }
-    Ok(file)
+    Ok(())
 }
