@@ -255,6 +255,10 @@ struct UpArgs {
     /// Start a new log with a snapshot after this many log bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     snapshot_bytes: u64,
+    /// Group commit delay in microseconds: with concurrent writers, the log waits this long
+    /// before an fsync so that it covers more writes (a lone writer is never delayed).
+    #[arg(long, default_value_t = 0)]
+    commit_delay_us: u64,
     /// Serve the API over an etcd cluster instead of the embedded store (comma-separated
     /// client URLs).
     #[cfg(feature = "etcd")]
@@ -788,6 +792,7 @@ async fn up(a: UpArgs) -> Result<()> {
     let opts = Options {
         durability: a.fsync,
         snapshot_bytes: a.snapshot_bytes,
+        commit_delay: std::time::Duration::from_micros(a.commit_delay_us),
         auto_compact: parse_retention(&a.compact_retention)?,
         ..Default::default()
     };

@@ -82,6 +82,11 @@ pub struct Options {
     pub progress_interval: Duration,
     /// Automatic compaction.
     pub auto_compact: AutoCompact,
+    /// Group commit delay: when writes are arriving concurrently (the last flush or the queue
+    /// holds at least two records), the flusher waits this long before taking the queue, so
+    /// that one fsync covers more writes (PostgreSQL's `commit_delay`). A lone writer is never
+    /// delayed. Zero turns it off.
+    pub commit_delay: Duration,
 }
 
 impl Default for Options {
@@ -93,6 +98,7 @@ impl Default for Options {
             watch_buffer: 64,
             progress_interval: Duration::from_secs(600),
             auto_compact: AutoCompact::Revisions(100_000),
+            commit_delay: Duration::ZERO,
         }
     }
 }
@@ -181,10 +187,11 @@ impl Embedded {
             let log = log.clone();
             let dir = dir.clone();
             let mode = opts.durability;
+            let delay = opts.commit_delay;
             let file = rec.file;
             std::thread::Builder::new()
                 .name("weft-wal".into())
-                .spawn(move || log.run(dir, file, mode))
+                .spawn(move || log.run(dir, file, mode, delay))
                 .map_err(|e| StoreError::Storage(format!("cannot start log thread: {e}")))?
         };
         let inner = Arc::new(Inner {

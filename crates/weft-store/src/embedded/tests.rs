@@ -247,6 +247,55 @@ async fn group_commit_shares_fsyncs_between_concurrent_writers() {
     );
 }
 
+/// With a commit delay, concurrent writers that arrive within it share one fsync, and a lone
+/// writer is never delayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_delay_batches_concurrent_writers_but_not_a_lone_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let delay = std::time::Duration::from_millis(300);
+    let s = Arc::new(
+        Embedded::open(
+            dir.path(),
+            Options {
+                commit_delay: delay,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    // A lone writer: 10 writes one after the other would take 3 s if each waited.
+    let t0 = std::time::Instant::now();
+    for i in 0..10 {
+        s.put_kv(format!("lone/{i}"), "v").await.unwrap();
+    }
+    assert!(
+        t0.elapsed() < delay * 3,
+        "a lone writer was delayed: {:?} for 10 writes",
+        t0.elapsed()
+    );
+    let before = s.stats();
+    // 32 writers at once: the first flush may take only the first record; the rest arrive
+    // within the delay and share the next fsync.
+    let mut tasks = Vec::new();
+    for t in 0..32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.put_kv(format!("together/{t}"), "v").await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = s.stats();
+    assert_eq!(after.records - before.records, 32);
+    assert!(
+        after.fsyncs - before.fsyncs <= 3,
+        "32 concurrent writes took {} fsyncs",
+        after.fsyncs - before.fsyncs
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_always_syncs_every_write() {
     let dir = tempfile::tempdir().unwrap();

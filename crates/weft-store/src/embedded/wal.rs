@@ -360,7 +360,7 @@ impl Log {
 
     /// The flusher thread's body. Snapshots are written by a second thread, so that the log
     /// keeps being flushed (and writes acknowledged) while a large state is encoded and saved.
-    pub fn run(&self, dir: PathBuf, file: File, mode: Durability) {
+    pub fn run(&self, dir: PathBuf, file: File, mode: Durability, delay: std::time::Duration) {
         std::thread::scope(|scope| {
             let snapshotter = std::thread::Builder::new()
                 .name("weft-snapshot".into())
@@ -369,7 +369,7 @@ impl Log {
                 self.fail(format!("cannot start the snapshot thread: {e}"));
                 return;
             }
-            self.flush_loop(dir.clone(), file, mode);
+            self.flush_loop(dir.clone(), file, mode, delay);
             self.snap_job.lock().expect("snapshot slot poisoned").stop = true;
             self.snap_cv.notify_one();
         });
@@ -410,14 +410,28 @@ impl Log {
         }
     }
 
-    fn flush_loop(&self, dir: PathBuf, mut file: File, mode: Durability) {
+    fn flush_loop(
+        &self,
+        dir: PathBuf,
+        mut file: File,
+        mode: Durability,
+        delay: std::time::Duration,
+    ) {
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        let mut last_batch = 0usize;
         loop {
             let items = {
                 let mut q = self.q.lock().expect("log queue poisoned");
                 while q.items.is_empty() && !q.shutdown {
                     q = self.cv.wait(q).expect("log queue poisoned");
                 }
+                if !delay.is_zero() && !q.shutdown && (last_batch >= 2 || q.items.len() >= 2) {
+                    // Concurrent writers: let the ones about to append join this fsync.
+                    drop(q);
+                    std::thread::sleep(delay);
+                    q = self.q.lock().expect("log queue poisoned");
+                }
+                last_batch = q.items.len();
                 if q.items.is_empty() {
                     return;
                 }
