@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# etcd v3 API benchmark, side by side in one run: the same client (`weft bench etcd-api`, the
+# etcd-client crate) against etcd (Debian etcd-server, single member, default settings: fsync
+# on every commit) and against `weft up --etcd-listen` (fsync=group), each started here with
+# a fresh data dir in the same temp directory, on loopback, sharing the machine's cores with
+# the client.
+#
+#   scripts/bench-etcd.sh [SECONDS] [WORKLOADS] [CLIENTS] [ROUNDS]
+#   scripts/bench-etcd.sh 3 put,txn,get,lease,lock,watch 1,16,64 1
+#   CONNS=4 WEFT_ARGS='--commit-delay-us 150' scripts/bench-etcd.sh 3 put 64 5
+#
+# Each round runs every cell against etcd, then against weft. Rows include each server's CPU
+# time per operation and the client's (user + system from /proc; steadier than ops/s when the
+# machine's speed drifts). CONNS (default 16) is the number of gRPC connections the clients
+# share; WEFT_ARGS are extra `weft up` options. Prints markdown tables.
+set -euo pipefail
+
+SECS=${1:-3}
+WORKLOADS=${2:-put,txn,get,lease,lock,watch}
+CLIENTS=${3:-1,16,64}
+ROUNDS=${4:-1}
+CONNS=${CONNS:-16}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+command -v etcd >/dev/null || { echo "missing etcd: apt-get install -y etcd-server" >&2; exit 1; }
+command -v etcdctl >/dev/null || { echo "missing etcdctl: apt-get install -y etcd-client" >&2; exit 1; }
+(cd "$ROOT" && cargo build --release -q -p weft --features etcd)
+WEFT="$ROOT/target/release/weft"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 1 100); do
+        (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1 after 10 s" >&2
+    exit 1
+}
+
+EC=$(free_port); EP=$(free_port); WH=$(free_port); WE=$(free_port)
+etcd --name bench --data-dir "$WORK/etcd" \
+    --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
+    --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
+    --initial-cluster "bench=http://127.0.0.1:$EP" >"$WORK/etcd.log" 2>&1 &
+ETCD_PID=$!
+PIDS+=("$ETCD_PID")
+# shellcheck disable=SC2086
+"$WEFT" up --data-dir "$WORK/weft" --listen "127.0.0.1:$WH" --etcd-listen "127.0.0.1:$WE" \
+    ${WEFT_ARGS:-} >"$WORK/weft.log" 2>&1 &
+WEFT_PID=$!
+PIDS+=("$WEFT_PID")
+wait_port "$EC"
+wait_port "$WE"
+# Ready means a write commits (etcd elects itself leader first), then one warm-up cell each
+# (connections, allocator, page cache), not counted.
+for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
+    for i in $(seq 1 100); do
+        ETCDCTL_API=3 etcdctl --endpoints "$ep" put bench/ready x >/dev/null 2>&1 && break
+        [ "$i" = 100 ] && { echo "$ep does not accept writes after 10 s" >&2; exit 1; }
+        sleep 0.1
+    done
+done
+"$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --workloads put --clients 16 \
+    --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
+
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, ${SECS} s per cell"
+echo
+for r in $(seq 1 "$ROUNDS"); do
+    [ "$ROUNDS" -gt 1 ] && echo "round $r"
+    "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" \
+        --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
+        --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
+        --workloads "$WORKLOADS" --clients "$CLIENTS"
+    echo
+done
