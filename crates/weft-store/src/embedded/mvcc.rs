@@ -5,7 +5,8 @@
 //! - `rev` is the revision of the last applied change; it grows by one per batch that changes at
 //!   least one key, never otherwise.
 //! - Each key's history is sorted by revision, holds at most one entry per revision, and keeps the
-//!   newest entry at or below `compact_rev` (unless that entry is a tombstone).
+//!   newest entry at or below `compact_rev` (unless that entry is a tombstone). Older entries
+//!   may linger until the background sweep reaches the key; no read can see them.
 //! - A lease's key set is exactly the live keys whose latest entry names that lease.
 //! - `recent` holds the events of consecutive revisions ending at `rev`.
 
@@ -217,8 +218,23 @@ impl Mvcc {
         Ok(out.into_iter().map(|(_, _, e)| e).collect())
     }
 
-    /// Drops history before `rev` (keeping the newest live entry at or below it).
+    /// Compacts at `rev`: reads and watches before it fail from now on. Key histories are
+    /// trimmed afterwards by [`Mvcc::sweep`], a slice at a time, so that compacting a large
+    /// state does not hold the state lock for long; the entries it has yet to drop are
+    /// invisible (every read is at or after `compact_rev`).
     pub fn compact(&mut self, rev: i64) {
+        self.compact_rev = rev;
+        while self.recent.front().is_some_and(|(r, _)| *r < rev) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Trims the histories of up to `max` keys after `after` (from the first key if `None`)
+    /// to what compaction at `compact_rev` keeps: the newest entry at or below it, unless that
+    /// is a tombstone, and everything after it; keys left empty are removed. Returns the last
+    /// key looked at while keys remain, `None` once the end is reached.
+    pub fn sweep(&mut self, after: Option<&Bytes>, max: usize) -> Option<Bytes> {
+        let rev = self.compact_rev;
         let keep_from = |hist: &[Entry]| {
             let idx = hist.partition_point(|e| e.rev <= rev);
             if idx > 0 && hist[idx - 1].kv.is_some() {
@@ -227,14 +243,24 @@ impl Mvcc {
                 idx
             }
         };
+        let lower = match after {
+            Some(k) => Bound::Excluded(&k[..]),
+            None => Bound::Unbounded,
+        };
+        let mut last = None;
+        let mut due = Vec::new();
+        for (k, hist) in self
+            .keys
+            .range::<_, [u8]>((lower, Bound::Unbounded))
+            .take(max)
+        {
+            if keep_from(hist) > 0 {
+                due.push(k.clone());
+            }
+            last = Some(k.clone());
+        }
         // Only the histories that change are touched, so that nodes shared with a snapshot
         // still being written are not copied needlessly.
-        let due: Vec<Bytes> = self
-            .keys
-            .iter()
-            .filter(|(_, hist)| keep_from(hist) > 0)
-            .map(|(k, _)| k.clone())
-            .collect();
         for key in due {
             if let Some(hist) = self.keys.get_mut(&key[..]) {
                 let n = keep_from(hist);
@@ -244,9 +270,16 @@ impl Mvcc {
                 }
             }
         }
-        self.compact_rev = rev;
-        while self.recent.front().is_some_and(|(r, _)| *r < rev) {
-            self.recent.pop_front();
+        let more = last.as_ref().is_some_and(|l| {
+            self.keys
+                .range::<_, [u8]>((Bound::Excluded(&l[..]), Bound::Unbounded))
+                .next()
+                .is_some()
+        });
+        if more {
+            last
+        } else {
+            None
         }
     }
 
@@ -338,6 +371,8 @@ impl Mvcc {
         }
         if let Some(c) = batch.compact {
             w.compact(c);
+            // Nothing else runs during recovery: trim every history at once.
+            w.m.sweep(None, usize::MAX);
         }
         w.finish();
         if self.rev != batch.rev {

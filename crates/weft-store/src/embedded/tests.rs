@@ -296,6 +296,47 @@ async fn commit_delay_batches_concurrent_writers_but_not_a_lone_one() {
     );
 }
 
+/// A compaction returns at once; the sweeper trims the histories in the background.
+#[tokio::test]
+async fn compaction_trims_histories_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    for i in 0..2000 {
+        s.put_kv(format!("k/{}", i % 700), format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    let entries = |s: &Embedded| -> usize {
+        s.inner
+            .state
+            .read()
+            .unwrap()
+            .keys
+            .iter()
+            .map(|(_, h)| h.len())
+            .sum()
+    };
+    assert_eq!(entries(&s), 2000);
+    let rev = s.status().await.unwrap().header.revision;
+    s.compact(rev).await.unwrap();
+    let mut left = entries(&s);
+    for _ in 0..200 {
+        if left == 700 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        left = entries(&s);
+    }
+    assert_eq!(left, 700, "one entry per key is left after the sweep");
+    assert_eq!(
+        s.range(RangeRequest::new(KeyRange::all()))
+            .await
+            .unwrap()
+            .count,
+        700
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_always_syncs_every_write() {
     let dir = tempfile::tempdir().unwrap();
@@ -478,6 +519,54 @@ proptest! {
             apply(&mut m, op);
         }
         prop_assert_eq!(codec::encode_snapshot(&copy), at_once);
+    }
+
+    /// Sweeping after a compaction in slices of any size trims exactly what a sweep of
+    /// everything at once trims, and changes no read at or after the compaction point.
+    #[test]
+    fn sweeping_in_slices_equals_sweeping_at_once(
+        ops in proptest::collection::vec(op(), 1..80),
+        slice in 1usize..6,
+    ) {
+        let now = Instant::now();
+        let mut m = Mvcc::default();
+        for op in &ops {
+            let mut w = Writer::new(&mut m, now);
+            match op {
+                Op::Put(k, v) => { w.put(key(*k), Bytes::from(vec![*v]), 0); }
+                Op::Del(k, n) => { w.delete_range(&KeyRange::range(key(*k), key(k.saturating_add(*n)))); }
+                Op::Compact(x) => {
+                    let target = (*x as i64) % (w.m.rev + 1);
+                    if target > w.m.compact_rev {
+                        w.compact(target);
+                    }
+                }
+            }
+            w.finish();
+        }
+        let reads: Vec<u32> = (m.compact_rev..=m.rev).map(|r| m.hash_at(r)).collect();
+        let mut whole = codec::decode_snapshot(&codec::encode_snapshot(&m.snapshot()), now).unwrap();
+        prop_assert_eq!(whole.sweep(None, usize::MAX), None);
+        let mut cursor = None;
+        let mut turns = 0;
+        loop {
+            cursor = m.sweep(cursor.as_ref(), slice);
+            turns += 1;
+            prop_assert!(turns <= 1000, "the sweep does not end");
+            if cursor.is_none() { break; }
+        }
+        prop_assert_eq!(
+            codec::encode_snapshot(&m.snapshot()),
+            codec::encode_snapshot(&whole.snapshot())
+        );
+        let after: Vec<u32> = (m.compact_rev..=m.rev).map(|r| m.hash_at(r)).collect();
+        prop_assert_eq!(after, reads);
+        // Nothing older than needed is left.
+        for (_, hist) in m.keys.iter() {
+            let below = hist.iter().filter(|e| e.rev <= m.compact_rev).count();
+            prop_assert!(below <= 1);
+            prop_assert!(!hist.is_empty());
+        }
     }
 
     /// Events rebuilt from history equal the events recorded live, for any window.
