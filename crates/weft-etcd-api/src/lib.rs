@@ -5,6 +5,8 @@
 //! message. Generated server traits come from the `etcd-client` crate (`build-server`), so no
 //! proto file is copied here. Errors carry etcd's own messages so clients recognise them.
 
+mod fast;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,33 +40,56 @@ impl std::fmt::Debug for EtcdApi {
     }
 }
 
-/// Serves the etcd API on `listener` until `shutdown` completes.
+/// How long shutdown waits for open calls (watch and keep-alive streams never end by
+/// themselves) after telling clients to go away.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves the etcd API (gRPC over cleartext HTTP/2) on `listener` until `shutdown` completes,
+/// then sends GOAWAY and lets open calls finish for up to 5 s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> std::io::Result<()> {
     let api = EtcdApi { store, cfg };
-    // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's algorithm
-    // and delayed ACKs add ~40 ms to each exchange.
-    let incoming = futures::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(listener),
-        |s| {
-            if let Ok(s) = &s {
-                let _ = s.set_nodelay(true);
-            }
-            s
-        },
-    );
-    tonic::transport::Server::builder()
-        .add_service(PbKvServer::new(api.clone()))
+    let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
         .add_service(PbWatchServer::new(api.clone()))
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
-        .add_service(PbClusterServer::new(api))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(PbClusterServer::new(api.clone()));
+    let svc = fast::Svc { api, routes };
+    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    http2.timer(hyper_util::rt::TokioTimer::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!("etcd API accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's
+        // algorithm and delayed ACKs add ~40 ms to each exchange.
+        let _ = stream.set_nodelay(true);
+        let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), svc.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("etcd API connection: {e}");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    Ok(())
 }
 
 /// Maps a store error to the status etcd returns for it, with etcd's message.
