@@ -5,7 +5,8 @@
 //! machinery). Everything else (watch and keep-alive streams, the other services, compressed
 //! requests) goes to tonic's [`Routes`] unchanged. Served straight on the `h2` crate, a put
 //! cost 27–35 µs of server CPU against 42–43 µs through tonic (`examples/h2_put.rs`); this
-//! path keeps hyper for the connection (flow control, pings, GOAWAY) and drops tonic's part.
+//! path keeps hyper for the connection (flow control, pings, GOAWAY) and drops tonic's part:
+//! 45–55 µs against 60–71 µs per put through tonic, in alternating rounds on a slow machine.
 
 use std::convert::Infallible;
 use std::future::Future;
