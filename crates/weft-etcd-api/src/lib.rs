@@ -4,6 +4,37 @@
 //! `weft up --etcd-listen ADDR` unchanged. Everything else answers `UNIMPLEMENTED` with a
 //! message. Generated server traits come from the `etcd-client` crate (`build-server`), so no
 //! proto file is copied here. Errors carry etcd's own messages so clients recognise them.
+//!
+//! The server is hyper's HTTP/2 server; unary KV calls take a fast path past tonic's
+//! per-request layers (see `fast.rs`), everything else is served by tonic.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use weft_store::embedded::{Embedded, Options};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let store = Arc::new(Embedded::open(dir.path(), Options::default()).await?);
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let url = format!("http://{}", listener.local_addr()?);
+//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1 };
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
+//!     let _ = stopped.await;
+//! }));
+//!
+//! // Any etcd client works against it.
+//! let mut client = etcd_client::Client::connect([url], None).await?;
+//! client.put("greeting", "hello", None).await?;
+//! let got = client.get("greeting", None).await?;
+//! assert_eq!(got.kvs()[0].value(), b"hello");
+//!
+//! let _ = stop.send(());
+//! server.await??;
+//! # Ok(())
+//! # }
+//! ```
 
 mod fast;
 

@@ -1,0 +1,154 @@
+//! The HTTP/2 server itself: the fast path and tonic's path answer on one connection, bad
+//! requests get gRPC errors, and shutdown neither hangs on idle clients nor waits forever
+//! for open streams.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_store::embedded::Embedded;
+
+struct Server {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        Embedded::open(dir.path(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = weft_etcd_api::Config {
+        client_url: url.clone(),
+        member_id: 1,
+    };
+    let task = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
+        let _ = rx.await;
+    }));
+    Server {
+        url,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+#[tokio::test]
+async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
+    let s = start().await;
+    let mut c = etcd_client::Client::connect([s.url.clone()], None)
+        .await
+        .unwrap();
+    // Fast path: put, range, txn, delete.
+    c.put("a", "1", None).await.unwrap();
+    let r = c.get("a", None).await.unwrap();
+    assert_eq!(r.kvs()[0].value(), b"1");
+    let rev = r.header().unwrap().revision();
+    let t = etcd_client::Txn::new()
+        .when([etcd_client::Compare::mod_revision(
+            "a",
+            etcd_client::CompareOp::Equal,
+            rev,
+        )])
+        .and_then([etcd_client::TxnOp::put("a", "2", None)]);
+    assert!(c.txn(t).await.unwrap().succeeded());
+    // Errors from the fast path carry etcd's codes and messages.
+    let err = c.get("", None).await.unwrap_err();
+    assert!(err.to_string().contains("key is not provided"), "{err}");
+    // Tonic's path on the same client: a lease and a watch stream.
+    let lease = c.lease_grant(30, None).await.unwrap();
+    let mut stream = c.watch("a", None).await.unwrap();
+    c.put(
+        "a",
+        "3",
+        Some(etcd_client::PutOptions::new().with_lease(lease.id())),
+    )
+    .await
+    .unwrap();
+    // The first message confirms the watch; events follow.
+    let ev = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let m = stream.message().await.unwrap().unwrap();
+            if !m.events().is_empty() {
+                return m;
+            }
+        }
+    })
+    .await
+    .expect("watch event in time");
+    assert_eq!(ev.events()[0].kv().unwrap().value(), b"3");
+    assert_eq!(c.delete("a", None).await.unwrap().deleted(), 1);
+    // Shutdown with an open watch stream: GOAWAY, then at most the 5 s grace.
+    let t0 = Instant::now();
+    let _ = s.stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), s.task)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_idle_clients() {
+    let s = start().await;
+    let mut c = etcd_client::Client::connect([s.url.clone()], None)
+        .await
+        .unwrap();
+    c.put("k", "v", None).await.unwrap();
+    let t0 = Instant::now();
+    let _ = s.stop.send(());
+    s.task.await.unwrap().unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for an idle connection",
+        t0.elapsed()
+    );
+    drop(c);
+}
+
+/// A unary call whose body is not one well-formed gRPC message gets a gRPC error, not a hang
+/// or a dropped connection.
+#[tokio::test]
+async fn malformed_unary_messages_get_grpc_errors() {
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let cases: [(&[u8], &str); 3] = [
+        (b"\0\0", "13"),            // no complete message header: INTERNAL
+        (b"\x01\0\0\0\0", "12"),    // compressed flag without grpc-encoding: UNIMPLEMENTED
+        (b"\0\0\0\0\x09abc", "13"), // length says 9, 3 bytes follow: INTERNAL
+    ];
+    for (body, code) in cases {
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("http://{addr}/etcdserverpb.KV/Put"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        h2 = h2.ready().await.unwrap();
+        let (resp, mut send) = h2.send_request(req, false).unwrap();
+        send.send_data(bytes::Bytes::copy_from_slice(body), true)
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let status = resp
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(status.as_deref(), Some(code), "{body:?}: {resp:?}");
+    }
+    let _ = s.stop.send(());
+}
