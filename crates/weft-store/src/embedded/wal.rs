@@ -68,6 +68,9 @@ struct Queue {
     since_snapshot: u64,
     gen: u64,
     shutdown: bool,
+    /// The flusher is blocked on the condvar: only then does an append need to wake it (a
+    /// condvar notification is a futex syscall even when nobody waits).
+    idle: bool,
 }
 
 /// The write-ahead log shared by writers and the flusher thread.
@@ -232,6 +235,7 @@ impl Log {
                 since_snapshot,
                 gen,
                 shutdown: false,
+                idle: false,
             }),
             cv: Condvar::new(),
             durable,
@@ -275,8 +279,11 @@ impl Log {
                 snapshot,
             });
         }
+        let wake = q.idle;
         drop(q);
-        self.cv.notify_one();
+        if wake {
+            self.cv.notify_one();
+        }
         seq
     }
 
@@ -423,7 +430,9 @@ impl Log {
             let items = {
                 let mut q = self.q.lock().expect("log queue poisoned");
                 while q.items.is_empty() && !q.shutdown {
+                    q.idle = true;
                     q = self.cv.wait(q).expect("log queue poisoned");
+                    q.idle = false;
                 }
                 if !delay.is_zero() && !q.shutdown && (last_batch >= 2 || q.items.len() >= 2) {
                     // Concurrent writers: let the ones about to append join this fsync.
