@@ -79,18 +79,14 @@ impl http_body::Body for Unary {
     }
 }
 
-fn reply<M: Message>(r: Result<tonic::Response<M>, Status>) -> Response<tonic::body::Body> {
-    let msg = match r {
-        Ok(r) => r.into_inner(),
-        Err(s) => return s.into_http(),
-    };
+fn reply<M: Message>(r: tonic::Response<M>) -> Result<Response<tonic::body::Body>, Status> {
+    let msg = r.into_inner();
     let len = msg.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
     buf.put_u32(len as u32);
-    if msg.encode(&mut buf).is_err() {
-        return Status::internal("cannot encode the response").into_http();
-    }
+    msg.encode(&mut buf)
+        .map_err(|_| Status::internal("cannot encode the response"))?;
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
     let mut resp = Response::new(tonic::body::Body::new(Unary {
@@ -101,7 +97,7 @@ fn reply<M: Message>(r: Result<tonic::Response<M>, Status>) -> Response<tonic::b
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    resp
+    Ok(resp)
 }
 
 /// The message of a unary gRPC request body: one uncompressed length-prefixed message.
@@ -136,37 +132,28 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<tonic::Request<M>, Status> {
 }
 
 async fn call(api: EtcdApi, m: Method, req: Request<Incoming>) -> Response<tonic::body::Body> {
+    dispatch(&api, m, req)
+        .await
+        .unwrap_or_else(|s| s.into_http())
+}
+
+async fn dispatch(
+    api: &EtcdApi,
+    m: Method,
+    req: Request<Incoming>,
+) -> Result<Response<tonic::body::Body>, Status> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_MESSAGE + 5);
-    let body = match limited.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return Status::out_of_range(format!(
-                "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
-            ))
-            .into_http()
-        }
-    };
-    let msg = match message(&body) {
-        Ok(m) => m,
-        Err(s) => return s.into_http(),
-    };
+    let body = limited.collect().await.map_err(|e| {
+        Status::out_of_range(format!(
+            "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
+        ))
+    })?;
+    let msg = message(&body.to_bytes())?;
     match m {
-        Method::Range => match decode::<PbRangeRequest>(msg) {
-            Ok(r) => reply(PbKvService::range(&api, r).await),
-            Err(s) => s.into_http(),
-        },
-        Method::Put => match decode::<PbPutRequest>(msg) {
-            Ok(r) => reply(PbKvService::put(&api, r).await),
-            Err(s) => s.into_http(),
-        },
-        Method::DeleteRange => match decode::<PbDeleteRequest>(msg) {
-            Ok(r) => reply(PbKvService::delete_range(&api, r).await),
-            Err(s) => s.into_http(),
-        },
-        Method::Txn => match decode::<PbTxnRequest>(msg) {
-            Ok(r) => reply(PbKvService::txn(&api, r).await),
-            Err(s) => s.into_http(),
-        },
+        Method::Range => reply(PbKvService::range(api, decode(msg)?).await?),
+        Method::Put => reply(PbKvService::put(api, decode(msg)?).await?),
+        Method::DeleteRange => reply(PbKvService::delete_range(api, decode(msg)?).await?),
+        Method::Txn => reply(PbKvService::txn(api, decode(msg)?).await?),
     }
 }
 

@@ -2,49 +2,16 @@
 //! requests get gRPC errors, and shutdown neither hangs on idle clients nor waits forever
 //! for open streams.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use weft_store::embedded::Embedded;
-
-struct Server {
-    url: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(
-        Embedded::open(dir.path(), Default::default())
-            .await
-            .unwrap(),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = weft_etcd_api::Config {
-        client_url: url.clone(),
-        member_id: 1,
-    };
-    let task = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
-        let _ = rx.await;
-    }));
-    Server {
-        url,
-        stop,
-        task,
-        _dir: dir,
-    }
-}
+use common::{client, start};
 
 #[tokio::test]
 async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
     let s = start().await;
-    let mut c = etcd_client::Client::connect([s.url.clone()], None)
-        .await
-        .unwrap();
+    let mut c = client(&s).await;
     // Fast path: put, range, txn, delete.
     c.put("a", "1", None).await.unwrap();
     let r = c.get("a", None).await.unwrap();
@@ -98,9 +65,7 @@ async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
 #[tokio::test]
 async fn shutdown_does_not_wait_for_idle_clients() {
     let s = start().await;
-    let mut c = etcd_client::Client::connect([s.url.clone()], None)
-        .await
-        .unwrap();
+    let mut c = client(&s).await;
     c.put("k", "v", None).await.unwrap();
     let t0 = Instant::now();
     let _ = s.stop.send(());

@@ -249,16 +249,14 @@ impl Mvcc {
         };
         let mut last = None;
         let mut due = Vec::new();
-        for (k, hist) in self
-            .keys
-            .range::<_, [u8]>((lower, Bound::Unbounded))
-            .take(max)
-        {
+        let mut slice = self.keys.range::<_, [u8]>((lower, Bound::Unbounded));
+        for (k, hist) in slice.by_ref().take(max) {
             if keep_from(hist) > 0 {
                 due.push(k.clone());
             }
             last = Some(k.clone());
         }
+        let more = slice.next().is_some();
         // Only the histories that change are touched, so that nodes shared with a snapshot
         // still being written are not copied needlessly.
         for key in due {
@@ -270,17 +268,7 @@ impl Mvcc {
                 }
             }
         }
-        let more = last.as_ref().is_some_and(|l| {
-            self.keys
-                .range::<_, [u8]>((Bound::Excluded(&l[..]), Bound::Unbounded))
-                .next()
-                .is_some()
-        });
-        if more {
-            last
-        } else {
-            None
-        }
+        last.filter(|_| more)
     }
 
     /// A copy of the state for a snapshot file: O(leases), the key index is shared.

@@ -419,6 +419,26 @@ fn key(k: u8) -> Bytes {
     Bytes::from(format!("k{k}"))
 }
 
+/// Applies one generated operation as one write (a compaction only when it moves forward).
+fn apply(m: &mut Mvcc, op: &Op, now: Instant) {
+    let mut w = Writer::new(m, now);
+    match op {
+        Op::Put(k, v) => {
+            w.put(key(*k), Bytes::from(vec![*v]), 0);
+        }
+        Op::Del(k, n) => {
+            w.delete_range(&KeyRange::range(key(*k), key(k.saturating_add(*n))));
+        }
+        Op::Compact(x) => {
+            let target = (*x as i64) % (w.m.rev + 1);
+            if target > w.m.compact_rev {
+                w.compact(target);
+            }
+        }
+    }
+    w.finish();
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -496,27 +516,13 @@ proptest! {
     ) {
         let now = Instant::now();
         let mut m = Mvcc::default();
-        let apply = |m: &mut Mvcc, op: &Op| {
-            let mut w = Writer::new(m, now);
-            match op {
-                Op::Put(k, v) => { w.put(key(*k), Bytes::from(vec![*v]), 0); }
-                Op::Del(k, n) => { w.delete_range(&KeyRange::range(key(*k), key(k.saturating_add(*n)))); }
-                Op::Compact(x) => {
-                    let target = (*x as i64) % (w.m.rev + 1);
-                    if target > w.m.compact_rev {
-                        w.compact(target);
-                    }
-                }
-            }
-            w.finish();
-        };
         for op in &before {
-            apply(&mut m, op);
+            apply(&mut m, op, now);
         }
         let at_once = codec::encode_snapshot(&m.snapshot());
         let copy = m.snapshot();
         for op in &after {
-            apply(&mut m, op);
+            apply(&mut m, op, now);
         }
         prop_assert_eq!(codec::encode_snapshot(&copy), at_once);
     }
@@ -531,18 +537,7 @@ proptest! {
         let now = Instant::now();
         let mut m = Mvcc::default();
         for op in &ops {
-            let mut w = Writer::new(&mut m, now);
-            match op {
-                Op::Put(k, v) => { w.put(key(*k), Bytes::from(vec![*v]), 0); }
-                Op::Del(k, n) => { w.delete_range(&KeyRange::range(key(*k), key(k.saturating_add(*n)))); }
-                Op::Compact(x) => {
-                    let target = (*x as i64) % (w.m.rev + 1);
-                    if target > w.m.compact_rev {
-                        w.compact(target);
-                    }
-                }
-            }
-            w.finish();
+            apply(&mut m, op, now);
         }
         let reads: Vec<u32> = (m.compact_rev..=m.rev).map(|r| m.hash_at(r)).collect();
         let mut whole = codec::decode_snapshot(&codec::encode_snapshot(&m.snapshot()), now).unwrap();

@@ -78,8 +78,6 @@ pub(crate) struct Log {
     q: Mutex<Queue>,
     cv: Condvar,
     pub durable: watch::Sender<Durable>,
-    /// `durable.seq`, readable without the watch's lock.
-    durable_seq: AtomicU64,
     /// Writers waiting for their record to be durable, each woken alone when it is (a watch
     /// would wake every waiter on every flush, and most would go back to sleep).
     waiters: Mutex<Vec<(u64, oneshot::Sender<()>)>>,
@@ -239,7 +237,6 @@ impl Log {
             }),
             cv: Condvar::new(),
             durable,
-            durable_seq: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             snapshot_bytes,
             snap_job: Mutex::new(SnapSlot {
@@ -292,8 +289,8 @@ impl Log {
         self.q.lock().expect("log queue poisoned").seq
     }
 
-    /// Forces a snapshot now (used by tests and by `compact`); returns the sequence number it
-    /// covers and its generation.
+    /// Forces a snapshot now (`Embedded::snapshot`); returns the sequence number it covers and
+    /// its generation.
     pub fn snapshot_now(&self, state: &Mvcc) -> (u64, u64) {
         let mut q = self.q.lock().expect("log queue poisoned");
         q.since_snapshot = 0;
@@ -319,18 +316,17 @@ impl Log {
 
     /// What a writer whose record has sequence number `seq` has to wait for.
     pub fn wait(&self, seq: u64) -> Wait {
-        if self.durable_seq.load(Ordering::Acquire) >= seq {
-            return Wait::Durable;
-        }
         let mut w = self.waiters.lock().expect("log waiters poisoned");
-        // Checked again under the lock: `publish` and `release` update the state before they
-        // take it, so a waiter registered here is always seen by the next one.
-        if self.durable_seq.load(Ordering::Acquire) >= seq {
+        // Read under the waiters lock: `publish` and `fail` update `durable` before they take
+        // it, so a waiter registered here is always seen by the next one.
+        let d = self.durable.borrow();
+        if d.seq >= seq {
             return Wait::Durable;
         }
-        if let Some(f) = &self.durable.borrow().failed {
+        if let Some(f) = &d.failed {
             return Wait::Failed(f.clone());
         }
+        drop(d);
         let (tx, rx) = oneshot::channel();
         w.push((seq, tx));
         Wait::Pending(rx)
@@ -341,7 +337,6 @@ impl Log {
             d.seq = d.seq.max(seq);
             d.rev = d.rev.max(rev);
         });
-        self.durable_seq.fetch_max(seq, Ordering::AcqRel);
         let mut w = self.waiters.lock().expect("log waiters poisoned");
         let mut i = 0;
         while i < w.len() {
@@ -376,7 +371,7 @@ impl Log {
                 self.fail(format!("cannot start the snapshot thread: {e}"));
                 return;
             }
-            self.flush_loop(dir.clone(), file, mode, delay);
+            self.flush_loop(&dir, file, mode, delay);
             self.snap_job.lock().expect("snapshot slot poisoned").stop = true;
             self.snap_cv.notify_one();
         });
@@ -417,13 +412,7 @@ impl Log {
         }
     }
 
-    fn flush_loop(
-        &self,
-        dir: PathBuf,
-        mut file: File,
-        mode: Durability,
-        delay: std::time::Duration,
-    ) {
+    fn flush_loop(&self, dir: &Path, mut file: File, mode: Durability, delay: std::time::Duration) {
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         let mut last_batch = 0usize;
         loop {
@@ -471,7 +460,7 @@ impl Log {
                         }
                         // Records up to `seq` are durable in the old log; later ones go to the
                         // new one while the snapshot thread writes the state as of `seq`.
-                        match start_log(&dir, gen) {
+                        match start_log(dir, gen) {
                             Ok(f) => file = f,
                             Err(e) => return self.fail(format!("cannot start log {gen}: {e}")),
                         }
