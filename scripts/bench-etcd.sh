@@ -8,11 +8,13 @@
 #   scripts/bench-etcd.sh [SECONDS] [WORKLOADS] [CLIENTS] [ROUNDS]
 #   scripts/bench-etcd.sh 3 put,txn,get,lease,lock,watch 1,16,64 1
 #   CONNS=4 WEFT_ARGS='--commit-delay-us 150' scripts/bench-etcd.sh 3 put 64 5
+#   TRANSPORT=direct scripts/bench-etcd.sh 3 put,txn 64 3
 #
 # Each round runs every cell against etcd, then against weft. Rows include each server's CPU
 # time per operation and the client's (user + system from /proc; steadier than ops/s when the
 # machine's speed drifts). CONNS (default 16) is the number of gRPC connections the clients
-# share; WEFT_ARGS are extra `weft up` options. Prints markdown tables.
+# share; TRANSPORT (balanced or direct, see `weft bench etcd-api --help`) is how they connect;
+# WEFT_ARGS are extra `weft up` options. Prints markdown tables.
 set -euo pipefail
 
 SECS=${1:-3}
@@ -20,6 +22,7 @@ WORKLOADS=${2:-put,txn,get,lease,lock,watch}
 CLIENTS=${3:-1,16,64}
 ROUNDS=${4:-1}
 CONNS=${CONNS:-16}
+TRANSPORT=${TRANSPORT:-balanced}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -68,14 +71,14 @@ for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
         sleep 0.1
     done
 done
-"$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --workloads put --clients 16 \
+"$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" --workloads put --clients 16 \
     --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, ${SECS} s per cell"
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
-    "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" \
+    "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" \
         --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
         --workloads "$WORKLOADS" --clients "$CLIENTS"

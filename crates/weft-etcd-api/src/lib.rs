@@ -37,6 +37,7 @@
 //! ```
 
 mod fast;
+mod local;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -90,8 +91,6 @@ pub async fn serve(
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api.clone()));
     let svc = fast::Svc { api, routes };
-    let mut http2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    http2.timer(hyper_util::rt::TokioTimer::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -110,13 +109,12 @@ pub async fn serve(
         // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add ~40 ms to each exchange.
         let _ = stream.set_nodelay(true);
+        // The connection's calls run in the connection's task (see `local.rs`).
+        let exec = local::ConnExec::default();
+        let mut http2 = hyper::server::conn::http2::Builder::new(exec.clone());
+        http2.timer(hyper_util::rt::TokioTimer::new());
         let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), svc.clone());
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("etcd API connection: {e}");
-            }
-        });
+        tokio::spawn(local::Driver::new(graceful.watch(conn), exec));
     }
     drop(listener);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;

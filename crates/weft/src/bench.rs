@@ -7,6 +7,97 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 
+/// How the benchmark's etcd clients reach the server. Both use the same `etcd-client` API
+/// (request building, protobuf, tonic's gRPC codec); they differ only below it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// `Client::connect`: etcd-client's default, a tonic balanced channel (a load balancer and a
+    /// request buffer, each with its own task, in front of the HTTP/2 connection).
+    Balanced,
+    /// `Client::from_channel` over one bare hyper HTTP/2 connection per client connection: no
+    /// balancer, no buffer task. Less client CPU per request, so more of the shared cores go
+    /// to the server being measured.
+    Direct,
+}
+
+/// A tonic-compatible channel over one hyper HTTP/2 connection.
+#[derive(Clone)]
+struct H2Channel {
+    send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl tower::Service<http::Request<tonic::body::Body>> for H2Channel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.send.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        // tonic's clients send only the path; the origin is the channel's to add.
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        match http::Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(e) => return Box::pin(async move { Err(e.into()) }),
+        }
+        let fut = self.send.send_request(req);
+        Box::pin(async move { Ok(fut.await?.map(tonic::body::Body::new)) })
+    }
+}
+
+/// Connects one etcd client to `endpoint` (`http://host:port`) over `transport`.
+pub async fn connect(endpoint: &str, transport: Transport) -> Result<Client> {
+    match transport {
+        Transport::Balanced => Ok(Client::connect([endpoint], None).await?),
+        Transport::Direct => {
+            let uri: http::Uri = endpoint
+                .parse()
+                .with_context(|| format!("{endpoint:?} is not a URL"))?;
+            anyhow::ensure!(
+                uri.scheme_str() == Some("http"),
+                "--transport direct needs an http:// endpoint, got {endpoint:?}"
+            );
+            let authority = uri
+                .authority()
+                .cloned()
+                .with_context(|| format!("{endpoint:?} has no host:port"))?;
+            let tcp = tokio::net::TcpStream::connect(authority.as_str()).await?;
+            tcp.set_nodelay(true)?;
+            let (send, conn) =
+                hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .handshake(hyper_util::rt::TokioIo::new(tcp))
+                    .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!("bench connection ended: {e}");
+                }
+            });
+            let channel = H2Channel {
+                send,
+                scheme: http::uri::Scheme::HTTP,
+                authority,
+            };
+            Ok(Client::from_channel(
+                etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(channel)),
+                None,
+            )
+            .await?)
+        }
+    }
+}
+
 /// One measured cell.
 pub struct Cell {
     pub ops: u64,
@@ -256,12 +347,13 @@ pub async fn run(
     workload: &str,
     clients: usize,
     max_conns: usize,
+    transport: Transport,
     duration: Duration,
 ) -> Result<Cell> {
     let mut conns = Vec::new();
     for _ in 0..clients.min(max_conns).max(1) {
         conns.push(
-            Client::connect([endpoint], None)
+            connect(endpoint, transport)
                 .await
                 .with_context(|| format!("cannot connect to {endpoint}"))?,
         );

@@ -153,6 +153,11 @@ enum BenchCmd {
         /// client). etcd's own benchmark tool calls this --conns.
         #[arg(long, default_value_t = 16)]
         conns: usize,
+        /// How clients reach the server: balanced (etcd-client's `Client::connect`, a tonic
+        /// balanced channel) or direct (`Client::from_channel` over a bare hyper HTTP/2
+        /// connection: same client API, less client CPU per request).
+        #[arg(long, value_enum, default_value = "balanced")]
+        transport: bench::Transport,
         /// NAME=PID of local server processes: adds the server's and this client's CPU time
         /// per operation (from /proc) to each row.
         #[arg(long, value_delimiter = ',')]
@@ -552,6 +557,7 @@ fn main() -> Result<()> {
                         clients,
                         seconds,
                         conns,
+                        transport,
                         server_pids,
                     },
             } => {
@@ -575,7 +581,7 @@ fn main() -> Result<()> {
                                 .with_context(|| format!("--endpoints {e:?} must be NAME=URL"))?;
                             let pid = pids.get(name).copied();
                             let before = bench::CpuSample::take(pid)?;
-                            let cell = bench::run(url, w, *c, conns, dur).await?;
+                            let cell = bench::run(url, w, *c, conns, transport, dur).await?;
                             let cpu = bench::CpuSample::take(pid)?.since(&before, cell.ops);
                             let cpu = match (pids.is_empty(), cpu) {
                                 (true, _) => String::new(),

@@ -1,0 +1,224 @@
+//! Runs each connection's calls inside the connection's own task.
+//!
+//! hyper's HTTP/2 server hands every request stream to an executor. With tokio's executor each
+//! call is its own task: a call's response wakes the connection task, which tokio runs next
+//! (its LIFO slot), so every response goes out in its own `writev`, and each call costs a task
+//! spawn and two cross-task wake-ups. Here the executor is a queue owned by the connection's
+//! task ([`Driver`]): the task polls the ready calls first, then the connection once, so all
+//! responses a group commit released on this connection leave in one write.
+//!
+//! The cost: the calls of one connection share one task, so they do not run in parallel on
+//! several cores. Calls only decode, touch the in-memory store, and encode; the waiting (for
+//! the log's fsync, for watch events) is asynchronous and does not hold the task. Clients that
+//! want more than one core of server work open more connections, as etcd's Go client and
+//! benchmark do (`--conns`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+#[derive(Default)]
+struct Queue {
+    new: Vec<Call>,
+    /// The driver's waker while it is not being polled (calls are normally queued from inside
+    /// its poll, which drains the queue before returning).
+    waker: Option<Waker>,
+}
+
+/// hyper executor that queues calls for the connection's [`Driver`].
+#[derive(Clone, Default)]
+pub(crate) struct ConnExec {
+    queue: Arc<Mutex<Queue>>,
+}
+
+impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for ConnExec {
+    fn execute(&self, fut: F) {
+        let waker = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.new.push(Box::pin(fut));
+            q.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl ConnExec {
+    fn take_new(&self, calls: &mut FuturesUnordered<Call>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        calls.extend(q.new.drain(..));
+    }
+
+    /// Leaves `waker` for [`hyper::rt::Executor::execute`] if no call is queued; false if
+    /// one is.
+    fn park(&self, waker: &Waker) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if q.new.is_empty() {
+            q.waker = Some(waker.clone());
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A connection future and the calls it started, polled in one task. Completes when the
+/// connection is done and every call has finished.
+pub(crate) struct Driver<C> {
+    conn: Option<Pin<Box<C>>>,
+    exec: ConnExec,
+    calls: FuturesUnordered<Call>,
+}
+
+impl<C> Driver<C> {
+    pub(crate) fn new(conn: C, exec: ConnExec) -> Self {
+        Driver {
+            conn: Some(Box::pin(conn)),
+            exec,
+            calls: FuturesUnordered::new(),
+        }
+    }
+}
+
+/// Rounds of "poll the calls, then the connection" per poll before yielding to other tasks.
+const ROUNDS: usize = 8;
+
+impl<C, E> Future for Driver<C>
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..ROUNDS {
+            this.exec.take_new(&mut this.calls);
+            // The calls first: what they answer is queued in the connection's send buffer...
+            while let Poll::Ready(Some(())) = this.calls.poll_next_unpin(cx) {}
+            // ...then the connection once: it writes all of it, and reads new requests, whose
+            // calls it queues here.
+            if let Some(conn) = &mut this.conn {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    if let Err(e) = r {
+                        tracing::debug!("etcd API connection: {e}");
+                    }
+                    this.conn = None;
+                }
+            }
+            // No new calls: everything is waiting on a waker (or done).
+            if this.exec.park(cx.waker()) {
+                return if this.conn.is_none() && this.calls.is_empty() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                };
+            }
+        }
+        // Still busy after ROUNDS rounds: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    #[tokio::test]
+    async fn calls_queued_outside_the_drivers_poll_still_run() {
+        let exec = ConnExec::default();
+        let (end_conn, conn_ended) = oneshot::channel::<()>();
+        let conn = async move {
+            let _ = conn_ended.await;
+            Ok::<(), std::io::Error>(())
+        };
+        let driver = tokio::spawn(Driver::new(conn, exec.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await; // the driver parks
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = oneshot::channel();
+        let r = ran.clone();
+        exec.execute(async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            let _ = tx.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("a call queued from another task must be woken and run")
+            .unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 1);
+        assert!(!driver.is_finished(), "the connection is still open");
+        end_conn.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), driver)
+            .await
+            .expect("driver ends with its connection")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_driver_outlives_its_connection_until_every_call_is_done() {
+        let exec = ConnExec::default();
+        let (finish_call, call_may_finish) = oneshot::channel::<()>();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (d, e) = (done.clone(), exec.clone());
+        // The connection starts one call (as hyper does, from inside its poll) and ends.
+        let conn = async move {
+            e.execute(async move {
+                let _ = call_may_finish.await;
+                d.fetch_add(1, Ordering::SeqCst);
+            });
+            Ok::<(), std::io::Error>(())
+        };
+        let driver = tokio::spawn(Driver::new(conn, exec));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!driver.is_finished(), "a call is still running");
+        finish_call.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), driver)
+            .await
+            .expect("driver ends once its last call is done")
+            .unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn many_ready_calls_do_not_starve_other_tasks() {
+        // A connection that keeps starting calls that finish at once (for up to LIMIT polls):
+        // the driver must yield after ROUNDS rounds instead of looping inside one poll, so
+        // another task on this single-threaded runtime runs long before the connection ends.
+        const LIMIT: usize = 200_000;
+        let exec = ConnExec::default();
+        let e = exec.clone();
+        let polls = Arc::new(AtomicUsize::new(0));
+        let p = polls.clone();
+        let conn = futures::future::poll_fn(move |_cx| {
+            if p.fetch_add(1, Ordering::SeqCst) >= LIMIT {
+                return Poll::Ready(Ok::<(), std::io::Error>(()));
+            }
+            e.execute(async {});
+            Poll::Pending
+        });
+        let driver = tokio::spawn(Driver::new(conn, exec));
+        let p = polls.clone();
+        let other = tokio::spawn(async move { p.load(Ordering::SeqCst) });
+        let seen = other.await.unwrap();
+        assert!(
+            seen < LIMIT / 10,
+            "the other task ran only after {seen} connection polls"
+        );
+        tokio::time::timeout(Duration::from_secs(30), driver)
+            .await
+            .expect("driver ends")
+            .unwrap();
+        assert!(polls.load(Ordering::SeqCst) > LIMIT);
+    }
+}
