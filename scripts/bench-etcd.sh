@@ -14,6 +14,7 @@
 # time per operation and the client's (user + system from /proc; steadier than ops/s when the
 # machine's speed drifts). CONNS (default 16) is the number of gRPC connections the clients
 # share; TRANSPORT (balanced or direct, see `weft bench etcd-api --help`) is how they connect;
+# CLIENT_THREADS is the client's runtime threads (`--client-threads`, default one per core);
 # WEFT_ARGS are extra `weft up` options. Prints markdown tables.
 set -euo pipefail
 
@@ -23,6 +24,9 @@ CLIENTS=${3:-1,16,64}
 ROUNDS=${4:-1}
 CONNS=${CONNS:-16}
 TRANSPORT=${TRANSPORT:-balanced}
+CLIENT_THREADS=${CLIENT_THREADS:-}
+CT=()
+[ -n "$CLIENT_THREADS" ] && CT=(--client-threads "$CLIENT_THREADS")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d)
 PIDS=()
@@ -71,14 +75,14 @@ for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
         sleep 0.1
     done
 done
-"$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" --workloads put --clients 16 \
+"$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
     --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, ${SECS} s per cell"
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
-    "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" \
+    "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
         --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
         --workloads "$WORKLOADS" --clients "$CLIENTS"

@@ -158,6 +158,11 @@ enum BenchCmd {
         /// connection: same client API, less client CPU per request).
         #[arg(long, value_enum, default_value = "balanced")]
         transport: bench::Transport,
+        /// Threads of this client's runtime (default: one per core). 1 runs every client on
+        /// one single-threaded runtime: no work stealing or cross-thread wake-ups, and the
+        /// client never takes more than one core from the server it shares the machine with.
+        #[arg(long)]
+        client_threads: Option<usize>,
         /// NAME=PID of local server processes: adds the server's and this client's CPU time
         /// per operation (from /proc) to each row.
         #[arg(long, value_delimiter = ',')]
@@ -459,6 +464,22 @@ fn main() -> Result<()> {
         rt = tokio::runtime::Builder::new_current_thread();
         rt.event_interval(weft_gateway::WORKER_EVENT_INTERVAL);
     }
+    #[cfg(feature = "etcd")]
+    if let Cmd::Bench {
+        cmd: BenchCmd::EtcdApi {
+            client_threads: Some(n),
+            ..
+        },
+    } = &cli.cmd
+    {
+        match n {
+            0 => bail!("--client-threads must be at least 1"),
+            1 => rt = tokio::runtime::Builder::new_current_thread(),
+            n => {
+                rt.worker_threads(*n);
+            }
+        }
+    }
     let rt = rt.enable_all().build()?;
     let res = rt.block_on(async move {
         match cli.cmd {
@@ -559,6 +580,7 @@ fn main() -> Result<()> {
                         conns,
                         transport,
                         server_pids,
+                        client_threads: _,
                     },
             } => {
                 let dur = secs(seconds, "--seconds")?;
