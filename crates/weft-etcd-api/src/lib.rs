@@ -45,7 +45,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use etcd_client::proto::*;
-use futures::Stream;
+use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use weft_store::{self as ws, Store, StoreError};
@@ -75,6 +75,22 @@ impl std::fmt::Debug for EtcdApi {
 /// How long shutdown waits for open calls (watch and keep-alive streams never end by
 /// themselves) after telling clients to go away.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Coalescing of waiting watch events into one response stops at this many events...
+const WATCH_BATCH_EVENTS: usize = 256;
+/// ...or once keys and values reach this many bytes (clients' default message limit is 4 MiB;
+/// a single revision larger than this still goes out whole, as etcd sends it).
+const WATCH_BATCH_BYTES: usize = 1 << 20;
+
+fn events_bytes(events: &[ws::Event]) -> usize {
+    events
+        .iter()
+        .map(|e| {
+            let kv = |k: &ws::KeyValue| k.key.len() + k.value.len() + 48;
+            kv(&e.kv) + e.prev_kv.as_ref().map_or(0, kv)
+        })
+        .sum()
+}
 
 /// Serves the etcd API (gRPC over cleartext HTTP/2) on `listener` until `shutdown` completes,
 /// then sends GOAWAY and lets open calls finish for up to 5 s.
@@ -536,10 +552,41 @@ impl PbWatchService for EtcdApi {
                         tasks.insert(
                             id,
                             tokio::spawn(async move {
+                                // A message read ahead while coalescing that could not join.
+                                let mut next: Option<Option<ws::Result<ws::WatchResponse>>> = None;
                                 loop {
-                                    let m = tokio::select! {
-                                        m = stream.message() => m,
-                                        _ = progress.notified() => { stream.request_progress(); continue; }
+                                    let m = match next.take() {
+                                        Some(m) => m,
+                                        None => tokio::select! {
+                                            m = stream.message() => m,
+                                            _ = progress.notified() => { stream.request_progress(); continue; }
+                                        },
+                                    };
+                                    // Events that are already waiting go out in the same
+                                    // response, as etcd batches them: one message for the
+                                    // client to decode instead of one per revision.
+                                    let m = match m {
+                                        Some(Ok(mut r)) if !r.events.is_empty() => {
+                                            let mut bytes = events_bytes(&r.events);
+                                            while r.events.len() < WATCH_BATCH_EVENTS
+                                                && bytes < WATCH_BATCH_BYTES
+                                            {
+                                                match stream.message().now_or_never() {
+                                                    Some(Some(Ok(more))) if !more.events.is_empty() => {
+                                                        bytes += events_bytes(&more.events);
+                                                        r.revision = more.revision;
+                                                        r.events.extend(more.events);
+                                                    }
+                                                    None => break,
+                                                    other => {
+                                                        next = other;
+                                                        break;
+                                                    }
+                                                }
+                                            }
+                                            Some(Ok(r))
+                                        }
+                                        m => m,
                                     };
                                     let resp = match m {
                                         Some(Ok(r)) => PbWatchResponse {
