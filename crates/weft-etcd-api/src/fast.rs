@@ -162,6 +162,8 @@ async fn dispatch(
 pub(crate) struct Svc {
     pub api: EtcdApi,
     pub routes: Routes,
+    /// The connection's executor, told which calls run in the connection's task.
+    pub exec: Option<crate::local::ConnExec>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -172,7 +174,11 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        match method(&req) {
+        let m = method(&req);
+        if let Some(e) = &self.exec {
+            e.next_is_local(m.is_some());
+        }
+        match m {
             Some(m) => {
                 let api = self.api.clone();
                 Box::pin(async move { Ok(call(api, m, req).await) })

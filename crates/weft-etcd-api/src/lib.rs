@@ -106,7 +106,11 @@ pub async fn serve(
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api.clone()));
-    let svc = fast::Svc { api, routes };
+    let svc = fast::Svc {
+        api,
+        routes,
+        exec: None,
+    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -129,7 +133,11 @@ pub async fn serve(
         let exec = local::ConnExec::default();
         let mut http2 = hyper::server::conn::http2::Builder::new(exec.clone());
         http2.timer(hyper_util::rt::TokioTimer::new());
-        let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), svc.clone());
+        let svc = fast::Svc {
+            exec: Some(exec.clone()),
+            ..svc.clone()
+        };
+        let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
         tokio::spawn(local::Driver::new(graceful.watch(conn), exec));
     }
     drop(listener);

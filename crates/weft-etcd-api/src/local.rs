@@ -7,11 +7,15 @@
 //! task ([`Driver`]): the task polls the ready calls first, then the connection once, so all
 //! responses a group commit released on this connection leave in one write.
 //!
-//! The cost: the calls of one connection share one task, so they do not run in parallel on
-//! several cores. Calls only decode, touch the in-memory store, and encode; the waiting (for
-//! the log's fsync, for watch events) is asynchronous and does not hold the task. Clients that
-//! want more than one core of server work open more connections, as etcd's Go client and
-//! benchmark do (`--conns`).
+//! Only unary KV calls on the fast path run here (the service marks them, see
+//! [`ConnExec::next_is_local`]); streams and tonic's calls are spawned as tasks, so a
+//! connection's watch streams still deliver in parallel.
+//!
+//! The cost: the unary calls of one connection share one task, so they do not run in parallel
+//! on several cores. They only decode, touch the in-memory store, and encode; the waiting (for
+//! the log's fsync) is asynchronous and does not hold the task. Clients that want more than
+//! one core of server work open more connections, as etcd's Go client and benchmark do
+//! (`--conns`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +29,11 @@ type Call = Pin<Box<dyn Future<Output = ()> + Send>>;
 #[derive(Default)]
 struct Queue {
     new: Vec<Call>,
+    /// Set by the connection's service for the call hyper is about to execute: a unary KV
+    /// call on the fast path (run here). Anything else (watch and keep-alive streams, tonic's
+    /// calls) is spawned as its own task, so long-lived streams of one connection still run
+    /// in parallel.
+    next_local: bool,
     /// The driver's waker while it is not being polled (calls are normally queued from inside
     /// its poll, which drains the queue before returning).
     waker: Option<Waker>,
@@ -40,6 +49,11 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for ConnExe
     fn execute(&self, fut: F) {
         let waker = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if !std::mem::take(&mut q.next_local) {
+                drop(q);
+                tokio::spawn(fut);
+                return;
+            }
             q.new.push(Box::pin(fut));
             q.waker.take()
         };
@@ -50,6 +64,15 @@ impl<F: Future<Output = ()> + Send + 'static> hyper::rt::Executor<F> for ConnExe
 }
 
 impl ConnExec {
+    /// Says whether the call hyper executes next runs in the connection's task. hyper calls
+    /// the service and then hands the call to the executor at once, on the same thread.
+    pub(crate) fn next_is_local(&self, local: bool) {
+        self.queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_local = local;
+    }
+
     fn take_new(&self, calls: &mut FuturesUnordered<Call>) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         calls.extend(q.new.drain(..));
@@ -132,6 +155,41 @@ mod tests {
     use tokio::sync::oneshot;
 
     #[tokio::test]
+    async fn only_calls_marked_local_wait_for_the_driver() {
+        // No driver polls this executor: a call not marked local (a stream) runs as its own
+        // task; a marked one stays queued for the connection's driver.
+        let exec = ConnExec::default();
+        let (tx, rx) = oneshot::channel();
+        exec.execute(async move {
+            let _ = tx.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("an unmarked call is spawned")
+            .unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        exec.next_is_local(true);
+        exec.execute(async move {
+            let _ = tx.send(());
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), rx)
+                .await
+                .is_err(),
+            "a local call ran without its driver"
+        );
+        // The mark is for one call only.
+        let (tx, rx) = oneshot::channel();
+        exec.execute(async move {
+            let _ = tx.send(());
+        });
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("the mark applies to one call")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn calls_queued_outside_the_drivers_poll_still_run() {
         let exec = ConnExec::default();
         let (end_conn, conn_ended) = oneshot::channel::<()>();
@@ -144,6 +202,7 @@ mod tests {
         let ran = Arc::new(AtomicUsize::new(0));
         let (tx, rx) = oneshot::channel();
         let r = ran.clone();
+        exec.next_is_local(true);
         exec.execute(async move {
             r.fetch_add(1, Ordering::SeqCst);
             let _ = tx.send(());
@@ -169,6 +228,7 @@ mod tests {
         let (d, e) = (done.clone(), exec.clone());
         // The connection starts one call (as hyper does, from inside its poll) and ends.
         let conn = async move {
+            e.next_is_local(true);
             e.execute(async move {
                 let _ = call_may_finish.await;
                 d.fetch_add(1, Ordering::SeqCst);
@@ -200,6 +260,7 @@ mod tests {
             if p.fetch_add(1, Ordering::SeqCst) >= LIMIT {
                 return Poll::Ready(Ok::<(), std::io::Error>(()));
             }
+            e.next_is_local(true);
             e.execute(async {});
             Poll::Pending
         });
