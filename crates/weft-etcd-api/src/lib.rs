@@ -137,7 +137,10 @@ pub async fn serve(
             exec: Some(exec.clone()),
             ..svc.clone()
         };
-        let conn = http2.serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+        let conn = http2.serve_connection(
+            local::YieldIo::new(hyper_util::rt::TokioIo::new(stream)),
+            svc,
+        );
         tokio::spawn(local::Driver::new(graceful.watch(conn), exec));
     }
     drop(listener);

@@ -146,6 +146,91 @@ where
     }
 }
 
+/// The connection's socket, yielding once before the first write of each burst.
+///
+/// A connection's task is woken by the first of its streams that has something to send, and
+/// tokio runs it at once (LIFO slot): without this, each watch stream's event left in its own
+/// TCP segment, and the client paid a wake-up and a read per event. Yielding once lets the
+/// other streams' tasks queue their frames first, so one write carries them all.
+///
+/// Watch fan-out at 64 watchers over 16 connections: 76–78k events/s without, 93–96k with;
+/// unary calls (already coalesced by [`Driver`]) are unchanged.
+pub(crate) struct YieldIo<T> {
+    inner: T,
+    yielded: bool,
+}
+
+impl<T> YieldIo<T> {
+    pub(crate) fn new(inner: T) -> Self {
+        YieldIo {
+            inner,
+            yielded: false,
+        }
+    }
+
+    fn yield_first(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.yielded {
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return true;
+        }
+        false
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for YieldIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for YieldIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.yield_first(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.yield_first(cx) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        if r.is_ready() {
+            this.yielded = false;
+        }
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +238,64 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
     use tokio::sync::oneshot;
+
+    /// A socket stand-in that records writes.
+    #[derive(Default)]
+    struct Sink(Vec<u8>);
+
+    impl hyper::rt::Write for Sink {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.get_mut().0.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn the_socket_yields_once_before_each_burst_of_writes() {
+        use hyper::rt::Write;
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let wakes = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut io = YieldIo::new(Sink::default());
+        let mut io = Pin::new(&mut io);
+        // First write of a burst: not written, and the task is woken to try again.
+        assert!(io.as_mut().poll_write(&mut cx, b"a").is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        // The rest of the burst goes straight through.
+        assert!(matches!(
+            io.as_mut().poll_write(&mut cx, b"ab"),
+            Poll::Ready(Ok(2))
+        ));
+        assert!(matches!(
+            io.as_mut().poll_write(&mut cx, b"c"),
+            Poll::Ready(Ok(1))
+        ));
+        assert!(io.as_mut().poll_flush(&mut cx).is_ready());
+        // A flush ends the burst: the next write yields again.
+        assert!(io.as_mut().poll_write(&mut cx, b"d").is_pending());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert!(matches!(
+            io.as_mut().poll_write(&mut cx, b"d"),
+            Poll::Ready(Ok(1))
+        ));
+        assert_eq!(io.inner.0, b"abcd");
+    }
 
     #[tokio::test]
     async fn only_calls_marked_local_wait_for_the_driver() {
