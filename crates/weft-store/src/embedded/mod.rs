@@ -181,9 +181,9 @@ impl Embedded {
             rec.gen,
             rec.state.rev,
             opts.snapshot_bytes,
+            rec.snap_bytes,
             rec.bytes,
         ));
-        log.disk_bytes.store(rec.bytes, Ordering::Relaxed);
         let (closed_tx, _) = watch::channel(false);
         let flusher = {
             let log = log.clone();
@@ -961,7 +961,7 @@ impl Store for EmbeddedRef {
         Ok(StatusResponse {
             header: ResponseHeader { revision: vis },
             compact_revision,
-            db_size: self.0.log.disk_bytes.load(Ordering::Relaxed) as i64,
+            db_size: self.0.log.disk_bytes() as i64,
             version: format!("weft-embedded {}", env!("CARGO_PKG_VERSION")),
         })
     }

@@ -75,7 +75,7 @@ impl Batch {
 const RECENT_REVISIONS: usize = 8192;
 
 /// The key index. A persistent (copy-on-write) B-tree, so that a snapshot of the whole state
-/// is an O(1) clone under the state lock and is encoded by the flusher thread, without
+/// is an O(1) clone under the state lock and is encoded by the snapshot thread, without
 /// blocking reads and writes for a time proportional to the state's size.
 pub(crate) type Keys = imbl::OrdMap<Bytes, Vec<Entry>>;
 

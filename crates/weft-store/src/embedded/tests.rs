@@ -589,6 +589,47 @@ proptest! {
 /// Snapshots are written beside the log, not in its way: while a snapshot cannot be written
 /// (here: its temporary path is a directory), writes are still acknowledged, the logs it would
 /// have covered are kept, and a restart replays all of them.
+/// The snapshot and log files in `dir`, sorted by name.
+fn data_files(dir: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".log") || f.ends_with(".snap"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Total size of the snapshot and log files in `dir`.
+fn data_bytes(dir: &std::path::Path) -> i64 {
+    data_files(dir)
+        .iter()
+        .map(|f| fs::metadata(dir.join(f)).unwrap().len() as i64)
+        .sum()
+}
+
+#[tokio::test]
+async fn db_size_is_the_snapshot_and_logs_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    fill(&s).await;
+    assert_eq!(s.status().await.unwrap().db_size, data_bytes(dir.path()));
+    // After a snapshot, writes to the new log count on top of the snapshot.
+    s.snapshot().await.unwrap();
+    for i in 0..20 {
+        s.put_kv(format!("later/{i}"), "x").await.unwrap();
+    }
+    assert_eq!(
+        data_files(dir.path()),
+        [wal::snap_name(1), wal::wal_name(1)]
+    );
+    assert_eq!(s.status().await.unwrap().db_size, data_bytes(dir.path()));
+    drop(s);
+    // And after a restart, which loads the snapshot and replays the log.
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(s.status().await.unwrap().db_size, data_bytes(dir.path()));
+}
+
 #[tokio::test]
 async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
     let dir = tempfile::tempdir().unwrap();
@@ -606,12 +647,7 @@ async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
     }
     let before = fingerprint(&s).await;
     drop(s);
-    let mut files: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|f| f.ends_with(".log") || f.ends_with(".snap"))
-        .collect();
-    files.sort();
+    let files = data_files(dir.path());
     assert_eq!(
         files,
         [wal::wal_name(0), wal::wal_name(1)],
@@ -625,12 +661,7 @@ async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
     s.put_kv("after/snapshot", "y").await.unwrap();
     let before = fingerprint(&s).await;
     drop(s);
-    let mut files: Vec<String> = fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|f| f.ends_with(".log") || f.ends_with(".snap"))
-        .collect();
-    files.sort();
+    let files = data_files(dir.path());
     assert_eq!(files, [wal::snap_name(2), wal::wal_name(2)]);
     let s = Embedded::open(dir.path(), opts()).await.unwrap();
     assert_eq!(fingerprint(&s).await, before);

@@ -89,7 +89,11 @@ pub(crate) struct Log {
     pub snap_done: watch::Sender<(u64, Option<String>)>,
     pub fsyncs: AtomicU64,
     pub records: AtomicU64,
-    pub disk_bytes: AtomicU64,
+    /// Bytes on disk besides the current log: the snapshot, plus older logs until the
+    /// snapshot that covers them is written.
+    snap_bytes: AtomicU64,
+    /// Bytes of the current log.
+    log_bytes: AtomicU64,
 }
 
 pub(crate) fn wal_name(gen: u64) -> String {
@@ -118,7 +122,10 @@ pub(crate) struct Recovered {
     pub state: Mvcc,
     pub gen: u64,
     pub file: File,
+    /// Bytes of the logs replayed (since the snapshot).
     pub bytes: u64,
+    /// Bytes of the snapshot loaded (0 without one).
+    pub snap_bytes: u64,
 }
 
 /// Loads the newest snapshot and replays the logs after it. A torn tail of the last log is
@@ -141,10 +148,12 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
     snaps.sort_unstable();
     wals.sort_unstable();
     let gen = snaps.last().copied().unwrap_or(0);
+    let mut snap_bytes = 0u64;
     let mut state = match snaps.last() {
         Some(g) => {
             let path = dir.join(snap_name(*g));
             let buf = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
+            snap_bytes = buf.len() as u64;
             codec::decode_snapshot(&buf, now).map_err(|reason| StoreError::Corrupt {
                 file: path.display().to_string(),
                 offset: 0,
@@ -216,11 +225,13 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
         gen: last_gen,
         file,
         bytes,
+        snap_bytes,
     })
 }
 
 impl Log {
-    pub fn new(gen: u64, rev: i64, snapshot_bytes: u64, since_snapshot: u64) -> Self {
+    /// `snap_bytes` and `log_bytes` are what recovery found on disk (see [`Recovered`]).
+    pub fn new(gen: u64, rev: i64, snapshot_bytes: u64, snap_bytes: u64, log_bytes: u64) -> Self {
         let (durable, _) = watch::channel(Durable {
             seq: 0,
             rev,
@@ -230,7 +241,7 @@ impl Log {
             q: Mutex::new(Queue {
                 items: Vec::new(),
                 seq: 0,
-                since_snapshot,
+                since_snapshot: log_bytes,
                 gen,
                 shutdown: false,
                 idle: false,
@@ -247,7 +258,8 @@ impl Log {
             snap_done: watch::channel((gen, None)).0,
             fsyncs: AtomicU64::new(0),
             records: AtomicU64::new(0),
-            disk_bytes: AtomicU64::new(0),
+            snap_bytes: AtomicU64::new(snap_bytes),
+            log_bytes: AtomicU64::new(log_bytes),
         }
     }
 
@@ -312,6 +324,11 @@ impl Log {
     pub fn shutdown(&self) {
         self.q.lock().expect("log queue poisoned").shutdown = true;
         self.cv.notify_one();
+    }
+
+    /// Bytes of the data dir's snapshot and logs (the status's `db_size`).
+    pub fn disk_bytes(&self) -> u64 {
+        self.snap_bytes.load(Ordering::Relaxed) + self.log_bytes.load(Ordering::Relaxed)
     }
 
     /// What a writer whose record has sequence number `seq` has to wait for.
@@ -398,7 +415,7 @@ impl Log {
             drop(snap);
             match write_snapshot(dir, gen, &bytes) {
                 Ok(()) => {
-                    self.disk_bytes.store(bytes.len() as u64, Ordering::Relaxed);
+                    self.snap_bytes.store(bytes.len() as u64, Ordering::Relaxed);
                     self.snap_done.send_replace((gen, None));
                 }
                 Err(e) => {
@@ -461,7 +478,12 @@ impl Log {
                         // Records up to `seq` are durable in the old log; later ones go to the
                         // new one while the snapshot thread writes the state as of `seq`.
                         match start_log(dir, gen) {
-                            Ok(f) => file = f,
+                            Ok(f) => {
+                                file = f;
+                                // The old log stays on disk until the snapshot replaces it.
+                                let old = self.log_bytes.swap(0, Ordering::Relaxed);
+                                self.snap_bytes.fetch_add(old, Ordering::Relaxed);
+                            }
                             Err(e) => return self.fail(format!("cannot start log {gen}: {e}")),
                         }
                         self.publish(seq, rev);
@@ -485,7 +507,7 @@ impl Log {
             return Ok(());
         }
         file.write_all(buf)?;
-        self.disk_bytes
+        self.log_bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
         buf.clear();
         if mode != Durability::None {
