@@ -28,29 +28,14 @@ CLIENT_THREADS=${CLIENT_THREADS:-}
 CT=()
 [ -n "$CLIENT_THREADS" ] && CT=(--client-threads "$CLIENT_THREADS")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 command -v etcd >/dev/null || { echo "missing etcd: apt-get install -y etcd-server" >&2; exit 1; }
 command -v etcdctl >/dev/null || { echo "missing etcdctl: apt-get install -y etcd-client" >&2; exit 1; }
 (cd "$ROOT" && cargo build --release -q -p weft --features etcd)
 WEFT="$ROOT/target/release/weft"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 1 100); do
-        (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1 after 10 s" >&2
-    exit 1
-}
 
 EC=$(free_port); EP=$(free_port); WH=$(free_port); WE=$(free_port)
 etcd --name bench --data-dir "$WORK/etcd" \

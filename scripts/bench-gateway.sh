@@ -20,14 +20,8 @@ SECS=${1:-10}
 CONNS=${2:-64}
 ROUNDS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 for bin in nginx wrk openssl; do
     command -v "$bin" >/dev/null || { echo "missing $bin: apt-get install -y nginx wrk openssl" >&2; exit 1; }
@@ -37,7 +31,6 @@ done
 WEFT="$ROOT/target/release/weft"
 BARE="$ROOT/target/release/examples/bare_proxy"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 UP=$(free_port); NGX=$(free_port); NGX2=$(free_port)
 
@@ -68,7 +61,6 @@ nginx_conf proxy2 "upstream up { server 127.0.0.1:$UP; keepalive 64; }
     server { listen 127.0.0.1:$NGX2; keepalive_requests 1000000;
       location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }" 2
 
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 not up" >&2; exit 1; }
 wait_port "$UP"; wait_port "$NGX"; wait_port "$NGX2"
 # nginx's proxy worker (the process doing the work).
 NGXPID=$(pgrep -P "${PIDS[1]}" | head -1)

@@ -163,7 +163,7 @@ pub(crate) struct Svc {
     pub api: EtcdApi,
     pub routes: Routes,
     /// The connection's executor, told which calls run in the connection's task.
-    pub exec: Option<crate::local::ConnExec>,
+    pub exec: crate::local::ConnExec,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -175,9 +175,7 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let m = method(&req);
-        if let Some(e) = &self.exec {
-            e.next_is_local(m.is_some());
-        }
+        self.exec.next_is_local(m.is_some());
         match m {
             Some(m) => {
                 let api = self.api.clone();

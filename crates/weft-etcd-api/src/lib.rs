@@ -82,6 +82,29 @@ const WATCH_BATCH_EVENTS: usize = 256;
 /// a single revision larger than this still goes out whole, as etcd sends it).
 const WATCH_BATCH_BYTES: usize = 1 << 20;
 
+/// Appends to `r` (which has events) the events of the responses already waiting in
+/// `stream`, as etcd batches them: one message for the client to decode instead of one per
+/// revision. Returns a message it read that could not join (a progress notice, an error, the
+/// end), to be handled next.
+fn absorb_waiting(
+    stream: &mut ws::WatchStream,
+    r: &mut ws::WatchResponse,
+) -> Option<Option<ws::Result<ws::WatchResponse>>> {
+    let mut bytes = events_bytes(&r.events);
+    while r.events.len() < WATCH_BATCH_EVENTS && bytes < WATCH_BATCH_BYTES {
+        match stream.message().now_or_never() {
+            Some(Some(Ok(more))) if !more.events.is_empty() => {
+                bytes += events_bytes(&more.events);
+                r.revision = more.revision;
+                r.events.extend(more.events);
+            }
+            None => return None,
+            other => return other,
+        }
+    }
+    None
+}
+
 fn events_bytes(events: &[ws::Event]) -> usize {
     events
         .iter()
@@ -106,11 +129,6 @@ pub async fn serve(
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api.clone()));
-    let svc = fast::Svc {
-        api,
-        routes,
-        exec: None,
-    };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -134,8 +152,9 @@ pub async fn serve(
         let mut http2 = hyper::server::conn::http2::Builder::new(exec.clone());
         http2.timer(hyper_util::rt::TokioTimer::new());
         let svc = fast::Svc {
-            exec: Some(exec.clone()),
-            ..svc.clone()
+            api: api.clone(),
+            routes: routes.clone(),
+            exec: exec.clone(),
         };
         let conn = http2.serve_connection(
             local::YieldIo::new(hyper_util::rt::TokioIo::new(stream)),
@@ -573,28 +592,9 @@ impl PbWatchService for EtcdApi {
                                             _ = progress.notified() => { stream.request_progress(); continue; }
                                         },
                                     };
-                                    // Events that are already waiting go out in the same
-                                    // response, as etcd batches them: one message for the
-                                    // client to decode instead of one per revision.
                                     let m = match m {
                                         Some(Ok(mut r)) if !r.events.is_empty() => {
-                                            let mut bytes = events_bytes(&r.events);
-                                            while r.events.len() < WATCH_BATCH_EVENTS
-                                                && bytes < WATCH_BATCH_BYTES
-                                            {
-                                                match stream.message().now_or_never() {
-                                                    Some(Some(Ok(more))) if !more.events.is_empty() => {
-                                                        bytes += events_bytes(&more.events);
-                                                        r.revision = more.revision;
-                                                        r.events.extend(more.events);
-                                                    }
-                                                    None => break,
-                                                    other => {
-                                                        next = other;
-                                                        break;
-                                                    }
-                                                }
-                                            }
+                                            next = absorb_waiting(&mut stream, &mut r);
                                             Some(Ok(r))
                                         }
                                         m => m,

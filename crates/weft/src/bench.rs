@@ -24,7 +24,6 @@ pub enum Transport {
 #[derive(Clone)]
 struct H2Channel {
     send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
-    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
 }
 
@@ -45,7 +44,7 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Channel {
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
         // tonic's clients send only the path; the origin is the channel's to add.
         let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(self.scheme.clone());
+        parts.scheme = Some(http::uri::Scheme::HTTP);
         parts.authority = Some(self.authority.clone());
         match http::Uri::from_parts(parts) {
             Ok(uri) => *req.uri_mut() = uri,
@@ -84,11 +83,7 @@ pub async fn connect(endpoint: &str, transport: Transport) -> Result<Client> {
                     tracing::debug!("bench connection ended: {e}");
                 }
             });
-            let channel = H2Channel {
-                send,
-                scheme: http::uri::Scheme::HTTP,
-                authority,
-            };
+            let channel = H2Channel { send, authority };
             Ok(Client::from_channel(
                 etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(channel)),
                 None,
