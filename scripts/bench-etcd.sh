@@ -27,6 +27,12 @@ TRANSPORT=${TRANSPORT:-balanced}
 CLIENT_THREADS=${CLIENT_THREADS:-}
 CT=()
 [ -n "$CLIENT_THREADS" ] && CT=(--client-threads "$CLIENT_THREADS")
+SERVER_CPUS=${SERVER_CPUS:-}
+CLIENT_CPUS=${CLIENT_CPUS:-}
+ON_SERVER=()
+ON_CLIENT=()
+[ -n "$SERVER_CPUS" ] && ON_SERVER=(taskset -c "$SERVER_CPUS")
+[ -n "$CLIENT_CPUS" ] && ON_CLIENT=(taskset -c "$CLIENT_CPUS")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
@@ -38,14 +44,14 @@ WEFT="$ROOT/target/release/weft"
 
 
 EC=$(free_port); EP=$(free_port); WH=$(free_port); WE=$(free_port)
-etcd --name bench --data-dir "$WORK/etcd" \
+"${ON_SERVER[@]}" etcd --name bench --data-dir "$WORK/etcd" \
     --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
     --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
     --initial-cluster "bench=http://127.0.0.1:$EP" >"$WORK/etcd.log" 2>&1 &
 ETCD_PID=$!
 PIDS+=("$ETCD_PID")
 # shellcheck disable=SC2086
-"$WEFT" up --data-dir "$WORK/weft" --listen "127.0.0.1:$WH" --etcd-listen "127.0.0.1:$WE" \
+"${ON_SERVER[@]}" "$WEFT" up --data-dir "$WORK/weft" --listen "127.0.0.1:$WH" --etcd-listen "127.0.0.1:$WE" \
     ${WEFT_ARGS:-} >"$WORK/weft.log" 2>&1 &
 WEFT_PID=$!
 PIDS+=("$WEFT_PID")
@@ -60,14 +66,14 @@ for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
         sleep 0.1
     done
 done
-"$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
+"${ON_CLIENT[@]}" "$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
     --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
 
 echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
-    "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
+    "${ON_CLIENT[@]}" "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
         --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
         --workloads "$WORKLOADS" --clients "$CLIENTS"

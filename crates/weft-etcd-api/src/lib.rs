@@ -46,7 +46,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use etcd_client::proto::*;
 use futures::{FutureExt, Stream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use weft_store::{self as ws, Store, StoreError};
 
@@ -64,6 +64,8 @@ pub struct Config {
 pub struct EtcdApi {
     store: Arc<dyn Store>,
     cfg: Config,
+    /// Turns true when the server shuts down: open streams then end with `UNAVAILABLE`.
+    stopping: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for EtcdApi {
@@ -116,14 +118,21 @@ fn events_bytes(events: &[ws::Event]) -> usize {
 }
 
 /// Serves the etcd API (gRPC over cleartext HTTP/2) on `listener` until `shutdown` completes,
-/// then sends GOAWAY and lets open calls finish for up to 5 s.
+/// then sends GOAWAY, ends open watch and keep-alive streams with `UNAVAILABLE`
+/// ("etcdserver: server stopped", which clients retry elsewhere), and lets unary calls in
+/// flight finish for up to 5 s.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let api = EtcdApi { store, cfg };
+    let (stop_streams, stopping) = watch::channel(false);
+    let api = EtcdApi {
+        store,
+        cfg,
+        stopping,
+    };
     let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
         .add_service(PbWatchServer::new(api.clone()))
         .add_service(PbLeaseServer::new(api.clone()))
@@ -163,6 +172,7 @@ pub async fn serve(
         tokio::spawn(local::Driver::new(graceful.watch(conn), exec));
     }
     drop(listener);
+    stop_streams.send_replace(true);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
     Ok(())
 }
@@ -401,6 +411,36 @@ fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Vec<Post>), Status>
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// A response stream fed by `rx` that ends with `UNAVAILABLE` once the server stops (a watch
+/// or keep-alive stream never ends by itself, and would hold shutdown for its whole grace).
+fn until_stopped<T: Send + 'static>(
+    mut rx: mpsc::Receiver<Result<T, Status>>,
+    mut stopping: watch::Receiver<bool>,
+) -> BoxStream<T> {
+    let mut stopped = Box::pin(async move {
+        // A dropped sender means no server owns this service: it never stops.
+        if stopping.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let mut done = false;
+    Box::pin(futures::stream::poll_fn(move |cx| {
+        use std::task::Poll;
+        if done {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(m) = rx.poll_recv(cx) {
+            done = m.is_none();
+            return Poll::Ready(m);
+        }
+        if stopped.as_mut().poll(cx).is_ready() {
+            done = true;
+            return Poll::Ready(Some(Err(Status::unavailable("etcdserver: server stopped"))));
+        }
+        Poll::Pending
+    }))
+}
+
 #[tonic::async_trait]
 impl PbKvService for EtcdApi {
     async fn range(
@@ -525,7 +565,7 @@ impl PbWatchService for EtcdApi {
         req: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let mut input = req.into_inner();
-        let (tx, mut rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(128);
+        let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(128);
         let api = self.clone();
         tokio::spawn(async move {
             let mut next_id = 0i64;
@@ -666,8 +706,7 @@ impl PbWatchService for EtcdApi {
                 t.abort();
             }
         });
-        let out = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(Response::new(Box::pin(out)))
+        Ok(Response::new(until_stopped(rx, self.stopping.clone())))
     }
 }
 
@@ -707,10 +746,17 @@ impl PbLeaseService for EtcdApi {
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let mut input = req.into_inner();
-        let (tx, mut rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
         tokio::spawn(async move {
-            while let Ok(Some(m)) = input.message().await {
+            loop {
+                // Also ends when the response stream is gone (the client went away, or the
+                // server stopped): the request stream is released with it.
+                let m = tokio::select! {
+                    m = input.message() => m,
+                    _ = tx.closed() => return,
+                };
+                let Ok(Some(m)) = m else { return };
                 let resp = match api.store.lease_keep_alive(m.id).await {
                     Ok(r) => PbLeaseKeepAliveResponse {
                         header: api.header(r.header.revision),
@@ -733,9 +779,7 @@ impl PbLeaseService for EtcdApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(futures::stream::poll_fn(
-            move |cx| rx.poll_recv(cx),
-        ))))
+        Ok(Response::new(until_stopped(rx, self.stopping.clone())))
     }
 
     async fn lease_time_to_live(

@@ -51,7 +51,11 @@ async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
     .expect("watch event in time");
     assert_eq!(ev.events()[0].kv().unwrap().value(), b"3");
     assert_eq!(c.delete("a", None).await.unwrap().deleted(), 1);
-    // Shutdown with an open watch stream: GOAWAY, then at most the 5 s grace.
+    // Shutdown with an open watch stream and an open keep-alive stream: both end with
+    // UNAVAILABLE at once, so serve returns well within the 5 s grace it gives unary calls.
+    let (mut keeper, mut acks) = c.lease_keep_alive(lease.id()).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    assert!(acks.message().await.unwrap().unwrap().ttl() > 0);
     let t0 = Instant::now();
     let _ = s.stop.send(());
     tokio::time::timeout(Duration::from_secs(10), s.task)
@@ -59,7 +63,28 @@ async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
         .expect("serve returns after shutdown")
         .unwrap()
         .unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "shutdown waited {:?} for open streams",
+        t0.elapsed()
+    );
+    let ended = |r: Result<Option<i64>, etcd_client::Error>| match r {
+        Err(e) => {
+            assert!(e.to_string().contains("server stopped"), "{e}");
+        }
+        Ok(None) => {}
+        Ok(Some(m)) => panic!("a message after shutdown: {m:?}"),
+    };
+    // The delete's event was sent before the shutdown; then the stream ends.
+    let del = stream.message().await.unwrap().unwrap();
+    assert_eq!(del.events()[0].event_type(), etcd_client::EventType::Delete);
+    ended(
+        stream
+            .message()
+            .await
+            .map(|m| m.map(|m| m.events().len() as i64)),
+    );
+    ended(acks.message().await.map(|m| m.map(|m| m.ttl())));
 }
 
 #[tokio::test]
