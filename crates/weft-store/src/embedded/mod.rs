@@ -319,18 +319,21 @@ impl Inner {
     /// the call returns once it is durable. Returns `f`'s output and the revision after.
     async fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<(T, i64)> {
         self.check_writable()?;
-        let (out, rev, seq) = {
+        let (out, rev, seq, wake) = {
             let mut st = self.state.write().expect("state poisoned");
             let mut w = Writer::new(&mut st, Instant::now());
             let out = f(&mut w)?;
             let batch = w.finish();
             let rev = st.rev;
-            let seq = match batch {
-                Some(b) => self.log.append(&st, &b),
-                None => self.log.last_seq(),
+            let (seq, wake) = match batch {
+                Some(b) => self.log.append(&st, b),
+                None => (self.log.last_seq(), false),
             };
-            (out, rev, seq)
+            (out, rev, seq, wake)
         };
+        if wake {
+            self.log.wake();
+        }
         self.wait_durable(seq).await?;
         Ok((out, rev))
     }

@@ -44,11 +44,8 @@ pub(crate) enum Wait {
 }
 
 enum Item {
-    Record {
-        seq: u64,
-        rev: i64,
-        bytes: Vec<u8>,
-    },
+    /// Encoded by the flusher, straight into its write buffer: off the writers' state lock.
+    Record { seq: u64, rev: i64, batch: Batch },
     Rotate {
         seq: u64,
         rev: i64,
@@ -263,19 +260,19 @@ impl Log {
         }
     }
 
-    /// Queues a batch already applied to `state`; returns its sequence number. Called with the
-    /// state lock held so that log order is apply order. Takes a snapshot when the log is due.
-    pub fn append(&self, state: &Mvcc, batch: &Batch) -> u64 {
-        let bytes = codec::encode_record(batch);
+    /// Queues a batch already applied to `state`; returns its sequence number and whether the
+    /// flusher must be woken, by [`Log::wake`] once the state lock is released (the wake-up is
+    /// a futex syscall: inside the lock it made concurrent writers queue behind it). Called
+    /// with the state lock held so that log order is apply order. Takes a snapshot when the
+    /// log is due.
+    pub fn append(&self, state: &Mvcc, batch: Batch) -> (u64, bool) {
+        let len = codec::record_len(&batch);
+        let rev = batch.rev;
         let mut q = self.q.lock().expect("log queue poisoned");
         q.seq += 1;
         let seq = q.seq;
-        q.since_snapshot += bytes.len() as u64;
-        q.items.push(Item::Record {
-            seq,
-            rev: batch.rev,
-            bytes,
-        });
+        q.since_snapshot += len as u64;
+        q.items.push(Item::Record { seq, rev, batch });
         if q.since_snapshot >= self.snapshot_bytes {
             q.since_snapshot = 0;
             q.gen += 1;
@@ -283,17 +280,20 @@ impl Log {
             let snapshot = state.snapshot();
             q.items.push(Item::Rotate {
                 seq,
-                rev: batch.rev,
+                rev,
                 gen,
                 snapshot,
             });
         }
-        let wake = q.idle;
+        // Woken once: later appends before the flusher runs see it no longer idle.
+        let wake = std::mem::replace(&mut q.idle, false);
         drop(q);
-        if wake {
-            self.cv.notify_one();
-        }
-        seq
+        (seq, wake)
+    }
+
+    /// Wakes the flusher after an [`Log::append`] that asked for it.
+    pub fn wake(&self) {
+        self.cv.notify_one();
     }
 
     /// The sequence number of the last queued record.
@@ -455,8 +455,8 @@ impl Log {
             let mut last: Option<(u64, i64)> = None;
             for item in items {
                 match item {
-                    Item::Record { seq, rev, bytes } => {
-                        buf.extend_from_slice(&bytes);
+                    Item::Record { seq, rev, batch } => {
+                        codec::encode_record_into(&batch, &mut buf);
                         self.records.fetch_add(1, Ordering::Relaxed);
                         last = Some((seq, rev));
                         if mode == Durability::Always {
