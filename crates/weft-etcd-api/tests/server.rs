@@ -237,3 +237,111 @@ async fn concurrent_unary_calls_on_one_connection_all_complete() {
     assert_eq!(distinct.len(), 32 * 50, "each put has its own revision");
     let _ = s.stop.send(());
 }
+
+/// Sends one gRPC Range call over a hand-built HTTP/2 connection with `authority` as the
+/// `:authority` value (HPACK literals, so any bytes go through), and returns the frame types
+/// the server sent on the call's stream, plus the gRPC payload of its DATA frame if any.
+async fn raw_range_with_authority(addr: &str, authority: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        f.extend([kind, flags]);
+        f.extend(stream.to_be_bytes());
+        f.extend(payload);
+        f
+    }
+    // Literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2).
+    fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+        assert!(name.len() < 127 && value.len() < 127);
+        out.push(0);
+        out.push(name.len() as u8);
+        out.extend(name.as_bytes());
+        out.push(value.len() as u8);
+        out.extend(value.as_bytes());
+    }
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/etcdserverpb.KV/Range"),
+        (":authority", authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ] {
+        literal(&mut block, n, v);
+    }
+    // RangeRequest { key: "a" }, as one uncompressed gRPC message.
+    let msg = [0x0a, 0x01, b'a'];
+    let mut body = vec![0u8];
+    body.extend((msg.len() as u32).to_be_bytes());
+    body.extend(msg);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    out.extend(frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+    out.extend(frame(0x0, 0x1, 1, &body)); // DATA, END_STREAM
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(&out).await.unwrap();
+    let mut kinds = Vec::new();
+    let mut data = None;
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if sock.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            sock.read_exact(&mut payload).await.unwrap();
+            if kind == 0x4 && flags & 0x1 == 0 {
+                sock.write_all(&frame(0x4, 0x1, 0, &[])).await.unwrap(); // SETTINGS ACK
+            }
+            if kind == 0x7 {
+                kinds.push(kind); // GOAWAY ends the connection
+                return;
+            }
+            if stream != 1 {
+                continue;
+            }
+            kinds.push(kind);
+            if kind == 0x0 && payload.len() > 5 {
+                data = Some(payload[5..].to_vec());
+            }
+            // RST_STREAM, or HEADERS with END_STREAM (the trailers): the call is over.
+            if kind == 0x3 || (kind == 0x1 && flags & 0x1 != 0) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("the call ends within 5 s");
+    (kinds, data)
+}
+
+/// etcd's own clients send malformed `:authority` values that etcd (grpc-go) accepts:
+/// etcdctl 3.4 sends the endpoint URL for maintenance calls, Go clientv3 3.5.0 sends
+/// `#initially=[...]` (etcd-io/etcd#13192). They get answers, not `PROTOCOL_ERROR` (see
+/// vendor/README.md for the h2 patch this needs).
+#[tokio::test]
+async fn calls_with_the_malformed_authorities_etcd_clients_send_are_answered() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    c.put("a", "1", None).await.unwrap();
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let url = s.url.clone();
+    let initially = format!("#initially=[{url}]");
+    for authority in [addr.as_str(), url.as_str(), initially.as_str()] {
+        let (kinds, data) = raw_range_with_authority(&addr, authority).await;
+        assert!(
+            !kinds.contains(&0x3) && !kinds.contains(&0x7),
+            "{authority:?}: the server reset the call (frame types {kinds:?})"
+        );
+        let data = data.unwrap_or_else(|| panic!("{authority:?}: no response message ({kinds:?})"));
+        // The RangeResponse carries the key and value written above.
+        let found = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+        assert!(found(b"a") && found(b"1"), "{authority:?}: {data:?}");
+    }
+    drop(c);
+}
