@@ -3,19 +3,23 @@
 # etcd-client crate) against etcd (Debian etcd-server, single member, default settings: fsync
 # on every commit) and against `weft up --etcd-listen` (fsync=group), each started here with
 # a fresh data dir in the same temp directory, on loopback, sharing the machine's cores with
-# the client.
+# the client (or, with SERVER_CPUS and CLIENT_CPUS, on separate cores).
 #
 #   scripts/bench-etcd.sh [SECONDS] [WORKLOADS] [CLIENTS] [ROUNDS]
 #   scripts/bench-etcd.sh 3 put,txn,get,lease,lock,watch 1,16,64 1
 #   CONNS=4 WEFT_ARGS='--commit-delay-us 150' scripts/bench-etcd.sh 3 put 64 5
 #   TRANSPORT=direct scripts/bench-etcd.sh 3 put,txn 64 3
+#   SERVER_CPUS=1 CLIENT_CPUS=0 scripts/bench-etcd.sh 3 put,txn 64 3
 #
 # Each round runs every cell against etcd, then against weft. Rows include each server's CPU
 # time per operation and the client's (user + system from /proc; steadier than ops/s when the
 # machine's speed drifts). CONNS (default 16) is the number of gRPC connections the clients
 # share; TRANSPORT (balanced or direct, see `weft bench etcd-api --help`) is how they connect;
 # CLIENT_THREADS is the client's runtime threads (`--client-threads`, default one per core);
-# WEFT_ARGS are extra `weft up` options. Prints markdown tables.
+# WEFT_ARGS are extra `weft up` options. SERVER_CPUS and CLIENT_CPUS (taskset CPU lists) pin
+# both servers to some cores and the client to others, as if the client ran on another
+# machine: each server then has the same cores, whatever the client costs against it.
+# Prints markdown tables.
 set -euo pipefail
 
 SECS=${1:-3}
@@ -69,7 +73,7 @@ done
 "${ON_CLIENT[@]}" "$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
     --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, ${SECS} s per cell"
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
