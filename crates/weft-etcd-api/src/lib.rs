@@ -74,8 +74,8 @@ impl std::fmt::Debug for EtcdApi {
     }
 }
 
-/// How long shutdown waits for open calls (watch and keep-alive streams never end by
-/// themselves) after telling clients to go away.
+/// How long shutdown waits for unary calls in flight after telling clients to go away (open
+/// watch and keep-alive streams are ended at once, see `until_stopped`).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Coalescing of waiting watch events into one response stops at this many events...

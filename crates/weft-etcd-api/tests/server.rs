@@ -149,8 +149,8 @@ async fn a_watch_backlog_is_coalesced_without_losing_or_reordering_events() {
     // server's queue hold), then reads everything: each event arrives once, in revision
     // order, and the backlog comes in fewer responses than events.
     const N: usize = 3000;
-    let s = common::start().await;
-    let mut c = common::client(&s).await;
+    let s = start().await;
+    let mut c = client(&s).await;
     let mut stream = c
         .watch(
             "backlog/",
@@ -175,7 +175,7 @@ async fn a_watch_backlog_is_coalesced_without_losing_or_reordering_events() {
     let mut seen = std::collections::HashSet::new();
     let (mut responses, mut last_rev) = (0, 0);
     while seen.len() < N {
-        let r = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
             .unwrap_or_else(|_| panic!("stalled after {} of {N} events", seen.len()))
             .unwrap()
@@ -207,8 +207,8 @@ async fn concurrent_unary_calls_on_one_connection_all_complete() {
     // The fast path runs a connection's unary calls in the connection's task: 32 clients
     // sharing one connection, 50 puts and gets each, must all be answered (a lost wake-up
     // shows as a timeout), each put at its own revision.
-    let s = common::start().await;
-    let c = common::client(&s).await;
+    let s = start().await;
+    let c = client(&s).await;
     let mut tasks = Vec::new();
     for t in 0..32 {
         let mut c = c.clone();
@@ -224,7 +224,7 @@ async fn concurrent_unary_calls_on_one_connection_all_complete() {
             revs
         }));
     }
-    let all = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+    let all = tokio::time::timeout(Duration::from_secs(30), async {
         let mut all = Vec::new();
         for t in tasks {
             all.extend(t.await.unwrap());
@@ -340,8 +340,13 @@ async fn calls_with_the_malformed_authorities_etcd_clients_send_are_answered() {
         );
         let data = data.unwrap_or_else(|| panic!("{authority:?}: no response message ({kinds:?})"));
         // The RangeResponse carries the key and value written above.
-        let found = |needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
-        assert!(found(b"a") && found(b"1"), "{authority:?}: {data:?}");
+        let r = <etcd_client::proto::PbRangeResponse as prost::Message>::decode(&data[..])
+            .unwrap_or_else(|e| panic!("{authority:?}: not a RangeResponse: {e}"));
+        assert_eq!(r.kvs.len(), 1, "{authority:?}: {r:?}");
+        assert_eq!(
+            (&r.kvs[0].key[..], &r.kvs[0].value[..]),
+            (&b"a"[..], &b"1"[..])
+        );
     }
     drop(c);
 }
