@@ -79,7 +79,42 @@ impl http_body::Body for Unary {
     }
 }
 
-fn reply<M: Message>(r: tonic::Response<M>) -> Result<Response<tonic::body::Body>, Status> {
+/// The body of a reply on this server: the fast path's, unboxed, or tonic's.
+pub(crate) enum Body {
+    Fast(Unary),
+    Tonic(tonic::body::Body),
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        match self.get_mut() {
+            Body::Fast(u) => Pin::new(u).poll_frame(cx).map_err(|e| match e {}),
+            Body::Tonic(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Fast(u) => u.is_end_stream(),
+            Body::Tonic(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            Body::Fast(u) => u.size_hint(),
+            Body::Tonic(b) => b.size_hint(),
+        }
+    }
+}
+
+fn reply<M: Message>(r: tonic::Response<M>) -> Result<Response<Body>, Status> {
     let msg = r.into_inner();
     let len = msg.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
@@ -89,7 +124,7 @@ fn reply<M: Message>(r: tonic::Response<M>) -> Result<Response<tonic::body::Body
         .map_err(|_| Status::internal("cannot encode the response"))?;
     let mut trailers = HeaderMap::with_capacity(1);
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let mut resp = Response::new(tonic::body::Body::new(Unary {
+    let mut resp = Response::new(Body::Fast(Unary {
         data: Some(buf.freeze()),
         trailers: Some(trailers),
     }));
@@ -131,24 +166,51 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<tonic::Request<M>, Status> {
         .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))
 }
 
-async fn call(api: EtcdApi, m: Method, req: Request<Incoming>) -> Response<tonic::body::Body> {
+async fn call(api: EtcdApi, m: Method, req: Request<Incoming>) -> Response<Body> {
     dispatch(&api, m, req)
         .await
-        .unwrap_or_else(|s| s.into_http())
+        .unwrap_or_else(|s| s.into_http().map(Body::Tonic))
+}
+
+/// The whole body of a request. A unary call's message nearly always arrives in one data
+/// frame: that frame is kept as it is, without collecting it into a buffer list.
+async fn read_body(body: Incoming) -> Result<Bytes, Status> {
+    let too_big = |e: &dyn std::fmt::Display| {
+        Status::out_of_range(format!(
+            "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
+        ))
+    };
+    let mut limited = http_body_util::Limited::new(body, MAX_MESSAGE + 5);
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    while let Some(frame) = limited.frame().await {
+        let frame = frame.map_err(|e| too_big(&e))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: a gRPC request has none that matter here
+        };
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut b = BytesMut::with_capacity(f.len() + data.len());
+                b.extend_from_slice(f);
+                b.extend_from_slice(&data);
+                rest = Some(b);
+            }
+            (Some(_), Some(b)) => b.extend_from_slice(&data),
+        }
+    }
+    Ok(match rest {
+        Some(b) => b.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 async fn dispatch(
     api: &EtcdApi,
     m: Method,
     req: Request<Incoming>,
-) -> Result<Response<tonic::body::Body>, Status> {
-    let limited = http_body_util::Limited::new(req.into_body(), MAX_MESSAGE + 5);
-    let body = limited.collect().await.map_err(|e| {
-        Status::out_of_range(format!(
-            "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
-        ))
-    })?;
-    let msg = message(&body.to_bytes())?;
+) -> Result<Response<Body>, Status> {
+    let msg = message(&read_body(req.into_body()).await?)?;
     match m {
         Method::Range => reply(PbKvService::range(api, decode(msg)?).await?),
         Method::Put => reply(PbKvService::put(api, decode(msg)?).await?),
@@ -169,7 +231,7 @@ pub(crate) struct Svc {
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl hyper::service::Service<Request<Incoming>> for Svc {
-    type Response = Response<tonic::body::Body>;
+    type Response = Response<Body>;
     type Error = Infallible;
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
@@ -183,7 +245,10 @@ impl hyper::service::Service<Request<Incoming>> for Svc {
             }
             None => {
                 let routes = self.routes.clone();
-                Box::pin(routes.oneshot(req.map(tonic::body::Body::new)))
+                Box::pin(async move {
+                    let resp = routes.oneshot(req.map(tonic::body::Body::new)).await?;
+                    Ok(resp.map(Body::Tonic))
+                })
             }
         }
     }

@@ -143,6 +143,60 @@ async fn malformed_unary_messages_get_grpc_errors() {
     let _ = s.stop.send(());
 }
 
+/// The fast path reads the whole body: a message split over several DATA frames (here the
+/// gRPC prefix alone, then the message in two parts, and an empty end-of-stream frame) is
+/// put as one value.
+#[tokio::test]
+async fn a_message_split_over_data_frames_is_reassembled() {
+    use prost::Message;
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let value: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+    let msg = etcd_client::proto::PbPutRequest {
+        key: b"split".to_vec(),
+        value: value.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut prefix = vec![0u8];
+    prefix.extend((msg.len() as u32).to_be_bytes());
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/etcdserverpb.KV/Put"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    h2 = h2.ready().await.unwrap();
+    let (resp, mut send) = h2.send_request(req, false).unwrap();
+    let mid = msg.len() / 3;
+    for (part, end) in [
+        (prefix, false),
+        (msg[..mid].to_vec(), false),
+        (msg[mid..].to_vec(), false),
+        (Vec::new(), true),
+    ] {
+        send.send_data(bytes::Bytes::from(part), end).unwrap();
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    while body.data().await.is_some() {}
+    let trailers = body.trailers().await.unwrap().expect("trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+    let mut c = client(&s).await;
+    let r = c.get("split", None).await.unwrap();
+    assert_eq!(r.kvs().len(), 1);
+    assert_eq!(r.kvs()[0].value(), &value[..]);
+    let _ = s.stop.send(());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_backlog_is_coalesced_without_losing_or_reordering_events() {
     // A watcher that does not read while 3000 puts land (more than the HTTP/2 window and the
