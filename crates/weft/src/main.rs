@@ -269,6 +269,10 @@ struct UpArgs {
     /// before an fsync so that it covers more writes (a lone writer is never delayed).
     #[arg(long, default_value_t = 0)]
     commit_delay_us: u64,
+    /// Write the log with direct I/O (O_DIRECT|O_DSYNC: one syscall per group commit, no page
+    /// cache) where the file system allows it; "false" uses write + fdatasync. Equally durable.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    direct_io: bool,
     /// Serve the API over an etcd cluster instead of the embedded store (comma-separated
     /// client URLs).
     #[cfg(feature = "etcd")]
@@ -821,6 +825,7 @@ async fn up(a: UpArgs) -> Result<()> {
         durability: a.fsync,
         snapshot_bytes: a.snapshot_bytes,
         commit_delay: std::time::Duration::from_micros(a.commit_delay_us),
+        direct_io: a.direct_io,
         auto_compact: parse_retention(&a.compact_retention)?,
         ..Default::default()
     };

@@ -235,10 +235,11 @@ pub(crate) fn decode_batch(payload: &[u8]) -> DResult<Batch> {
 /// Outcome of parsing a log buffer.
 #[derive(Debug)]
 pub(crate) enum LogTail {
-    /// Every byte was a valid record.
-    Clean,
-    /// The last record is incomplete or fails its checksum and nothing follows it: a write
-    /// that was cut short. Valid data ends at `offset`.
+    /// Valid records up to `end`, then nothing, or only zero bytes: the padding of the last
+    /// block that direct I/O writes (see `wal::LogFile`).
+    Clean { end: u64 },
+    /// The last record is incomplete or fails its checksum and nothing but zero bytes follows
+    /// it: a write that was cut short. Valid data ends at `offset`.
     Torn { offset: u64 },
     /// A bad record followed by more data: real damage.
     Corrupt { offset: u64, reason: String },
@@ -250,14 +251,27 @@ pub(crate) fn parse_log(buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> DResult<()>
     while pos < buf.len() {
         let left = buf.len() - pos;
         if left < RECORD_HEADER {
+            if zeros(&buf[pos..]) {
+                return LogTail::Clean { end: pos as u64 };
+            }
             return LogTail::Torn { offset: pos as u64 };
         }
         let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4")) as usize;
         let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().expect("4"));
+        if len == 0 {
+            // No record is empty: this is the padding after the last record, or damage.
+            if zeros(&buf[pos..]) {
+                return LogTail::Clean { end: pos as u64 };
+            }
+            return LogTail::Corrupt {
+                offset: pos as u64,
+                reason: "record length 0 followed by data".into(),
+            };
+        }
         let end = pos + RECORD_HEADER + len;
         if len > MAX_RECORD {
             // A garbage length: torn if it is the end of the file's meaningful data.
-            if buf[pos..].iter().all(|b| *b == 0) {
+            if zeros(&buf[pos + RECORD_HEADER..]) {
                 return LogTail::Torn { offset: pos as u64 };
             }
             return LogTail::Corrupt {
@@ -270,7 +284,7 @@ pub(crate) fn parse_log(buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> DResult<()>
         }
         let payload = &buf[pos + RECORD_HEADER..end];
         if crc32fast::hash(payload) != crc {
-            if end == buf.len() {
+            if zeros(&buf[end..]) {
                 return LogTail::Torn { offset: pos as u64 };
             }
             return LogTail::Corrupt {
@@ -286,7 +300,13 @@ pub(crate) fn parse_log(buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> DResult<()>
         }
         pos = end;
     }
-    LogTail::Clean
+    LogTail::Clean {
+        end: buf.len() as u64,
+    }
+}
+
+fn zeros(b: &[u8]) -> bool {
+    b.iter().all(|x| *x == 0)
 }
 
 /// Serializes the whole state.
@@ -433,7 +453,7 @@ mod tests {
             seen.push(decode_batch(p)?);
             Ok(())
         });
-        assert!(matches!(tail, LogTail::Clean));
+        assert!(matches!(tail, LogTail::Clean { end } if end == rec.len() as u64));
         assert_eq!(seen, vec![b]);
     }
 
@@ -488,7 +508,7 @@ mod tests {
             seen.push(decode_batch(p)?);
             Ok(())
         });
-        assert!(matches!(tail, LogTail::Clean));
+        assert!(matches!(tail, LogTail::Clean { end } if end == buf.len() as u64));
         assert_eq!(seen, batches.to_vec());
     }
 
@@ -521,6 +541,68 @@ mod tests {
         assert!(matches!(
             parse_log(&bad_tail, |_, _| Ok(())),
             LogTail::Torn { .. }
+        ));
+    }
+
+    /// Direct I/O writes whole blocks: the records are followed by zero padding, which ends
+    /// the log cleanly. A record cut short before the padding is torn; zeros inside the log
+    /// followed by data, or data after a bad record, are damage.
+    #[test]
+    fn zero_padding_ends_the_log_and_damage_before_data_is_still_corrupt() {
+        let b = Batch {
+            rev: 1,
+            changes: vec![Change::Delete { key: "k".into() }],
+            ..Default::default()
+        };
+        let rec = encode_record(&b);
+        let mut padded = rec.clone();
+        padded.extend_from_slice(&rec);
+        let data = padded.len() as u64;
+        padded.resize(4096, 0);
+        let mut n = 0;
+        let tail = parse_log(&padded, |_, _| {
+            n += 1;
+            Ok(())
+        });
+        assert!(
+            matches!(tail, LogTail::Clean { end } if end == data),
+            "{tail:?}"
+        );
+        assert_eq!(n, 2);
+        // A padding shorter than a record header is padding too.
+        let short = &padded[..rec.len() * 2 + 3];
+        assert!(matches!(
+            parse_log(short, |_, _| Ok(())),
+            LogTail::Clean { end } if end == data
+        ));
+        // The second record's payload half written (its tail still zero): torn.
+        let mut torn = padded.clone();
+        torn[rec.len() + RECORD_HEADER + 2..rec.len() * 2].fill(0);
+        assert!(matches!(
+            parse_log(&torn, |_, _| Ok(())),
+            LogTail::Torn { offset } if offset == rec.len() as u64
+        ));
+        // A torn header whose length is garbage, zeros after it: torn.
+        let mut garbage = padded.clone();
+        garbage[rec.len()..rec.len() + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        garbage[rec.len() + 4..].fill(0);
+        assert!(matches!(
+            parse_log(&garbage, |_, _| Ok(())),
+            LogTail::Torn { offset } if offset == rec.len() as u64
+        ));
+        // Data after zeros at a record boundary: corrupt, not the end of the log.
+        let mut hole = vec![0u8; RECORD_HEADER + 4];
+        hole.extend_from_slice(&rec);
+        assert!(matches!(
+            parse_log(&hole, |_, _| Ok(())),
+            LogTail::Corrupt { offset: 0, .. }
+        ));
+        // A bad first record followed by a good one inside the padded block: corrupt.
+        let mut bad = padded.clone();
+        bad[RECORD_HEADER + 2] ^= 0xff;
+        assert!(matches!(
+            parse_log(&bad, |_, _| Ok(())),
+            LogTail::Corrupt { offset: 0, .. }
         ));
     }
 }

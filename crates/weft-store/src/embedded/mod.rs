@@ -87,6 +87,12 @@ pub struct Options {
     /// that one fsync covers more writes (PostgreSQL's `commit_delay`). A lone writer is never
     /// delayed. Zero turns it off.
     pub commit_delay: Duration,
+    /// Write the log with direct I/O (`O_DIRECT | O_DSYNC`) where the file system allows it:
+    /// one syscall per group commit instead of `write` + `fdatasync`, with about a third of the
+    /// kernel CPU and half the latency on ext4 (docs/benchmarks.md). Equally durable. Falls
+    /// back to `write` + `fdatasync` by itself where direct I/O is refused (some tmpfs), and is
+    /// not used with [`Durability::None`]. See [`Stats::direct_io`].
+    pub direct_io: bool,
 }
 
 impl Default for Options {
@@ -99,6 +105,7 @@ impl Default for Options {
             progress_interval: Duration::from_secs(600),
             auto_compact: AutoCompact::Revisions(100_000),
             commit_delay: Duration::ZERO,
+            direct_io: true,
         }
     }
 }
@@ -108,8 +115,11 @@ impl Default for Options {
 pub struct Stats {
     /// Log records written.
     pub records: u64,
-    /// `fsync` calls made (fewer than records under group commit).
+    /// Durable flushes made (fewer than records under group commit): `fsync` calls, or writes
+    /// that are durable by themselves with direct I/O.
     pub fsyncs: u64,
+    /// Whether the log is written with direct I/O ([`Options::direct_io`]).
+    pub direct_io: bool,
 }
 
 /// The embedded store. Dropping it (or [`Embedded::close`]) flushes the log and releases the
@@ -177,6 +187,15 @@ impl Embedded {
             .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let lock = lock_dir(&dir)?;
         let rec = wal::recover(&dir, Instant::now())?;
+        let file = wal::open_log(
+            &dir,
+            rec.gen,
+            rec.end,
+            wal::LogIo {
+                sync: opts.durability != Durability::None,
+                direct: opts.direct_io,
+            },
+        )?;
         let log = Arc::new(Log::new(
             rec.gen,
             rec.state.rev,
@@ -184,13 +203,13 @@ impl Embedded {
             rec.snap_bytes,
             rec.bytes,
         ));
+        log.direct_io.store(file.direct(), Ordering::Relaxed);
         let (closed_tx, _) = watch::channel(false);
         let flusher = {
             let log = log.clone();
             let dir = dir.clone();
             let mode = opts.durability;
             let delay = opts.commit_delay;
-            let file = rec.file;
             std::thread::Builder::new()
                 .name("weft-wal".into())
                 .spawn(move || log.run(dir, file, mode, delay))
@@ -237,6 +256,7 @@ impl Embedded {
         Stats {
             records: self.inner.log.records.load(Ordering::Relaxed),
             fsyncs: self.inner.log.fsyncs.load(Ordering::Relaxed),
+            direct_io: self.inner.log.direct_io.load(Ordering::Relaxed),
         }
     }
 
