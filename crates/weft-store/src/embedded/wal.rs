@@ -280,10 +280,12 @@ pub(crate) struct LogFile {
 }
 
 impl LogFile {
+    /// Opens the log at `path` for records from `end` on (a log without valid data, `end`
+    /// 0, is emptied).
     fn open(path: &Path, end: u64, io: LogIo) -> io::Result<Self> {
         let mut file = None;
         if io.sync && io.direct {
-            match open_direct(path) {
+            match open_direct(path, end == 0) {
                 Ok(f) => file = Some(f),
                 Err(e) if refused(&e) => {
                     tracing::info!(file = %path.display(), "no direct I/O here ({e}): the log uses write + fdatasync");
@@ -294,7 +296,11 @@ impl LogFile {
         let direct = file.is_some();
         let file = match file {
             Some(f) => f,
-            None => OpenOptions::new().create(true).write(true).open(path)?,
+            None => OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(end == 0)
+                .open(path)?,
         };
         let mut tail = Vec::new();
         if direct {
@@ -388,17 +394,18 @@ fn refused(e: &io::Error) -> bool {
 }
 
 #[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> io::Result<File> {
+fn open_direct(path: &Path, truncate: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
         .create(true)
         .write(true)
+        .truncate(truncate)
         .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
         .open(path)
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_: &Path) -> io::Result<File> {
+fn open_direct(_: &Path, _: bool) -> io::Result<File> {
     Err(io::ErrorKind::Unsupported.into())
 }
 
