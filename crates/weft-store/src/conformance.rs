@@ -556,6 +556,58 @@ pub async fn compaction(s: &dyn Store) {
     assert_eq!(evs[0].kv.value, b("3"));
 }
 
+/// A watcher of a key nobody writes stays in sync while other keys change and history is
+/// compacted past its start: its next event arrives (no compaction error), and a progress
+/// notice carries the current revision, not the one it last had an event at.
+pub async fn watch_quiet_key(s: &dyn Store) {
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::key("q/watched")))
+        .await
+        .unwrap();
+    let mut wp = s
+        .watch(WatchRequest::new(KeyRange::prefix("q/pre/")))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        s.put_kv(format!("q/other/{}", i % 3), i.to_string())
+            .await
+            .unwrap();
+    }
+    let cur = rev(s).await;
+    s.compact(cur).await.unwrap();
+    // Progress first: everything up to the current revision has been sent (nothing, here).
+    w.request_progress();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress notification"
+        );
+        let m = next_msg(&mut w).await.unwrap();
+        assert!(m.events.is_empty(), "nothing changed the key: {m:?}");
+        if m.is_progress() {
+            assert!(
+                m.revision >= cur,
+                "progress revision {} < {cur}",
+                m.revision
+            );
+            break;
+        }
+    }
+    let r = s.put_kv("q/watched", "1").await.unwrap().header.revision;
+    let evs = collect(&mut w, 1).await;
+    assert_eq!(
+        (evs[0].kv.mod_revision, &evs[0].kv.value[..]),
+        (r, &b"1"[..])
+    );
+    let r = s.put_kv("q/pre/x", "2").await.unwrap().header.revision;
+    let evs = collect(&mut wp, 1).await;
+    assert_eq!(
+        (evs[0].kv.mod_revision, &evs[0].kv.value[..]),
+        (r, &b"2"[..])
+    );
+}
+
 /// `hash_kv` is stable for a revision and changes with the data.
 pub async fn hash_kv(s: &dyn Store) {
     s.put_kv("h/a", "1").await.unwrap();
@@ -610,7 +662,7 @@ macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@case $factory;
             revisions range_options txn_semantics leases lease_expiry watch_semantics
-            watch_slow_consumer compaction hash_kv limits);
+            watch_slow_consumer watch_quiet_key compaction hash_kv limits);
     };
     (@case $factory:expr; $($name:ident)*) => {
         $(

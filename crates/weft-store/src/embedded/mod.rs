@@ -6,6 +6,7 @@
 //! observed can be lost by a crash. See `ARCHITECTURE.md` for the invariants.
 
 mod codec;
+mod hub;
 mod mvcc;
 mod wal;
 
@@ -490,16 +491,28 @@ async fn watcher(
     tx: mpsc::Sender<Result<WatchResponse>>,
     ctl: Arc<Ctl>,
 ) {
-    let mut durable = inner.log.durable.subscribe();
+    // Woken by the flushes that change a key in the range, which also say from which revision
+    // (see `hub`). Revisions up to `floor`, visible when the watcher started, are all scanned
+    // (a watch can start in the past); after it, only from the first change in the range.
+    let changes = inner.log.hub.register(req.range.clone());
+    let floor = inner.visible();
     let mut closed = inner.closed_tx.subscribe();
     let period = inner.opts.progress_interval;
     let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+    let mut progress_due = false;
     loop {
         if ctl.cancelled.load(Ordering::SeqCst) || *closed.borrow() {
             return;
         }
-        let vis = durable.borrow_and_update().rev;
+        let (vis, first) = changes.take(|| inner.visible());
         while next <= vis {
+            if next > floor && next < first {
+                // Nothing in the range changed in between.
+                next = first;
+                if next > vis {
+                    break;
+                }
+            }
             let upto = vis.min(next + MAX_REVS_PER_RESPONSE - 1);
             let evs = inner
                 .state
@@ -531,14 +544,23 @@ async fn watcher(
                 }
             }
         }
+        next = next.max(vis + 1);
+        // Everything up to `vis` has been sent: a progress notification can say so.
+        if std::mem::take(&mut progress_due)
+            && tx
+                .send(Ok(WatchResponse {
+                    revision: vis,
+                    events: Vec::new(),
+                }))
+                .await
+                .is_err()
+        {
+            return;
+        }
         tokio::select! {
-            r = durable.changed() => if r.is_err() { return },
-            _ = ctl.progress.notified() => {
-                if tx.send(Ok(WatchResponse { revision: vis, events: Vec::new() })).await.is_err() { return }
-            }
-            _ = ticker.tick(), if req.progress_notify => {
-                if tx.send(Ok(WatchResponse { revision: vis, events: Vec::new() })).await.is_err() { return }
-            }
+            _ = changes.changed() => {}
+            _ = ctl.progress.notified() => progress_due = true,
+            _ = ticker.tick(), if req.progress_notify => progress_due = true,
             _ = ctl.cancel.notified() => return,
             _ = tx.closed() => return,
             _ = closed.changed() => {

@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::codec::{self, LogTail};
-use super::mvcc::{Batch, Mvcc, Snapshot};
+use super::mvcc::{Batch, Change, Mvcc, Snapshot};
 use super::Durability;
 use crate::{Result, StoreError};
 
@@ -86,6 +86,8 @@ pub(crate) struct Log {
     /// The newest snapshot generation the snapshot thread finished, and its error if it failed.
     pub snap_done: watch::Sender<(u64, Option<String>)>,
     pub fsyncs: AtomicU64,
+    /// The watchers, woken by key when a flush is published.
+    pub hub: std::sync::Arc<super::hub::Hub>,
     /// Whether the log file is written with direct I/O (see [`LogFile`]).
     pub direct_io: std::sync::atomic::AtomicBool,
     pub records: AtomicU64,
@@ -437,6 +439,7 @@ impl Log {
             snap_cv: Condvar::new(),
             snap_done: watch::channel((gen, None)).0,
             fsyncs: AtomicU64::new(0),
+            hub: Default::default(),
             direct_io: std::sync::atomic::AtomicBool::new(false),
             records: AtomicU64::new(0),
             snap_bytes: AtomicU64::new(snap_bytes),
@@ -533,11 +536,17 @@ impl Log {
         Wait::Pending(rx)
     }
 
-    fn publish(&self, seq: u64, rev: i64) {
-        self.durable.send_modify(|d| {
-            d.seq = d.seq.max(seq);
-            d.rev = d.rev.max(rev);
+    /// Makes records up to `seq` durable and revision `rev` visible, with the watchers of the
+    /// `changed` keys marked at the same time (see `hub`); wakes the writers, then those
+    /// watchers. Drains `changed`.
+    fn publish(&self, seq: u64, rev: i64, changed: &mut Vec<(bytes::Bytes, i64)>) {
+        let watchers = self.hub.publish(changed, || {
+            self.durable.send_modify(|d| {
+                d.seq = d.seq.max(seq);
+                d.rev = d.rev.max(rev);
+            });
         });
+        changed.clear();
         let mut w = self.waiters.lock().expect("log waiters poisoned");
         let mut i = 0;
         while i < w.len() {
@@ -547,6 +556,10 @@ impl Log {
             } else {
                 i += 1;
             }
+        }
+        drop(w);
+        for s in watchers {
+            s.notify();
         }
     }
 
@@ -626,6 +639,9 @@ impl Log {
             direct: file.direct(),
         };
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        // Keys changed by the records written since the last publish, with their revisions
+        // (see `Log::publish`).
+        let mut changed: Vec<(bytes::Bytes, i64)> = Vec::new();
         let mut last_batch = 0usize;
         loop {
             let items = {
@@ -652,13 +668,20 @@ impl Log {
                 match item {
                     Item::Record { seq, rev, batch } => {
                         codec::encode_record_into(&batch, &mut buf);
+                        for c in &batch.changes {
+                            changed.push(match c {
+                                Change::Put { key, .. } | Change::Delete { key } => {
+                                    (key.clone(), rev)
+                                }
+                            });
+                        }
                         self.records.fetch_add(1, Ordering::Relaxed);
                         last = Some((seq, rev));
                         if mode == Durability::Always {
                             if let Err(e) = self.flush(&mut file, &mut buf, mode) {
                                 return self.fail(format!("cannot write log: {e}"));
                             }
-                            self.publish(seq, rev);
+                            self.publish(seq, rev, &mut changed);
                         }
                     }
                     Item::Rotate {
@@ -681,7 +704,7 @@ impl Log {
                             }
                             Err(e) => return self.fail(format!("cannot start log {gen}: {e}")),
                         }
-                        self.publish(seq, rev);
+                        self.publish(seq, rev, &mut changed);
                         self.snap_job.lock().expect("snapshot slot poisoned").job =
                             Some((gen, snapshot));
                         self.snap_cv.notify_one();
@@ -692,7 +715,7 @@ impl Log {
                 return self.fail(format!("cannot write log: {e}"));
             }
             if let Some((seq, rev)) = last {
-                self.publish(seq, rev);
+                self.publish(seq, rev, &mut changed);
             }
         }
     }
