@@ -71,8 +71,8 @@ pub(crate) struct Registration {
 impl Registration {
     /// Resolves at the next flush that changed a key in the range (at once if one was
     /// published since the last call returned).
-    pub async fn changed(&self) {
-        self.slot.notify.notified().await
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.slot.notify.notified()
     }
 
     /// Reads the visible revision with `visible` and returns it with the first revision that
@@ -135,10 +135,10 @@ impl Hub {
         let mut woken: Vec<Arc<Slot>> = Vec::new();
         let w = self.w.lock().unwrap_or_else(|e| e.into_inner());
         let mut mark = |slot: &Arc<Slot>, rev: i64| {
-            // Only the first change for a watcher matters: it scans everything after it.
-            if slot.first.fetch_min(rev, Ordering::SeqCst) > rev
-                && !woken.iter().any(|s| Arc::ptr_eq(s, slot))
-            {
+            // Only the first change for a watcher matters: it scans everything after it. A
+            // watcher marked already (by this flush, or by an earlier one it has not taken
+            // yet) has its wake-up already.
+            if slot.first.fetch_min(rev, Ordering::SeqCst) == NONE {
                 woken.push(slot.clone());
             }
         };

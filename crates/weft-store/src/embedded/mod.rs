@@ -500,6 +500,10 @@ async fn watcher(
     let period = inner.opts.progress_interval;
     let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
     let mut progress_due = false;
+    // Kept across iterations, so that each is registered once, not once per event.
+    let mut cancel = std::pin::pin!(ctl.cancel.notified());
+    let mut progress = std::pin::pin!(ctl.progress.notified());
+    let mut changed = std::pin::pin!(changes.changed());
     loop {
         if ctl.cancelled.load(Ordering::SeqCst) || *closed.borrow() {
             return;
@@ -539,7 +543,7 @@ async fn watcher(
             if !evs.is_empty() {
                 tokio::select! {
                     r = tx.send(Ok(WatchResponse { revision: vis, events: evs })) => if r.is_err() { return },
-                    _ = ctl.cancel.notified() => return,
+                    _ = &mut cancel => return,
                     _ = closed.changed() => return,
                 }
             }
@@ -558,10 +562,13 @@ async fn watcher(
             return;
         }
         tokio::select! {
-            _ = changes.changed() => {}
-            _ = ctl.progress.notified() => progress_due = true,
+            _ = &mut changed => changed.set(changes.changed()),
+            _ = &mut progress => {
+                progress_due = true;
+                progress.set(ctl.progress.notified());
+            }
             _ = ticker.tick(), if req.progress_notify => progress_due = true,
-            _ = ctl.cancel.notified() => return,
+            _ = &mut cancel => return,
             _ = tx.closed() => return,
             _ = closed.changed() => {
                 let _ = tx.try_send(Err(StoreError::Closed));
