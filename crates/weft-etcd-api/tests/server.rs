@@ -105,6 +105,17 @@ async fn shutdown_does_not_wait_for_idle_clients() {
 
 /// A unary call whose body is not one well-formed gRPC message gets a gRPC error, not a hang
 /// or a dropped connection.
+/// The headers of a gRPC KV.Put call to `addr`, for a hand-made body.
+fn grpc_put(addr: &str) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/etcdserverpb.KV/Put"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
 #[tokio::test]
 async fn malformed_unary_messages_get_grpc_errors() {
     let s = start().await;
@@ -118,15 +129,8 @@ async fn malformed_unary_messages_get_grpc_errors() {
         (b"\0\0\0\0\x09abc", "13"), // length says 9, 3 bytes follow: INTERNAL
     ];
     for (body, code) in cases {
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/etcdserverpb.KV/Put"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
         h2 = h2.ready().await.unwrap();
-        let (resp, mut send) = h2.send_request(req, false).unwrap();
+        let (resp, mut send) = h2.send_request(grpc_put(&addr), false).unwrap();
         send.send_data(bytes::Bytes::copy_from_slice(body), true)
             .unwrap();
         let resp = tokio::time::timeout(Duration::from_secs(5), resp)
@@ -163,15 +167,8 @@ async fn a_message_split_over_data_frames_is_reassembled() {
     .encode_to_vec();
     let mut prefix = vec![0u8];
     prefix.extend((msg.len() as u32).to_be_bytes());
-    let req = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/etcdserverpb.KV/Put"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
     h2 = h2.ready().await.unwrap();
-    let (resp, mut send) = h2.send_request(req, false).unwrap();
+    let (resp, mut send) = h2.send_request(grpc_put(&addr), false).unwrap();
     let mid = msg.len() / 3;
     for (part, end) in [
         (prefix, false),

@@ -25,6 +25,29 @@ async fn next_msg(w: &mut WatchStream) -> Result<WatchResponse> {
         .expect("watch ended unexpectedly")
 }
 
+/// Requests a progress notice and waits for it (passing the messages before it to `check`);
+/// it must carry at least revision `cur`.
+async fn progress_at_least(w: &mut WatchStream, cur: i64, check: impl Fn(&WatchResponse)) {
+    w.request_progress();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress notification"
+        );
+        let m = next_msg(w).await.unwrap();
+        if m.is_progress() {
+            assert!(
+                m.revision >= cur,
+                "progress revision {} < {cur}",
+                m.revision
+            );
+            return;
+        }
+        check(&m);
+    }
+}
+
 /// Collects watch events until `n` have arrived (progress notices are skipped).
 async fn collect(w: &mut WatchStream, n: usize) -> Vec<Event> {
     let mut out = Vec::new();
@@ -460,23 +483,7 @@ pub async fn watch_semantics(s: &dyn Store) {
 
     // Progress: once caught up, a requested progress notice carries the current revision.
     let cur = rev(s).await;
-    w.request_progress();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress notification"
-        );
-        let m = next_msg(&mut w).await.unwrap();
-        if m.is_progress() {
-            assert!(
-                m.revision >= cur,
-                "progress revision {} < {cur}",
-                m.revision
-            );
-            break;
-        }
-    }
+    progress_at_least(&mut w, cur, |_| {}).await;
     // Cancel ends the stream.
     w.cancel();
     let end = tokio::time::timeout(Duration::from_secs(5), w.message())
@@ -576,24 +583,10 @@ pub async fn watch_quiet_key(s: &dyn Store) {
     let cur = rev(s).await;
     s.compact(cur).await.unwrap();
     // Progress first: everything up to the current revision has been sent (nothing, here).
-    w.request_progress();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress notification"
-        );
-        let m = next_msg(&mut w).await.unwrap();
-        assert!(m.events.is_empty(), "nothing changed the key: {m:?}");
-        if m.is_progress() {
-            assert!(
-                m.revision >= cur,
-                "progress revision {} < {cur}",
-                m.revision
-            );
-            break;
-        }
-    }
+    progress_at_least(&mut w, cur, |m| {
+        assert!(m.events.is_empty(), "nothing changed the key: {m:?}")
+    })
+    .await;
     let r = s.put_kv("q/watched", "1").await.unwrap().header.revision;
     let evs = collect(&mut w, 1).await;
     assert_eq!(
