@@ -1,6 +1,6 @@
 //! The embedded engine: the default [`Store`], durable in a data directory.
 //!
-//! State lives in memory as a multi-version index ([`mvcc`]); every write is appended to a
+//! State lives in memory as a multi-version index (`mvcc`); every write is appended to a
 //! checksummed log before it is acknowledged, and the log is periodically replaced by a snapshot.
 //! Reads and watches only ever see revisions whose log records are durable, so nothing a client
 //! observed can be lost by a crash. See `ARCHITECTURE.md` for the invariants.
@@ -89,8 +89,9 @@ pub struct Options {
     /// delayed. Zero turns it off.
     pub commit_delay: Duration,
     /// Write the log with direct I/O (`O_DIRECT | O_DSYNC`) where the file system allows it:
-    /// one syscall per group commit instead of `write` + `fdatasync`, with about a third of the
-    /// kernel CPU and half the latency on ext4 (docs/benchmarks.md). Equally durable. Falls
+    /// one syscall per group commit instead of `write` + `fdatasync`, with a third to a half of
+    /// the kernel CPU and 30–65 % less latency per commit on ext4 (docs/benchmarks.md).
+    /// Equally durable. Falls
     /// back to `write` + `fdatasync` by itself where direct I/O is refused (some tmpfs), and is
     /// not used with [`Durability::None`]. See [`Stats::direct_io`].
     pub direct_io: bool,

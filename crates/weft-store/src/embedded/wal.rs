@@ -262,10 +262,11 @@ const BLOCK: usize = 4096;
 /// both writes and makes durable, with no page cache and no separate `fdatasync`. The last
 /// block is partly data: that data is kept in `tail` and written again, followed by the next
 /// records, by the next flush; the rest of the block is zeros on disk, which
-/// [`codec::parse_log`] reads as the end of the log. On ext4 over a virtio disk this took
-/// 55–73 µs and 15–22 µs of kernel CPU per durable write, against 154–163 µs and 49–58 µs for
-/// `write` + `fdatasync` (docs/benchmarks.md). Elsewhere, and for `fsync none`: `pwrite`, then
-/// `fdatasync` when durable.
+/// [`codec::parse_log`] reads as the end of the log. On ext4 over a virtio disk a durable write
+/// took 42–48 µs and 11–13 µs of kernel CPU, against 68–75 µs and 23–27 µs for `write` +
+/// `fdatasync`, when the machine was fast; 55–63 µs and 15–16 µs against 154–163 µs and
+/// 49–58 µs when it was slow (docs/benchmarks.md). Elsewhere, and for `fsync none`: `pwrite`,
+/// then `fdatasync` when durable.
 pub(crate) struct LogFile {
     file: File,
     path: PathBuf,
