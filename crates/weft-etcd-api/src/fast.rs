@@ -172,45 +172,18 @@ async fn call(api: EtcdApi, m: Method, req: Request<Incoming>) -> Response<Body>
         .unwrap_or_else(|s| s.into_http().map(Body::Tonic))
 }
 
-/// The whole body of a request. A unary call's message nearly always arrives in one data
-/// frame: that frame is kept as it is, without collecting it into a buffer list.
-async fn read_body(body: Incoming) -> Result<Bytes, Status> {
-    let too_big = |e: &dyn std::fmt::Display| {
-        Status::out_of_range(format!(
-            "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
-        ))
-    };
-    let mut limited = http_body_util::Limited::new(body, MAX_MESSAGE + 5);
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    while let Some(frame) = limited.frame().await {
-        let frame = frame.map_err(|e| too_big(&e))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers: a gRPC request has none that matter here
-        };
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(f), None) => {
-                let mut b = BytesMut::with_capacity(f.len() + data.len());
-                b.extend_from_slice(f);
-                b.extend_from_slice(&data);
-                rest = Some(b);
-            }
-            (Some(_), Some(b)) => b.extend_from_slice(&data),
-        }
-    }
-    Ok(match rest {
-        Some(b) => b.freeze(),
-        None => first.unwrap_or_default(),
-    })
-}
-
 async fn dispatch(
     api: &EtcdApi,
     m: Method,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Status> {
-    let msg = message(&read_body(req.into_body()).await?)?;
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_MESSAGE + 5);
+    let body = limited.collect().await.map_err(|e| {
+        Status::out_of_range(format!(
+            "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
+        ))
+    })?;
+    let msg = message(&body.to_bytes())?;
     match m {
         Method::Range => reply(PbKvService::range(api, decode(msg)?).await?),
         Method::Put => reply(PbKvService::put(api, decode(msg)?).await?),

@@ -90,10 +90,10 @@ pub struct Options {
     pub commit_delay: Duration,
     /// Write the log with direct I/O (`O_DIRECT | O_DSYNC`) where the file system allows it:
     /// one syscall per group commit instead of `write` + `fdatasync`, with a third to a half of
-    /// the kernel CPU and 30–65 % less latency per commit on ext4 (docs/benchmarks.md).
-    /// Equally durable. Falls
-    /// back to `write` + `fdatasync` by itself where direct I/O is refused (some tmpfs), and is
-    /// not used with [`Durability::None`]. See [`Stats::direct_io`].
+    /// the kernel CPU and 30–60 % less latency per commit on ext4 (docs/benchmarks.md).
+    /// Equally durable. Falls back to `write` + `fdatasync` by itself where direct I/O is
+    /// refused (some tmpfs), and is not used with [`Durability::None`]. See
+    /// [`Stats::direct_io`].
     pub direct_io: bool,
 }
 
@@ -193,6 +193,7 @@ impl Embedded {
             &dir,
             rec.gen,
             rec.end,
+            rec.tail,
             wal::LogIo {
                 sync: opts.durability != Durability::None,
                 direct: opts.direct_io,
@@ -514,9 +515,7 @@ async fn watcher(
             if next > floor && next < first {
                 // Nothing in the range changed in between.
                 next = first;
-                if next > vis {
-                    break;
-                }
+                continue;
             }
             let upto = vis.min(next + MAX_REVS_PER_RESPONSE - 1);
             let evs = inner
@@ -549,7 +548,6 @@ async fn watcher(
                 }
             }
         }
-        next = next.max(vis + 1);
         // Everything up to `vis` has been sent: a progress notification can say so.
         if std::mem::take(&mut progress_due)
             && tx

@@ -426,44 +426,36 @@ impl<'a> Writer<'a> {
     pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
         let rev = self.rev();
         let sub = self.batch.changes.len() as u32;
-        let new_kv = |prev: &Option<KeyValue>| {
-            let (create_revision, version) = match prev {
-                Some(p) => (p.create_revision, p.version + 1),
-                None => (rev, 1),
-            };
-            Arc::new(KeyValue {
-                key: key.clone(),
-                create_revision,
-                mod_revision: rev,
-                version,
-                value: value.clone(),
-                lease,
-            })
-        };
         // One index lookup for a key that exists (imbl's `entry` takes two: `contains_key`,
         // then `get_mut`), a lookup and an insert for a new one.
-        let (prev, kv) = match self.m.keys.get_mut(&key[..]) {
-            Some(hist) => {
-                let prev = hist.last().and_then(|e| e.kv.as_deref().cloned());
-                let kv = new_kv(&prev);
-                hist.push(Entry {
-                    rev,
-                    sub,
-                    kv: Some(kv.clone()),
-                });
-                (prev, kv)
-            }
-            None => {
-                let kv = new_kv(&None);
-                let entry = Entry {
-                    rev,
-                    sub,
-                    kv: Some(kv.clone()),
-                };
-                self.m.keys.insert(key.clone(), vec![entry]);
-                (None, kv)
-            }
+        let hist = self.m.keys.get_mut(&key[..]);
+        let prev = hist
+            .as_ref()
+            .and_then(|h| h.last())
+            .and_then(|e| e.kv.as_deref().cloned());
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (rev, 1),
         };
+        let kv = Arc::new(KeyValue {
+            key: key.clone(),
+            create_revision,
+            mod_revision: rev,
+            version,
+            value: value.clone(),
+            lease,
+        });
+        let entry = Entry {
+            rev,
+            sub,
+            kv: Some(kv.clone()),
+        };
+        match hist {
+            Some(h) => h.push(entry),
+            None => {
+                self.m.keys.insert(key.clone(), vec![entry]);
+            }
+        }
         if let Some(p) = &prev {
             if p.lease != 0 && p.lease != lease {
                 if let Some(l) = self.m.leases.get_mut(&p.lease) {

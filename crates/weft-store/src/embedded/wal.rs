@@ -125,6 +125,8 @@ pub(crate) struct Recovered {
     pub gen: u64,
     /// Where the valid data of log `gen` ends: the next record goes there.
     pub end: u64,
+    /// The data of log `gen` in the 4 KiB block `end` falls in (what direct I/O writes again).
+    pub tail: Vec<u8>,
     /// Bytes of the logs replayed (since the snapshot).
     pub bytes: u64,
     /// Bytes of the snapshot loaded (0 without one).
@@ -172,15 +174,16 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
     let live: Vec<u64> = wals.iter().copied().filter(|g| *g >= gen).collect();
     let mut bytes = 0u64;
     let mut end = 0u64;
+    let mut tail = Vec::new();
     for (i, g) in live.iter().enumerate() {
         let path = dir.join(wal_name(*g));
         let buf = fs::read(&path).map_err(|e| io_err("cannot read", &path, e))?;
-        let tail = codec::parse_log(&buf, |_, payload| {
+        let parsed = codec::parse_log(&buf, |_, payload| {
             let batch = codec::decode_batch(payload)?;
             state.replay(&batch, now)
         });
         let is_last = i + 1 == live.len();
-        match tail {
+        match parsed {
             LogTail::Clean { end: e } => {
                 bytes += buf.len() as u64;
                 end = e;
@@ -212,6 +215,9 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
                 })
             }
         }
+        if is_last {
+            tail = buf[block_start(end)..end as usize].to_vec();
+        }
     }
     // Older generations are covered by the snapshot.
     for g in wals.iter().filter(|g| **g < gen) {
@@ -221,13 +227,11 @@ pub(crate) fn recover(dir: &Path, now: Instant) -> Result<Recovered> {
         let _ = fs::remove_file(dir.join(snap_name(*g)));
     }
     let last_gen = live.last().copied().unwrap_or(gen);
-    if live.is_empty() {
-        end = 0;
-    }
     Ok(Recovered {
         state,
         gen: last_gen,
         end,
+        tail,
         bytes,
         snap_bytes,
     })
@@ -242,10 +246,17 @@ pub(crate) struct LogIo {
     pub direct: bool,
 }
 
-/// Opens `wal-<gen>` (creating it, durably, if needed) for records from `end` on.
-pub(crate) fn open_log(dir: &Path, gen: u64, end: u64, io: LogIo) -> Result<LogFile> {
+/// Opens `wal-<gen>` (creating it, durably, if needed) for records from `end` on; `tail` is
+/// its data from the start of the block `end` falls in (see [`Recovered::tail`]).
+pub(crate) fn open_log(
+    dir: &Path,
+    gen: u64,
+    end: u64,
+    tail: Vec<u8>,
+    io: LogIo,
+) -> Result<LogFile> {
     let path = dir.join(wal_name(gen));
-    let file = LogFile::open(&path, end, io).map_err(|e| io_err("cannot open", &path, e))?;
+    let file = LogFile::open(&path, end, tail, io).map_err(|e| io_err("cannot open", &path, e))?;
     sync_dir(dir).map_err(|e| io_err("cannot sync", dir, e))?;
     Ok(file)
 }
@@ -253,6 +264,11 @@ pub(crate) fn open_log(dir: &Path, gen: u64, end: u64, io: LogIo) -> Result<LogF
 /// Offsets, lengths and memory addresses of direct I/O are multiples of this (it covers the
 /// logical block sizes of common disks).
 const BLOCK: usize = 4096;
+
+/// The offset of the block `offset` falls in.
+fn block_start(offset: u64) -> usize {
+    (offset - offset % BLOCK as u64) as usize
+}
 
 /// The log file being written: records go at `end`, the end of its valid data, by positional
 /// writes.
@@ -284,8 +300,8 @@ pub(crate) struct LogFile {
 
 impl LogFile {
     /// Opens the log at `path` for records from `end` on (a log without valid data, `end`
-    /// 0, is emptied).
-    fn open(path: &Path, end: u64, io: LogIo) -> io::Result<Self> {
+    /// 0, is emptied); `tail` is its data from the start of the block `end` falls in.
+    fn open(path: &Path, end: u64, tail: Vec<u8>, io: LogIo) -> io::Result<Self> {
         let mut file = None;
         if io.sync && io.direct {
             match open_direct(path, end == 0) {
@@ -305,12 +321,7 @@ impl LogFile {
                 .truncate(end == 0)
                 .open(path)?,
         };
-        let mut tail = Vec::new();
-        if direct {
-            let start = end - end % BLOCK as u64;
-            tail.resize((end - start) as usize, 0);
-            File::open(path)?.read_exact_at(&mut tail, start)?;
-        }
+        debug_assert_eq!(tail.len() as u64, end - block_start(end) as u64);
         let size = file.metadata()?.len().max(end);
         Ok(LogFile {
             file,
@@ -319,7 +330,7 @@ impl LogFile {
             size,
             sync: io.sync,
             direct,
-            tail,
+            tail: if direct { tail } else { Vec::new() },
             scratch: Vec::new(),
         })
     }
@@ -327,6 +338,14 @@ impl LogFile {
     /// Whether writes use direct I/O.
     pub fn direct(&self) -> bool {
         self.direct
+    }
+
+    /// How this file is written: a log started after it is written the same way.
+    fn io(&self) -> LogIo {
+        LogIo {
+            sync: self.sync,
+            direct: self.direct,
+        }
     }
 
     /// The file's length.
@@ -564,7 +583,6 @@ impl Log {
                 i += 1;
             }
         }
-        drop(w);
     }
 
     /// Drops every waiter's sender: called when the flusher stops, so no writer waits forever.
@@ -637,11 +655,6 @@ impl Log {
         mode: Durability,
         delay: std::time::Duration,
     ) {
-        self.direct_io.store(file.direct(), Ordering::Relaxed);
-        let io = LogIo {
-            sync: mode != Durability::None,
-            direct: file.direct(),
-        };
         let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
         // Keys changed by the records written since the last publish, with their revisions
         // (see `Log::publish`).
@@ -699,7 +712,7 @@ impl Log {
                         }
                         // Records up to `seq` are durable in the old log; later ones go to the
                         // new one while the snapshot thread writes the state as of `seq`.
-                        match open_log(dir, gen, 0, io) {
+                        match open_log(dir, gen, 0, Vec::new(), file.io()) {
                             Ok(f) => {
                                 file = f;
                                 // The old log stays on disk until the snapshot replaces it.
@@ -728,9 +741,11 @@ impl Log {
         if buf.is_empty() {
             return Ok(());
         }
-        let size = file.size();
+        let (size, direct) = (file.size(), file.direct());
         let written = file.write(buf);
-        self.direct_io.store(file.direct(), Ordering::Relaxed);
+        if file.direct() != direct {
+            self.direct_io.store(file.direct(), Ordering::Relaxed);
+        }
         written?;
         self.log_bytes
             .fetch_add(file.size() - size, Ordering::Relaxed);
