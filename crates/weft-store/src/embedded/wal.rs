@@ -280,8 +280,9 @@ fn block_start(offset: u64) -> usize {
 /// records, by the next flush; the rest of the block is zeros on disk, which
 /// [`codec::parse_log`] reads as the end of the log. On ext4 over a virtio disk a durable write
 /// took 42–48 µs and 11–13 µs of kernel CPU, against 68–75 µs and 23–27 µs for `write` +
-/// `fdatasync`, when the machine was fast; 55–63 µs and 15–16 µs against 154–163 µs and
-/// 49–58 µs when it was slow (docs/benchmarks.md). Elsewhere, and for `fsync none`: `pwrite`,
+/// `fdatasync`, when the machine was fast (the tail block rewritten, the usual case); 65–73 µs
+/// and 19–22 µs against 154–163 µs and 49–58 µs when it was slow (a growing file)
+/// (docs/benchmarks.md). Elsewhere, and for `fsync none`: `pwrite`,
 /// then `fdatasync` when durable.
 pub(crate) struct LogFile {
     file: File,
