@@ -65,6 +65,14 @@ def zeroed_dsync():
     os.close(fd)
 
 
+def fallocated(size):
+    fresh()
+    fd = os.open(PATH, os.O_CREAT | os.O_WRONLY, 0o644)
+    os.posix_fallocate(fd, 0, size)
+    os.fsync(fd)
+    os.close(fd)
+
+
 BUF = mmap.mmap(-1, BLOCK)  # page-aligned, as O_DIRECT needs
 BUF.write(b"x" * BLOCK)
 
@@ -86,4 +94,7 @@ measure("pwrite + fdatasync, zero-filled file", lambda: fresh(N * 3000 + BLOCK),
 measure("pwrite O_DSYNC, zero-filled file", lambda: fresh(N * 3000 + BLOCK), zeroed_dsync)
 measure("pwrite O_DIRECT|O_DSYNC, growing file (weft)", fresh, direct(1))
 measure("pwrite O_DIRECT|O_DSYNC, tail block rewritten 4x", fresh, direct(4))
+measure("pwrite O_DIRECT|O_DSYNC, fallocated file", lambda: fallocated(N * BLOCK), direct(1))
+measure("pwrite O_DIRECT|O_DSYNC, zero-filled file", lambda: fresh(N * BLOCK), direct(1))
+measure("pwrite O_DIRECT|O_DSYNC, zero-filled file, tail block rewritten 4x", lambda: fresh(N * BLOCK), direct(4))
 os.remove(PATH)
