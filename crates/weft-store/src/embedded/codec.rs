@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::mvcc::{Batch, Change, Entry, Keys, Lease, Mvcc, Snapshot};
+use super::mvcc::{Batch, Change, Entry, IndexKey, Keys, Lease, Mvcc, Snapshot};
 use crate::types::KeyValue;
 
 /// Size of a record header.
@@ -321,7 +321,7 @@ pub(crate) fn encode_snapshot(m: &Snapshot) -> Vec<u8> {
     }
     e.u64(m.keys.len() as u64);
     for (key, hist) in &m.keys {
-        e.bytes(key);
+        e.bytes(key.bytes());
         e.u32(hist.len() as u32);
         for ent in hist {
             e.i64(ent.rev);
@@ -420,7 +420,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
                 }
             }
         }
-        keys.insert(key, hist);
+        keys.insert(IndexKey::new(key), hist);
     }
     d.done()?;
     m.keys = keys;

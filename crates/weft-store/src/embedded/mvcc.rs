@@ -77,7 +77,68 @@ const RECENT_REVISIONS: usize = 8192;
 /// The key index. A persistent (copy-on-write) B-tree, so that a snapshot of the whole state
 /// is an O(1) clone under the state lock and is encoded by the snapshot thread, without
 /// blocking reads and writes for a time proportional to the state's size.
-pub(crate) type Keys = imbl::OrdMap<Bytes, Vec<Entry>>;
+pub(crate) type Keys = imbl::OrdMap<IndexKey, Vec<Entry>>;
+
+/// How many leading bytes of a key [`IndexKey`] keeps inline.
+const HEAD: usize = 16;
+
+/// A key of the index: its bytes, and their first 16 bytes inline as a big-endian integer
+/// (zero-padded), which the tree's binary searches compare first. Each key's bytes are a
+/// heap allocation of their own, so comparing bytes is a cache miss per comparison (a lookup
+/// makes about 6 per tree level); comparing heads reads the node only. Keys that share their
+/// first 16 bytes fall back to comparing the bytes.
+///
+/// Orders exactly as the bytes do: where two heads differ, the first differing byte is
+/// either in both keys, or a zero of padding against a non-zero byte of the longer key,
+/// which the shorter key is then a prefix of up to there. Equal heads compare by bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct IndexKey {
+    head: u128,
+    bytes: Bytes,
+}
+
+impl IndexKey {
+    pub fn new(bytes: Bytes) -> Self {
+        let mut head = [0u8; HEAD];
+        let n = bytes.len().min(HEAD);
+        head[..n].copy_from_slice(&bytes[..n]);
+        IndexKey {
+            head: u128::from_be_bytes(head),
+            bytes,
+        }
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+}
+
+impl PartialEq for IndexKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.head == other.head && self.bytes == other.bytes
+    }
+}
+
+impl Eq for IndexKey {}
+
+impl PartialOrd for IndexKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for IndexKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.head.cmp(&other.head).then_with(|| {
+            if self.bytes.len() >= HEAD && other.bytes.len() >= HEAD {
+                // Equal heads of full length: the first 16 bytes are equal.
+                self.bytes[HEAD..].cmp(&other.bytes[HEAD..])
+            } else {
+                self.bytes.cmp(&other.bytes)
+            }
+        })
+    }
+}
 
 /// A point-in-time copy of what a snapshot file holds; cheap to take (see [`Keys`]).
 pub(crate) struct Snapshot {
@@ -99,22 +160,22 @@ pub(crate) struct Mvcc {
 }
 
 /// Start and end bounds of a key range in the index.
-type Bounds<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
+type Bounds = (Bound<IndexKey>, Bound<IndexKey>);
 
-fn range_bounds(range: &KeyRange) -> Option<Bounds<'_>> {
-    let start = &range.key[..];
+fn range_bounds(range: &KeyRange) -> Option<Bounds> {
+    let start = || IndexKey::new(range.key.clone());
     if range.range_end.is_empty() {
-        return Some((Bound::Included(start), Bound::Included(start)));
+        return Some((Bound::Included(start()), Bound::Included(start())));
     }
     if &range.range_end[..] == RANGE_END_ALL {
-        return Some((Bound::Included(start), Bound::Unbounded));
+        return Some((Bound::Included(start()), Bound::Unbounded));
     }
-    if start >= &range.range_end[..] {
+    if range.key >= range.range_end {
         return None;
     }
     Some((
-        Bound::Included(start),
-        Bound::Excluded(&range.range_end[..]),
+        Bound::Included(start()),
+        Bound::Excluded(IndexKey::new(range.range_end.clone())),
     ))
 }
 
@@ -140,9 +201,10 @@ impl Mvcc {
         range: &'a KeyRange,
     ) -> impl Iterator<Item = (&'a Bytes, &'a Vec<Entry>)> + 'a {
         range_bounds(range)
-            .map(|b| self.keys.range::<_, [u8]>(b))
+            .map(|b| self.keys.range(b))
             .into_iter()
             .flatten()
+            .map(|(k, h)| (k.bytes(), h))
     }
 
     /// Live pairs in `range` at `rev` (`i64::MAX`: the latest applied, including a write
@@ -244,27 +306,27 @@ impl Mvcc {
             }
         };
         let lower = match after {
-            Some(k) => Bound::Excluded(&k[..]),
+            Some(k) => Bound::Excluded(IndexKey::new(k.clone())),
             None => Bound::Unbounded,
         };
         let mut last = None;
         let mut due = Vec::new();
-        let mut slice = self.keys.range::<_, [u8]>((lower, Bound::Unbounded));
+        let mut slice = self.keys.range((lower, Bound::Unbounded));
         for (k, hist) in slice.by_ref().take(max) {
             if keep_from(hist) > 0 {
                 due.push(k.clone());
             }
-            last = Some(k.clone());
+            last = Some(k.bytes().clone());
         }
         let more = slice.next().is_some();
         // Only the histories that change are touched, so that nodes shared with a snapshot
         // still being written are not copied needlessly.
         for key in due {
-            if let Some(hist) = self.keys.get_mut(&key[..]) {
+            if let Some(hist) = self.keys.get_mut(&key) {
                 let n = keep_from(hist);
                 hist.drain(..n);
                 if hist.is_empty() {
-                    self.keys.remove(&key[..]);
+                    self.keys.remove(&key);
                 }
             }
         }
@@ -428,7 +490,8 @@ impl<'a> Writer<'a> {
         let sub = self.batch.changes.len() as u32;
         // One index lookup for a key that exists (imbl's `entry` takes two: `contains_key`,
         // then `get_mut`), a lookup and an insert for a new one.
-        let hist = self.m.keys.get_mut(&key[..]);
+        let ikey = IndexKey::new(key.clone());
+        let hist = self.m.keys.get_mut(&ikey);
         let prev = hist
             .as_ref()
             .and_then(|h| h.last())
@@ -453,7 +516,7 @@ impl<'a> Writer<'a> {
         match hist {
             Some(h) => h.push(entry),
             None => {
-                self.m.keys.insert(key.clone(), vec![entry]);
+                self.m.keys.insert(ikey, vec![entry]);
             }
         }
         if let Some(p) = &prev {
@@ -481,7 +544,7 @@ impl<'a> Writer<'a> {
     pub fn delete_key(&mut self, key: &Bytes) -> Option<KeyValue> {
         let rev = self.rev();
         let sub = self.batch.changes.len() as u32;
-        let hist = self.m.keys.get_mut(&key[..])?;
+        let hist = self.m.keys.get_mut(&IndexKey::new(key.clone()))?;
         let prev = hist.last()?.kv.as_deref().cloned()?;
         hist.push(Entry { rev, sub, kv: None });
         if prev.lease != 0 {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::codec;
-use super::mvcc::{Batch, Mvcc, Writer};
+use super::mvcc::{Batch, IndexKey, Keys, Mvcc, Writer};
 use super::*;
 use crate::{KeyRange, StoreExt};
 
@@ -552,6 +552,58 @@ fn apply(m: &mut Mvcc, op: &Op, now: Instant) {
         }
     }
     w.finish();
+}
+
+/// Keys for the index's order: a prefix of 0, 1, 15, 16 or 20 bytes shared by many keys,
+/// then a few bytes from a small alphabet that includes zero (the padding of
+/// [`IndexKey`]'s inline head).
+fn index_key() -> impl Strategy<Value = Vec<u8>> {
+    let prefix = prop_oneof![
+        Just(Vec::new()),
+        Just(b"a".to_vec()),
+        Just(b"/registry/pods/".to_vec()),
+        Just(b"/registry/pods/d".to_vec()),
+        Just(b"/registry/pods/dflt".to_vec()),
+    ];
+    (
+        prefix,
+        proptest::collection::vec(
+            prop_oneof![Just(0u8), Just(1u8), Just(b'a'), Just(255u8)],
+            0..20,
+        ),
+    )
+        .prop_map(|(mut p, s)| {
+            p.extend(s);
+            p
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// The index orders keys exactly as their bytes, and finds each key it holds.
+    #[test]
+    fn index_keys_order_as_their_bytes(keys in proptest::collection::vec(index_key(), 1..40)) {
+        for a in &keys {
+            for b in &keys {
+                let (ka, kb) = (IndexKey::new(Bytes::from(a.clone())), IndexKey::new(Bytes::from(b.clone())));
+                prop_assert_eq!(ka.cmp(&kb), a.cmp(b), "{:?} vs {:?}", a, b);
+                prop_assert_eq!(ka == kb, a == b);
+            }
+        }
+        let mut index = Keys::new();
+        for k in &keys {
+            index.insert(IndexKey::new(Bytes::from(k.clone())), Vec::new());
+        }
+        let mut sorted = keys.clone();
+        sorted.sort();
+        sorted.dedup();
+        let walked: Vec<Vec<u8>> = index.keys().map(|k| k.bytes().to_vec()).collect();
+        prop_assert_eq!(walked, sorted);
+        for k in &keys {
+            prop_assert!(index.contains_key(&IndexKey::new(Bytes::from(k.clone()))));
+        }
+    }
 }
 
 proptest! {
