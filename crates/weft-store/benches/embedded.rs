@@ -1,5 +1,7 @@
 //! Embedded engine throughput and latency, in process: get, put and txn (compare-and-swap) with
-//! 1 and 64 concurrent tasks in each durability mode, and watch delivery latency.
+//! 1 and 64 concurrent tasks in each durability mode, watch delivery latency, and get and put
+//! of one key among 200k (`index/...`: the cost of the key index, with short keys and with
+//! long keys that share their first 16 bytes).
 //!
 //! `cargo bench -p weft-store --bench embedded` (criterion reports time per operation; the
 //! throughput line is operations per second).
@@ -198,6 +200,46 @@ fn bench_watch(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_index(c: &mut Criterion) {
+    const KEYS: u64 = 200_000;
+    let rt = rt();
+    let mut g = c.benchmark_group("index");
+    g.throughput(Throughput::Elements(1));
+    let shapes: [(&str, fn(u64) -> String); 2] = [
+        ("short", |i| format!("bench/{}/{}", i % 64, i / 64)),
+        ("long", |i| format!("/registry/pods/ns-{}/pod-{i:08}", i % 50)),
+    ];
+    for (shape, key) in shapes {
+        let (s, _dir) = open(&rt, Durability::None);
+        rt.block_on(async {
+            for i in 0..KEYS {
+                s.put(PutRequest::new(key(i), vec![b'v'; 16])).await.unwrap();
+            }
+        });
+        // Keys visited in a scattered order (a multiplicative step modulo KEYS).
+        let pick = |n: u64| (n.wrapping_mul(7919) + 13) % KEYS;
+        g.bench_function(BenchmarkId::new("get", shape), |b| {
+            let mut n = 0u64;
+            b.iter(|| {
+                n += 1;
+                let r = rt
+                    .block_on(s.range(RangeRequest::new(KeyRange::key(key(pick(n))))))
+                    .unwrap();
+                assert_eq!(r.kvs.len(), 1);
+            })
+        });
+        g.bench_function(BenchmarkId::new("put", shape), |b| {
+            let mut n = 0u64;
+            b.iter(|| {
+                n += 1;
+                rt.block_on(s.put(PutRequest::new(key(pick(n)), vec![b'w'; 16])))
+                    .unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(10)
@@ -209,6 +251,6 @@ fn config() -> Criterion {
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group! { name = benches; config = config(); targets = bench_put, bench_get, bench_txn, bench_watch }
+    criterion_group! { name = benches; config = config(); targets = bench_put, bench_get, bench_txn, bench_watch, bench_index }
 }
 criterion_main!(group::benches);
