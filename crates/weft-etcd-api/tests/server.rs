@@ -183,10 +183,15 @@ async fn a_message_split_over_data_frames_is_reassembled() {
         .expect("an answer in time")
         .unwrap();
     assert_eq!(resp.status(), 200);
+    // The gRPC headers and nothing else (no `date`, no `content-length`), as etcd sends.
+    let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["content-type"], "{:?}", resp.headers());
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
     let mut body = resp.into_body();
     while body.data().await.is_some() {}
     let trailers = body.trailers().await.unwrap().expect("trailers");
     assert_eq!(trailers.get("grpc-status").unwrap(), "0", "{trailers:?}");
+    assert_eq!(trailers.len(), 1, "{trailers:?}");
     let mut c = client(&s).await;
     let r = c.get("split", None).await.unwrap();
     assert_eq!(r.kvs().len(), 1);
