@@ -406,3 +406,68 @@ async fn calls_with_the_malformed_authorities_etcd_clients_send_are_answered() {
     }
     drop(c);
 }
+
+/// Several watchers on one watch stream: each gets its own events under its id, a canceled
+/// one gets its cancellation and nothing after it, a cancel of an unknown id is ignored, and a
+/// progress request answers for every watcher left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_sharing_a_stream_are_multiplexed_and_canceled_alone() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let mut stream = c.watch("a", None).await.unwrap();
+    let a = next(&mut stream).await.watch_id();
+    stream.watch("b", None).await.unwrap();
+    stream.watch("c", None).await.unwrap();
+    let mut created = Vec::new();
+    for _ in 0..2 {
+        let r = next(&mut stream).await;
+        assert!(r.created(), "{r:?}");
+        created.push(r.watch_id());
+    }
+    let (b, w_c) = (created[0], created[1]);
+    assert!(a != b && b != w_c && a != w_c, "{a} {b} {w_c}");
+    for k in ["a", "b", "c"] {
+        c.put(k, "1", None).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let r = next(&mut stream).await;
+        for e in r.events() {
+            got.push((r.watch_id(), e.kv().unwrap().key_str().unwrap().to_string()));
+        }
+    }
+    got.sort();
+    let mut want = vec![(a, "a".to_string()), (b, "b".into()), (w_c, "c".into())];
+    want.sort();
+    assert_eq!(got, want);
+    stream.cancel(b).await.unwrap();
+    let r = next(&mut stream).await;
+    assert!(r.canceled() && r.watch_id() == b, "{r:?}");
+    stream.cancel(99).await.unwrap();
+    c.put("b", "2", None).await.unwrap();
+    c.put("c", "2", None).await.unwrap();
+    let r = next(&mut stream).await;
+    assert_eq!(r.watch_id(), w_c, "only c's watcher is left for these keys: {r:?}");
+    assert_eq!(r.events()[0].kv().unwrap().value(), b"2");
+    stream.request_progress().await.unwrap();
+    let mut progressed = Vec::new();
+    while progressed.len() < 2 {
+        let r = next(&mut stream).await;
+        assert!(r.events().is_empty() && !r.canceled(), "{r:?}");
+        assert_eq!(r.header().unwrap().revision(), 6, "{r:?}");
+        progressed.push(r.watch_id());
+    }
+    progressed.sort();
+    let mut want = vec![a, w_c];
+    want.sort();
+    assert_eq!(progressed, want);
+    let _ = s.stop.send(());
+}
+
+async fn next(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a watch response in time")
+        .unwrap()
+        .expect("the stream goes on")
+}

@@ -207,13 +207,17 @@ fn bench_index(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     let shapes: [(&str, fn(u64) -> String); 2] = [
         ("short", |i| format!("bench/{}/{}", i % 64, i / 64)),
-        ("long", |i| format!("/registry/pods/ns-{}/pod-{i:08}", i % 50)),
+        ("long", |i| {
+            format!("/registry/pods/ns-{}/pod-{i:08}", i % 50)
+        }),
     ];
     for (shape, key) in shapes {
         let (s, _dir) = open(&rt, Durability::None);
         rt.block_on(async {
             for i in 0..KEYS {
-                s.put(PutRequest::new(key(i), vec![b'v'; 16])).await.unwrap();
+                s.put(PutRequest::new(key(i), vec![b'v'; 16]))
+                    .await
+                    .unwrap();
             }
         });
         // Keys visited in a scattered order (a multiplicative step modulo KEYS).
