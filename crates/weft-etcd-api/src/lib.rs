@@ -568,19 +568,18 @@ impl PbWatchService for EtcdApi {
         req: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let mut input = req.into_inner();
-        // This task reads the requests; the response stream itself polls the watchers (see
-        // `watch_responses`), so an event goes from the store's watcher to the connection
-        // without a task of its own in between.
-        let (ctl, ctl_rx) = mpsc::unbounded_channel::<WatchCtl>();
+        let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(128);
         let api = self.clone();
         tokio::spawn(async move {
             let mut next_id = 0i64;
             let mut controls: std::collections::HashMap<i64, Arc<tokio::sync::Notify>> =
                 std::collections::HashMap::new();
+            let mut tasks: std::collections::HashMap<i64, tokio::task::JoinHandle<()>> =
+                std::collections::HashMap::new();
             loop {
                 let msg = tokio::select! {
                     m = input.message() => m,
-                    _ = ctl.closed() => break,
+                    _ = tx.closed() => break,
                 };
                 let Ok(Some(msg)) = msg else { break };
                 match msg.request_union {
@@ -596,213 +595,122 @@ impl PbWatchService for EtcdApi {
                             progress_notify: c.progress_notify,
                         };
                         let rev = api.current_revision().await;
-                        let stream = match api.store.watch(wreq).await {
+                        let mut stream = match api.store.watch(wreq).await {
                             Ok(s) => s,
                             Err(e) => {
-                                let _ = ctl.send(WatchCtl::Send(PbWatchResponse {
-                                    header: api.header(rev),
-                                    watch_id: id,
-                                    created: true,
-                                    canceled: true,
-                                    cancel_reason: e.to_string(),
-                                    ..Default::default()
-                                }));
+                                let _ = tx
+                                    .send(Ok(PbWatchResponse {
+                                        header: api.header(rev),
+                                        watch_id: id,
+                                        created: true,
+                                        canceled: true,
+                                        cancel_reason: e.to_string(),
+                                        ..Default::default()
+                                    }))
+                                    .await;
                                 continue;
                             }
                         };
-                        let _ = ctl.send(WatchCtl::Send(PbWatchResponse {
-                            header: api.header(rev),
-                            watch_id: id,
-                            created: true,
-                            ..Default::default()
-                        }));
+                        let _ = tx
+                            .send(Ok(PbWatchResponse {
+                                header: api.header(rev),
+                                watch_id: id,
+                                created: true,
+                                ..Default::default()
+                            }))
+                            .await;
                         let progress = Arc::new(tokio::sync::Notify::new());
                         controls.insert(id, progress.clone());
-                        let _ = ctl.send(WatchCtl::Add(
+                        let (tx2, api2) = (tx.clone(), api.clone());
+                        tasks.insert(
                             id,
-                            watcher_responses(api.clone(), id, stream, progress),
-                        ));
+                            tokio::spawn(async move {
+                                // A message read ahead while coalescing that could not join.
+                                let mut next: Option<Option<ws::Result<ws::WatchResponse>>> = None;
+                                loop {
+                                    let m = match next.take() {
+                                        Some(m) => m,
+                                        None => tokio::select! {
+                                            m = stream.message() => m,
+                                            _ = progress.notified() => { stream.request_progress(); continue; }
+                                        },
+                                    };
+                                    let m = match m {
+                                        Some(Ok(mut r)) if !r.events.is_empty() => {
+                                            next = absorb_waiting(&mut stream, &mut r);
+                                            Some(Ok(r))
+                                        }
+                                        m => m,
+                                    };
+                                    let resp = match m {
+                                        Some(Ok(r)) => PbWatchResponse {
+                                            header: api2.header(r.revision),
+                                            watch_id: id,
+                                            events: r
+                                                .events
+                                                .into_iter()
+                                                .map(|e| PbEvent {
+                                                    r#type: if e.kind == ws::EventType::Put { 0 } else { 1 },
+                                                    kv: Some(kv(e.kv)),
+                                                    prev_kv: e.prev_kv.map(kv),
+                                                })
+                                                .collect(),
+                                            ..Default::default()
+                                        },
+                                        Some(Err(StoreError::Compacted { compact_revision, .. })) => PbWatchResponse {
+                                            header: api2.header(0),
+                                            watch_id: id,
+                                            canceled: true,
+                                            compact_revision,
+                                            cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                                            ..Default::default()
+                                        },
+                                        Some(Err(e)) => PbWatchResponse {
+                                            header: api2.header(0),
+                                            watch_id: id,
+                                            canceled: true,
+                                            cancel_reason: e.to_string(),
+                                            ..Default::default()
+                                        },
+                                        None => return,
+                                    };
+                                    let last = resp.canceled;
+                                    if tx2.send(Ok(resp)).await.is_err() || last {
+                                        return;
+                                    }
+                                }
+                            }),
+                        );
                     }
-                    Some(PbWatchRequestUnion::CancelRequest(c))
-                        if controls.remove(&c.watch_id).is_some() =>
-                    {
-                        let rev = api.current_revision().await;
-                        let _ = ctl.send(WatchCtl::Cancel(
-                            c.watch_id,
-                            PbWatchResponse {
-                                header: api.header(rev),
-                                watch_id: c.watch_id,
-                                canceled: true,
-                                ..Default::default()
-                            },
-                        ));
+                    Some(PbWatchRequestUnion::CancelRequest(c)) => {
+                        controls.remove(&c.watch_id);
+                        if let Some(t) = tasks.remove(&c.watch_id) {
+                            t.abort();
+                            let rev = api.current_revision().await;
+                            let _ = tx
+                                .send(Ok(PbWatchResponse {
+                                    header: api.header(rev),
+                                    watch_id: c.watch_id,
+                                    canceled: true,
+                                    ..Default::default()
+                                }))
+                                .await;
+                        }
                     }
                     Some(PbWatchRequestUnion::ProgressRequest(_)) => {
                         for p in controls.values() {
                             p.notify_one();
                         }
                     }
-                    // Unknown ids: etcd answers nothing.
-                    Some(PbWatchRequestUnion::CancelRequest(_)) | None => {}
+                    None => {}
                 }
+            }
+            for (_, t) in tasks {
+                t.abort();
             }
         });
-        Ok(Response::new(watch_responses(
-            ctl_rx,
-            self.stopping.clone(),
-        )))
+        Ok(Response::new(until_stopped(rx, self.stopping.clone())))
     }
-}
-
-/// What a watch stream's request task tells its response stream, in order.
-enum WatchCtl {
-    /// Send this response (a watcher's creation or failure to be created).
-    Send(PbWatchResponse),
-    /// Start polling this watcher's responses.
-    Add(i64, BoxStream<PbWatchResponse>),
-    /// Stop the watcher, then send this response (its cancellation).
-    Cancel(i64, PbWatchResponse),
-}
-
-/// The responses of one watcher: its events, coalesced while more are waiting, progress
-/// notices when asked, and a last canceled response if the store ends it (compaction).
-fn watcher_responses(
-    api: EtcdApi,
-    id: i64,
-    stream: ws::WatchStream,
-    progress: Arc<tokio::sync::Notify>,
-) -> BoxStream<PbWatchResponse> {
-    // State: the store's stream, a message read ahead while coalescing that could not join,
-    // and whether the watcher has ended.
-    type State = (
-        ws::WatchStream,
-        Option<Option<ws::Result<ws::WatchResponse>>>,
-        bool,
-    );
-    let state: State = (stream, None, false);
-    Box::pin(futures::stream::unfold(
-        state,
-        move |(mut stream, mut next, ended)| {
-            let (api, progress) = (api.clone(), progress.clone());
-            async move {
-                if ended {
-                    return None;
-                }
-                let m = loop {
-                    match next.take() {
-                        Some(m) => break m,
-                        None => tokio::select! {
-                            m = stream.message() => break m,
-                            _ = progress.notified() => stream.request_progress(),
-                        },
-                    }
-                };
-                let m = match m {
-                    Some(Ok(mut r)) if !r.events.is_empty() => {
-                        next = absorb_waiting(&mut stream, &mut r);
-                        Some(Ok(r))
-                    }
-                    m => m,
-                };
-                let resp = match m {
-                    Some(Ok(r)) => PbWatchResponse {
-                        header: api.header(r.revision),
-                        watch_id: id,
-                        events: r
-                            .events
-                            .into_iter()
-                            .map(|e| PbEvent {
-                                r#type: if e.kind == ws::EventType::Put { 0 } else { 1 },
-                                kv: Some(kv(e.kv)),
-                                prev_kv: e.prev_kv.map(kv),
-                            })
-                            .collect(),
-                        ..Default::default()
-                    },
-                    Some(Err(StoreError::Compacted {
-                        compact_revision, ..
-                    })) => PbWatchResponse {
-                        header: api.header(0),
-                        watch_id: id,
-                        canceled: true,
-                        compact_revision,
-                        cancel_reason: "etcdserver: mvcc: required revision has been compacted"
-                            .into(),
-                        ..Default::default()
-                    },
-                    Some(Err(e)) => PbWatchResponse {
-                        header: api.header(0),
-                        watch_id: id,
-                        canceled: true,
-                        cancel_reason: e.to_string(),
-                        ..Default::default()
-                    },
-                    None => return None,
-                };
-                let ended = resp.canceled;
-                Some((Ok(resp), (stream, next, ended)))
-            }
-        },
-    ))
-}
-
-/// A watch stream's responses: what its request task sends, and the events of its watchers,
-/// polled here, in the connection's stream task. Ends when the request task does (the client
-/// closed its side), or with `UNAVAILABLE` once the server stops.
-fn watch_responses(
-    mut ctl: mpsc::UnboundedReceiver<WatchCtl>,
-    mut stopping: watch::Receiver<bool>,
-) -> BoxStream<PbWatchResponse> {
-    let mut stopped = Box::pin(async move {
-        // A dropped sender means no server owns this service: it never stops.
-        if stopping.wait_for(|s| *s).await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    });
-    let mut watchers = futures::stream::SelectAll::new();
-    let mut handles: std::collections::HashMap<i64, futures::stream::AbortHandle> =
-        std::collections::HashMap::new();
-    let mut done = false;
-    Box::pin(futures::stream::poll_fn(move |cx| {
-        use std::task::Poll;
-        if done {
-            return Poll::Ready(None);
-        }
-        // Requests first, in order: a watcher's creation goes out before its events, and a
-        // canceled watcher sends nothing after its cancellation.
-        loop {
-            match ctl.poll_recv(cx) {
-                Poll::Ready(Some(WatchCtl::Send(r))) => return Poll::Ready(Some(Ok(r))),
-                Poll::Ready(Some(WatchCtl::Add(id, s))) => {
-                    let (s, h) = futures::stream::abortable(s);
-                    if let Some(old) = handles.insert(id, h) {
-                        old.abort();
-                    }
-                    watchers.push(s);
-                }
-                Poll::Ready(Some(WatchCtl::Cancel(id, r))) => {
-                    if let Some(h) = handles.remove(&id) {
-                        h.abort();
-                    }
-                    return Poll::Ready(Some(Ok(r)));
-                }
-                Poll::Ready(None) => {
-                    done = true;
-                    return Poll::Ready(None);
-                }
-                Poll::Pending => break,
-            }
-        }
-        // `None` here only means no watcher is left; new ones come through `ctl`.
-        if let Poll::Ready(Some(r)) = futures::StreamExt::poll_next_unpin(&mut watchers, cx) {
-            return Poll::Ready(Some(r));
-        }
-        if stopped.as_mut().poll(cx).is_ready() {
-            done = true;
-            return Poll::Ready(Some(Err(Status::unavailable("etcdserver: server stopped"))));
-        }
-        Poll::Pending
-    }))
 }
 
 #[tonic::async_trait]

@@ -447,7 +447,11 @@ async fn watchers_sharing_a_stream_are_multiplexed_and_canceled_alone() {
     c.put("b", "2", None).await.unwrap();
     c.put("c", "2", None).await.unwrap();
     let r = next(&mut stream).await;
-    assert_eq!(r.watch_id(), w_c, "only c's watcher is left for these keys: {r:?}");
+    assert_eq!(
+        r.watch_id(),
+        w_c,
+        "only c's watcher is left for these keys: {r:?}"
+    );
     assert_eq!(r.events()[0].kv().unwrap().value(), b"2");
     stream.request_progress().await.unwrap();
     let mut progressed = Vec::new();
