@@ -200,12 +200,15 @@ fn bench_watch(c: &mut Criterion) {
     g.finish();
 }
 
+/// How a bench names its `i`-th key.
+type KeyName = fn(u64) -> String;
+
 fn bench_index(c: &mut Criterion) {
     const KEYS: u64 = 200_000;
     let rt = rt();
     let mut g = c.benchmark_group("index");
     g.throughput(Throughput::Elements(1));
-    let shapes: [(&str, fn(u64) -> String); 2] = [
+    let shapes: [(&str, KeyName); 2] = [
         ("short", |i| format!("bench/{}/{}", i % 64, i / 64)),
         ("long", |i| {
             format!("/registry/pods/ns-{}/pod-{i:08}", i % 50)
