@@ -1,7 +1,7 @@
 //! Embedded engine throughput and latency, in process: get, put and txn (compare-and-swap) with
 //! 1 and 64 concurrent tasks in each durability mode, watch delivery latency, and get and put
-//! of one key among 200k (`index/...`: the cost of the key index, with short keys and with
-//! long keys that share their first 16 bytes).
+//! of one key among 200k (`index/...`: the cost of the key index, with short keys, long keys
+//! that share their first 16 bytes, and keys that share their first 32).
 //!
 //! `cargo bench -p weft-store --bench embedded` (criterion reports time per operation; the
 //! throughput line is operations per second).
@@ -208,10 +208,13 @@ fn bench_index(c: &mut Criterion) {
     let rt = rt();
     let mut g = c.benchmark_group("index");
     g.throughput(Throughput::Elements(1));
-    let shapes: [(&str, KeyName); 2] = [
+    let shapes: [(&str, KeyName); 3] = [
         ("short", |i| format!("bench/{}/{}", i % 64, i / 64)),
         ("long", |i| {
             format!("/registry/pods/ns-{}/pod-{i:08}", i % 50)
+        }),
+        ("shared32", |i| {
+            format!("/registry/pods/kube-system/coredns-{i:08}")
         }),
     ];
     for (shape, key) in shapes {

@@ -80,20 +80,21 @@ const RECENT_REVISIONS: usize = 8192;
 pub(crate) type Keys = imbl::OrdMap<IndexKey, Vec<Entry>>;
 
 /// How many leading bytes of a key [`IndexKey`] keeps inline.
-const HEAD: usize = 16;
+const HEAD: usize = 32;
 
-/// A key of the index: its bytes, and their first 16 bytes inline as a big-endian integer
+/// A key of the index: its bytes, and their first 32 bytes inline as two big-endian integers
 /// (zero-padded), which the tree's binary searches compare first. Each key's bytes are a
 /// heap allocation of their own, so comparing bytes is a cache miss per comparison (a lookup
-/// makes about 6 per tree level); comparing heads reads the node only. Keys that share their
-/// first 16 bytes fall back to comparing the bytes.
+/// makes about 6 per tree level); comparing heads reads the node only. 32 bytes cover the
+/// prefixes that keys usually share (`/registry/pods/<namespace>/`, `/weft/svc/<name>/`)
+/// and some of what follows; keys that share all 32 fall back to comparing the bytes.
 ///
 /// Orders exactly as the bytes do: where two heads differ, the first differing byte is
 /// either in both keys, or a zero of padding against a non-zero byte of the longer key,
 /// which the shorter key is then a prefix of up to there. Equal heads compare by bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct IndexKey {
-    head: u128,
+    head: [u128; 2],
     bytes: Bytes,
 }
 
@@ -102,8 +103,10 @@ impl IndexKey {
         let mut head = [0u8; HEAD];
         let n = bytes.len().min(HEAD);
         head[..n].copy_from_slice(&bytes[..n]);
+        let (a, b) = head.split_at(HEAD / 2);
+        let word = |s: &[u8]| u128::from_be_bytes(s.try_into().expect("16 bytes"));
         IndexKey {
-            head: u128::from_be_bytes(head),
+            head: [word(a), word(b)],
             bytes,
         }
     }
@@ -131,7 +134,7 @@ impl Ord for IndexKey {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         self.head.cmp(&other.head).then_with(|| {
             if self.bytes.len() >= HEAD && other.bytes.len() >= HEAD {
-                // Equal heads of full length: the first 16 bytes are equal.
+                // Equal heads of full length: the first 32 bytes are equal.
                 self.bytes[HEAD..].cmp(&other.bytes[HEAD..])
             } else {
                 self.bytes.cmp(&other.bytes)

@@ -554,7 +554,8 @@ fn apply(m: &mut Mvcc, op: &Op, now: Instant) {
     w.finish();
 }
 
-/// Keys for the index's order: a prefix of 0, 1, 15, 16 or 20 bytes shared by many keys,
+/// Keys for the index's order: a prefix of 0 to 35 bytes shared by many keys (about the
+/// ends of the two halves of [`IndexKey`]'s head),
 /// then a few bytes from a small alphabet that includes zero (the padding of
 /// [`IndexKey`]'s inline head).
 fn index_key() -> impl Strategy<Value = Vec<u8>> {
@@ -564,6 +565,9 @@ fn index_key() -> impl Strategy<Value = Vec<u8>> {
         Just(b"/registry/pods/".to_vec()),
         Just(b"/registry/pods/d".to_vec()),
         Just(b"/registry/pods/dflt".to_vec()),
+        Just(b"/registry/pods/default/nginx-1a".to_vec()),
+        Just(b"/registry/pods/default/nginx-1ab".to_vec()),
+        Just(b"/registry/pods/default/nginx-1abcd".to_vec()),
     ];
     (
         prefix,
