@@ -165,19 +165,17 @@ pub(crate) struct Mvcc {
 /// Start and end bounds of a key range in the index.
 type Bounds = (Bound<IndexKey>, Bound<IndexKey>);
 
+/// The bounds of a range of more than one key (`range_end` not empty).
 fn range_bounds(range: &KeyRange) -> Option<Bounds> {
-    let start = || IndexKey::new(range.key.clone());
-    if range.range_end.is_empty() {
-        return Some((Bound::Included(start()), Bound::Included(start())));
-    }
+    let start = Bound::Included(IndexKey::new(range.key.clone()));
     if &range.range_end[..] == RANGE_END_ALL {
-        return Some((Bound::Included(start()), Bound::Unbounded));
+        return Some((start, Bound::Unbounded));
     }
     if range.key >= range.range_end {
         return None;
     }
     Some((
-        Bound::Included(start()),
+        start,
         Bound::Excluded(IndexKey::new(range.range_end.clone())),
     ))
 }
@@ -203,10 +201,16 @@ impl Mvcc {
         &'a self,
         range: &'a KeyRange,
     ) -> impl Iterator<Item = (&'a Bytes, &'a Vec<Entry>)> + 'a {
-        range_bounds(range)
-            .map(|b| self.keys.range(b))
-            .into_iter()
-            .flatten()
+        // One key: one lookup (a range walks down the tree twice, for each of its ends, and
+        // allocates the two paths).
+        let (one, many) = if range.range_end.is_empty() {
+            let k = IndexKey::new(range.key.clone());
+            (self.keys.get_key_value(&k), None)
+        } else {
+            (None, range_bounds(range).map(|b| self.keys.range(b)))
+        };
+        one.into_iter()
+            .chain(many.into_iter().flatten())
             .map(|(k, h)| (k.bytes(), h))
     }
 
