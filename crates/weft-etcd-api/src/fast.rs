@@ -1,28 +1,19 @@
-//! The HTTP/2 server of the etcd API, and its fast path for the unary KV methods (Range, Put,
-//! DeleteRange, Txn): the gRPC message is decoded, handed to the same [`PbKvService`] method
-//! tonic would call, and the reply is written as one data frame plus `grpc-status: 0`
-//! trailers, skipping tonic's per-request layers (router, codec streams, response body
-//! machinery). Everything else (watch and keep-alive streams, the other services, compressed
-//! requests) goes to tonic's [`Routes`] unchanged. Served straight on the `h2` crate, a put
-//! cost 27–35 µs of server CPU against 42–43 µs through tonic (`examples/h2_put.rs`); this
-//! path keeps hyper for the connection (flow control, pings, GOAWAY) and drops tonic's part:
-//! 45–55 µs against 60–71 µs per put through tonic, in alternating rounds on a slow machine.
-
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+//! The fast path for the unary KV methods (Range, Put, DeleteRange, Txn): the gRPC message is
+//! decoded, handed to the same [`PbKvService`] method tonic would call, and the reply is
+//! written as one data frame plus `grpc-status: 0` trailers, skipping tonic's per-request
+//! layers (router, codec streams, response body machinery). Everything else (watch and
+//! keep-alive streams, the other services, compressed requests) goes to tonic's `Routes`
+//! unchanged (`conn.rs`). Measured when it was added: 45–55 µs of server CPU per put against
+//! 60–71 µs through tonic, in alternating rounds on a slow machine (docs/benchmarks.md,
+//! fourth run).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use etcd_client::proto::*;
+use h2::server::SendResponse;
+use h2::RecvStream;
 use http::{HeaderMap, HeaderValue, Request, Response};
-use http_body::Frame;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use prost::Message;
-use tonic::service::Routes;
 use tonic::Status;
-use tower::ServiceExt;
 
 use crate::EtcdApi;
 
@@ -54,67 +45,8 @@ pub(crate) fn method<B>(req: &Request<B>) -> Option<Method> {
     identity.then_some(m)
 }
 
-/// One gRPC reply: a data frame, then the trailers.
-pub(crate) struct Unary {
-    data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
-}
-
-impl http_body::Body for Unary {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        if let Some(d) = self.data.take() {
-            return Poll::Ready(Some(Ok(Frame::data(d))));
-        }
-        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.data.is_none() && self.trailers.is_none()
-    }
-}
-
-/// The body of a reply on this server: the fast path's, unboxed, or tonic's.
-pub(crate) enum Body {
-    Fast(Unary),
-    Tonic(tonic::body::Body),
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        match self.get_mut() {
-            Body::Fast(u) => Pin::new(u).poll_frame(cx).map_err(|e| match e {}),
-            Body::Tonic(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Body::Fast(u) => u.is_end_stream(),
-            Body::Tonic(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match self {
-            Body::Fast(u) => u.size_hint(),
-            Body::Tonic(b) => b.size_hint(),
-        }
-    }
-}
-
-fn reply<M: Message>(r: tonic::Response<M>) -> Result<Response<Body>, Status> {
+/// Encodes `r` as the one length-prefixed message of a gRPC reply.
+fn reply<M: Message>(r: tonic::Response<M>) -> Result<Bytes, Status> {
     let msg = r.into_inner();
     let len = msg.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
@@ -122,17 +54,7 @@ fn reply<M: Message>(r: tonic::Response<M>) -> Result<Response<Body>, Status> {
     buf.put_u32(len as u32);
     msg.encode(&mut buf)
         .map_err(|_| Status::internal("cannot encode the response"))?;
-    let mut trailers = HeaderMap::with_capacity(1);
-    trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let mut resp = Response::new(Body::Fast(Unary {
-        data: Some(buf.freeze()),
-        trailers: Some(trailers),
-    }));
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    Ok(resp)
+    Ok(buf.freeze())
 }
 
 /// The message of a unary gRPC request body: one uncompressed length-prefixed message.
@@ -166,64 +88,76 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<tonic::Request<M>, Status> {
         .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))
 }
 
-async fn call(api: EtcdApi, m: Method, req: Request<Incoming>) -> Response<Body> {
-    dispatch(&api, m, req)
-        .await
-        .unwrap_or_else(|s| s.into_http().map(Body::Tonic))
+/// Serves one fast-path call: reads the request, calls the [`PbKvService`] method, and
+/// answers with `content-type: application/grpc`, one data frame and `grpc-status: 0`
+/// trailers, or with a trailers-only error as tonic sends it.
+pub(crate) async fn call(
+    api: EtcdApi,
+    m: Method,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let r = match read(req.into_body()).await {
+        Ok(body) => dispatch(&api, m, body).await,
+        Err(s) => Err(s),
+    };
+    let sent = match r {
+        Ok(data) => {
+            let mut head = Response::new(());
+            head.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            respond.send_response(head, false).and_then(|mut s| {
+                s.send_data(data, false)?;
+                let mut trailers = HeaderMap::with_capacity(1);
+                trailers.insert("grpc-status", HeaderValue::from_static("0"));
+                s.send_trailers(trailers)
+            })
+        }
+        Err(s) => respond.send_response(s.into_http::<()>(), true).map(drop),
+    };
+    if let Err(e) = sent {
+        tracing::debug!("etcd API reply: {e}");
+    }
 }
 
-async fn dispatch(
-    api: &EtcdApi,
-    m: Method,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Status> {
-    let limited = http_body_util::Limited::new(req.into_body(), MAX_MESSAGE + 5);
-    let body = limited.collect().await.map_err(|e| {
-        Status::out_of_range(format!(
-            "cannot read the request (at most {MAX_MESSAGE} bytes): {e}"
-        ))
-    })?;
-    let msg = message(&body.to_bytes())?;
+/// Reads a unary request's body (at most one message of [`MAX_MESSAGE`] bytes and its
+/// prefix), handing the bytes back to the flow-control window.
+async fn read(mut body: RecvStream) -> Result<Bytes, Status> {
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    let mut len = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk =
+            chunk.map_err(|e| Status::cancelled(format!("cannot read the request: {e}")))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        len += chunk.len();
+        if len > MAX_MESSAGE + 5 {
+            return Err(Status::out_of_range(format!(
+                "cannot read the request: it is over {MAX_MESSAGE} bytes, the most allowed"
+            )));
+        }
+        match first.take() {
+            None if more.is_empty() => first = Some(chunk),
+            f => {
+                if let Some(f) = f {
+                    more.extend_from_slice(&f);
+                }
+                more.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| more.freeze()))
+}
+
+async fn dispatch(api: &EtcdApi, m: Method, body: Bytes) -> Result<Bytes, Status> {
+    let msg = message(&body)?;
     match m {
         Method::Range => reply(PbKvService::range(api, decode(msg)?).await?),
         Method::Put => reply(PbKvService::put(api, decode(msg)?).await?),
         Method::DeleteRange => reply(PbKvService::delete_range(api, decode(msg)?).await?),
         Method::Txn => reply(PbKvService::txn(api, decode(msg)?).await?),
-    }
-}
-
-/// The per-connection service: the fast path, or tonic.
-#[derive(Clone)]
-pub(crate) struct Svc {
-    pub api: EtcdApi,
-    pub routes: Routes,
-    /// The connection's executor, told which calls run in the connection's task.
-    pub exec: crate::local::ConnExec,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl hyper::service::Service<Request<Incoming>> for Svc {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        let m = method(&req);
-        self.exec.next_is_local(m.is_some());
-        match m {
-            Some(m) => {
-                let api = self.api.clone();
-                Box::pin(async move { Ok(call(api, m, req).await) })
-            }
-            None => {
-                let routes = self.routes.clone();
-                Box::pin(async move {
-                    let resp = routes.oneshot(req.map(tonic::body::Body::new)).await?;
-                    Ok(resp.map(Body::Tonic))
-                })
-            }
-        }
     }
 }
 

@@ -5,8 +5,8 @@
 //! message. Generated server traits come from the `etcd-client` crate (`build-server`), so no
 //! proto file is copied here. Errors carry etcd's own messages so clients recognise them.
 //!
-//! The server is hyper's HTTP/2 server; unary KV calls take a fast path past tonic's
-//! per-request layers (see `fast.rs`), everything else is served by tonic.
+//! The server speaks HTTP/2 with the `h2` crate; unary KV calls take a fast path past tonic's
+//! per-request layers (see `fast.rs`, `conn.rs`), everything else is served by tonic.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -36,8 +36,8 @@
 //! # }
 //! ```
 
+mod conn;
 mod fast;
-mod local;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -138,7 +138,7 @@ pub async fn serve(
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api.clone()));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -156,27 +156,22 @@ pub async fn serve(
         // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add ~40 ms to each exchange.
         let _ = stream.set_nodelay(true);
-        // The connection's calls run in the connection's task (see `local.rs`).
-        let exec = local::ConnExec::default();
-        let mut http2 = hyper::server::conn::http2::Builder::new(exec.clone());
-        http2.timer(hyper_util::rt::TokioTimer::new());
-        // gRPC has no use for a `date` header (etcd does not send one): without it, each
-        // response has one header less to encode here and to decode in the client.
-        http2.auto_date_header(false);
-        let svc = fast::Svc {
-            api: api.clone(),
-            routes: routes.clone(),
-            exec: exec.clone(),
-        };
-        let conn = http2.serve_connection(
-            local::YieldIo::new(hyper_util::rt::TokioIo::new(stream)),
-            svc,
-        );
-        tokio::spawn(local::Driver::new(graceful.watch(conn), exec));
+        while conns.try_join_next().is_some() {}
+        conns.spawn(conn::serve(
+            stream,
+            api.clone(),
+            routes.clone(),
+            stop_streams.subscribe(),
+        ));
     }
     drop(listener);
+    // Connections send GOAWAY and end when their calls are done; streams end at once.
     stop_streams.send_replace(true);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
     Ok(())
 }
 
