@@ -9,8 +9,9 @@
 //! Serving h2 directly rather than through hyper's server: hyper hands every request to an
 //! executor as a boxed future, converts its head and body, and pipes the response through its
 //! own body machinery. Measured with `put` at 64 clients over 16 connections (`weft up`
-//! alone, alternating): 18.2–20.0 µs of server CPU per put on h2 against 21.2–22.1 µs on
-//! hyper with the same in-task calls (docs/benchmarks.md, tenth run).
+//! alone, 3 alternating pairs): 19.7–20.8 µs of server CPU per put on h2 against 21.0–22.9 µs
+//! on hyper with the same in-task calls, txn 18.6–20.8 against 21.1–23.3 µs, watch fan-out
+//! level (docs/benchmarks.md, tenth run).
 //!
 //! The cost: the unary calls of one connection share one task, so they do not run in parallel
 //! on several cores. They only decode, touch the in-memory store, and encode; the waiting (for
