@@ -138,14 +138,14 @@ async fn read(mut body: RecvStream) -> Result<Bytes, Status> {
                 "cannot read the request: it is over {MAX_MESSAGE} bytes, the most allowed"
             )));
         }
-        match first.take() {
-            None if more.is_empty() => first = Some(chunk),
-            f => {
-                if let Some(f) = f {
-                    more.extend_from_slice(&f);
-                }
-                more.extend_from_slice(&chunk);
+        // The usual message is one frame: kept as it is, copied only if another follows.
+        if first.is_none() && more.is_empty() {
+            first = Some(chunk);
+        } else {
+            if let Some(f) = first.take() {
+                more.extend_from_slice(&f);
             }
+            more.extend_from_slice(&chunk);
         }
     }
     Ok(first.unwrap_or_else(|| more.freeze()))

@@ -103,8 +103,6 @@ async fn shutdown_does_not_wait_for_idle_clients() {
     drop(c);
 }
 
-/// A unary call whose body is not one well-formed gRPC message gets a gRPC error, not a hang
-/// or a dropped connection.
 /// The headers of a gRPC KV.Put call to `addr`, for a hand-made body.
 fn grpc_put(addr: &str) -> http::Request<()> {
     http::Request::builder()
@@ -116,6 +114,8 @@ fn grpc_put(addr: &str) -> http::Request<()> {
         .unwrap()
 }
 
+/// A unary call whose body is not one well-formed gRPC message gets a gRPC error, not a hang
+/// or a dropped connection.
 #[tokio::test]
 async fn malformed_unary_messages_get_grpc_errors() {
     let s = start().await;
