@@ -468,6 +468,35 @@ async fn watchers_sharing_a_stream_are_multiplexed_and_canceled_alone() {
     let _ = s.stop.send(());
 }
 
+/// A watch stream the client drops ends on the server: the store's watchers behind it are
+/// released, with no event ever written to them (so nothing but the client leaving ends them).
+/// Fails if the server keeps serving a stream whose request side ended or was reset.
+#[tokio::test]
+async fn watch_streams_the_client_drops_are_released() {
+    let s = start().await;
+    let mut c = client(&s).await;
+    let mut streams = Vec::new();
+    for k in ["x", "y", "z"] {
+        let mut stream = c.watch(k, None).await.unwrap();
+        assert!(next(&mut stream).await.created());
+        streams.push(stream);
+    }
+    assert_eq!(s.store.stats().watchers, 3);
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.store.stats().watchers > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} watchers still registered 5 s after their streams were dropped",
+            s.store.stats().watchers
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The connection is still good.
+    c.put("x", "1", None).await.unwrap();
+    let _ = s.stop.send(());
+}
+
 async fn next(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchResponse {
     tokio::time::timeout(Duration::from_secs(5), stream.message())
         .await

@@ -11,6 +11,7 @@ pub struct Server {
     pub url: String,
     pub stop: tokio::sync::oneshot::Sender<()>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    pub store: Arc<Embedded>,
     _dir: tempfile::TempDir,
 }
 
@@ -28,13 +29,14 @@ pub async fn start() -> Server {
         client_url: url.clone(),
         member_id: 1,
     };
-    let task = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
+    let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;
     }));
     Server {
         url,
         stop,
         task,
+        store,
         _dir: dir,
     }
 }

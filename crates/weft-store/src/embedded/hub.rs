@@ -164,7 +164,6 @@ impl Hub {
     }
 
     /// How many watchers are registered.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         let w = self.w.lock().unwrap_or_else(|e| e.into_inner());
         w.single.values().map(Vec::len).sum::<usize>() + w.ranges.len()

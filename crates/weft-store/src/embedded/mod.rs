@@ -112,7 +112,7 @@ impl Default for Options {
     }
 }
 
-/// Counters of the write path.
+/// Counters of the write path, and the watchers open.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Log records written.
@@ -122,6 +122,9 @@ pub struct Stats {
     pub fsyncs: u64,
     /// Whether the log is written with direct I/O ([`Options::direct_io`]).
     pub direct_io: bool,
+    /// Watchers registered now: one per open [`WatchStream`](crate::WatchStream), until it
+    /// is dropped.
+    pub watchers: u64,
 }
 
 /// The embedded store. Dropping it (or [`Embedded::close`]) flushes the log and releases the
@@ -260,6 +263,7 @@ impl Embedded {
             records: self.inner.log.records.load(Ordering::Relaxed),
             fsyncs: self.inner.log.fsyncs.load(Ordering::Relaxed),
             direct_io: self.inner.log.direct_io.load(Ordering::Relaxed),
+            watchers: self.inner.log.hub.len() as u64,
         }
     }
 
