@@ -9,16 +9,13 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use etcd_client::proto::*;
-use h2::server::SendResponse;
-use h2::RecvStream;
-use http::{HeaderMap, HeaderValue, Request, Response};
 use prost::Message;
 use tonic::Status;
 
 use crate::EtcdApi;
 
 /// Largest request message the fast path reads, as tonic's default decoding limit.
-const MAX_MESSAGE: usize = 4 << 20;
+pub(crate) const MAX_MESSAGE: usize = 4 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Method {
@@ -28,21 +25,17 @@ pub(crate) enum Method {
     Txn,
 }
 
-/// The fast-path method for `req`, if it takes the fast path: a unary KV method with an
-/// uncompressed message.
-pub(crate) fn method<B>(req: &Request<B>) -> Option<Method> {
-    let m = match req.uri().path() {
-        "/etcdserverpb.KV/Range" => Method::Range,
-        "/etcdserverpb.KV/Put" => Method::Put,
-        "/etcdserverpb.KV/DeleteRange" => Method::DeleteRange,
-        "/etcdserverpb.KV/Txn" => Method::Txn,
+/// The fast-path method for a request to `path` with `grpc-encoding` `encoding`, if it takes
+/// the fast path: a unary KV method with an uncompressed message.
+pub(crate) fn method_of(path: &[u8], encoding: Option<&[u8]>) -> Option<Method> {
+    let m = match path {
+        b"/etcdserverpb.KV/Range" => Method::Range,
+        b"/etcdserverpb.KV/Put" => Method::Put,
+        b"/etcdserverpb.KV/DeleteRange" => Method::DeleteRange,
+        b"/etcdserverpb.KV/Txn" => Method::Txn,
         _ => return None,
     };
-    let identity = req
-        .headers()
-        .get("grpc-encoding")
-        .is_none_or(|e| e.as_bytes() == b"identity");
-    identity.then_some(m)
+    encoding.is_none_or(|e| e == b"identity").then_some(m)
 }
 
 /// Encodes `r` as the one length-prefixed message of a gRPC reply.
@@ -88,70 +81,9 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<tonic::Request<M>, Status> {
         .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))
 }
 
-/// Serves one fast-path call: reads the request, calls the [`PbKvService`] method, and
-/// answers with `content-type: application/grpc`, one data frame and `grpc-status: 0`
-/// trailers, or with a trailers-only error as tonic sends it.
-pub(crate) async fn call(
-    api: EtcdApi,
-    m: Method,
-    req: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-) {
-    let r = match read(req.into_body()).await {
-        Ok(body) => dispatch(&api, m, body).await,
-        Err(s) => Err(s),
-    };
-    let sent = match r {
-        Ok(data) => {
-            let mut head = Response::new(());
-            head.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/grpc"),
-            );
-            respond.send_response(head, false).and_then(|mut s| {
-                s.send_data(data, false)?;
-                let mut trailers = HeaderMap::with_capacity(1);
-                trailers.insert("grpc-status", HeaderValue::from_static("0"));
-                s.send_trailers(trailers)
-            })
-        }
-        Err(s) => respond.send_response(s.into_http::<()>(), true).map(drop),
-    };
-    if let Err(e) = sent {
-        tracing::debug!("etcd API reply: {e}");
-    }
-}
-
-/// Reads a unary request's body (at most one message of [`MAX_MESSAGE`] bytes and its
-/// prefix), handing the bytes back to the flow-control window.
-async fn read(mut body: RecvStream) -> Result<Bytes, Status> {
-    let mut first: Option<Bytes> = None;
-    let mut more = BytesMut::new();
-    let mut len = 0;
-    while let Some(chunk) = body.data().await {
-        let chunk =
-            chunk.map_err(|e| Status::cancelled(format!("cannot read the request: {e}")))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        len += chunk.len();
-        if len > MAX_MESSAGE + 5 {
-            return Err(Status::out_of_range(format!(
-                "cannot read the request: it is over {MAX_MESSAGE} bytes, the most allowed"
-            )));
-        }
-        // The usual message is one frame: kept as it is, copied only if another follows.
-        if first.is_none() && more.is_empty() {
-            first = Some(chunk);
-        } else {
-            if let Some(f) = first.take() {
-                more.extend_from_slice(&f);
-            }
-            more.extend_from_slice(&chunk);
-        }
-    }
-    Ok(first.unwrap_or_else(|| more.freeze()))
-}
-
-async fn dispatch(api: &EtcdApi, m: Method, body: Bytes) -> Result<Bytes, Status> {
+/// Serves one fast-path call on `body` (the request's gRPC message with its prefix): the
+/// reply's message with its prefix, or the status to answer with.
+pub(crate) async fn dispatch(api: &EtcdApi, m: Method, body: Bytes) -> Result<Bytes, Status> {
     let msg = message(&body)?;
     match m {
         Method::Range => reply(PbKvService::range(api, decode(msg)?).await?),
@@ -192,24 +124,12 @@ mod tests {
 
     #[test]
     fn only_uncompressed_unary_kv_calls_take_the_fast_path() {
-        let req = |path: &str, enc: Option<&'static str>| {
-            let mut r = Request::builder().uri(format!("http://x{path}"));
-            if let Some(e) = enc {
-                r = r.header("grpc-encoding", e);
-            }
-            r.body(()).unwrap()
-        };
-        assert_eq!(
-            method(&req("/etcdserverpb.KV/Put", None)),
-            Some(Method::Put)
-        );
-        assert_eq!(
-            method(&req("/etcdserverpb.KV/Txn", Some("identity"))),
-            Some(Method::Txn)
-        );
-        assert_eq!(method(&req("/etcdserverpb.KV/Range", Some("gzip"))), None);
-        assert_eq!(method(&req("/etcdserverpb.KV/Compact", None)), None);
-        assert_eq!(method(&req("/etcdserverpb.Watch/Watch", None)), None);
-        assert_eq!(method(&req("/etcdserverpb.KV/RangeStream", None)), None);
+        let m = |path: &str, enc: Option<&str>| method_of(path.as_bytes(), enc.map(str::as_bytes));
+        assert_eq!(m("/etcdserverpb.KV/Put", None), Some(Method::Put));
+        assert_eq!(m("/etcdserverpb.KV/Txn", Some("identity")), Some(Method::Txn));
+        assert_eq!(m("/etcdserverpb.KV/Range", Some("gzip")), None);
+        assert_eq!(m("/etcdserverpb.KV/Compact", None), None);
+        assert_eq!(m("/etcdserverpb.Watch/Watch", None), None);
+        assert_eq!(m("/etcdserverpb.KV/RangeStream", None), None);
     }
 }

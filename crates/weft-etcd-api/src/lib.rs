@@ -5,8 +5,9 @@
 //! message. Generated server traits come from the `etcd-client` crate (`build-server`), so no
 //! proto file is copied here. Errors carry etcd's own messages so clients recognise them.
 //!
-//! The server speaks HTTP/2 with the `h2` crate; unary KV calls take a fast path past tonic's
-//! per-request layers (see `fast.rs`, `conn.rs`), everything else is served by tonic.
+//! The server speaks HTTP/2 with its own connection loop (`http2/`), written for gRPC; unary
+//! KV calls take a fast path past tonic's per-request layers (`fast.rs`), everything else is
+//! served by tonic.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -36,7 +37,7 @@
 //! # }
 //! ```
 
-mod conn;
+mod http2;
 mod fast;
 
 use std::future::Future;
@@ -157,7 +158,7 @@ pub async fn serve(
         // algorithm and delayed ACKs add ~40 ms to each exchange.
         let _ = stream.set_nodelay(true);
         while conns.try_join_next().is_some() {}
-        conns.spawn(conn::serve(
+        conns.spawn(http2::serve(
             stream,
             api.clone(),
             routes.clone(),
