@@ -136,22 +136,9 @@ fn put_int(w: &mut BytesMut, flags: u8, n: u8, v: usize) {
     w.put_u8(v as u8);
 }
 
-/// A string literal (RFC 7541 5.2) at `*i`: a slice of `b` if plain, decoded if Huffman-coded.
-fn string(b: &Bytes, i: &mut usize) -> Result<Bytes, Error> {
-    let huffman = b.get(*i).ok_or(Error("truncated string"))? & 0x80 != 0;
-    let n = int(b, i, 7)?;
-    let end = i.checked_add(n).filter(|e| *e <= b.len());
-    let end = end.ok_or(Error("string longer than the block"))?;
-    let raw = b.slice(*i..end);
-    *i = end;
-    if !huffman {
-        return Ok(raw);
-    }
-    let mut out = Vec::with_capacity(n * 8 / 5 + 1);
-    httlib_huffman::decode(&raw, &mut out, httlib_huffman::DecoderSpeed::FiveBits)
-        .map_err(|_| Error("invalid Huffman code"))?;
-    Ok(Bytes::from(out))
-}
+/// Huffman-coded strings remembered with what they decode to. A client sends the same
+/// `:path` literal (never indexed, RFC 7541 7.1.3) with every call of a method.
+const HUFFMAN_CACHE: usize = 4;
 
 /// The decoding side of one connection.
 #[derive(Debug)]
@@ -160,6 +147,9 @@ pub(crate) struct Decoder {
     table: VecDeque<(Bytes, Bytes)>,
     size: usize,
     max: usize,
+    /// (coded, decoded) pairs, replaced round robin.
+    huffman: Vec<(Bytes, Bytes)>,
+    next: usize,
 }
 
 impl Default for Decoder {
@@ -168,11 +158,45 @@ impl Default for Decoder {
             table: VecDeque::new(),
             size: 0,
             max: TABLE_SIZE,
+            huffman: Vec::with_capacity(HUFFMAN_CACHE),
+            next: 0,
         }
     }
 }
 
 impl Decoder {
+    /// A string literal (RFC 7541 5.2) at `*i`: a slice of `b` if plain, decoded if
+    /// Huffman-coded.
+    fn string(&mut self, b: &Bytes, i: &mut usize) -> Result<Bytes, Error> {
+        let huffman = b.get(*i).ok_or(Error("truncated string"))? & 0x80 != 0;
+        let n = int(b, i, 7)?;
+        let end = i.checked_add(n).filter(|e| *e <= b.len());
+        let end = end.ok_or(Error("string longer than the block"))?;
+        let raw = &b[*i..end];
+        let start = *i;
+        *i = end;
+        if !huffman {
+            return Ok(b.slice(start..end));
+        }
+        if let Some((_, d)) = self.huffman.iter().find(|(c, _)| c[..] == *raw) {
+            return Ok(d.clone());
+        }
+        let mut out = Vec::with_capacity(n * 8 / 5 + 1);
+        httlib_huffman::decode(raw, &mut out, httlib_huffman::DecoderSpeed::FiveBits)
+            .map_err(|_| Error("invalid Huffman code"))?;
+        let decoded = Bytes::from(out);
+        if n <= 64 {
+            let pair = (Bytes::copy_from_slice(raw), decoded.clone());
+            if self.huffman.len() < HUFFMAN_CACHE {
+                self.huffman.push(pair);
+            } else {
+                self.huffman[self.next] = pair;
+                self.next = (self.next + 1) % HUFFMAN_CACHE;
+            }
+        }
+        Ok(decoded)
+    }
+
     fn get(&self, index: usize) -> Result<(Bytes, Bytes), Error> {
         match index {
             0 => Err(Error("index 0")),
@@ -238,11 +262,11 @@ impl Decoder {
                 let (prefix, index) = if c & 0x40 != 0 { (6, true) } else { (4, false) };
                 let name_index = int(block, &mut i, prefix)?;
                 let name = if name_index == 0 {
-                    string(block, &mut i)?
+                    self.string(block, &mut i)?
                 } else {
                     self.get(name_index)?.0
                 };
-                let value = string(block, &mut i)?;
+                let value = self.string(block, &mut i)?;
                 if index {
                     self.insert(name.clone(), value.clone());
                 }
@@ -418,6 +442,26 @@ mod tests {
             assert_eq!(d.size, 164);
             assert_eq!(d.table[0].0, "custom-key");
         }
+    }
+
+    #[test]
+    fn repeated_huffman_literals_decode_alike_from_the_cache() {
+        // `:path: www.example.com` (Huffman, RFC 7541 C.4.1's string), never indexed, twice,
+        // then a different one: each decodes right, the repeat comes from the cache.
+        let block = "14 8c f1e3 c2e5 f23a 6ba0 ab90 f4ff";
+        let mut d = Decoder::default();
+        for _ in 0..3 {
+            assert_eq!(
+                decode(&mut d, block).unwrap(),
+                fields(&[(":path", "www.example.com")])
+            );
+        }
+        assert_eq!(d.huffman.len(), 1);
+        assert_eq!(
+            decode(&mut d, "14 86 a8eb 1064 9cbf").unwrap(),
+            fields(&[(":path", "no-cache")])
+        );
+        assert_eq!(d.huffman.len(), 2);
     }
 
     #[test]

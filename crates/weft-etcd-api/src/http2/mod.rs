@@ -25,6 +25,7 @@ pub(crate) mod hpack;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::hash::BuildHasherDefault;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
@@ -110,6 +111,27 @@ fn conn_err(code: u32, why: impl Into<String>) -> ConnError {
     ConnError {
         code,
         why: why.into(),
+    }
+}
+
+/// Hashes a stream id (Fibonacci hashing: ids are small and consecutive, and the map's
+/// control bytes come from the hash's high bits).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -281,7 +303,7 @@ struct Conn<C> {
     preface: bool,
     decoder: hpack::Decoder,
     encoder: hpack::Encoder,
-    streams: HashMap<u32, Stream>,
+    streams: HashMap<u32, Stream, BuildHasherDefault<IdHasher>>,
     /// Highest stream id the client opened.
     last_stream: u32,
     /// A header block waiting for CONTINUATION frames: stream, block, HEADERS flags.
@@ -291,6 +313,8 @@ struct Conn<C> {
     conn_send_window: i64,
     peer_initial_window: i64,
     peer_max_frame: usize,
+    /// The last header block's fields (kept for its allocation).
+    fields: Vec<(Bytes, Bytes)>,
     /// Streams with output waiting for window.
     blocked: Vec<u32>,
     fast: FuturesUnordered<C>,
@@ -345,7 +369,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             preface: false,
             decoder: hpack::Decoder::default(),
             encoder: hpack::Encoder::default(),
-            streams: HashMap::new(),
+            streams: HashMap::default(),
             last_stream: 0,
             continuation: None,
             conn_recv_window: WINDOW as i64,
@@ -353,6 +377,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             conn_send_window: 65535,
             peer_initial_window: 65535,
             peer_max_frame: MAX_FRAME,
+            fields: Vec::new(),
             blocked: Vec::new(),
             fast: FuturesUnordered::new(),
             start_fast,
@@ -561,8 +586,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             let (ty, flags) = (self.rbuf[3], self.rbuf[4]);
             let id = u32::from_be_bytes([self.rbuf[5], self.rbuf[6], self.rbuf[7], self.rbuf[8]])
                 & 0x7fff_ffff;
-            self.rbuf.advance(9);
-            let payload = self.rbuf.split_to(len).freeze();
+            // Copied out, so the read buffer stays unshared and is reused in place (slices of
+            // it kept alive by calls in flight made every refill a fresh allocation).
+            let payload = Bytes::copy_from_slice(&self.rbuf[9..9 + len]);
+            self.rbuf.advance(9 + len);
             self.frame(ty, flags, id, payload)?;
         }
         Ok(())
@@ -758,7 +785,8 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
 
     fn header_block(&mut self, id: u32, flags: u8, block: Bytes) -> Result<(), ConnError> {
         // Decoded whatever becomes of the stream: the table must stay in step with the client's.
-        let mut fields: Vec<(Bytes, Bytes)> = Vec::with_capacity(12);
+        let mut fields = std::mem::take(&mut self.fields);
+        fields.clear();
         let mut list = 0;
         self.decoder
             .decode(&block, |n, v| {
@@ -818,6 +846,8 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             return Ok(());
         };
         if let Some(m) = fast::method_of(&path, encoding.as_deref()) {
+            fields.clear();
+            self.fields = fields;
             stream.req = Req::Fast {
                 m,
                 first: None,
