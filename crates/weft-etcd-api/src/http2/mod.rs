@@ -505,27 +505,24 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
     }
 
     /// Reads what the socket has (up to [`READ_CHUNK`]) and handles the complete frames.
+    ///
+    /// Through `AsyncRead`, whose short reads clear the socket's readiness: `try_read` would
+    /// cost one more `recvfrom` per wake-up to learn that the socket is drained.
     fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, ConnError> {
         let mut got = 0;
         while got < READ_CHUNK {
             if self.rbuf.capacity() - self.rbuf.len() < 8 << 10 {
                 self.rbuf.reserve(READ_CHUNK);
             }
-            match self.io.try_read_buf(&mut self.rbuf) {
-                Ok(0) => {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) => {
                     self.eof = true;
                     self.client_gone = true;
                     break;
                 }
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.io.poll_read_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Err(conn_err(u32::MAX, e.to_string())),
-                        Poll::Pending => break,
-                    }
-                }
-                Err(e) => return Err(conn_err(u32::MAX, e.to_string())),
+                Poll::Ready(Ok(n)) => got += n,
+                Poll::Ready(Err(e)) => return Err(conn_err(u32::MAX, e.to_string())),
+                Poll::Pending => break,
             }
         }
         if got > 0 {
