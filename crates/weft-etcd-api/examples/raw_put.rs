@@ -257,7 +257,8 @@ async fn conn(mut s: tokio::net::TcpStream, store: Arc<Embedded>) -> anyhow::Res
                 7 => return Ok(()),
                 8 => {
                     if id == 0 {
-                        send_window += (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff) as i64;
+                        send_window +=
+                            (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff) as i64;
                     }
                 }
                 _ => {}

@@ -126,7 +126,10 @@ mod tests {
     fn only_uncompressed_unary_kv_calls_take_the_fast_path() {
         let m = |path: &str, enc: Option<&str>| method_of(path.as_bytes(), enc.map(str::as_bytes));
         assert_eq!(m("/etcdserverpb.KV/Put", None), Some(Method::Put));
-        assert_eq!(m("/etcdserverpb.KV/Txn", Some("identity")), Some(Method::Txn));
+        assert_eq!(
+            m("/etcdserverpb.KV/Txn", Some("identity")),
+            Some(Method::Txn)
+        );
         assert_eq!(m("/etcdserverpb.KV/Range", Some("gzip")), None);
         assert_eq!(m("/etcdserverpb.KV/Compact", None), None);
         assert_eq!(m("/etcdserverpb.Watch/Watch", None), None);

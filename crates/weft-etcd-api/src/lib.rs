@@ -37,8 +37,8 @@
 //! # }
 //! ```
 
-mod http2;
 mod fast;
+mod http2;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -116,6 +116,20 @@ fn events_bytes(events: &[ws::Event]) -> usize {
             kv(&e.kv) + e.prev_kv.as_ref().map_or(0, kv)
         })
         .sum()
+}
+
+/// Decodes `blocks` in order with one HPACK decoder, as one connection would: every field, or
+/// the first error. The entry point of the fuzz target `fuzz/fuzz_targets/hpack.rs`.
+#[doc(hidden)]
+pub fn decode_header_blocks(blocks: &[&[u8]]) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, String> {
+    let mut d = http2::hpack::Decoder::default();
+    let mut out = Vec::new();
+    for b in blocks {
+        d.decode(&bytes::Bytes::copy_from_slice(b), |n, v| out.push((n, v)))
+            .map_err(|e| e.to_string())?;
+        d.check();
+    }
+    Ok(out)
 }
 
 /// Serves the etcd API (gRPC over cleartext HTTP/2) on `listener` until `shutdown` completes,

@@ -244,8 +244,8 @@ async fn pings_are_answered_and_continuations_reassembled() {
         .iter()
         .find(|f| f.stream == 1 && f.kind == DATA)
         .expect("a response message");
-    let r =
-        <etcd_client::proto::PbRangeResponse as prost::Message>::decode(&data.payload[5..]).unwrap();
+    let r = <etcd_client::proto::PbRangeResponse as prost::Message>::decode(&data.payload[5..])
+        .unwrap();
     assert_eq!(r.kvs[0].value, b"v");
     let _ = s.stop.send(());
 }
@@ -275,7 +275,12 @@ async fn header_and_stream_limits_are_enforced_per_stream() {
     // 1024 streams waiting for their request bodies, then one more.
     let mut opens = Vec::new();
     for i in 0..1025u32 {
-        opens.extend(frame(HEADERS, 0x4, 3 + 2 * i, &call_headers("/etcdserverpb.KV/Range")));
+        opens.extend(frame(
+            HEADERS,
+            0x4,
+            3 + 2 * i,
+            &call_headers("/etcdserverpb.KV/Range"),
+        ));
     }
     raw.send(&opens).await;
     let last = 3 + 2 * 1024;
@@ -283,7 +288,7 @@ async fn header_and_stream_limits_are_enforced_per_stream() {
     let rst = frames.last().unwrap();
     assert_eq!((rst.kind, rst.stream), (RST_STREAM, last));
     assert_eq!(u32::from_be_bytes(rst.payload[..4].try_into().unwrap()), 7); // REFUSED_STREAM
-    // An open stream still gets its answer.
+                                                                             // An open stream still gets its answer.
     raw.send(&frame(DATA, 0x1, 3, &range_body(b"k"))).await;
     let frames = raw
         .until(3, |f| f.kind == HEADERS && f.flags & 0x1 != 0)
@@ -299,12 +304,18 @@ async fn protocol_errors_end_the_connection_with_goaway() {
     let a = addr(&s);
     // A frame larger than the 16 KiB frame size: FRAME_SIZE_ERROR.
     let mut raw = Raw::connect(&a, &[]).await;
-    raw.send(&frame(DATA, 0, 1, &vec![0u8; 16 * 1024 + 1])).await;
+    raw.send(&frame(DATA, 0, 1, &vec![0u8; 16 * 1024 + 1]))
+        .await;
     assert_eq!(raw.goaway_code().await, Some(0x6));
     // HEADERS on an even stream: PROTOCOL_ERROR.
     let mut raw = Raw::connect(&a, &[]).await;
-    raw.send(&frame(HEADERS, 0x4, 2, &call_headers("/etcdserverpb.KV/Range")))
-        .await;
+    raw.send(&frame(
+        HEADERS,
+        0x4,
+        2,
+        &call_headers("/etcdserverpb.KV/Range"),
+    ))
+    .await;
     assert_eq!(raw.goaway_code().await, Some(0x1));
     // A header block the HPACK decoder cannot read (index 0): COMPRESSION_ERROR.
     let mut raw = Raw::connect(&a, &[]).await;
@@ -319,7 +330,9 @@ async fn protocol_errors_end_the_connection_with_goaway() {
     assert_eq!(raw.goaway_code().await, Some(0x1));
     // Not HTTP/2 at all: PROTOCOL_ERROR.
     let mut sock = TcpStream::connect(&a).await.unwrap();
-    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut raw = Raw { sock };
     assert_eq!(raw.goaway_code().await, Some(0x1));
     // The server still serves others.

@@ -25,8 +25,8 @@ pub(crate) mod hpack;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::hash::BuildHasherDefault;
 use std::future::{poll_fn, Future};
+use std::hash::BuildHasherDefault;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -680,14 +680,20 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                 2 if v > 1 => return Err(conn_err(PROTOCOL_ERROR, "ENABLE_PUSH above 1")),
                 4 => {
                     if v as i64 > MAX_WINDOW {
-                        return Err(conn_err(FLOW_CONTROL_ERROR, "INITIAL_WINDOW_SIZE above 2^31-1"));
+                        return Err(conn_err(
+                            FLOW_CONTROL_ERROR,
+                            "INITIAL_WINDOW_SIZE above 2^31-1",
+                        ));
                     }
                     let delta = v as i64 - self.peer_initial_window;
                     self.peer_initial_window = v as i64;
                     for s in self.streams.values_mut() {
                         s.send_window += delta;
                         if s.send_window > MAX_WINDOW {
-                            return Err(conn_err(FLOW_CONTROL_ERROR, "a stream's window above 2^31-1"));
+                            return Err(conn_err(
+                                FLOW_CONTROL_ERROR,
+                                "a stream's window above 2^31-1",
+                            ));
                         }
                     }
                     if delta > 0 {
@@ -712,7 +718,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
 
     fn window_update(&mut self, id: u32, p: Bytes) -> Result<(), ConnError> {
         if p.len() != 4 {
-            return Err(conn_err(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong size"));
+            return Err(conn_err(
+                FRAME_SIZE_ERROR,
+                "WINDOW_UPDATE of the wrong size",
+            ));
         }
         let inc = (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff) as i64;
         if id == 0 {
@@ -721,7 +730,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             }
             self.conn_send_window += inc;
             if self.conn_send_window > MAX_WINDOW {
-                return Err(conn_err(FLOW_CONTROL_ERROR, "connection window above 2^31-1"));
+                return Err(conn_err(
+                    FLOW_CONTROL_ERROR,
+                    "connection window above 2^31-1",
+                ));
             }
             for id in std::mem::take(&mut self.blocked) {
                 self.flush(id);
@@ -759,7 +771,9 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         let mut start = 0;
         let mut end = p.len();
         if flags & PADDED != 0 {
-            let pad = *p.first().ok_or_else(|| conn_err(FRAME_SIZE_ERROR, "empty HEADERS"))?;
+            let pad = *p
+                .first()
+                .ok_or_else(|| conn_err(FRAME_SIZE_ERROR, "empty HEADERS"))?;
             start = 1;
             end = end
                 .checked_sub(pad as usize)
@@ -769,7 +783,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         if flags & PRIORITY_FLAG != 0 {
             start += 5;
             if start > end {
-                return Err(conn_err(FRAME_SIZE_ERROR, "HEADERS too short for its priority"));
+                return Err(conn_err(
+                    FRAME_SIZE_ERROR,
+                    "HEADERS too short for its priority",
+                ));
             }
         }
         let block = p.slice(start..end);
@@ -898,7 +915,9 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         }
         self.conn_recv_window -= flen as i64;
         let data = if flags & PADDED != 0 {
-            let pad = *p.first().ok_or_else(|| conn_err(FRAME_SIZE_ERROR, "empty padded DATA"))?;
+            let pad = *p
+                .first()
+                .ok_or_else(|| conn_err(FRAME_SIZE_ERROR, "empty padded DATA"))?;
             if pad as usize >= flen {
                 return Err(conn_err(PROTOCOL_ERROR, "padding longer than the frame"));
             }
@@ -917,7 +936,14 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         };
         if !recv_open || flen as i64 > window {
             self.release(0, flen);
-            self.rst(id, if recv_open { FLOW_CONTROL_ERROR } else { STREAM_CLOSED });
+            self.rst(
+                id,
+                if recv_open {
+                    FLOW_CONTROL_ERROR
+                } else {
+                    STREAM_CLOSED
+                },
+            );
             self.remove(id);
             return Ok(());
         }
@@ -982,7 +1008,8 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         match std::mem::replace(&mut s.req, Req::Done) {
             Req::Fast { m, first, more } => {
                 let body = first.unwrap_or_else(|| more.freeze());
-                self.fast.push((self.start_fast)(self.api.clone(), id, m, body));
+                self.fast
+                    .push((self.start_fast)(self.api.clone(), id, m, body));
             }
             Req::Tonic(q) => {
                 {
