@@ -3,7 +3,7 @@
 //! written as one data frame plus `grpc-status: 0` trailers, skipping tonic's per-request
 //! layers (router, codec streams, response body machinery). Everything else (watch and
 //! keep-alive streams, the other services, compressed requests) goes to tonic's `Routes`
-//! unchanged (`conn.rs`). Measured when it was added: 45–55 µs of server CPU per put against
+//! unchanged (`http2/`). Measured when it was added: 45–55 µs of server CPU per put against
 //! 60–71 µs through tonic, in alternating rounds on a slow machine (docs/benchmarks.md,
 //! fourth run).
 
