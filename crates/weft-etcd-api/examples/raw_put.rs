@@ -243,23 +243,15 @@ async fn conn(mut s: tokio::net::TcpStream, store: Arc<Embedded>) -> anyhow::Res
                 3 => {
                     streams.remove(&id);
                 }
-                4 => {
-                    if flags & 0x1 == 0 {
-                        frame_head(&mut w, 0, 4, 0x1, 0);
-                    }
-                }
-                6 => {
-                    if flags & 0x1 == 0 {
-                        frame_head(&mut w, 8, 6, 0x1, 0);
-                        w.put_slice(&p);
-                    }
+                4 if flags & 0x1 == 0 => frame_head(&mut w, 0, 4, 0x1, 0),
+                6 if flags & 0x1 == 0 => {
+                    frame_head(&mut w, 8, 6, 0x1, 0);
+                    w.put_slice(&p);
                 }
                 7 => return Ok(()),
-                8 => {
-                    if id == 0 {
-                        send_window +=
-                            (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff) as i64;
-                    }
+                8 if id == 0 => {
+                    send_window +=
+                        (u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff) as i64;
                 }
                 _ => {}
             }

@@ -669,7 +669,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             }
             return Ok(());
         }
-        if p.len() % 6 != 0 {
+        if !p.len().is_multiple_of(6) {
             return Err(conn_err(FRAME_SIZE_ERROR, "SETTINGS of the wrong size"));
         }
         for s in p.chunks(6) {
@@ -762,7 +762,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
     }
 
     fn headers(&mut self, flags: u8, id: u32, p: Bytes) -> Result<(), ConnError> {
-        if id == 0 || id % 2 == 0 {
+        if id == 0 || id.is_multiple_of(2) {
             return Err(conn_err(
                 PROTOCOL_ERROR,
                 format!("HEADERS on stream {id}: clients open odd-numbered streams"),
