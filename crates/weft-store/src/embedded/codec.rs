@@ -309,9 +309,42 @@ fn zeros(b: &[u8]) -> bool {
     b.iter().all(|x| *x == 0)
 }
 
-/// Serializes the whole state.
+/// Serializes the whole state (in memory: for tests).
+#[cfg(test)]
 pub(crate) fn encode_snapshot(m: &Snapshot) -> Vec<u8> {
-    let mut e = Enc(Vec::with_capacity(1 << 16));
+    let mut out = std::io::Cursor::new(Vec::new());
+    write_snapshot(m, &mut out, usize::MAX, |_| Ok(())).expect("writing to memory");
+    out.into_inner()
+}
+
+/// Writes the whole state to `w` (positioned at its start) without holding it all in memory:
+/// a placeholder header, the body in pieces of about 1 MiB, then the header with the body's
+/// length and checksum over the placeholder. `sync` is called with `w` after every `every`
+/// bytes. Returns the total length.
+pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
+    m: &Snapshot,
+    w: &mut W,
+    every: usize,
+    mut sync: impl FnMut(&mut W) -> std::io::Result<()>,
+) -> std::io::Result<u64> {
+    const PIECE: usize = 1 << 20;
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0u64;
+    let mut unsynced = 0usize;
+    let mut out = |e: &mut Enc, w: &mut W| -> std::io::Result<()> {
+        crc.update(&e.0);
+        len += e.0.len() as u64;
+        w.write_all(&e.0)?;
+        unsynced += e.0.len();
+        e.0.clear();
+        if unsynced >= every {
+            unsynced = 0;
+            sync(w)?;
+        }
+        Ok(())
+    };
+    w.write_all(&[0u8; 20])?;
+    let mut e = Enc(Vec::with_capacity(PIECE + (64 << 10)));
     e.i64(m.rev);
     e.i64(m.compact_rev);
     e.u32(m.leases.len() as u32);
@@ -337,14 +370,19 @@ pub(crate) fn encode_snapshot(m: &Snapshot) -> Vec<u8> {
                 None => e.u8(0),
             }
         }
+        if e.0.len() >= PIECE {
+            out(&mut e, w)?;
+        }
     }
-    let body = e.0;
-    let mut out = Vec::with_capacity(body.len() + 20);
-    out.extend_from_slice(SNAP_MAGIC);
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    out
+    out(&mut e, w)?;
+    drop(out);
+    let mut head = Vec::with_capacity(20);
+    head.extend_from_slice(SNAP_MAGIC);
+    head.extend_from_slice(&len.to_le_bytes());
+    head.extend_from_slice(&crc.finalize().to_le_bytes());
+    w.seek(std::io::SeekFrom::Start(0))?;
+    w.write_all(&head)?;
+    Ok(20 + len)
 }
 
 /// Loads a snapshot. Leases get a fresh deadline of `now + ttl` (as etcd does on restart).
