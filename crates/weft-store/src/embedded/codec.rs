@@ -375,7 +375,6 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
         }
     }
     out(&mut e, w)?;
-    drop(out);
     let mut head = Vec::with_capacity(20);
     head.extend_from_slice(SNAP_MAGIC);
     head.extend_from_slice(&len.to_le_bytes());
