@@ -6,10 +6,10 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use etcd_client::proto::{PbPutRequest, PbPutResponse, PbResponseHeader};
-use prost::Message;
 use weft_store::embedded::{Embedded, Options};
-use weft_store::{PutRequest, Store};
+
+#[path = "common/mod.rs"]
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -56,30 +56,11 @@ async fn unary(
         let _ = body.flow_control().release_capacity(c.len());
         buf.extend_from_slice(&c);
     }
-    anyhow::ensure!(buf.len() >= 5, "short gRPC frame");
-    let p = PbPutRequest::decode(&buf[5..])?;
-    let r = store
-        .put(PutRequest {
-            key: p.key.into(),
-            value: p.value.into(),
-            lease: p.lease,
-            prev_kv: p.prev_kv,
-        })
-        .await?;
-    let resp = PbPutResponse {
-        header: Some(PbResponseHeader {
-            cluster_id: 1,
-            member_id: 1,
-            revision: r.header.revision,
-            raft_term: 1,
-        }),
-        prev_kv: None,
-    };
-    let len = resp.encoded_len();
-    let mut out = BytesMut::with_capacity(5 + len);
+    let msg = common::put(&store, &buf).await?;
+    let mut out = BytesMut::with_capacity(5 + msg.len());
     out.put_u8(0);
-    out.put_u32(len as u32);
-    resp.encode(&mut out)?;
+    out.put_u32(msg.len() as u32);
+    out.put_slice(&msg);
     let head = http::Response::builder()
         .status(200)
         .header("content-type", "application/grpc")

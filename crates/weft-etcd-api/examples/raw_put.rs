@@ -8,13 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use etcd_client::proto::{PbPutRequest, PbPutResponse, PbResponseHeader};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_store::embedded::{Embedded, Options};
-use weft_store::{PutRequest, Store};
+
+#[path = "common/mod.rs"]
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -135,30 +135,7 @@ fn frame_head(w: &mut BytesMut, len: usize, ty: u8, flags: u8, id: u32) {
 }
 
 async fn put(store: Arc<Embedded>, id: u32, body: Bytes) -> (u32, anyhow::Result<Bytes>) {
-    let r = async {
-        anyhow::ensure!(body.len() >= 5, "short gRPC frame");
-        let p = PbPutRequest::decode(&body[5..])?;
-        let r = store
-            .put(PutRequest {
-                key: p.key.into(),
-                value: p.value.into(),
-                lease: p.lease,
-                prev_kv: p.prev_kv,
-            })
-            .await?;
-        let resp = PbPutResponse {
-            header: Some(PbResponseHeader {
-                cluster_id: 1,
-                member_id: 1,
-                revision: r.header.revision,
-                raft_term: 1,
-            }),
-            prev_kv: None,
-        };
-        Ok(Bytes::from(resp.encode_to_vec()))
-    }
-    .await;
-    (id, r)
+    (id, common::put(&store, &body).await)
 }
 
 fn respond(w: &mut BytesMut, id: u32, msg: &[u8]) {

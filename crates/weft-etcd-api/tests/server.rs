@@ -298,23 +298,8 @@ async fn concurrent_unary_calls_on_one_connection_all_complete() {
 /// `:authority` value (HPACK literals, so any bytes go through), and returns the frame types
 /// the server sent on the call's stream, plus the gRPC payload of its DATA frame if any.
 async fn raw_range_with_authority(addr: &str, authority: &str) -> (Vec<u8>, Option<Vec<u8>>) {
+    use common::{frame, literal};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-        f.extend([kind, flags]);
-        f.extend(stream.to_be_bytes());
-        f.extend(payload);
-        f
-    }
-    // Literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2).
-    fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
-        assert!(name.len() < 127 && value.len() < 127);
-        out.push(0);
-        out.push(name.len() as u8);
-        out.extend(name.as_bytes());
-        out.push(value.len() as u8);
-        out.extend(value.as_bytes());
-    }
     let mut block = Vec::new();
     for (n, v) in [
         (":method", "POST"),

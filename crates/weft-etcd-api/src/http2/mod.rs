@@ -1135,15 +1135,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             let (chunk, eos) = match s.out.front_mut() {
                 None => {
                     if let Some(body) = s.parked.take() {
-                        let (h, reg) = AbortHandle::new_pair();
-                        s.abort = Some(h);
-                        self.bodies.push(Abortable::new(
-                            NextFrame {
-                                id,
-                                body: Some(body),
-                            },
-                            reg,
-                        ));
+                        self.poll_body(id, body);
                     }
                     return;
                 }
@@ -1247,6 +1239,11 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             self.closed_send(id);
             return;
         }
+        self.poll_body(id, body);
+    }
+
+    /// Polls stream `id`'s response body for its next frame (abortable with the stream).
+    fn poll_body(&mut self, id: u32, body: tonic::body::Body) {
         let (h, reg) = AbortHandle::new_pair();
         if let Some(s) = self.streams.get_mut(&id) {
             s.abort = Some(h);

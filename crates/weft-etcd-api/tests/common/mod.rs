@@ -47,3 +47,33 @@ pub async fn client(s: &Server) -> etcd_client::Client {
         .await
         .unwrap()
 }
+
+/// An HTTP/2 frame: 9-byte head and payload.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// Literal header field without indexing, new name, no Huffman (RFC 7541 6.2.2).
+pub fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127);
+    out.push(0);
+    out.push(name.len() as u8);
+    out.extend(name.as_bytes());
+    if value.len() < 127 {
+        out.push(value.len() as u8);
+    } else {
+        // 7-bit prefix integer (RFC 7541 5.1).
+        out.push(127);
+        let mut v = value.len() - 127;
+        while v >= 128 {
+            out.push((v as u8 & 0x7f) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out.extend(value.as_bytes());
+}
