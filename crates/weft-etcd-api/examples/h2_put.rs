@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use weft_store::embedded::{Embedded, Options};
+use weft_store::embedded::Embedded;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -16,32 +16,22 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let dir = args.next().unwrap_or_else(|| "/tmp/h2put".into());
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:23792".into());
-    let store = Arc::new(Embedded::open(&dir, Options::default()).await?);
-    let l = tokio::net::TcpListener::bind(&addr).await?;
-    println!("listening on {addr}");
-    loop {
-        let (s, _) = l.accept().await?;
-        s.set_nodelay(true)?;
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut conn = match h2::server::handshake(s).await {
-                Ok(c) => c,
-                Err(e) => return eprintln!("handshake: {e}"),
-            };
-            while let Some(r) = conn.accept().await {
-                let Ok((req, respond)) = r else { return };
-                let store = store.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = unary(store, req, respond).await {
-                        eprintln!("stream: {e}");
-                    }
-                });
-            }
-        });
-    }
+    common::serve("/tmp/h2put", |s, store| async move {
+        let mut conn = match h2::server::handshake(s).await {
+            Ok(c) => c,
+            Err(e) => return eprintln!("handshake: {e}"),
+        };
+        while let Some(r) = conn.accept().await {
+            let Ok((req, respond)) = r else { return };
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = unary(store, req, respond).await {
+                    eprintln!("stream: {e}");
+                }
+            });
+        }
+    })
+    .await
 }
 
 async fn unary(

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_store::embedded::{Embedded, Options};
+use weft_store::embedded::Embedded;
 
 #[path = "common/mod.rs"]
 mod common;
@@ -109,22 +109,12 @@ const WINDOW: u32 = 1 << 20;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let dir = args.next().unwrap_or_else(|| "/tmp/rawput".into());
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:23792".into());
-    let store = Arc::new(Embedded::open(&dir, Options::default()).await?);
-    let l = tokio::net::TcpListener::bind(&addr).await?;
-    println!("listening on {addr}");
-    loop {
-        let (s, _) = l.accept().await?;
-        s.set_nodelay(true)?;
-        let store = store.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn(s, store).await {
-                eprintln!("conn: {e}");
-            }
-        });
-    }
+    common::serve("/tmp/rawput", |s, store| async move {
+        if let Err(e) = conn(s, store).await {
+            eprintln!("conn: {e}");
+        }
+    })
+    .await
 }
 
 fn frame_head(w: &mut BytesMut, len: usize, ty: u8, flags: u8, id: u32) {
