@@ -838,3 +838,15 @@ async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
     let s = Embedded::open(dir.path(), opts()).await.unwrap();
     assert_eq!(fingerprint(&s).await, before);
 }
+
+/// Old files are shrunk in steps, then removed; a missing file is no error.
+#[test]
+fn old_files_are_removed_in_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(wal::wal_name(7));
+    fs::write(&path, vec![7u8; (3 << 20) + 12345]).unwrap();
+    wal::remove_gradually(&path);
+    assert!(!path.exists(), "the file is gone");
+    wal::remove_gradually(&path);
+    assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+}

@@ -776,6 +776,27 @@ impl Log {
     }
 }
 
+/// How much of an old file [`remove_gradually`] frees at a time.
+const REMOVE_STEP: u64 = 1 << 20;
+
+/// Removes a file of the data dir, shrinking it a step at a time first. Unlinking a 64 MiB
+/// log at once took ext4 84 ms, and the log's own durable writes waited behind that journal
+/// transaction: an 85–90 ms stall for every writer at each snapshot (put at 64 clients).
+/// Errors are ignored: a leftover file of an older generation is removed at the next snapshot
+/// or start.
+pub(crate) fn remove_gradually(path: &Path) {
+    if let Ok(f) = OpenOptions::new().write(true).open(path) {
+        let mut len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        while len > REMOVE_STEP {
+            len -= REMOVE_STEP;
+            if f.set_len(len).is_err() {
+                break;
+            }
+        }
+    }
+    let _ = fs::remove_file(path);
+}
+
 /// How much of a snapshot is written between two syncs.
 const SNAPSHOT_SYNC_BYTES: usize = 4 << 20;
 
@@ -806,7 +827,7 @@ fn write_snapshot(dir: &Path, gen: u64, snapshot: &Snapshot) -> std::io::Result<
             let old =
                 parse_gen(&name, "wal-", ".log").or_else(|| parse_gen(&name, "snap-", ".snap"));
             if old.is_some_and(|g| g < gen) {
-                let _ = fs::remove_file(ent.path());
+                remove_gradually(&ent.path());
             }
         }
     }
