@@ -1,14 +1,13 @@
 //! The fast path for the unary KV methods (Range, Put, DeleteRange, Txn): the gRPC message is
-//! decoded, handed to the same [`PbKvService`] method tonic would call, and the reply is
-//! written as one data frame plus `grpc-status: 0` trailers, skipping tonic's per-request
-//! layers (router, codec streams, response body machinery). Everything else (watch and
-//! keep-alive streams, the other services, compressed requests) goes to tonic's `Routes`
-//! unchanged (`http2/`). Measured when it was added: 45–55 µs of server CPU per put against
+//! decoded, handed to the same `EtcdApi::kv_*` method tonic's service delegates to, and the
+//! reply is written as one data frame plus `grpc-status: 0` trailers, skipping tonic's
+//! per-request layers (router, codec streams, response body machinery, `async_trait`'s boxed
+//! future). Everything else (watch and keep-alive streams, the other services, compressed
+//! requests) goes to tonic's `Routes` unchanged (`http2/`). Measured when it was added: 45–55 µs of server CPU per put against
 //! 60–71 µs through tonic, in alternating rounds on a slow machine (docs/benchmarks.md,
 //! fourth run).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use etcd_client::proto::*;
 use prost::Message;
 use tonic::Status;
 
@@ -39,8 +38,7 @@ pub(crate) fn method_of(path: &[u8], encoding: Option<&[u8]>) -> Option<Method> 
 }
 
 /// Encodes `r` as the one length-prefixed message of a gRPC reply.
-fn reply<M: Message>(r: tonic::Response<M>) -> Result<Bytes, Status> {
-    let msg = r.into_inner();
+fn reply<M: Message>(msg: M) -> Result<Bytes, Status> {
     let len = msg.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);
     buf.put_u8(0);
@@ -75,10 +73,8 @@ pub(crate) fn message(body: &Bytes) -> Result<Bytes, Status> {
     Ok(body.slice(5..))
 }
 
-fn decode<M: Message + Default>(b: Bytes) -> Result<tonic::Request<M>, Status> {
-    M::decode(b)
-        .map(tonic::Request::new)
-        .map_err(|e| Status::internal(format!("cannot decode the request: {e}")))
+fn decode<M: Message + Default>(b: Bytes) -> Result<M, Status> {
+    M::decode(b).map_err(|e| Status::internal(format!("cannot decode the request: {e}")))
 }
 
 /// Serves one fast-path call on `body` (the request's gRPC message with its prefix): the
@@ -86,10 +82,10 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<tonic::Request<M>, Status> {
 pub(crate) async fn dispatch(api: &EtcdApi, m: Method, body: Bytes) -> Result<Bytes, Status> {
     let msg = message(&body)?;
     match m {
-        Method::Range => reply(PbKvService::range(api, decode(msg)?).await?),
-        Method::Put => reply(PbKvService::put(api, decode(msg)?).await?),
-        Method::DeleteRange => reply(PbKvService::delete_range(api, decode(msg)?).await?),
-        Method::Txn => reply(PbKvService::txn(api, decode(msg)?).await?),
+        Method::Range => reply(api.kv_range(decode(msg)?).await?),
+        Method::Put => reply(api.kv_put(decode(msg)?).await?),
+        Method::DeleteRange => reply(api.kv_delete(decode(msg)?).await?),
+        Method::Txn => reply(api.kv_txn(decode(msg)?).await?),
     }
 }
 

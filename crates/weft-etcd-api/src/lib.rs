@@ -454,42 +454,25 @@ fn until_stopped<T: Send + 'static>(
     }))
 }
 
-#[tonic::async_trait]
-impl PbKvService for EtcdApi {
-    async fn range(
-        &self,
-        req: Request<PbRangeRequest>,
-    ) -> Result<Response<PbRangeResponse>, Status> {
-        let (r, post) = range_req(req.into_inner())?;
+/// The unary KV calls, without tonic's request and response wrappers (and the boxed future
+/// of `async_trait`): the fast path calls these, the tonic service delegates to them.
+impl EtcdApi {
+    pub(crate) async fn kv_range(&self, req: PbRangeRequest) -> Result<PbRangeResponse, Status> {
+        let (r, post) = range_req(req)?;
         let resp = self.store.range(r).await.map_err(status)?;
-        Ok(Response::new(range_resp(self, resp, post)))
+        Ok(range_resp(self, resp, post))
     }
 
-    type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
-    async fn range_stream(
-        &self,
-        _req: Request<PbRangeRequest>,
-    ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        Err(unimplemented("RangeStream"))
-    }
-
-    async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
-        let r = self
-            .store
-            .put(put_req(req.into_inner())?)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(PbPutResponse {
+    pub(crate) async fn kv_put(&self, req: PbPutRequest) -> Result<PbPutResponse, Status> {
+        let r = self.store.put(put_req(req)?).await.map_err(status)?;
+        Ok(PbPutResponse {
             header: self.header(r.header.revision),
             prev_kv: r.prev_kv.map(kv),
-        }))
+        })
     }
 
-    async fn delete_range(
-        &self,
-        req: Request<PbDeleteRequest>,
-    ) -> Result<Response<PbDeleteResponse>, Status> {
-        let d = req.into_inner();
+    pub(crate) async fn kv_delete(&self, req: PbDeleteRequest) -> Result<PbDeleteResponse, Status> {
+        let d = req;
         let r = self
             .store
             .delete(ws::DeleteRequest {
@@ -498,15 +481,15 @@ impl PbKvService for EtcdApi {
             })
             .await
             .map_err(status)?;
-        Ok(Response::new(PbDeleteResponse {
+        Ok(PbDeleteResponse {
             header: self.header(r.header.revision),
             deleted: r.deleted,
             prev_kvs: r.prev_kvs.into_iter().map(kv).collect(),
-        }))
+        })
     }
 
-    async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
-        let t = req.into_inner();
+    pub(crate) async fn kv_txn(&self, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
+        let t = req;
         let compare = t
             .compare
             .into_iter()
@@ -547,11 +530,44 @@ impl PbKvService for EtcdApi {
                 }),
             })
             .collect();
-        Ok(Response::new(PbTxnResponse {
+        Ok(PbTxnResponse {
             header: self.header(r.header.revision),
             succeeded: r.succeeded,
             responses,
-        }))
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PbKvService for EtcdApi {
+    async fn range(
+        &self,
+        req: Request<PbRangeRequest>,
+    ) -> Result<Response<PbRangeResponse>, Status> {
+        self.kv_range(req.into_inner()).await.map(Response::new)
+    }
+
+    type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
+    async fn range_stream(
+        &self,
+        _req: Request<PbRangeRequest>,
+    ) -> Result<Response<Self::RangeStreamStream>, Status> {
+        Err(unimplemented("RangeStream"))
+    }
+
+    async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
+        self.kv_put(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<PbDeleteRequest>,
+    ) -> Result<Response<PbDeleteResponse>, Status> {
+        self.kv_delete(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
+        self.kv_txn(req.into_inner()).await.map(Response::new)
     }
 
     async fn compact(
