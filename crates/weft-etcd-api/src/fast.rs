@@ -3,9 +3,9 @@
 //! reply is written as one data frame plus `grpc-status: 0` trailers, skipping tonic's
 //! per-request layers (router, codec streams, response body machinery, `async_trait`'s boxed
 //! future). Everything else (watch and keep-alive streams, the other services, compressed
-//! requests) goes to tonic's `Routes` unchanged (`http2/`). Measured when it was added: 45–55 µs of server CPU per put against
-//! 60–71 µs through tonic, in alternating rounds on a slow machine (docs/benchmarks.md,
-//! fourth run).
+//! requests) goes to tonic's `Routes` unchanged (`http2/`). Measured when it was added: 45–55
+//! µs of server CPU per put against 60–71 µs through tonic, in alternating rounds on a slow
+//! machine (docs/benchmarks.md, fourth run).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;

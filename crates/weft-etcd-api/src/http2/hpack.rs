@@ -575,7 +575,10 @@ mod tests {
         /// own output half of the time, so decoding gets past the first byte.
         #[test]
         fn any_blocks_decode_or_fail_cleanly(
-            blocks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..64), 1..8),
+            blocks in proptest::collection::vec(
+                proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+                1..8,
+            ),
             seed in proptest::bool::ANY,
         ) {
             let mut d = Decoder::default();
