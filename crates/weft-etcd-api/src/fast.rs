@@ -37,7 +37,7 @@ pub(crate) fn method_of(path: &[u8], encoding: Option<&[u8]>) -> Option<Method> 
     encoding.is_none_or(|e| e == b"identity").then_some(m)
 }
 
-/// Encodes `r` as the one length-prefixed message of a gRPC reply.
+/// Encodes `msg` as the one length-prefixed message of a gRPC reply.
 fn reply<M: Message>(msg: M) -> Result<Bytes, Status> {
     let len = msg.encoded_len();
     let mut buf = BytesMut::with_capacity(5 + len);

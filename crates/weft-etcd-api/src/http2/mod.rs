@@ -100,18 +100,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A connection error: GOAWAY with `code`, then the connection closes.
+/// A connection error: GOAWAY with `code` (none if the socket itself failed), then the
+/// connection closes.
 #[derive(Debug)]
 struct ConnError {
-    code: u32,
+    code: Option<u32>,
     why: String,
 }
 
 fn conn_err(code: u32, why: impl Into<String>) -> ConnError {
     ConnError {
-        code,
+        code: Some(code),
         why: why.into(),
     }
+}
+
+fn io_err(e: io::Error) -> ConnError {
+    ConnError {
+        code: None,
+        why: e.to_string(),
+    }
+}
+
+/// A frame's 9-byte head.
+fn frame_head(len: usize, ty: u8, flags: u8, id: u32) -> [u8; 9] {
+    let l = (len as u32).to_be_bytes();
+    let i = id.to_be_bytes();
+    [l[1], l[2], l[3], ty, flags, i[0], i[1], i[2], i[3]]
 }
 
 /// Hashes a stream id (Fibonacci hashing: ids are small and consecutive, and the map's
@@ -237,7 +252,7 @@ enum Req {
     },
     /// A call tonic serves, reading from the queue.
     Tonic(Arc<Mutex<ReqQueue>>),
-    /// Read to the end, or answered already: further DATA is dropped.
+    /// Read to the end: a trailing empty DATA is dropped.
     Done,
 }
 
@@ -266,8 +281,6 @@ struct Stream {
     /// Bytes this side may still send on this stream.
     send_window: i64,
     out: VecDeque<Out>,
-    /// END_STREAM written.
-    send_done: bool,
     /// The tonic call or response body in flight.
     abort: Option<AbortHandle>,
     /// A response body not polled while its stream's output waits for window.
@@ -293,6 +306,9 @@ async fn fast_call(api: EtcdApi, id: u32, m: Method, body: Bytes) -> (u32, Resul
     (id, fast::dispatch(&api, m, body).await)
 }
 
+/// One connection's state. Generic over the fast path's call future (`C` is always
+/// `fast_call`'s), so the calls live unboxed in `fast`: naming an `async fn`'s future takes a
+/// type parameter.
 struct Conn<C> {
     io: TcpStream,
     api: EtcdApi,
@@ -324,8 +340,9 @@ struct Conn<C> {
     shared: Arc<Shared>,
     /// GOAWAY sent: no new streams, close when the last one ends.
     going_away: bool,
-    /// The client sent GOAWAY, or closed its side of the socket.
+    /// The client sent GOAWAY: close when the last stream ends.
     client_gone: bool,
+    /// The client closed the connection.
     eof: bool,
     yielded: bool,
 }
@@ -343,9 +360,9 @@ pub(crate) async fn serve(
     });
     let mut c = Conn::new(io, api, routes, stopping, fast_call);
     if let Err(e) = poll_fn(|cx| c.poll(cx)).await {
-        tracing::debug!("etcd API connection: {} (code {})", e.why, e.code);
-        if e.code != u32::MAX {
-            c.goaway(e.code, &e.why);
+        tracing::debug!("etcd API connection: {} (code {:?})", e.why, e.code);
+        if let Some(code) = e.code {
+            c.goaway(code, &e.why);
         }
     }
     c.finish().await;
@@ -406,10 +423,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
     }
 
     fn head(&mut self, len: usize, ty: u8, flags: u8, id: u32) {
-        self.wbuf.put_uint(len as u64, 3);
-        self.wbuf.put_u8(ty);
-        self.wbuf.put_u8(flags);
-        self.wbuf.put_u32(id);
+        self.wbuf.put_slice(&frame_head(len, ty, flags, id));
     }
 
     fn rst(&mut self, id: u32, code: u32) {
@@ -517,11 +531,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) => {
                     self.eof = true;
-                    self.client_gone = true;
                     break;
                 }
                 Poll::Ready(Ok(n)) => got += n,
-                Poll::Ready(Err(e)) => return Err(conn_err(u32::MAX, e.to_string())),
+                Poll::Ready(Err(e)) => return Err(io_err(e)),
                 Poll::Pending => break,
             }
         }
@@ -543,11 +556,11 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match self.io.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Err(conn_err(u32::MAX, e.to_string())),
+                        Poll::Ready(Err(e)) => return Err(io_err(e)),
                         Poll::Pending => return Ok(wrote),
                     }
                 }
-                Err(e) => return Err(conn_err(u32::MAX, e.to_string())),
+                Err(e) => return Err(io_err(e)),
             }
         }
         self.wbuf.clear();
@@ -697,10 +710,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                         }
                     }
                     if delta > 0 {
-                        let ids: Vec<u32> = self.streams.keys().copied().collect();
-                        for id in ids {
-                            self.flush(id);
-                        }
+                        self.flush_blocked();
                     }
                 }
                 5 => {
@@ -735,9 +745,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                     "connection window above 2^31-1",
                 ));
             }
-            for id in std::mem::take(&mut self.blocked) {
-                self.flush(id);
-            }
+            self.flush_blocked();
             return Ok(());
         }
         if id > self.last_stream {
@@ -836,13 +844,12 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             unacked: 0,
             send_window: self.peer_initial_window,
             out: VecDeque::new(),
-            send_done: false,
             abort: None,
             parked: None,
         };
         if list > MAX_HEADER_LIST {
             self.streams.insert(id, stream);
-            self.respond_head(id, 431, std::iter::empty::<(&[u8], &[u8])>(), true);
+            self.respond_head(id, Some(431), std::iter::empty::<(&[u8], &[u8])>(), true);
             self.closed_send(id);
             return Ok(());
         }
@@ -983,9 +990,6 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             self.release(id, consumed);
         }
         if too_large {
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.req = Req::Done;
-            }
             let e = Status::out_of_range(format!(
                 "cannot read the request: it is over {} bytes, the most allowed",
                 fast::MAX_MESSAGE
@@ -1021,9 +1025,6 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             }
             Req::Done => {}
         }
-        if s.send_done {
-            self.remove(id);
-        }
     }
 
     /// Gives `n` bytes of window back: the connection's, and stream `id`'s if it is open.
@@ -1055,14 +1056,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         self.streams.remove(&id);
     }
 
-    /// END_STREAM went out on `id`: the stream is over once the client's side is too. A
-    /// client still sending is told to stop (RST_STREAM NO_ERROR, RFC 9113 8.1).
+    /// END_STREAM went out on `id`: the stream is over. A client still sending is told to
+    /// stop (RST_STREAM NO_ERROR, RFC 9113 8.1); what it sent meanwhile is dropped.
     fn closed_send(&mut self, id: u32) {
-        let Some(s) = self.streams.get_mut(&id) else {
-            return;
-        };
-        s.send_done = true;
-        if s.recv_open {
+        if self.streams.get(&id).is_some_and(|s| s.recv_open) {
             self.rst(id, NO_ERROR);
         }
         self.remove(id);
@@ -1073,14 +1070,14 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
     fn respond_head<'a>(
         &mut self,
         id: u32,
-        status: u16,
+        status: Option<u16>,
         fields: impl Iterator<Item = (&'a [u8], &'a [u8])>,
         end_stream: bool,
     ) {
         let start = self.wbuf.len();
         self.wbuf.put_bytes(0, 9);
         self.encoder.begin(&mut self.wbuf);
-        if status != 0 {
+        if let Some(status) = status {
             self.encoder.status(&mut self.wbuf, status);
         }
         for (n, v) in fields {
@@ -1089,11 +1086,12 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         let len = self.wbuf.len() - start - 9;
         let eos = if end_stream { END_STREAM } else { 0 };
         if len <= self.peer_max_frame {
-            let h = &mut self.wbuf[start..start + 9];
-            h[..3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
-            h[3] = HEADERS;
-            h[4] = eos | END_HEADERS;
-            h[5..9].copy_from_slice(&id.to_be_bytes());
+            self.wbuf[start..start + 9].copy_from_slice(&frame_head(
+                len,
+                HEADERS,
+                eos | END_HEADERS,
+                id,
+            ));
             return;
         }
         let mut block = self.wbuf.split_off(start + 9).freeze();
@@ -1114,19 +1112,30 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
 
     fn write_trailers(&mut self, id: u32, t: &Trailers) {
         match t {
-            Trailers::Ok => {
-                self.respond_head(id, 0, [(&b"grpc-status"[..], &b"0"[..])].into_iter(), true)
-            }
+            Trailers::Ok => self.respond_head(
+                id,
+                None,
+                [(&b"grpc-status"[..], &b"0"[..])].into_iter(),
+                true,
+            ),
             Trailers::Map(m) => self.respond_head(
                 id,
-                0,
+                None,
                 m.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
                 true,
             ),
         }
     }
 
-    /// Writes as much of stream `id`'s queued output as the windows allow.
+    /// Flushes the streams whose output waited for window (a window just grew).
+    fn flush_blocked(&mut self) {
+        for id in std::mem::take(&mut self.blocked) {
+            self.flush(id);
+        }
+    }
+
+    /// Writes as much of stream `id`'s queued output as the windows allow; a stream that
+    /// has to wait joins `blocked`.
     fn flush(&mut self, id: u32) {
         loop {
             let Some(s) = self.streams.get_mut(&id) else {
@@ -1194,7 +1203,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             Ok(data) => {
                 self.respond_head(
                     id,
-                    200,
+                    Some(200),
                     [(&b"content-type"[..], &b"application/grpc"[..])].into_iter(),
                     false,
                 );
@@ -1214,7 +1223,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                 let fields = ct
                     .into_iter()
                     .chain(t.iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())));
-                self.respond_head(id, 200, fields, true);
+                self.respond_head(id, Some(200), fields, true);
                 self.closed_send(id);
             }
         }
@@ -1228,7 +1237,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         let end = http_body::Body::is_end_stream(&body);
         self.respond_head(
             id,
-            parts.status.as_u16(),
+            Some(parts.status.as_u16()),
             parts
                 .headers
                 .iter()
