@@ -19,7 +19,7 @@
 //! let store = Arc::new(Embedded::open(dir.path(), Options::default()).await?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
-//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1 };
+//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1, threads: 1 };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
 //!     let _ = stopped.await;
@@ -58,6 +58,12 @@ pub struct Config {
     pub client_url: String,
     /// Member and cluster id reported in headers.
     pub member_id: u64,
+    /// Threads that serve connections. 0: connections are tasks on the runtime [`serve`] runs
+    /// on. N: N dedicated threads, each a single-threaded runtime, take accepted connections in
+    /// turn. A connection's calls then run on one thread with no work stealing between
+    /// threads: on 2 cores, one such thread costs about a fifth less CPU per put than tasks on
+    /// a 2-worker runtime (docs/benchmarks.md, twelfth run).
+    pub threads: usize,
 }
 
 /// The etcd API service over a store.
@@ -67,6 +73,8 @@ pub struct EtcdApi {
     cfg: Config,
     /// Turns true when the server shuts down: open streams then end with `UNAVAILABLE`.
     stopping: watch::Receiver<bool>,
+    /// The runtime `serve` was called on: stream tasks (watch, keep-alive) run there.
+    rt: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for EtcdApi {
@@ -136,24 +144,41 @@ pub fn decode_header_blocks(blocks: &[&[u8]]) -> Result<Vec<(bytes::Bytes, bytes
 /// then sends GOAWAY, ends open watch and keep-alive streams with `UNAVAILABLE`
 /// ("etcdserver: server stopped", which clients retry elsewhere), and lets unary calls in
 /// flight finish for up to 5 s.
+///
+/// Connections are served where [`Config::threads`] says: as tasks on the runtime `serve` runs
+/// on, or on dedicated single-threaded runtimes. Watch and keep-alive streams' own tasks always
+/// run on the runtime `serve` runs on.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     cfg: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let threads = cfg.threads;
     let (stop_streams, stopping) = watch::channel(false);
+    let stop_streams = Arc::new(stop_streams);
     let api = EtcdApi {
         store,
         cfg,
         stopping,
+        rt: tokio::runtime::Handle::current(),
     };
     let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
         .add_service(PbWatchServer::new(api.clone()))
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api.clone()));
-    let mut conns = tokio::task::JoinSet::new();
+    let conns = Conns {
+        api,
+        routes,
+        stop_streams,
+    };
+    let mut workers = Vec::with_capacity(threads);
+    for i in 0..threads {
+        workers.push(Worker::spawn(i, conns.clone())?);
+    }
+    let mut local = tokio::task::JoinSet::new();
+    let mut next = 0usize;
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -171,23 +196,97 @@ pub async fn serve(
         // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add ~40 ms to each exchange.
         let _ = stream.set_nodelay(true);
-        while conns.try_join_next().is_some() {}
-        conns.spawn(http2::serve(
-            stream,
-            api.clone(),
-            routes.clone(),
-            stop_streams.subscribe(),
-        ));
+        if workers.is_empty() {
+            conns.spawn(&mut local, stream);
+            continue;
+        }
+        // The socket leaves this runtime's reactor and joins the worker's.
+        match stream.into_std() {
+            Ok(s) => {
+                if workers[next % workers.len()].conns.send(s).is_err() {
+                    tracing::error!("etcd API connection thread {} is gone", next % workers.len());
+                }
+                next = next.wrapping_add(1);
+            }
+            Err(e) => tracing::warn!("etcd API connection dropped: {e}"),
+        }
     }
     drop(listener);
     // Connections send GOAWAY and end when their calls are done; streams end at once.
-    stop_streams.send_replace(true);
+    conns.stop_streams.send_replace(true);
+    let mut done = Vec::with_capacity(workers.len());
+    for w in workers {
+        // The worker sees its channel close, then drains its connections like `drain` below.
+        drop(w.conns);
+        done.push(w.done);
+    }
+    drain(local).await;
+    for d in done {
+        let _ = d.await;
+    }
+    Ok(())
+}
+
+/// What serving a connection needs, wherever it runs.
+#[derive(Clone)]
+struct Conns {
+    api: EtcdApi,
+    routes: tonic::service::Routes,
+    stop_streams: Arc<watch::Sender<bool>>,
+}
+
+impl Conns {
+    fn spawn(&self, set: &mut tokio::task::JoinSet<()>, stream: tokio::net::TcpStream) {
+        while set.try_join_next().is_some() {}
+        set.spawn(http2::serve(
+            stream,
+            self.api.clone(),
+            self.routes.clone(),
+            self.stop_streams.subscribe(),
+        ));
+    }
+}
+
+/// Waits up to [`SHUTDOWN_GRACE`] for connections to end, then aborts the rest.
+async fn drain(mut set: tokio::task::JoinSet<()>) {
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while conns.join_next().await.is_some() {}
+        while set.join_next().await.is_some() {}
     })
     .await;
-    conns.abort_all();
-    Ok(())
+    set.abort_all();
+}
+
+/// A connection thread: a single-threaded runtime serving the connections it is handed.
+struct Worker {
+    conns: mpsc::UnboundedSender<std::net::TcpStream>,
+    /// Completes when the thread has drained its connections after `conns` closed.
+    done: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Worker {
+    fn spawn(i: usize, conns: Conns) -> std::io::Result<Worker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, mut rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("weft-etcd-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut set = tokio::task::JoinSet::new();
+                    while let Some(s) = rx.recv().await {
+                        match tokio::net::TcpStream::from_std(s) {
+                            Ok(s) => conns.spawn(&mut set, s),
+                            Err(e) => tracing::warn!("etcd API connection dropped: {e}"),
+                        }
+                    }
+                    drain(set).await;
+                });
+                let _ = done_tx.send(());
+            })?;
+        Ok(Worker { conns: tx, done })
+    }
 }
 
 /// Maps a store error to the status etcd returns for it, with etcd's message.
@@ -596,7 +695,7 @@ impl PbWatchService for EtcdApi {
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(128);
         let api = self.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             let mut next_id = 0i64;
             let mut controls: std::collections::HashMap<i64, Arc<tokio::sync::Notify>> =
                 std::collections::HashMap::new();
@@ -650,7 +749,7 @@ impl PbWatchService for EtcdApi {
                         let (tx2, api2) = (tx.clone(), api.clone());
                         tasks.insert(
                             id,
-                            tokio::spawn(async move {
+                            api.rt.spawn(async move {
                                 // A message read ahead while coalescing that could not join.
                                 let mut next: Option<Option<ws::Result<ws::WatchResponse>>> = None;
                                 loop {
@@ -777,7 +876,7 @@ impl PbLeaseService for EtcdApi {
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
-        tokio::spawn(async move {
+        self.rt.spawn(async move {
             loop {
                 // Also ends when the response stream is gone (the client went away, or the
                 // server stopped): the request stream is released with it.

@@ -6,11 +6,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, start};
+use common::{client, start, start_with};
 
 #[tokio::test]
 async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
-    let s = start().await;
+    paths_and_shutdown(2).await;
+}
+
+/// The same with connections served as tasks on the caller's runtime (`threads: 0`).
+#[tokio::test]
+async fn connections_on_the_callers_runtime_work_alike() {
+    paths_and_shutdown(0).await;
+}
+
+async fn paths_and_shutdown(threads: usize) {
+    let s = start_with(threads).await;
     let mut c = client(&s).await;
     // Fast path: put, range, txn, delete.
     c.put("a", "1", None).await.unwrap();
@@ -85,6 +95,53 @@ async fn fast_and_tonic_paths_share_a_connection_and_shutdown_is_prompt() {
             .map(|m| m.map(|m| m.events().len() as i64)),
     );
     ended(acks.message().await.map(|m| m.map(|m| m.ttl())));
+}
+
+/// Accepted connections go to the connection threads in turn: with 4 connections busy on 2
+/// threads, each thread runs many times (a thread that served nothing runs once or twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_the_connection_threads() {
+    let s = start_with(2).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(client(&s).await);
+    }
+    let runs = |name: &str| -> u64 {
+        // /proc/self/task/TID/schedstat: run time, wait time, timeslices run.
+        let mut total = 0;
+        for t in std::fs::read_dir("/proc/self/task").unwrap() {
+            let dir = t.unwrap().path();
+            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let st = std::fs::read_to_string(dir.join("schedstat")).unwrap();
+                total += st.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap();
+            }
+        }
+        total
+    };
+    let before = [runs("weft-etcd-0"), runs("weft-etcd-1")];
+    let mut tasks = Vec::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            for j in 0..100 {
+                c.put(format!("k{i}"), format!("{j}"), None).await.unwrap();
+            }
+            c
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = [runs("weft-etcd-0"), runs("weft-etcd-1")];
+    for i in 0..2 {
+        assert!(
+            after[i] - before[i] >= 100,
+            "thread weft-etcd-{i} ran {} times for 400 puts on 4 connections",
+            after[i] - before[i]
+        );
+    }
+    let _ = s.stop.send(());
+    s.task.await.unwrap().unwrap();
 }
 
 #[tokio::test]

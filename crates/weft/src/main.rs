@@ -283,6 +283,12 @@ struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long)]
     etcd_listen: Option<SocketAddr>,
+    /// Threads serving etcd API connections, each a single-threaded runtime; 0 serves them on
+    /// the node's shared runtime. Default: half the cores, at least one (the log thread, the
+    /// node's runtime and the kernel's network stack use the rest).
+    #[cfg(feature = "etcd")]
+    #[arg(long, requires = "etcd_listen")]
+    etcd_threads: Option<usize>,
     /// Also run the API gateway on this address (routes from --gateway-config and from the
     /// store; upstreams may be services registered on this node).
     #[arg(long)]
@@ -883,9 +889,14 @@ async fn up(a: UpArgs) -> Result<()> {
             let url = format!("http://{}", l.local_addr()?);
             println!("etcd API listening on {url}");
             std::io::stdout().flush()?;
+            let threads = a.etcd_threads.unwrap_or_else(|| {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                (cores / 2).max(1)
+            });
             let ecfg = weft_etcd_api::Config {
                 client_url: url,
                 member_id: 0x7765_6674,
+                threads,
             };
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

@@ -15,7 +15,13 @@ pub struct Server {
     _dir: tempfile::TempDir,
 }
 
+/// A server whose connections run on two dedicated threads (as `weft up` serves them).
 pub async fn start() -> Server {
+    start_with(2).await
+}
+
+/// A server with `threads` connection threads (0: connections are tasks on the test's runtime).
+pub async fn start_with(threads: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Embedded::open(dir.path(), Default::default())
@@ -28,6 +34,7 @@ pub async fn start() -> Server {
     let cfg = weft_etcd_api::Config {
         client_url: url.clone(),
         member_id: 1,
+        threads,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;
