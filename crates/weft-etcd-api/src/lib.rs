@@ -204,7 +204,10 @@ pub async fn serve(
         match stream.into_std() {
             Ok(s) => {
                 if workers[next % workers.len()].conns.send(s).is_err() {
-                    tracing::error!("etcd API connection thread {} is gone", next % workers.len());
+                    tracing::error!(
+                        "etcd API connection thread {} is gone",
+                        next % workers.len()
+                    );
                 }
                 next = next.wrapping_add(1);
             }

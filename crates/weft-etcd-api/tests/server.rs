@@ -114,7 +114,12 @@ async fn connections_are_spread_over_the_connection_threads() {
             let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
             if comm.trim() == name {
                 let st = std::fs::read_to_string(dir.join("schedstat")).unwrap();
-                total += st.split_whitespace().nth(2).unwrap().parse::<u64>().unwrap();
+                total += st
+                    .split_whitespace()
+                    .nth(2)
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap();
             }
         }
         total

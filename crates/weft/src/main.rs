@@ -262,7 +262,8 @@ struct UpArgs {
     /// Automatic compaction: keep N revisions ("100000"), a duration ("1h", "30m", "90s"), or "off".
     #[arg(long, default_value = "100000")]
     compact_retention: String,
-    /// Start a new log with a snapshot after this many log bytes.
+    /// Start a new log with a snapshot once the log holds this many bytes, or as many as the
+    /// last snapshot if that is larger.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     snapshot_bytes: u64,
     /// Group commit delay in microseconds: with concurrent writers, the log waits this long

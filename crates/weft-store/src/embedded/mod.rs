@@ -75,7 +75,10 @@ pub struct Options {
     pub durability: Durability,
     /// Request limits.
     pub limits: Limits,
-    /// Write a snapshot and start a new log after this many log bytes.
+    /// Write a snapshot and start a new log once the log holds this many bytes, or as many
+    /// bytes as the last snapshot if that is larger (Redis's AOF rewrite rule, at 100 %): a
+    /// large state is not rewritten for every small stretch of log, and recovery replays at
+    /// most about the state's size of log.
     pub snapshot_bytes: u64,
     /// Responses buffered per watcher before the watcher waits (it then catches up from history).
     pub watch_buffer: usize,

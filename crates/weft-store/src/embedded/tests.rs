@@ -92,12 +92,61 @@ async fn snapshots_bound_the_log_and_restore_the_same_state() {
         "old generations are removed: {files:?}"
     );
     let log_len = data_end(&wal_path(dir.path()));
+    let snap = files.iter().find(|f| f.starts_with("snap-")).unwrap();
+    let snap_len = fs::metadata(dir.path().join(snap)).unwrap().len();
     assert!(
-        log_len < 2048 + 400,
-        "log is bounded by the snapshot threshold, got {log_len}"
+        log_len < 2048.max(snap_len) + 400,
+        "log is bounded by the threshold or the snapshot's size ({snap_len}), got {log_len}"
     );
     let s = Embedded::open(dir.path(), o).await.unwrap();
     assert_eq!(fingerprint(&s).await, before);
+}
+
+/// A snapshot larger than the threshold holds off the next one until the log is as large:
+/// as the state grows (here all history is kept), snapshots come further apart instead of
+/// rewriting the whole state every `snapshot_bytes` of log.
+#[tokio::test]
+async fn a_large_snapshot_defers_the_next_until_the_log_is_as_large() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Options {
+        snapshot_bytes: 2048,
+        ..opts()
+    };
+    let s = Embedded::open(dir.path(), o.clone()).await.unwrap();
+    // About 1.1 KB of log per put, 132 KB in all; nothing is compacted.
+    for i in 0..120 {
+        s.put_kv(format!("big/{i}"), vec![b'v'; 1024])
+            .await
+            .unwrap();
+    }
+    drop(s);
+    let files = data_files(dir.path());
+    let gen = files
+        .iter()
+        .find_map(|f| f.strip_prefix("snap-")?.strip_suffix(".snap"))
+        .map(|g| g.parse::<u64>().unwrap())
+        .expect("a snapshot");
+    // A fixed 2 KB threshold would make about 60 snapshots, each rewriting all that came
+    // before; sizes doubling make about log2(132 KB / 2 KB) + 1 = 7.
+    assert!(
+        (5..=9).contains(&gen),
+        "{gen} snapshots for 132 KB of log: {files:?}"
+    );
+    let snap_len = fs::metadata(dir.path().join(wal::snap_name(gen)))
+        .unwrap()
+        .len();
+    let log_len = data_end(&dir.path().join(wal::wal_name(gen)));
+    assert!(
+        log_len < snap_len + 1200,
+        "log {log_len} past the snapshot's size {snap_len}"
+    );
+    // Restarting on the snapshot and the log restores every key.
+    let s = Embedded::open(dir.path(), o).await.unwrap();
+    let r = s
+        .range(RangeRequest::new(KeyRange::prefix("big/")))
+        .await
+        .unwrap();
+    assert_eq!(r.kvs.len(), 120);
 }
 
 /// Where the records of a log file end (direct I/O pads the last block with zeros).
@@ -758,9 +807,6 @@ proptest! {
     }
 }
 
-/// Snapshots are written beside the log, not in its way: while a snapshot cannot be written
-/// (here: its temporary path is a directory), writes are still acknowledged, the logs it would
-/// have covered are kept, and a restart replays all of them.
 /// The snapshot and log files in `dir`, sorted by name.
 fn data_files(dir: &std::path::Path) -> Vec<String> {
     let mut files: Vec<String> = fs::read_dir(dir)
@@ -802,6 +848,9 @@ async fn db_size_is_the_snapshot_and_logs_on_disk() {
     assert_eq!(s.status().await.unwrap().db_size, data_bytes(dir.path()));
 }
 
+/// Snapshots are written beside the log, not in its way: while a snapshot cannot be written
+/// (here: its temporary path is a directory), writes are still acknowledged, the logs it would
+/// have covered are kept, and a restart replays all of them.
 #[tokio::test]
 async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
     let dir = tempfile::tempdir().unwrap();

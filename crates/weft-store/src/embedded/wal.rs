@@ -96,6 +96,9 @@ pub(crate) struct Log {
     snap_bytes: AtomicU64,
     /// Bytes of the current log.
     log_bytes: AtomicU64,
+    /// Length of the last snapshot written (or loaded): the log grows to at least this much
+    /// before the next one.
+    last_snapshot: AtomicU64,
 }
 
 pub(crate) fn wal_name(gen: u64) -> String {
@@ -483,6 +486,7 @@ impl Log {
             records: AtomicU64::new(0),
             snap_bytes: AtomicU64::new(snap_bytes),
             log_bytes: AtomicU64::new(log_bytes),
+            last_snapshot: AtomicU64::new(snap_bytes),
         }
     }
 
@@ -490,7 +494,10 @@ impl Log {
     /// flusher must be woken, by [`Log::wake`] once the state lock is released (the wake-up is
     /// a futex syscall: inside the lock it made concurrent writers queue behind it). Called
     /// with the state lock held so that log order is apply order. Takes a snapshot when the
-    /// log is due.
+    /// log is due: once it holds `snapshot_bytes`, or as many bytes as the last snapshot if
+    /// that is larger. So snapshots write at most about as many bytes as the log (with a fixed
+    /// threshold, a state of N times the threshold would be written again every threshold's
+    /// worth of log, N-fold), and recovery replays at most that much log.
     pub fn append(&self, state: &Mvcc, batch: Batch) -> (u64, bool) {
         let len = codec::record_len(&batch);
         let rev = batch.rev;
@@ -499,7 +506,10 @@ impl Log {
         let seq = q.seq;
         q.since_snapshot += len as u64;
         q.items.push(Item::Record { seq, rev, batch });
-        if q.since_snapshot >= self.snapshot_bytes {
+        let due = self
+            .snapshot_bytes
+            .max(self.last_snapshot.load(Ordering::Relaxed));
+        if q.since_snapshot >= due {
             q.since_snapshot = 0;
             q.gen += 1;
             let gen = q.gen;
@@ -654,6 +664,7 @@ impl Log {
             match written {
                 Ok(len) => {
                     self.snap_bytes.store(len, Ordering::Relaxed);
+                    self.last_snapshot.store(len, Ordering::Relaxed);
                     self.snap_done.send_replace((gen, None));
                 }
                 Err(e) => {
