@@ -211,6 +211,7 @@ impl Embedded {
             opts.snapshot_bytes,
             rec.snap_bytes,
             rec.bytes,
+            rec.data,
         ));
         log.direct_io.store(file.direct(), Ordering::Relaxed);
         let (closed_tx, _) = watch::channel(false);
