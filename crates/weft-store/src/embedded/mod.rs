@@ -615,6 +615,10 @@ async fn lease_expiry(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::
 /// Keys whose histories the sweeper trims per turn of the state lock: a few hundred
 /// microseconds of holding it, where trimming 64k keys at once took ~140 ms.
 const SWEEP_KEYS: usize = 256;
+/// History entries the sweeper takes out per turn, however few keys hold them: 64 keys with
+/// 45k revisions each held the lock for 1.9 s (the maximum latency of `weft bench etcd-api
+/// --workloads txn` across a compaction).
+const SWEEP_ENTRIES: usize = 4096;
 
 /// Trims key histories after each compaction (see `Mvcc::sweep`), a slice of keys per
 /// turn of the state lock, yielding in between so that reads and writes interleave.
@@ -630,11 +634,14 @@ async fn sweeper(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::Recei
             if *closed.borrow() {
                 return;
             }
-            cursor = inner
-                .state
-                .write()
-                .expect("state poisoned")
-                .sweep(cursor.as_ref(), SWEEP_KEYS);
+            let (next, garbage) = inner.state.write().expect("state poisoned").sweep(
+                cursor.as_ref(),
+                SWEEP_KEYS,
+                SWEEP_ENTRIES,
+            );
+            // Freed with the lock released.
+            drop(garbage);
+            cursor = next;
             drop(inner);
             if cursor.is_none() {
                 break;

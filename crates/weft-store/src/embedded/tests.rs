@@ -820,6 +820,7 @@ proptest! {
     fn sweeping_in_slices_equals_sweeping_at_once(
         ops in proptest::collection::vec(op(), 1..80),
         slice in 1usize..6,
+        entries in 1usize..8,
     ) {
         let now = Instant::now();
         let mut m = Mvcc::default();
@@ -828,11 +829,14 @@ proptest! {
         }
         let reads: Vec<u32> = (m.compact_rev..=m.rev).map(|r| m.hash_at(r)).collect();
         let mut whole = codec::decode_snapshot(&codec::encode_snapshot(&m.snapshot()), now).unwrap();
-        prop_assert_eq!(whole.sweep(None, usize::MAX), None);
+        let (end, _) = whole.sweep(None, usize::MAX, usize::MAX);
+        prop_assert_eq!(end, None);
         let mut cursor = None;
         let mut turns = 0;
         loop {
-            cursor = m.sweep(cursor.as_ref(), slice);
+            let (next, taken) = m.sweep(cursor.as_ref(), slice, entries);
+            prop_assert!(taken.len() <= entries, "{} entries taken, budget {}", taken.len(), entries);
+            cursor = next;
             turns += 1;
             prop_assert!(turns <= 1000, "the sweep does not end");
             if cursor.is_none() { break; }
