@@ -356,7 +356,7 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
     for (key, hist) in &m.keys {
         e.bytes(key.bytes());
         e.u32(hist.len() as u32);
-        for ent in hist {
+        for ent in hist.iter() {
             e.i64(ent.rev);
             e.u32(ent.sub);
             match &ent.kv {
@@ -457,7 +457,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
                 }
             }
         }
-        keys.insert(IndexKey::new(key), hist);
+        keys.insert(IndexKey::new(key), Arc::new(hist));
     }
     d.done()?;
     m.keys = keys;

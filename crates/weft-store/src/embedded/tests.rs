@@ -712,7 +712,7 @@ proptest! {
         }
         let mut index = Keys::new();
         for k in &keys {
-            index.insert(IndexKey::new(Bytes::from(k.clone())), Vec::new());
+            index.insert(IndexKey::new(Bytes::from(k.clone())), Default::default());
         }
         let mut sorted = keys.clone();
         sorted.sort();
