@@ -64,14 +64,20 @@ async fn restart_restores_exactly_the_same_state() {
     assert_eq!(r, before.0.header.revision + 1);
 }
 
-#[tokio::test]
-async fn snapshots_bound_the_log_and_restore_the_same_state() {
+/// A store in a temp dir that snapshots every `bytes` of log, with its options.
+async fn small_snapshots(bytes: u64) -> (tempfile::TempDir, Options, Embedded) {
     let dir = tempfile::tempdir().unwrap();
     let o = Options {
-        snapshot_bytes: 2048,
+        snapshot_bytes: bytes,
         ..opts()
     };
     let s = Embedded::open(dir.path(), o.clone()).await.unwrap();
+    (dir, o, s)
+}
+
+#[tokio::test]
+async fn snapshots_bound_the_log_and_restore_the_same_state() {
+    let (dir, o, s) = small_snapshots(2048).await;
     fill(&s).await;
     for i in 0..300 {
         s.put_kv(format!("s/{}", i % 20), vec![b'v'; 100])
@@ -107,12 +113,7 @@ async fn snapshots_bound_the_log_and_restore_the_same_state() {
 /// rewriting the whole state every `snapshot_bytes` of log.
 #[tokio::test]
 async fn a_large_snapshot_defers_the_next_until_the_log_is_as_large() {
-    let dir = tempfile::tempdir().unwrap();
-    let o = Options {
-        snapshot_bytes: 2048,
-        ..opts()
-    };
-    let s = Embedded::open(dir.path(), o.clone()).await.unwrap();
+    let (dir, o, s) = small_snapshots(2048).await;
     // About 1.1 KB of log per put, 132 KB in all; nothing is compacted.
     for i in 0..120 {
         s.put_kv(format!("big/{i}"), vec![b'v'; 1024])
@@ -156,12 +157,7 @@ async fn a_large_snapshot_defers_the_next_until_the_log_is_as_large() {
 #[tokio::test]
 async fn obsolete_files_are_recycled_and_their_old_records_never_replayed() {
     use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    let o = Options {
-        snapshot_bytes: 4096,
-        ..opts()
-    };
-    let s = Embedded::open(dir.path(), o.clone()).await.unwrap();
+    let (dir, o, s) = small_snapshots(4096).await;
     // Two snapshots: the second makes log 0 and snapshot 1 obsolete (distinct keys
     // overwritten, so the state stays small and snapshots stay frequent).
     s.snapshot().await.unwrap();
