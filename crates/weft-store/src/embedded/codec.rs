@@ -353,21 +353,46 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
         e.i64(*ttl);
     }
     e.u64(m.keys.len() as u64);
-    for (key, hist) in &m.keys {
-        e.bytes(key.bytes());
-        e.u32(hist.len() as u32);
-        for ent in hist.iter() {
-            e.i64(ent.rev);
-            e.u32(ent.sub);
-            match &ent.kv {
-                Some(kv) => {
-                    e.u8(1);
-                    e.i64(kv.create_revision);
-                    e.i64(kv.version);
-                    e.i64(kv.lease);
-                    e.bytes(&kv.value);
+    // Keys are encoded a window at a time, in two passes: the first reads what the encoding
+    // needs from each entry's key-value (a separate allocation: a cache miss or two each,
+    // which were 87 % of the encoder's time) and touches each value's first byte, with no
+    // dependency between entries, so the misses overlap; the second encodes from there.
+    const WINDOW: usize = 32;
+    let mut keys = m.keys.iter();
+    let mut window = Vec::with_capacity(WINDOW);
+    let mut fields: Vec<Option<(i64, i64, i64, &[u8])>> = Vec::new();
+    loop {
+        window.clear();
+        window.extend(keys.by_ref().take(WINDOW));
+        if window.is_empty() {
+            break;
+        }
+        fields.clear();
+        for (_, hist) in &window {
+            for ent in hist.iter() {
+                fields.push(ent.kv.as_deref().map(|kv| {
+                    std::hint::black_box(kv.value.first().copied());
+                    (kv.create_revision, kv.version, kv.lease, &kv.value[..])
+                }));
+            }
+        }
+        let mut field = fields.iter();
+        for (key, hist) in &window {
+            e.bytes(key.bytes());
+            e.u32(hist.len() as u32);
+            for ent in hist.iter() {
+                e.i64(ent.rev);
+                e.u32(ent.sub);
+                match field.next().expect("one field per entry") {
+                    Some((create_revision, version, lease, value)) => {
+                        e.u8(1);
+                        e.i64(*create_revision);
+                        e.i64(*version);
+                        e.i64(*lease);
+                        e.bytes(value);
+                    }
+                    None => e.u8(0),
                 }
-                None => e.u8(0),
             }
         }
         if e.0.len() >= PIECE {
