@@ -360,7 +360,9 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
     const WINDOW: usize = 32;
     let mut keys = m.keys.iter();
     let mut window = Vec::with_capacity(WINDOW);
-    let mut fields: Vec<Option<(i64, i64, i64, &[u8])>> = Vec::new();
+    /// A live entry's create revision, version, lease and value (`None`: a tombstone).
+    type Fields<'a> = Option<(i64, i64, i64, &'a [u8])>;
+    let mut fields: Vec<Fields> = Vec::new();
     loop {
         window.clear();
         window.extend(keys.by_ref().take(WINDOW));
