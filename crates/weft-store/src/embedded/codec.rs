@@ -362,7 +362,7 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
     let mut window = Vec::with_capacity(WINDOW);
     /// A live entry's create revision, version, lease and value (`None`: a tombstone).
     type Fields<'a> = Option<(i64, i64, i64, &'a [u8])>;
-    let mut fields: Vec<Fields> = Vec::new();
+    let mut fields: Vec<Fields<'_>> = Vec::new();
     loop {
         window.clear();
         window.extend(keys.by_ref().take(WINDOW));
