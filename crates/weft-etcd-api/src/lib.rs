@@ -203,13 +203,11 @@ pub async fn serve(
         // The socket leaves this runtime's reactor and joins the worker's.
         match stream.into_std() {
             Ok(s) => {
-                if workers[next % workers.len()].conns.send(s).is_err() {
-                    tracing::error!(
-                        "etcd API connection thread {} is gone",
-                        next % workers.len()
-                    );
-                }
+                let i = next % workers.len();
                 next = next.wrapping_add(1);
+                if workers[i].conns.send(s).is_err() {
+                    tracing::error!("etcd API connection thread {i} is gone");
+                }
             }
             Err(e) => tracing::warn!("etcd API connection dropped: {e}"),
         }
@@ -573,8 +571,7 @@ impl EtcdApi {
         })
     }
 
-    pub(crate) async fn kv_delete(&self, req: PbDeleteRequest) -> Result<PbDeleteResponse, Status> {
-        let d = req;
+    pub(crate) async fn kv_delete(&self, d: PbDeleteRequest) -> Result<PbDeleteResponse, Status> {
         let r = self
             .store
             .delete(ws::DeleteRequest {
@@ -590,8 +587,7 @@ impl EtcdApi {
         })
     }
 
-    pub(crate) async fn kv_txn(&self, req: PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        let t = req;
+    pub(crate) async fn kv_txn(&self, t: PbTxnRequest) -> Result<PbTxnResponse, Status> {
         let compare = t
             .compare
             .into_iter()

@@ -79,8 +79,8 @@ const RECENT_REVISIONS: usize = 8192;
 /// blocking reads and writes for a time proportional to the state's size. Each history is
 /// behind its own `Arc`: a write to a tree node a snapshot shares copies the node, and with
 /// histories inline that copied every history in it (64 keys with 45k revisions each: 2.9M
-/// entries, a stall of a few hundred ms under the state lock); now it copies 64 pointers, and
-/// the one history written is copied if the snapshot shares it.
+/// entries); now it copies the node's pointers, and the one history written is copied if the
+/// snapshot shares it.
 pub(crate) type Keys = imbl::OrdMap<IndexKey, Arc<Vec<Entry>>>;
 
 /// How many leading bytes of a key [`IndexKey`] keeps inline.
@@ -350,11 +350,14 @@ impl Mvcc {
         }
         // Only the histories that change are touched, so that nodes shared with a snapshot
         // still being written are not copied needlessly.
-        let mut garbage = Vec::with_capacity(max_entries.saturating_sub(budget).min(1 << 16));
+        let mut garbage = Vec::new();
         for (key, n) in due {
             if let Some(hist) = self.keys.get_mut(&key) {
-                let hist = Arc::make_mut(hist);
-                garbage.extend(hist.drain(..n));
+                match Arc::get_mut(hist) {
+                    Some(h) => garbage.extend(h.drain(..n)),
+                    // A snapshot shares it: its entries stay there; copy only the rest.
+                    None => *hist = Arc::new(hist[n..].to_vec()),
+                }
                 if hist.is_empty() {
                     self.keys.remove(&key);
                 }
