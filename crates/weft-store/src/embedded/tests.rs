@@ -827,6 +827,10 @@ proptest! {
         let mut whole = codec::decode_snapshot(&codec::encode_snapshot(&m.snapshot()), now).unwrap();
         let (end, _) = whole.sweep(None, usize::MAX, usize::MAX);
         prop_assert_eq!(end, None);
+        // A snapshot held during the sweep keeps every entry it had (histories it shares are
+        // copied, not trimmed in place).
+        let held = m.snapshot();
+        let held_before = codec::encode_snapshot(&held);
         let mut cursor = None;
         let mut turns = 0;
         loop {
@@ -837,6 +841,7 @@ proptest! {
             prop_assert!(turns <= 1000, "the sweep does not end");
             if cursor.is_none() { break; }
         }
+        prop_assert_eq!(codec::encode_snapshot(&held), held_before);
         prop_assert_eq!(
             codec::encode_snapshot(&m.snapshot()),
             codec::encode_snapshot(&whole.snapshot())
