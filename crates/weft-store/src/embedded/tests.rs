@@ -972,3 +972,75 @@ fn old_files_larger_than_a_step_are_removed() {
     wal::remove_gradually(&path);
     assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+/// Records the largest single write and the syncs of a snapshot being written.
+struct PieceSink {
+    out: std::io::Cursor<Vec<u8>>,
+    largest: usize,
+}
+
+impl std::io::Write for PieceSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.largest = self.largest.max(buf.len());
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl std::io::Seek for PieceSink {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.out.seek(pos)
+    }
+}
+
+/// A state whose few keys have long histories (nothing compacted: what a benchmark's
+/// compare-and-swap loop leaves) is written in pieces of about 1 MiB, each followed by its
+/// sync, like a state of many short histories; one piece per window of keys made a 30 MB
+/// write and sync, and the log's durable writes waited behind it. It still reads back whole.
+#[test]
+fn long_histories_are_written_in_bounded_pieces() {
+    let now = Instant::now();
+    let mut m = Mvcc::default();
+    let value = Bytes::from(vec![7u8; 200]);
+    for i in 0..12_000u32 {
+        let mut w = Writer::new(&mut m, now);
+        let k = Bytes::from(format!("cas/{}", i % 3));
+        if i % 1000 == 999 {
+            w.delete_key(&k);
+        } else {
+            w.put(k, value.clone(), 0);
+        }
+        if i % 100 == 0 {
+            w.put(Bytes::from(format!("short/{i}")), value.clone(), 0);
+        }
+        w.finish();
+    }
+    let snap = m.snapshot();
+    let mut sink = PieceSink {
+        out: std::io::Cursor::new(Vec::new()),
+        largest: 0,
+    };
+    let mut syncs = 0;
+    let len = codec::write_snapshot(&snap, &mut sink, 1 << 20, |_| {
+        syncs += 1;
+        Ok(())
+    })
+    .unwrap();
+    let bytes = sink.out.into_inner();
+    assert_eq!(len, bytes.len() as u64);
+    assert!(len > 2_500_000, "the state is several pieces long: {len}");
+    // A window of keys holds at most 1024 entries (about 240 KB here) past the 1 MiB piece.
+    assert!(
+        sink.largest < (1 << 20) + 300_000,
+        "largest write {} bytes of {len}",
+        sink.largest
+    );
+    assert!(syncs as u64 >= len / ((1 << 20) + 300_000), "{syncs} syncs for {len} bytes");
+    let back = codec::decode_snapshot(&bytes, now).unwrap();
+    for rev in [1, m.rev / 2, m.rev] {
+        assert_eq!(back.hash_at(rev), m.hash_at(rev), "revision {rev}");
+    }
+    assert_eq!(bytes, codec::encode_snapshot(&snap));
+}
