@@ -1037,7 +1037,10 @@ fn long_histories_are_written_in_bounded_pieces() {
         "largest write {} bytes of {len}",
         sink.largest
     );
-    assert!(syncs as u64 >= len / ((1 << 20) + 300_000), "{syncs} syncs for {len} bytes");
+    assert!(
+        syncs as u64 >= len / ((1 << 20) + 300_000),
+        "{syncs} syncs for {len} bytes"
+    );
     let back = codec::decode_snapshot(&bytes, now).unwrap();
     for rev in [1, m.rev / 2, m.rev] {
         assert_eq!(back.hash_at(rev), m.hash_at(rev), "revision {rev}");
