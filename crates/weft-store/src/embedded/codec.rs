@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::mvcc::{Batch, Change, Entry, IndexKey, Keys, Lease, Mvcc, Snapshot};
+use super::mvcc::{Batch, Change, Entry, History, IndexKey, Keys, Lease, Mvcc, Snapshot};
 use crate::types::KeyValue;
 
 /// Size of a record header.
@@ -368,8 +368,10 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
     /// A part of one key's history: with the key and the history's length if it starts it.
     type Segment<'a> = (Option<(&'a [u8], usize)>, &'a [Entry]);
     let mut window: Vec<Segment<'_>> = Vec::with_capacity(WINDOW);
-    // The key being encoded, its history, and how much of it is done.
-    let mut cur: Option<(&[u8], &[Entry], usize)> = None;
+    // The key being encoded: its head if not written yet, the parts of its history to go,
+    // the current one and how much of it is done.
+    type Cursor<'a, P> = (Option<(&'a [u8], usize)>, P, &'a [Entry], usize);
+    let mut cur = None;
     /// A live entry's create revision, version, lease and value (`None`: a tombstone).
     type Fields<'a> = Option<(i64, i64, i64, &'a [u8])>;
     let mut fields: Vec<Fields<'_>> = Vec::with_capacity(WINDOW_ENTRIES);
@@ -377,19 +379,24 @@ pub(crate) fn write_snapshot<W: std::io::Write + std::io::Seek>(
         window.clear();
         let mut entries = 0;
         while entries < WINDOW_ENTRIES && window.len() < WINDOW {
-            let (key, hist, done) = match cur.take() {
+            let (head, mut parts, part, done): Cursor<'_, _> = match cur.take() {
                 Some(c) => c,
                 None => match keys.next() {
-                    Some((k, h)) => (&k.bytes()[..], &h[..], 0),
+                    Some((k, h)) => {
+                        let mut parts = h.parts();
+                        let first = parts.next().unwrap_or_default();
+                        (Some((&k.bytes()[..], h.len())), parts, first, 0)
+                    }
                     None => break,
                 },
             };
-            let n = (hist.len() - done).min(WINDOW_ENTRIES - entries);
-            let head = (done == 0).then_some((key, hist.len()));
-            window.push((head, &hist[done..done + n]));
+            let n = (part.len() - done).min(WINDOW_ENTRIES - entries);
+            window.push((head, &part[done..done + n]));
             entries += n;
-            if done + n < hist.len() {
-                cur = Some((key, hist, done + n));
+            if done + n < part.len() {
+                cur = Some((None, parts, part, done + n));
+            } else if let Some(next) = parts.next() {
+                cur = Some((None, parts, next, 0));
             }
         }
         if window.is_empty() {
@@ -484,7 +491,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
         let key = d.bytes()?;
         let ne = d.u32()?;
         let ne = d.count(ne as u64, 13)?;
-        let mut hist = Vec::with_capacity(ne);
+        let mut hist = History::default();
         for _ in 0..ne {
             let rev = d.i64()?;
             let sub = d.u32()?;

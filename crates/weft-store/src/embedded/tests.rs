@@ -1047,3 +1047,38 @@ fn long_histories_are_written_in_bounded_pieces() {
     }
     assert_eq!(bytes, codec::encode_snapshot(&snap));
 }
+
+/// A write to a long history that a snapshot shares copies the chunks' pointers and the
+/// tail, not the entries: the oldest entries' key-values stay held once, by the one chunk
+/// both share (a whole-history copy held each twice and stalled writes after a snapshot).
+/// Reads at every revision, and the snapshot, are unchanged by the write.
+#[test]
+fn writes_after_a_snapshot_share_the_full_chunks_of_a_history() {
+    let now = Instant::now();
+    let mut m = Mvcc::default();
+    for i in 0..1000u32 {
+        let mut w = Writer::new(&mut m, now);
+        w.put(Bytes::from_static(b"cas"), Bytes::from(i.to_string()), 0);
+        w.finish();
+    }
+    let snap = m.snapshot();
+    let before = codec::encode_snapshot(&snap);
+    let reads: Vec<u32> = (1..=m.rev).map(|r| m.hash_at(r)).collect();
+    let mut w = Writer::new(&mut m, now);
+    w.put(Bytes::from_static(b"cas"), Bytes::from_static(b"new"), 0);
+    w.finish();
+    let ik = IndexKey::new(Bytes::from_static(b"cas"));
+    let (ours, theirs) = (&m.keys[&ik], &snap.keys[&ik]);
+    assert!(!Arc::ptr_eq(ours, theirs), "the written history is a copy");
+    let oldest = ours.iter().next().unwrap().kv.as_ref().unwrap();
+    assert_eq!(
+        Arc::strong_count(oldest),
+        1,
+        "held by the shared chunk only"
+    );
+    assert_eq!(ours.len(), 1001);
+    assert_eq!(theirs.len(), 1000);
+    let after: Vec<u32> = (1..=m.rev - 1).map(|r| m.hash_at(r)).collect();
+    assert_eq!(after, reads);
+    assert_eq!(codec::encode_snapshot(&snap), before);
+}
