@@ -16,7 +16,9 @@
 # machine's speed drifts). CONNS (default 16) is the number of gRPC connections the clients
 # share; TRANSPORT (balanced or direct, see `weft bench etcd-api --help`) is how they connect;
 # CLIENT_THREADS is the client's runtime threads (`--client-threads`, default one per core);
-# WEFT_ARGS are extra `weft up` options. SERVER_CPUS and CLIENT_CPUS (taskset CPU lists) pin
+# WEFT_ARGS are extra `weft up` options; WEFT_BIN runs (and measures with) that weft binary
+# instead of building this checkout, CLIENT_BIN measures with another one (the same for both
+# servers), so that a server change can be measured with an unchanged client. SERVER_CPUS and CLIENT_CPUS (taskset CPU lists) pin
 # both servers to some cores and the client to others, as if the client ran on another
 # machine: each server then has the same cores, whatever the client costs against it.
 # Prints markdown tables.
@@ -43,8 +45,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 command -v etcd >/dev/null || { echo "missing etcd: apt-get install -y etcd-server" >&2; exit 1; }
 command -v etcdctl >/dev/null || { echo "missing etcdctl: apt-get install -y etcd-client" >&2; exit 1; }
-(cd "$ROOT" && cargo build --release -q -p weft --features etcd)
-WEFT="$ROOT/target/release/weft"
+if [ -n "${WEFT_BIN:-}" ]; then
+    WEFT=$WEFT_BIN
+else
+    (cd "$ROOT" && cargo build --release -q -p weft --features etcd)
+    WEFT="$ROOT/target/release/weft"
+fi
+CLIENT=${CLIENT_BIN:-$WEFT}
 
 
 EC=$(free_port); EP=$(free_port); WH=$(free_port); WE=$(free_port)
@@ -70,14 +77,14 @@ for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
         sleep 0.1
     done
 done
-"${ON_CLIENT[@]}" "$WEFT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
+"${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
     --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
 
 echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
-    "${ON_CLIENT[@]}" "$WEFT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
+    "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
         --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
         --workloads "$WORKLOADS" --clients "$CLIENTS"
