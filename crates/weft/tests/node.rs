@@ -327,3 +327,26 @@ fn shard_analyze_reports_every_algorithm_and_plots() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: ring"));
 }
+
+/// The node runs without transparent huge pages (its own process only: the flag is read
+/// back from the kernel), and a client process such as `weft kv` keeps them.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_node_runs_without_transparent_huge_pages() {
+    let status = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()))
+    };
+    let Some(ours) = status(std::process::id()) else {
+        eprintln!("this kernel does not report THP_enabled in /proc/PID/status: nothing to check");
+        return;
+    };
+    assert_eq!(ours, "1", "the test process has huge pages allowed");
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let (code, _, _) = weft(&["kv", "put", "a", "1"], &node.endpoint, None);
+    assert_eq!(code, 0);
+    assert_eq!(status(node.child.id()).as_deref(), Some("0"));
+}
