@@ -328,8 +328,8 @@ fn shard_analyze_reports_every_algorithm_and_plots() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("allowed: ring"));
 }
 
-/// The node runs without transparent huge pages (its own process only: the flag is read
-/// back from the kernel), and a client process such as `weft kv` keeps them.
+/// The node runs without transparent huge pages (the flag is read back from the kernel);
+/// the process that started it keeps them.
 #[cfg(target_os = "linux")]
 #[test]
 fn the_node_runs_without_transparent_huge_pages() {
