@@ -98,7 +98,9 @@ async fn paths_and_shutdown(threads: usize) {
 }
 
 /// Accepted connections go to the connection threads in turn: with 4 connections busy on 2
-/// threads, each thread runs many times (a thread that served nothing runs once or twice).
+/// threads, each thread runs many times (a thread that served nothing runs once or twice;
+/// one serving 200 sequential puts ran 57 to several hundred times here, fewer when its two
+/// connections' requests arrive together and are served in one run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_the_connection_threads() {
     let s = start_with(2).await;
@@ -140,7 +142,7 @@ async fn connections_are_spread_over_the_connection_threads() {
     let after = [runs("weft-etcd-0"), runs("weft-etcd-1")];
     for i in 0..2 {
         assert!(
-            after[i] - before[i] >= 100,
+            after[i] - before[i] >= 20,
             "thread weft-etcd-{i} ran {} times for 400 puts on 4 connections",
             after[i] - before[i]
         );
