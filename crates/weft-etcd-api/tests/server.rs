@@ -41,6 +41,15 @@ async fn paths_and_shutdown(threads: usize) {
     // Tonic's path on the same client: a lease and a watch stream.
     let lease = c.lease_grant(30, None).await.unwrap();
     let mut stream = c.watch("a", None).await.unwrap();
+    // The first message confirms the watch; only a write after it is sure to be seen
+    // (etcd-client returns the stream before the server has read the create request, and
+    // a put on another stream of the connection may be applied first, as with etcd).
+    let created = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("watch created in time")
+        .unwrap()
+        .unwrap();
+    assert!(created.created(), "{created:?}");
     c.put(
         "a",
         "3",
@@ -48,7 +57,6 @@ async fn paths_and_shutdown(threads: usize) {
     )
     .await
     .unwrap();
-    // The first message confirms the watch; events follow.
     let ev = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             let m = stream.message().await.unwrap().unwrap();
@@ -95,60 +103,6 @@ async fn paths_and_shutdown(threads: usize) {
             .map(|m| m.map(|m| m.events().len() as i64)),
     );
     ended(acks.message().await.map(|m| m.map(|m| m.ttl())));
-}
-
-/// Accepted connections go to the connection threads in turn: with 4 connections busy on 2
-/// threads, each thread runs many times (a thread that served nothing runs once or twice;
-/// one serving 200 sequential puts ran 57 to several hundred times here, fewer when its two
-/// connections' requests arrive together and are served in one run).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_are_spread_over_the_connection_threads() {
-    let s = start_with(2).await;
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(client(&s).await);
-    }
-    let runs = |name: &str| -> u64 {
-        // /proc/self/task/TID/schedstat: run time, wait time, timeslices run.
-        let mut total = 0;
-        for t in std::fs::read_dir("/proc/self/task").unwrap() {
-            let dir = t.unwrap().path();
-            let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-            if comm.trim() == name {
-                let st = std::fs::read_to_string(dir.join("schedstat")).unwrap();
-                total += st
-                    .split_whitespace()
-                    .nth(2)
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap();
-            }
-        }
-        total
-    };
-    let before = [runs("weft-etcd-0"), runs("weft-etcd-1")];
-    let mut tasks = Vec::new();
-    for (i, mut c) in clients.into_iter().enumerate() {
-        tasks.push(tokio::spawn(async move {
-            for j in 0..100 {
-                c.put(format!("k{i}"), format!("{j}"), None).await.unwrap();
-            }
-            c
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let after = [runs("weft-etcd-0"), runs("weft-etcd-1")];
-    for i in 0..2 {
-        assert!(
-            after[i] - before[i] >= 20,
-            "thread weft-etcd-{i} ran {} times for 400 puts on 4 connections",
-            after[i] - before[i]
-        );
-    }
-    let _ = s.stop.send(());
-    s.task.await.unwrap().unwrap();
 }
 
 #[tokio::test]
