@@ -67,16 +67,6 @@ impl Garbage {
     }
 }
 
-impl From<Vec<Entry>> for History {
-    fn from(v: Vec<Entry>) -> Self {
-        let mut h = History::default();
-        for e in v {
-            h.push(e);
-        }
-        h
-    }
-}
-
 impl History {
     /// Appends an entry (newer than every entry in it).
     pub fn push(&mut self, e: Entry) {
