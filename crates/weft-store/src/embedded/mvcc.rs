@@ -54,17 +54,6 @@ pub(crate) struct History {
 pub(crate) struct Garbage {
     chunks: Vec<Arc<[Entry]>>,
     entries: Vec<Entry>,
-    #[cfg(test)]
-    taken: usize,
-}
-
-#[cfg(test)]
-impl Garbage {
-    /// How many entries were taken out of histories (a chunk cut in the middle is here
-    /// whole, the part kept having been copied).
-    pub fn len(&self) -> usize {
-        self.taken
-    }
 }
 
 impl History {
@@ -125,32 +114,26 @@ impl History {
         (part, self.part(part).partition_point(pred))
     }
 
-    /// The entry just before position `(part, off)`.
+    /// The entry just before position `(part, off)` (chunks are never empty, so at the start
+    /// of a part it is the last of the part before).
     fn before(&self, (part, off): (usize, usize)) -> Option<&Entry> {
-        if off > 0 {
-            return self.part(part).get(off - 1);
+        match off.checked_sub(1) {
+            Some(i) => self.part(part).get(i),
+            None => part.checked_sub(1).and_then(|p| self.chunks[p].last()),
         }
-        (0..part).rev().find_map(|p| self.part(p).last())
     }
 
     /// Entries from position `(part, off)` on.
     fn iter_from(&self, (part, off): (usize, usize)) -> impl Iterator<Item = &Entry> + '_ {
-        self.parts().skip(part).enumerate().flat_map(move |(i, p)| {
-            if i == 0 {
-                &p[off.min(p.len())..]
-            } else {
-                p
-            }
-        })
+        self.parts()
+            .skip(part)
+            .enumerate()
+            .flat_map(move |(i, p)| if i == 0 { &p[off..] } else { p })
     }
 
     /// How many entries come before position `(part, off)`.
     fn index(&self, (part, off): (usize, usize)) -> usize {
-        self.chunks[..part.min(self.chunks.len())]
-            .iter()
-            .map(|c| c.len())
-            .sum::<usize>()
-            + off
+        self.chunks[..part].iter().map(|c| c.len()).sum::<usize>() + off
     }
 
     /// The entry visible at `rev`.
@@ -167,10 +150,6 @@ impl History {
     /// Takes out the `n` oldest entries into `garbage`. Chunks shared with a snapshot stay
     /// intact there: a chunk cut in the middle is copied from the cut on.
     fn drop_front(&mut self, mut n: usize, garbage: &mut Garbage) {
-        #[cfg(test)]
-        {
-            garbage.taken += n.min(self.len());
-        }
         let mut whole = 0;
         while whole < self.chunks.len() && n >= self.chunks[whole].len() {
             n -= self.chunks[whole].len();
