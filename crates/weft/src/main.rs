@@ -827,7 +827,7 @@ async fn up(a: UpArgs) -> Result<()> {
     // first (8 % of the connection thread's time under put load here). Halved the node's p99
     // against etcd's clients at equal throughput (docs/benchmarks.md, thirteenth run), as
     // Redis and MongoDB advise for the same reason; watch fan-out pays about 10 % more CPU
-    // per event (TLB misses). The flag covers this process only.
+    // per event (probably TLB misses). The flag covers this process only.
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!("cannot turn transparent huge pages off: {e}");
