@@ -18,9 +18,10 @@
 # CLIENT_THREADS is the client's runtime threads (`--client-threads`, default one per core);
 # WEFT_ARGS are extra `weft up` options; WEFT_BIN runs (and measures with) that weft binary
 # instead of building this checkout, CLIENT_BIN measures with another one (the same for both
-# servers), so that a server change can be measured with an unchanged client. SERVER_CPUS and CLIENT_CPUS (taskset CPU lists) pin
-# both servers to some cores and the client to others, as if the client ran on another
-# machine: each server then has the same cores, whatever the client costs against it.
+# servers), so that a server change can be measured with an unchanged client. SERVER_CPUS
+# and CLIENT_CPUS (taskset CPU lists) pin both servers to some cores and the client to
+# others, as if the client ran on another machine: each server then has the same cores,
+# whatever the client costs against it.
 # Prints markdown tables.
 set -euo pipefail
 
@@ -80,7 +81,7 @@ done
 "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
     --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft $(git -C "$ROOT" rev-parse --short HEAD), $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft ${WEFT_BIN:-$(git -C "$ROOT" rev-parse --short HEAD)}${CLIENT_BIN:+ (client $CLIENT_BIN)}, $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
