@@ -372,6 +372,48 @@ async fn direct_io_writes_zeros_ahead_and_later_writes_fill_them() {
     assert_eq!(s.get("z/39").await.unwrap().unwrap().value.len(), 300);
 }
 
+/// After a restart the log does not take its blocks past the data as written (a recycled log
+/// has unwritten extents there, here a hole): it writes zeros ahead again, so later writes
+/// overwrite allocated blocks instead of each allocating one.
+#[tokio::test]
+async fn a_reopened_log_writes_zeros_ahead_again() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    if !takes_direct_io(dir.path()) {
+        eprintln!("no O_DIRECT on this file system: nothing to check");
+        return;
+    }
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    for i in 0..100 {
+        s.put_kv(format!("r/{i}"), "x".repeat(300)).await.unwrap();
+    }
+    drop(s);
+    let path = wal_path(dir.path());
+    // Past the data's last block, blocks the file does not have.
+    let end = data_end(&path);
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(end.div_ceil(4096) * 4096).unwrap();
+    f.set_len(4 << 20).unwrap();
+    drop(f);
+    let held = fs::metadata(&path).unwrap().blocks() * 512;
+    assert!(
+        held < end + 8192,
+        "{held} bytes allocated for {end} of data"
+    );
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    // Past the data's last block.
+    s.put_kv("r/after", "y".repeat(5000)).await.unwrap();
+    let allocated = fs::metadata(&path).unwrap().blocks() * 512;
+    assert!(
+        allocated >= end + 60 * 1024,
+        "no zeros ahead of the data end {end}: {allocated} bytes allocated"
+    );
+    drop(s);
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(s.get("r/99").await.unwrap().unwrap().value.len(), 300);
+    assert_eq!(s.get("r/after").await.unwrap().unwrap().value.len(), 5000);
+}
+
 #[tokio::test]
 async fn damage_in_the_middle_refuses_to_start_naming_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();

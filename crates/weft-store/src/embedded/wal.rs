@@ -358,10 +358,16 @@ impl LogFile {
             end,
             size,
             // A recycled spare's blocks are unwritten extents (they read as zeros): zeros are
-            // written ahead into them as into a new file. (Reopened after a restart, a log is
-            // taken as written to its length: in a recycled one, writes past the zeros written
-            // ahead cost an extent conversion each until the next log.)
-            zeroed: if recycled { 0 } else { size },
+            // written ahead into them as into a new file. Reopened after a restart, a log is
+            // known to be written only up to its data (past it, a recycled log has unwritten
+            // extents, and the zeros written ahead end somewhere unknown), so zeros are
+            // written ahead again from there: without that, every write past the old zeros
+            // cost the file system an extent conversion until the next log.
+            zeroed: if recycled {
+                0
+            } else {
+                end.div_ceil(BLOCK as u64) * BLOCK as u64
+            },
             sync: io.sync,
             direct,
             tail: if direct { tail } else { Vec::new() },
