@@ -786,7 +786,7 @@ impl Store for EmbeddedRef {
             .await?;
         Ok(PutResponse {
             header: ResponseHeader { revision: rev },
-            prev_kv: prev.filter(|_| prev_kv),
+            prev_kv: prev.filter(|_| prev_kv).map(Arc::unwrap_or_clone),
         })
     }
 
@@ -828,7 +828,7 @@ impl Store for EmbeddedRef {
                             let prev = w.put(p.key.clone(), p.value.clone(), p.lease);
                             TxnOpResponse::Put(PutResponse {
                                 header: ResponseHeader::default(),
-                                prev_kv: prev.filter(|_| p.prev_kv),
+                                prev_kv: prev.filter(|_| p.prev_kv).map(Arc::unwrap_or_clone),
                             })
                         }
                         TxnOp::Delete(d) => {

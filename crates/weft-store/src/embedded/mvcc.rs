@@ -304,7 +304,7 @@ pub(crate) struct Mvcc {
     pub rev: i64,
     pub compact_rev: i64,
     pub leases: HashMap<i64, Lease>,
-    pub recent: VecDeque<(i64, Arc<[Event]>)>,
+    pub recent: VecDeque<(i64, Arc<[Recorded]>)>,
     pub lease_counter: u64,
 }
 
@@ -392,7 +392,11 @@ impl Mvcc {
                     if *rev > to {
                         break;
                     }
-                    out.extend(evs.iter().filter(|e| range.contains(&e.kv.key)).cloned());
+                    out.extend(
+                        evs.iter()
+                            .filter(|e| range.contains(&e.kv.key))
+                            .map(Recorded::to_event),
+                    );
                 }
                 return Ok(out);
             }
@@ -617,13 +621,34 @@ fn make_event(key: &Bytes, e: &Entry, prev: Option<KeyValue>) -> Event {
     }
 }
 
+/// An event as the ring of recent revisions keeps it: its key-value pairs are the ones the key
+/// histories hold, shared, so recording an event costs two reference counts, not copies of
+/// four `Bytes` handles (each an atomic count of its own) that are dropped again 8192
+/// revisions later. A watcher's [`Event`] is made when it is read.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    kind: EventType,
+    kv: Arc<KeyValue>,
+    prev: Option<Arc<KeyValue>>,
+}
+
+impl Recorded {
+    fn to_event(&self) -> Event {
+        Event {
+            kind: self.kind,
+            kv: (*self.kv).clone(),
+            prev_kv: self.prev.as_deref().cloned(),
+        }
+    }
+}
+
 /// Applies one write (all its changes at one revision) and records it as a [`Batch`].
 /// Callers validate first: a writer method never fails half-way.
 pub(crate) struct Writer<'a> {
     pub m: &'a mut Mvcc,
     pub batch: Batch,
     now: Instant,
-    events: Vec<Event>,
+    events: Vec<Recorded>,
 }
 
 impl<'a> Writer<'a> {
@@ -641,7 +666,9 @@ impl<'a> Writer<'a> {
         self.m.rev + 1
     }
 
-    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<KeyValue> {
+    /// Puts `key`; returns its previous pair (shared with its history: copy it only if the
+    /// caller asked for it).
+    pub fn put(&mut self, key: Bytes, value: Bytes, lease: i64) -> Option<Arc<KeyValue>> {
         let rev = self.rev();
         let sub = self.batch.changes.len() as u32;
         // One index lookup for a key that exists (imbl's `entry` takes two: `contains_key`,
@@ -651,7 +678,7 @@ impl<'a> Writer<'a> {
         let prev = hist
             .as_ref()
             .and_then(|h| h.last())
-            .and_then(|e| e.kv.as_deref().cloned());
+            .and_then(|e| e.kv.clone());
         let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
             None => (rev, 1),
@@ -690,10 +717,10 @@ impl<'a> Writer<'a> {
                 l.keys.insert(key.clone());
             }
         }
-        self.events.push(Event {
+        self.events.push(Recorded {
             kind: EventType::Put,
-            kv: (*kv).clone(),
-            prev_kv: prev.clone(),
+            kv,
+            prev: prev.clone(),
         });
         self.batch.changes.push(Change::Put { key, value, lease });
         prev
@@ -704,17 +731,24 @@ impl<'a> Writer<'a> {
         let rev = self.rev();
         let sub = self.batch.changes.len() as u32;
         let hist = self.m.keys.get_mut(&IndexKey::new(key.clone()))?;
-        let prev = hist.last()?.kv.as_deref().cloned()?;
+        let prev = hist.last()?.kv.clone()?;
         Arc::make_mut(hist).push(Entry { rev, sub, kv: None });
         if prev.lease != 0 {
             if let Some(l) = self.m.leases.get_mut(&prev.lease) {
                 l.keys.remove(key);
             }
         }
-        let e = Entry { rev, sub, kv: None };
-        self.events.push(make_event(key, &e, Some(prev.clone())));
+        self.events.push(Recorded {
+            kind: EventType::Delete,
+            kv: Arc::new(KeyValue {
+                key: key.clone(),
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            prev: Some(prev.clone()),
+        });
         self.batch.changes.push(Change::Delete { key: key.clone() });
-        Some(prev)
+        Some((*prev).clone())
     }
 
     /// Deletes every live key in `range`; returns their previous pairs.
