@@ -292,10 +292,28 @@ pub fn parse_pids(pairs: &[String]) -> Result<std::collections::HashMap<String, 
         .collect()
 }
 
-/// CPU time (user + system, in clock ticks of 10 ms) of this process and of a server.
+/// CPU time (user + system, in clock ticks of 10 ms) of this process and of a server, and
+/// each core's idle and total ticks (from `/proc/stat`; empty where it cannot be read).
 pub struct CpuSample {
     me: u64,
     server: Option<u64>,
+    cores: Vec<(u64, u64)>,
+}
+
+/// Each core's `(idle + iowait, total)` ticks from the `cpuN` lines of `/proc/stat`.
+fn parse_cores(stat: &str) -> Vec<(u64, u64)> {
+    stat.lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(|v| v.parse().ok())
+                .collect::<Option<_>>()?;
+            let idle = f.get(3)? + f.get(4)?;
+            Some((idle, f.iter().take(8).sum()))
+        })
+        .collect()
 }
 
 fn cpu_ticks(pid: &str) -> Result<u64> {
@@ -321,7 +339,31 @@ impl CpuSample {
         Ok(CpuSample {
             me: cpu_ticks("self")?,
             server: server.map(|p| cpu_ticks(&p.to_string())).transpose()?,
+            cores: std::fs::read_to_string("/proc/stat")
+                .map(|s| parse_cores(&s))
+                .unwrap_or_default(),
         })
+    }
+
+    /// Each core's idle share (idle and I/O wait) since `before`, in percent, as
+    /// `"9 / 24"`; `"-"` where `/proc/stat` cannot be read. One core idling while the other
+    /// is saturated shows here, where the machine's total would hide it.
+    pub fn idle_since(&self, before: &CpuSample) -> String {
+        if self.cores.is_empty() || self.cores.len() != before.cores.len() {
+            return "-".into();
+        }
+        self.cores
+            .iter()
+            .zip(&before.cores)
+            .map(|((i1, t1), (i0, t0))| {
+                let total = t1.saturating_sub(*t0).max(1);
+                format!(
+                    "{:.0}",
+                    i1.saturating_sub(*i0) as f64 * 100.0 / total as f64
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" / ")
     }
 
     /// CPU µs per operation of the server (if sampled) and of this client since `before`.
@@ -393,4 +435,33 @@ pub async fn run(
         all.extend(t.await??);
     }
     Ok(percentiles(all, start.elapsed().as_secs_f64()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lines_of_proc_stat_are_parsed() {
+        let stat = "cpu  100 0 50 800 50 0 10 0 0 0\n\
+                    cpu0 60 0 20 300 20 0 5 0 0 0\n\
+                    cpu1 40 0 30 500 30 0 5 0 0 0\n\
+                    intr 12345 0 0\n\
+                    cpuX 1 2 3\n";
+        assert_eq!(parse_cores(stat), vec![(320, 405), (530, 605)]);
+        assert!(parse_cores("intr 1 2\n").is_empty());
+    }
+
+    #[test]
+    fn idle_is_given_per_core() {
+        let at = |cores: Vec<(u64, u64)>| CpuSample {
+            me: 0,
+            server: None,
+            cores,
+        };
+        let before = at(vec![(100, 1000), (100, 1000)]);
+        let after = at(vec![(110, 1100), (150, 1200)]);
+        assert_eq!(after.idle_since(&before), "10 / 25");
+        assert_eq!(after.idle_since(&at(Vec::new())), "-");
+    }
 }

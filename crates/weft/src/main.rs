@@ -603,8 +603,8 @@ fn main() -> Result<()> {
                     println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs |");
                     println!("|---|---|---|---|---|---|---|");
                 } else {
-                    println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs | server CPU µs/op | client CPU µs/op |");
-                    println!("|---|---|---|---|---|---|---|---|---|");
+                    println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs | server CPU µs/op | client CPU µs/op | idle % per core |");
+                    println!("|---|---|---|---|---|---|---|---|---|---|");
                 }
                 for w in &workloads {
                     for c in &clients {
@@ -615,11 +615,12 @@ fn main() -> Result<()> {
                             let pid = pids.get(name).copied();
                             let before = bench::CpuSample::take(pid)?;
                             let cell = bench::run(url, w, *c, conns, transport, dur).await?;
-                            let cpu = bench::CpuSample::take(pid)?.since(&before, cell.ops);
-                            let cpu = match (pids.is_empty(), cpu) {
+                            let after = bench::CpuSample::take(pid)?;
+                            let idle = after.idle_since(&before);
+                            let cpu = match (pids.is_empty(), after.since(&before, cell.ops)) {
                                 (true, _) => String::new(),
-                                (false, (Some(s), c)) => format!(" {s:.1} | {c:.1} |"),
-                                (false, (None, c)) => format!(" | {c:.1} |"),
+                                (false, (Some(s), c)) => format!(" {s:.1} | {c:.1} | {idle} |"),
+                                (false, (None, c)) => format!(" | {c:.1} | {idle} |"),
                             };
                             println!(
                                 "| {w} | {c} | {name} | {:.0} | {} | {} | {} |{cpu}",
