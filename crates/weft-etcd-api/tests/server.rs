@@ -38,8 +38,31 @@ async fn paths_and_shutdown(threads: usize) {
     // Errors from the fast path carry etcd's codes and messages.
     let err = c.get("", None).await.unwrap_err();
     assert!(err.to_string().contains("key is not provided"), "{err}");
-    // Tonic's path on the same client: a lease and a watch stream.
-    let lease = c.lease_grant(30, None).await.unwrap();
+    // Lease errors carry etcd's codes and messages (tonic's path).
+    let err = c.lease_revoke(0x7eed).await.unwrap_err();
+    assert!(
+        matches!(&err, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::NotFound
+            && s.message() == "etcdserver: requested lease not found"),
+        "{err}"
+    );
+    let lease = c
+        .lease_grant(
+            30,
+            Some(etcd_client::LeaseGrantOptions::new().with_id(0x7eed)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(lease.id(), 0x7eed);
+    assert_eq!(lease.ttl(), 30);
+    let err = c
+        .lease_grant(
+            30,
+            Some(etcd_client::LeaseGrantOptions::new().with_id(0x7eed)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lease already exists"), "{err}");
+    // Tonic's path on the same client: a watch stream.
     let mut stream = c.watch("a", None).await.unwrap();
     // The first message confirms the watch; only a write after it is sure to be seen
     // (etcd-client returns the stream before the server has read the create request, and
