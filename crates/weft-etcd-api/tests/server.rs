@@ -45,22 +45,11 @@ async fn paths_and_shutdown(threads: usize) {
             && s.message() == "etcdserver: requested lease not found"),
         "{err}"
     );
-    let lease = c
-        .lease_grant(
-            30,
-            Some(etcd_client::LeaseGrantOptions::new().with_id(0x7eed)),
-        )
-        .await
-        .unwrap();
+    let taken = || Some(etcd_client::LeaseGrantOptions::new().with_id(0x7eed));
+    let lease = c.lease_grant(30, taken()).await.unwrap();
     assert_eq!(lease.id(), 0x7eed);
     assert_eq!(lease.ttl(), 30);
-    let err = c
-        .lease_grant(
-            30,
-            Some(etcd_client::LeaseGrantOptions::new().with_id(0x7eed)),
-        )
-        .await
-        .unwrap_err();
+    let err = c.lease_grant(30, taken()).await.unwrap_err();
     assert!(err.to_string().contains("lease already exists"), "{err}");
     // Tonic's path on the same client: a watch stream.
     let mut stream = c.watch("a", None).await.unwrap();
