@@ -616,11 +616,13 @@ fn main() -> Result<()> {
                             let before = bench::CpuSample::take(pid)?;
                             let cell = bench::run(url, w, *c, conns, transport, dur).await?;
                             let after = bench::CpuSample::take(pid)?;
-                            let idle = after.idle_since(&before);
-                            let cpu = match (pids.is_empty(), after.since(&before, cell.ops)) {
-                                (true, _) => String::new(),
-                                (false, (Some(s), c)) => format!(" {s:.1} | {c:.1} | {idle} |"),
-                                (false, (None, c)) => format!(" | {c:.1} | {idle} |"),
+                            let cpu = if pids.is_empty() {
+                                String::new()
+                            } else {
+                                let (server, client) = after.since(&before, cell.ops);
+                                let server = server.map(|s| format!("{s:.1}")).unwrap_or_default();
+                                let idle = after.idle_since(&before);
+                                format!(" {server} | {client:.1} | {idle} |")
                             };
                             println!(
                                 "| {w} | {c} | {name} | {:.0} | {} | {} | {} |{cpu}",
@@ -825,10 +827,11 @@ async fn up(a: UpArgs) -> Result<()> {
     init_tracing();
     // No transparent huge pages for the node: the store's state grows with every write, and
     // each fresh 2 MiB huge page is zeroed in one page fault on whichever thread touches it
-    // first (8 % of the connection thread's time under put load here). Halved the node's p99
-    // against etcd's clients at equal throughput (docs/benchmarks.md, thirteenth run), as
-    // Redis and MongoDB advise for the same reason; watch fan-out pays about 10 % more CPU
-    // per event (probably TLB misses). The flag covers this process only.
+    // first (8 % of the connection thread's time under put load here). Put p99 under etcd's
+    // clients went from 5.4–6.1 to 2.7–4.0 ms at equal throughput (docs/benchmarks.md,
+    // thirteenth run; Redis and MongoDB also advise running without them); watch fan-out
+    // pays about 10 % more CPU per event (probably TLB misses). The flag covers this process
+    // only.
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!("cannot turn transparent huge pages off: {e}");

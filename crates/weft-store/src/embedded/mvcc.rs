@@ -611,13 +611,18 @@ fn make_event(key: &Bytes, e: &Entry, prev: Option<KeyValue>) -> Event {
         },
         None => Event {
             kind: EventType::Delete,
-            kv: KeyValue {
-                key: key.clone(),
-                mod_revision: e.rev,
-                ..Default::default()
-            },
+            kv: tombstone(key, e.rev),
             prev_kv: prev,
         },
+    }
+}
+
+/// What a delete event carries as its key-value: the key and the revision of the delete.
+fn tombstone(key: &Bytes, rev: i64) -> KeyValue {
+    KeyValue {
+        key: key.clone(),
+        mod_revision: rev,
+        ..Default::default()
     }
 }
 
@@ -740,11 +745,7 @@ impl<'a> Writer<'a> {
         }
         self.events.push(Recorded {
             kind: EventType::Delete,
-            kv: Arc::new(KeyValue {
-                key: key.clone(),
-                mod_revision: rev,
-                ..Default::default()
-            }),
+            kv: Arc::new(tombstone(key, rev)),
             prev: Some(prev.clone()),
         });
         self.batch.changes.push(Change::Delete { key: key.clone() });

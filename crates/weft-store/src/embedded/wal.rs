@@ -357,17 +357,13 @@ impl LogFile {
             path: path.to_path_buf(),
             end,
             size,
-            // A recycled spare's blocks are unwritten extents (they read as zeros): zeros are
-            // written ahead into them as into a new file. Reopened after a restart, a log is
-            // known to be written only up to its data (past it, a recycled log has unwritten
-            // extents, and the zeros written ahead end somewhere unknown), so zeros are
-            // written ahead again from there: without that, every write past the old zeros
-            // cost the file system an extent conversion until the next log.
-            zeroed: if recycled {
-                0
-            } else {
-                end.div_ceil(BLOCK as u64) * BLOCK as u64
-            },
+            // Only the blocks holding data are known to be written: a new log has none, a
+            // recycled spare's blocks are unwritten extents (they read as zeros), and past the
+            // data of a log reopened after a restart the zeros written ahead end somewhere
+            // unknown (in a recycled one, unwritten extents follow). Zeros are written ahead
+            // from there, so later writes overwrite written blocks instead of each costing the
+            // file system an allocation or an extent conversion.
+            zeroed: end.div_ceil(BLOCK as u64) * BLOCK as u64,
             sync: io.sync,
             direct,
             tail: if direct { tail } else { Vec::new() },
