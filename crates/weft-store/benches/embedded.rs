@@ -200,6 +200,55 @@ fn bench_watch(c: &mut Criterion) {
     g.finish();
 }
 
+/// Fan-out: `n` watchers of one prefix, each read by its own task (as the etcd API's watch
+/// streams are); one put, timed until every watcher has its event. Durability none, so this
+/// is the watch machinery's CPU, not the disk's.
+fn bench_watch_fanout(c: &mut Criterion) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let rt = rt();
+    let mut g = c.benchmark_group("watch_fanout");
+    for n in [64u64, 1024] {
+        let (s, _dir) = open(&rt, Durability::None);
+        let got = Arc::new(AtomicU64::new(0));
+        let all = Arc::new(tokio::sync::Notify::new());
+        let readers: Vec<_> = (0..n)
+            .map(|_| {
+                let mut w = rt
+                    .block_on(s.watch(WatchRequest::new(KeyRange::prefix("f/"))))
+                    .unwrap();
+                let (got, all) = (got.clone(), all.clone());
+                rt.spawn(async move {
+                    while let Some(Ok(m)) = w.message().await {
+                        let k = m.events.len() as u64;
+                        if got.fetch_add(k, Ordering::AcqRel) + k == n {
+                            all.notify_one();
+                        }
+                    }
+                })
+            })
+            .collect();
+        g.throughput(Throughput::Elements(n));
+        g.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        got.store(0, Ordering::Release);
+                        let done = all.notified();
+                        s.put_kv(format!("f/{}", i % 100), "x").await.unwrap();
+                        done.await;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        for r in readers {
+            r.abort();
+        }
+    }
+    g.finish();
+}
+
 /// How a bench names its `i`-th key.
 type KeyName = fn(u64) -> String;
 
@@ -261,6 +310,6 @@ fn config() -> Criterion {
 #[allow(missing_docs)]
 mod group {
     use super::*;
-    criterion_group! { name = benches; config = config(); targets = bench_put, bench_get, bench_txn, bench_watch, bench_index }
+    criterion_group! { name = benches; config = config(); targets = bench_put, bench_get, bench_txn, bench_watch, bench_watch_fanout, bench_index }
 }
 criterion_main!(group::benches);

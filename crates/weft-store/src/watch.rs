@@ -103,9 +103,18 @@ pub trait WatchControl: Send + Sync {
 /// history it still needs was compacted, or `Err(StoreError::WatchCancelled(reason))` if the
 /// store cancelled it; it never skips events silently. Dropping the stream cancels the watch.
 pub struct WatchStream {
-    rx: mpsc::Receiver<Result<WatchResponse>>,
+    src: Source,
     control: Box<dyn WatchControl>,
     done: bool,
+}
+
+/// Where a [`WatchStream`]'s messages come from.
+enum Source {
+    /// A task of the backend's sends them (etcd's watch stream, for one).
+    Channel(mpsc::Receiver<Result<WatchResponse>>),
+    /// Made when asked for, in the task that reads the stream: no task or channel per watch
+    /// (the embedded store).
+    Pull(Pin<Box<dyn Stream<Item = Result<WatchResponse>> + Send>>),
 }
 
 impl std::fmt::Debug for WatchStream {
@@ -120,22 +129,29 @@ impl WatchStream {
     /// Build a stream from a backend's channel and control handle.
     pub fn new(rx: mpsc::Receiver<Result<WatchResponse>>, control: Box<dyn WatchControl>) -> Self {
         WatchStream {
-            rx,
+            src: Source::Channel(rx),
             control,
             done: false,
         }
     }
 
-    /// The next message, or `None` once the watch has ended.
+    /// Build a stream that makes each message when it is polled. `source` ends (`None`) once
+    /// `control` has cancelled it.
+    pub fn from_stream(
+        source: impl Stream<Item = Result<WatchResponse>> + Send + 'static,
+        control: Box<dyn WatchControl>,
+    ) -> Self {
+        WatchStream {
+            src: Source::Pull(Box::pin(source)),
+            control,
+            done: false,
+        }
+    }
+
+    /// The next message, or `None` once the watch has ended. Cancel-safe: a message being
+    /// made when the future is dropped is not lost.
     pub async fn message(&mut self) -> Option<Result<WatchResponse>> {
-        if self.done {
-            return None;
-        }
-        let m = self.rx.recv().await;
-        if matches!(m, None | Some(Err(_))) {
-            self.done = true;
-        }
-        m
+        futures::StreamExt::next(self).await
     }
 
     /// Ask for a progress notification.
@@ -146,7 +162,9 @@ impl WatchStream {
     /// Cancel the watch.
     pub fn cancel(&mut self) {
         self.control.cancel();
-        self.rx.close();
+        if let Source::Channel(rx) = &mut self.src {
+            rx.close();
+        }
     }
 }
 
@@ -156,7 +174,10 @@ impl Stream for WatchStream {
         if self.done {
             return Poll::Ready(None);
         }
-        let p = self.rx.poll_recv(cx);
+        let p = match &mut self.src {
+            Source::Channel(rx) => rx.poll_recv(cx),
+            Source::Pull(s) => s.as_mut().poll_next(cx),
+        };
         if let Poll::Ready(None | Some(Err(_))) = &p {
             self.done = true;
         }

@@ -34,7 +34,7 @@ const NONE: i64 = i64::MAX;
 pub(crate) struct Slot {
     /// The first revision that changed the watcher's range and that it has not taken yet.
     first: AtomicI64,
-    notify: Notify,
+    notify: Arc<Notify>,
 }
 
 impl Slot {
@@ -71,8 +71,8 @@ pub(crate) struct Registration {
 impl Registration {
     /// Resolves at the next flush that changed a key in the range (at once if one was
     /// published since the last call returned).
-    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
-        self.slot.notify.notified()
+    pub fn changed(&self) -> tokio::sync::futures::OwnedNotified {
+        self.slot.notify.clone().notified_owned()
     }
 
     /// Reads the visible revision with `visible` and returns it with the first revision that
@@ -106,7 +106,7 @@ impl Hub {
     pub fn register(self: &Arc<Self>, range: KeyRange) -> Registration {
         let slot = Arc::new(Slot {
             first: AtomicI64::new(NONE),
-            notify: Notify::new(),
+            notify: Arc::new(Notify::new()),
         });
         let mut w = self.w.lock().unwrap_or_else(|e| e.into_inner());
         w.next_id += 1;

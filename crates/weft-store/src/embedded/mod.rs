@@ -14,12 +14,14 @@ use std::collections::{HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::{watch, Notify};
 use tokio::time::{Duration, Instant};
 
 use self::mvcc::{Mvcc, Writer};
@@ -80,8 +82,6 @@ pub struct Options {
     /// large state is not rewritten for every small stretch of log, and recovery replays at
     /// most about the state's size of log.
     pub snapshot_bytes: u64,
-    /// Responses buffered per watcher before the watcher waits (it then catches up from history).
-    pub watch_buffer: usize,
     /// Interval of progress notifications for watches that ask for them.
     pub progress_interval: Duration,
     /// Automatic compaction.
@@ -106,7 +106,6 @@ impl Default for Options {
             durability: Durability::Group,
             limits: Limits::default(),
             snapshot_bytes: 64 * 1024 * 1024,
-            watch_buffer: 64,
             progress_interval: Duration::from_secs(600),
             auto_compact: AutoCompact::Revisions(100_000),
             commit_delay: Duration::ZERO,
@@ -476,8 +475,8 @@ fn check_branch(st: &Mvcc, ops: &[TxnOp]) -> Result<()> {
 }
 
 struct Ctl {
-    progress: Notify,
-    cancel: Notify,
+    progress: Arc<Notify>,
+    cancel: Arc<Notify>,
     cancelled: AtomicBool,
 }
 
@@ -494,92 +493,148 @@ impl WatchControl for Arc<Ctl> {
 /// Most revisions packed into one watch response.
 const MAX_REVS_PER_RESPONSE: i64 = 1000;
 
-async fn watcher(
+/// One watch of the embedded store, run by whoever reads its [`WatchStream`]: each message
+/// is made when it is asked for, in the reader's task (no task or channel per watch; the
+/// etcd API's watch streams read it directly).
+struct Watcher {
     inner: Arc<Inner>,
     req: WatchRequest,
-    mut next: i64,
-    tx: mpsc::Sender<Result<WatchResponse>>,
+    /// The next revision to deliver.
+    next: i64,
+    /// Woken by the flushes that change a key in the range, which also say from which
+    /// revision (see `hub`).
+    changes: hub::Registration,
+    /// Revisions up to `floor`, visible when the watcher started, are all scanned (a watch
+    /// can start in the past); after it, only from the first change in the range.
+    floor: i64,
+    /// `(vis, first)` of the last [`hub::Registration::take`] while revisions up to `vis`
+    /// are still to be scanned (a message was returned half-way).
+    taken: Option<(i64, i64)>,
+    closed: watch::Receiver<bool>,
+    ticker: tokio::time::Interval,
+    progress_due: bool,
     ctl: Arc<Ctl>,
-) {
-    // Woken by the flushes that change a key in the range, which also say from which revision
-    // (see `hub`). Revisions up to `floor`, visible when the watcher started, are all scanned
-    // (a watch can start in the past); after it, only from the first change in the range.
-    let changes = inner.log.hub.register(req.range.clone());
-    let floor = inner.visible();
-    let mut closed = inner.closed_tx.subscribe();
-    let period = inner.opts.progress_interval;
-    let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-    let mut progress_due = false;
-    // Kept across iterations, so that each is registered once, not once per event.
-    let mut cancel = std::pin::pin!(ctl.cancel.notified());
-    let mut progress = std::pin::pin!(ctl.progress.notified());
-    let mut changed = std::pin::pin!(changes.changed());
-    loop {
-        if ctl.cancelled.load(Ordering::SeqCst) || *closed.borrow() {
-            return;
+    ended: bool,
+    // Kept across messages, so that each is registered once, not once per message.
+    changed: Pin<Box<OwnedNotified>>,
+    cancel: Pin<Box<OwnedNotified>>,
+    progress: Pin<Box<OwnedNotified>>,
+}
+
+impl Watcher {
+    fn new(inner: Arc<Inner>, req: WatchRequest, next: i64, ctl: Arc<Ctl>) -> Self {
+        let changes = inner.log.hub.register(req.range.clone());
+        let floor = inner.visible();
+        let closed = inner.closed_tx.subscribe();
+        let period = inner.opts.progress_interval;
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
+        // Ticks are polled only while the stream is read: one notification after a pause,
+        // not a burst of the missed ones.
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Watcher {
+            changed: Box::pin(changes.changed()),
+            cancel: Box::pin(ctl.cancel.clone().notified_owned()),
+            progress: Box::pin(ctl.progress.clone().notified_owned()),
+            ticker,
+            inner,
+            req,
+            next,
+            changes,
+            floor,
+            taken: None,
+            closed,
+            progress_due: false,
+            ctl,
+            ended: false,
         }
-        let (vis, first) = changes.take(|| inner.visible());
-        while next <= vis {
-            if next > floor && next < first {
-                // Nothing in the range changed in between.
-                next = first;
-                continue;
+    }
+
+    /// The next message: events, a progress notice, an error (the last message), or `None`
+    /// once cancelled or the store closed.
+    async fn message(&mut self) -> Option<Result<WatchResponse>> {
+        if self.ended {
+            return None;
+        }
+        let m = self.make().await;
+        if matches!(m, None | Some(Err(_))) {
+            self.ended = true;
+        }
+        m
+    }
+
+    async fn make(&mut self) -> Option<Result<WatchResponse>> {
+        loop {
+            if self.ctl.cancelled.load(Ordering::SeqCst) || *self.closed.borrow() {
+                return None;
             }
-            let upto = vis.min(next + MAX_REVS_PER_RESPONSE - 1);
-            let evs = inner
-                .state
-                .read()
-                .expect("state poisoned")
-                .events(&req.range, next, upto);
-            let mut evs = match evs {
-                Ok(e) => e,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
+            let (vis, first) = match self.taken.take() {
+                Some(t) => t,
+                None => self.changes.take(|| self.inner.visible()),
             };
-            evs.retain(|e| match e.kind {
-                EventType::Put => !req.no_put,
-                EventType::Delete => !req.no_delete,
-            });
-            if !req.prev_kv {
-                for e in &mut evs {
-                    e.prev_kv = None;
+            while self.next <= vis {
+                if self.next > self.floor && self.next < first {
+                    // Nothing in the range changed in between.
+                    self.next = first;
+                    continue;
+                }
+                let upto = vis.min(self.next + MAX_REVS_PER_RESPONSE - 1);
+                let evs = self.inner.state.read().expect("state poisoned").events(
+                    &self.req.range,
+                    self.next,
+                    upto,
+                );
+                let mut evs = match evs {
+                    Ok(e) => e,
+                    Err(e) => return Some(Err(e)),
+                };
+                evs.retain(|e| match e.kind {
+                    EventType::Put => !self.req.no_put,
+                    EventType::Delete => !self.req.no_delete,
+                });
+                if !self.req.prev_kv {
+                    for e in &mut evs {
+                        e.prev_kv = None;
+                    }
+                }
+                self.next = upto + 1;
+                if !evs.is_empty() {
+                    if self.next <= vis {
+                        self.taken = Some((vis, first));
+                    }
+                    return Some(Ok(WatchResponse {
+                        revision: vis,
+                        events: evs,
+                    }));
                 }
             }
-            next = upto + 1;
-            if !evs.is_empty() {
-                tokio::select! {
-                    r = tx.send(Ok(WatchResponse { revision: vis, events: evs })) => if r.is_err() { return },
-                    _ = &mut cancel => return,
-                    _ = closed.changed() => return,
-                }
-            }
-        }
-        // Everything up to `vis` has been sent: a progress notification can say so.
-        if std::mem::take(&mut progress_due)
-            && tx
-                .send(Ok(WatchResponse {
+            // Everything up to `vis` has been delivered: a progress notification can say so.
+            if std::mem::take(&mut self.progress_due) {
+                return Some(Ok(WatchResponse {
                     revision: vis,
                     events: Vec::new(),
-                }))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        tokio::select! {
-            _ = &mut changed => changed.set(changes.changed()),
-            _ = &mut progress => {
-                progress_due = true;
-                progress.set(ctl.progress.notified());
+                }));
             }
-            _ = ticker.tick(), if req.progress_notify => progress_due = true,
-            _ = &mut cancel => return,
-            _ = tx.closed() => return,
-            _ = closed.changed() => {
-                let _ = tx.try_send(Err(StoreError::Closed));
-                return;
+            let Watcher {
+                changes,
+                ctl,
+                ticker,
+                closed,
+                req,
+                changed,
+                cancel,
+                progress,
+                progress_due,
+                ..
+            } = self;
+            tokio::select! {
+                _ = changed.as_mut() => changed.set(changes.changed()),
+                _ = progress.as_mut() => {
+                    *progress_due = true;
+                    progress.set(ctl.progress.clone().notified_owned());
+                }
+                _ = ticker.tick(), if req.progress_notify => *progress_due = true,
+                _ = cancel.as_mut() => return None,
+                _ = closed.changed() => return Some(Err(StoreError::Closed)),
             }
         }
     }
@@ -994,14 +1049,17 @@ impl Store for EmbeddedRef {
         } else {
             req.start_revision
         };
-        let (tx, rx) = mpsc::channel(self.0.opts.watch_buffer.max(1));
         let ctl = Arc::new(Ctl {
-            progress: Notify::new(),
-            cancel: Notify::new(),
+            progress: Arc::new(Notify::new()),
+            cancel: Arc::new(Notify::new()),
             cancelled: AtomicBool::new(false),
         });
-        tokio::spawn(watcher(self.0.clone(), req, start, tx, ctl.clone()));
-        Ok(WatchStream::new(rx, Box::new(ctl)))
+        let w = Watcher::new(self.0.clone(), req, start, ctl.clone());
+        let source = futures::stream::unfold(w, |mut w| async move {
+            let m = w.message().await?;
+            Some((m, w))
+        });
+        Ok(WatchStream::from_stream(source, Box::new(ctl)))
     }
 
     async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse> {

@@ -1138,3 +1138,102 @@ fn writes_after_a_snapshot_share_the_full_chunks_of_a_history() {
     assert_eq!(after, reads);
     assert_eq!(codec::encode_snapshot(&snap), before);
 }
+
+/// A watch's messages are made when it is read. A reader that falls more than
+/// `MAX_REVS_PER_RESPONSE` revisions behind gets them all, in order, over several messages:
+/// a message returned half-way through what the hub reported does not lose the rest.
+#[tokio::test]
+async fn a_watch_read_late_gets_every_revision_over_several_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(
+        dir.path(),
+        Options {
+            durability: Durability::None,
+            ..opts()
+        },
+    )
+    .await
+    .unwrap();
+    s.put_kv("before", "x").await.unwrap();
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("w/")))
+        .await
+        .unwrap();
+    let first = s.status().await.unwrap().header.revision + 1;
+    let n = 2 * MAX_REVS_PER_RESPONSE + 500;
+    for i in 0..n {
+        s.put_kv(format!("w/{}", i % 7), i.to_string())
+            .await
+            .unwrap();
+        // Writes outside the range in between, which the watcher skips.
+        if i % 100 == 0 {
+            s.put_kv("other", "y").await.unwrap();
+        }
+    }
+    let mut revs = Vec::new();
+    let mut messages = 0;
+    while (revs.len() as i64) < n {
+        let m = tokio::time::timeout(Duration::from_secs(5), w.message())
+            .await
+            .expect("all events within 5 s")
+            .unwrap()
+            .unwrap();
+        messages += 1;
+        revs.extend(m.events.iter().map(|e| e.kv.mod_revision));
+    }
+    assert!(messages >= 3, "{messages} messages for {n} revisions");
+    // Consecutive, except for the one write outside the range every 100.
+    let steps: Vec<i64> = revs.windows(2).map(|p| p[1] - p[0]).collect();
+    assert!(steps.iter().all(|d| *d == 1 || *d == 2), "gaps in {revs:?}");
+    assert_eq!(revs[0], first);
+    assert_eq!(revs.len() as i64, n);
+}
+
+/// Dropping `message()` while it waits (as `select!` does) loses nothing: the message is
+/// made by the stream, not by the dropped future.
+#[tokio::test]
+async fn a_dropped_message_future_loses_no_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        Embedded::open(
+            dir.path(),
+            Options {
+                durability: Durability::None,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let mut w = s
+        .watch(WatchRequest::new(KeyRange::prefix("d/")))
+        .await
+        .unwrap();
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                s.put_kv(format!("d/{i}"), "v").await.unwrap();
+                if i % 10 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        })
+    };
+    let mut keys = Vec::new();
+    let mut dropped = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while keys.len() < 300 && tokio::time::Instant::now() < deadline {
+        tokio::select! {
+            m = w.message() => keys.extend(m.unwrap().unwrap().events.into_iter().map(|e| e.kv.key)),
+            _ = tokio::task::yield_now() => dropped += 1,
+        }
+    }
+    writer.await.unwrap();
+    assert!(
+        dropped > 0,
+        "the message future was never dropped while waiting"
+    );
+    let want: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("d/{i}"))).collect();
+    assert_eq!(keys, want);
+}
