@@ -274,6 +274,10 @@ struct UpArgs {
     /// cache) where the file system allows it; "false" uses write + fdatasync. Equally durable.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     direct_io: bool,
+    /// Run the log thread under SCHED_BATCH (Linux): its wake-ups for each group commit do
+    /// not preempt the threads that feed it. "false" keeps the default policy.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    log_thread_batch: bool,
     /// Serve the API over an etcd cluster instead of the embedded store (comma-separated
     /// client URLs).
     #[cfg(feature = "etcd")]
@@ -847,6 +851,7 @@ async fn up(a: UpArgs) -> Result<()> {
         snapshot_bytes: a.snapshot_bytes,
         commit_delay: std::time::Duration::from_micros(a.commit_delay_us),
         direct_io: a.direct_io,
+        log_thread_batch: a.log_thread_batch,
         auto_compact: parse_retention(&a.compact_retention)?,
         ..Default::default()
     };

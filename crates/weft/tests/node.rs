@@ -350,3 +350,38 @@ fn the_node_runs_without_transparent_huge_pages() {
     assert_eq!(code, 0);
     assert_eq!(status(node.child.id()).as_deref(), Some("0"));
 }
+
+/// The node's log thread runs under SCHED_BATCH (policy 3, read back from the kernel), and
+/// `--log-thread-batch false` keeps the default policy (0).
+#[cfg(target_os = "linux")]
+#[test]
+fn the_log_thread_runs_under_sched_batch_unless_told_not_to() {
+    let log_thread_policy = |pid: u32| -> Vec<i64> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                if std::fs::read_to_string(t.join("comm")).ok()?.trim() != "weft-wal" {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                let rest = &stat[stat.rfind(')')? + 2..];
+                // `rest` starts at field 3; `policy` is field 41.
+                rest.split_whitespace().nth(41 - 3)?.parse().ok()
+            })
+            .collect()
+    };
+    for (args, want) in [(&[][..], 3), (&["--log-thread-batch", "false"][..], 0)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut all: Vec<&std::ffi::OsStr> = vec!["--data-dir".as_ref(), dir.path().as_os_str()];
+        all.extend(args.iter().map(|a| std::ffi::OsStr::new(*a)));
+        let node = start_with(&all);
+        let (code, _, _) = weft(&["kv", "put", "a", "1"], &node.endpoint, None);
+        assert_eq!(code, 0);
+        assert_eq!(
+            log_thread_policy(node.child.id()),
+            vec![want],
+            "args {args:?}"
+        );
+    }
+}

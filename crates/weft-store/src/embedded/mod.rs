@@ -8,6 +8,7 @@
 mod codec;
 mod hub;
 mod mvcc;
+mod sched;
 mod wal;
 
 use std::collections::{HashSet, VecDeque};
@@ -98,6 +99,10 @@ pub struct Options {
     /// refused (some tmpfs), and is not used with [`Durability::None`]. See
     /// [`Stats::direct_io`].
     pub direct_io: bool,
+    /// Run the log thread under `SCHED_BATCH` (Linux): its wake-ups do not preempt the
+    /// threads that feed it (see `embedded/sched.rs`). No privilege needed; false keeps the
+    /// default policy.
+    pub log_thread_batch: bool,
 }
 
 impl Default for Options {
@@ -109,6 +114,7 @@ impl Default for Options {
             progress_interval: Duration::from_secs(600),
             auto_compact: AutoCompact::Revisions(100_000),
             commit_delay: Duration::ZERO,
+            log_thread_batch: true,
             direct_io: true,
         }
     }
@@ -219,9 +225,17 @@ impl Embedded {
             let dir = dir.clone();
             let mode = opts.durability;
             let delay = opts.commit_delay;
+            let batch = opts.log_thread_batch;
             std::thread::Builder::new()
                 .name("weft-wal".into())
-                .spawn(move || log.run(dir, file, mode, delay))
+                .spawn(move || {
+                    if batch {
+                        if let Err(e) = sched::batch_policy_for_this_thread() {
+                            tracing::debug!("log thread keeps the default policy: {e}");
+                        }
+                    }
+                    log.run(dir, file, mode, delay)
+                })
                 .map_err(|e| StoreError::Storage(format!("cannot start log thread: {e}")))?
         };
         let inner = Arc::new(Inner {
