@@ -16,6 +16,19 @@ fn opts() -> Options {
     Options::default()
 }
 
+/// A store in `dir` with the default options but `durability`.
+async fn open_with(dir: &Path, durability: Durability) -> Embedded {
+    Embedded::open(
+        dir,
+        Options {
+            durability,
+            ..opts()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn fill(s: &Embedded) -> i64 {
     let g = s.lease_grant(600, 0).await.unwrap();
     s.put(PutRequest::new("leased", "x").lease(g.id))
@@ -617,17 +630,7 @@ async fn compaction_trims_histories_in_the_background() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fsync_always_syncs_every_write() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(
-        Embedded::open(
-            dir.path(),
-            Options {
-                durability: Durability::Always,
-                ..opts()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let s = Arc::new(open_with(dir.path(), Durability::Always).await);
     let mut tasks = Vec::new();
     for t in 0..8 {
         let s = s.clone();
@@ -1145,15 +1148,7 @@ fn writes_after_a_snapshot_share_the_full_chunks_of_a_history() {
 #[tokio::test]
 async fn a_watch_read_late_gets_every_revision_over_several_messages() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Embedded::open(
-        dir.path(),
-        Options {
-            durability: Durability::None,
-            ..opts()
-        },
-    )
-    .await
-    .unwrap();
+    let s = open_with(dir.path(), Durability::None).await;
     s.put_kv("before", "x").await.unwrap();
     let mut w = s
         .watch(WatchRequest::new(KeyRange::prefix("w/")))
@@ -1194,17 +1189,7 @@ async fn a_watch_read_late_gets_every_revision_over_several_messages() {
 #[tokio::test]
 async fn a_dropped_message_future_loses_no_event() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Arc::new(
-        Embedded::open(
-            dir.path(),
-            Options {
-                durability: Durability::None,
-                ..opts()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let s = Arc::new(open_with(dir.path(), Durability::None).await);
     let mut w = s
         .watch(WatchRequest::new(KeyRange::prefix("d/")))
         .await
