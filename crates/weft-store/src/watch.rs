@@ -114,7 +114,7 @@ enum Source {
     Channel(mpsc::Receiver<Result<WatchResponse>>),
     /// Made when asked for, in the task that reads the stream: no task or channel per watch
     /// (the embedded store).
-    Pull(Pin<Box<dyn Stream<Item = Result<WatchResponse>> + Send>>),
+    Pull(Pin<Box<dyn Stream<Item = Result<WatchResponse>> + Send + Sync>>),
 }
 
 impl std::fmt::Debug for WatchStream {
@@ -138,7 +138,7 @@ impl WatchStream {
     /// Build a stream that makes each message when it is polled. `source` ends (`None`) once
     /// `control` has cancelled it.
     pub fn from_stream(
-        source: impl Stream<Item = Result<WatchResponse>> + Send + 'static,
+        source: impl Stream<Item = Result<WatchResponse>> + Send + Sync + 'static,
         control: Box<dyn WatchControl>,
     ) -> Self {
         WatchStream {
@@ -188,5 +188,16 @@ impl Stream for WatchStream {
 impl Drop for WatchStream {
     fn drop(&mut self) {
         self.control.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A watch stream can be held in shared state and moved between tasks, whichever way
+    /// its backend makes messages.
+    #[test]
+    fn a_watch_stream_is_send_and_sync() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<super::WatchStream>();
     }
 }
