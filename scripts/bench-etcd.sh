@@ -22,7 +22,8 @@
 # and CLIENT_CPUS (taskset CPU lists) pin both servers to some cores and the client to
 # others, as if the client ran on another machine: each server then has the same cores,
 # whatever the client costs against it.
-# Prints markdown tables.
+# Prints markdown tables; with more than one round, a summary of the weft/etcd ratio per cell
+# (every round and the median) follows.
 set -euo pipefail
 
 SECS=${1:-3}
@@ -88,6 +89,35 @@ for r in $(seq 1 "$ROUNDS"); do
     "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
         --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
-        --workloads "$WORKLOADS" --clients "$CLIENTS"
+        --workloads "$WORKLOADS" --clients "$CLIENTS" | tee -a "$WORK/rows.md"
     echo
 done
+if [ "$ROUNDS" -gt 1 ]; then
+    # One line per cell: weft/etcd ops/s in every round, their median, and the p99s.
+    echo "summary over $ROUNDS rounds"
+    echo
+    echo "| workload | clients | weft/etcd per round | median | p99 weft / etcd per round (ms) |"
+    echo "|---|---|---|---|---|"
+    awk -F'|' '
+        function t(s) { gsub(/ /, "", s); return s }
+        $4 ~ /etcd|weft/ && t($5) ~ /^[0-9]+$/ {
+            k = t($2) "|" t($3); e = t($4)
+            if (e == "etcd") { eops[k] = t($5); ep99[k] = t($7) }
+            else if (eops[k] > 0) {
+                if (!(k in n)) order[++cells] = k
+                n[k]++; r[k, n[k]] = t($5) / eops[k]
+                p[k] = p[k] (n[k] > 1 ? ", " : "") sprintf("%.1f / %.1f", t($7) / 1000, ep99[k] / 1000)
+            }
+        }
+        END {
+            for (c = 1; c <= cells; c++) {
+                k = order[c]; m = n[k]; list = ""
+                for (i = 1; i <= m; i++) { v[i] = r[k, i]; list = list (i > 1 ? ", " : "") sprintf("%.2fx", v[i]) }
+                for (i = 2; i <= m; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+                med = (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+                split(k, kk, "|")
+                printf "| %s | %s | %s | %.2fx | %s |\n", kk[1], kk[2], list, med, p[k]
+            }
+        }' "$WORK/rows.md"
+    echo
+fi
