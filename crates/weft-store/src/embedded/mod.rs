@@ -100,8 +100,8 @@ pub struct Options {
     /// [`Stats::direct_io`].
     pub direct_io: bool,
     /// Run the log thread under `SCHED_BATCH` (Linux): its wake-ups do not preempt the
-    /// threads that feed it (see `embedded/sched.rs`). No privilege needed; false keeps the
-    /// default policy.
+    /// threads that feed it (see `embedded/sched.rs`); the snapshot thread it starts inherits
+    /// the policy. No privilege needed; false keeps the default policy.
     pub log_thread_batch: bool,
 }
 
