@@ -101,7 +101,8 @@ pub struct Options {
     pub direct_io: bool,
     /// Run the log thread under `SCHED_BATCH` (Linux): its wake-ups do not preempt the
     /// threads that feed it (see `embedded/sched.rs`); the snapshot thread it starts inherits
-    /// the policy. No privilege needed; false keeps the default policy.
+    /// the policy. No privilege needed. A thread started under another policy than the
+    /// default (`chrt`: real-time, idle) keeps it; false keeps the default policy.
     pub log_thread_batch: bool,
 }
 

@@ -16,9 +16,20 @@
 use std::io;
 
 /// Puts the calling thread under `SCHED_BATCH`, keeping its nice value. Needs no privilege.
+/// A thread under any other policy than the default one (an operator's `chrt`: real-time,
+/// idle) keeps it.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 pub(crate) fn batch_policy_for_this_thread() -> io::Result<()> {
+    // SAFETY: no arguments but pid 0, the calling thread.
+    let current = unsafe { libc::sched_getscheduler(0) };
+    if current != libc::SCHED_OTHER {
+        return if current < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid, initialized `sched_param` that outlives the call, which
     // only reads it; pid 0 names the calling thread.
@@ -60,5 +71,23 @@ mod tests {
         .unwrap();
         // Only that thread changed.
         assert_eq!(policy_and_nice().0, 0);
+    }
+
+    /// A policy an operator chose (here `SCHED_IDLE`, which needs no privilege) is kept.
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_thread_under_another_policy_keeps_it() {
+        std::thread::spawn(|| {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: as in `batch_policy_for_this_thread`.
+            assert_eq!(
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) },
+                0
+            );
+            super::batch_policy_for_this_thread().unwrap();
+            assert_eq!(policy_and_nice().0, libc::SCHED_IDLE as i64);
+        })
+        .join()
+        .unwrap();
     }
 }
