@@ -14,7 +14,8 @@
 # Each round runs every cell against etcd, then against weft. Rows include each server's CPU
 # time per operation and the client's (user + system from /proc; steadier than ops/s when the
 # machine's speed drifts), and each core's idle share during the cell (idle + I/O wait).
-# CONNS (default 16) is the number of gRPC connections the clients share; TRANSPORT (balanced or direct, see `weft bench etcd-api --help`) is how they connect;
+# CONNS (default 16) is the number of gRPC connections the clients share; TRANSPORT
+# (balanced or direct, see `weft bench etcd-api --help`) is how they connect;
 # CLIENT_THREADS is the client's runtime threads (`--client-threads`, default one per core);
 # WEFT_ARGS are extra `weft up` options; WEFT_BIN runs (and measures with) that weft binary
 # instead of building this checkout, CLIENT_BIN measures with another one (the same for both

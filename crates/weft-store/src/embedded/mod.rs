@@ -529,7 +529,6 @@ struct Watcher {
     ticker: tokio::time::Interval,
     progress_due: bool,
     ctl: Arc<Ctl>,
-    ended: bool,
     // Kept across messages, so that each is registered once, not once per message.
     changed: Pin<Box<OwnedNotified>>,
     cancel: Pin<Box<OwnedNotified>>,
@@ -560,24 +559,13 @@ impl Watcher {
             closed,
             progress_due: false,
             ctl,
-            ended: false,
         }
     }
 
-    /// The next message: events, a progress notice, an error (the last message), or `None`
-    /// once cancelled or the store closed.
+    /// The next message: events, a progress notice, an error, or `None` once cancelled or
+    /// the store closed. Not called again after `None` or an error: [`WatchStream`] ends
+    /// there.
     async fn message(&mut self) -> Option<Result<WatchResponse>> {
-        if self.ended {
-            return None;
-        }
-        let m = self.make().await;
-        if matches!(m, None | Some(Err(_))) {
-            self.ended = true;
-        }
-        m
-    }
-
-    async fn make(&mut self) -> Option<Result<WatchResponse>> {
         loop {
             if self.ctl.cancelled.load(Ordering::SeqCst) || *self.closed.borrow() {
                 return None;
