@@ -4,7 +4,7 @@
 //! completes a write. Under the default policy each of those wake-ups may preempt the thread
 //! that queued the records (the etcd API's connection thread, say), which then waits in the
 //! run queue with the replies it was about to send: with 64 clients on 2 cores the
-//! connection thread was preempted 0.12–0.14 times per put, almost always by the log thread
+//! connection thread was preempted 0.12–0.18 times per put, almost always by the log thread
 //! (`perf record -e sched:sched_switch`). `SCHED_BATCH` is the kernel's policy for threads
 //! that should not cause "extra preemptions (between the workload's tasks)" (sched(7)): same
 //! nice value, same share of the CPU, no wake-up preemption. The log thread still runs at
