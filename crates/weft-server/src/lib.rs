@@ -148,6 +148,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/v1/status"),
+    ("get", "/v1/snapshot"),
+    ("post", "/v1/defragment"),
     ("post", "/v1/kv/range"),
     ("post", "/v1/kv/put"),
     ("post", "/v1/kv/delete"),
@@ -193,6 +195,8 @@ pub fn router(
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .route("/v1/status", get(status))
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/defragment", post(defragment))
         .route("/v1/kv/range", post(kv_range))
         .route("/v1/kv/put", post(kv_put))
         .route("/v1/kv/delete", post(kv_delete))
@@ -327,6 +331,31 @@ async fn status(State(st): State<AppState>) -> Result<Json<StatusJson>, ApiError
         db_size: s.db_size,
         version: s.version,
     }))
+}
+
+/// A backup: the store's state at one revision, streamed (`weft snapshot save`).
+async fn snapshot(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let b = st.store.backup().await?;
+    let mut resp = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header("weft-revision", b.revision)
+        .header("weft-backup-format", b.format.name());
+    if let Some(n) = b.size {
+        resp = resp.header(header::CONTENT_LENGTH, n);
+    }
+    // An error part-way ends the body early: the length (or the client's check of the
+    // file) shows the backup is incomplete.
+    resp.body(axum::body::Body::from_stream(b.chunks))
+        .map_err(|e| {
+            ApiError::Store(weft_store::StoreError::Storage(format!(
+                "cannot build the response: {e}"
+            )))
+        })
+}
+
+async fn defragment(State(st): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = st.store.defragment().await?;
+    Ok(Json(serde_json::json!({ "header": api::Header::from(h) })))
 }
 
 async fn kv_range(

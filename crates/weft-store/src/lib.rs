@@ -99,6 +99,13 @@ pub trait Store: Send + Sync + 'static {
     async fn hash_kv(&self, revision: i64) -> Result<HashKvResponse>;
     /// Current revision, compaction point and size.
     async fn status(&self) -> Result<StatusResponse>;
+    /// A consistent copy of the whole store at one revision, as bytes in the backend's own
+    /// format (see [`Backup`]): what `weft snapshot save` and `etcdctl snapshot save` write
+    /// to a file. Every write in it is durable in the store.
+    async fn backup(&self) -> Result<Backup>;
+    /// Gives the file system back disk space the store no longer needs: etcd's `Defragment`;
+    /// the embedded store writes a snapshot and drops the logs it covers.
+    async fn defragment(&self) -> Result<ResponseHeader>;
     /// The limits this store enforces.
     fn limits(&self) -> Limits;
 }
@@ -175,6 +182,12 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn status(&self) -> Result<StatusResponse> {
         (**self).status().await
+    }
+    async fn backup(&self) -> Result<Backup> {
+        (**self).backup().await
+    }
+    async fn defragment(&self) -> Result<ResponseHeader> {
+        (**self).defragment().await
     }
     fn limits(&self) -> Limits {
         (**self).limits()

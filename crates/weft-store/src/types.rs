@@ -409,6 +409,51 @@ pub struct HashKvResponse {
     pub hash_revision: i64,
 }
 
+/// The format of a [`Backup`]'s bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackupFormat {
+    /// A weft snapshot file (the embedded store's own format, checksummed): `weft snapshot
+    /// restore FILE --data-dir DIR` makes a data directory of it.
+    Weft,
+    /// An etcd backend database (bbolt), as etcd's `Snapshot` call sends it: restore it with
+    /// `etcdutl snapshot restore` (`etcdctl snapshot restore` in etcd 3.4).
+    EtcdDb,
+}
+
+impl BackupFormat {
+    /// A short name for headers and messages: `weft-snapshot-v1` or `etcd-db`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackupFormat::Weft => "weft-snapshot-v1",
+            BackupFormat::EtcdDb => "etcd-db",
+        }
+    }
+}
+
+/// A consistent copy of a whole store (see [`Store::backup`](crate::Store::backup)), read as
+/// a stream of chunks. Dropping it part-way is fine: the store keeps nothing for it.
+pub struct Backup {
+    /// What the bytes are.
+    pub format: BackupFormat,
+    /// The revision the copy is at (0 if the backend does not say).
+    pub revision: i64,
+    /// Its length in bytes, if known before reading it.
+    pub size: Option<u64>,
+    /// The bytes, in order.
+    pub chunks: futures::stream::BoxStream<'static, crate::Result<Bytes>>,
+}
+
+impl std::fmt::Debug for Backup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backup")
+            .field("format", &self.format)
+            .field("revision", &self.revision)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Store-wide status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusResponse {

@@ -4,6 +4,16 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::StreamExt;
 use serde_json::Value;
 
+/// What [`Client::download`] got.
+pub struct Download {
+    /// The `weft-revision` header (0 if absent).
+    pub revision: i64,
+    /// The `weft-backup-format` header ("" if absent).
+    pub format: String,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
 /// A client of one node.
 pub struct Client {
     http: reqwest::Client,
@@ -58,6 +68,62 @@ impl Client {
     /// GET.
     pub async fn get(&self, path: &str) -> Result<Value> {
         self.finish(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// Streams the body of a GET to `out` (created or truncated), synced before this returns.
+    /// Fails if the body is shorter or longer than its `Content-Length`.
+    pub async fn download(&self, path: &str, out: &std::path::Path) -> Result<Download> {
+        use tokio::io::AsyncWriteExt;
+        let resp = self
+            .req(reqwest::Method::GET, path)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            bail!(
+                "{}: {} (HTTP {})",
+                body["error"]["code"].as_str().unwrap_or("error"),
+                body["error"]["message"].as_str().unwrap_or("no message"),
+                status.as_u16()
+            );
+        }
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        let revision = header("weft-revision").parse().unwrap_or(0);
+        let format = header("weft-backup-format");
+        let expected = resp.content_length();
+        let mut f = tokio::fs::File::create(out)
+            .await
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        let mut body = resp.bytes_stream();
+        let mut bytes = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.context("the download broke off")?;
+            f.write_all(&chunk)
+                .await
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            bytes += chunk.len() as u64;
+        }
+        if let Some(n) = expected {
+            if n != bytes {
+                bail!("the download ended after {bytes} of {n} bytes");
+            }
+        }
+        f.sync_all()
+            .await
+            .with_context(|| format!("cannot sync {}", out.display()))?;
+        Ok(Download {
+            revision,
+            format,
+            bytes,
+        })
     }
 
     /// Streams server-sent events, calling `f(event, data)` until it returns false or the stream

@@ -62,6 +62,14 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Backups: save the node's store to a file while it runs, check a file, or make a new
+    /// data directory from one.
+    Snapshot {
+        #[command(subcommand)]
+        cmd: SnapshotCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Service discovery: register, list, watch.
     Svc {
         #[command(subcommand)]
@@ -409,6 +417,32 @@ enum KvCmd {
 }
 
 #[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Save a backup of the node's store (a consistent copy at one revision, taken while it
+    /// serves) to FILE: written to FILE.part, checked, synced, then renamed. Also works
+    /// against an etcd backend's node (the file is then etcd's database format).
+    Save {
+        /// Where to write the backup (an existing file is replaced only once the new one is
+        /// complete).
+        file: PathBuf,
+    },
+    /// Check a backup file (magic, length, checksum, structure) and print what it holds.
+    Status {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Make a new data directory from a backup (offline); then run `weft up --data-dir DIR`.
+    /// Accepts files from `weft snapshot save` and from `etcdctl snapshot save` against weft.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+        /// The data directory to create; it must not exist or be empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum LeaseCmd {
     /// Grant a lease of TTL seconds.
     Grant { ttl: i64 },
@@ -667,6 +701,7 @@ fn main() -> Result<()> {
                 plot.as_deref(),
                 json,
             ),
+            Cmd::Snapshot { cmd, conn } => snapshot_cmd(cmd, &conn).await,
             Cmd::Status { conn } => {
                 let c = Client::new(&conn.endpoint, conn.token.clone())?;
                 let s = c.get("/v1/status").await?;
@@ -1212,6 +1247,96 @@ async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
                     println!("{:x}", id.as_i64().unwrap_or(0));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Prints what a weft backup file holds.
+fn print_backup(
+    what: &str,
+    path: &std::path::Path,
+    i: &weft_store::embedded::BackupInfo,
+    json: bool,
+) {
+    if json {
+        println!(
+            "{}",
+            json!({"file": path.display().to_string(), "revision": i.revision,
+                   "compact_revision": i.compact_revision, "keys": i.keys, "bytes": i.bytes})
+        );
+    } else {
+        println!(
+            "{what} {}: revision {}  compact revision {}  keys {}  {} bytes",
+            path.display(),
+            i.revision,
+            i.compact_revision,
+            i.keys,
+            i.bytes
+        );
+    }
+}
+
+async fn snapshot_cmd(cmd: SnapshotCmd, conn: &Conn) -> Result<()> {
+    use weft_store::embedded::{restore, verify_backup};
+    match cmd {
+        SnapshotCmd::Save { file } => {
+            let c = Client::new(&conn.endpoint, conn.token.clone())?;
+            let part = {
+                let mut p = file.clone().into_os_string();
+                p.push(".part");
+                PathBuf::from(p)
+            };
+            let saved = c.download("/v1/snapshot", &part).await;
+            let saved = match saved {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&part);
+                    return Err(e);
+                }
+            };
+            if saved.format == "weft-snapshot-v1" {
+                if let Err(e) = verify_backup(&part) {
+                    let _ = std::fs::remove_file(&part);
+                    bail!("the node sent a damaged backup, not saved: {e}");
+                }
+            }
+            std::fs::rename(&part, &file).with_context(|| {
+                format!("cannot rename {} to {}", part.display(), file.display())
+            })?;
+            if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .with_context(|| format!("cannot sync {}", dir.display()))?;
+            }
+            if conn.json {
+                println!(
+                    "{}",
+                    json!({"file": file.display().to_string(), "revision": saved.revision,
+                           "format": saved.format, "bytes": saved.bytes})
+                );
+            } else {
+                println!(
+                    "saved {}: revision {}  {} bytes  format {}",
+                    file.display(),
+                    saved.revision,
+                    saved.bytes,
+                    saved.format
+                );
+            }
+        }
+        SnapshotCmd::Status { file } => {
+            let i = verify_backup(&file)?;
+            print_backup("backup", &file, &i, conn.json);
+        }
+        SnapshotCmd::Restore { file, data_dir } => {
+            let i = restore(&file, &data_dir)?;
+            print_backup(
+                &format!("restored into {} from", data_dir.display()),
+                &file,
+                &i,
+                conn.json,
+            );
         }
     }
     Ok(())

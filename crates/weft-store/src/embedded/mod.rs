@@ -5,6 +5,7 @@
 //! Reads and watches only ever see revisions whose log records are durable, so nothing a client
 //! observed can be lost by a crash. See `ARCHITECTURE.md` for the invariants.
 
+mod backup;
 mod codec;
 mod hub;
 mod mvcc;
@@ -25,6 +26,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::{watch, Notify};
 use tokio::time::{Duration, Instant};
 
+pub use self::backup::{restore, verify_backup, BackupInfo};
 use self::mvcc::{Mvcc, Writer};
 use self::wal::Log;
 use crate::types::*;
@@ -288,12 +290,24 @@ impl Embedded {
     /// Writes a snapshot now and starts a new log (normally done automatically by size).
     /// Returns once the snapshot file is written.
     pub async fn snapshot(&self) -> Result<()> {
+        self.inner.snapshot().await
+    }
+
+    /// Flushes the log, stops background tasks and watches, and releases the data directory.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+}
+
+impl Inner {
+    async fn snapshot(&self) -> Result<()> {
+        self.check_writable()?;
         let (seq, gen) = {
-            let st = self.inner.state.read().expect("state poisoned");
-            self.inner.log.snapshot_now(&st)
+            let st = self.state.read().expect("state poisoned");
+            self.log.snapshot_now(&st)
         };
-        self.inner.wait_durable(seq).await?;
-        let mut done = self.inner.log.snap_done.subscribe();
+        self.wait_durable(seq).await?;
+        let mut done = self.log.snap_done.subscribe();
         let d = done
             .wait_for(|(g, _)| *g >= gen)
             .await
@@ -302,11 +316,6 @@ impl Embedded {
             Some(e) => Err(StoreError::Storage(e.clone())),
             None => Ok(()),
         }
-    }
-
-    /// Flushes the log, stops background tasks and watches, and releases the data directory.
-    pub fn close(&self) {
-        self.inner.close();
     }
 }
 
@@ -803,6 +812,12 @@ impl Store for Embedded {
     async fn status(&self) -> Result<StatusResponse> {
         EmbeddedRef(self.inner.clone()).status().await
     }
+    async fn backup(&self) -> Result<Backup> {
+        EmbeddedRef(self.inner.clone()).backup().await
+    }
+    async fn defragment(&self) -> Result<ResponseHeader> {
+        EmbeddedRef(self.inner.clone()).defragment().await
+    }
     fn limits(&self) -> Limits {
         self.inner.opts.limits
     }
@@ -1090,6 +1105,40 @@ impl Store for EmbeddedRef {
             compact_revision,
             db_size: self.0.log.disk_bytes() as i64,
             version: format!("weft-embedded {}", env!("CARGO_PKG_VERSION")),
+        })
+    }
+
+    async fn backup(&self) -> Result<Backup> {
+        if self.0.closed.load(Ordering::SeqCst) {
+            return Err(StoreError::Closed);
+        }
+        // Under the read lock: every write applied so far has a log record at or before
+        // `seq`, so once that is durable, so is everything the copy holds.
+        let (snap, seq, revision) = {
+            let st = self.0.state.read().expect("state poisoned");
+            (st.snapshot(), self.0.log.last_seq(), st.rev)
+        };
+        self.0.wait_durable(seq).await?;
+        let dir = self.0.dir.clone();
+        let (file, len) = tokio::task::spawn_blocking(move || {
+            backup::write_temp(&dir, &snap).map_err(|e| {
+                StoreError::Storage(format!("cannot write a backup in {}: {e}", dir.display()))
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("backup writer stopped: {e}")))??;
+        Ok(Backup {
+            format: BackupFormat::Weft,
+            revision,
+            size: Some(len),
+            chunks: backup::chunks(file),
+        })
+    }
+
+    async fn defragment(&self) -> Result<ResponseHeader> {
+        self.0.snapshot().await?;
+        Ok(ResponseHeader {
+            revision: self.0.visible(),
         })
     }
 

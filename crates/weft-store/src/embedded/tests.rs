@@ -77,6 +77,180 @@ async fn restart_restores_exactly_the_same_state() {
     assert_eq!(r, before.0.header.revision + 1);
 }
 
+/// Reads a whole backup into `path`; returns its revision and the bytes read.
+async fn save_backup(s: &dyn Store, path: &Path) -> (i64, u64) {
+    use futures::StreamExt;
+    let mut b = s.backup().await.unwrap();
+    assert_eq!(b.format, BackupFormat::Weft);
+    let mut out = Vec::new();
+    while let Some(c) = b.chunks.next().await {
+        out.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(b.size, Some(out.len() as u64), "announced size");
+    fs::write(path, &out).unwrap();
+    (b.revision, out.len() as u64)
+}
+
+#[tokio::test]
+async fn a_backup_restores_exactly_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path().join("a"), opts()).await.unwrap();
+    let lease = fill(&s).await;
+    let before = fingerprint(&s).await;
+    let file = dir.path().join("backup");
+    let (rev, len) = save_backup(&s, &file).await;
+    assert_eq!(rev, before.0.header.revision);
+    // The temp file the backup was written to is gone already.
+    let names: Vec<String> = fs::read_dir(dir.path().join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("backup")), "{names:?}");
+    let info = verify_backup(&file).unwrap();
+    assert_eq!((info.revision, info.bytes), (rev, len));
+    let restored = dir.path().join("b");
+    assert_eq!(restore(&file, &restored).unwrap(), info);
+    let r = Embedded::open(&restored, opts()).await.unwrap();
+    assert_eq!(fingerprint(&r).await, before);
+    let ttl = r.lease_time_to_live(lease, true).await.unwrap();
+    assert_eq!(ttl.keys, vec![Bytes::from("leased")], "lease keys restored");
+    // Both go on from the same revision, independently, and the restored one survives a
+    // restart.
+    let next = r.put_kv("more", "restored").await.unwrap().header.revision;
+    assert_eq!(next, rev + 1);
+    s.put_kv("more", "original").await.unwrap();
+    drop(r);
+    let r = Embedded::open(&restored, opts()).await.unwrap();
+    assert_eq!(
+        &r.get("more").await.unwrap().unwrap().value[..],
+        b"restored"
+    );
+}
+
+#[tokio::test]
+async fn a_backup_taken_under_writes_is_one_revision_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(
+        Embedded::open(
+            dir.path().join("a"),
+            Options {
+                auto_compact: AutoCompact::Off,
+                ..opts()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    s.put_kv(format!("w/{w}/{}", i % 7), format!("{i}"))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..5000 {
+        if s.status().await.unwrap().header.revision > 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let file = dir.path().join("backup");
+    let (rev, _) = save_backup(&*s, &file).await;
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(rev > 1 && rev < s.status().await.unwrap().header.revision);
+    restore(&file, dir.path().join("b")).unwrap();
+    let r = Embedded::open(dir.path().join("b"), opts()).await.unwrap();
+    assert_eq!(r.status().await.unwrap().header.revision, rev);
+    // Exactly the original's state at that revision.
+    assert_eq!(
+        r.hash_kv(rev).await.unwrap().hash,
+        s.hash_kv(rev).await.unwrap().hash
+    );
+}
+
+#[tokio::test]
+async fn restore_refuses_a_damaged_backup_and_a_used_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path().join("a"), opts()).await.unwrap();
+    fill(&s).await;
+    let file = dir.path().join("backup");
+    let (_, len) = save_backup(&s, &file).await;
+    let good = fs::read(&file).unwrap();
+    let target = dir.path().join("b");
+    for (what, bad) in [
+        ("a flipped byte", {
+            let mut b = good.clone();
+            b[len as usize / 2] ^= 0x40;
+            b
+        }),
+        ("a truncated file", good[..good.len() - 10].to_vec()),
+        ("something else", b"SQLite format 3\0 and more".to_vec()),
+    ] {
+        fs::write(&file, &bad).unwrap();
+        match restore(&file, &target) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(
+                    reason.contains("not an intact weft backup"),
+                    "{what}: {reason}"
+                )
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(matches!(
+            verify_backup(&file),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(!target.exists(), "{what}: nothing is created");
+    }
+    fs::write(&file, &good).unwrap();
+    // A data dir in use, or any non-empty dir, is never written over.
+    match restore(&file, dir.path().join("a")) {
+        Err(StoreError::InvalidArgument(m)) => assert!(m.contains("not empty"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        restore(dir.path().join("missing"), &target),
+        Err(StoreError::Storage(_))
+    ));
+    // An empty directory is fine.
+    fs::create_dir(&target).unwrap();
+    restore(&file, &target).unwrap();
+    Embedded::open(&target, opts()).await.unwrap();
+}
+
+#[tokio::test]
+async fn defragment_writes_a_snapshot_and_drops_the_logs_it_covers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    fill(&s).await;
+    let before = fingerprint(&s).await;
+    let snaps = |d: &Path| {
+        fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("snap-"))
+            .count()
+    };
+    assert_eq!(snaps(dir.path()), 0);
+    let h = s.defragment().await.unwrap();
+    assert_eq!(h.revision, before.0.header.revision);
+    assert_eq!(snaps(dir.path()), 1);
+    assert_eq!(data_end(&wal_path(dir.path())), 0, "the new log is empty");
+    drop(s);
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    assert_eq!(fingerprint(&s).await, before);
+    s.close();
+    assert!(matches!(s.defragment().await, Err(StoreError::Closed)));
+    assert!(matches!(s.backup().await, Err(StoreError::Closed)));
+}
+
 /// A store in a temp dir that snapshots every `bytes` of log, with its options.
 async fn small_snapshots(bytes: u64) -> (tempfile::TempDir, Options, Embedded) {
     let dir = tempfile::tempdir().unwrap();

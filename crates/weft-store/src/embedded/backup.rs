@@ -1,0 +1,173 @@
+//! Online backups and restoring them.
+//!
+//! A backup is a snapshot file (the same format, magic and checksum as the data dir's
+//! `snap-*.snap`) of the state at one revision, taken while the store keeps serving: the
+//! state copy is O(1) (the key index is a persistent tree), and it is encoded into a temp
+//! file in the data dir that is unlinked at once, so a dropped stream or a crash leaves
+//! nothing behind. [`restore`] makes a new data directory of such a file.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use super::codec;
+use super::mvcc::Snapshot;
+use super::wal;
+use crate::{Result, StoreError};
+
+/// Bytes per chunk of a backup stream.
+const CHUNK: usize = 256 << 10;
+
+/// Generation of the snapshot a restored data dir starts from (its first log is the same
+/// generation, as after a rotation).
+const RESTORED_GEN: u64 = 1;
+
+/// Encodes `snap` into an unlinked temp file in `dir`; returns it, positioned at its start,
+/// and its length.
+pub(crate) fn write_temp(dir: &Path, snap: &Snapshot) -> io::Result<(File, u64)> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    // `.tmp`: if the unlink below does not happen (a crash in between), opening the data
+    // dir removes it.
+    let path = dir.join(format!(
+        "backup-{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    // The open file stays readable; the name goes now.
+    let _ = fs::remove_file(&path);
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    let len = codec::write_snapshot(snap, &mut w, usize::MAX, |_| Ok(()))?;
+    let mut file = w.into_inner().map_err(|e| e.into_error())?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok((file, len))
+}
+
+/// Reads `file` as a stream of chunks (on the blocking pool).
+pub(crate) fn chunks(file: File) -> BoxStream<'static, Result<Bytes>> {
+    Box::pin(futures::stream::try_unfold(Some(file), |file| async move {
+        let Some(mut file) = file else {
+            return Ok(None);
+        };
+        let (file, buf) = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; CHUNK];
+            let mut n = 0;
+            while n < buf.len() {
+                match file.read(&mut buf[n..]) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(n);
+            Ok((file, buf))
+        })
+        .await
+        .map_err(|e| StoreError::Storage(format!("backup reader stopped: {e}")))?
+        .map_err(|e| StoreError::Storage(format!("cannot read backup: {e}")))?;
+        if buf.is_empty() {
+            Ok(None)
+        } else {
+            Ok(Some((Bytes::from(buf), Some(file))))
+        }
+    }))
+}
+
+/// What a backup file holds ([`verify_backup`], [`restore`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackupInfo {
+    /// The revision it is at (a restored store starts there).
+    pub revision: i64,
+    /// Its compaction point.
+    pub compact_revision: i64,
+    /// Keys with history in it (live, or deleted and not yet compacted).
+    pub keys: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// Reads and checks a whole backup file (magic, length, checksum, structure).
+fn load(backup: &Path) -> Result<(Vec<u8>, BackupInfo)> {
+    let buf = fs::read(backup)
+        .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", backup.display())))?;
+    let state = codec::decode_snapshot(&buf, tokio::time::Instant::now()).map_err(|reason| {
+        StoreError::Corrupt {
+            file: backup.display().to_string(),
+            offset: 0,
+            reason: format!("not an intact weft backup: {reason}"),
+        }
+    })?;
+    let info = BackupInfo {
+        revision: state.rev,
+        compact_revision: state.compact_rev,
+        keys: state.keys.len() as u64,
+        bytes: buf.len() as u64,
+    };
+    Ok((buf, info))
+}
+
+/// Checks that `backup` is an intact weft backup, as [`restore`] would, without writing
+/// anything. Fails with [`StoreError::Corrupt`] if it is not.
+pub fn verify_backup(backup: impl AsRef<Path>) -> Result<BackupInfo> {
+    load(backup.as_ref()).map(|(_, info)| info)
+}
+
+/// Makes a data directory for [`Embedded::open`](super::Embedded::open) from a backup
+/// ([`Store::backup`](crate::Store::backup), `weft snapshot save`, or `etcdctl snapshot save`
+/// against weft). `dir` must not exist or be empty: a data dir is never overwritten. The
+/// backup is checked whole (magic, length, checksum, structure) before anything is written,
+/// and the snapshot is made durable (file and directory synced) before this returns.
+///
+/// Leases in the backup keep their ids and TTLs, with a fresh deadline when the store opens
+/// (as after a restart). Fails with [`StoreError::Corrupt`] for a file that is not an intact
+/// weft backup, and [`StoreError::InvalidArgument`] for a non-empty `dir`.
+pub fn restore(backup: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<BackupInfo> {
+    let (backup, dir) = (backup.as_ref(), dir.as_ref());
+    let (buf, info) = load(backup)?;
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(StoreError::InvalidArgument(format!(
+                    "{} is not empty: restore makes a new data directory (give a path that does \
+                     not exist, or an empty directory)",
+                    dir.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Storage(format!("cannot create {}: {e}", dir.display())))?,
+        Err(e) => {
+            return Err(StoreError::Storage(format!(
+                "cannot list {}: {e}",
+                dir.display()
+            )))
+        }
+    }
+    let name = wal::snap_name(RESTORED_GEN);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let io = |what: String, e: io::Error| StoreError::Storage(format!("{what}: {e}"));
+    let mut f =
+        File::create(&tmp).map_err(|e| io(format!("cannot create {}", tmp.display()), e))?;
+    f.write_all(&buf)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| io(format!("cannot write {}", tmp.display()), e))?;
+    drop(f);
+    fs::rename(&tmp, dir.join(&name))
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|e| {
+            io(
+                format!("cannot put {name} in place in {}", dir.display()),
+                e,
+            )
+        })?;
+    Ok(info)
+}
