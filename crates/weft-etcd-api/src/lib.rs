@@ -1009,15 +1009,21 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _r: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        // The store's own backup format (a weft snapshot file for the embedded store, which
-        // `weft snapshot restore` turns into a data dir), so `etcdctl snapshot save` makes
-        // a backup; `etcdctl snapshot restore` expects etcd's database format instead.
+        // The store's own backup (a weft snapshot file for the embedded store, which `weft
+        // snapshot restore` turns into a data dir), framed as etcd frames its database:
+        // zeros up to a multiple of 512 bytes, then the SHA-256 of everything before it.
+        // `etcdctl snapshot save` (3.4) refuses a stream whose length is not 512k + 32, and
+        // `weft snapshot restore` checks the hash. `etcdctl snapshot restore` expects etcd's
+        // database format instead.
         let backup = self.store.backup().await.map_err(status)?;
         let header = self.header(backup.revision);
         let mut remaining = backup.size;
         let mut chunks = backup.chunks;
         let (tx, rx) = mpsc::channel(2);
         self.rt.spawn(async move {
+            use sha2::Digest;
+            let mut hash = sha2::Sha256::new();
+            let mut sent = 0u64;
             loop {
                 let next = tokio::select! {
                     n = chunks.next() => n,
@@ -1025,6 +1031,8 @@ impl PbMaintenanceService for EtcdApi {
                 };
                 let msg = match next {
                     Some(Ok(blob)) => {
+                        hash.update(&blob);
+                        sent += blob.len() as u64;
                         let left = remaining.map(|r| r.saturating_sub(blob.len() as u64));
                         remaining = left;
                         Ok(PbSnapshotResponse {
@@ -1035,7 +1043,20 @@ impl PbMaintenanceService for EtcdApi {
                         })
                     }
                     Some(Err(e)) => Err(status(e)),
-                    None => return,
+                    None => {
+                        let mut blob = vec![0u8; (sent.next_multiple_of(512) - sent) as usize];
+                        hash.update(&blob);
+                        blob.extend_from_slice(&hash.finalize());
+                        let _ = tx
+                            .send(Ok(PbSnapshotResponse {
+                                header: header.clone(),
+                                remaining_bytes: 0,
+                                blob,
+                                ..Default::default()
+                            }))
+                            .await;
+                        return;
+                    }
                 };
                 let failed = msg.is_err();
                 if tx.send(msg).await.is_err() || failed {

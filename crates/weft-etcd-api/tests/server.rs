@@ -519,3 +519,47 @@ async fn next(stream: &mut etcd_client::WatchStream) -> etcd_client::WatchRespon
         .unwrap()
         .expect("the stream goes on")
 }
+
+/// `Maintenance.Snapshot` streams the store's backup in etcd's framing (zeros to a multiple of
+/// 512 bytes, then the SHA-256 of everything before it, as `etcdctl snapshot save` requires),
+/// which restores to the same state; `Defragment` answers with the revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_streams_a_framed_backup_that_restores() {
+    use sha2::Digest;
+    use weft_store::{Store, StoreExt};
+    let s = start().await;
+    let mut c = client(&s).await;
+    for i in 0..300 {
+        c.put(format!("k/{i}"), vec![b'v'; 700], None)
+            .await
+            .unwrap();
+    }
+    let rev = s.store.status().await.unwrap().header.revision;
+    let mut stream = c.maintenance_client().snapshot().await.unwrap();
+    let mut bytes = Vec::new();
+    let mut messages = 0;
+    while let Some(m) = stream.message().await.unwrap() {
+        assert_eq!(m.header().unwrap().revision(), rev);
+        bytes.extend_from_slice(m.blob());
+        messages += 1;
+    }
+    assert!(messages > 1, "200 KB come in more than one message");
+    assert_eq!(bytes.len() % 512, 32, "etcdctl checks this");
+    let (body, sum) = bytes.split_at(bytes.len() - 32);
+    assert_eq!(&sha2::Sha256::digest(body)[..], sum);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.db");
+    std::fs::write(&file, &bytes).unwrap();
+    weft_store::embedded::restore(&file, dir.path().join("data")).unwrap();
+    let r = weft_store::embedded::Embedded::open(dir.path().join("data"), Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        r.hash_kv(rev).await.unwrap().hash,
+        s.store.hash_kv(rev).await.unwrap().hash
+    );
+    assert_eq!(r.get("k/299").await.unwrap().unwrap().value.len(), 700);
+    let d = c.maintenance_client().defragment().await.unwrap();
+    assert_eq!(d.header().unwrap().revision(), rev);
+    let _ = s.stop.send(());
+}

@@ -625,7 +625,11 @@ pub async fn backup_and_defragment(s: &dyn Store) {
     let last = s.put_kv("b/last", "1").await.unwrap().header.revision;
     let mut b = s.backup().await.unwrap();
     // 0: the backend does not say (etcd's `Snapshot` responses carry no header).
-    assert!(b.revision == 0 || b.revision >= last, "{} < {last}", b.revision);
+    assert!(
+        b.revision == 0 || b.revision >= last,
+        "{} < {last}",
+        b.revision
+    );
     let mut bytes = 0u64;
     while let Some(chunk) = b.chunks.next().await {
         bytes += chunk.unwrap().len() as u64;

@@ -91,21 +91,53 @@ pub struct BackupInfo {
     pub compact_revision: i64,
     /// Keys with history in it (live, or deleted and not yet compacted).
     pub keys: u64,
-    /// Its length in bytes.
+    /// The snapshot's length in bytes (without the framing a backup saved through the etcd
+    /// API has, see [`restore`]).
     pub bytes: u64,
 }
 
-/// Reads and checks a whole backup file (magic, length, checksum, structure).
+/// The length of the snapshot in `buf` if `buf` is one in etcd's framing (what weft's etcd
+/// API sends for `etcdctl snapshot save`): the snapshot, zeros up to a multiple of 512
+/// bytes, then the SHA-256 of everything before it. `None` if `buf` is not framed that way
+/// (a plain snapshot file is not: its length is exactly what its header says).
+fn etcd_framed(buf: &[u8]) -> std::result::Result<Option<usize>, String> {
+    use sha2::Digest;
+    if buf.len() < 20 {
+        return Ok(None);
+    }
+    let Ok(len) = usize::try_from(u64::from_le_bytes(buf[8..16].try_into().expect("8"))) else {
+        return Ok(None);
+    };
+    let Some(snap) = len.checked_add(20) else {
+        return Ok(None);
+    };
+    if buf.len() != snap.next_multiple_of(512) + 32 {
+        return Ok(None);
+    }
+    let (body, sum) = buf.split_at(buf.len() - 32);
+    if body[snap..].iter().any(|b| *b != 0) {
+        return Err("the padding after the snapshot is not zeros".into());
+    }
+    if sha2::Sha256::digest(body)[..] != sum[..] {
+        return Err("its SHA-256 does not match its bytes".into());
+    }
+    Ok(Some(snap))
+}
+
+/// Reads and checks a whole backup file (magic, length, checksum, structure; the SHA-256
+/// too if it came through the etcd API).
 fn load(backup: &Path) -> Result<(Vec<u8>, BackupInfo)> {
-    let buf = fs::read(backup)
+    let mut buf = fs::read(backup)
         .map_err(|e| StoreError::Storage(format!("cannot read {}: {e}", backup.display())))?;
-    let state = codec::decode_snapshot(&buf, tokio::time::Instant::now()).map_err(|reason| {
-        StoreError::Corrupt {
-            file: backup.display().to_string(),
-            offset: 0,
-            reason: format!("not an intact weft backup: {reason}"),
-        }
-    })?;
+    let corrupt = |reason: String| StoreError::Corrupt {
+        file: backup.display().to_string(),
+        offset: 0,
+        reason: format!("not an intact weft backup: {reason}"),
+    };
+    if let Some(snap) = etcd_framed(&buf).map_err(corrupt)? {
+        buf.truncate(snap);
+    }
+    let state = codec::decode_snapshot(&buf, tokio::time::Instant::now()).map_err(corrupt)?;
     let info = BackupInfo {
         revision: state.rev,
         compact_revision: state.compact_rev,
@@ -122,8 +154,9 @@ pub fn verify_backup(backup: impl AsRef<Path>) -> Result<BackupInfo> {
 }
 
 /// Makes a data directory for [`Embedded::open`](super::Embedded::open) from a backup
-/// ([`Store::backup`](crate::Store::backup), `weft snapshot save`, or `etcdctl snapshot save`
-/// against weft). `dir` must not exist or be empty: a data dir is never overwritten. The
+/// ([`Store::backup`](crate::Store::backup), `weft snapshot save`, a data dir's
+/// `snap-*.snap`, or `etcdctl snapshot save` against weft: etcd's framing, zeros to a
+/// multiple of 512 bytes and a SHA-256, is checked and dropped). `dir` must not exist or be empty: a data dir is never overwritten. The
 /// backup is checked whole (magic, length, checksum, structure) before anything is written,
 /// and the snapshot is made durable (file and directory synced) before this returns.
 ///

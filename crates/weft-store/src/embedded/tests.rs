@@ -209,6 +209,50 @@ async fn restore_refuses_a_damaged_backup_and_a_used_directory() {
         ));
         assert!(!target.exists(), "{what}: nothing is created");
     }
+    // etcd's framing (what `etcdctl snapshot save` stores): zeros to a multiple of 512, then
+    // the SHA-256 of everything before it. Checked and dropped.
+    let framed = {
+        use sha2::Digest;
+        let mut b = good.clone();
+        b.resize(b.len().next_multiple_of(512), 0);
+        let sum = sha2::Sha256::digest(&b);
+        b.extend_from_slice(&sum);
+        b
+    };
+    for (what, bad, why) in [
+        (
+            "a wrong hash",
+            {
+                let mut b = framed.clone();
+                *b.last_mut().unwrap() ^= 1;
+                b
+            },
+            "SHA-256",
+        ),
+        (
+            "non-zero padding",
+            {
+                let mut b = framed.clone();
+                b[framed.len() - 33] = 1;
+                b
+            },
+            "padding",
+        ),
+    ] {
+        fs::write(&file, &bad).unwrap();
+        match restore(&file, &target) {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert!(reason.contains(why), "{what}: {reason}")
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    fs::write(&file, &framed).unwrap();
+    assert_eq!(
+        verify_backup(&file).unwrap().bytes,
+        len,
+        "the framing is not counted"
+    );
     fs::write(&file, &good).unwrap();
     // A data dir in use, or any non-empty dir, is never written over.
     match restore(&file, dir.path().join("a")) {
@@ -219,10 +263,12 @@ async fn restore_refuses_a_damaged_backup_and_a_used_directory() {
         restore(dir.path().join("missing"), &target),
         Err(StoreError::Storage(_))
     ));
-    // An empty directory is fine.
+    // An empty directory is fine; so is the framed copy.
     fs::create_dir(&target).unwrap();
+    fs::write(&file, &framed).unwrap();
     restore(&file, &target).unwrap();
-    Embedded::open(&target, opts()).await.unwrap();
+    let r = Embedded::open(&target, opts()).await.unwrap();
+    assert_eq!(fingerprint(&r).await, fingerprint(&s).await);
 }
 
 #[tokio::test]
