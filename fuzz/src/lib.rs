@@ -21,3 +21,32 @@ pub fn open_data_dir_with(file: &str, data: &[u8]) {
         }
     });
 }
+
+/// Writes `data` as a backup file and restores it into a new data dir: `restore` must either
+/// make a data dir that opens, at the revision it reported, or fail with a clear error and
+/// create nothing.
+pub fn restore_backup(data: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup");
+    std::fs::write(&file, data).unwrap();
+    let target = dir.path().join("data");
+    match weft_store::embedded::restore(&file, &target) {
+        Ok(info) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let s = weft_store::embedded::Embedded::open(&target, Default::default())
+                    .await
+                    .expect("a restored data dir opens");
+                let st = weft_store::Store::status(&s).await.unwrap();
+                assert_eq!(st.header.revision, info.revision);
+            });
+        }
+        Err(e) => {
+            let _ = e.to_string();
+            assert!(!target.exists(), "a failed restore created {}", target.display());
+        }
+    }
+}

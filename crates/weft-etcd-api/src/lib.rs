@@ -1036,7 +1036,7 @@ impl PbMaintenanceService for EtcdApi {
                         let left = remaining.map(|r| r.saturating_sub(blob.len() as u64));
                         remaining = left;
                         Ok(PbSnapshotResponse {
-                            header: header.clone(),
+                            header,
                             remaining_bytes: left.unwrap_or(0),
                             blob: blob.to_vec(),
                             ..Default::default()
@@ -1049,7 +1049,7 @@ impl PbMaintenanceService for EtcdApi {
                         blob.extend_from_slice(&hash.finalize());
                         let _ = tx
                             .send(Ok(PbSnapshotResponse {
-                                header: header.clone(),
+                                header,
                                 remaining_bytes: 0,
                                 blob,
                                 ..Default::default()

@@ -111,7 +111,10 @@ fn etcd_framed(buf: &[u8]) -> std::result::Result<Option<usize>, String> {
     let Some(snap) = len.checked_add(20) else {
         return Ok(None);
     };
-    if buf.len() != snap.next_multiple_of(512) + 32 {
+    let framed = snap
+        .checked_next_multiple_of(512)
+        .and_then(|n| n.checked_add(32));
+    if framed != Some(buf.len()) {
         return Ok(None);
     }
     let (body, sum) = buf.split_at(buf.len() - 32);

@@ -192,6 +192,13 @@ async fn restore_refuses_a_damaged_backup_and_a_used_directory() {
         }),
         ("a truncated file", good[..good.len() - 10].to_vec()),
         ("something else", b"SQLite format 3\0 and more".to_vec()),
+        // A length field near the top of the range (found by the restore_backup fuzz
+        // target: the framing check overflowed).
+        ("a huge length", {
+            let mut b = good[..40].to_vec();
+            b[8..16].copy_from_slice(&(u64::MAX - 0xda).to_le_bytes());
+            b
+        }),
     ] {
         fs::write(&file, &bad).unwrap();
         match restore(&file, &target) {
