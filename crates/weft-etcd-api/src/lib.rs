@@ -1016,6 +1016,8 @@ impl PbMaintenanceService for EtcdApi {
         // `weft snapshot restore` checks the hash. `etcdctl snapshot restore` expects etcd's
         // database format instead.
         let backup = self.store.backup().await.map_err(status)?;
+        // etcd's own stream (weft over an etcd cluster) is framed already.
+        let frame = backup.format != weft_store::BackupFormat::EtcdDb;
         let header = self.header(backup.revision);
         let mut remaining = backup.size;
         let mut chunks = backup.chunks;
@@ -1043,6 +1045,7 @@ impl PbMaintenanceService for EtcdApi {
                         })
                     }
                     Some(Err(e)) => Err(status(e)),
+                    None if !frame => return,
                     None => {
                         let mut blob = vec![0u8; (sent.next_multiple_of(512) - sent) as usize];
                         hash.update(&blob);

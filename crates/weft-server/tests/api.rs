@@ -390,6 +390,34 @@ async fn bearer_token_guards_everything_but_health() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200);
+    // A backup holds every key: it needs the token too.
+    for (method, path) in [("GET", "/v1/snapshot"), ("POST", "/v1/defragment")] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let url = format!("{}{path}", n.base);
+        let r = n.http.request(m.clone(), &url).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+        let r = n
+            .http
+            .request(m, &url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        if path == "/v1/snapshot" {
+            let rev: i64 = r.headers()["weft-revision"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(rev >= 2, "{rev}");
+            assert_eq!(r.headers()["weft-backup-format"], "weft-snapshot-v1");
+            let len = r.content_length().unwrap();
+            let body = r.bytes().await.unwrap();
+            assert_eq!(body.len() as u64, len);
+            assert_eq!(&body[..8], b"WEFTSNP1");
+        }
+    }
     let r = n
         .http
         .get(format!("{}/health", n.base))
