@@ -63,6 +63,21 @@ fn weft_etcd_on(data_dir: &std::path::Path) -> (Node, String) {
     )
 }
 
+/// `weft snapshot restore FILE --data-dir DIR`: exit code, stdout, stderr.
+fn weft_restore(file: &std::path::Path, dir: &std::path::Path) -> (i32, String, String) {
+    weft(
+        &[
+            "snapshot",
+            "restore",
+            file.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ],
+        "",
+        None,
+    )
+}
+
 /// etcdctl's exit status and output, as they are.
 fn etcdctl_raw(endpoint: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
@@ -364,17 +379,7 @@ fn etcdctl_snapshot_save_makes_a_backup_that_weft_restores() {
     let (code, out, err) = weft(&["snapshot", "status", file.to_str().unwrap()], "", None);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("revision"), "{out}");
-    let (code, out, err) = weft(
-        &[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            tmp.path().join("b").to_str().unwrap(),
-        ],
-        "",
-        None,
-    );
+    let (code, out, err) = weft_restore(&file, &tmp.path().join("b"));
     assert_eq!(code, 0, "restore: {err}");
     assert!(out.contains("restored into"), "{out}");
 
@@ -412,32 +417,12 @@ fn etcdctl_snapshot_save_makes_a_backup_that_weft_restores() {
     bytes[mid] ^= 1;
     let bad = tmp.path().join("bad.db");
     std::fs::write(&bad, bytes).unwrap();
-    let (code, _, err) = weft(
-        &[
-            "snapshot",
-            "restore",
-            bad.to_str().unwrap(),
-            "--data-dir",
-            tmp.path().join("c").to_str().unwrap(),
-        ],
-        "",
-        None,
-    );
+    let (code, _, err) = weft_restore(&bad, &tmp.path().join("c"));
     assert_ne!(code, 0);
     assert!(err.contains("not an intact weft backup"), "{err}");
     assert!(!tmp.path().join("c").exists());
     // Restoring over a data dir is refused.
-    let (code, _, err) = weft(
-        &[
-            "snapshot",
-            "restore",
-            file.to_str().unwrap(),
-            "--data-dir",
-            tmp.path().join("a").to_str().unwrap(),
-        ],
-        "",
-        None,
-    );
+    let (code, _, err) = weft_restore(&file, &tmp.path().join("a"));
     assert_ne!(code, 0);
     assert!(err.contains("not empty"), "{err}");
 }
