@@ -53,10 +53,7 @@ pub(crate) fn write_temp(dir: &Path, snap: &Snapshot) -> io::Result<(File, u64)>
 
 /// Reads `file` as a stream of chunks (on the blocking pool).
 pub(crate) fn chunks(file: File) -> BoxStream<'static, Result<Bytes>> {
-    Box::pin(futures::stream::try_unfold(Some(file), |file| async move {
-        let Some(mut file) = file else {
-            return Ok(None);
-        };
+    Box::pin(futures::stream::try_unfold(file, |mut file| async move {
         let (file, buf) = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; CHUNK];
             let mut n = 0;
@@ -74,11 +71,7 @@ pub(crate) fn chunks(file: File) -> BoxStream<'static, Result<Bytes>> {
         .await
         .map_err(|e| StoreError::Storage(format!("backup reader stopped: {e}")))?
         .map_err(|e| StoreError::Storage(format!("cannot read backup: {e}")))?;
-        if buf.is_empty() {
-            Ok(None)
-        } else {
-            Ok(Some((Bytes::from(buf), Some(file))))
-        }
+        Ok((!buf.is_empty()).then(|| (Bytes::from(buf), file)))
     }))
 }
 
@@ -166,6 +159,33 @@ pub fn verify_backup(backup: impl AsRef<Path>) -> Result<BackupInfo> {
 /// Leases in the backup keep their ids and TTLs, with a fresh deadline when the store opens
 /// (as after a restart). Fails with [`StoreError::Corrupt`] for a file that is not an intact
 /// weft backup, and [`StoreError::InvalidArgument`] for a non-empty `dir`.
+///
+/// ```
+/// use futures::StreamExt;
+/// use weft_store::embedded::{restore, Embedded, Options};
+/// use weft_store::{Store, StoreExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> weft_store::Result<()> {
+/// let tmp = tempfile::tempdir().unwrap();
+/// let store = Embedded::open(tmp.path().join("live"), Options::default()).await?;
+/// store.put_kv("config", "v1").await?;
+///
+/// // Online: stream the backup to a file.
+/// let mut backup = store.backup().await?;
+/// let mut bytes = Vec::new();
+/// while let Some(chunk) = backup.chunks.next().await {
+///     bytes.extend_from_slice(&chunk?);
+/// }
+/// std::fs::write(tmp.path().join("backup.snap"), &bytes).unwrap();
+///
+/// // Offline: a new data dir from it, at the backup's revision.
+/// let info = restore(tmp.path().join("backup.snap"), tmp.path().join("restored"))?;
+/// assert_eq!(info.revision, backup.revision);
+/// let copy = Embedded::open(tmp.path().join("restored"), Options::default()).await?;
+/// assert_eq!(&copy.get("config").await?.unwrap().value[..], b"v1");
+/// # Ok(()) }
+/// ```
 pub fn restore(backup: impl AsRef<Path>, dir: impl AsRef<Path>) -> Result<BackupInfo> {
     let (backup, dir) = (backup.as_ref(), dir.as_ref());
     let (buf, info) = load(backup)?;
