@@ -82,6 +82,37 @@ fn weft_restore(file: &std::path::Path, dir: &std::path::Path) -> (i32, String, 
     )
 }
 
+/// A fresh etcd server if etcdctl and etcd are installed (`None`: skip; a failure under
+/// `CI=true`).
+fn etcdctl_and_etcd() -> Option<EtcdServer> {
+    if !etcdctl_available() {
+        eprintln!("etcdctl not installed; skipping");
+        return None;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(EtcdServer::start_or_skip())
+}
+
+/// etcdctl run on local files (`snapshot status`, `snapshot restore`): success and output.
+fn etcdctl_local(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new("etcdctl")
+        .args(args)
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// etcdctl's exit status and output, as they are.
 fn etcdctl_raw(endpoint: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
@@ -247,15 +278,7 @@ fn script() -> Vec<(Vec<&'static str>, Option<&'static str>, Option<Duration>)> 
 
 #[test]
 fn etcdctl_sees_the_same_answers_from_weft_and_etcd() {
-    if !etcdctl_available() {
-        eprintln!("etcdctl not installed; skipping");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some(etcd) = rt.block_on(EtcdServer::start_or_skip()) else {
+    let Some(etcd) = etcdctl_and_etcd() else {
         return;
     };
     let weft = weft_with_etcd_api();
@@ -457,15 +480,7 @@ fn etcdctl_snapshot_save_makes_a_backup_that_weft_restores() {
 /// restores (after checking the SHA-256 etcd appends).
 #[test]
 fn weft_snapshot_save_on_an_etcd_backend_is_etcds_own_database() {
-    if !etcdctl_available() {
-        eprintln!("etcdctl not installed; skipping");
-        return;
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Some(etcd) = rt.block_on(EtcdServer::start_or_skip()) else {
+    let Some(etcd) = etcdctl_and_etcd() else {
         return;
     };
     let (node, url) = weft_etcd_with(&["--etcd-endpoints".as_ref(), etcd.endpoint.as_ref()]);
@@ -483,45 +498,41 @@ fn weft_snapshot_save_on_an_etcd_backend_is_etcds_own_database() {
     assert_eq!(code, 0, "{err}");
     let saved: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(saved["format"], "etcd-db");
-    let st = Command::new("etcdctl")
-        .args(["snapshot", "status", file.to_str().unwrap(), "-w", "json"])
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&st.stdout);
-    assert!(
-        st.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let (ok, text) = etcdctl_local(&[
+        "snapshot".as_ref(),
+        "status".as_ref(),
+        file.as_os_str(),
+        "-w".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert!(ok, "{text}");
     let status: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
     // 20 keys at least (etcd's own keys may add to them), at the revision of the last put.
     assert!(status["totalKey"].as_i64().unwrap() >= 20, "{status}");
     assert!(status["revision"].as_i64().unwrap() >= 21, "{status}");
-    let r = Command::new("etcdctl")
-        .args(["snapshot", "restore", file.to_str().unwrap(), "--data-dir"])
-        .arg(tmp.path().join("etcd-restored"))
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    assert!(
-        r.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let target = tmp.path().join("etcd-restored");
+    let (ok, out) = etcdctl_local(&[
+        "snapshot".as_ref(),
+        "restore".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        target.as_os_str(),
+    ]);
+    assert!(ok, "{out}");
     assert!(tmp.path().join("etcd-restored/member/snap/db").exists());
     // Through weft's etcd API too: etcd's stream is passed on as it is, not framed again.
     let via = tmp.path().join("via-weft.db");
     let (ok, out) = etcdctl_raw(&url, &["snapshot", "save", via.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let r = Command::new("etcdctl")
-        .args(["snapshot", "restore", via.to_str().unwrap(), "--data-dir"])
-        .arg(tmp.path().join("etcd-restored-2"))
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let target = tmp.path().join("etcd-restored-2");
+    let (ok, out) = etcdctl_local(&[
+        "snapshot".as_ref(),
+        "restore".as_ref(),
+        via.as_os_str(),
+        "--data-dir".as_ref(),
+        target.as_os_str(),
+    ]);
+    assert!(ok, "{out}");
     // A weft restore refuses it with the reason.
     let (code, _, err) = weft_restore(&file, &tmp.path().join("data"));
     assert_ne!(code, 0);
