@@ -96,27 +96,11 @@ fn etcdctl_and_etcd() -> Option<EtcdServer> {
     rt.block_on(EtcdServer::start_or_skip())
 }
 
-/// etcdctl run on local files (`snapshot status`, `snapshot restore`): success and output.
+/// etcdctl with `args` (within 20 s): success and output, as they are. Also for commands on
+/// local files (`snapshot status`, `snapshot restore`).
 fn etcdctl_local(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let out = Command::new("etcdctl")
-        .args(args)
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// etcdctl's exit status and output, as they are.
-fn etcdctl_raw(endpoint: &str, args: &[&str]) -> (bool, String) {
     let out = Command::new("timeout")
-        .args(["20", "etcdctl", &format!("--endpoints={endpoint}")])
+        .args(["20", "etcdctl"])
         .args(args)
         .env("ETCDCTL_API", "3")
         .stdin(Stdio::null())
@@ -130,6 +114,14 @@ fn etcdctl_raw(endpoint: &str, args: &[&str]) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// etcdctl against `endpoint`: success and output, as they are.
+fn etcdctl_raw(endpoint: &str, args: &[&str]) -> (bool, String) {
+    let flag = format!("--endpoints={endpoint}");
+    let mut all: Vec<&std::ffi::OsStr> = vec![flag.as_ref()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    etcdctl_local(&all)
 }
 
 fn etcdctl_available() -> bool {
