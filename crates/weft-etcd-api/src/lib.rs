@@ -1031,38 +1031,34 @@ impl PbMaintenanceService for EtcdApi {
                     n = chunks.next() => n,
                     _ = tx.closed() => return,
                 };
-                let msg = match next {
+                let (msg, last) = match next {
                     Some(Ok(blob)) => {
                         hash.update(&blob);
                         sent += blob.len() as u64;
-                        let left = remaining.map(|r| r.saturating_sub(blob.len() as u64));
-                        remaining = left;
-                        Ok(PbSnapshotResponse {
+                        remaining = remaining.map(|r| r.saturating_sub(blob.len() as u64));
+                        let msg = PbSnapshotResponse {
                             header,
-                            remaining_bytes: left.unwrap_or(0),
+                            remaining_bytes: remaining.unwrap_or(0),
                             blob: blob.to_vec(),
                             ..Default::default()
-                        })
+                        };
+                        (Ok(msg), false)
                     }
-                    Some(Err(e)) => Err(status(e)),
+                    Some(Err(e)) => (Err(status(e)), true),
                     None if !frame => return,
                     None => {
                         let mut blob = vec![0u8; (sent.next_multiple_of(512) - sent) as usize];
                         hash.update(&blob);
-                        blob.extend_from_slice(&hash.finalize());
-                        let _ = tx
-                            .send(Ok(PbSnapshotResponse {
-                                header,
-                                remaining_bytes: 0,
-                                blob,
-                                ..Default::default()
-                            }))
-                            .await;
-                        return;
+                        blob.extend_from_slice(&std::mem::take(&mut hash).finalize());
+                        let msg = PbSnapshotResponse {
+                            header,
+                            blob,
+                            ..Default::default()
+                        };
+                        (Ok(msg), true)
                     }
                 };
-                let failed = msg.is_err();
-                if tx.send(msg).await.is_err() || failed {
+                if tx.send(msg).await.is_err() || last {
                     return;
                 }
             }

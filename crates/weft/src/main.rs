@@ -1287,20 +1287,17 @@ async fn snapshot_cmd(cmd: SnapshotCmd, conn: &Conn) -> Result<()> {
                 p.push(".part");
                 PathBuf::from(p)
             };
-            let saved = c.download("/v1/snapshot", &part).await;
-            let saved = match saved {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&part);
-                    return Err(e);
+            let saved = async {
+                let saved = c.download("/v1/snapshot", &part).await?;
+                if saved.format == weft_store::BackupFormat::Weft.name() {
+                    verify_backup(&part).context("the node sent a damaged backup, not saved")?;
                 }
-            };
-            if saved.format == "weft-snapshot-v1" {
-                if let Err(e) = verify_backup(&part) {
-                    let _ = std::fs::remove_file(&part);
-                    bail!("the node sent a damaged backup, not saved: {e}");
-                }
+                anyhow::Ok(saved)
             }
+            .await
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&part);
+            })?;
             std::fs::rename(&part, &file).with_context(|| {
                 format!("cannot rename {} to {}", part.display(), file.display())
             })?;

@@ -1109,15 +1109,14 @@ impl Store for EmbeddedRef {
     }
 
     async fn backup(&self) -> Result<Backup> {
-        if self.0.closed.load(Ordering::SeqCst) {
-            return Err(StoreError::Closed);
-        }
+        self.0.check_writable()?;
         // Under the read lock: every write applied so far has a log record at or before
         // `seq`, so once that is durable, so is everything the copy holds.
-        let (snap, seq, revision) = {
+        let (snap, seq) = {
             let st = self.0.state.read().expect("state poisoned");
-            (st.snapshot(), self.0.log.last_seq(), st.rev)
+            (st.snapshot(), self.0.log.last_seq())
         };
+        let revision = snap.rev;
         self.0.wait_durable(seq).await?;
         let dir = self.0.dir.clone();
         let (file, len) = tokio::task::spawn_blocking(move || {
