@@ -266,15 +266,20 @@ struct Worker {
 
 impl Worker {
     fn spawn(i: usize, conns: Conns) -> std::io::Result<Worker> {
+        // The connection thread writes its calls' log records itself, once it has handled
+        // everything it had read (see `weft_store::embedded::defer_flushes`).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(weft_store::embedded::flush_deferred)
             .build()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name(format!("weft-etcd-{i}"))
             .spawn(move || {
+                weft_store::embedded::defer_flushes();
                 rt.block_on(async move {
+                    let flusher = tokio::spawn(weft_store::embedded::deferred_flusher());
                     let mut set = tokio::task::JoinSet::new();
                     while let Some(s) = rx.recv().await {
                         match tokio::net::TcpStream::from_std(s) {
@@ -283,6 +288,8 @@ impl Worker {
                         }
                     }
                     drain(set).await;
+                    flusher.abort();
+                    weft_store::embedded::flush_deferred();
                 });
                 let _ = done_tx.send(());
             })?;

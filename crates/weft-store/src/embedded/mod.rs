@@ -7,6 +7,7 @@
 
 mod backup;
 mod codec;
+mod defer;
 mod hub;
 mod mvcc;
 mod sched;
@@ -27,6 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{Duration, Instant};
 
 pub use self::backup::{restore, verify_backup, BackupInfo};
+pub use self::defer::{defer_flushes, deferred_flusher, flush_deferred};
 use self::mvcc::{Mvcc, Writer};
 use self::wal::Log;
 use crate::types::*;
@@ -373,20 +375,27 @@ impl Inner {
     /// the call returns once it is durable. Returns `f`'s output and the revision after.
     async fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<(T, i64)> {
         self.check_writable()?;
-        let (out, rev, seq, wake) = {
+        let deferred = defer::enabled();
+        let (out, rev, seq, wake, logged) = {
             let mut st = self.state.write().expect("state poisoned");
             let mut w = Writer::new(&mut st, Instant::now());
             let out = f(&mut w)?;
             let batch = w.finish();
             let rev = st.rev;
-            let (seq, wake) = match batch {
-                Some(b) => self.log.append(&st, b),
-                None => (self.log.last_seq(), false),
+            let (seq, wake, logged) = match batch {
+                Some(b) => {
+                    let (seq, wake) = self.log.append(&st, b, deferred);
+                    (seq, wake, true)
+                }
+                None => (self.log.last_seq(), false, false),
             };
-            (out, rev, seq, wake)
+            (out, rev, seq, wake, logged)
         };
         if wake {
             self.log.wake();
+        }
+        if deferred && logged {
+            defer::register(&self.log);
         }
         self.wait_durable(seq).await?;
         Ok((out, rev))

@@ -1449,3 +1449,133 @@ async fn a_dropped_message_future_loses_no_event() {
     let want: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("d/{i}"))).collect();
     assert_eq!(keys, want);
 }
+
+/// Waits (up to 10 s) until the log thread sleeps, so that only a wake-up gets it to write.
+async fn log_thread_idle(s: &Embedded) {
+    for _ in 0..1000 {
+        if s.inner.log.idle() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the log thread never went idle");
+}
+
+/// A runtime like the etcd API's connection threads: one thread that defers its flushes to
+/// when it parks, with the flusher task for when it does not.
+fn run_deferring<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        defer_flushes();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(flush_deferred)
+            .build()
+            .unwrap()
+            .block_on(async move {
+                tokio::spawn(deferred_flusher());
+                f.await
+            })
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_that_defers_flushes_writes_its_writes_in_one_durable_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Embedded::open(dir.path(), opts()).await.unwrap());
+    log_thread_idle(&s).await;
+    let before = s.stats();
+    let s2 = s.clone();
+    let revs = run_deferring(async move {
+        let tasks: Vec<_> = (0..64)
+            .map(|i| {
+                let s = s2.clone();
+                tokio::spawn(async move {
+                    s.put_kv(format!("d/{i:02}"), format!("v{i}"))
+                        .await
+                        .unwrap()
+                        .header
+                        .revision
+                })
+            })
+            .collect();
+        let mut revs = Vec::new();
+        for t in tasks {
+            revs.push(t.await.unwrap());
+        }
+        revs
+    });
+    let after = s.stats();
+    assert_eq!(after.records - before.records, 64);
+    // All 64 tasks ran before the thread flushed: one durable write for all of them (the log
+    // thread, woken at the first, would race the others into several).
+    assert_eq!(after.fsyncs - before.fsyncs, 1, "{after:?}");
+    let mut sorted = revs.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 64, "one revision each: {revs:?}");
+    // Acknowledged means durable: all there after a restart.
+    s.close();
+    drop(s);
+    let s = Embedded::open(dir.path(), opts()).await.unwrap();
+    let r = s
+        .range(RangeRequest::new(KeyRange::prefix("d/")))
+        .await
+        .unwrap();
+    assert_eq!(r.count, 64);
+    assert_eq!(r.kvs[7].value, Bytes::from("v7"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferring_thread_that_never_parks_still_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Embedded::open(dir.path(), opts()).await.unwrap());
+    log_thread_idle(&s).await;
+    let s2 = s.clone();
+    let done = run_deferring(async move {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Always ready: the runtime polls its driver between rounds but never parks, so only
+        // the flusher task can write the put's record.
+        let spin = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut rounds = 0u64;
+                while !stop.load(Ordering::Relaxed) && rounds < 50_000_000 {
+                    tokio::task::yield_now().await;
+                    rounds += 1;
+                }
+            })
+        };
+        let put = tokio::time::timeout(Duration::from_secs(10), s2.put_kv("busy", "v")).await;
+        stop.store(true, Ordering::Relaxed);
+        spin.await.unwrap();
+        put.map(|r| r.unwrap().header.revision)
+    });
+    let rev = done.expect("the put completed on a thread that never parked");
+    assert_eq!(s.get("busy").await.unwrap().unwrap().mod_revision, rev);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deferred_writes_leave_the_log_thread_ready_for_other_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Embedded::open(dir.path(), opts()).await.unwrap());
+    for round in 0..20 {
+        log_thread_idle(&s).await;
+        let s2 = s.clone();
+        run_deferring(async move { s2.put_kv("deferred", format!("{round}")).await.unwrap() });
+        // The deferred append found the log thread idle and did not wake it: it must still be
+        // marked idle, so that this write wakes it.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            s.put_kv("direct", format!("{round}")),
+        )
+        .await
+        .expect("a write through the log thread after a deferred one completes")
+        .unwrap();
+    }
+    assert_eq!(
+        s.get("direct").await.unwrap().unwrap().value,
+        Bytes::from("19")
+    );
+}

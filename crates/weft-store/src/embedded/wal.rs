@@ -99,6 +99,21 @@ pub(crate) struct Log {
     /// Length of the last snapshot written (or loaded): the log grows to at least this much
     /// before the next one.
     last_snapshot: AtomicU64,
+    /// The open log and the flusher's buffers: whoever holds it writes the queue's records
+    /// (the log thread, or a thread that flushes its own writes, see [`Log::flush_now`]).
+    /// `None` before the log thread starts and after the log failed or stopped.
+    writer: Mutex<Option<Flusher>>,
+}
+
+/// What writing the log needs, owned by whoever holds [`Log`]'s `writer` lock.
+struct Flusher {
+    dir: PathBuf,
+    file: LogFile,
+    mode: Durability,
+    buf: Vec<u8>,
+    /// Keys changed by the records written since the last publish, with their revisions
+    /// (see `Log::publish`).
+    changed: Vec<(bytes::Bytes, i64)>,
 }
 
 pub(crate) fn wal_name(gen: u64) -> String {
@@ -518,6 +533,7 @@ impl Log {
             snap_bytes: AtomicU64::new(snap_bytes),
             log_bytes: AtomicU64::new(log_bytes),
             last_snapshot: AtomicU64::new(snap_bytes),
+            writer: Mutex::new(None),
         }
     }
 
@@ -529,7 +545,7 @@ impl Log {
     /// that is larger. So snapshots write at most about as many bytes as the log (with a fixed
     /// threshold, a state of N times the threshold would be written again every threshold's
     /// worth of log, N-fold), and recovery replays at most that much log.
-    pub fn append(&self, state: &Mvcc, batch: Batch) -> (u64, bool) {
+    pub fn append(&self, state: &Mvcc, batch: Batch, deferred: bool) -> (u64, bool) {
         let len = codec::record_len(&batch);
         let rev = batch.rev;
         let mut q = self.q.lock().expect("log queue poisoned");
@@ -552,10 +568,18 @@ impl Log {
                 snapshot,
             });
         }
-        // Woken once: later appends before the flusher runs see it no longer idle.
-        let wake = std::mem::replace(&mut q.idle, false);
+        // Woken once: later appends before the flusher runs see it no longer idle. A deferred
+        // record is flushed by its own thread (`flush_now`): the log thread stays asleep, and
+        // stays marked idle for the next appender that needs it.
+        let wake = !deferred && std::mem::replace(&mut q.idle, false);
         drop(q);
         (seq, wake)
+    }
+
+    /// Whether the log thread is waiting for records (see `Queue::idle`).
+    #[cfg(test)]
+    pub fn idle(&self) -> bool {
+        self.q.lock().expect("log queue poisoned").idle
     }
 
     /// Wakes the flusher after an [`Log::append`] that asked for it.
@@ -659,15 +683,24 @@ impl Log {
     /// The flusher thread's body. Snapshots are written by a second thread, so that the log
     /// keeps being flushed (and writes acknowledged) while a large state is encoded and saved.
     pub fn run(&self, dir: PathBuf, file: LogFile, mode: Durability, delay: std::time::Duration) {
+        *self.writer.lock().expect("log writer poisoned") = Some(Flusher {
+            dir: dir.clone(),
+            file,
+            mode,
+            buf: Vec::with_capacity(1 << 20),
+            changed: Vec::new(),
+        });
         std::thread::scope(|scope| {
             let snapshotter = std::thread::Builder::new()
                 .name("weft-snapshot".into())
                 .spawn_scoped(scope, || self.snapshot_loop(&dir));
             if let Err(e) = snapshotter {
+                self.writer.lock().expect("log writer poisoned").take();
                 self.fail(format!("cannot start the snapshot thread: {e}"));
                 return;
             }
-            self.flush_loop(&dir, file, mode, delay);
+            self.flush_loop(delay);
+            self.writer.lock().expect("log writer poisoned").take();
             self.snap_job.lock().expect("snapshot slot poisoned").stop = true;
             self.snap_cv.notify_one();
         });
@@ -709,20 +742,10 @@ impl Log {
         }
     }
 
-    fn flush_loop(
-        &self,
-        dir: &Path,
-        mut file: LogFile,
-        mode: Durability,
-        delay: std::time::Duration,
-    ) {
-        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-        // Keys changed by the records written since the last publish, with their revisions
-        // (see `Log::publish`).
-        let mut changed: Vec<(bytes::Bytes, i64)> = Vec::new();
+    fn flush_loop(&self, delay: std::time::Duration) {
         let mut last_batch = 0usize;
         loop {
-            let items = {
+            {
                 let mut q = self.q.lock().expect("log queue poisoned");
                 while q.items.is_empty() && !q.shutdown {
                     q.idle = true;
@@ -736,66 +759,92 @@ impl Log {
                     q = self.q.lock().expect("log queue poisoned");
                 }
                 last_batch = q.items.len();
-                if q.items.is_empty() {
+                if q.items.is_empty() && q.shutdown {
                     return;
                 }
-                std::mem::take(&mut q.items)
-            };
-            let mut last: Option<(u64, i64)> = None;
-            for item in items {
-                match item {
-                    Item::Record { seq, rev, batch } => {
-                        codec::encode_record_into(&batch, &mut buf);
-                        for c in &batch.changes {
-                            changed.push(match c {
-                                Change::Put { key, .. } | Change::Delete { key } => {
-                                    (key.clone(), rev)
-                                }
-                            });
-                        }
-                        self.records.fetch_add(1, Ordering::Relaxed);
-                        last = Some((seq, rev));
-                        if mode == Durability::Always {
-                            if let Err(e) = self.flush(&mut file, &mut buf, mode) {
-                                return self.fail(format!("cannot write log: {e}"));
-                            }
-                            self.publish(seq, rev, &mut changed);
-                        }
-                    }
-                    Item::Rotate {
-                        seq,
-                        rev,
-                        gen,
-                        snapshot,
-                    } => {
-                        if let Err(e) = self.flush(&mut file, &mut buf, mode) {
-                            return self.fail(format!("cannot write log: {e}"));
-                        }
-                        // Records up to `seq` are durable in the old log; later ones go to the
-                        // new one while the snapshot thread writes the state as of `seq`.
-                        match open_log(dir, gen, 0, Vec::new(), file.io()) {
-                            Ok(f) => {
-                                file = f;
-                                // The old log stays on disk until the snapshot replaces it.
-                                let old = self.log_bytes.swap(file.size(), Ordering::Relaxed);
-                                self.snap_bytes.fetch_add(old, Ordering::Relaxed);
-                            }
-                            Err(e) => return self.fail(format!("cannot start log {gen}: {e}")),
-                        }
-                        self.publish(seq, rev, &mut changed);
-                        self.snap_job.lock().expect("snapshot slot poisoned").job =
-                            Some((gen, snapshot));
-                        self.snap_cv.notify_one();
-                    }
-                }
             }
-            if let Err(e) = self.flush(&mut file, &mut buf, mode) {
-                return self.fail(format!("cannot write log: {e}"));
-            }
-            if let Some((seq, rev)) = last {
-                self.publish(seq, rev, &mut changed);
+            if !self.drain() {
+                return;
             }
         }
+    }
+
+    /// Writes the records queued so far, if any, on the calling thread: what a thread that
+    /// defers its writes' flushes (`embedded::defer_flushes`) calls once it has nothing else
+    /// to do. Waits for a flush in progress elsewhere first.
+    pub fn flush_now(&self) {
+        if !self.q.lock().expect("log queue poisoned").items.is_empty() {
+            self.drain();
+        }
+    }
+
+    /// Takes the queue and writes it, then publishes. Returns false when the log cannot be
+    /// written (it failed, or stopped).
+    fn drain(&self) -> bool {
+        let mut guard = self.writer.lock().expect("log writer poisoned");
+        let Some(w) = guard.as_mut() else {
+            return false;
+        };
+        // Taken under the writer lock, so that batches are written in queue order.
+        let items = std::mem::take(&mut self.q.lock().expect("log queue poisoned").items);
+        if let Err(msg) = self.write_items(w, items) {
+            guard.take();
+            drop(guard);
+            self.fail(msg);
+            return false;
+        }
+        true
+    }
+
+    fn write_items(&self, w: &mut Flusher, items: Vec<Item>) -> std::result::Result<(), String> {
+        let mode = w.mode;
+        let mut last: Option<(u64, i64)> = None;
+        for item in items {
+            match item {
+                Item::Record { seq, rev, batch } => {
+                    codec::encode_record_into(&batch, &mut w.buf);
+                    for c in &batch.changes {
+                        w.changed.push(match c {
+                            Change::Put { key, .. } | Change::Delete { key } => (key.clone(), rev),
+                        });
+                    }
+                    self.records.fetch_add(1, Ordering::Relaxed);
+                    last = Some((seq, rev));
+                    if mode == Durability::Always {
+                        self.flush(&mut w.file, &mut w.buf, mode)
+                            .map_err(|e| format!("cannot write log: {e}"))?;
+                        self.publish(seq, rev, &mut w.changed);
+                    }
+                }
+                Item::Rotate {
+                    seq,
+                    rev,
+                    gen,
+                    snapshot,
+                } => {
+                    self.flush(&mut w.file, &mut w.buf, mode)
+                        .map_err(|e| format!("cannot write log: {e}"))?;
+                    // Records up to `seq` are durable in the old log; later ones go to the
+                    // new one while the snapshot thread writes the state as of `seq`.
+                    let f = open_log(&w.dir, gen, 0, Vec::new(), w.file.io())
+                        .map_err(|e| format!("cannot start log {gen}: {e}"))?;
+                    w.file = f;
+                    // The old log stays on disk until the snapshot replaces it.
+                    let old = self.log_bytes.swap(w.file.size(), Ordering::Relaxed);
+                    self.snap_bytes.fetch_add(old, Ordering::Relaxed);
+                    self.publish(seq, rev, &mut w.changed);
+                    self.snap_job.lock().expect("snapshot slot poisoned").job =
+                        Some((gen, snapshot));
+                    self.snap_cv.notify_one();
+                }
+            }
+        }
+        self.flush(&mut w.file, &mut w.buf, mode)
+            .map_err(|e| format!("cannot write log: {e}"))?;
+        if let Some((seq, rev)) = last {
+            self.publish(seq, rev, &mut w.changed);
+        }
+        Ok(())
     }
 
     fn flush(&self, file: &mut LogFile, buf: &mut Vec<u8>, mode: Durability) -> io::Result<()> {
