@@ -19,7 +19,7 @@
 //! let store = Arc::new(Embedded::open(dir.path(), Options::default()).await?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
-//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1, threads: 1 };
+//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8 };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
 //!     let _ = stopped.await;
@@ -64,6 +64,11 @@ pub struct Config {
     /// threads: on 2 cores, one such thread costs about a fifth less CPU per put than tasks on
     /// a 2-worker runtime (docs/benchmarks.md, twelfth run).
     pub threads: usize,
+    /// Connection threads write their calls' log records themselves, once they have handled
+    /// everything they had read, when at least this many are queued; fewer go to the log
+    /// thread (see `weft_store::embedded::defer_flushes`). 0: every write goes through the
+    /// log thread. Only with `threads` > 0 and the embedded store.
+    pub inline_batch: usize,
 }
 
 /// The etcd API service over a store.
@@ -266,20 +271,22 @@ struct Worker {
 
 impl Worker {
     fn spawn(i: usize, conns: Conns) -> std::io::Result<Worker> {
-        // The connection thread writes its calls' log records itself, once it has handled
-        // everything it had read (see `weft_store::embedded::defer_flushes`).
+        // With `inline_batch`, the thread writes its calls' log records itself once it has
+        // handled everything it had read, before it parks (see
+        // `weft_store::embedded::defer_flushes`).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .on_thread_park(weft_store::embedded::flush_deferred)
             .build()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
+        let inline_batch = conns.api.cfg.inline_batch;
         std::thread::Builder::new()
             .name(format!("weft-etcd-{i}"))
             .spawn(move || {
-                weft_store::embedded::defer_flushes();
                 rt.block_on(async move {
-                    let flusher = tokio::spawn(weft_store::embedded::deferred_flusher());
+                    let flusher = (inline_batch > 0)
+                        .then(|| tokio::spawn(weft_store::embedded::defer_flushes(inline_batch)));
                     let mut set = tokio::task::JoinSet::new();
                     while let Some(s) = rx.recv().await {
                         match tokio::net::TcpStream::from_std(s) {
@@ -288,8 +295,9 @@ impl Worker {
                         }
                     }
                     drain(set).await;
-                    flusher.abort();
-                    weft_store::embedded::flush_deferred();
+                    if let Some(f) = flusher {
+                        f.abort();
+                    }
                 });
                 let _ = done_tx.send(());
             })?;

@@ -302,6 +302,15 @@ struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, requires = "etcd_listen")]
     etcd_threads: Option<usize>,
+    /// An etcd API connection thread makes the durable write for its calls itself, once it
+    /// has handled everything it had read, when at least this many records are queued; it
+    /// then serves nothing else until the disk is done. Fewer go to the log thread while it
+    /// goes on serving. 0: every write through the log thread. 8 gave 14–27 % more puts a
+    /// second at 16 and 64 clients on 2 cores, and 15 % fewer lock hand-offs than 0 (which
+    /// lost 37 %) (docs/benchmarks.md, seventeenth run).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = 8, requires = "etcd_listen")]
+    etcd_inline_batch: usize,
     /// Also run the API gateway on this address (routes from --gateway-config and from the
     /// store; upstreams may be services registered on this node).
     #[arg(long)]
@@ -952,6 +961,7 @@ async fn up(a: UpArgs) -> Result<()> {
                 client_url: url,
                 member_id: 0x7765_6674,
                 threads,
+                inline_batch: a.etcd_inline_batch,
             };
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

@@ -35,6 +35,9 @@ pub async fn start_with(threads: usize) -> Server {
         client_url: url.clone(),
         member_id: 1,
         threads,
+        // Every write made inline by a connection thread, the path `weft up` takes for
+        // groups of 8 or more.
+        inline_batch: 1,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;

@@ -28,7 +28,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{Duration, Instant};
 
 pub use self::backup::{restore, verify_backup, BackupInfo};
-pub use self::defer::{defer_flushes, deferred_flusher, flush_deferred};
+pub use self::defer::{defer_flushes, flush_deferred};
 use self::mvcc::{Mvcc, Writer};
 use self::wal::Log;
 use crate::types::*;
@@ -135,6 +135,9 @@ pub struct Stats {
     pub fsyncs: u64,
     /// Whether the log is written with direct I/O ([`Options::direct_io`]).
     pub direct_io: bool,
+    /// Of `fsyncs`, the durable writes made by a thread that writes its own records
+    /// ([`defer_flushes`]) rather than by the log thread.
+    pub inline_writes: u64,
     /// Watchers registered now: one per open [`WatchStream`](crate::WatchStream), until it
     /// is dropped.
     pub watchers: u64,
@@ -285,6 +288,7 @@ impl Embedded {
             records: self.inner.log.records.load(Ordering::Relaxed),
             fsyncs: self.inner.log.fsyncs.load(Ordering::Relaxed),
             direct_io: self.inner.log.direct_io.load(Ordering::Relaxed),
+            inline_writes: self.inner.log.inline_writes.load(Ordering::Relaxed),
             watchers: self.inner.log.hub.len() as u64,
         }
     }

@@ -86,6 +86,8 @@ pub(crate) struct Log {
     /// The newest snapshot generation the snapshot thread finished, and its error if it failed.
     pub snap_done: watch::Sender<(u64, Option<String>)>,
     pub fsyncs: AtomicU64,
+    /// Durable writes made by writers' threads (`Log::flush_from_writer`).
+    pub inline_writes: AtomicU64,
     /// The watchers, woken by key when a flush is published.
     pub hub: std::sync::Arc<super::hub::Hub>,
     /// Whether the log file is written with direct I/O (see [`LogFile`]).
@@ -100,7 +102,7 @@ pub(crate) struct Log {
     /// before the next one.
     last_snapshot: AtomicU64,
     /// The open log and the flusher's buffers: whoever holds it writes the queue's records
-    /// (the log thread, or a thread that flushes its own writes, see [`Log::flush_now`]).
+    /// (the log thread, or a thread that flushes its own writes, see [`Log::flush_from_writer`]).
     /// `None` before the log thread starts and after the log failed or stopped.
     writer: Mutex<Option<Flusher>>,
 }
@@ -527,6 +529,7 @@ impl Log {
             snap_cv: Condvar::new(),
             snap_done: watch::channel((gen, None)).0,
             fsyncs: AtomicU64::new(0),
+            inline_writes: AtomicU64::new(0),
             hub: Default::default(),
             direct_io: std::sync::atomic::AtomicBool::new(false),
             records: AtomicU64::new(0),
@@ -569,11 +572,17 @@ impl Log {
             });
         }
         // Woken once: later appends before the flusher runs see it no longer idle. A deferred
-        // record is flushed by its own thread (`flush_now`): the log thread stays asleep, and
+        // record is flushed by its own thread (`flush_from_writer`): the log thread stays asleep, and
         // stays marked idle for the next appender that needs it.
         let wake = !deferred && std::mem::replace(&mut q.idle, false);
         drop(q);
         (seq, wake)
+    }
+
+    /// The newest log generation started (or queued to start).
+    #[cfg(test)]
+    pub fn gen(&self) -> u64 {
+        self.q.lock().expect("log queue poisoned").gen
     }
 
     /// Whether the log thread is waiting for records (see `Queue::idle`).
@@ -763,37 +772,50 @@ impl Log {
                     return;
                 }
             }
-            if !self.drain() {
+            if self.drain().is_none() {
                 return;
             }
         }
     }
 
-    /// Writes the records queued so far, if any, on the calling thread: what a thread that
-    /// defers its writes' flushes (`embedded::defer_flushes`) calls once it has nothing else
-    /// to do. Waits for a flush in progress elsewhere first.
-    pub fn flush_now(&self) {
-        if !self.q.lock().expect("log queue poisoned").items.is_empty() {
-            self.drain();
+    /// Called by a thread that defers its flushes (`embedded::defer_flushes`) once it has
+    /// nothing else to do: writes the queued records on the calling thread if there are at
+    /// least `min_batch` of them (waiting for a flush in progress elsewhere first), or else
+    /// wakes the log thread for them if it sleeps.
+    pub fn flush_from_writer(&self, min_batch: usize) {
+        let mut q = self.q.lock().expect("log queue poisoned");
+        if q.items.is_empty() {
+            return;
+        }
+        if q.items.len() < min_batch {
+            // A deferred append leaves the log thread marked idle (see `append`).
+            if std::mem::replace(&mut q.idle, false) {
+                drop(q);
+                self.cv.notify_one();
+            }
+            return;
+        }
+        drop(q);
+        if self.drain().is_some_and(|n| n > 0) {
+            self.inline_writes.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Takes the queue and writes it, then publishes. Returns false when the log cannot be
-    /// written (it failed, or stopped).
-    fn drain(&self) -> bool {
+    /// Takes the queue and writes it, then publishes; returns how many items it took, or
+    /// `None` when the log cannot be written (it failed, or stopped).
+    fn drain(&self) -> Option<usize> {
         let mut guard = self.writer.lock().expect("log writer poisoned");
-        let Some(w) = guard.as_mut() else {
-            return false;
-        };
+        let w = guard.as_mut()?;
         // Taken under the writer lock, so that batches are written in queue order.
         let items = std::mem::take(&mut self.q.lock().expect("log queue poisoned").items);
+        let n = items.len();
         if let Err(msg) = self.write_items(w, items) {
             guard.take();
             drop(guard);
             self.fail(msg);
-            return false;
+            return None;
         }
-        true
+        Some(n)
     }
 
     fn write_items(&self, w: &mut Flusher, items: Vec<Item>) -> std::result::Result<(), String> {
