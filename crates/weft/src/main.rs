@@ -305,9 +305,10 @@ struct UpArgs {
     /// An etcd API connection thread makes the durable write for its calls itself, once it
     /// has handled everything it had read, when at least this many records are queued; it
     /// then serves nothing else until the disk is done. Fewer go to the log thread while it
-    /// goes on serving. 0: every write through the log thread. 8 gave 14–27 % more puts a
-    /// second at 16 and 64 clients on 2 cores, and 15 % fewer lock hand-offs than 0 (which
-    /// lost 37 %) (docs/benchmarks.md, seventeenth run).
+    /// goes on serving. 0: every write through the log thread. On 2 cores, 8 gave 16–31 %
+    /// more puts a second than 0 at 16 and 64 clients, and lock hand-offs within noise of 0,
+    /// where writing every group inline lost 19–37 % of them (docs/benchmarks.md, seventeenth
+    /// run).
     #[cfg(feature = "etcd")]
     #[arg(long, default_value_t = 8, requires = "etcd_listen")]
     etcd_inline_batch: usize,

@@ -9,14 +9,14 @@
 //! (`tokio::runtime::Builder::on_thread_park`) and by the task `defer_flushes` returns (for a
 //! thread that stays busy and never parks), writes them. Every request the thread had read
 //! joins one durable write, and no other thread has to be woken, scheduled, and wake the
-//! writers back: with 64 clients on 2 cores, 14–30 % more puts a second than through the
+//! writers back: with 64 clients on 2 cores, 14–31 % more puts a second than through the
 //! log thread (docs/benchmarks.md, seventeenth run).
 //!
 //! The thread blocks while the disk writes, so it serves nothing else meanwhile, reads
 //! included. A small group does not pay for that: a batch of fewer than `min_batch` records
 //! goes to the log thread as any other writer's, and the thread goes on serving (a lock
-//! handed from client to client, one write at a time, lost 37 % with every batch written
-//! inline, 15 % with batches of 8 or more).
+//! handed from client to client, one write at a time, lost 19–37 % of its hand-offs with
+//! every batch written inline, and stayed within noise with batches of 8 or more).
 
 use std::cell::RefCell;
 use std::future::Future;
