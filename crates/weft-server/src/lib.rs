@@ -46,12 +46,25 @@ use api::Encoding;
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Server settings.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// Bearer token required on every route but `/health` (none: no auth, loopback only).
     pub token: Option<String>,
     /// Largest request body, bytes (default 4 MiB: a 1.5 MiB value fits even in base64).
     pub max_body_bytes: usize,
+    /// Called before `/metrics` renders, to update metrics (through the `metrics` macros)
+    /// that the server cannot read from the [`Store`] trait, such as a backend's own counters.
+    pub on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("on_scrape", &self.on_scrape.is_some())
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -59,6 +72,7 @@ impl Default for ServerConfig {
         ServerConfig {
             token: None,
             max_body_bytes: 4 * 1024 * 1024,
+            on_scrape: None,
         }
     }
 }
@@ -69,6 +83,7 @@ struct AppState {
     token: Option<Arc<str>>,
     shutdown: watch::Receiver<bool>,
     metrics: PrometheusHandle,
+    on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -186,6 +201,7 @@ pub fn router(
         token: cfg.token.as_deref().map(Arc::from),
         shutdown,
         metrics: metrics_handle(),
+        on_scrape: cfg.on_scrape.clone(),
     };
     Router::new()
         .route("/health", get(health))
@@ -307,6 +323,9 @@ async fn metrics_route(State(st): State<AppState>) -> Response {
         metrics::gauge!("weft_store_revision").set(s.header.revision as f64);
         metrics::gauge!("weft_store_compact_revision").set(s.compact_revision as f64);
         metrics::gauge!("weft_store_db_size_bytes").set(s.db_size as f64);
+    }
+    if let Some(f) = &st.on_scrape {
+        f();
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

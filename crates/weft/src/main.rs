@@ -307,11 +307,12 @@ struct UpArgs {
     /// then serves nothing else until the disk is done. Fewer go to the log thread while it
     /// goes on serving. 0: every write through the log thread. On 2 cores, 8 gave 16–31 %
     /// more puts a second than 0 at 16 and 64 clients, and lock hand-offs within noise of 0,
-    /// where writing every group inline lost 19–37 % of them (docs/benchmarks.md, seventeenth
-    /// run).
+    /// where writing every group inline lost 19–37 % of them; on one core (`taskset`), the
+    /// core idles while the thread waits for the disk, and txn lost 15 % (docs/benchmarks.md,
+    /// seventeenth run). Default: 8, or 0 when the node may run on one core only.
     #[cfg(feature = "etcd")]
-    #[arg(long, default_value_t = 8, requires = "etcd_listen")]
-    etcd_inline_batch: usize,
+    #[arg(long, requires = "etcd_listen")]
+    etcd_inline_batch: Option<usize>,
     /// Also run the API gateway on this address (routes from --gateway-config and from the
     /// store; upstreams may be services registered on this node).
     #[arg(long)]
@@ -940,6 +941,14 @@ async fn up(a: UpArgs) -> Result<()> {
     std::io::stdout().flush()?;
     let cfg = weft_server::ServerConfig {
         token: a.token.clone(),
+        on_scrape: embedded.clone().map(|e| {
+            Arc::new(move || {
+                let st = e.stats();
+                metrics::counter!("weft_log_records_total").absolute(st.records);
+                metrics::counter!("weft_log_durable_writes_total").absolute(st.fsyncs);
+                metrics::counter!("weft_log_inline_writes_total").absolute(st.inline_writes);
+            }) as Arc<dyn Fn() + Send + Sync>
+        }),
         ..Default::default()
     };
     #[cfg(feature = "etcd")]
@@ -954,15 +963,14 @@ async fn up(a: UpArgs) -> Result<()> {
             let url = format!("http://{}", l.local_addr()?);
             println!("etcd API listening on {url}");
             std::io::stdout().flush()?;
-            let threads = a.etcd_threads.unwrap_or_else(|| {
-                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-                (cores / 2).max(1)
-            });
+            // The cores this process may run on (its CPU affinity, e.g. under `taskset`).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = a.etcd_threads.unwrap_or((cores / 2).max(1));
             let ecfg = weft_etcd_api::Config {
                 client_url: url,
                 member_id: 0x7765_6674,
                 threads,
-                inline_batch: a.etcd_inline_batch,
+                inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
             };
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {
