@@ -1606,6 +1606,25 @@ async fn a_small_deferred_batch_goes_to_the_log_thread() {
     );
 }
 
+/// 150 puts from each of 4 tasks on the current runtime, to 10 keys per task under `prefix`.
+async fn put_from_4_tasks(s: Arc<Embedded>, prefix: &'static str) {
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                for i in 0..150 {
+                    s.put_kv(format!("{prefix}/{t}/{}", i % 10), format!("{i}"))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 /// Writes from a deferring thread and from others (through the log thread) at once: every
 /// write completes, the log holds them in apply order, and a restart finds the same state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1616,44 +1635,11 @@ async fn inline_and_log_thread_writes_interleave_in_apply_order() {
     let before = s.stats();
     let deferring = {
         let s = s.clone();
-        std::thread::spawn(move || {
-            run_deferring(2, async move {
-                let tasks: Vec<_> = (0..4)
-                    .map(|t| {
-                        let s = s.clone();
-                        tokio::spawn(async move {
-                            for i in 0..150 {
-                                s.put_kv(format!("r/{t}/{}", i % 10), format!("{i}"))
-                                    .await
-                                    .unwrap();
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
-            })
-        })
+        std::thread::spawn(move || run_deferring(2, put_from_4_tasks(s, "r")))
     };
-    let others: Vec<_> = (0..4)
-        .map(|t| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                for i in 0..150 {
-                    s.put_kv(format!("l/{t}/{}", i % 10), format!("{i}"))
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in others {
-        tokio::time::timeout(Duration::from_secs(60), t)
-            .await
-            .expect("log thread writes complete")
-            .unwrap();
-    }
+    tokio::time::timeout(Duration::from_secs(60), put_from_4_tasks(s.clone(), "l"))
+        .await
+        .expect("log thread writes complete");
     tokio::task::spawn_blocking(move || deferring.join().unwrap())
         .await
         .unwrap();
