@@ -13,7 +13,8 @@
 //! log thread (docs/benchmarks.md, seventeenth run).
 //!
 //! The thread blocks while the disk writes, so it serves nothing else meanwhile, reads
-//! included. A small group does not pay for that: a batch of fewer than `min_batch` records
+//! included (and when a group is the one that starts a new log because a snapshot is due,
+//! while the new log file is created too). A small group does not pay for that: a batch of fewer than `min_batch` records
 //! goes to the log thread as any other writer's, and the thread goes on serving (a lock
 //! handed from client to client, one write at a time, lost 19–37 % of its hand-offs with
 //! every batch written inline, and stayed within noise with batches of 8 or more).
