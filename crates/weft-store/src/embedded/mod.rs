@@ -138,7 +138,7 @@ pub struct Stats {
     /// Of `fsyncs`, the durable writes made by a thread that writes its own records
     /// ([`defer_flushes`]) rather than by the log thread.
     pub inline_writes: u64,
-    /// Watchers registered now: one per open [`WatchStream`](crate::WatchStream), until it
+    /// Watchers registered now: one per open [`WatchStream`], until it
     /// is dropped.
     pub watchers: u64,
 }
