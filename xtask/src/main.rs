@@ -92,6 +92,12 @@ fn main() {
                 ]),
             );
             run(
+                "rustdoc",
+                cargo()
+                    .args(["doc", "--workspace", "--all-features", "--no-deps"])
+                    .env("RUSTDOCFLAGS", "-D warnings"),
+            );
+            run(
                 "tests",
                 cargo()
                     .args(["test", "--workspace", "--all-features"])
@@ -100,7 +106,7 @@ fn main() {
         }
         Some("install-prereqs") => install_prereqs(),
         _ => {
-            eprintln!("usage: cargo xtask test [-- test args]   (fmt, clippy, all tests)\n       cargo xtask install-prereqs");
+            eprintln!("usage: cargo xtask test [-- test args]   (fmt, clippy, rustdoc, all tests)\n       cargo xtask install-prereqs");
             exit(2);
         }
     }

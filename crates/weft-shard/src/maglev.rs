@@ -30,8 +30,8 @@ fn next_prime(mut n: u64) -> u64 {
 }
 
 /// A Maglev lookup table of prime size `M`: each node walks its own permutation
-/// `(offset + j·skip) mod M` (offset = `hash("<id>#0") mod M`, skip = `hash("<id>#1") mod (M−1)
-/// + 1`) and claims free entries, `weight` entries per round. A key owns entry
+/// `(offset + j·skip) mod M` (offset = `hash("<id>#0") mod M`,
+/// skip = `hash("<id>#1") mod (M−1) + 1`) and claims free entries, `weight` entries per round. A key owns entry
 /// `⌊h · M / 2^64⌋` (a multiply and a shift instead of a division).
 #[derive(Clone, Debug)]
 pub struct Maglev {
