@@ -44,19 +44,25 @@ impl Client {
         }
     }
 
-    async fn finish(&self, r: reqwest::RequestBuilder) -> Result<Value> {
+    /// Sends `r`; a response other than 2xx becomes an error with the API's code and
+    /// message.
+    async fn send(&self, r: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = r
             .send()
             .await
             .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
             let code = body["error"]["code"].as_str().unwrap_or("error");
             let msg = body["error"]["message"].as_str().unwrap_or("no message");
             return Err(anyhow!("{code}: {msg} (HTTP {})", status.as_u16()));
         }
-        Ok(body)
+        Ok(resp)
+    }
+
+    async fn finish(&self, r: reqwest::RequestBuilder) -> Result<Value> {
+        Ok(self.send(r).await?.json().await.unwrap_or(Value::Null))
     }
 
     /// POST a JSON body.
@@ -74,21 +80,7 @@ impl Client {
     /// Fails if the body is shorter or longer than its `Content-Length`.
     pub async fn download(&self, path: &str, out: &std::path::Path) -> Result<Download> {
         use tokio::io::AsyncWriteExt;
-        let resp = self
-            .req(reqwest::Method::GET, path)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            bail!(
-                "{}: {} (HTTP {})",
-                body["error"]["code"].as_str().unwrap_or("error"),
-                body["error"]["message"].as_str().unwrap_or("no message"),
-                status.as_u16()
-            );
-        }
+        let resp = self.send(self.req(reqwest::Method::GET, path)).await?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -129,20 +121,7 @@ impl Client {
     /// Streams server-sent events, calling `f(event, data)` until it returns false or the stream
     /// ends. An `error` event becomes an error.
     pub async fn sse(&self, path: &str, mut f: impl FnMut(&str, &Value) -> bool) -> Result<()> {
-        let resp = self
-            .req(reqwest::Method::GET, path)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
-            bail!(
-                "{}: {} (HTTP {status})",
-                body["error"]["code"].as_str().unwrap_or("error"),
-                body["error"]["message"].as_str().unwrap_or("")
-            );
-        }
+        let resp = self.send(self.req(reqwest::Method::GET, path)).await?;
         let mut body = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(chunk) = body.next().await {
