@@ -1679,3 +1679,28 @@ async fn deferred_writes_leave_the_log_thread_ready_for_other_writers() {
         Bytes::from("19")
     );
 }
+
+/// A deferring thread that ends with a write queued (its runtime dropped before it parked or
+/// ran its flusher): the record is written as the thread ends, not left for the next writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferring_thread_that_ends_writes_what_it_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(Embedded::open(dir.path(), opts()).await.unwrap());
+    s.put_kv("first", "x").await.unwrap();
+    log_thread_idle(&s).await;
+    let before = s.stats();
+    let s2 = s.clone();
+    run_deferring(1, async move {
+        // Polled once: applied and queued; then the runtime goes.
+        let mut put = Box::pin(s2.put_kv("orphan", "v"));
+        assert!(futures::FutureExt::now_or_never(put.as_mut()).is_none());
+    });
+    let after = s.stats();
+    assert_eq!(after.records - before.records, 1, "{after:?}");
+    assert_eq!(after.inline_writes - before.inline_writes, 1, "{after:?}");
+    // Durable, so visible, with no other write after it.
+    assert_eq!(
+        s.get("orphan").await.unwrap().unwrap().value,
+        Bytes::from("v")
+    );
+}

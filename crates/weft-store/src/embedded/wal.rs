@@ -796,26 +796,28 @@ impl Log {
             return;
         }
         drop(q);
-        if self.drain().is_some_and(|n| n > 0) {
-            self.inline_writes.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = self.drain() {
+            self.inline_writes.fetch_add(n, Ordering::Relaxed);
         }
     }
 
-    /// Takes the queue and writes it, then publishes; returns how many items it took, or
-    /// `None` when the log cannot be written (it failed, or stopped).
-    fn drain(&self) -> Option<usize> {
+    /// Takes the queue and writes it, then publishes; returns how many durable writes that
+    /// took (one per group, one per record in `always` mode, none in `none` mode), or `None`
+    /// when the log cannot be written (it failed, or stopped).
+    fn drain(&self) -> Option<u64> {
         let mut guard = self.writer.lock().expect("log writer poisoned");
         let w = guard.as_mut()?;
+        // Only the writer lock's holder adds to `fsyncs`.
+        let before = self.fsyncs.load(Ordering::Relaxed);
         // Taken under the writer lock, so that batches are written in queue order.
         let items = std::mem::take(&mut self.q.lock().expect("log queue poisoned").items);
-        let n = items.len();
         if let Err(msg) = self.write_items(w, items) {
             guard.take();
             drop(guard);
             self.fail(msg);
             return None;
         }
-        Some(n)
+        Some(self.fsyncs.load(Ordering::Relaxed) - before)
     }
 
     fn write_items(&self, w: &mut Flusher, items: Vec<Item>) -> std::result::Result<(), String> {
