@@ -121,6 +121,17 @@ fn etcdctl_local(args: &[&std::ffi::OsStr]) -> (bool, String) {
     )
 }
 
+/// `etcdctl snapshot restore FILE --data-dir DIR` (etcd's database format only).
+fn etcdctl_snapshot_restore(file: &std::path::Path, dir: &std::path::Path) -> (bool, String) {
+    etcdctl_local(&[
+        "snapshot".as_ref(),
+        "restore".as_ref(),
+        file.as_os_str(),
+        "--data-dir".as_ref(),
+        dir.as_os_str(),
+    ])
+}
+
 /// etcdctl against `endpoint`: success and output, as they are.
 fn etcdctl_raw(endpoint: &str, args: &[&str]) -> (bool, String) {
     let flag = format!("--endpoints={endpoint}");
@@ -507,28 +518,14 @@ fn weft_snapshot_save_on_an_etcd_backend_is_etcds_own_database() {
     // 20 keys at least (etcd's own keys may add to them), at the revision of the last put.
     assert!(status["totalKey"].as_i64().unwrap() >= 20, "{status}");
     assert!(status["revision"].as_i64().unwrap() >= 21, "{status}");
-    let target = tmp.path().join("etcd-restored");
-    let (ok, out) = etcdctl_local(&[
-        "snapshot".as_ref(),
-        "restore".as_ref(),
-        file.as_os_str(),
-        "--data-dir".as_ref(),
-        target.as_os_str(),
-    ]);
+    let (ok, out) = etcdctl_snapshot_restore(&file, &tmp.path().join("etcd-restored"));
     assert!(ok, "{out}");
     assert!(tmp.path().join("etcd-restored/member/snap/db").exists());
     // Through weft's etcd API too: etcd's stream is passed on as it is, not framed again.
     let via = tmp.path().join("via-weft.db");
     let (ok, out) = etcdctl_raw(&url, &["snapshot", "save", via.to_str().unwrap()]);
     assert!(ok, "{out}");
-    let target = tmp.path().join("etcd-restored-2");
-    let (ok, out) = etcdctl_local(&[
-        "snapshot".as_ref(),
-        "restore".as_ref(),
-        via.as_os_str(),
-        "--data-dir".as_ref(),
-        target.as_os_str(),
-    ]);
+    let (ok, out) = etcdctl_snapshot_restore(&via, &tmp.path().join("etcd-restored-2"));
     assert!(ok, "{out}");
     // A weft restore refuses it with the reason.
     let (code, _, err) = weft_restore(&file, &tmp.path().join("data"));

@@ -141,18 +141,7 @@ async fn a_backup_taken_under_writes_is_one_revision_of_them() {
         .await
         .unwrap(),
     );
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let s = s.clone();
-            tokio::spawn(async move {
-                for i in 0..200 {
-                    s.put_kv(format!("w/{w}/{}", i % 7), format!("{i}"))
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
+    let writers = tokio::spawn(put_from_4_tasks(s.clone(), "w"));
     for _ in 0..5000 {
         if s.status().await.unwrap().header.revision > 50 {
             break;
@@ -161,9 +150,7 @@ async fn a_backup_taken_under_writes_is_one_revision_of_them() {
     }
     let file = dir.path().join("backup");
     let (rev, _) = save_backup(&*s, &file).await;
-    for w in writers {
-        w.await.unwrap();
-    }
+    writers.await.unwrap();
     assert!(rev > 1 && rev < s.status().await.unwrap().header.revision);
     restore(&file, dir.path().join("b")).unwrap();
     let r = Embedded::open(dir.path().join("b"), opts()).await.unwrap();
