@@ -56,9 +56,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::time::Duration;
-use tower::retry::budget::TpsBudget;
 use weft_resilience::circuit::CircuitBreaker;
 use weft_resilience::ratelimit::RateLimiter;
+use weft_resilience::retry::RetryBudget;
 use weft_store::{Store, StoreExt};
 
 pub use config::Config;
@@ -91,7 +91,7 @@ struct Persist {
     upstreams: HashMap<String, (UpstreamConfig, Weak<Upstream>)>,
     breakers: HashMap<String, (BreakerConfig, Arc<CircuitBreaker>)>,
     limiters: HashMap<String, (RateLimitConfig, Arc<RateLimiter<String>>)>,
-    budgets: HashMap<String, (RetryConfig, Arc<TpsBudget>)>,
+    budgets: HashMap<String, (RetryConfig, Arc<RetryBudget>)>,
     /// Built providers by name: unchanged ones are not rebuilt (no key files re-read, JWT
     /// cache kept).
     auths: HashMap<String, (config::AuthConfig, Arc<Authenticator>)>,
@@ -318,11 +318,14 @@ impl Gateway {
                 .filter(|rt| rt.attempts > 1)
                 .map(|rt| {
                     reuse_or_build(&mut p.budgets, &r.name, rt, || {
-                        Ok::<_, ConfigError>(TpsBudget::new(
+                        RetryBudget::from_f32(
                             Duration::from_secs(10),
                             rt.budget_min_per_sec,
                             rt.budget_ratio,
-                        ))
+                        )
+                        .map_err(|e| {
+                            build_error(format!("route {:?}.retry", r.name), e.to_string())
+                        })
                     })
                 })
                 .transpose()?;

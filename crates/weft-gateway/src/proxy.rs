@@ -22,9 +22,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{Duration, Instant};
-use tower::retry::budget::{Budget, TpsBudget};
 use weft_resilience::circuit::CircuitBreaker;
 use weft_resilience::ratelimit::RateLimiter;
+use weft_resilience::retry::RetryBudget;
 use weft_resilience::Outcome;
 
 use crate::auth::Authenticator;
@@ -96,7 +96,7 @@ pub(crate) struct Route {
     pub auth: Option<Arc<Authenticator>>,
     pub breaker: Option<Arc<CircuitBreaker>>,
     pub limiter: Option<Arc<RateLimiter<String>>>,
-    pub budget: Option<Arc<TpsBudget>>,
+    pub budget: Option<Arc<RetryBudget>>,
     pub add_headers: Vec<(HeaderName, HeaderValue)>,
     pub remove_headers: Vec<HeaderName>,
     pub add_response_headers: Vec<(HeaderName, HeaderValue)>,
@@ -112,7 +112,7 @@ impl Route {
         auth: Option<Arc<Authenticator>>,
         breaker: Option<Arc<CircuitBreaker>>,
         limiter: Option<Arc<RateLimiter<String>>>,
-        budget: Option<Arc<TpsBudget>>,
+        budget: Option<Arc<RetryBudget>>,
     ) -> Route {
         let hv = |m: &std::collections::BTreeMap<String, String>| {
             m.iter()
@@ -744,6 +744,10 @@ impl Gateway {
                         };
                         let mut tried = [0usize; 10];
                         let mut attempt = 0u32;
+                        // Every request counts toward the budget, retried or not.
+                        if let Some(b) = &route.budget {
+                            b.deposit();
+                        }
                         loop {
                             attempt += 1;
                             x.attempts = attempt;
@@ -906,11 +910,6 @@ impl Gateway {
                                     continue;
                                 }
                                 metrics::counter!("weft_gateway_retry_budget_exhausted_total", "route" => route.name.clone()).increment(1);
-                            }
-                            if let Some(b) = &route.budget {
-                                if attempt == 1 {
-                                    b.deposit();
-                                }
                             }
                             break 'attempts match (failure_kind, resp) {
                                 (Some(reason), _) => (

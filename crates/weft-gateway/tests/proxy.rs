@@ -236,6 +236,36 @@ outlier = {{ consecutive_failures = 0 }}
     assert!((100..=125).contains(&total), "{total} upstream attempts");
 }
 
+/// The budget is exact for ratios whose inverse is not whole, and retried requests count
+/// toward it: 100 failing requests at 0.3 and no floor make exactly 30 retries.
+#[tokio::test]
+async fn retry_budget_is_exact() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    a.fail.store(503, Ordering::SeqCst);
+    b.fail.store(503, Ordering::SeqCst);
+    let toml = format!(
+        r#"
+[[route]]
+name = "r"
+upstream = "u"
+retry = {{ attempts = 2, budget_ratio = 0.3, budget_min_per_sec = 0 }}
+
+[[upstream]]
+name = "u"
+endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
+outlier = {{ consecutive_failures = 0 }}
+"#,
+        a.addr, b.addr
+    );
+    let gw = TestGateway::start(&toml, None).await;
+    for _ in 0..100 {
+        assert_eq!(get(gw.addr, "/").await.status, 503);
+    }
+    let total = a.hits.load(Ordering::SeqCst) + b.hits.load(Ordering::SeqCst);
+    assert_eq!(total, 130, "100 requests and 30 retries");
+}
+
 #[tokio::test]
 async fn breaker_opens_on_failures_and_answers_503() {
     let a = TestUpstream::start("a").await;

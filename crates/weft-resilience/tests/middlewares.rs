@@ -7,7 +7,9 @@ use std::time::Duration;
 use tower::{BoxError, Service, ServiceExt};
 use weft_resilience::builder::ResilienceBuilder;
 use weft_resilience::bulkhead::{Bulkhead, BulkheadFull};
-use weft_resilience::circuit::{CallNotPermitted, CircuitBreaker, CircuitBreakerLayer, State};
+use weft_resilience::circuit::{
+    is_rejected, rejection, CallNotPermitted, CircuitBreaker, CircuitBreakerLayer, State,
+};
 use weft_resilience::ratelimit::RateLimiter;
 use weft_resilience::retry::{HttpRetry, RetryClassify, RetryDecision, RetryPolicy};
 use weft_resilience::throttle::AdaptiveThrottle;
@@ -79,7 +81,8 @@ async fn retry_budget_is_never_exceeded() {
     let p = Arc::new(
         RetryPolicy::new(5, Duration::from_millis(1), Duration::from_millis(2))
             .unwrap()
-            .budget(Duration::from_secs(10), 0, 0.1),
+            .budget(Duration::from_secs(10), 0, 0.1)
+            .unwrap(),
     );
     let attempts = Arc::new(AtomicU32::new(0));
     for _ in 0..1000 {
@@ -92,11 +95,44 @@ async fn retry_budget_is_never_exceeded() {
             .await;
     }
     let retries = attempts.load(Ordering::SeqCst) - 1000;
-    assert!(
-        retries <= 101,
-        "{retries} retries for 1000 requests with a 10% budget"
-    );
-    assert!(retries >= 50, "the budget allows some retries: {retries}");
+    assert_eq!(retries, 100, "1000 requests with a 10% budget");
+}
+
+/// The budget's promise for ratios whose inverse is not whole (tower's `TpsBudget` let 0.3
+/// through 33 times and 0.4 through 50 times in 100 requests).
+#[tokio::test(start_paused = true)]
+async fn retry_budget_is_exact_for_every_ratio() {
+    for (ratio, want) in [(0.1f32, 10), (0.25, 25), (0.3, 30), (0.4, 40), (0.7, 70)] {
+        let p = RetryPolicy::new(2, Duration::from_millis(1), Duration::from_millis(2))
+            .unwrap()
+            .budget(Duration::from_secs(10), 0, ratio)
+            .unwrap();
+        let attempts = AtomicU32::new(0);
+        for _ in 0..100 {
+            let _: Result<(), &str> = p
+                .call(always_retry, || {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    async { Err("down") }
+                })
+                .await;
+        }
+        let retries = attempts.load(Ordering::SeqCst) - 100;
+        assert_eq!(retries, want, "ratio {ratio}");
+    }
+}
+
+#[test]
+fn retry_budget_settings_are_errors_not_panics() {
+    let p = || RetryPolicy::new(2, Duration::from_millis(1), Duration::from_millis(2)).unwrap();
+    for (ttl, ratio) in [
+        (Duration::from_millis(500), 0.2),
+        (Duration::from_secs(61), 0.2),
+        (Duration::from_secs(10), -0.5),
+        (Duration::from_secs(10), f32::NAN),
+    ] {
+        let e = p().budget(ttl, 1, ratio).unwrap_err();
+        assert!(e.to_string().contains("retry budget"), "{e}");
+    }
 }
 
 #[test]
@@ -245,6 +281,9 @@ async fn breaker_as_a_tower_layer_with_the_http_classifier() {
     assert_eq!(breaker.state(), State::Open);
     let e = svc.ready().await.unwrap().call(()).await.unwrap_err();
     assert!(e.downcast_ref::<CallNotPermitted>().is_some(), "{e}");
+    assert!(is_rejected(&*e), "the documented helper recognises it: {e}");
+    assert_eq!(rejection(&*e).map(|r| r.state), Some(State::Open));
+    assert!(!is_rejected(&*BoxError::from("upstream failed")));
 }
 
 #[tokio::test(start_paused = true)]

@@ -19,6 +19,58 @@ impl fmt::Display for CallNotPermitted {
 
 impl std::error::Error for CallNotPermitted {}
 
+/// The rejection inside a tower error: `Some` if the breaker refused the call (the error of a
+/// [`CircuitBreakerService`](super::CircuitBreakerService) response future, possibly wrapped by
+/// outer layers that keep the source chain).
+pub fn rejection<'a>(
+    err: &'a (dyn std::error::Error + Send + Sync + 'static),
+) -> Option<&'a CallNotPermitted> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<CallNotPermitted>() {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// Whether a tower error is the breaker's refusal ([`CallNotPermitted`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower::{Service, ServiceExt};
+/// use weft_resilience::circuit::{is_rejected, CircuitBreaker, CircuitBreakerLayer, Manual};
+///
+/// # tokio_test_block(async {
+/// let breaker = Arc::new(CircuitBreaker::builder("db").build().unwrap());
+/// breaker.force(Manual::ForcedOpen);
+/// let mut svc = tower::ServiceBuilder::new()
+///     .layer(CircuitBreakerLayer::new(breaker))
+///     .service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+/// let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+/// assert!(is_rejected(&*err));
+/// # });
+/// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub fn is_rejected(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    rejection(err).is_some()
+}
+
+/// Whether a tower error is a half-open probe cancelled at its deadline ([`ProbeTimeout`]).
+pub fn is_probe_timeout(err: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if e.is::<ProbeTimeout>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// A half-open probe did not finish within its deadline (counted as a failure).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProbeTimeout;

@@ -3,8 +3,10 @@
 //! - A sliding window (by call count, or by time in buckets) tracks failures and slow calls.
 //!   Once it holds `minimum_calls`, a failure rate or slow-call rate at or above its threshold
 //!   opens the breaker.
-//! - Open rejects at once for `wait_in_open`, growing by `backoff_multiplier` (up to
-//!   `max_wait_in_open`, with jitter) each time probes fail again.
+//! - Open rejects at once for `wait_in_open`, growing by `backoff_multiplier` each time probes
+//!   fail again, spread by jitter, and never longer than `max_wait_in_open` (jitter included).
+//!   Once the wait is over the breaker is half-open: the next call, or the next
+//!   [`CircuitBreaker::state`] read, makes the transition and publishes it.
 //! - Half-open admits exactly `half_open_probes` probe calls, each with `probe_timeout`;
 //!   everything else is rejected at once. When all probes have finished, the breaker closes or
 //!   opens again by the same thresholds. A cancelled probe frees its slot; a probe that runs
@@ -15,6 +17,13 @@
 //!
 //! The closed-state path is one atomic load on admission and one uncontended mutex section to
 //! record the outcome; the clock is read only when slow-call detection or a time window needs it.
+//!
+//! **Where a rejection shows up.** [`CircuitBreaker::call`] returns [`Error::Rejected`]. Through
+//! the tower layer, `poll_ready` never rejects (it is backpressure: an error there means the
+//! service is broken for good, and a `Buffer` or balancer would drop it); the call is refused in
+//! `call`, and its response future resolves at once to a `BoxError` holding
+//! [`CallNotPermitted`]. Recognise it with [`is_rejected`] or [`rejection`]; a half-open probe
+//! past its deadline resolves to [`ProbeTimeout`] ([`is_probe_timeout`]).
 
 mod error;
 mod future;
@@ -28,7 +37,9 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use tokio::time::{Duration, Instant};
 
-pub use error::{CallNotPermitted, ConfigError, Error, ProbeTimeout};
+pub use error::{
+    is_probe_timeout, is_rejected, rejection, CallNotPermitted, ConfigError, Error, ProbeTimeout,
+};
 pub use future::ResponseFuture;
 pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreakerService;
@@ -68,6 +79,30 @@ impl State {
     }
 }
 
+/// The states an operator may set by hand with [`CircuitBreaker::force`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Manual {
+    /// Reject every call until told otherwise.
+    ForcedOpen,
+    /// Let every call pass (recorded); never open.
+    ForcedClosed,
+    /// Let every call pass, record nothing.
+    Disabled,
+    /// Back to automatic operation, starting closed with an empty window.
+    Closed,
+}
+
+impl From<Manual> for State {
+    fn from(m: Manual) -> State {
+        match m {
+            Manual::ForcedOpen => State::ForcedOpen,
+            Manual::ForcedClosed => State::ForcedClosed,
+            Manual::Disabled => State::Disabled,
+            Manual::Closed => State::Closed,
+        }
+    }
+}
+
 /// The kind of sliding window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WindowKind {
@@ -102,9 +137,10 @@ pub struct Config {
     pub wait_in_open: Duration,
     /// Each consecutive reopening multiplies the wait by this (1.0: constant).
     pub backoff_multiplier: f64,
-    /// Cap of the wait.
+    /// Longest wait in open state, after backoff and jitter.
     pub max_wait_in_open: Duration,
-    /// Random spread of the wait, as a fraction in `[0, 1)` (0.1: ±10 %).
+    /// Random spread of the wait, as a fraction in `[0, 1)` (0.1: ±10 %), applied before the
+    /// cap.
     pub jitter: f64,
     /// Probe calls admitted in half-open state.
     pub half_open_probes: u32,
@@ -261,7 +297,7 @@ impl std::fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("name", &self.name)
-            .field("state", &self.state())
+            .field("state", &self.raw_state())
             .finish()
     }
 }
@@ -393,8 +429,29 @@ impl CircuitBreaker {
         &self.cfg
     }
 
-    /// The current state.
+    /// The current state. An open breaker whose wait is over reads `HalfOpen`: this read makes
+    /// the transition (and publishes it to [`CircuitBreaker::subscribe`]) if no call did yet.
     pub fn state(&self) -> State {
+        let state = self.raw_state();
+        if state != State::Open {
+            return state;
+        }
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if self.raw_state() == State::Open && now >= inner.open_until {
+            let snap = self.snapshot_locked(&mut inner, now);
+            self.transition(&mut inner, State::HalfOpen, snap, now);
+        }
+        self.raw_state()
+    }
+
+    /// When an open breaker lets probes through (`None` unless open).
+    pub fn open_until(&self) -> Option<Instant> {
+        let inner = self.lock();
+        (self.raw_state() == State::Open).then_some(inner.open_until)
+    }
+
+    fn raw_state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
 
@@ -432,7 +489,7 @@ impl CircuitBreaker {
     }
 
     fn transition(&self, inner: &mut Inner, to: State, snapshot: Snapshot, now: Instant) {
-        let from = self.state();
+        let from = self.raw_state();
         if from == to {
             return;
         }
@@ -445,13 +502,14 @@ impl CircuitBreaker {
                 };
                 let base = self.cfg.wait_in_open.as_secs_f64()
                     * self.cfg.backoff_multiplier.powi(inner.reopenings as i32);
-                let base = base.min(self.cfg.max_wait_in_open.as_secs_f64());
                 let spread = if self.cfg.jitter > 0.0 {
                     1.0 + self.cfg.jitter * (2.0 * self.rng.next_f64() - 1.0)
                 } else {
                     1.0
                 };
-                inner.open_until = now + Duration::from_secs_f64(base * spread);
+                let max = self.cfg.max_wait_in_open.as_secs_f64();
+                let wait = (base.min(max) * spread).min(max);
+                inner.open_until = now + Duration::from_secs_f64(wait);
             }
             State::HalfOpen => {
                 inner.probes_admitted = 0;
@@ -475,11 +533,14 @@ impl CircuitBreaker {
         let _ = self.events.send(Transition { from, to, snapshot });
     }
 
-    /// Forces a state by hand (`ForcedOpen`, `ForcedClosed`, `Disabled`, or back to `Closed`).
-    pub fn force(&self, to: State) {
+    /// Sets a state by hand: [`Manual::ForcedOpen`], [`Manual::ForcedClosed`],
+    /// [`Manual::Disabled`], or back to automatic with [`Manual::Closed`]. (Open and half-open
+    /// are reached only by the breaker's own rules.)
+    pub fn force(&self, to: Manual) {
         let mut inner = self.lock();
-        let snap = self.snapshot_locked(&mut inner, Instant::now());
-        self.transition(&mut inner, to, snap, Instant::now());
+        let now = Instant::now();
+        let snap = self.snapshot_locked(&mut inner, now);
+        self.transition(&mut inner, to.into(), snap, now);
     }
 
     /// Asks to run one call. On success, run it and hand the permit back to
@@ -514,7 +575,7 @@ impl CircuitBreaker {
     fn acquire_slow(&self) -> Result<Permit, CallNotPermitted> {
         let now = Instant::now();
         let mut inner = self.lock();
-        let mut state = self.state();
+        let mut state = self.raw_state();
         if state == State::Open && now >= inner.open_until {
             let snap = self.snapshot_locked(&mut inner, now);
             self.transition(&mut inner, State::HalfOpen, snap, now);
@@ -592,7 +653,7 @@ impl CircuitBreaker {
         }
         if self.trips(&snap) {
             let mut inner = self.lock();
-            if self.state() == State::Closed
+            if self.raw_state() == State::Closed
                 && permit.generation == self.generation.load(Ordering::Acquire)
             {
                 self.metrics.failure_rate.set(snap.failure_rate());

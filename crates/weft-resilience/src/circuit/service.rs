@@ -10,6 +10,14 @@ use super::CircuitBreaker;
 use crate::classify::Classify;
 
 /// A service guarded by a circuit breaker.
+///
+/// `poll_ready` only forwards the inner service's readiness: it never rejects, because an error
+/// from `poll_ready` tells tower that the service is unusable for good (a `Buffer` or a
+/// balancer would drop it), while an open breaker is a passing condition. The refusal happens in
+/// `call`: the response future resolves at once, without calling the inner service, to a
+/// `BoxError` holding [`CallNotPermitted`](super::CallNotPermitted). Recognise it with
+/// [`is_rejected`](super::is_rejected); a half-open probe cut off at its deadline resolves to
+/// [`ProbeTimeout`](super::ProbeTimeout) ([`is_probe_timeout`](super::is_probe_timeout)).
 #[derive(Clone, Debug)]
 pub struct CircuitBreakerService<S, C> {
     inner: S,

@@ -252,18 +252,18 @@ async fn events_carry_the_snapshot_and_forced_states_work() {
     let t = ev.recv().await.unwrap();
     assert_eq!((t.from, t.to), (State::Closed, State::Open));
     assert_eq!((t.snapshot.calls, t.snapshot.failures), (4, 4));
-    b.force(State::ForcedClosed);
+    b.force(Manual::ForcedClosed);
     for _ in 0..10 {
         let _ = fail(&b).await;
     }
     assert_eq!(b.state(), State::ForcedClosed, "forced closed never opens");
-    b.force(State::ForcedOpen);
+    b.force(Manual::ForcedOpen);
     advance(Duration::from_secs(1000)).await;
     assert!(
         ok(&b).await.unwrap_err().is_rejected(),
         "forced open never half-opens"
     );
-    b.force(State::Disabled);
+    b.force(Manual::Disabled);
     assert!(fail(&b).await.is_err());
     assert!(ok(&b).await.is_ok());
     assert_eq!(ev.recv().await.unwrap().to, State::ForcedClosed);
@@ -281,8 +281,9 @@ async fn backoff_grows_to_the_cap_with_jitter_from_the_injected_source() {
         .build()
         .unwrap();
     let _ = fail(&b).await;
-    // Jitter source at ~1.0 makes each wait ~1.5x the base: 1.5s, 4.5s, then capped 5 * 1.5.
-    for want in [1.5, 4.5, 7.5, 7.5] {
+    // Jitter source at ~1.0 makes each wait ~1.5x the base: 1.5s, 4.5s, then the cap of 5s,
+    // which holds with jitter too.
+    for want in [1.5, 4.5, 5.0, 5.0] {
         advance(Duration::from_secs_f64(want - 0.01)).await;
         assert!(
             ok(&b).await.unwrap_err().is_rejected(),
@@ -322,4 +323,44 @@ fn invalid_settings_fail_at_construction() {
         assert!(!e.to_string().is_empty());
     }
     assert!(CircuitBreaker::builder("ok").build().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn jitter_never_passes_the_cap() {
+    for seed in 1..50u64 {
+        let b = CircuitBreaker::builder("cap")
+            .count_window(2)
+            .minimum_calls(1)
+            .wait_in_open(Duration::from_secs(10), 1.0, Duration::from_secs(10))
+            .jitter(0.5)
+            .random(crate::rng::XorShift::seeded(seed * 7919))
+            .build()
+            .unwrap();
+        let _ = fail(&b).await;
+        let wait = b.open_until().unwrap() - tokio::time::Instant::now();
+        assert!(
+            wait <= Duration::from_secs(10) && wait >= Duration::from_secs(5),
+            "seed {seed}: {wait:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn state_reads_half_open_once_the_wait_is_over_and_publishes_it() {
+    let b = CircuitBreaker::builder("ho")
+        .count_window(2)
+        .minimum_calls(1)
+        .wait_in_open(Duration::from_secs(1), 1.0, Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let mut ev = b.subscribe();
+    let _ = fail(&b).await;
+    assert_eq!(ev.recv().await.unwrap().to, State::Open);
+    advance(Duration::from_millis(999)).await;
+    assert_eq!(b.state(), State::Open);
+    advance(Duration::from_millis(2)).await;
+    assert_eq!(b.state(), State::HalfOpen, "no call needed");
+    let t = ev.try_recv().expect("the transition is published");
+    assert_eq!((t.from, t.to), (State::Open, State::HalfOpen));
+    assert!(ok(&b).await.is_ok(), "the probe is admitted");
 }

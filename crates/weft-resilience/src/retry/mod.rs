@@ -1,13 +1,16 @@
 //! Retry with exponential backoff and full jitter, a maximum number of attempts, a maximum
-//! elapsed time, a retry budget (tower's `TpsBudget`: retries may be at most a ratio of
-//! requests, plus a floor per second, as in linkerd and Envoy), and `Retry-After`; only for
-//! results the classifier says are safe to retry.
+//! elapsed time, a retry budget ([`RetryBudget`]: retries may be at most a ratio of requests,
+//! plus a floor per second, as in linkerd and Envoy, with exact accounting), and `Retry-After`;
+//! only for results the classifier says are safe to retry.
+
+mod budget;
 
 use std::sync::Arc;
+
+pub use budget::RetryBudget;
 use std::task::{Context, Poll};
 
 use tokio::time::{Duration, Instant};
-use tower::retry::budget::{Budget, TpsBudget};
 use tower::{BoxError, Layer, Service};
 
 use crate::circuit::ConfigError;
@@ -86,7 +89,7 @@ pub struct RetryPolicy {
     base: Duration,
     max_backoff: Duration,
     max_elapsed: Option<Duration>,
-    budget: Option<Arc<TpsBudget>>,
+    budget: Option<Arc<RetryBudget>>,
     rng: Arc<dyn Random>,
 }
 
@@ -135,10 +138,26 @@ impl RetryPolicy {
         self
     }
 
-    /// A shared retry budget: retries at most `retry_ratio` of requests (e.g. 0.2) plus
-    /// `min_per_sec`, over `ttl`.
-    pub fn budget(mut self, ttl: Duration, min_per_sec: u32, retry_ratio: f32) -> Self {
-        self.budget = Some(Arc::new(TpsBudget::new(ttl, min_per_sec, retry_ratio)));
+    /// A retry budget of this policy: retries at most `retry_ratio` of the requests of the
+    /// last `ttl` (e.g. 0.2; exact, see [`RetryBudget`]) plus `min_per_sec` retries per second.
+    /// A `ttl` outside 1 s..=60 s or a ratio outside 0..=1000 is a [`ConfigError`].
+    pub fn budget(
+        mut self,
+        ttl: Duration,
+        min_per_sec: u32,
+        retry_ratio: f32,
+    ) -> Result<Self, ConfigError> {
+        self.budget = Some(Arc::new(RetryBudget::from_f32(
+            ttl,
+            min_per_sec,
+            retry_ratio,
+        )?));
+        Ok(self)
+    }
+
+    /// A budget shared with other policies (e.g. every route to one upstream).
+    pub fn shared_budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
         self
     }
 
