@@ -1,7 +1,9 @@
 //! Balance and movement analysis of the algorithms, and an SVG chart of per-node load (the
 //! engine behind `weft shard analyze`).
 
-use std::fmt::Write as _;
+mod plot;
+
+pub use plot::svg;
 
 use crate::plan::{ideal_fraction, plan_keys};
 use crate::{
@@ -195,64 +197,4 @@ pub fn analyze(
         lookup_ns,
         memory_bytes: p.memory_bytes(),
     })
-}
-
-/// An SVG chart: one panel per analysis, a bar per node (load relative to the mean), the mean
-/// as a line.
-pub fn svg(analyses: &[Analysis]) -> String {
-    let (w, ph, pad) = (900.0, 170.0, 40.0);
-    let h = ph * analyses.len() as f64 + 20.0;
-    let mut out = String::new();
-    let _ = write!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/>"#
-    );
-    for (pi, a) in analyses.iter().enumerate() {
-        let top = 10.0 + pi as f64 * ph;
-        let n = a.loads.len().max(1) as f64;
-        let mean = a.loads.iter().map(|l| l.1 as f64).sum::<f64>() / n;
-        let peak = a
-            .loads
-            .iter()
-            .map(|l| l.1 as f64)
-            .fold(mean * 1.5, f64::max);
-        let area = ph - 50.0;
-        let bw = (w - 2.0 * pad) / n;
-        let title = format!(
-            "{}: max/mean {:.3}, stddev/mean {:.3}{}",
-            a.algo,
-            a.max_over_mean,
-            a.stddev_over_mean,
-            match (a.moved, a.ideal) {
-                (Some(m), Some(i)) =>
-                    format!(", moved {:.2}% (ideal {:.2}%)", m * 100.0, i * 100.0),
-                _ => String::new(),
-            }
-        );
-        let _ = write!(
-            out,
-            r#"<text x="{pad}" y="{}">{}</text>"#,
-            top + 14.0,
-            title
-        );
-        for (i, (_, l)) in a.loads.iter().enumerate() {
-            let bh = *l as f64 / peak * area;
-            let _ = write!(
-                out,
-                r##"<rect x="{:.2}" y="{:.2}" width="{:.2}" height="{:.2}" fill="#4a7dbd"/>"##,
-                pad + i as f64 * bw,
-                top + 25.0 + area - bh,
-                (bw - 0.5).max(0.5),
-                bh
-            );
-        }
-        let my = top + 25.0 + area - mean / peak * area;
-        let _ = write!(
-            out,
-            r##"<line x1="{pad}" x2="{}" y1="{my:.2}" y2="{my:.2}" stroke="#d9534f" stroke-dasharray="4 3"/>"##,
-            w - pad
-        );
-    }
-    out.push_str("</svg>\n");
-    out
 }

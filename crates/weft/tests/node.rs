@@ -320,6 +320,22 @@ fn shard_analyze_reports_every_algorithm_and_plots() {
         chart.starts_with("<svg") && chart.matches("<rect").count() > 6 * 8,
         "one bar per node and algorithm"
     );
+    assert_eq!(
+        chart.matches(">keys</text>").count(),
+        6,
+        "a y-axis per panel"
+    );
+    assert_eq!(
+        chart.matches(r#"class="mean""#).count(),
+        6,
+        "the mean marked"
+    );
+    assert_eq!(chart.matches(r#"class="max""#).count(), 6, "the max marked");
+    assert!(chart.contains("mean over live nodes"), "a legend");
+    assert!(
+        chart.matches(r#"class="node""#).count() >= 6 * 8,
+        "node labels"
+    );
     let bad = Command::new(BIN)
         .args(["shard", "analyze", "--algo", "nope"])
         .output()
