@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 use weft_store::{Store, StoreError};
 
+use crate::keepalive::{default_margin, keep_alive, Renewal};
 use crate::{CoordError, Result};
 
 /// Why a session ended.
@@ -91,7 +92,7 @@ impl Session {
         let ttl = Duration::from_secs(g.ttl as u64);
         let margin = opts
             .safety_margin
-            .unwrap_or((ttl / 10).max(Duration::from_millis(100)));
+            .unwrap_or_else(|| default_margin(ttl));
         if margin >= ttl {
             return Err(CoordError::InvalidArgument(format!(
                 "safety margin {margin:?} must be shorter than the TTL {ttl:?}"
@@ -110,7 +111,7 @@ impl Session {
         tokio::spawn(keepalive(
             Arc::downgrade(&inner),
             stop_rx,
-            granted_at + ttl - margin,
+            granted_at,
             ttl,
             margin,
         ));
@@ -227,43 +228,31 @@ fn mark_lost(inner: &Inner, reason: LostReason) {
 async fn keepalive(
     inner: std::sync::Weak<Inner>,
     mut stop: watch::Receiver<bool>,
-    mut deadline: Instant,
+    granted_at: Instant,
     ttl: Duration,
     margin: Duration,
 ) {
-    let period = ttl / 3;
-    let mut next = Instant::now() + period;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next.min(deadline)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        let now = Instant::now();
-        if now >= deadline {
-            mark_lost(&inner, LostReason::Deadline);
-            return;
-        }
-        let sent = now;
-        let res =
-            tokio::time::timeout(deadline - now, inner.store.lease_keep_alive(inner.lease)).await;
-        match res {
-            Ok(Ok(_)) => {
-                deadline = sent + ttl - margin;
-                next = sent + period;
-            }
-            Ok(Err(StoreError::LeaseNotFound(_))) => {
-                mark_lost(&inner, LostReason::Expired);
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(lease = inner.lease, error = %e, "keepalive failed; retrying");
-                next = Instant::now() + Duration::from_millis(200).min(period);
-            }
-            Err(_) => {
-                mark_lost(&inner, LostReason::Deadline);
-                return;
+    let renew = || {
+        let inner = inner.clone();
+        async move {
+            let Some(inner) = inner.upgrade() else {
+                return Renewal::Failed;
+            };
+            match inner.store.lease_keep_alive(inner.lease).await {
+                Ok(_) => Renewal::Renewed,
+                Err(StoreError::LeaseNotFound(_)) => Renewal::Gone,
+                Err(e) => {
+                    tracing::warn!(lease = inner.lease, error = %e, "keepalive failed; retrying");
+                    Renewal::Failed
+                }
             }
         }
+    };
+    let reason = tokio::select! {
+        r = keep_alive(ttl, margin, granted_at, renew) => r,
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    if let Some(inner) = inner.upgrade() {
+        mark_lost(&inner, reason);
     }
 }
