@@ -135,7 +135,10 @@ mod tests {
             .iter()
             .filter(|t| **t >= Duration::from_millis(1500) && **t < Duration::from_millis(3200))
             .count();
-        assert!(retries >= 6, "retried every 200 ms through the outage: {log:?}");
+        assert!(
+            retries >= 6,
+            "retried every 200 ms through the outage: {log:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -159,16 +162,21 @@ mod tests {
         let mut n = 0;
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            keep_alive(Duration::from_secs(3), Duration::from_millis(300), start, || {
-                n += 1;
-                let hang = n == 2;
-                async move {
-                    if hang {
-                        std::future::pending::<()>().await;
+            keep_alive(
+                Duration::from_secs(3),
+                Duration::from_millis(300),
+                start,
+                || {
+                    n += 1;
+                    let hang = n == 2;
+                    async move {
+                        if hang {
+                            std::future::pending::<()>().await;
+                        }
+                        Renewal::Renewed
                     }
-                    Renewal::Renewed
-                }
-            }),
+                },
+            ),
         )
         .await;
         assert!(r.is_err(), "one hung request does not lose the lease");
@@ -177,9 +185,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn gone_ends_at_once() {
         let start = Instant::now();
-        let reason = keep_alive(Duration::from_secs(3), Duration::from_millis(300), start, || {
-            std::future::ready(Renewal::Gone)
-        })
+        let reason = keep_alive(
+            Duration::from_secs(3),
+            Duration::from_millis(300),
+            start,
+            || std::future::ready(Renewal::Gone),
+        )
         .await;
         assert_eq!(reason, LostReason::Expired);
         assert_eq!(start.elapsed(), Duration::from_secs(1));

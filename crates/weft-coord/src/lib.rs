@@ -39,7 +39,7 @@ pub use discovery::{
     Registry, ServiceCache, ServiceSnapshot, SERVICE_PREFIX,
 };
 pub use election::{Election, Leader, Leadership, ELECTION_PREFIX};
-pub use keepalive::{default_margin, keep_alive, Renewal, RETRY_INTERVAL};
 pub use error::{CoordError, Result};
+pub use keepalive::{default_margin, keep_alive, Renewal, RETRY_INTERVAL};
 pub use lock::{release_parts, LockGuard, Mutex, Semaphore, LOCK_PREFIX, SEMAPHORE_PREFIX};
 pub use session::{LostReason, Session, SessionOptions};

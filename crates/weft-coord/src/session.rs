@@ -90,9 +90,7 @@ impl Session {
         let granted_at = Instant::now();
         let g = store.lease_grant(opts.ttl, 0).await?;
         let ttl = Duration::from_secs(g.ttl as u64);
-        let margin = opts
-            .safety_margin
-            .unwrap_or_else(|| default_margin(ttl));
+        let margin = opts.safety_margin.unwrap_or_else(|| default_margin(ttl));
         if margin >= ttl {
             return Err(CoordError::InvalidArgument(format!(
                 "safety margin {margin:?} must be shorter than the TTL {ttl:?}"

@@ -1,8 +1,96 @@
 //! The CLI's HTTP client for the node API.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use futures::StreamExt;
 use serde_json::Value;
+
+/// Why a call to the node failed. Commands get it inside an `anyhow::Error`; look at it with
+/// [`api_code`] and [`is_transient`] instead of matching message text.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The request did not get an answer (connection refused or reset, the node went away).
+    Unreachable {
+        /// The node's address.
+        endpoint: String,
+        /// What the HTTP client said.
+        source: reqwest::Error,
+    },
+    /// A streamed answer broke off (the node went away mid-stream).
+    Broke {
+        /// The node's address.
+        endpoint: String,
+        /// What the HTTP client said.
+        source: reqwest::Error,
+    },
+    /// A streamed answer ended without its last event (the node shut down or went away).
+    Closed {
+        /// The node's address.
+        endpoint: String,
+    },
+    /// The node answered with an error.
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The API's stable error code (`lease_not_found`, `timeout`...).
+        code: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable { endpoint, .. } => {
+                write!(f, "cannot reach the weft node at {endpoint}")
+            }
+            ClientError::Closed { endpoint } => {
+                write!(f, "the weft node at {endpoint} closed the stream")
+            }
+            ClientError::Broke { endpoint, .. } => {
+                write!(f, "the stream from the weft node at {endpoint} broke off")
+            }
+            ClientError::Api {
+                status,
+                code,
+                message,
+            } => write!(f, "{code}: {message} (HTTP {status})"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Unreachable { source, .. } | ClientError::Broke { source, .. } => {
+                Some(source)
+            }
+            ClientError::Api { .. } | ClientError::Closed { .. } => None,
+        }
+    }
+}
+
+/// The API error code of a failed call, if the node answered.
+pub fn api_code(e: &anyhow::Error) -> Option<&str> {
+    match e.downcast_ref::<ClientError>()? {
+        ClientError::Api { code, .. } => Some(code),
+        _ => None,
+    }
+}
+
+/// Whether a failed call is worth repeating as it was: the node was unreachable, or said it
+/// is unavailable for now (HTTP 502, 503, 504).
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ClientError>() {
+        Some(
+            ClientError::Unreachable { .. }
+            | ClientError::Broke { .. }
+            | ClientError::Closed { .. },
+        ) => true,
+        Some(ClientError::Api { status, .. }) => matches!(status, 502..=504),
+        None => false,
+    }
+}
 
 /// What [`Client::download`] got.
 pub struct Download {
@@ -47,16 +135,22 @@ impl Client {
     /// Sends `r`; a response other than 2xx becomes an error with the API's code and
     /// message.
     async fn send(&self, r: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let resp = r
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the weft node at {}", self.endpoint))?;
+        let resp = r.send().await.map_err(|source| ClientError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            source,
+        })?;
         let status = resp.status();
         if !status.is_success() {
             let body: Value = resp.json().await.unwrap_or(Value::Null);
-            let code = body["error"]["code"].as_str().unwrap_or("error");
-            let msg = body["error"]["message"].as_str().unwrap_or("no message");
-            return Err(anyhow!("{code}: {msg} (HTTP {})", status.as_u16()));
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: body["error"]["code"].as_str().unwrap_or("error").into(),
+                message: body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("no message")
+                    .into(),
+            }
+            .into());
         }
         Ok(resp)
     }
@@ -69,6 +163,20 @@ impl Client {
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
         self.finish(self.req(reqwest::Method::POST, path).json(body))
             .await
+    }
+
+    /// POST a typed body, read a typed answer.
+    pub async fn call<B: serde::Serialize, R: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R> {
+        let resp = self
+            .send(self.req(reqwest::Method::POST, path).json(body))
+            .await?;
+        resp.json()
+            .await
+            .with_context(|| format!("unexpected answer to {path}"))
     }
 
     /// GET.
@@ -125,9 +233,12 @@ impl Client {
         let mut body = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(chunk) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(
-                &chunk.context("watch stream broke")?,
-            ));
+            buf.push_str(&String::from_utf8_lossy(&chunk.map_err(|source| {
+                ClientError::Broke {
+                    endpoint: self.endpoint.clone(),
+                    source,
+                }
+            })?));
             while let Some(i) = buf.find("\n\n") {
                 let frame: String = buf.drain(..i + 2).collect();
                 let (mut ev, mut data) = (String::new(), String::new());
@@ -143,17 +254,21 @@ impl Client {
                 }
                 let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
                 if ev == "error" {
-                    bail!(
-                        "{}: {}",
-                        v["error"]["code"].as_str().unwrap_or("error"),
-                        v["error"]["message"].as_str().unwrap_or("")
-                    );
+                    return Err(ClientError::Api {
+                        status: 200,
+                        code: v["error"]["code"].as_str().unwrap_or("error").into(),
+                        message: v["error"]["message"].as_str().unwrap_or("").into(),
+                    }
+                    .into());
                 }
                 if !f(&ev, &v) {
                     return Ok(());
                 }
             }
         }
-        bail!("the node closed the watch stream")
+        Err(ClientError::Closed {
+            endpoint: self.endpoint.clone(),
+        }
+        .into())
     }
 }

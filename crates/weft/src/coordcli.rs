@@ -1,137 +1,225 @@
 //! `weft svc`, `weft lock` and `weft elect`: clients of the node's coordination API. Each owns a
-//! lease that it keeps alive itself (every TTL/3); the node never renews it, so when this
+//! lease that it keeps alive itself (`crate::lease`); the node never renews it, so when this
 //! process dies, what it held ends within the TTL.
+//!
+//! A node restart is not a lost lock: waiting commands keep waiting (with backoff, saying so on
+//! stderr), holders keep renewing until their local deadline and re-check their key after a
+//! broken watch; loss is declared only when the key is gone, the node says the lease is gone,
+//! or the local deadline passes.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
-use weft_coord::{probe, Health, HealthCheck, Instance};
+use tokio::time::Instant;
+use weft_coord::{probe, Health, HealthCheck, Instance, LostReason};
+use weft_server::api::RangeResp;
 
-use crate::client::Client;
+use crate::client::{api_code, is_transient, Client};
+use crate::lease::{retrying, ClientLease, Halt, Retry, Stop};
 
-/// A lease this process keeps alive; `lost` turns `Some(reason)` if it cannot.
-pub struct ClientLease {
-    pub id: i64,
-    pub ttl: i64,
-    lost: watch::Receiver<Option<String>>,
-    task: tokio::task::JoinHandle<()>,
+/// Exit status of `weft lock` when `--timeout` passed before the lock was held.
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Exit status of `weft lock` and `weft elect` when the lock or leadership was lost.
+pub const EXIT_LOST: i32 = 125;
+/// Exit status of `weft lock` when interrupted (SIGINT or SIGTERM; the command was killed).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Longest long-poll asked of the node.
+const POLL: Duration = Duration::from_secs(60);
+
+#[derive(Deserialize)]
+struct Acquired {
+    key: String,
+    fencing_token: i64,
 }
 
-impl ClientLease {
-    /// Grants a lease of `ttl` seconds and keeps it alive in the background. The lease counts
-    /// as lost when the node says it is gone, or when no keepalive succeeded for TTL minus a
-    /// tenth (so the process gives up before the store does).
-    pub async fn grant(c: Arc<Client>, ttl: i64) -> Result<ClientLease> {
-        let g = c.post("/v1/lease/grant", &json!({"ttl": ttl})).await?;
-        let (id, ttl) = (
-            g["id"].as_i64().context("lease id")?,
-            g["ttl"].as_i64().context("lease ttl")?,
-        );
-        let (tx, lost) = watch::channel(None);
-        let task = tokio::spawn(async move {
-            let ttl_d = Duration::from_secs(ttl as u64);
-            let margin = (ttl_d / 10).max(Duration::from_millis(100));
-            let mut deadline = tokio::time::Instant::now() + ttl_d - margin;
-            loop {
-                tokio::time::sleep(
-                    (ttl_d / 3)
-                        .min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-                )
-                .await;
-                if tokio::time::Instant::now() >= deadline {
-                    let _ = tx.send(Some("keepalives did not succeed in time".into()));
-                    return;
-                }
-                let sent = tokio::time::Instant::now();
-                match c.post("/v1/lease/keepalive", &json!({"id": id})).await {
-                    Ok(_) => deadline = sent + ttl_d - margin,
-                    Err(e) if e.to_string().contains("lease_not_found") => {
-                        let _ = tx.send(Some(format!("the lease is gone: {e}")));
-                        return;
-                    }
-                    Err(e) => eprintln!("warning: keepalive failed, retrying: {e:#}"),
-                }
-            }
-        });
-        Ok(ClientLease {
-            id,
-            ttl,
-            lost,
-            task,
-        })
-    }
+#[derive(Deserialize)]
+struct Elected {
+    key: String,
+    term: i64,
+}
 
-    /// Resolves with the reason once the lease is lost.
-    pub async fn lost(&self) -> String {
-        let mut rx = self.lost.clone();
-        let r = rx
-            .wait_for(Option::is_some)
-            .await
-            .map(|r| r.clone().unwrap_or_default());
-        r.unwrap_or_else(|_| "keepalive task ended".into())
-    }
+/// Errors while waiting that a fresh lease cures: the old one expired while the node was
+/// away, or its waiter key survived a node crash.
+fn start_over(e: &anyhow::Error) -> bool {
+    e.is::<LeaseLost>()
+        || matches!(
+            api_code(e),
+            Some("lease_not_found" | "already_held" | "session_lost" | "ownership_lost")
+        )
+}
 
-    /// Stops renewing and revokes the lease.
-    pub async fn revoke(self, c: &Client) {
-        self.task.abort();
-        let _ = c.post("/v1/lease/revoke", &json!({"id": self.id})).await;
+#[derive(Debug)]
+struct LeaseLost(LostReason);
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the lease was lost while waiting ({})", self.0)
     }
 }
 
-/// Retries a long-poll until it succeeds, `timeout` passes, or the lease is lost.
-async fn long_poll(
+impl std::error::Error for LeaseLost {}
+
+/// Long-polls `path` until it answers, retrying server timeouts and node outages, until the
+/// deadline, a signal, or the lease is lost.
+async fn long_poll<T: serde::de::DeserializeOwned>(
     c: &Client,
+    what: &str,
     path: &str,
     mut body: Value,
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
+    stop: &Stop,
     lease: &ClientLease,
-) -> Result<Value> {
-    let start = tokio::time::Instant::now();
+) -> Result<T, Halt> {
+    let mut retry = Retry::new(what);
     loop {
-        let left = match timeout {
-            Some(t) => t
-                .checked_sub(start.elapsed())
-                .ok_or_else(|| anyhow!("timed out after {t:?}"))?,
-            None => Duration::from_secs(60),
+        let left = match deadline {
+            Some(d) => d
+                .checked_duration_since(Instant::now())
+                .ok_or(Halt::TimedOut)?,
+            None => POLL,
         };
-        body["timeout_ms"] = json!(left.as_millis().clamp(1, 60_000) as u64);
-        tokio::select! {
-            r = c.post(path, &body) => match r {
-                Ok(v) => return Ok(v),
-                Err(e) if e.to_string().starts_with("timeout:") => continue,
-                Err(e) => return Err(e),
-            },
-            reason = lease.lost() => bail!("lease lost while waiting: {reason}"),
+        body["timeout_ms"] = json!(left.min(POLL).as_millis().max(1) as u64);
+        let r = tokio::select! {
+            r = c.call::<_, T>(path, &body) => r,
+            reason = lease.lost() => return Err(Halt::Failed(LeaseLost(reason).into())),
+            _ = stop.wait() => return Err(Halt::Interrupted),
+        };
+        match r {
+            Ok(v) => return Ok(v),
+            Err(e) if api_code(&e) == Some("timeout") => retry.ok(),
+            Err(e) if is_transient(&e) => retry.failed(&e, deadline, stop).await?,
+            Err(e) => return Err(Halt::Failed(e)),
         }
     }
 }
 
-/// Resolves when `key`, created at revision `created`, is deleted (or the watch fails).
-async fn key_deleted(c: &Client, key: &str, created: i64) -> String {
-    let q = format!(
-        "/v1/watch?key={}&start_revision={created}",
-        crate::urlencode(key)
-    );
-    let r = c
-        .sse(&q, |ev, data| {
-            !(ev == "watch"
-                && data["events"]
-                    .as_array()
-                    .is_some_and(|e| e.iter().any(|e| e["type"] == "DELETE")))
+/// Grants a lease and long-polls `path` with it until held; a lease lost while waiting is
+/// replaced by a new one (the wait starts over at the end of the queue).
+async fn wait_for<T: serde::de::DeserializeOwned>(
+    c: &Arc<Client>,
+    what: &str,
+    path: &str,
+    body: &Value,
+    ttl: i64,
+    deadline: Option<Instant>,
+    stop: &Stop,
+) -> Result<(ClientLease, T), Halt> {
+    loop {
+        let lease = retrying("granting a lease", deadline, stop, || {
+            ClientLease::grant(c.clone(), ttl)
         })
-        .await;
-    match r {
-        Ok(()) => format!("the key {key} was deleted"),
-        Err(e) => format!("cannot watch {key}: {e:#}"),
+        .await?;
+        let mut body = body.clone();
+        body["lease"] = json!(lease.id);
+        match long_poll(c, what, path, body, deadline, stop, &lease).await {
+            Ok(v) => return Ok((lease, v)),
+            Err(Halt::Failed(e)) if start_over(&e) => {
+                eprintln!("weft: {what}: {e:#}; waiting again with a new lease");
+                lease.revoke(c, stop).await;
+            }
+            Err(h) => {
+                lease.revoke(c, stop).await;
+                return Err(h);
+            }
+        }
     }
 }
 
-/// `weft lock NAME -- CMD...`: exit code of the command, or an error.
+/// Whether `key` exists with create revision `created`, and the revision read at.
+async fn key_state(c: &Client, key: &str, created: i64) -> Result<(bool, i64)> {
+    let r: RangeResp = c
+        .call("/v1/kv/range", &json!({ "key": key, "keys_only": true }))
+        .await?;
+    let held = r
+        .kvs
+        .first()
+        .is_some_and(|kv| kv.create_revision == created);
+    Ok((held, r.header.revision))
+}
+
+/// Resolves (with the cause) when `key`, created at revision `created`, is gone. A broken
+/// watch is not a loss: it reconnects with backoff, re-reads the key, and watches on from the
+/// revision it read. The caller's lease deadline bounds how long this may take.
+async fn key_gone(c: &Client, key: &str, created: i64, stop: &Stop) -> String {
+    let mut retry = Retry::new(format!("watching {key}"));
+    loop {
+        let from = match key_state(c, key, created).await {
+            Ok((true, rev)) => {
+                retry.ok();
+                rev + 1
+            }
+            Ok((false, _)) => return format!("the key {key} was deleted"),
+            Err(e) if is_transient(&e) => {
+                if retry.failed(&e, None, stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                continue;
+            }
+            Err(e) => return format!("cannot read the key {key}: {e:#}"),
+        };
+        let q = format!(
+            "/v1/watch?key={}&start_revision={from}",
+            crate::urlencode(key)
+        );
+        let r = c
+            .sse(&q, |ev, data| {
+                !(ev == "watch"
+                    && data["events"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|e| e["type"] == "DELETE")))
+            })
+            .await;
+        match r {
+            Ok(()) => return format!("the key {key} was deleted"),
+            Err(e) if is_transient(&e) || api_code(&e) == Some("compacted") => {
+                if retry.failed(&e, None, stop).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+            Err(e) => return format!("cannot watch the key {key}: {e:#}"),
+        }
+    }
+}
+
+/// What ended a holder's time.
+enum Held {
+    /// The command finished with this status.
+    Done(i32),
+    /// The lock or leadership was lost, with the cause.
+    Lost(String),
+    /// SIGINT or SIGTERM.
+    Interrupted,
+}
+
+/// Waits until the key or the lease is lost, or a signal arrives.
+async fn hold(c: &Client, lease: &ClientLease, key: &str, created: i64, stop: &Stop) -> Held {
+    tokio::select! {
+        reason = lease.lost() => Held::Lost(reason.to_string()),
+        reason = key_gone(c, key, created, stop) => Held::Lost(reason),
+        _ = stop.wait() => Held::Interrupted,
+    }
+}
+
+/// Releases what a holder held (retrying through a node restart) and revokes its lease.
+async fn let_go(c: &Client, lease: ClientLease, path: &str, body: Value, stop: &Stop) {
+    if !lease.is_lost() {
+        let deadline = Some(Instant::now() + Duration::from_secs(lease.ttl.max(1) as u64));
+        let r = retrying("releasing", deadline, stop, || c.post(path, &body)).await;
+        if let Err(Halt::Failed(e)) = r {
+            eprintln!("weft: releasing: {e:#}");
+        }
+    }
+    lease.revoke(c, stop).await;
+}
+
+/// `weft lock NAME -- CMD...`: the command's exit status, or [`EXIT_TIMEOUT`], [`EXIT_LOST`],
+/// [`EXIT_INTERRUPTED`]; an error for anything else.
 pub async fn lock(
     c: Arc<Client>,
     name: &str,
@@ -142,111 +230,160 @@ pub async fn lock(
     let (prog, args) = cmd
         .split_first()
         .context("give the command to run after --")?;
-    let lease = ClientLease::grant(c.clone(), ttl).await?;
-    let g = match long_poll(
+    let stop = Stop::on_signals();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let body = json!({ "name": name });
+    let what = format!("lock {name}");
+    let (lease, g) = match wait_for::<Acquired>(
         &c,
+        &what,
         "/v1/lock/acquire",
-        json!({"name": name, "lease": lease.id}),
-        timeout,
-        &lease,
+        &body,
+        ttl,
+        deadline,
+        &stop,
     )
     .await
     {
-        Ok(g) => g,
-        Err(e) => {
-            lease.revoke(&c).await;
-            return Err(e);
+        Ok(v) => v,
+        Err(Halt::TimedOut) => {
+            eprintln!(
+                "weft lock: {name} not acquired within {:?}",
+                timeout.unwrap_or_default()
+            );
+            return Ok(EXIT_TIMEOUT);
         }
+        Err(Halt::Interrupted) => return Ok(EXIT_INTERRUPTED),
+        Err(Halt::Failed(e)) => return Err(e),
     };
-    let stop = crate::shutdown_signal();
-    let key = g["key"].as_str().context("lock key")?.to_string();
-    let token = g["fencing_token"].as_i64().context("fencing token")?;
-    let mut child = tokio::process::Command::new(prog)
+    let mut child = match tokio::process::Command::new(prog)
         .args(args)
-        .env("WEFT_FENCING_TOKEN", token.to_string())
-        .env("WEFT_LOCK_KEY", &key)
+        .env("WEFT_FENCING_TOKEN", g.fencing_token.to_string())
+        .env("WEFT_LOCK_KEY", &g.key)
         .kill_on_drop(true)
         .spawn()
-        .with_context(|| format!("cannot run {prog}"))?;
-    let outcome = tokio::select! {
-        st = child.wait() => Ok(st?.code().unwrap_or(1)),
-        reason = lease.lost() => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
-        reason = key_deleted(&c, &key, token) => Err(anyhow!("lock {name} lost ({reason}); the command was killed")),
-        _ = stop => Err(anyhow!("interrupted; the command was killed")),
+    {
+        Ok(child) => child,
+        Err(e) => {
+            let release = json!({ "key": g.key, "fencing_token": g.fencing_token });
+            let_go(&c, lease, "/v1/lock/release", release, &stop).await;
+            return Err(anyhow!("cannot run {prog}: {e}"));
+        }
     };
-    if outcome.is_err() {
+    let outcome = tokio::select! {
+        st = child.wait() => Held::Done(st.map(|s| s.code().unwrap_or(1)).unwrap_or(1)),
+        h = hold(&c, &lease, &g.key, g.fencing_token, &stop) => h,
+    };
+    if !matches!(outcome, Held::Done(_)) {
         let _ = child.kill().await;
     }
-    let _ = c
-        .post(
-            "/v1/lock/release",
-            &json!({"key": key, "fencing_token": token}),
-        )
-        .await;
-    lease.revoke(&c).await;
-    outcome
+    let release = json!({ "key": g.key, "fencing_token": g.fencing_token });
+    let_go(&c, lease, "/v1/lock/release", release, &stop).await;
+    Ok(match outcome {
+        Held::Done(code) => code,
+        Held::Lost(cause) => {
+            eprintln!("weft lock: lock {name} lost; the command was killed ({cause})");
+            EXIT_LOST
+        }
+        Held::Interrupted => {
+            eprintln!("weft lock: interrupted; the command was killed");
+            EXIT_INTERRUPTED
+        }
+    })
 }
 
-/// `weft elect NAME VALUE`: campaign, then hold leadership until interrupted.
+/// `weft elect NAME VALUE`: campaign, then hold leadership until interrupted (then resign and
+/// exit 0); [`EXIT_LOST`] if leadership is lost.
 pub async fn elect(
     c: Arc<Client>,
     name: &str,
     value: &str,
     ttl: i64,
     json_out: bool,
-) -> Result<()> {
-    let lease = ClientLease::grant(c.clone(), ttl).await?;
-    let r = long_poll(
+) -> Result<i32> {
+    let stop = Stop::on_signals();
+    let body = json!({ "name": name, "value": value });
+    let what = format!("campaign for {name}");
+    let (lease, e) = match wait_for::<Elected>(
         &c,
+        &what,
         "/v1/election/campaign",
-        json!({"name": name, "lease": lease.id, "value": value}),
+        &body,
+        ttl,
         None,
-        &lease,
-    )
-    .await?;
-    let key = r["key"].as_str().context("key")?.to_string();
-    let term = r["term"].as_i64().context("term")?;
-    let stop = crate::shutdown_signal();
-    if json_out {
-        println!("{r}");
-    } else {
-        println!("elected {name}: {value} (term {term})");
-    }
-    std::io::stdout().flush()?;
-    let res = tokio::select! {
-        reason = lease.lost() => Err(anyhow!("leadership of {name} lost: {reason}")),
-        reason = key_deleted(&c, &key, term) => Err(anyhow!("leadership of {name} lost: {reason}")),
-        _ = stop => {
-            c.post("/v1/election/resign", &json!({"key": key, "term": term, "lease": lease.id})).await.map(|_| ())
-        }
-    };
-    lease.revoke(&c).await;
-    res
-}
-
-/// `weft elect --observe NAME`.
-pub async fn observe(c: &Client, name: &str, json_out: bool) -> Result<()> {
-    c.sse(
-        &format!("/v1/election/observe?name={}", crate::urlencode(name)),
-        |ev, data| {
-            if ev == "leader" {
-                if json_out {
-                    println!("{data}");
-                } else if data.is_null() {
-                    println!("no leader");
-                } else {
-                    println!(
-                        "{} (term {})",
-                        data["value"].as_str().unwrap_or(""),
-                        data["term"]
-                    );
-                }
-                let _ = std::io::stdout().flush();
-            }
-            true
-        },
+        &stop,
     )
     .await
+    {
+        Ok(v) => v,
+        Err(Halt::Interrupted | Halt::TimedOut) => return Ok(0),
+        Err(Halt::Failed(e)) => return Err(e),
+    };
+    if json_out {
+        println!(
+            "{}",
+            json!({ "name": name, "value": value, "key": e.key, "term": e.term, "lease": lease.id })
+        );
+    } else {
+        println!("elected {name}: {value} (term {})", e.term);
+    }
+    std::io::stdout().flush()?;
+    let outcome = hold(&c, &lease, &e.key, e.term, &stop).await;
+    let resign = json!({ "key": e.key, "term": e.term, "lease": lease.id });
+    let_go(&c, lease, "/v1/election/resign", resign, &stop).await;
+    Ok(match outcome {
+        Held::Lost(cause) => {
+            eprintln!("weft elect: leadership of {name} lost ({cause})");
+            EXIT_LOST
+        }
+        Held::Done(_) | Held::Interrupted => 0,
+    })
+}
+
+/// One line of `weft elect --observe`: the leader, or none.
+fn print_leader(name: &str, leader: &Value, json_out: bool) {
+    if json_out {
+        println!("{}", json!({ "name": name, "leader": leader }));
+    } else if leader.is_null() {
+        println!("no leader");
+    } else {
+        println!(
+            "{} (term {})",
+            leader["value"].as_str().unwrap_or(""),
+            leader["term"]
+        );
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// `weft elect --observe NAME`: a line per leader change; follows the node through restarts
+/// (a reconnect prints only what changed meanwhile).
+pub async fn observe(c: &Client, name: &str, json_out: bool) -> Result<()> {
+    let stop = Stop::on_signals();
+    let path = format!("/v1/election/observe?name={}", crate::urlencode(name));
+    let mut last: Option<Value> = None;
+    let mut retry = Retry::new(format!("observing {name}"));
+    loop {
+        let r = tokio::select! {
+            r = c.sse(&path, |ev, data| {
+                if ev == "leader" && last.as_ref() != Some(data) {
+                    print_leader(name, data, json_out);
+                    last = Some(data.clone());
+                }
+                true
+            }) => r,
+            _ = stop.wait() => return Ok(()),
+        };
+        match r {
+            Err(e) if is_transient(&e) => {
+                if retry.failed(&e, None, &stop).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(()),
+        }
+    }
 }
 
 /// Options of `weft svc register`.
@@ -283,11 +420,10 @@ pub async fn register(c: Arc<Client>, o: RegisterOpts) -> Result<()> {
             Health::Critical
         };
     }
+    let stop = Stop::on_signals();
     let lease = ClientLease::grant(c.clone(), o.ttl).await?;
     let body = |inst: &Instance| json!({"service": o.service, "lease": lease.id, "instance": inst});
     c.post("/v1/svc/register", &body(&inst)).await?;
-    let stop = crate::shutdown_signal();
-    tokio::pin!(stop);
     println!(
         "registered {}/{} at {} (lease {:x}, TTL {}s, {:?})",
         o.service, o.id, o.address, lease.id, lease.ttl, inst.health
@@ -302,7 +438,7 @@ pub async fn register(c: Arc<Client>, o: RegisterOpts) -> Result<()> {
     let res = loop {
         tokio::select! {
             reason = lease.lost() => break Err(anyhow!("registration of {}/{} lost: {reason}", o.service, o.id)),
-            _ = &mut stop => break Ok(()),
+            _ = stop.wait() => break Ok(()),
             _ = tokio::time::sleep(interval) => {
                 if let Some(check) = &o.check {
                     let h = if probe(check).await { Health::Passing } else { Health::Critical };
@@ -323,7 +459,7 @@ pub async fn register(c: Arc<Client>, o: RegisterOpts) -> Result<()> {
             &json!({"service": o.service, "id": o.id}),
         )
         .await;
-    lease.revoke(&c).await;
+    lease.revoke(&c, &stop).await;
     res
 }
 

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod coordcli;
 mod gatewaycli;
+mod lease;
 mod txn;
 
 use std::io::{Read, Write};
@@ -619,14 +620,15 @@ fn main() -> Result<()> {
                 if observe {
                     coordcli::observe(&c, &name, conn.json).await
                 } else {
-                    coordcli::elect(
+                    let code = coordcli::elect(
                         c,
                         &name,
                         value.as_deref().unwrap_or_default(),
                         ttl,
                         conn.json,
                     )
-                    .await
+                    .await?;
+                    std::process::exit(code);
                 }
             }
             #[cfg(feature = "etcd")]

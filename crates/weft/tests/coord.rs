@@ -264,6 +264,232 @@ fn lock_exit_code_and_errors() {
     assert!(err.contains("without '/'"), "{err}");
 }
 
+/// A CLI process whose stderr goes to a file (read with [`err_of`]).
+fn spawn_logged(args: &[&str], ep: &str, err: &std::path::Path) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env("WEFT_ENDPOINT", ep)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(err).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap()
+}
+
+fn err_of(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn wait_for_file(path: &std::path::Path, pat: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(pat)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {pat:?} in {path:?} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `kill -9` of the node and a restart within half a second: the holder keeps its lock (its
+/// lease survives), its command runs to the end, and the waiter gets the lock after it, with a
+/// larger token; nobody reports a loss.
+#[test]
+fn a_node_restart_is_not_a_lost_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let ep = node.endpoint.clone();
+    let log = files.path().join("log");
+    let section = |sleep: &str| {
+        format!(
+            "echo start $WEFT_FENCING_TOKEN >> {l}; sleep {sleep}; echo end $WEFT_FENCING_TOKEN >> {l}",
+            l = log.display()
+        )
+    };
+    let (holder_err, waiter_err) = (files.path().join("h"), files.path().join("w"));
+    let holder_sh = section("3");
+    let mut holder = spawn_logged(
+        &["lock", "--ttl", "5", "x", "--", "sh", "-c", &holder_sh],
+        &ep,
+        &holder_err,
+    );
+    wait_for_file(&log, "start", Duration::from_secs(10));
+    let waiter_sh = section("0");
+    let mut waiter = spawn_logged(
+        &["lock", "--ttl", "5", "x", "--", "sh", "-c", &waiter_sh],
+        &ep,
+        &waiter_err,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    drop(node); // kill -9
+    std::thread::sleep(Duration::from_millis(300));
+    let _node = restart(dir.path(), &ep);
+    let h = wait_exit(&mut holder, Duration::from_secs(20));
+    let w = wait_exit(&mut waiter, Duration::from_secs(20));
+    let (he, we) = (err_of(&holder_err), err_of(&waiter_err));
+    assert_eq!(h, 0, "the holder ran to the end: {he}");
+    assert_eq!(w, 0, "the waiter got the lock: {we}");
+    assert!(!he.contains("lost"), "{he}");
+    assert!(
+        he.contains("retrying"),
+        "the holder said it reconnects: {he}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<(&str, i64)> = text
+        .lines()
+        .map(|l| {
+            let (what, token) = l.split_once(' ').unwrap();
+            (what, token.parse().unwrap())
+        })
+        .collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!((lines[0].0, lines[1].0), ("start", "end"), "{text}");
+    assert_eq!(
+        lines[0].1, lines[1].1,
+        "the holder's section is whole: {text}"
+    );
+    assert!(lines[2].1 > lines[1].1, "the next token is larger: {text}");
+}
+
+/// A contender started while the node is down waits for it (saying so), then runs; with
+/// `--timeout` it gives up with exit 124.
+#[test]
+fn a_contender_waits_for_a_node_that_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let ep = node.endpoint.clone();
+    drop(node);
+    let t0 = Instant::now();
+    let (code, _, err) = weft(&["lock", "--timeout", "1", "y", "--", "true"], &ep, None);
+    assert_eq!(code, 124, "{err}");
+    assert!(err.contains("not acquired within"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    let e = files.path().join("e");
+    let mut c = spawn_logged(&["lock", "y", "--", "true"], &ep, &e);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        c.try_wait().unwrap().is_none(),
+        "still waiting: {}",
+        err_of(&e)
+    );
+    let _node = restart(dir.path(), &ep);
+    assert_eq!(
+        wait_exit(&mut c, Duration::from_secs(20)),
+        0,
+        "{}",
+        err_of(&e)
+    );
+    let e = err_of(&e);
+    assert!(e.contains("cannot reach") && e.contains("retrying"), "{e}");
+    assert!(e.contains("answers again"), "{e}");
+}
+
+/// A lost lock kills the command and exits 125 with one message, whatever detected it.
+#[test]
+fn a_lost_lock_exits_125() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let e = files.path().join("e");
+    let mut c = spawn_logged(
+        &["lock", "--ttl", "3", "z", "--", "sleep", "30"],
+        &node.endpoint,
+        &e,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, out, _) = weft(
+            &["kv", "get", "/weft/lock/z/", "--prefix"],
+            &node.endpoint,
+            None,
+        );
+        if !out.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, _, _) = weft(
+        &["kv", "del", "/weft/lock/z/", "--prefix"],
+        &node.endpoint,
+        None,
+    );
+    assert_eq!(code, 0);
+    assert_eq!(wait_exit(&mut c, Duration::from_secs(10)), 125);
+    let e = err_of(&e);
+    assert!(
+        e.contains("weft lock: lock z lost; the command was killed"),
+        "{e}"
+    );
+}
+
+/// The leader and an observer ride out a node restart; the observer's JSON lines are objects
+/// (no bare `null`), the leader's JSON carries its value, and the observer reports no change
+/// that did not happen.
+#[test]
+fn leader_and_observer_survive_a_node_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let ep = node.endpoint.clone();
+    let (oe, le) = (files.path().join("o"), files.path().join("l"));
+    let mut obs = spawn_logged(&["elect", "--observe", "--json", "main"], &ep, &oe);
+    let obs_out = lines(&mut obs);
+    let first: serde_json::Value =
+        serde_json::from_str(&wait_line(&obs_out, "{", Duration::from_secs(10))).unwrap();
+    assert_eq!(first, serde_json::json!({"name": "main", "leader": null}));
+    let mut leader = spawn_logged(
+        &["elect", "--json", "--ttl", "3", "main", "node-a"],
+        &ep,
+        &le,
+    );
+    let l_out = lines(&mut leader);
+    let elected: serde_json::Value =
+        serde_json::from_str(&wait_line(&l_out, "{", Duration::from_secs(10))).unwrap();
+    assert_eq!(elected["value"], "node-a");
+    assert_eq!(elected["name"], "main");
+    let term = elected["term"].as_i64().unwrap();
+    let seen: serde_json::Value =
+        serde_json::from_str(&wait_line(&obs_out, "node-a", Duration::from_secs(10))).unwrap();
+    assert_eq!(seen["leader"]["term"], term);
+    drop(node);
+    std::thread::sleep(Duration::from_millis(300));
+    let _node = restart(dir.path(), &ep);
+    // Longer than the TTL: the leadership was kept through the restart.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        leader.try_wait().unwrap().is_none(),
+        "leader exited: {}",
+        err_of(&le)
+    );
+    assert!(
+        obs.try_wait().unwrap().is_none(),
+        "observer exited: {}",
+        err_of(&oe)
+    );
+    let (_, now, _) = weft(
+        &["kv", "get", "/weft/election/main/", "--prefix"],
+        &ep,
+        None,
+    );
+    assert!(now.contains("node-a"), "{now}");
+    assert!(obs_out.try_recv().is_err(), "no change was reported");
+    let _ = Command::new("kill")
+        .args(["-TERM", &leader.id().to_string()])
+        .status();
+    assert_eq!(wait_exit(&mut leader, Duration::from_secs(10)), 0);
+    let gone: serde_json::Value =
+        serde_json::from_str(&wait_line(&obs_out, "{", Duration::from_secs(10))).unwrap();
+    assert_eq!(gone, serde_json::json!({"name": "main", "leader": null}));
+    kill_group(&mut obs);
+}
+
 #[cfg(feature = "etcd")]
 mod on_etcd {
     use super::*;

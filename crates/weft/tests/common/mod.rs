@@ -25,8 +25,19 @@ pub fn start(dir: &Path) -> Node {
 
 /// Starts `weft up --listen 127.0.0.1:0` with extra arguments; waits for its address.
 pub fn start_with(args: &[&std::ffi::OsStr]) -> Node {
+    start_on("127.0.0.1:0", args)
+}
+
+/// Starts `weft up` again on `dir` at the address of `endpoint` (after the last one was
+/// killed), as an operator restarting a node would.
+pub fn restart(dir: &Path, endpoint: &str) -> Node {
+    let addr = endpoint.trim_start_matches("http://");
+    start_on(addr, &["--data-dir".as_ref(), dir.as_os_str()])
+}
+
+fn start_on(listen: &str, args: &[&std::ffi::OsStr]) -> Node {
     let mut child = Command::new(BIN)
-        .args(["up", "--listen", "127.0.0.1:0"])
+        .args(["up", "--listen", listen])
         .args(args)
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::piped())
