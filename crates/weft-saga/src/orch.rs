@@ -1,0 +1,698 @@
+//! The orchestrator: submits sagas, runs the ones it owns, takes over the ones whose owner
+//! died, answers queries and operator actions, and removes finished sagas after their
+//! retention.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Duration;
+use weft_coord::{Session, SessionOptions};
+use weft_shard::{Node, Placement, Rendezvous};
+use weft_store::{EventType, KeyRange, Store, WatchRequest};
+
+use crate::def::SagaDef;
+use crate::error::{Result, SagaError};
+use crate::invoke::{Invoker, Registry, Resolver};
+use crate::log::{check_id, owner_prefix, state_key, Event, Log, Stored};
+use crate::run::{drive, now_ms, Control, Ctx};
+use crate::state::{Phase, SagaRecord, Status, StepStatus};
+
+/// Orchestrator settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This orchestrator's name, unique among those sharing a store. Starting again under the
+    /// same name takes over the previous incarnation's sagas at once (its lease is revoked).
+    pub name: String,
+    /// Session TTL, seconds: how long sagas of a dead orchestrator wait to be taken over.
+    pub ttl: i64,
+    /// How long finished sagas are kept.
+    pub retention: Duration,
+    /// How often finished sagas past their retention are removed, and unowned sagas looked
+    /// for (besides watching owner keys disappear).
+    pub sweep_interval: Duration,
+    /// Largest input, bytes.
+    pub max_input_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            name: "weft".into(),
+            ttl: 10,
+            retention: Duration::from_secs(24 * 3600),
+            sweep_interval: Duration::from_secs(30),
+            max_input_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// A saga as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SagaView {
+    /// The record (status, steps, parked).
+    #[serde(flatten)]
+    pub record: SagaRecord,
+    /// The definition.
+    pub definition: SagaDef,
+    /// The input.
+    pub input: Value,
+    /// The timeline.
+    pub timeline: Vec<Event>,
+}
+
+struct Owned {
+    control: mpsc::UnboundedSender<Control>,
+    task: JoinHandle<()>,
+}
+
+struct Inner {
+    opts: Options,
+    log: Log,
+    session: Session,
+    ctx: Arc<Ctx>,
+    owned: Mutex<HashMap<String, Owned>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    rescan: Notify,
+    crashed: Arc<AtomicBool>,
+}
+
+/// Runs sagas on a store. Cloning shares it.
+#[derive(Clone)]
+pub struct Orchestrator {
+    inner: Arc<Inner>,
+}
+
+/// Building an [`Orchestrator`].
+pub struct Builder {
+    store: Arc<dyn Store>,
+    opts: Options,
+    registry: Registry,
+    resolver: Option<Resolver>,
+    fault: Arc<dyn Fn(u64) -> bool + Send + Sync>,
+    rng: Arc<dyn weft_resilience::rng::Random>,
+}
+
+impl Builder {
+    /// Settings.
+    pub fn options(mut self, opts: Options) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Local step functions.
+    pub fn registry(mut self, r: Registry) -> Self {
+        self.registry = r;
+        self
+    }
+
+    /// Resolves `service` names of HTTP steps to an address (e.g. weft-coord discovery).
+    pub fn resolver(mut self, r: Resolver) -> Self {
+        self.resolver = Some(r);
+        self
+    }
+
+    /// The jitter source of retries.
+    pub fn random(mut self, r: impl weft_resilience::rng::Random + 'static) -> Self {
+        self.rng = Arc::new(r);
+        self
+    }
+
+    /// A fault hook for crash tests: called before and after every durable write with the
+    /// number of writes so far; returning `true` crashes the orchestrator on the spot (no
+    /// more writes, no lease revoke), as `kill -9` would.
+    #[doc(hidden)]
+    pub fn fault(mut self, f: impl Fn(u64) -> bool + Send + Sync + 'static) -> Self {
+        self.fault = Arc::new(f);
+        self
+    }
+
+    /// Starts: a session, this orchestrator's member key, recovery of unowned sagas, the
+    /// takeover watch and the retention sweeper.
+    pub async fn start(self) -> Result<Orchestrator> {
+        let log = Log::new(self.store.clone());
+        check_id(&self.opts.name).map_err(|_| {
+            SagaError::InvalidArgument(format!(
+                "orchestrator name {:?} must be 1 to 64 characters of A-Z a-z 0-9 - _ .",
+                self.opts.name
+            ))
+        })?;
+        // A previous incarnation under this name is dead (or about to be): take its sagas now.
+        if let Some(old) = log.member_lease(&self.opts.name).await? {
+            let _ = self.store.lease_revoke(old).await;
+        }
+        let session = Session::new(
+            self.store.clone(),
+            SessionOptions {
+                ttl: self.opts.ttl,
+                ..Default::default()
+            },
+        )
+        .await?;
+        log.register_member(&self.opts.name, session.lease())
+            .await?;
+        let crashed = Arc::new(AtomicBool::new(false));
+        let ctx = Arc::new(Ctx {
+            log: log.clone(),
+            invoker: Invoker::new(self.registry, self.resolver),
+            fault: self.fault,
+            writes: Arc::new(AtomicU64::new(0)),
+            crashed: crashed.clone(),
+            rng: self.rng,
+        });
+        let o = Orchestrator {
+            inner: Arc::new(Inner {
+                opts: self.opts,
+                log,
+                session,
+                ctx,
+                owned: Mutex::default(),
+                background: Mutex::default(),
+                rescan: Notify::new(),
+                crashed,
+            }),
+        };
+        let weak = Arc::downgrade(&o.inner);
+        let bg = vec![
+            tokio::spawn(takeover_loop(weak.clone())),
+            tokio::spawn(watch_owners(weak.clone(), o.inner.log.store().clone())),
+        ];
+        o.inner.background.lock().expect("lock").extend(bg);
+        o.inner.rescan.notify_one();
+        Ok(o)
+    }
+}
+
+impl Orchestrator {
+    /// An orchestrator on `store`.
+    pub fn builder(store: Arc<dyn Store>) -> Builder {
+        Builder {
+            store,
+            opts: Options::default(),
+            registry: Registry::new(),
+            resolver: None,
+            fault: Arc::new(|_| false),
+            rng: Arc::new(weft_resilience::rng::XorShift::default()),
+        }
+    }
+
+    /// This orchestrator's name.
+    pub fn name(&self) -> &str {
+        &self.inner.opts.name
+    }
+
+    /// Durable writes made so far by this orchestrator's sagas (creation excluded).
+    pub fn writes(&self) -> u64 {
+        self.inner.ctx.writes.load(Ordering::SeqCst)
+    }
+
+    /// Validates and stores a saga, then runs it. With an `id` the submission is idempotent:
+    /// the same id with the same definition and input answers the existing saga. A bad
+    /// definition stores nothing.
+    pub async fn submit(&self, def: SagaDef, input: Value, id: Option<String>) -> Result<String> {
+        def.validate()?;
+        let size = serde_json::to_vec(&input).map(|v| v.len()).unwrap_or(0);
+        if size > self.inner.opts.max_input_bytes {
+            return Err(SagaError::InvalidArgument(format!(
+                "input of {size} bytes is over the limit of {} bytes",
+                self.inner.opts.max_input_bytes
+            )));
+        }
+        let id = match id {
+            Some(id) => {
+                check_id(&id)?;
+                id
+            }
+            None => new_id(&*self.inner.ctx.rng),
+        };
+        let now = now_ms();
+        let mut record = SagaRecord::new(&id, &def, now);
+        let ready = record.ready(&def);
+        record.start(&ready, Phase::Action, now);
+        let mut events = vec![Event::new("submitted", now).detail(format!("by {}", self.name()))];
+        events.extend(
+            ready
+                .iter()
+                .map(|s| Event::new("started", now).step(s, Phase::Action)),
+        );
+        record.events = events.len() as u64;
+        let stored = Stored { def, input };
+        self.check_alive()?;
+        let created = self
+            .inner
+            .log
+            .create(
+                &stored,
+                &record,
+                &events,
+                self.name(),
+                self.inner.session.lease(),
+            )
+            .await?;
+        match created {
+            Some(rev) => {
+                metrics::counter!("weft_saga_submitted_total").increment(1);
+                self.spawn(id.clone(), rev);
+                Ok(id)
+            }
+            None => {
+                let existing = self.inner.log.stored(&id).await?;
+                if existing.def == stored.def && existing.input == stored.input {
+                    Ok(id)
+                } else {
+                    Err(SagaError::Conflict {
+                        id,
+                        message: "exists with another definition or input".into(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.inner.crashed.load(Ordering::SeqCst) || self.inner.session.lost_reason().is_some() {
+            return Err(SagaError::NotOwner(
+                "(this orchestrator lost its session)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn spawn(&self, id: String, owner_rev: i64) {
+        spawn_task(&self.inner, id, owner_rev);
+    }
+
+    /// A saga with its definition, input and timeline.
+    pub async fn get(&self, id: &str) -> Result<SagaView> {
+        check_id(id)?;
+        let loaded = self.inner.log.load(id).await?;
+        let stored = self.inner.log.stored(id).await?;
+        let timeline = self.inner.log.events(id).await?;
+        Ok(SagaView {
+            record: loaded.record,
+            definition: stored.def,
+            input: stored.input,
+            timeline,
+        })
+    }
+
+    /// Sagas with `status` (all when `None`), at most `limit` per status (0: all).
+    pub async fn list(&self, status: Option<Status>, limit: i64) -> Result<Vec<SagaRecord>> {
+        let statuses: Vec<Status> = match status {
+            Some(s) => vec![s],
+            None => Status::ALL.to_vec(),
+        };
+        let mut out = Vec::new();
+        for st in statuses {
+            for id in self.inner.log.ids(st, limit).await? {
+                match self.inner.log.load(&id).await {
+                    Ok(l) => out.push(l.record),
+                    Err(SagaError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many sagas are in each status (for metrics).
+    pub async fn counts(&self) -> Result<Vec<(Status, usize)>> {
+        let mut out = Vec::new();
+        for st in Status::ALL {
+            out.push((st, self.inner.log.ids(st, 0).await?.len()));
+        }
+        Ok(out)
+    }
+
+    /// Waits until the saga is committed, compensated, parked or aborted, at most `timeout`.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<SagaRecord> {
+        let fut = async {
+            loop {
+                let l = self.inner.log.load(id).await?;
+                if l.record.status.is_at_rest() {
+                    return Ok(l.record);
+                }
+                let mut w = self
+                    .inner
+                    .log
+                    .store()
+                    .watch(
+                        WatchRequest::new(KeyRange::key(state_key(id)))
+                            .start_revision(l.mod_revision + 1),
+                    )
+                    .await?;
+                let _ = w.message().await;
+            }
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(SagaError::Conflict {
+                id: id.to_string(),
+                message: format!("not at rest after {timeout:?}"),
+            }),
+        }
+    }
+
+    /// Operator: runs a parked saga again from where it stopped (its failing call gets a fresh
+    /// set of retries).
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.operate(id, "resumed", None, |r| {
+            if r.status != Status::Parked {
+                return Err(format!(
+                    "is {}; only a parked saga can be resumed",
+                    r.status.as_str()
+                ));
+            }
+            r.parked = None;
+            r.status = Status::Compensating;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Operator: marks the parked saga's failing step as done (its compensation as applied by
+    /// hand), then runs the saga on.
+    pub async fn skip(&self, id: &str, step: &str) -> Result<()> {
+        self.operate(id, "skipped", Some(step), |r| {
+            let parked = match (&r.status, &r.parked) {
+                (Status::Parked, Some(p)) => p.clone(),
+                _ => {
+                    return Err(format!(
+                        "is {}; only the failing step of a parked saga can be skipped",
+                        r.status.as_str()
+                    ))
+                }
+            };
+            if parked.step != step {
+                return Err(format!(
+                    "step {step:?} is not the parked step (the parked step is {:?})",
+                    parked.step
+                ));
+            }
+            let s = r.steps.get_mut(step).expect("the parked step exists");
+            s.status = StepStatus::Compensated;
+            s.compensation_finished_ms = Some(now_ms());
+            r.parked = None;
+            r.status = Status::Compensating;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Operator: a running saga compensates now; a parked saga is given up (`aborted`, final:
+    /// nothing more runs; what was not compensated is left as the timeline shows).
+    pub async fn abort(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let owned_here = {
+            let owned = self.inner.owned.lock().expect("lock");
+            owned.get(id).map(|o| o.control.clone())
+        };
+        let l = self.inner.log.load(id).await?;
+        match l.record.status {
+            Status::Running => match owned_here {
+                Some(c) => {
+                    let _ = c.send(Control::Abort);
+                    Ok(())
+                }
+                None => Err(SagaError::Conflict {
+                    id: id.to_string(),
+                    message: "is running on another orchestrator; send the abort to it".into(),
+                }),
+            },
+            Status::Parked => {
+                self.operate(id, "aborted", None, |r| {
+                    r.status = Status::Aborted;
+                    Ok(())
+                })
+                .await
+            }
+            st => Err(SagaError::Conflict {
+                id: id.to_string(),
+                message: format!(
+                    "is {}; abort applies to a running or a parked saga",
+                    st.as_str()
+                ),
+            }),
+        }
+    }
+
+    /// Claims an unowned saga, changes its record with `f` in a fenced write (logged as
+    /// `kind`), and runs it if it is not at rest.
+    async fn operate(
+        &self,
+        id: &str,
+        kind: &str,
+        step: Option<&str>,
+        f: impl FnOnce(&mut SagaRecord) -> std::result::Result<(), String>,
+    ) -> Result<()> {
+        check_id(id)?;
+        self.check_alive()?;
+        let loaded = self.inner.log.load(id).await?;
+        let mut next = loaded.record.clone();
+        f(&mut next).map_err(|message| SagaError::Conflict {
+            id: id.to_string(),
+            message,
+        })?;
+        let rev = self
+            .inner
+            .log
+            .claim(id, self.name(), self.inner.session.lease())
+            .await?
+            .ok_or_else(|| SagaError::Conflict {
+                id: id.to_string(),
+                message: "is owned by an orchestrator that is running it".into(),
+            })?;
+        let now = now_ms();
+        let mut ev = Event::new(kind, now).detail(format!("by an operator on {}", self.name()));
+        if let Some(s) = step {
+            ev = ev.step(s, Phase::Compensation);
+        }
+        next.updated_ms = now;
+        next.events = loaded.record.events + 1;
+        let release = next.status.is_at_rest();
+        match self
+            .inner
+            .log
+            .commit(&loaded, &next, &[ev], rev, release)
+            .await
+        {
+            Ok(_) if !release => {
+                self.spawn(id.to_string(), rev);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let _ = self.inner.log.release(id, rev).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops running sagas and gives them up for others to take over (the lease is revoked).
+    pub async fn shutdown(&self) {
+        for h in self.inner.background.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+        let owned: Vec<Owned> = self
+            .inner
+            .owned
+            .lock()
+            .expect("lock")
+            .drain()
+            .map(|(_, o)| o)
+            .collect();
+        for o in owned {
+            o.task.abort();
+        }
+        let _ = self.inner.session.close().await;
+    }
+
+    /// Crashes on the spot, as `kill -9` would: tasks stop, nothing more is written, the lease
+    /// is left to expire (or to be revoked by the next incarnation of this name).
+    #[doc(hidden)]
+    pub fn crash(&self) {
+        self.inner.crashed.store(true, Ordering::SeqCst);
+        self.inner.session.simulate_crash();
+        for h in self.inner.background.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+        for (_, o) in self.inner.owned.lock().expect("lock").drain() {
+            o.task.abort();
+        }
+    }
+
+    /// Whether the fault hook (or [`Orchestrator::crash`]) crashed this orchestrator.
+    #[doc(hidden)]
+    pub fn has_crashed(&self) -> bool {
+        self.inner.crashed.load(Ordering::SeqCst)
+    }
+
+    /// Removes finished sagas older than the retention; returns how many.
+    pub async fn sweep(&self) -> Result<usize> {
+        sweep(&self.inner).await
+    }
+}
+
+/// A time-ordered id: milliseconds (hex) and 32 random bits.
+fn new_id(rng: &dyn weft_resilience::rng::Random) -> String {
+    let r = (rng.next_f64() * u32::MAX as f64) as u32;
+    format!("{:011x}-{r:08x}", now_ms())
+}
+
+fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let weak = Arc::downgrade(inner);
+    let ctx = inner.ctx.clone();
+    let task_id = id.clone();
+    let mut owned = inner.owned.lock().expect("lock");
+    if owned.contains_key(&id) {
+        return;
+    }
+    let task = tokio::spawn(async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match drive(&ctx, &task_id, owner_rev, &mut rx).await {
+                Ok(st) => {
+                    tracing::debug!(saga = %task_id, status = st.as_str(), "saga at rest");
+                    break;
+                }
+                Err(SagaError::NotOwner(_)) => break,
+                Err(e) if ctx.crashed.load(Ordering::SeqCst) => {
+                    tracing::debug!(saga = %task_id, error = %e, "orchestrator crashed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(saga = %task_id, error = %e, "saga task failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if let Some(inner) = weak.upgrade() {
+            inner.owned.lock().expect("lock").remove(&task_id);
+        }
+    });
+    owned.insert(id, Owned { control: tx, task });
+}
+
+/// Unowned running or compensating sagas that this orchestrator should take (rendezvous over
+/// the live orchestrators; any of them once the preferred one had a sweep interval to act).
+async fn takeover_scan(inner: &Arc<Inner>, all: bool) -> Result<()> {
+    if inner.crashed.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    let owned = inner.log.owned().await?;
+    let members = inner.log.members().await?;
+    let nodes: Vec<Node> = members.iter().map(Node::new).collect();
+    let placement = Rendezvous::new(&nodes).ok();
+    for st in [Status::Running, Status::Compensating] {
+        for id in inner.log.ids(st, 0).await? {
+            if owned.contains(&id) {
+                continue;
+            }
+            let mine = all
+                || placement
+                    .as_ref()
+                    .is_none_or(|p| p.locate(id.as_bytes()) == inner.opts.name);
+            if !mine {
+                continue;
+            }
+            if let Some(rev) = inner
+                .log
+                .claim(&id, &inner.opts.name, inner.session.lease())
+                .await?
+            {
+                tracing::info!(saga = %id, orchestrator = %inner.opts.name, "took over saga");
+                metrics::counter!("weft_saga_takeovers_total").increment(1);
+                spawn_task(inner, id, rev);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn takeover_loop(weak: std::sync::Weak<Inner>) {
+    let mut ticks = 0u64;
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let interval = inner.opts.sweep_interval;
+        let woken = tokio::time::timeout(interval, inner.rescan.notified())
+            .await
+            .is_ok();
+        // Rendezvous first; every orchestrator takes what is left a round later.
+        let all = !woken && ticks % 2 == 1;
+        if let Err(e) = takeover_scan(&inner, all).await {
+            tracing::warn!(error = %e, "saga takeover scan failed");
+        }
+        if woken {
+            // The preferred owner had its chance; let anyone take the rest soon.
+            let inner2 = inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = takeover_scan(&inner2, true).await;
+            });
+        } else {
+            ticks += 1;
+            if let Err(e) = sweep(&inner).await {
+                tracing::warn!(error = %e, "saga retention sweep failed");
+            }
+        }
+    }
+}
+
+/// Watches owner keys: a deleted one (a lease expired, a saga released) triggers a scan.
+async fn watch_owners(weak: std::sync::Weak<Inner>, store: Arc<dyn Store>) {
+    loop {
+        let mut w = match store
+            .watch(WatchRequest {
+                no_put: true,
+                ..WatchRequest::new(KeyRange::prefix(owner_prefix()))
+            })
+            .await
+        {
+            Ok(w) => w,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        while let Some(m) = w.message().await {
+            let Some(inner) = weak.upgrade() else { return };
+            match m {
+                Ok(resp) if resp.events.iter().any(|e| e.kind == EventType::Delete) => {
+                    inner.rescan.notify_one();
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        if weak.upgrade().is_none() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sweep(inner: &Arc<Inner>) -> Result<usize> {
+    let cutoff = now_ms().saturating_sub(inner.opts.retention.as_millis() as u64);
+    let mut removed = 0;
+    for st in [Status::Committed, Status::Compensated, Status::Aborted] {
+        for id in inner.log.ids(st, 0).await? {
+            let l = match inner.log.load(&id).await {
+                Ok(l) => l,
+                Err(SagaError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            if l.record.updated_ms <= cutoff {
+                inner.log.remove(&id, st).await?;
+                metrics::counter!("weft_saga_removed_total", "status" => st.as_str()).increment(1);
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
