@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use weft_coord::CoordError;
+use weft_saga::SagaError;
 use weft_store::StoreError;
 
 /// An error as the API returns it.
@@ -26,6 +27,12 @@ pub enum ApiError {
     /// Missing or wrong bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// A saga operation failed.
+    #[error(transparent)]
+    Saga(weft_saga::SagaError),
+    /// A feature this node does not run.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 #[derive(Serialize)]
@@ -40,6 +47,8 @@ struct Detail<'a> {
     retryable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     compact_revision: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<String>,
 }
 
 impl ApiError {
@@ -49,6 +58,14 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Saga(e) => match e {
+                SagaError::Invalid(_) | SagaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+                SagaError::NotFound(_) => StatusCode::NOT_FOUND,
+                SagaError::Conflict { .. } | SagaError::NotOwner(_) => StatusCode::CONFLICT,
+                SagaError::Store(e) => ApiError::Store(e.clone()).status(),
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Coord(e) => match e {
                 CoordError::Store(e) => ApiError::Store(e.clone()).status(),
                 CoordError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -90,6 +107,16 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Saga(e) => match e {
+                SagaError::Invalid(_) => "invalid_definition",
+                SagaError::InvalidArgument(_) => "bad_request",
+                SagaError::NotFound(_) => "saga_not_found",
+                SagaError::Conflict { .. } => "conflict",
+                SagaError::NotOwner(_) => "not_owner",
+                SagaError::Store(e) => e.code(),
+                _ => "internal",
+            },
         }
     }
 
@@ -104,7 +131,12 @@ impl ApiError {
         let retryable = match self {
             ApiError::Store(e) => e.is_retryable(),
             ApiError::Coord(e) => e.is_retryable(),
+            ApiError::Saga(e) => e.is_retryable(),
             _ => false,
+        };
+        let step = match self {
+            ApiError::Saga(SagaError::Invalid(d)) => d.step.clone(),
+            _ => None,
         };
         serde_json::to_value(Body {
             error: Detail {
@@ -112,9 +144,19 @@ impl ApiError {
                 message: self.to_string(),
                 retryable,
                 compact_revision,
+                step,
             },
         })
         .unwrap_or_default()
+    }
+}
+
+impl From<SagaError> for ApiError {
+    fn from(e: SagaError) -> Self {
+        match e {
+            SagaError::Store(s) => ApiError::Store(s),
+            other => ApiError::Saga(other),
+        }
     }
 }
 

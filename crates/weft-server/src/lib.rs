@@ -37,6 +37,7 @@ use weft_store::{Store, WatchRequest};
 pub mod api;
 mod coord;
 mod error;
+mod saga;
 
 pub use error::ApiError;
 
@@ -55,6 +56,8 @@ pub struct ServerConfig {
     /// Called before `/metrics` renders, to update metrics (through the `metrics` macros)
     /// that the server cannot read from the [`Store`] trait, such as a backend's own counters.
     pub on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// The saga orchestrator behind `/v1/saga/*` (none: those routes answer 503).
+    pub saga: Option<weft_saga::Orchestrator>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -63,6 +66,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("on_scrape", &self.on_scrape.is_some())
+            .field("saga", &self.saga.as_ref().map(|o| o.name().to_string()))
             .finish()
     }
 }
@@ -73,6 +77,7 @@ impl Default for ServerConfig {
             token: None,
             max_body_bytes: 4 * 1024 * 1024,
             on_scrape: None,
+            saga: None,
         }
     }
 }
@@ -84,6 +89,7 @@ struct AppState {
     shutdown: watch::Receiver<bool>,
     metrics: PrometheusHandle,
     on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
+    saga: Option<weft_saga::Orchestrator>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -188,6 +194,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/svc/deregister"),
     ("get", "/v1/svc/list"),
     ("get", "/v1/svc/watch"),
+    ("post", "/v1/saga/submit"),
+    ("get", "/v1/saga/get"),
+    ("get", "/v1/saga/list"),
+    ("post", "/v1/saga/resume"),
+    ("post", "/v1/saga/skip"),
+    ("post", "/v1/saga/abort"),
+    ("get", "/v1/saga/watch"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -202,6 +215,7 @@ pub fn router(
         shutdown,
         metrics: metrics_handle(),
         on_scrape: cfg.on_scrape.clone(),
+        saga: cfg.saga.clone(),
     };
     Router::new()
         .route("/health", get(health))
@@ -236,6 +250,13 @@ pub fn router(
         .route("/v1/svc/deregister", post(coord::svc_deregister))
         .route("/v1/svc/list", get(coord::svc_list))
         .route("/v1/svc/watch", get(coord::svc_watch))
+        .route("/v1/saga/submit", post(saga::submit))
+        .route("/v1/saga/get", get(saga::get))
+        .route("/v1/saga/list", get(saga::list))
+        .route("/v1/saga/resume", post(saga::resume))
+        .route("/v1/saga/skip", post(saga::skip))
+        .route("/v1/saga/abort", post(saga::abort))
+        .route("/v1/saga/watch", get(saga::watch))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(track))
@@ -326,6 +347,13 @@ async fn metrics_route(State(st): State<AppState>) -> Response {
     }
     if let Some(f) = &st.on_scrape {
         f();
+    }
+    if let Some(o) = &st.saga {
+        if let Ok(counts) = o.counts().await {
+            for (status, n) in counts {
+                metrics::gauge!("weft_sagas", "status" => status.as_str()).set(n as f64);
+            }
+        }
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -1,0 +1,331 @@
+//! `weft up`: the node's command-line options and its assembly (store, HTTP API, saga
+//! orchestrator, optional etcd API and gateway), served until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use weft_store::embedded::{AutoCompact, Durability, Embedded, Options};
+
+use crate::{gatewaycli, init_tracing, shutdown_signal, DEFAULT_LISTEN};
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Data directory (created if missing).
+    #[arg(long, env = "WEFT_DATA_DIR", default_value = "weft-data")]
+    data_dir: PathBuf,
+    /// Address of the HTTP API. Non-loopback addresses require --token.
+    #[arg(long, env = "WEFT_LISTEN", default_value = DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Bearer token required by the API (mandatory on non-loopback addresses).
+    #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// fsync policy: always, group (default; concurrent writes share an fsync), none (unsafe).
+    #[arg(long, default_value = "group")]
+    fsync: Durability,
+    /// Automatic compaction: keep N revisions ("100000"), a duration ("1h", "30m", "90s"), or "off".
+    #[arg(long, default_value = "100000")]
+    compact_retention: String,
+    /// Start a new log with a snapshot once the log holds this many bytes, or as many as the
+    /// last snapshot if that is larger.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    snapshot_bytes: u64,
+    /// Group commit delay in microseconds: with concurrent writers, the log waits this long
+    /// before an fsync so that it covers more writes (a lone writer is never delayed).
+    #[arg(long, default_value_t = 0)]
+    commit_delay_us: u64,
+    /// Write the log with direct I/O (O_DIRECT|O_DSYNC: one syscall per group commit, no page
+    /// cache) where the file system allows it; "false" uses write + fdatasync. Equally durable.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    direct_io: bool,
+    /// Run the log thread under SCHED_BATCH (Linux): its wake-ups for each group commit do
+    /// not preempt the threads that feed it. "false" keeps the default policy.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    log_thread_batch: bool,
+    /// Serve the API over an etcd cluster instead of the embedded store (comma-separated
+    /// client URLs).
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// Also serve the etcd v3 gRPC API (KV, Watch, Lease, Status, MemberList) on this address,
+    /// so etcdctl and etcd client libraries work against this node.
+    #[cfg(feature = "etcd")]
+    #[arg(long)]
+    etcd_listen: Option<SocketAddr>,
+    /// Threads serving etcd API connections, each a single-threaded runtime; 0 serves them on
+    /// the node's shared runtime. Default: half the cores, at least one (the log thread, the
+    /// node's runtime and the kernel's network stack use the rest).
+    #[cfg(feature = "etcd")]
+    #[arg(long, requires = "etcd_listen")]
+    etcd_threads: Option<usize>,
+    /// An etcd API connection thread makes the durable write for its calls itself, once it
+    /// has handled everything it had read, when at least this many records are queued; it
+    /// then serves nothing else until the disk is done. Fewer go to the log thread while it
+    /// goes on serving. 0: every write through the log thread. On 2 cores, 8 gave 16–31 %
+    /// more puts a second than 0 at 16 and 64 clients, and lock hand-offs within noise of 0,
+    /// where writing every group inline lost 19–37 % of them; on one core (`taskset`), the
+    /// core idles while the thread waits for the disk, and txn lost 15 % (docs/benchmarks.md,
+    /// seventeenth run). Default: 8, or 0 when the node may run on one core only.
+    #[cfg(feature = "etcd")]
+    #[arg(long, requires = "etcd_listen")]
+    etcd_inline_batch: Option<usize>,
+    /// Also run the API gateway on this address (routes from --gateway-config and from the
+    /// store; upstreams may be services registered on this node).
+    #[arg(long)]
+    gateway_listen: Option<SocketAddr>,
+    /// Gateway configuration file (TOML), reloaded on change and on SIGHUP.
+    #[arg(long, requires = "gateway_listen")]
+    gateway_config: Option<PathBuf>,
+    /// Gateway admin API address (status, stored routes, metrics); uses --token.
+    #[arg(long, requires = "gateway_listen")]
+    gateway_admin: Option<SocketAddr>,
+    /// Run the saga orchestrator behind /v1/saga/* ("false": none).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    sagas: bool,
+    /// This node's saga orchestrator name, unique among nodes sharing a store: a restart under
+    /// the same name resumes its unfinished sagas at once.
+    #[arg(long, default_value = "weft")]
+    saga_name: String,
+    /// Session TTL of the saga orchestrator, seconds: how soon other nodes on the same store
+    /// take over its sagas if it dies.
+    #[arg(long, default_value_t = 10)]
+    saga_ttl: i64,
+    /// How long finished sagas are kept ("24h", "30m", "90s").
+    #[arg(long, default_value = "24h")]
+    saga_retention: String,
+}
+
+/// A duration like "90s", "30m", "24h", "7d".
+fn parse_duration(s: &str, what: &str) -> Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("bad {what} {s:?}: use a duration like 90s, 30m, 24h, 7d"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad {what} {s:?}: units are s, m, h, d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// The saga orchestrator of this node; `service` steps resolve through discovery on `store`.
+async fn start_sagas(
+    a: &UpArgs,
+    store: &Arc<dyn weft_store::Store>,
+) -> Result<Option<weft_saga::Orchestrator>> {
+    if !a.sagas {
+        return Ok(None);
+    }
+    let retention = parse_duration(&a.saga_retention, "--saga-retention")?;
+    let registry = weft_coord::Registry::new(store.clone());
+    let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let resolver: weft_saga::Resolver = Arc::new(move |service: String| {
+        let (registry, turn) = (registry.clone(), turn.clone());
+        Box::pin(async move {
+            let snap = registry.discover(&service).await.ok()?;
+            let passing: Vec<&weft_coord::Instance> = snap
+                .instances
+                .iter()
+                .filter(|i| i.health == weft_coord::Health::Passing)
+                .collect();
+            if passing.is_empty() {
+                return None;
+            }
+            let i = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % passing.len();
+            Some(passing[i].address.clone())
+        })
+    });
+    let o = weft_saga::Orchestrator::builder(store.clone())
+        .options(weft_saga::Options {
+            name: a.saga_name.clone(),
+            ttl: a.saga_ttl,
+            retention,
+            ..Default::default()
+        })
+        .resolver(resolver)
+        .start()
+        .await
+        .context("saga orchestrator")?;
+    Ok(Some(o))
+}
+
+fn parse_retention(s: &str) -> Result<AutoCompact> {
+    if s == "off" || s == "0" {
+        return Ok(AutoCompact::Off);
+    }
+    if let Ok(n) = s.parse::<i64>() {
+        if n > 0 {
+            return Ok(AutoCompact::Revisions(n));
+        }
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad --compact-retention {s:?}: use a revision count, a duration like 1h/30m/90s, or off"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad --compact-retention {s:?}: units are s, m, h, d"),
+    };
+    if secs == 0 {
+        bail!("--compact-retention must be positive");
+    }
+    Ok(AutoCompact::Period(Duration::from_secs(secs)))
+}
+
+pub async fn up(a: UpArgs) -> Result<()> {
+    init_tracing();
+    // No transparent huge pages for the node: the store's state grows with every write, and
+    // each fresh 2 MiB huge page is zeroed in one page fault on whichever thread touches it
+    // first (8 % of the connection thread's time under put load here). Put p99 under etcd's
+    // clients went from 5.4–6.1 to 2.7–4.0 ms at equal throughput (docs/benchmarks.md,
+    // thirteenth run; Redis and MongoDB also advise running without them); watch fan-out
+    // pays about 10 % more CPU per event (probably TLB misses). The flag covers this process
+    // only.
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        tracing::debug!("cannot turn transparent huge pages off: {e}");
+    }
+    if !a.listen.ip().is_loopback() && a.token.as_deref().is_none_or(str::is_empty) {
+        bail!(
+            "refusing to listen on {} without a token: pass --token (or WEFT_TOKEN), or listen on loopback",
+            a.listen
+        );
+    }
+    let opts = Options {
+        durability: a.fsync,
+        snapshot_bytes: a.snapshot_bytes,
+        commit_delay: std::time::Duration::from_micros(a.commit_delay_us),
+        direct_io: a.direct_io,
+        log_thread_batch: a.log_thread_batch,
+        auto_compact: parse_retention(&a.compact_retention)?,
+        ..Default::default()
+    };
+    if a.fsync == Durability::None {
+        tracing::warn!(
+            "--fsync none: acknowledged writes can be lost on power failure; for development only"
+        );
+    }
+    #[cfg(feature = "etcd")]
+    let etcd = !a.etcd_endpoints.is_empty();
+    #[cfg(not(feature = "etcd"))]
+    let etcd = false;
+    let (store, embedded): (Arc<dyn weft_store::Store>, Option<Arc<Embedded>>) = if etcd {
+        #[cfg(feature = "etcd")]
+        {
+            let s = weft_store_etcd::EtcdStore::connect(&a.etcd_endpoints)
+                .await
+                .with_context(|| {
+                    format!("cannot connect to etcd at {}", a.etcd_endpoints.join(","))
+                })?;
+            (Arc::new(s), None)
+        }
+        #[cfg(not(feature = "etcd"))]
+        unreachable!()
+    } else {
+        let e = Arc::new(
+            Embedded::open(&a.data_dir, opts)
+                .await
+                .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))?,
+        );
+        (e.clone(), Some(e))
+    };
+    let saga = start_sagas(&a, &store).await?;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "weft listening on http://{addr} (data dir {})",
+        a.data_dir.display()
+    );
+    std::io::stdout().flush()?;
+    let cfg = weft_server::ServerConfig {
+        token: a.token.clone(),
+        on_scrape: embedded.clone().map(|e| {
+            Arc::new(move || {
+                let st = e.stats();
+                metrics::counter!("weft_log_records_total").absolute(st.records);
+                metrics::counter!("weft_log_durable_writes_total").absolute(st.fsyncs);
+                metrics::counter!("weft_log_inline_writes_total").absolute(st.inline_writes);
+            }) as Arc<dyn Fn() + Send + Sync>
+        }),
+        saga: saga.clone(),
+        ..Default::default()
+    };
+    #[cfg(feature = "etcd")]
+    let (stop_tx, grpc) = match a.etcd_listen {
+        Some(addr) => {
+            if !addr.ip().is_loopback() {
+                bail!("--etcd-listen {addr}: the etcd API has no authentication yet; listen on loopback");
+            }
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            let url = format!("http://{}", l.local_addr()?);
+            println!("etcd API listening on {url}");
+            std::io::stdout().flush()?;
+            // The cores this process may run on (its CPU affinity, e.g. under `taskset`).
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let threads = a.etcd_threads.unwrap_or((cores / 2).max(1));
+            let ecfg = weft_etcd_api::Config {
+                client_url: url,
+                member_id: 0x7765_6674,
+                threads,
+                inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
+            };
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let (gw_stop, gw_task) = match a.gateway_listen {
+        Some(addr) => {
+            // Started here, so a bad config or a busy port stops the node at once.
+            let started = gatewaycli::start_gateway(
+                a.gateway_config.clone(),
+                addr,
+                1,
+                a.gateway_admin,
+                a.token.clone(),
+                Some(store.clone()),
+            )
+            .await
+            .context("gateway")?;
+            let (tx, mut rx) = tokio::sync::watch::channel(false);
+            let task = tokio::spawn(started.serve(async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    weft_server::run(listener, store, cfg, shutdown_signal()).await?;
+    if let (Some(tx), Some(task)) = (gw_stop, gw_task) {
+        let _ = tx.send(true);
+        let _ = task.await;
+    }
+    #[cfg(feature = "etcd")]
+    if let (Some(tx), Some(task)) = (stop_tx, grpc) {
+        let _ = tx.send(true);
+        let _ = task.await;
+    }
+    if let Some(o) = saga {
+        o.shutdown().await;
+    }
+    tracing::info!("shutting down");
+    if let Some(e) = embedded {
+        e.close();
+    }
+    Ok(())
+}
