@@ -283,7 +283,7 @@ impl Orchestrator {
     }
 
     fn spawn(&self, id: String, owner_rev: i64) {
-        spawn_task(&self.inner, id, owner_rev);
+        spawn_task(&self.inner, id, owner_rev, None);
     }
 
     /// A saga with its definition, input and timeline.
@@ -543,7 +543,7 @@ fn new_id(rng: &dyn weft_resilience::rng::Random) -> String {
     format!("{:011x}-{r:08x}", now_ms())
 }
 
-fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64) {
+fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64, note: Option<Event>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let weak = Arc::downgrade(inner);
     let ctx = inner.ctx.clone();
@@ -554,8 +554,9 @@ fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64) {
     }
     let task = tokio::spawn(async move {
         let mut delay = Duration::from_millis(100);
+        let mut note = note;
         loop {
-            match drive(&ctx, &task_id, owner_rev, &mut rx).await {
+            match drive(&ctx, &task_id, owner_rev, &mut rx, note.take()).await {
                 Ok(st) => {
                     tracing::debug!(saga = %task_id, status = st.as_str(), "saga at rest");
                     break;
@@ -608,7 +609,9 @@ async fn takeover_scan(inner: &Arc<Inner>, all: bool) -> Result<()> {
             {
                 tracing::info!(saga = %id, orchestrator = %inner.opts.name, "took over saga");
                 metrics::counter!("weft_saga_takeovers_total").increment(1);
-                spawn_task(inner, id, rev);
+                let note = Event::new("taken_over", now_ms())
+                    .detail(format!("by {} (its owner's lease ended)", inner.opts.name));
+                spawn_task(inner, id, rev, Some(note));
             }
         }
     }

@@ -350,6 +350,7 @@ pub(crate) async fn drive(
     id: &str,
     owner_rev: i64,
     control: &mut mpsc::UnboundedReceiver<Control>,
+    mut note: Option<Event>,
 ) -> Result<Status> {
     let stored = ctx.log.stored(id).await?;
     let loaded = ctx.log.load(id).await?;
@@ -367,8 +368,11 @@ pub(crate) async fn drive(
     let mut abort = false;
     loop {
         let now = now_ms();
-        let (next, events, calls) =
+        let (next, mut events, calls) =
             t.plan(std::mem::take(&mut done), std::mem::take(&mut abort), now);
+        if let Some(n) = note.take() {
+            events.insert(0, n);
+        }
         if next != t.loaded.record || !events.is_empty() {
             let release = next.status.is_at_rest();
             t.write(next, events, release).await?;

@@ -242,7 +242,8 @@ pub fn outcome(l: &Ledger, saga: &str) -> Option<bool> {
 /// The saga definition of the example against a shop at `base` (`http://host:port`).
 pub fn order_saga(base: &str) -> Value {
     let call = |path: &str| json!({"http": {"url": format!("{base}{path}")}});
-    json!({
+    let retry = json!({"max_attempts": 8, "backoff_ms": 20, "max_backoff_ms": 1000});
+    let mut def = json!({
         "name": "order",
         "steps": [
             {"name": "create_order", "action": call("/orders/create"),
@@ -254,5 +255,9 @@ pub fn order_saga(base: &str) -> Value {
             {"name": "ship", "after": ["reserve_stock", "charge_payment"],
              "action": call("/shipping/ship"), "no_compensation": true}
         ]
-    })
+    });
+    for s in def["steps"].as_array_mut().into_iter().flatten() {
+        s["retry"] = retry.clone();
+    }
+    def
 }

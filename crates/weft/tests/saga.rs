@@ -1,0 +1,268 @@
+//! Sagas through the node as real processes: `kill -9` of `weft up` during 200 concurrent
+//! HTTP sagas against the example shop's services, then a restart: every saga reaches a final
+//! state and the shop's books balance.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+mod common;
+use common::*;
+
+#[path = "../../weft-saga/examples/shop/service.rs"]
+#[allow(dead_code)]
+mod shop;
+
+const SAGAS: usize = 200;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn submit(http: &reqwest::Client, ep: &str, def: &Value, i: usize) -> reqwest::Result<u16> {
+    // Every fourth order is over the credit limit: its payment is declined.
+    let amount = if i % 4 == 0 { 5000 } else { 100 + i as u64 };
+    let r = http
+        .post(format!("{ep}/v1/saga/submit"))
+        .json(&json!({"id": format!("s{i}"), "definition": def, "input": {"qty": 1, "amount": amount}}))
+        .send()
+        .await?;
+    Ok(r.status().as_u16())
+}
+
+async fn status(http: &reqwest::Client, ep: &str, id: &str) -> Option<String> {
+    let r = http
+        .get(format!("{ep}/v1/saga/get?id={id}"))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    v["status"].as_str().map(str::to_string)
+}
+
+#[test]
+fn kill_9_during_200_http_sagas_then_restart_finishes_them_all() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shop = shop::Shop::new(1000, Duration::from_millis(50), 7);
+    let base = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = shop::router(shop.clone());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    });
+    let def = shop::order_saga(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let ep = node.endpoint.clone();
+    let http = reqwest::Client::new();
+    // Submit all 200 at once; kill -9 the node while they run.
+    let acked: BTreeMap<usize, bool> = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..SAGAS {
+            let (http, ep, def) = (http.clone(), ep.clone(), def.clone());
+            tasks.push(tokio::spawn(async move {
+                (i, matches!(submit(&http, &ep, &def, i).await, Ok(200)))
+            }));
+        }
+        let mut out = BTreeMap::new();
+        for t in tasks {
+            let (i, ok) = t.await.unwrap();
+            out.insert(i, ok);
+        }
+        out
+    });
+    let in_flight = rt.block_on(async {
+        let mut n = 0;
+        for st in ["running", "compensating"] {
+            let v: Value = http
+                .get(format!("{ep}/v1/saga/list?state={st}&limit=0"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            n += v["sagas"].as_array().map_or(0, Vec::len);
+        }
+        n
+    });
+    drop(node); // kill -9
+    let acked_n = acked.values().filter(|ok| **ok).count();
+    eprintln!("{acked_n} sagas acknowledged, {in_flight} unfinished at kill -9");
+    assert!(
+        acked_n >= SAGAS / 2,
+        "most submissions were acknowledged before the kill"
+    );
+    assert!(in_flight > 0, "the kill must catch sagas mid-flight");
+    let node = restart(dir.path(), &ep);
+    let t0 = Instant::now();
+    rt.block_on(async {
+        // A submission the kill cut off is retried with its id: idempotent.
+        for (i, ok) in &acked {
+            if !ok {
+                assert_eq!(submit(&http, &node.endpoint, &def, *i).await.unwrap(), 200);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut left: Vec<usize> = (0..SAGAS).collect();
+        while !left.is_empty() {
+            assert!(Instant::now() < deadline, "unfinished after 60 s: {left:?}");
+            let mut still = Vec::new();
+            for i in left {
+                match status(&http, &node.endpoint, &format!("s{i}"))
+                    .await
+                    .as_deref()
+                {
+                    Some("committed" | "compensated") => {}
+                    Some("running" | "compensating") | None => still.push(i),
+                    Some(other) => panic!("saga s{i} is {other}"),
+                }
+            }
+            left = still;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    eprintln!(
+        "all {SAGAS} sagas final {:?} after the restart",
+        t0.elapsed()
+    );
+    let books = shop.ledger();
+    for i in 0..SAGAS {
+        let id = format!("s{i}");
+        let st = rt.block_on(status(&http, &node.endpoint, &id)).unwrap();
+        let want = if i % 4 == 0 {
+            "compensated"
+        } else {
+            "committed"
+        };
+        if st != want {
+            let v: Value = rt.block_on(async {
+                http.get(format!("{}/v1/saga/get?id={id}", node.endpoint))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap()
+            });
+            panic!("{id} is {st}, not {want}: {:#}", v["timeline"]);
+        }
+        assert_eq!(
+            shop::outcome(&books, &id),
+            Some(st == "committed"),
+            "{id} is {st} but the books say otherwise: order {:?}, held {:?}, charged {:?}, shipped {}",
+            books.orders.get(&id),
+            books.held.get(&id),
+            books.charged.get(&id),
+            books.shipped.contains(&id)
+        );
+    }
+    let retried = books.calls.values().sum::<u64>();
+    eprintln!("the shop served {retried} calls (every 7th answered 503 first)");
+}
+
+/// Two nodes share one etcd; the one running the sagas is killed with `kill -9`; the other
+/// takes them over when its lease expires and finishes them within the TTL + 1 s.
+#[cfg(feature = "etcd")]
+#[test]
+fn two_orchestrators_on_etcd_take_over_from_a_dead_one() {
+    use weft_store_etcd::testing::EtcdServer;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(etcd) = rt.block_on(EtcdServer::start_or_skip()) else {
+        return;
+    };
+    // Slow enough that every saga is mid-flight at the kill.
+    let shop = shop::Shop::new(1000, Duration::from_millis(300), 0);
+    let base = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = shop::router(shop.clone());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    });
+    let def = shop::order_saga(&base);
+    let node = |name: &str| {
+        start_with(&[
+            "--etcd-endpoints".as_ref(),
+            etcd.endpoint.as_ref(),
+            "--saga-name".as_ref(),
+            name.as_ref(),
+            "--saga-ttl".as_ref(),
+            "2".as_ref(),
+        ])
+    };
+    let a = node("a");
+    let b = node("b");
+    let http = reqwest::Client::new();
+    let n = 20;
+    rt.block_on(async {
+        for i in 0..n {
+            assert_eq!(submit(&http, &a.endpoint, &def, i).await.unwrap(), 200);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let killed = Instant::now();
+    drop(a); // kill -9
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for i in 0..n {
+            loop {
+                let st = status(&http, &b.endpoint, &format!("s{i}")).await;
+                if matches!(st.as_deref(), Some("committed" | "compensated")) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "s{i} is {st:?} after 30 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let took = killed.elapsed();
+    let killed_ms = now_ms() - took.as_millis() as u64;
+    // When the other node took each saga over (its timeline says so).
+    let mut latest = 0;
+    rt.block_on(async {
+        for i in 0..n {
+            let v: Value = http
+                .get(format!("{}/v1/saga/get?id=s{i}", b.endpoint))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let t = v["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["kind"] == "taken_over")
+                .unwrap_or_else(|| panic!("s{i} was not taken over: {v}"));
+            assert!(t["detail"].as_str().unwrap().starts_with("by b"), "{t}");
+            latest = latest.max(t["at_ms"].as_u64().unwrap().saturating_sub(killed_ms));
+        }
+    });
+    eprintln!(
+        "{n} sagas taken over by the other node at most {latest} ms after kill -9 and finished after {took:?} (TTL 2 s, each step 300 ms)"
+    );
+    assert!(
+        latest <= 3000,
+        "taken over {latest} ms after the kill (TTL 2 s + 1 s)"
+    );
+    let books = shop.ledger();
+    for i in 0..n {
+        let id = format!("s{i}");
+        assert_eq!(shop::outcome(&books, &id), Some(i % 4 != 0), "{id}");
+    }
+}
