@@ -489,6 +489,8 @@ pub async fn crash_at_every_log_point(store: Arc<dyn Store>) {
                     }
                 } => None,
             };
+            // A crash after the last write races with `wait` seeing it: let it land.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             let crashed = o.has_crashed();
             o.crash();
             if !crashed {

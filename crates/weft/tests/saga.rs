@@ -25,7 +25,11 @@ fn now_ms() -> u64 {
 
 async fn submit(http: &reqwest::Client, ep: &str, def: &Value, i: usize) -> reqwest::Result<u16> {
     // Every fourth order is over the credit limit: its payment is declined.
-    let amount = if i % 4 == 0 { 5000 } else { 100 + i as u64 };
+    let amount = if i.is_multiple_of(4) {
+        5000
+    } else {
+        100 + i as u64
+    };
     let r = http
         .post(format!("{ep}/v1/saga/submit"))
         .json(&json!({"id": format!("s{i}"), "definition": def, "input": {"qty": 1, "amount": amount}}))
@@ -139,7 +143,7 @@ fn kill_9_during_200_http_sagas_then_restart_finishes_them_all() {
     for i in 0..SAGAS {
         let id = format!("s{i}");
         let st = rt.block_on(status(&http, &node.endpoint, &id)).unwrap();
-        let want = if i % 4 == 0 {
+        let want = if i.is_multiple_of(4) {
             "compensated"
         } else {
             "committed"
@@ -263,6 +267,10 @@ fn two_orchestrators_on_etcd_take_over_from_a_dead_one() {
     let books = shop.ledger();
     for i in 0..n {
         let id = format!("s{i}");
-        assert_eq!(shop::outcome(&books, &id), Some(i % 4 != 0), "{id}");
+        assert_eq!(
+            shop::outcome(&books, &id),
+            Some(!i.is_multiple_of(4)),
+            "{id}"
+        );
     }
 }
