@@ -79,6 +79,8 @@ struct Inner {
     background: Mutex<Vec<JoinHandle<()>>>,
     rescan: Notify,
     crashed: Arc<AtomicBool>,
+    /// Sagas of this orchestrator that came to rest.
+    at_rest: tokio::sync::broadcast::Sender<(String, Status)>,
 }
 
 /// Runs sagas on a store. Cloning shares it.
@@ -173,6 +175,7 @@ impl Builder {
                 owned: Mutex::default(),
                 background: Mutex::default(),
                 rescan: Notify::new(),
+                at_rest: tokio::sync::broadcast::channel(1024).0,
                 crashed,
             }),
         };
@@ -329,7 +332,10 @@ impl Orchestrator {
     }
 
     /// Waits until the saga is committed, compensated, parked or aborted, at most `timeout`.
+    /// Works for sagas of any orchestrator (it watches the store); sagas of this one are
+    /// noticed without a store round trip.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<SagaRecord> {
+        let mut local = self.inner.at_rest.subscribe();
         let fut = async {
             loop {
                 let l = self.inner.log.load(id).await?;
@@ -345,7 +351,17 @@ impl Orchestrator {
                             .start_revision(l.mod_revision + 1),
                     )
                     .await?;
-                let _ = w.message().await;
+                loop {
+                    tokio::select! {
+                        _ = w.message() => break,
+                        m = local.recv() => match m {
+                            Ok((done, _)) if done == id => break,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                            Err(_) => {}
+                        },
+                    }
+                }
             }
         };
         match tokio::time::timeout(timeout, fut).await {
@@ -355,6 +371,11 @@ impl Orchestrator {
                 message: format!("not at rest after {timeout:?}"),
             }),
         }
+    }
+
+    /// Sagas of this orchestrator as they come to rest (id and status).
+    pub fn at_rest(&self) -> tokio::sync::broadcast::Receiver<(String, Status)> {
+        self.inner.at_rest.subscribe()
     }
 
     /// Operator: runs a parked saga again from where it stopped (its failing call gets a fresh
@@ -559,6 +580,9 @@ fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64, note: Option<Event
             match drive(&ctx, &task_id, owner_rev, &mut rx, note.take()).await {
                 Ok(st) => {
                     tracing::debug!(saga = %task_id, status = st.as_str(), "saga at rest");
+                    if let Some(inner) = weak.upgrade() {
+                        let _ = inner.at_rest.send((task_id.clone(), st));
+                    }
                     break;
                 }
                 Err(SagaError::NotOwner(_)) => break,

@@ -340,7 +340,9 @@ impl SagaRecord {
                 }
             }
         }
-        self.updated_ms = now_ms;
+        if !steps.is_empty() {
+            self.updated_ms = now_ms;
+        }
     }
 
     /// Switches to compensating (once), with the reason.

@@ -1,0 +1,188 @@
+//! Saga throughput and latency on the embedded store (fsync group), beside the disk's own
+//! rate of single durable writes measured in the same run.
+//!
+//! `cargo bench -p weft-saga --bench saga` (or `scripts/bench-saga.sh`); `SAGA_BENCH_SECS`
+//! sets the seconds per row (default 3). Rows:
+//! - `fsync`: one 64-byte append + fdatasync at a time on the same file system;
+//! - `local c=N`: 3-step sagas of in-process steps that return at once, N in flight: what the
+//!   saga machinery itself costs (latency at c=1 is the overhead over the steps);
+//! - `http c=N`: 3-step sagas of HTTP steps against a local axum service.
+//!
+//! For each: sagas/s, p50 and p99 of submit → committed, store revisions per saga and per step.
+
+#![allow(missing_docs)]
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use weft_saga::{Orchestrator, Registry, SagaDef, Status, StepOutcome};
+use weft_store::embedded::{Durability, Embedded, Options};
+use weft_store::Store;
+
+fn secs() -> Duration {
+    let s: f64 = std::env::var("SAGA_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
+    Duration::from_secs_f64(s)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Single durable writes, one at a time.
+fn fsync_rate(dir: &std::path::Path, d: Duration) -> (f64, Duration) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(0)
+        .open(dir.join("fsync-probe"))
+        .unwrap();
+    let buf = [7u8; 64];
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < d {
+        let t = Instant::now();
+        f.write_all(&buf).unwrap();
+        f.sync_data().unwrap();
+        lat.push(t.elapsed());
+    }
+    let rate = lat.len() as f64 / t0.elapsed().as_secs_f64();
+    (rate, pct(&mut lat, 0.5))
+}
+
+fn chain(call: impl Fn(&str) -> Value) -> SagaDef {
+    serde_json::from_value(json!({
+        "name": "bench",
+        "steps": [
+            {"name": "a", "action": call("a"), "compensation": call("undo")},
+            {"name": "b", "after": ["a"], "action": call("b"), "compensation": call("undo")},
+            {"name": "c", "after": ["b"], "action": call("c"), "no_compensation": true}
+        ]
+    }))
+    .unwrap()
+}
+
+struct Row {
+    sagas_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    revisions_per_saga: f64,
+}
+
+/// `clients` loops submitting and waiting for sagas of `def` for `d`.
+async fn run(o: &Orchestrator, store: &Arc<dyn Store>, def: &SagaDef, clients: usize, d: Duration) -> Row {
+    let rev0 = store.status().await.unwrap().header.revision;
+    let w0 = o.writes();
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (o, def) = (o.clone(), def.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while t0.elapsed() < d {
+                let t = Instant::now();
+                let id = o.submit(def.clone(), Value::Null, None).await.unwrap();
+                let r = o.wait(&id, Duration::from_secs(30)).await.unwrap();
+                assert_eq!(r.status, Status::Committed);
+                lat.push(t.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let el = t0.elapsed().as_secs_f64();
+    let revs = store.status().await.unwrap().header.revision - rev0;
+    let n = lat.len();
+    if std::env::var("SAGA_BENCH_DEBUG").is_ok() {
+        eprintln!("task writes per saga: {:.2}", (o.writes() - w0) as f64 / n as f64);
+    }
+    Row {
+        sagas_per_s: n as f64 / el,
+        p50: pct(&mut lat, 0.5),
+        p99: pct(&mut lat, 0.99),
+        revisions_per_saga: revs as f64 / n.max(1) as f64,
+    }
+}
+
+async fn http_service() -> String {
+    let app = axum::Router::new().route(
+        "/{step}",
+        axum::routing::post(|| async { axum::Json(json!({"ok": true})) }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    format!("http://{addr}")
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let d = secs();
+        let dir = tempfile::tempdir_in(std::env::var("SAGA_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+        let (rate, p50) = fsync_rate(dir.path(), d);
+        println!("| row | sagas/s | p50 | p99 | revisions/saga | revisions/step | vs single fsync |");
+        println!("|---|---|---|---|---|---|---|");
+        println!(
+            "| fsync (64 B append + fdatasync, one at a time) | {rate:.0} writes/s | {:.3} ms | | | | 1.00x |",
+            p50.as_secs_f64() * 1e3
+        );
+        let store: Arc<dyn Store> = Arc::new(
+            Embedded::open(
+                dir.path().join("data"),
+                Options {
+                    durability: Durability::Group,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        let mut reg = Registry::new();
+        for s in ["a", "b", "c", "undo"] {
+            reg.register(s, |_c| async { StepOutcome::Done(Value::Null) });
+        }
+        let o = Orchestrator::builder(store.clone())
+            .registry(reg)
+            .start()
+            .await
+            .unwrap();
+        let local = chain(|n| json!({"local": {"name": n}}));
+        let base = http_service().await;
+        let http = chain(|n| json!({"http": {"url": format!("{base}/{n}")}}));
+        for (name, def, clients) in [
+            ("local", &local, 1),
+            ("local", &local, 64),
+            ("http", &http, 1),
+            ("http", &http, 64),
+        ] {
+            let r = run(&o, &store, def, clients, d).await;
+            println!(
+                "| {name} c={clients} | {:.0} | {:.3} ms | {:.3} ms | {:.2} | {:.2} | {:.2}x |",
+                r.sagas_per_s,
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.revisions_per_saga,
+                r.revisions_per_saga / 3.0,
+                r.sagas_per_s / rate
+            );
+            std::io::stdout().flush().unwrap();
+        }
+        o.shutdown().await;
+    });
+}
