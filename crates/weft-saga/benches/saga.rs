@@ -9,8 +9,14 @@
 //! - `http c=N`: 3-step sagas of HTTP steps against a local axum service.
 //!
 //! For each: sagas/s, p50 and p99 of submit → committed, store revisions per saga and per step.
+//! `SAGA_BENCH_ROWS=local64,http1` runs only those rows; `SAGA_BENCH_ROUNDS` (default 3)
+//! rounds interleave the rows, and the median round is shown with every round's rate.
 
 #![allow(missing_docs)]
+
+// As the `weft` binary: the saga path allocates many small, short-lived buffers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io::Write;
 use std::sync::Arc;
@@ -79,7 +85,13 @@ struct Row {
 }
 
 /// `clients` loops submitting and waiting for sagas of `def` for `d`.
-async fn run(o: &Orchestrator, store: &Arc<dyn Store>, def: &SagaDef, clients: usize, d: Duration) -> Row {
+async fn run(
+    o: &Orchestrator,
+    store: &Arc<dyn Store>,
+    def: &SagaDef,
+    clients: usize,
+    d: Duration,
+) -> Row {
     let rev0 = store.status().await.unwrap().header.revision;
     let w0 = o.writes();
     let t0 = Instant::now();
@@ -106,7 +118,10 @@ async fn run(o: &Orchestrator, store: &Arc<dyn Store>, def: &SagaDef, clients: u
     let revs = store.status().await.unwrap().header.revision - rev0;
     let n = lat.len();
     if std::env::var("SAGA_BENCH_DEBUG").is_ok() {
-        eprintln!("task writes per saga: {:.2}", (o.writes() - w0) as f64 / n as f64);
+        eprintln!(
+            "task writes per saga: {:.2}",
+            (o.writes() - w0) as f64 / n as f64
+        );
     }
     Row {
         sagas_per_s: n as f64 / el,
@@ -128,6 +143,9 @@ async fn http_service() -> String {
 }
 
 fn main() {
+    // As `weft up`: no transparent huge pages (each fresh one is zeroed in one fault on
+    // whichever thread touches it first).
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,16 +183,42 @@ fn main() {
         let local = chain(|n| json!({"local": {"name": n}}));
         let base = http_service().await;
         let http = chain(|n| json!({"http": {"url": format!("{base}/{n}")}}));
-        for (name, def, clients) in [
+        let rounds: usize = std::env::var("SAGA_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3);
+        let rows = [
             ("local", &local, 1),
             ("local", &local, 64),
             ("http", &http, 1),
             ("http", &http, 64),
-        ] {
-            let r = run(&o, &store, def, clients, d).await;
+        ];
+        let wanted = |name: &str, clients: usize| {
+            let row = format!("{name}{clients}");
+            std::env::var("SAGA_BENCH_ROWS").map_or(true, |r| r.split(',').any(|x| x == row))
+        };
+        // Rounds interleave the rows, so that a slow phase of the machine hits all of them.
+        let mut results: Vec<Vec<Row>> = rows.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (name, def, clients)) in rows.iter().enumerate() {
+                if wanted(name, *clients) {
+                    results[i].push(run(&o, &store, def, *clients, d).await);
+                }
+            }
+        }
+        for (i, (name, _, clients)) in rows.iter().enumerate() {
+            let rs = &mut results[i];
+            if rs.is_empty() {
+                continue;
+            }
+            // In the order they ran.
+            let all: Vec<String> = rs.iter().map(|r| format!("{:.0}", r.sagas_per_s)).collect();
+            rs.sort_by(|a, b| a.sagas_per_s.total_cmp(&b.sagas_per_s));
+            let r = &rs[rs.len() / 2];
             println!(
-                "| {name} c={clients} | {:.0} | {:.3} ms | {:.3} ms | {:.2} | {:.2} | {:.2}x |",
+                "| {name} c={clients} | {:.0} (rounds: {}) | {:.3} ms | {:.3} ms | {:.2} | {:.2} | {:.2}x |",
                 r.sagas_per_s,
+                all.join(", "),
                 r.p50.as_secs_f64() * 1e3,
                 r.p99.as_secs_f64() * 1e3,
                 r.revisions_per_saga,

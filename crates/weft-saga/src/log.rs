@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `/weft/saga/d/<id>` | the definition and the input (written once) |
 //! | `/weft/saga/s/<id>` | the [`SagaRecord`] (rewritten by every transition) |
-//! | `/weft/saga/e/<id>/<seq>` | one timeline [`Event`] per key |
+//! | `/weft/saga/e/<id>/<seq>` | the timeline [`Event`]s of one transition, from number `seq` |
 //! | `/weft/saga/i/<status>/<id>` | the index by status |
 //! | `/weft/saga/o/<id>` | the owning orchestrator, under its session's lease |
 //! | `/weft/saga/m/<name>` | an orchestrator, under its session's lease |
@@ -192,9 +192,9 @@ impl Log {
             put(index_key(record.status, id), Vec::new()),
             TxnOp::Put(PutRequest::new(owner_key(id), owner.as_bytes().to_vec()).lease(lease)),
         ];
-        let first = record.events - events.len() as u64;
-        for (i, e) in events.iter().enumerate() {
-            ops.push(put(event_key(id, first + i as u64), to_json(e)));
+        if !events.is_empty() {
+            let first = record.events - events.len() as u64;
+            ops.push(put(event_key(id, first), to_json(&events)));
         }
         let r = self
             .store
@@ -232,9 +232,9 @@ impl Log {
             )))));
             ops.push(put(index_key(next.status, id), Vec::new()));
         }
-        let first = next.events - events.len() as u64;
-        for (i, e) in events.iter().enumerate() {
-            ops.push(put(event_key(id, first + i as u64), to_json(e)));
+        if !events.is_empty() {
+            let first = next.events - events.len() as u64;
+            ops.push(put(event_key(id, first), to_json(&events)));
         }
         if release {
             ops.push(TxnOp::Delete(DeleteRequest::new(KeyRange::key(owner_key(
@@ -348,15 +348,16 @@ impl Log {
             .store
             .range(RangeRequest::new(KeyRange::prefix(events_prefix(id))))
             .await?;
-        r.kvs
-            .iter()
-            .map(|kv| {
+        let mut out = Vec::new();
+        for kv in &r.kvs {
+            let batch: Vec<Event> =
                 serde_json::from_slice(&kv.value).map_err(|e| SagaError::Corrupt {
                     id: id.to_string(),
-                    message: format!("event: {e}"),
-                })
-            })
-            .collect()
+                    message: format!("events: {e}"),
+                })?;
+            out.extend(batch);
+        }
+        Ok(out)
     }
 
     /// Ids with `status`, in id order, at most `limit` (0: all).

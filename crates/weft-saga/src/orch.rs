@@ -18,7 +18,7 @@ use weft_store::{EventType, KeyRange, Store, WatchRequest};
 use crate::def::SagaDef;
 use crate::error::{Result, SagaError};
 use crate::invoke::{Invoker, Registry, Resolver};
-use crate::log::{check_id, owner_prefix, state_key, Event, Log, Stored};
+use crate::log::{check_id, member_prefix, state_key, Event, Log, Stored};
 use crate::run::{drive, now_ms, Control, Ctx};
 use crate::state::{Phase, SagaRecord, Status, StepStatus};
 
@@ -79,8 +79,8 @@ struct Inner {
     background: Mutex<Vec<JoinHandle<()>>>,
     rescan: Notify,
     crashed: Arc<AtomicBool>,
-    /// Sagas of this orchestrator that came to rest.
-    at_rest: tokio::sync::broadcast::Sender<(String, Status)>,
+    /// Callers of `wait` on sagas of this orchestrator, by id.
+    waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 /// Runs sagas on a store. Cloning shares it.
@@ -175,14 +175,14 @@ impl Builder {
                 owned: Mutex::default(),
                 background: Mutex::default(),
                 rescan: Notify::new(),
-                at_rest: tokio::sync::broadcast::channel(1024).0,
+                waiters: Mutex::default(),
                 crashed,
             }),
         };
         let weak = Arc::downgrade(&o.inner);
         let bg = vec![
             tokio::spawn(takeover_loop(weak.clone())),
-            tokio::spawn(watch_owners(weak.clone(), o.inner.log.store().clone())),
+            tokio::spawn(watch_members(weak.clone(), o.inner.log.store().clone())),
         ];
         o.inner.background.lock().expect("lock").extend(bg);
         o.inner.rescan.notify_one();
@@ -259,7 +259,17 @@ impl Orchestrator {
         match created {
             Some(rev) => {
                 metrics::counter!("weft_saga_submitted_total").increment(1);
-                self.spawn(id.clone(), rev);
+                let loaded = crate::log::Loaded {
+                    record,
+                    mod_revision: rev,
+                };
+                spawn_task(
+                    &self.inner,
+                    id.clone(),
+                    rev,
+                    None,
+                    Some((Arc::new(stored), loaded)),
+                );
                 Ok(id)
             }
             None => {
@@ -286,7 +296,7 @@ impl Orchestrator {
     }
 
     fn spawn(&self, id: String, owner_rev: i64) {
-        spawn_task(&self.inner, id, owner_rev, None);
+        spawn_task(&self.inner, id, owner_rev, None, None);
     }
 
     /// A saga with its definition, input and timeline.
@@ -335,12 +345,27 @@ impl Orchestrator {
     /// Works for sagas of any orchestrator (it watches the store); sagas of this one are
     /// noticed without a store round trip.
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<SagaRecord> {
-        let mut local = self.inner.at_rest.subscribe();
         let fut = async {
             loop {
+                // Registered before the read, so a saga at rest right after it is not missed.
+                let (tx, mut local) = tokio::sync::oneshot::channel();
+                self.inner
+                    .waiters
+                    .lock()
+                    .expect("lock")
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(tx);
                 let l = self.inner.log.load(id).await?;
                 if l.record.status.is_at_rest() {
                     return Ok(l.record);
+                }
+                if self.inner.owned.lock().expect("lock").contains_key(id) {
+                    // Ours: its task says when it is at rest.
+                    tokio::select! {
+                        _ = &mut local => continue,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
                 }
                 let mut w = self
                     .inner
@@ -351,31 +376,30 @@ impl Orchestrator {
                             .start_revision(l.mod_revision + 1),
                     )
                     .await?;
-                loop {
-                    tokio::select! {
-                        _ = w.message() => break,
-                        m = local.recv() => match m {
-                            Ok((done, _)) if done == id => break,
-                            Ok(_) => {}
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
-                            Err(_) => {}
-                        },
-                    }
+                tokio::select! {
+                    _ = w.message() => {}
+                    _ = &mut local => {}
                 }
             }
         };
-        match tokio::time::timeout(timeout, fut).await {
+        let r = tokio::time::timeout(timeout, fut).await;
+        // Waiters whose receiver is gone (this call's, or other timed-out ones).
+        {
+            let mut waiters = self.inner.waiters.lock().expect("lock");
+            if let Some(ws) = waiters.get_mut(id) {
+                ws.retain(|w| !w.is_closed());
+                if ws.is_empty() {
+                    waiters.remove(id);
+                }
+            }
+        }
+        match r {
             Ok(r) => r,
             Err(_) => Err(SagaError::Conflict {
                 id: id.to_string(),
                 message: format!("not at rest after {timeout:?}"),
             }),
         }
-    }
-
-    /// Sagas of this orchestrator as they come to rest (id and status).
-    pub fn at_rest(&self) -> tokio::sync::broadcast::Receiver<(String, Status)> {
-        self.inner.at_rest.subscribe()
     }
 
     /// Operator: runs a parked saga again from where it stopped (its failing call gets a fresh
@@ -564,7 +588,13 @@ fn new_id(rng: &dyn weft_resilience::rng::Random) -> String {
     format!("{:011x}-{r:08x}", now_ms())
 }
 
-fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64, note: Option<Event>) {
+fn spawn_task(
+    inner: &Arc<Inner>,
+    id: String,
+    owner_rev: i64,
+    note: Option<Event>,
+    known: Option<(Arc<Stored>, crate::log::Loaded)>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let weak = Arc::downgrade(inner);
     let ctx = inner.ctx.clone();
@@ -575,13 +605,25 @@ fn spawn_task(inner: &Arc<Inner>, id: String, owner_rev: i64, note: Option<Event
     }
     let task = tokio::spawn(async move {
         let mut delay = Duration::from_millis(100);
-        let mut note = note;
+        let (mut note, mut known) = (note, known);
         loop {
-            match drive(&ctx, &task_id, owner_rev, &mut rx, note.take()).await {
+            match drive(
+                &ctx,
+                &task_id,
+                owner_rev,
+                &mut rx,
+                note.take(),
+                known.take(),
+            )
+            .await
+            {
                 Ok(st) => {
                     tracing::debug!(saga = %task_id, status = st.as_str(), "saga at rest");
                     if let Some(inner) = weak.upgrade() {
-                        let _ = inner.at_rest.send((task_id.clone(), st));
+                        let ws = inner.waiters.lock().expect("lock").remove(&task_id);
+                        for w in ws.into_iter().flatten() {
+                            let _ = w.send(());
+                        }
                     }
                     break;
                 }
@@ -635,7 +677,7 @@ async fn takeover_scan(inner: &Arc<Inner>, all: bool) -> Result<()> {
                 metrics::counter!("weft_saga_takeovers_total").increment(1);
                 let note = Event::new("taken_over", now_ms())
                     .detail(format!("by {} (its owner's lease ended)", inner.opts.name));
-                spawn_task(inner, id, rev, Some(note));
+                spawn_task(inner, id, rev, Some(note), None);
             }
         }
     }
@@ -671,13 +713,15 @@ async fn takeover_loop(weak: std::sync::Weak<Inner>) {
     }
 }
 
-/// Watches owner keys: a deleted one (a lease expired, a saga released) triggers a scan.
-async fn watch_owners(weak: std::sync::Weak<Inner>, store: Arc<dyn Store>) {
+/// Watches the orchestrators' member keys: one that disappears (its lease expired or was
+/// revoked, which also deleted its owner keys) triggers a takeover scan. (Owner keys are not
+/// watched: every saga at rest deletes its own.)
+async fn watch_members(weak: std::sync::Weak<Inner>, store: Arc<dyn Store>) {
     loop {
         let mut w = match store
             .watch(WatchRequest {
                 no_put: true,
-                ..WatchRequest::new(KeyRange::prefix(owner_prefix()))
+                ..WatchRequest::new(KeyRange::prefix(member_prefix()))
             })
             .await
         {

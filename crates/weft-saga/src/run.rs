@@ -351,13 +351,17 @@ pub(crate) async fn drive(
     owner_rev: i64,
     control: &mut mpsc::UnboundedReceiver<Control>,
     mut note: Option<Event>,
+    known: Option<(Arc<crate::log::Stored>, Loaded)>,
 ) -> Result<Status> {
-    let stored = ctx.log.stored(id).await?;
-    let loaded = ctx.log.load(id).await?;
+    // A saga this orchestrator just created needs no read back.
+    let (stored, loaded) = match known {
+        Some(k) => k,
+        None => (Arc::new(ctx.log.stored(id).await?), ctx.log.load(id).await?),
+    };
     let mut t = Task {
         ctx,
         def: &stored.def,
-        input: Arc::new(stored.input),
+        input: Arc::new(stored.input.clone()),
         owner_rev,
         loaded,
         running: HashSet::new(),
