@@ -609,6 +609,46 @@ pub async fn barrier_rules(store: Arc<dyn Store>) {
     );
 }
 
+/// Finished sagas are removed after their retention (counted in metrics); parked and
+/// running ones are kept.
+pub async fn retention_removes_only_finished_sagas(store: Arc<dyn Store>) {
+    let ledger = Arc::new(Ledger::default());
+    let mut reg = ledger_registry(&ledger);
+    reg.register("stuck", |_c| async { StepOutcome::Retry("down".into()) });
+    let o = Orchestrator::builder(store.clone())
+        .options(Options {
+            retention: Duration::ZERO,
+            // Only the explicit sweep below.
+            sweep_interval: Duration::from_secs(3600),
+            ..opts("ret")
+        })
+        .registry(reg)
+        .start()
+        .await
+        .unwrap();
+    let done = o.submit(order_def(&[]), json!({}), None).await.unwrap();
+    assert_eq!(o.wait(&done, WAIT).await.unwrap().status, Status::Committed);
+    let mut def = order_def(&["charge"]);
+    def.steps[0].compensation = Some(crate::Call::Local {
+        name: "stuck".into(),
+        arg: Value::Null,
+    });
+    let parked = o.submit(def, json!({}), None).await.unwrap();
+    assert_eq!(o.wait(&parked, WAIT).await.unwrap().status, Status::Parked);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(o.sweep().await.unwrap(), 1);
+    assert!(matches!(o.get(&done).await, Err(SagaError::NotFound(_))));
+    assert_eq!(o.get(&parked).await.unwrap().record.status, Status::Parked);
+    let left = store
+        .range(weft_store::RangeRequest::new(weft_store::KeyRange::prefix(
+            format!("{}e/{done}/", crate::PREFIX),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(left.count, 0, "its timeline went too");
+    o.shutdown().await;
+}
+
 /// Expands to one `#[tokio::test]` per suite case for a backend factory.
 #[macro_export]
 macro_rules! saga_tests {
@@ -617,7 +657,7 @@ macro_rules! saga_tests {
             commit_with_parallel_branches failure_compensates_in_reverse_order
             retries_and_unknown_outcomes parking_and_operator_actions
             validation_and_idempotent_submit deadline_compensates crash_at_every_log_point
-            takeover_after_owner_death barrier_rules);
+            takeover_after_owner_death barrier_rules retention_removes_only_finished_sagas);
     };
     (@case $factory:expr; $($name:ident)*) => {
         $(
