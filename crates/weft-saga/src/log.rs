@@ -8,6 +8,7 @@
 //! | `/weft/saga/i/<status>/<id>` | the index by status |
 //! | `/weft/saga/o/<id>` | the owning orchestrator, under its session's lease |
 //! | `/weft/saga/m/<name>` | an orchestrator, under its session's lease |
+//! | `/weft/saga/c/<id>` | an operator's request to the owner (`abort`), deleted when served |
 //!
 //! Every transition is one transaction: the record, its events and the index move together,
 //! and only while the writer still owns the saga (its owner key has the create revision it
@@ -60,6 +61,12 @@ pub(crate) fn member_prefix() -> String {
 }
 pub(crate) fn member_key(name: &str) -> String {
     format!("{PREFIX}m/{name}")
+}
+pub(crate) fn control_prefix() -> String {
+    format!("{PREFIX}c/")
+}
+pub(crate) fn control_key(id: &str) -> String {
+    format!("{PREFIX}c/{id}")
 }
 
 /// Checks a saga id: 1 to 64 characters of `A-Z a-z 0-9 - _ .`.
@@ -174,24 +181,28 @@ impl Log {
         &self.store
     }
 
-    /// Writes a new saga (definition, record, first events, index) owned by `lease`, in one
-    /// transaction; its revision (the owner key's create revision and the record's mod
-    /// revision), or `None` if the id exists already.
+    /// Writes a new saga (definition, record, first events, index), owned by `owner` (name and
+    /// lease) or left for another orchestrator to claim, in one transaction; its revision (the
+    /// owner key's create revision and the record's mod revision), or `None` if the id exists
+    /// already.
     pub async fn create(
         &self,
         stored: &Stored,
         record: &SagaRecord,
         events: &[Event],
-        owner: &str,
-        lease: i64,
+        owner: Option<(&str, i64)>,
     ) -> Result<Option<i64>> {
         let id = &record.id;
         let mut ops = vec![
             put(def_key(id), to_json(stored)),
             put(state_key(id), to_json(record)),
             put(index_key(record.status, id), Vec::new()),
-            TxnOp::Put(PutRequest::new(owner_key(id), owner.as_bytes().to_vec()).lease(lease)),
         ];
+        if let Some((owner, lease)) = owner {
+            ops.push(TxnOp::Put(
+                PutRequest::new(owner_key(id), owner.as_bytes().to_vec()).lease(lease),
+            ));
+        }
         if !events.is_empty() {
             let first = record.events - events.len() as u64;
             ops.push(put(event_key(id, first), to_json(&events)));
@@ -395,6 +406,22 @@ impl Log {
                 del(KeyRange::prefix(events_prefix(id))),
                 del(KeyRange::key(index_key(status, id))),
             ]))
+            .await?;
+        Ok(())
+    }
+
+    /// Asks the owner of a running saga to act (`abort`): a key its orchestrator watches.
+    pub async fn request(&self, id: &str, what: &str) -> Result<()> {
+        self.store
+            .put(PutRequest::new(control_key(id), what.as_bytes().to_vec()))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a served request.
+    pub async fn request_served(&self, id: &str) -> Result<()> {
+        self.store
+            .delete(DeleteRequest::new(KeyRange::key(control_key(id))))
             .await?;
         Ok(())
     }

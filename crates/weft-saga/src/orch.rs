@@ -18,7 +18,11 @@ use weft_store::{EventType, KeyRange, Store, WatchRequest};
 use crate::def::SagaDef;
 use crate::error::{Result, SagaError};
 use crate::invoke::{Invoker, Registry, Resolver};
-use crate::log::{check_id, member_prefix, state_key, Event, Log, Stored};
+use crate::lazy::Reader;
+use crate::log::{
+    check_id, control_key, control_prefix, index_prefix, member_prefix, state_key, Event, Log,
+    Stored,
+};
 use crate::run::{drive, now_ms, Control, Ctx};
 use crate::state::{Phase, SagaRecord, Status, StepStatus};
 
@@ -79,6 +83,8 @@ struct Inner {
     background: Mutex<Vec<JoinHandle<()>>>,
     rescan: Notify,
     crashed: Arc<AtomicBool>,
+    /// The live orchestrators' names (refreshed when a member key changes).
+    members: Mutex<Vec<String>>,
     /// Callers of `wait` on sagas of this orchestrator, by id.
     waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
 }
@@ -176,13 +182,29 @@ impl Builder {
                 background: Mutex::default(),
                 rescan: Notify::new(),
                 waiters: Mutex::default(),
+                members: Mutex::default(),
                 crashed,
             }),
         };
+        *o.inner.members.lock().expect("lock") = o.inner.log.members().await?;
         let weak = Arc::downgrade(&o.inner);
+        let store = o.inner.log.store().clone();
+        let running = index_prefix(Status::Running);
         let bg = vec![
             tokio::spawn(takeover_loop(weak.clone())),
-            tokio::spawn(watch_members(weak.clone(), o.inner.log.store().clone())),
+            tokio::spawn(watch_prefix(
+                weak.clone(),
+                store.clone(),
+                member_prefix(),
+                on_member,
+            )),
+            tokio::spawn(watch_prefix(weak.clone(), store.clone(), running, on_new)),
+            tokio::spawn(watch_prefix(
+                weak.clone(),
+                store,
+                control_prefix(),
+                on_control,
+            )),
         ];
         o.inner.background.lock().expect("lock").extend(bg);
         o.inner.rescan.notify_one();
@@ -245,31 +267,26 @@ impl Orchestrator {
         record.events = events.len() as u64;
         let stored = Stored { def, input };
         self.check_alive()?;
+        // New sagas are spread over the live orchestrators by rendezvous on the id: this one
+        // runs its own share and leaves the rest for their orchestrator to claim.
+        let mine = preferred(&self.inner, &id) == self.name();
+        let owner = mine.then(|| (self.name(), self.inner.session.lease()));
         let created = self
             .inner
             .log
-            .create(
-                &stored,
-                &record,
-                &events,
-                self.name(),
-                self.inner.session.lease(),
-            )
+            .create(&stored, &record, &events, owner)
             .await?;
         match created {
             Some(rev) => {
                 metrics::counter!("weft_saga_submitted_total").increment(1);
-                let loaded = crate::log::Loaded {
-                    record,
-                    mod_revision: rev,
-                };
-                spawn_task(
-                    &self.inner,
-                    id.clone(),
-                    rev,
-                    None,
-                    Some((Arc::new(stored), loaded)),
-                );
+                if mine {
+                    let loaded = crate::log::Loaded {
+                        record,
+                        mod_revision: rev,
+                    };
+                    let known = Some((Arc::new(stored), loaded));
+                    spawn_task(&self.inner, id.clone(), rev, None, known);
+                }
                 Ok(id)
             }
             None => {
@@ -301,44 +318,22 @@ impl Orchestrator {
 
     /// A saga with its definition, input and timeline.
     pub async fn get(&self, id: &str) -> Result<SagaView> {
-        check_id(id)?;
-        let loaded = self.inner.log.load(id).await?;
-        let stored = self.inner.log.stored(id).await?;
-        let timeline = self.inner.log.events(id).await?;
-        Ok(SagaView {
-            record: loaded.record,
-            definition: stored.def,
-            input: stored.input,
-            timeline,
-        })
+        self.reader().get(id).await
     }
 
     /// Sagas with `status` (all when `None`), at most `limit` per status (0: all).
     pub async fn list(&self, status: Option<Status>, limit: i64) -> Result<Vec<SagaRecord>> {
-        let statuses: Vec<Status> = match status {
-            Some(s) => vec![s],
-            None => Status::ALL.to_vec(),
-        };
-        let mut out = Vec::new();
-        for st in statuses {
-            for id in self.inner.log.ids(st, limit).await? {
-                match self.inner.log.load(&id).await {
-                    Ok(l) => out.push(l.record),
-                    Err(SagaError::NotFound(_)) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        Ok(out)
+        self.reader().list(status, limit).await
     }
 
     /// How many sagas are in each status (for metrics).
     pub async fn counts(&self) -> Result<Vec<(Status, usize)>> {
-        let mut out = Vec::new();
-        for st in Status::ALL {
-            out.push((st, self.inner.log.ids(st, 0).await?.len()));
-        }
-        Ok(out)
+        self.reader().counts().await
+    }
+
+    /// Reads without this orchestrator.
+    pub fn reader(&self) -> Reader {
+        Reader::new(self.inner.log.store().clone())
     }
 
     /// Waits until the saga is committed, compensated, parked or aborted, at most `timeout`.
@@ -449,7 +444,9 @@ impl Orchestrator {
     }
 
     /// Operator: a running saga compensates now; a parked saga is given up (`aborted`, final:
-    /// nothing more runs; what was not compensated is left as the timeline shows).
+    /// nothing more runs; what was not compensated is left as the timeline shows). A running
+    /// saga of another orchestrator gets the request through the store: its owner (or whoever
+    /// takes it over) compensates once it sees it, unless the saga finished first.
     pub async fn abort(&self, id: &str) -> Result<()> {
         check_id(id)?;
         let owned_here = {
@@ -463,10 +460,8 @@ impl Orchestrator {
                     let _ = c.send(Control::Abort);
                     Ok(())
                 }
-                None => Err(SagaError::Conflict {
-                    id: id.to_string(),
-                    message: "is running on another orchestrator; send the abort to it".into(),
-                }),
+                // Its owner (or whoever takes it over) watches for the request.
+                None => self.inner.log.request(id, "abort").await,
             },
             Status::Parked => {
                 self.operate(id, "aborted", None, |r| {
@@ -643,7 +638,11 @@ fn spawn_task(
             inner.owned.lock().expect("lock").remove(&task_id);
         }
     });
-    owned.insert(id, Owned { control: tx, task });
+    owned.insert(id.clone(), Owned { control: tx, task });
+    drop(owned);
+    // A request made while nobody owned the saga.
+    let inner = inner.clone();
+    tokio::spawn(async move { serve_control(&inner, &id).await });
 }
 
 /// Unowned running or compensating sagas that this orchestrator should take (rendezvous over
@@ -713,16 +712,28 @@ async fn takeover_loop(weak: std::sync::Weak<Inner>) {
     }
 }
 
-/// Watches the orchestrators' member keys: one that disappears (its lease expired or was
-/// revoked, which also deleted its owner keys) triggers a takeover scan. (Owner keys are not
-/// watched: every saga at rest deletes its own.)
-async fn watch_members(weak: std::sync::Weak<Inner>, store: Arc<dyn Store>) {
+/// The orchestrator that should run saga `id`: rendezvous over the live ones.
+fn preferred(inner: &Inner, id: &str) -> String {
+    let members = inner.members.lock().expect("lock");
+    let nodes: Vec<Node> = members.iter().map(Node::new).collect();
+    match Rendezvous::new(&nodes) {
+        Ok(p) if !nodes.is_empty() => p.locate(id.as_bytes()).to_string(),
+        _ => inner.opts.name.clone(),
+    }
+}
+
+type OnEvents = fn(Arc<Inner>, Vec<weft_store::Event>) -> futures::future::BoxFuture<'static, ()>;
+
+/// Watches `prefix` and hands every batch of events to `on` (reconnecting after errors).
+async fn watch_prefix(
+    weak: std::sync::Weak<Inner>,
+    store: Arc<dyn Store>,
+    prefix: String,
+    on: OnEvents,
+) {
     loop {
         let mut w = match store
-            .watch(WatchRequest {
-                no_put: true,
-                ..WatchRequest::new(KeyRange::prefix(member_prefix()))
-            })
+            .watch(WatchRequest::new(KeyRange::prefix(prefix.clone())))
             .await
         {
             Ok(w) => w,
@@ -734,10 +745,7 @@ async fn watch_members(weak: std::sync::Weak<Inner>, store: Arc<dyn Store>) {
         while let Some(m) = w.message().await {
             let Some(inner) = weak.upgrade() else { return };
             match m {
-                Ok(resp) if resp.events.iter().any(|e| e.kind == EventType::Delete) => {
-                    inner.rescan.notify_one();
-                }
-                Ok(_) => {}
+                Ok(resp) => on(inner, resp.events).await,
                 Err(_) => break,
             }
         }
@@ -745,6 +753,95 @@ async fn watch_members(weak: std::sync::Weak<Inner>, store: Arc<dyn Store>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A member key changed: refresh the live set; one that disappeared (its lease expired or was
+/// revoked, which also deleted its owner keys) triggers a takeover scan. (Owner keys are not
+/// watched: every saga at rest deletes its own.)
+fn on_member(
+    inner: Arc<Inner>,
+    events: Vec<weft_store::Event>,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        if let Ok(m) = inner.log.members().await {
+            *inner.members.lock().expect("lock") = m;
+        }
+        if events.iter().any(|e| e.kind == EventType::Delete) {
+            inner.rescan.notify_one();
+        }
+    })
+}
+
+fn id_of(key: &[u8], prefix: &str) -> String {
+    String::from_utf8_lossy(key.get(prefix.len()..).unwrap_or_default()).into_owned()
+}
+
+/// A saga was created: claim it if this orchestrator is its preferred owner and nobody owns it.
+fn on_new(
+    inner: Arc<Inner>,
+    events: Vec<weft_store::Event>,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let prefix = index_prefix(Status::Running);
+        for e in events.iter().filter(|e| e.kind == EventType::Put) {
+            let id = id_of(&e.kv.key, &prefix);
+            if inner.crashed.load(Ordering::SeqCst)
+                || preferred(&inner, &id) != inner.opts.name
+                || inner.owned.lock().expect("lock").contains_key(&id)
+            {
+                continue;
+            }
+            match inner
+                .log
+                .claim(&id, &inner.opts.name, inner.session.lease())
+                .await
+            {
+                Ok(Some(rev)) => {
+                    let note = Event::new("claimed", now_ms())
+                        .detail(format!("by {} (its share of new sagas)", inner.opts.name));
+                    spawn_task(&inner, id, rev, Some(note), None);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(saga = %id, error = %e, "cannot claim a new saga"),
+            }
+        }
+    })
+}
+
+/// An operator's request for a saga this orchestrator runs.
+fn on_control(
+    inner: Arc<Inner>,
+    events: Vec<weft_store::Event>,
+) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let prefix = control_prefix();
+        for e in events.iter().filter(|e| e.kind == EventType::Put) {
+            let id = id_of(&e.kv.key, &prefix);
+            serve_control(&inner, &id).await;
+        }
+    })
+}
+
+/// Passes a pending `abort` request to the saga's task, if this orchestrator runs it.
+async fn serve_control(inner: &Arc<Inner>, id: &str) {
+    let control = inner
+        .owned
+        .lock()
+        .expect("lock")
+        .get(id)
+        .map(|o| o.control.clone());
+    let Some(control) = control else { return };
+    let pending = inner
+        .log
+        .store()
+        .range(weft_store::RangeRequest::new(KeyRange::key(control_key(id))).count_only())
+        .await
+        .map(|r| r.count > 0)
+        .unwrap_or(false);
+    if pending {
+        let _ = control.send(Control::Abort);
+        let _ = inner.log.request_served(id).await;
     }
 }
 

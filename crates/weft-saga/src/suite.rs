@@ -649,6 +649,84 @@ pub async fn retention_removes_only_finished_sagas(store: Arc<dyn Store>) {
     o.shutdown().await;
 }
 
+/// New sagas are spread over the live orchestrators (rendezvous on the id), whoever received
+/// them; an abort sent to another orchestrator reaches the owner.
+pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Store>) {
+    let ledger = Arc::new(Ledger::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut reg = ledger_registry(&ledger);
+    let g = gate.clone();
+    reg.register("gated", move |c| {
+        let g = g.clone();
+        async move {
+            if c.phase == Phase::Action {
+                if let Ok(p) = g.acquire().await {
+                    p.forget(); // one permit per call
+                }
+            }
+            StepOutcome::Done(Value::Null)
+        }
+    });
+    let a = orch(&store, "a", reg.clone()).await;
+    let b = orch(&store, "b", reg).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // each sees the other's member key
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        ids.push(a.submit(order_def(&[]), json!({}), None).await.unwrap());
+    }
+    let mut by_b = 0;
+    for id in &ids {
+        assert_eq!(b.wait(id, WAIT).await.unwrap().status, Status::Committed);
+        let tl = a.get(id).await.unwrap().timeline;
+        if tl.iter().any(|e| e.kind == "claimed") {
+            by_b += 1;
+        }
+    }
+    assert!((3..=27).contains(&by_b), "{by_b} of 30 ran on b");
+    // A saga of b's, stuck in its first step, aborted through a.
+    let mut def = order_def(&[]);
+    def.steps[0].action = crate::Call::Local {
+        name: "gated".into(),
+        arg: Value::Null,
+    };
+    let id = loop {
+        let id = a.submit(def.clone(), json!({}), None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if a.get(&id)
+            .await
+            .unwrap()
+            .timeline
+            .iter()
+            .any(|e| e.kind == "claimed")
+        {
+            break id;
+        }
+        gate.add_permits(1); // one of a's: let it finish
+    };
+    a.abort(&id).await.unwrap();
+    // The request goes through the store to b; once b took it, the step may finish.
+    let key = format!("{}c/{id}", crate::PREFIX);
+    let t0 = std::time::Instant::now();
+    while store
+        .range(weft_store::RangeRequest::new(weft_store::KeyRange::key(
+            key.clone(),
+        )))
+        .await
+        .unwrap()
+        .count
+        > 0
+    {
+        assert!(t0.elapsed() < WAIT, "the owner never took the abort");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(100);
+    let rec = a.wait(&id, WAIT).await.unwrap();
+    assert_eq!(rec.status, Status::Compensated, "{rec:?}");
+    assert_eq!(rec.reason.as_deref(), Some("aborted by an operator"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 /// Expands to one `#[tokio::test]` per suite case for a backend factory.
 #[macro_export]
 macro_rules! saga_tests {
@@ -657,7 +735,8 @@ macro_rules! saga_tests {
             commit_with_parallel_branches failure_compensates_in_reverse_order
             retries_and_unknown_outcomes parking_and_operator_actions
             validation_and_idempotent_submit deadline_compensates crash_at_every_log_point
-            takeover_after_owner_death barrier_rules retention_removes_only_finished_sagas);
+            takeover_after_owner_death barrier_rules retention_removes_only_finished_sagas
+            new_sagas_are_spread_and_aborts_reach_the_owner);
     };
     (@case $factory:expr; $($name:ident)*) => {
         $(

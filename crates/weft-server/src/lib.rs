@@ -56,8 +56,9 @@ pub struct ServerConfig {
     /// Called before `/metrics` renders, to update metrics (through the `metrics` macros)
     /// that the server cannot read from the [`Store`] trait, such as a backend's own counters.
     pub on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
-    /// The saga orchestrator behind `/v1/saga/*` (none: those routes answer 503).
-    pub saga: Option<weft_saga::Orchestrator>,
+    /// The saga orchestrator behind `/v1/saga/*`, started on the first write (none: those
+    /// routes answer 503).
+    pub saga: Option<Arc<weft_saga::Lazy>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -66,7 +67,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("max_body_bytes", &self.max_body_bytes)
             .field("on_scrape", &self.on_scrape.is_some())
-            .field("saga", &self.saga.as_ref().map(|o| o.name().to_string()))
+            .field("saga", &self.saga.is_some())
             .finish()
     }
 }
@@ -89,7 +90,7 @@ struct AppState {
     shutdown: watch::Receiver<bool>,
     metrics: PrometheusHandle,
     on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
-    saga: Option<weft_saga::Orchestrator>,
+    saga: Option<Arc<weft_saga::Lazy>>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -349,7 +350,7 @@ async fn metrics_route(State(st): State<AppState>) -> Response {
         f();
     }
     if let Some(o) = &st.saga {
-        if let Ok(counts) = o.counts().await {
+        if let Ok(counts) = o.reader().counts().await {
             for (status, n) in counts {
                 metrics::gauge!("weft_sagas", "status" => status.as_str()).set(n as f64);
             }

@@ -10,16 +10,28 @@ use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use weft_saga::{Orchestrator, SagaDef, Status};
+use std::sync::Arc;
+
+use weft_saga::{Lazy, Orchestrator, Reader, SagaDef, Status};
 use weft_store::{KeyRange, WatchRequest};
 
 use crate::coord::{sse, sse_error};
 use crate::{ApiError, AppState, Body};
 
-fn orch(st: &AppState) -> Result<&Orchestrator, ApiError> {
+fn lazy(st: &AppState) -> Result<&Arc<Lazy>, ApiError> {
     st.saga.as_ref().ok_or_else(|| {
         ApiError::Unavailable("this node runs no saga orchestrator (see weft up --help)".into())
     })
+}
+
+/// The orchestrator, started if it was not (routes that write).
+async fn orch(st: &AppState) -> Result<&Orchestrator, ApiError> {
+    Ok(lazy(st)?.get().await?)
+}
+
+/// Reads only (routes that read start nothing).
+fn reader(st: &AppState) -> Result<Reader, ApiError> {
+    Ok(lazy(st)?.reader().clone())
 }
 
 #[derive(Deserialize)]
@@ -36,7 +48,7 @@ pub(crate) async fn submit(
     State(st): State<AppState>,
     Body(b): Body<SubmitBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let o = orch(&st)?;
+    let o = orch(&st).await?;
     let def: SagaDef = serde_json::from_value(b.definition)
         .map_err(|e| ApiError::BadRequest(format!("definition: {e}")))?;
     let id = o.submit(def, b.input, b.id).await?;
@@ -54,7 +66,7 @@ pub(crate) async fn get(
     q: Result<Query<IdQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    let view = orch(&st)?.get(&q.id).await?;
+    let view = reader(&st)?.get(&q.id).await?;
     Ok(Json(serde_json::to_value(view).unwrap_or_default()))
 }
 
@@ -85,7 +97,7 @@ pub(crate) async fn list(
             "limit {limit} must be within 0..=10000 (0: all)"
         )));
     }
-    let sagas = orch(&st)?.list(status, limit).await?;
+    let sagas = reader(&st)?.list(status, limit).await?;
     let summaries: Vec<Value> = sagas
         .iter()
         .map(|r| {
@@ -110,7 +122,7 @@ pub(crate) async fn resume(
     State(st): State<AppState>,
     Body(b): Body<ActionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    orch(&st)?.resume(&b.id).await?;
+    orch(&st).await?.resume(&b.id).await?;
     Ok(Json(json!({})))
 }
 
@@ -121,7 +133,7 @@ pub(crate) async fn skip(
     let step = b
         .step
         .ok_or_else(|| ApiError::BadRequest("skip needs the step to mark done".into()))?;
-    orch(&st)?.skip(&b.id, &step).await?;
+    orch(&st).await?.skip(&b.id, &step).await?;
     Ok(Json(json!({})))
 }
 
@@ -129,7 +141,7 @@ pub(crate) async fn abort(
     State(st): State<AppState>,
     Body(b): Body<ActionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    orch(&st)?.abort(&b.id).await?;
+    orch(&st).await?.abort(&b.id).await?;
     Ok(Json(json!({})))
 }
 
@@ -140,7 +152,7 @@ pub(crate) async fn watch(
     q: Result<Query<IdQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    let o = orch(&st)?.clone();
+    let o = reader(&st)?;
     weft_saga::check_id(&q.id)?;
     // Fails with 404 now rather than inside the stream.
     o.get(&q.id).await?;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use weft_saga::{Orchestrator, Registry, StepOutcome};
+use weft_saga::{Lazy, Orchestrator, Registry, StepOutcome};
 use weft_server::{run, ServerConfig};
 
 struct Node {
@@ -39,17 +39,14 @@ async fn node(with_sagas: bool, broken: Arc<AtomicBool>) -> Node {
             }
         }
     });
-    let saga = if with_sagas {
-        Some(
-            Orchestrator::builder(store.clone())
-                .registry(reg)
-                .start()
-                .await
-                .unwrap(),
+    let saga = with_sagas.then(|| {
+        let s = store.clone();
+        Lazy::new(
+            store.clone(),
+            "weft",
+            Box::new(move || Orchestrator::builder(s.clone()).registry(reg.clone())),
         )
-    } else {
-        None
-    };
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let cfg = ServerConfig {
@@ -232,4 +229,31 @@ async fn without_an_orchestrator_the_routes_answer_503() {
         (st, e["error"]["code"].as_str()),
         (503, Some("unavailable"))
     );
+}
+
+/// Until a saga is submitted the orchestrator does not run: reads answer, and the store gets
+/// no write and no lease from it (an etcd client comparing revisions sees none).
+#[tokio::test]
+async fn reading_sagas_starts_nothing() {
+    let n = node(true, Arc::default()).await;
+    let (_, before) = n.get("/v1/status").await;
+    let (st, l) = n.get("/v1/saga/list").await;
+    assert_eq!(st, 200);
+    assert_eq!(l["sagas"], json!([]));
+    let (st, _) = n.get("/v1/saga/get?id=nope").await;
+    assert_eq!(st, 404);
+    let (_, after) = n.get("/v1/status").await;
+    assert!(before["header"]["revision"].is_i64(), "{before}");
+    assert_eq!(before["header"]["revision"], after["header"]["revision"]);
+    let (_, leases) = n.get("/v1/lease/list").await;
+    assert_eq!(leases["leases"], json!([]), "{leases}");
+    // The first submission starts it.
+    let (st, _) = n
+        .post(
+            "/v1/saga/submit",
+            json!({"definition": def("ok", 3), "id": "first"}),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(n.watch("first").await.pop().unwrap()["status"], "committed");
 }

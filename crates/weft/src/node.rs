@@ -115,15 +115,19 @@ fn parse_duration(s: &str, what: &str) -> Result<Duration> {
     Ok(Duration::from_secs(secs))
 }
 
-/// The saga orchestrator of this node; `service` steps resolve through discovery on `store`.
-async fn start_sagas(
-    a: &UpArgs,
-    store: &Arc<dyn weft_store::Store>,
-) -> Result<Option<weft_saga::Orchestrator>> {
+/// The saga orchestrator of this node, started on first use or when the store holds work for
+/// it; `service` steps resolve through discovery on `store`.
+fn sagas(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Arc<weft_saga::Lazy>>> {
     if !a.sagas {
         return Ok(None);
     }
     let retention = parse_duration(&a.saga_retention, "--saga-retention")?;
+    weft_saga::check_id(&a.saga_name).map_err(|_| {
+        anyhow::anyhow!(
+            "--saga-name {:?}: 1 to 64 characters of A-Z a-z 0-9 - _ .",
+            a.saga_name
+        )
+    })?;
     let registry = weft_coord::Registry::new(store.clone());
     let turn = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let resolver: weft_saga::Resolver = Arc::new(move |service: String| {
@@ -142,18 +146,24 @@ async fn start_sagas(
             Some(passing[i].address.clone())
         })
     });
-    let o = weft_saga::Orchestrator::builder(store.clone())
-        .options(weft_saga::Options {
-            name: a.saga_name.clone(),
-            ttl: a.saga_ttl,
-            retention,
-            ..Default::default()
-        })
-        .resolver(resolver)
-        .start()
-        .await
-        .context("saga orchestrator")?;
-    Ok(Some(o))
+    let opts = weft_saga::Options {
+        name: a.saga_name.clone(),
+        ttl: a.saga_ttl,
+        retention,
+        ..Default::default()
+    };
+    let s = store.clone();
+    let lazy = weft_saga::Lazy::new(
+        store.clone(),
+        &a.saga_name,
+        Box::new(move || {
+            weft_saga::Orchestrator::builder(s.clone())
+                .options(opts.clone())
+                .resolver(resolver.clone())
+        }),
+    );
+    lazy.watch_for_work(Duration::from_secs(5));
+    Ok(Some(lazy))
 }
 
 fn parse_retention(s: &str) -> Result<AutoCompact> {
@@ -237,7 +247,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         );
         (e.clone(), Some(e))
     };
-    let saga = start_sagas(&a, &store).await?;
+    let saga = sagas(&a, &store)?;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
@@ -320,7 +330,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         let _ = tx.send(true);
         let _ = task.await;
     }
-    if let Some(o) = saga {
+    if let Some(o) = saga.as_ref().and_then(|l| l.started()) {
         o.shutdown().await;
     }
     tracing::info!("shutting down");
