@@ -277,22 +277,33 @@ impl Log {
         Ok(r.header.revision)
     }
 
-    /// Claims an unowned saga for `lease`; the owner key's create revision, or `None` if
-    /// someone owns it.
-    pub async fn claim(&self, id: &str, owner: &str, lease: i64) -> Result<Option<i64>> {
+    /// Claims an unowned saga for `lease`, if it is still in `status` (when given: a claim
+    /// must not take a saga that came to rest meanwhile); the owner key's create revision, or
+    /// `None` if someone owns it or its status moved on.
+    pub async fn claim(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: i64,
+        status: Option<Status>,
+    ) -> Result<Option<i64>> {
+        let mut guards = vec![Compare::new(
+            owner_key(id),
+            CompareOp::Equal,
+            CompareTarget::CreateRevision(0),
+        )];
+        if let Some(st) = status {
+            guards.push(Compare::new(
+                index_key(st, id),
+                CompareOp::Greater,
+                CompareTarget::CreateRevision(0),
+            ));
+        }
         let r = self
             .store
-            .txn(
-                TxnRequest::new()
-                    .when([Compare::new(
-                        owner_key(id),
-                        CompareOp::Equal,
-                        CompareTarget::CreateRevision(0),
-                    )])
-                    .and_then([TxnOp::Put(
-                        PutRequest::new(owner_key(id), owner.as_bytes().to_vec()).lease(lease),
-                    )]),
-            )
+            .txn(TxnRequest::new().when(guards).and_then([TxnOp::Put(
+                PutRequest::new(owner_key(id), owner.as_bytes().to_vec()).lease(lease),
+            )]))
             .await?;
         Ok(r.succeeded.then_some(r.header.revision))
     }

@@ -500,7 +500,7 @@ impl Orchestrator {
         let rev = self
             .inner
             .log
-            .claim(id, self.name(), self.inner.session.lease())
+            .claim(id, self.name(), self.inner.session.lease(), None)
             .await?
             .ok_or_else(|| SagaError::Conflict {
                 id: id.to_string(),
@@ -669,7 +669,7 @@ async fn takeover_scan(inner: &Arc<Inner>, all: bool) -> Result<()> {
             }
             if let Some(rev) = inner
                 .log
-                .claim(&id, &inner.opts.name, inner.session.lease())
+                .claim(&id, &inner.opts.name, inner.session.lease(), Some(st))
                 .await?
             {
                 tracing::info!(saga = %id, orchestrator = %inner.opts.name, "took over saga");
@@ -783,6 +783,10 @@ fn on_new(
     events: Vec<weft_store::Event>,
 ) -> futures::future::BoxFuture<'static, ()> {
     Box::pin(async move {
+        if inner.members.lock().expect("lock").len() <= 1 {
+            // Alone: every saga created here is already ours.
+            return;
+        }
         let prefix = index_prefix(Status::Running);
         for e in events.iter().filter(|e| e.kind == EventType::Put) {
             let id = id_of(&e.kv.key, &prefix);
@@ -794,7 +798,12 @@ fn on_new(
             }
             match inner
                 .log
-                .claim(&id, &inner.opts.name, inner.session.lease())
+                .claim(
+                    &id,
+                    &inner.opts.name,
+                    inner.session.lease(),
+                    Some(Status::Running),
+                )
                 .await
             {
                 Ok(Some(rev)) => {

@@ -367,6 +367,11 @@ pub(crate) async fn drive(
         running: HashSet::new(),
         park: None,
     };
+    if t.loaded.record.status.is_at_rest() {
+        // Claimed as it came to rest (a late takeover): nothing to do, give it back.
+        ctx.log.release(id, owner_rev).await?;
+        return Ok(t.loaded.record.status);
+    }
     let mut inflight = FuturesUnordered::new();
     let mut done = Vec::new();
     let mut abort = false;

@@ -108,19 +108,23 @@ impl Phase {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// One step's record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     /// Where it is.
     pub status: StepStatus,
     /// Attempts of the action.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts: u32,
     /// Attempts of the compensation.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub compensation_attempts: u32,
     /// Some attempt's outcome is unknown (it may have taken effect).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unknown: bool,
     /// The action's answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -122,7 +122,7 @@ fn print_saga(v: &Value) {
         println!(
             "    {name:<20} {:<12} attempts {}{}{}",
             s["status"].as_str().unwrap_or(""),
-            s["attempts"],
+            s["attempts"].as_u64().unwrap_or(0),
             if s["unknown"] == true {
                 " (outcome unknown)"
             } else {
