@@ -326,42 +326,41 @@ impl Log {
         Ok(())
     }
 
-    /// The saga's record.
-    pub async fn load(&self, id: &str) -> Result<Loaded> {
+    /// The value of one of the saga's keys, decoded, with the key's mod revision.
+    async fn read<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        key: String,
+        what: &str,
+    ) -> Result<(T, i64)> {
         let r = self
             .store
-            .range(RangeRequest::new(KeyRange::key(state_key(id))))
+            .range(RangeRequest::new(KeyRange::key(key)))
             .await?;
         let kv = r
             .kvs
             .into_iter()
             .next()
             .ok_or_else(|| SagaError::NotFound(id.to_string()))?;
-        let record = serde_json::from_slice(&kv.value).map_err(|e| SagaError::Corrupt {
+        let v = serde_json::from_slice(&kv.value).map_err(|e| SagaError::Corrupt {
             id: id.to_string(),
-            message: format!("record: {e}"),
+            message: format!("{what}: {e}"),
         })?;
+        Ok((v, kv.mod_revision))
+    }
+
+    /// The saga's record.
+    pub async fn load(&self, id: &str) -> Result<Loaded> {
+        let (record, mod_revision) = self.read(id, state_key(id), "record").await?;
         Ok(Loaded {
             record,
-            mod_revision: kv.mod_revision,
+            mod_revision,
         })
     }
 
     /// The saga's definition and input.
     pub async fn stored(&self, id: &str) -> Result<Stored> {
-        let r = self
-            .store
-            .range(RangeRequest::new(KeyRange::key(def_key(id))))
-            .await?;
-        let kv = r
-            .kvs
-            .into_iter()
-            .next()
-            .ok_or_else(|| SagaError::NotFound(id.to_string()))?;
-        serde_json::from_slice(&kv.value).map_err(|e| SagaError::Corrupt {
-            id: id.to_string(),
-            message: format!("definition: {e}"),
-        })
+        Ok(self.read(id, def_key(id), "definition").await?.0)
     }
 
     /// The saga's timeline.
@@ -382,28 +381,28 @@ impl Log {
         Ok(out)
     }
 
-    /// Ids with `status`, in id order, at most `limit` (0: all).
-    pub async fn ids(&self, status: Status, limit: i64) -> Result<Vec<String>> {
-        let p = index_prefix(status);
-        let mut req = RangeRequest::new(KeyRange::prefix(p.clone())).keys_only();
+    /// The names below `prefix` (keys without it), in key order, at most `limit` (0: all).
+    async fn names_under(&self, prefix: String, limit: i64) -> Result<Vec<String>> {
+        let mut req = RangeRequest::new(KeyRange::prefix(prefix.clone())).keys_only();
         req.limit = limit;
         let r = self.store.range(req).await?;
         Ok(r.kvs
             .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key[p.len()..]).into_owned())
+            .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
             .collect())
+    }
+
+    /// Ids with `status`, in id order, at most `limit` (0: all).
+    pub async fn ids(&self, status: Status, limit: i64) -> Result<Vec<String>> {
+        self.names_under(index_prefix(status), limit).await
     }
 
     /// Ids with an owner key.
     pub async fn owned(&self) -> Result<std::collections::HashSet<String>> {
-        let p = owner_prefix();
-        let r = self
-            .store
-            .range(RangeRequest::new(KeyRange::prefix(p.clone())).keys_only())
-            .await?;
-        Ok(r.kvs
-            .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key[p.len()..]).into_owned())
+        Ok(self
+            .names_under(owner_prefix(), 0)
+            .await?
+            .into_iter()
             .collect())
     }
 
@@ -456,14 +455,6 @@ impl Log {
 
     /// The live orchestrators' names.
     pub async fn members(&self) -> Result<Vec<String>> {
-        let p = member_prefix();
-        let r = self
-            .store
-            .range(RangeRequest::new(KeyRange::prefix(p.clone())).keys_only())
-            .await?;
-        Ok(r.kvs
-            .iter()
-            .map(|kv| String::from_utf8_lossy(&kv.key[p.len()..]).into_owned())
-            .collect())
+        self.names_under(member_prefix(), 0).await
     }
 }

@@ -7,6 +7,9 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 use weft_server::{run, ServerConfig, OPENAPI, ROUTES};
 
+mod common;
+use common::send;
+
 struct Node {
     base: String,
     http: reqwest::Client,
@@ -37,26 +40,15 @@ async fn node(cfg: ServerConfig) -> Node {
 
 impl Node {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
     }
     async fn raw(&self, path: &str, body: &'static str) -> (u16, Value) {
-        let r = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+            .body(body);
+        send(req).await
     }
     async fn shutdown(mut self) {
         let _ = self.stop.take().unwrap().send(());

@@ -9,6 +9,9 @@ use serde_json::{json, Value};
 use weft_saga::{Lazy, Orchestrator, Registry, StepOutcome};
 use weft_server::{run, ServerConfig};
 
+mod common;
+use common::send;
+
 struct Node {
     base: String,
     http: reqwest::Client,
@@ -63,23 +66,10 @@ async fn node(with_sagas: bool, broken: Arc<AtomicBool>) -> Node {
 
 impl Node {
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
     }
     async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        send(self.http.get(format!("{}{path}", self.base))).await
     }
     /// The `saga` events of a watch, until it ends.
     async fn watch(&self, id: &str) -> Vec<Value> {

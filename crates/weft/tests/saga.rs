@@ -23,6 +23,23 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The example shop (credit limit 1000) on a free loopback port: the shop and its base URL.
+fn start_shop(
+    rt: &tokio::runtime::Runtime,
+    latency: Duration,
+    fail_every: u64,
+) -> (std::sync::Arc<shop::Shop>, String) {
+    let shop = shop::Shop::new(1000, latency, fail_every);
+    let base = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let app = shop::router(shop.clone());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        format!("http://{addr}")
+    });
+    (shop, base)
+}
+
 async fn submit(http: &reqwest::Client, ep: &str, def: &Value, i: usize) -> reqwest::Result<u16> {
     // Every fourth order is over the credit limit: its payment is declined.
     let amount = if i.is_multiple_of(4) {
@@ -55,14 +72,7 @@ fn kill_9_during_200_http_sagas_then_restart_finishes_them_all() {
         .enable_all()
         .build()
         .unwrap();
-    let shop = shop::Shop::new(1000, Duration::from_millis(50), 7);
-    let base = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let app = shop::router(shop.clone());
-        tokio::spawn(async move { axum::serve(l, app).await });
-        format!("http://{addr}")
-    });
+    let (shop, base) = start_shop(&rt, Duration::from_millis(50), 7);
     let def = shop::order_saga(&base);
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path());
@@ -189,14 +199,7 @@ fn two_orchestrators_on_etcd_take_over_from_a_dead_one() {
         return;
     };
     // Slow enough that every saga is mid-flight at the kill.
-    let shop = shop::Shop::new(1000, Duration::from_millis(300), 0);
-    let base = rt.block_on(async {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let app = shop::router(shop.clone());
-        tokio::spawn(async move { axum::serve(l, app).await });
-        format!("http://{addr}")
-    });
+    let (shop, base) = start_shop(&rt, Duration::from_millis(300), 0);
     let def = shop::order_saga(&base);
     let node = |name: &str| {
         start_with(&[
