@@ -207,8 +207,9 @@ outlier = {{ consecutive_failures = 0 }}
     );
 }
 
-#[tokio::test]
-async fn retry_budget_limits_retries() {
+/// 100 requests to a route with `retry` whose two endpoints both answer 503: the upstream
+/// attempts in all.
+async fn attempts_for_100_failing_requests(retry: &str) -> usize {
     let a = TestUpstream::start("a").await;
     let b = TestUpstream::start("b").await;
     a.fail.store(503, Ordering::SeqCst);
@@ -218,7 +219,7 @@ async fn retry_budget_limits_retries() {
 [[route]]
 name = "r"
 upstream = "u"
-retry = {{ attempts = 2, budget_ratio = 0.1, budget_min_per_sec = 1 }}
+retry = {retry}
 
 [[upstream]]
 name = "u"
@@ -231,7 +232,15 @@ outlier = {{ consecutive_failures = 0 }}
     for _ in 0..100 {
         assert_eq!(get(gw.addr, "/").await.status, 503);
     }
-    let total = a.hits.load(Ordering::SeqCst) + b.hits.load(Ordering::SeqCst);
+    (a.hits.load(Ordering::SeqCst) + b.hits.load(Ordering::SeqCst)) as usize
+}
+
+#[tokio::test]
+async fn retry_budget_limits_retries() {
+    let total = attempts_for_100_failing_requests(
+        "{ attempts = 2, budget_ratio = 0.1, budget_min_per_sec = 1 }",
+    )
+    .await;
     // 100 requests; retries at most 10% of them plus the 1/s floor over the 10 s budget window.
     assert!((100..=125).contains(&total), "{total} upstream attempts");
 }
@@ -240,29 +249,10 @@ outlier = {{ consecutive_failures = 0 }}
 /// toward it: 100 failing requests at 0.3 and no floor make exactly 30 retries.
 #[tokio::test]
 async fn retry_budget_is_exact() {
-    let a = TestUpstream::start("a").await;
-    let b = TestUpstream::start("b").await;
-    a.fail.store(503, Ordering::SeqCst);
-    b.fail.store(503, Ordering::SeqCst);
-    let toml = format!(
-        r#"
-[[route]]
-name = "r"
-upstream = "u"
-retry = {{ attempts = 2, budget_ratio = 0.3, budget_min_per_sec = 0 }}
-
-[[upstream]]
-name = "u"
-endpoints = [{{ address = "{}" }}, {{ address = "{}" }}]
-outlier = {{ consecutive_failures = 0 }}
-"#,
-        a.addr, b.addr
-    );
-    let gw = TestGateway::start(&toml, None).await;
-    for _ in 0..100 {
-        assert_eq!(get(gw.addr, "/").await.status, 503);
-    }
-    let total = a.hits.load(Ordering::SeqCst) + b.hits.load(Ordering::SeqCst);
+    let total = attempts_for_100_failing_requests(
+        "{ attempts = 2, budget_ratio = 0.3, budget_min_per_sec = 0 }",
+    )
+    .await;
     assert_eq!(total, 130, "100 requests and 30 retries");
 }
 
