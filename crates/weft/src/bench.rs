@@ -465,3 +465,102 @@ mod tests {
         assert_eq!(after.idle_since(&at(Vec::new())), "-");
     }
 }
+
+#[derive(clap::Subcommand)]
+pub(crate) enum BenchCmd {
+    /// The same etcd client against etcd v3 endpoints (a real etcd and/or weft's --etcd-listen),
+    /// side by side: throughput and p50/p99 latency per workload and concurrency.
+    EtcdApi {
+        /// NAME=URL pairs, e.g. etcd=http://127.0.0.1:2379,weft=http://127.0.0.1:2381.
+        #[arg(long, value_delimiter = ',', required = true)]
+        endpoints: Vec<String>,
+        /// Workloads: put, get, txn, lease, lock, watch (fan-out: CLIENTS watchers of one
+        /// prefix, one writer; ops/s counts delivered events).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "put,get,txn,lease,lock,watch"
+        )]
+        workloads: Vec<String>,
+        /// Concurrent clients.
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        /// Seconds per cell.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// gRPC connections per cell, shared round robin by the clients (at most one per
+        /// client). etcd's own benchmark tool calls this --conns.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// How clients reach the server: balanced (etcd-client's `Client::connect`, a tonic
+        /// balanced channel) or direct (`Client::from_channel` over a bare hyper HTTP/2
+        /// connection: same client API, less client CPU per request).
+        #[arg(long, value_enum, default_value = "balanced")]
+        transport: Transport,
+        /// Threads of this client's runtime (default: one per core). 1 runs every client on
+        /// one single-threaded runtime: no work stealing or cross-thread wake-ups, and the
+        /// client never takes more than one core from the server it shares the machine with.
+        #[arg(long)]
+        client_threads: Option<usize>,
+        /// NAME=PID of local server processes: adds the server's and this client's CPU time
+        /// per operation (from /proc) to each row.
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<String>,
+    },
+}
+
+/// Runs a `weft bench` command.
+pub(crate) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
+    let BenchCmd::EtcdApi {
+        endpoints,
+        workloads,
+        clients,
+        seconds,
+        conns,
+        transport,
+        server_pids,
+        client_threads: _,
+    } = cmd;
+    let dur = crate::secs(seconds, "--seconds")?;
+    if conns == 0 {
+        anyhow::bail!("--conns must be at least 1");
+    }
+    let pids = parse_pids(&server_pids)?;
+    if pids.is_empty() {
+        println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs |");
+        println!("|---|---|---|---|---|---|---|");
+    } else {
+        println!("| workload | clients | endpoint | ops/s | p50 µs | p99 µs | max µs | server CPU µs/op | client CPU µs/op | idle % per core |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+    }
+    for w in &workloads {
+        for c in &clients {
+            for e in &endpoints {
+                let (name, url) = e
+                    .split_once('=')
+                    .with_context(|| format!("--endpoints {e:?} must be NAME=URL"))?;
+                let pid = pids.get(name).copied();
+                let before = CpuSample::take(pid)?;
+                let cell = run(url, w, *c, conns, transport, dur).await?;
+                let after = CpuSample::take(pid)?;
+                let cpu = if pids.is_empty() {
+                    String::new()
+                } else {
+                    let (server, client) = after.since(&before, cell.ops);
+                    let server = server.map(|s| format!("{s:.1}")).unwrap_or_default();
+                    let idle = after.idle_since(&before);
+                    format!(" {server} | {client:.1} | {idle} |")
+                };
+                println!(
+                    "| {w} | {c} | {name} | {:.0} | {} | {} | {} |{cpu}",
+                    cell.per_sec(),
+                    cell.p50_us,
+                    cell.p99_us,
+                    cell.max_us
+                );
+                std::io::Write::flush(&mut std::io::stdout())?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -528,3 +528,91 @@ pub async fn watch_svc(c: &Client, service: &str, json_out: bool) -> Result<()> 
     )
     .await
 }
+
+#[derive(clap::Subcommand)]
+pub(crate) enum SvcCmd {
+    /// Register an instance and keep it registered until interrupted.
+    Register {
+        service: String,
+        id: String,
+        address: String,
+        /// Lease TTL in seconds: the instance disappears this long after the process dies.
+        #[arg(long, default_value_t = 10)]
+        ttl: i64,
+        /// Active health check: GET this URL (2xx/3xx is passing).
+        #[arg(long, conflicts_with = "check_tcp")]
+        check_http: Option<String>,
+        /// Active health check: TCP connect to this host:port.
+        #[arg(long)]
+        check_tcp: Option<String>,
+        /// Seconds between health checks.
+        #[arg(long, default_value_t = 5.0)]
+        check_interval: f64,
+        /// Tags (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Metadata KEY=VALUE (repeatable).
+        #[arg(long = "meta")]
+        meta: Vec<String>,
+        /// Load-balancing weight.
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// Software version.
+        #[arg(long, default_value = "")]
+        version: String,
+    },
+    /// List the instances of a service.
+    List { service: String },
+    /// Print changes to a service until interrupted.
+    Watch { service: String },
+}
+
+/// Runs a `weft svc` command.
+pub(crate) async fn svc(cmd: SvcCmd, conn: crate::Conn) -> Result<()> {
+    let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+    match cmd {
+        SvcCmd::Register {
+            service,
+            id,
+            address,
+            ttl,
+            check_http,
+            check_tcp,
+            check_interval,
+            tags,
+            meta,
+            weight,
+            version,
+        } => {
+            let interval = crate::secs(check_interval, "--check-interval")?;
+            let timeout = interval.min(Duration::from_secs(5));
+            let check = match (check_http, check_tcp) {
+                (Some(url), _) => Some(weft_coord::HealthCheck::Http {
+                    url,
+                    interval,
+                    timeout,
+                }),
+                (None, Some(addr)) => Some(weft_coord::HealthCheck::Tcp {
+                    addr,
+                    interval,
+                    timeout,
+                }),
+                (None, None) => None,
+            };
+            let o = RegisterOpts {
+                service,
+                id,
+                address,
+                ttl,
+                tags,
+                meta,
+                weight,
+                version,
+                check,
+            };
+            register(c, o).await
+        }
+        SvcCmd::List { service } => list(&c, &service, conn.json).await,
+        SvcCmd::Watch { service } => watch_svc(&c, &service, conn.json).await,
+    }
+}
