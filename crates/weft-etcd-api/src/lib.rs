@@ -66,7 +66,7 @@ pub struct Config {
     pub threads: usize,
     /// Connection threads write their calls' log records themselves, once they have handled
     /// everything they had read, when at least this many are queued; fewer go to the log
-    /// thread (see `weft_store::embedded::defer_flushes`). 0: every write goes through the
+    /// thread (when the store offers it: `Store::thread_flushes`). 0: every write goes through the
     /// log thread. Only with `threads` > 0 and the embedded store.
     pub inline_batch: usize,
 }
@@ -271,13 +271,19 @@ struct Worker {
 
 impl Worker {
     fn spawn(i: usize, conns: Conns) -> std::io::Result<Worker> {
-        // With `inline_batch`, the thread writes its calls' log records itself once it has
-        // handled everything it had read, before it parks (see
-        // `weft_store::embedded::defer_flushes`).
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .on_thread_park(weft_store::embedded::flush_deferred)
-            .build()?;
+        // With `inline_batch`, and a store that offers it, the thread writes its calls' log
+        // records itself once it has handled everything it had read, before it parks
+        // (`Store::thread_flushes`).
+        let flushes = conns
+            .api
+            .store
+            .thread_flushes()
+            .filter(|_| conns.api.cfg.inline_batch > 0);
+        let mut rt = tokio::runtime::Builder::new_current_thread();
+        if let Some(f) = flushes {
+            rt.on_thread_park(f.flush);
+        }
+        let rt = rt.enable_all().build()?;
         let (tx, mut rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let inline_batch = conns.api.cfg.inline_batch;
@@ -285,8 +291,7 @@ impl Worker {
             .name(format!("weft-etcd-{i}"))
             .spawn(move || {
                 rt.block_on(async move {
-                    let flusher = (inline_batch > 0)
-                        .then(|| tokio::spawn(weft_store::embedded::defer_flushes(inline_batch)));
+                    let flusher = flushes.map(|f| tokio::spawn((f.defer)(inline_batch)));
                     let mut set = tokio::task::JoinSet::new();
                     while let Some(s) = rx.recv().await {
                         match tokio::net::TcpStream::from_std(s) {

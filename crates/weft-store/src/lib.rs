@@ -108,6 +108,25 @@ pub trait Store: Send + Sync + 'static {
     async fn defragment(&self) -> Result<ResponseHeader>;
     /// The limits this store enforces.
     fn limits(&self) -> Limits;
+    /// Whether a thread may make its own writes durable, in batches, instead of handing them
+    /// to the backend (the embedded store offers it; others answer `None`). Servers that run
+    /// many calls per thread use it when offered, and never name a backend.
+    fn thread_flushes(&self) -> Option<ThreadFlushes> {
+        None
+    }
+}
+
+/// A backend's capability to let a thread write its own writes' durable records in batches
+/// (see [`Store::thread_flushes`]). Build the thread's runtime with
+/// `.on_thread_park(flush)` and spawn `defer(min_batch)` on it.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadFlushes {
+    /// Makes the calling thread keep its writes' records and write them itself, in groups of
+    /// at least `min_batch` (smaller groups go to the backend's own writer); the returned
+    /// task flushes for a thread that never parks.
+    pub defer: fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// Writes what the calling thread deferred (on park); blocks for the durable write.
+    pub flush: fn(),
 }
 
 /// Shorthands on top of [`Store`].
@@ -191,6 +210,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn limits(&self) -> Limits {
         (**self).limits()
+    }
+    fn thread_flushes(&self) -> Option<ThreadFlushes> {
+        (**self).thread_flushes()
     }
 }
 

@@ -834,6 +834,12 @@ impl Store for Embedded {
     fn limits(&self) -> Limits {
         self.inner.opts.limits
     }
+    fn thread_flushes(&self) -> Option<crate::ThreadFlushes> {
+        Some(crate::ThreadFlushes {
+            defer: |min_batch| Box::pin(defer_flushes(min_batch)),
+            flush: flush_deferred,
+        })
+    }
 }
 
 #[async_trait]

@@ -1691,3 +1691,42 @@ async fn a_deferring_thread_that_ends_writes_what_it_queued() {
         Bytes::from("v")
     );
 }
+
+/// A server that knows only `dyn Store` finds the thread-flush capability through the trait
+/// (as the etcd API does), and it works as the direct functions do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_thread_flush_capability_is_offered_through_the_trait() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Arc::new(Embedded::open(dir.path(), opts()).await.unwrap());
+    let store: Arc<dyn Store> = e.clone();
+    let f = store
+        .thread_flushes()
+        .expect("the embedded store offers it");
+    log_thread_idle(&e).await;
+    let before = e.stats();
+    let s = store.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .on_thread_park(f.flush)
+            .build()
+            .unwrap()
+            .block_on(async move {
+                tokio::spawn((f.defer)(1));
+                let tasks: Vec<_> = (0..16)
+                    .map(|i| {
+                        let s = s.clone();
+                        tokio::spawn(async move { s.put_kv(format!("c/{i}"), "v").await.unwrap() })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            })
+    })
+    .join()
+    .unwrap();
+    let after = e.stats();
+    assert_eq!(after.records - before.records, 16);
+    assert_eq!(after.inline_writes - before.inline_writes, 1, "{after:?}");
+}
