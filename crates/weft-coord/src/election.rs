@@ -9,14 +9,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::mpsc;
-use weft_store::{
-    Compare, CompareOp, CompareTarget, KeyRange, PutRequest, RangeRequest, Store, StoreError,
-    TxnOp, TxnRequest, WatchRequest,
-};
+use weft_store::{KeyRange, PutRequest, RangeRequest, Store, StoreError, TxnOp, WatchRequest};
 
-use crate::lock::{
-    check_name, create_key, delete_own, ownership_lost, still_owned, wait_turn, Cleanup,
-};
+use crate::held::HeldKey;
+use crate::lock::{check_name, create_key, wait_turn, Cleanup};
 use crate::session::Session;
 use crate::{CoordError, Result};
 
@@ -53,10 +49,7 @@ impl std::fmt::Debug for Election {
 /// Proof of leadership.
 #[derive(Debug)]
 pub struct Leadership {
-    session: Session,
-    key: Bytes,
-    term: i64,
-    resigned: bool,
+    held: HeldKey,
 }
 
 async fn current_leader(store: &dyn Store, prefix: &Bytes) -> Result<(Option<Leader>, i64)> {
@@ -114,10 +107,7 @@ impl Election {
         wait_turn(session, &self.prefix, &key, rev, 1).await?;
         cleanup.armed = false;
         Ok(Leadership {
-            session: session.clone(),
-            key,
-            term: rev,
-            resigned: false,
+            held: HeldKey::new(session, key, rev),
         })
     }
 
@@ -195,78 +185,48 @@ fn tokio_stream_from<T: Send + 'static>(
 impl Leadership {
     /// The term: strictly increasing across successive leaders.
     pub fn term(&self) -> i64 {
-        self.term
+        self.held.revision()
     }
 
     /// The leader key.
     pub fn key(&self) -> &Bytes {
-        &self.key
+        self.held.key()
     }
 
     /// Publishes a new value, only while still the leader.
     pub async fn proclaim(&self, value: impl Into<Bytes>) -> Result<()> {
-        self.session.check()?;
-        let t = TxnRequest::new()
-            .when([Compare::new(
-                self.key.clone(),
-                CompareOp::Equal,
-                CompareTarget::CreateRevision(self.term),
-            )])
-            .and_then([TxnOp::Put(
-                PutRequest::new(self.key.clone(), value).lease(self.session.lease()),
-            )]);
-        if !self.session.store().txn(t).await?.succeeded {
-            return Err(CoordError::OwnershipLost(
-                String::from_utf8_lossy(&self.key).into_owned(),
-            ));
-        }
+        let lease = self.held.session().lease();
+        let put = PutRequest::new(self.held.key().clone(), value).lease(lease);
+        self.held.txn_if_held(vec![TxnOp::Put(put)]).await?;
         Ok(())
     }
 
     /// Whether the store still records this leadership.
     pub async fn is_leader(&self) -> Result<bool> {
-        still_owned(&self.session, &self.key, self.term).await
+        self.held.is_held().await
     }
 
     /// Resolves when leadership is lost (session lost or key deleted).
     pub async fn lost(&self) -> CoordError {
-        ownership_lost(&self.session, &self.key, self.term).await
+        self.held.lost().await
     }
 
     /// Keeps the leadership past this value (no resign on drop); returns `(key, term)`.
-    pub fn detach(mut self) -> (Bytes, i64) {
-        self.resigned = true;
-        (self.key.clone(), self.term)
+    pub fn detach(self) -> (Bytes, i64) {
+        self.held.detach()
     }
 
     /// Rebuilds a leadership from [`Leadership::detach`]'s parts. It checks nothing:
     /// [`Leadership::proclaim`] and [`Leadership::resign`] only act while it is still valid.
     pub fn from_parts(session: &Session, key: Bytes, term: i64) -> Leadership {
         Leadership {
-            session: session.clone(),
-            key,
-            term,
-            resigned: false,
+            held: HeldKey::new(session, key, term),
         }
     }
 
     /// Gives up leadership; the next candidate is elected.
-    pub async fn resign(mut self) -> Result<()> {
-        self.resigned = true;
-        delete_own(&**self.session.store(), &self.key, self.term).await?;
+    pub async fn resign(self) -> Result<()> {
+        self.held.release().await?;
         Ok(())
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        if !self.resigned {
-            let _ = Cleanup {
-                store: self.session.store().clone(),
-                key: self.key.clone(),
-                rev: self.term,
-                armed: true,
-            };
-        }
     }
 }

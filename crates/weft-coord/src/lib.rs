@@ -27,6 +27,7 @@
 mod discovery;
 mod election;
 mod error;
+mod held;
 mod keepalive;
 mod lock;
 mod session;
@@ -40,6 +41,7 @@ pub use discovery::{
 };
 pub use election::{Election, Leader, Leadership, ELECTION_PREFIX};
 pub use error::{CoordError, Result};
+pub use held::HeldKey;
 pub use keepalive::{default_margin, keep_alive, Renewal, RETRY_INTERVAL};
 pub use lock::{release_parts, LockGuard, Mutex, Semaphore, LOCK_PREFIX, SEMAPHORE_PREFIX};
 pub use session::{LostReason, Session, SessionOptions};

@@ -21,6 +21,7 @@ use weft_store::{
     RangeRequest, Store, StoreError, TxnOp, TxnRequest, TxnResponse, WatchRequest,
 };
 
+use crate::held::HeldKey;
 use crate::session::Session;
 use crate::{CoordError, Result};
 
@@ -239,10 +240,7 @@ pub struct Semaphore {
 /// prefer [`LockGuard::unlock`], which reports errors.
 #[derive(Debug)]
 pub struct LockGuard {
-    session: Session,
-    key: Bytes,
-    token: i64,
-    released: bool,
+    held: HeldKey,
 }
 
 impl Mutex {
@@ -387,87 +385,54 @@ async fn acquire(
     }
     cleanup.armed = false;
     Ok(LockGuard {
-        session: session.clone(),
-        key: key.clone(),
-        token: rev,
-        released: false,
+        held: HeldKey::new(session, key.clone(), rev),
     })
 }
 
 impl LockGuard {
     /// The fencing token: strictly increasing across successive holders.
     pub fn fencing_token(&self) -> i64 {
-        self.token
+        self.held.revision()
     }
 
     /// The holder's key.
     pub fn key(&self) -> &Bytes {
-        &self.key
+        self.held.key()
     }
 
     /// Whether the store still records this guard as the holder.
     pub async fn is_held(&self) -> Result<bool> {
-        still_owned(&self.session, &self.key, self.token).await
+        self.held.is_held().await
     }
 
     /// Resolves when ownership is lost: the session is lost or the key disappears.
     pub async fn lost(&self) -> CoordError {
-        ownership_lost(&self.session, &self.key, self.token).await
+        self.held.lost().await
     }
 
     /// Runs `ops` atomically only while this guard still holds the lock (the key exists with
     /// this guard's create revision); fails with [`CoordError::OwnershipLost`] otherwise.
     pub async fn txn_if_held(&self, ops: Vec<TxnOp>) -> Result<TxnResponse> {
-        self.session.check()?;
-        let t = TxnRequest::new()
-            .when([Compare::new(
-                self.key.clone(),
-                CompareOp::Equal,
-                CompareTarget::CreateRevision(self.token),
-            )])
-            .and_then(ops);
-        let r = self.session.store().txn(t).await?;
-        if !r.succeeded {
-            return Err(CoordError::OwnershipLost(key_str(&self.key)));
-        }
-        Ok(r)
+        self.held.txn_if_held(ops).await
     }
 
     /// Keeps the lock held past this guard (no release on drop); returns `(key, token)`.
     /// [`LockGuard::from_parts`] rebuilds the guard, e.g. in a later HTTP request.
-    pub fn detach(mut self) -> (Bytes, i64) {
-        self.released = true;
-        (self.key.clone(), self.token)
+    pub fn detach(self) -> (Bytes, i64) {
+        self.held.detach()
     }
 
     /// Rebuilds a guard from [`LockGuard::detach`]'s parts. It checks nothing: use
     /// [`LockGuard::is_held`] or [`LockGuard::txn_if_held`].
     pub fn from_parts(session: &Session, key: Bytes, token: i64) -> LockGuard {
         LockGuard {
-            session: session.clone(),
-            key,
-            token,
-            released: false,
+            held: HeldKey::new(session, key, token),
         }
     }
 
     /// Releases the lock.
-    pub async fn unlock(mut self) -> Result<()> {
-        self.released = true;
-        delete_own(&**self.session.store(), &self.key, self.token).await?;
+    pub async fn unlock(self) -> Result<()> {
+        self.held.release().await?;
         Ok(())
-    }
-}
-
-impl Drop for LockGuard {
-    fn drop(&mut self) {
-        if !self.released {
-            let _ = Cleanup {
-                store: self.session.store().clone(),
-                key: self.key.clone(),
-                rev: self.token,
-                armed: true,
-            };
-        }
     }
 }
