@@ -5,7 +5,7 @@
 //! future). Everything else (watch and keep-alive streams, the other services, compressed
 //! requests) goes to tonic's `Routes` unchanged (`http2/`). Measured when it was added: 45–55
 //! µs of server CPU per put against 60–71 µs through tonic, in alternating rounds on a slow
-//! machine (docs/benchmarks.md, fourth run).
+//! machine (docs/runs/etcd-api.md, "unary KV calls without tonic's per-request layers").
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;

@@ -62,7 +62,8 @@ pub struct Config {
     /// on. N: N dedicated threads, each a single-threaded runtime, take accepted connections in
     /// turn. A connection's calls then run on one thread with no work stealing between
     /// threads: on 2 cores, one such thread costs about a fifth less CPU per put than tasks on
-    /// a 2-worker runtime (docs/benchmarks.md, twelfth run).
+    /// a 2-worker runtime (docs/runs/etcd-api.md, "connection threads, and snapshots that free
+    /// nothing").
     pub threads: usize,
     /// Connection threads write their calls' log records themselves, once they have handled
     /// everything they had read, when at least this many are queued; fewer go to the log

@@ -80,7 +80,7 @@ pub struct ThreadOptions {
     /// on, as nginx's `worker_cpu_affinity auto`. Off by default. With as many workers as
     /// cores on a busy machine it keeps the scheduler from stacking two workers on one CPU:
     /// with 2 workers, wrk and the upstream on 2 cores the p99 went from 2.7–4.5 ms to
-    /// 1.5–1.6 ms (`scripts/bench-gateway.sh`, docs/benchmarks.md runs 11–12).
+    /// 1.5–1.6 ms (`scripts/bench-gateway.sh`; docs/runs/gateway.md, "`--pin-cpus`").
     pub pin_cpus: bool,
 }
 

@@ -68,8 +68,8 @@ pub struct UpArgs {
     /// goes on serving. 0: every write through the log thread. On 2 cores, 8 gave 16–31 %
     /// more puts a second than 0 at 16 and 64 clients, and lock hand-offs within noise of 0,
     /// where writing every group inline lost 19–37 % of them; on one core (`taskset`), the
-    /// core idles while the thread waits for the disk, and txn lost 15 % (docs/benchmarks.md,
-    /// seventeenth run). Default: 8, or 0 when the node may run on one core only.
+    /// core idles while the thread waits for the disk, and txn lost 15 % (docs/runs/etcd-api.md,
+    /// "the connection thread writes its own group"). Default: 8, or 0 when the node may run on one core only.
     #[cfg(feature = "etcd")]
     #[arg(long, requires = "etcd_listen")]
     etcd_inline_batch: Option<usize>,
@@ -195,8 +195,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
     // No transparent huge pages for the node: the store's state grows with every write, and
     // each fresh 2 MiB huge page is zeroed in one page fault on whichever thread touches it
     // first (8 % of the connection thread's time under put load here). Put p99 under etcd's
-    // clients went from 5.4–6.1 to 2.7–4.0 ms at equal throughput (docs/benchmarks.md,
-    // thirteenth run; Redis and MongoDB also advise running without them); watch fan-out
+    // clients went from 5.4–6.1 to 2.7–4.0 ms at equal throughput (docs/runs/etcd-api.md,
+    // "no stalls after snapshots"; Redis and MongoDB also advise running without them); watch fan-out
     // pays about 10 % more CPU per event (probably TLB misses). The flag covers this process
     // only.
     #[cfg(target_os = "linux")]

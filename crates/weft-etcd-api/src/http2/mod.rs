@@ -14,7 +14,7 @@
 //! state behind a shared lock, builds an `http::Request` with a `HeaderMap`, and moves
 //! large frames and futures around. A put at 64 clients cost 18.9–19.3 µs of server CPU on
 //! h2 against 13.0–13.3 µs with a loop like this one (`examples/raw_put.rs`, 4 alternating
-//! pairs, docs/benchmarks.md eleventh run).
+//! pairs; docs/runs/etcd-api.md, "weft's own HTTP/2 server for the etcd API").
 //!
 //! The unary calls of one connection share its task: they only decode, touch the in-memory
 //! store and encode; waiting for the log's fsync does not hold the task. Clients that want
@@ -490,7 +490,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                     // Yield once before the first write of a burst: the tasks feeding this
                     // connection's watch streams run first, and one write carries all their
                     // events (watch fan-out at 64 watchers: 76-78k events/s without, 93-96k
-                    // with, docs/benchmarks.md sixth run).
+                    // with; docs/runs/etcd-api.md, "one TCP write for a connection's watch streams").
                     self.yielded = true;
                     cx.waker().wake_by_ref();
                     return Poll::Pending;

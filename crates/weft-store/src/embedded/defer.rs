@@ -10,7 +10,7 @@
 //! thread that stays busy and never parks), writes them. Every request the thread had read
 //! joins one durable write, and no other thread has to be woken, scheduled, and wake the
 //! writers back: with 64 clients on 2 cores, 14–31 % more puts a second than through the
-//! log thread (docs/benchmarks.md, seventeenth run).
+//! log thread (docs/runs/etcd-api.md, "the connection thread writes its own group").
 //!
 //! The thread blocks while the disk writes, so it serves nothing else meanwhile, reads
 //! included (and when a group is the one that starts a new log because a snapshot is due,

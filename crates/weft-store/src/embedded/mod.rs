@@ -98,7 +98,8 @@ pub struct Options {
     pub commit_delay: Duration,
     /// Write the log with direct I/O (`O_DIRECT | O_DSYNC`) where the file system allows it:
     /// one syscall per group commit instead of `write` + `fdatasync`, with a third to a half of
-    /// the kernel CPU and 30–60 % less latency per commit on ext4 (docs/benchmarks.md).
+    /// the kernel CPU and 30–60 % less latency per commit on ext4
+    /// (docs/runs/etcd-api.md, "direct I/O for the log").
     /// Equally durable. Falls back to `write` + `fdatasync` by itself where direct I/O is
     /// refused (some tmpfs), and is not used with [`Durability::None`]. See
     /// [`Stats::direct_io`].

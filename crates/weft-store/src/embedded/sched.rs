@@ -9,8 +9,8 @@
 //! that should not cause "extra preemptions (between the workload's tasks)" (sched(7)): same
 //! nice value, same share of the CPU, no wake-up preemption. The log thread still runs at
 //! once on an idle core; on a busy one it waits for the running thread's next block or
-//! tick, and the records that arrive meanwhile join its write (docs/benchmarks.md,
-//! fifteenth run). The snapshot thread, which the log thread starts, inherits the policy:
+//! tick, and the records that arrive meanwhile join its write (docs/runs/etcd-api.md, "the log
+//! thread stops preempting the connection thread"). The snapshot thread, which the log thread starts, inherits the policy:
 //! background work that should not preempt request handling either.
 
 use std::io;

@@ -1239,8 +1239,8 @@ async fn a_failed_snapshot_loses_nothing_and_keeps_the_older_logs() {
 }
 
 /// An old file larger than one removal step is removed; a missing file is no error. (That
-/// it shrinks step by step first is not observable here; docs/benchmarks.md, eleventh run,
-/// has its effect on latency.)
+/// it shrinks step by step first is not observable here; docs/runs/etcd-api.md, "weft's own HTTP/2
+/// server for the etcd API", has its effect on latency.)
 #[test]
 fn old_files_larger_than_a_step_are_removed() {
     let dir = tempfile::tempdir().unwrap();

@@ -300,7 +300,8 @@ const BLOCK: usize = 4096;
 /// With this, one write in about 30 (at 2 KiB of records per flush) extends the file. Measured
 /// on ext4 over a virtio disk (one block per write, a new block every 2.5 writes): 39–40 µs
 /// and 8–10 µs of kernel CPU per write, against 46–58 µs and 16–19 µs without zeros ahead,
-/// and no higher maximum (docs/benchmarks.md, ninth run). The zeros end the log cleanly on
+/// and no higher maximum (docs/runs/etcd-api.md, "key heads in the index, zeros ahead in the
+/// log"). The zeros end the log cleanly on
 /// recovery, as the rest of a tail block does.
 const ZERO_AHEAD: usize = 64 * 1024;
 
@@ -321,7 +322,7 @@ fn block_start(offset: u64) -> usize {
 /// took 42–48 µs and 11–13 µs of kernel CPU, against 68–75 µs and 23–27 µs for `write` +
 /// `fdatasync`, when the machine was fast (the tail block rewritten, the usual case); 65–73 µs
 /// and 19–22 µs against 154–163 µs and 49–58 µs when it was slow (a growing file)
-/// (docs/benchmarks.md). Elsewhere, and for `fsync none`: `pwrite`,
+/// (docs/runs/etcd-api.md, "direct I/O for the log"). Elsewhere, and for `fsync none`: `pwrite`,
 /// then `fdatasync` when durable.
 pub(crate) struct LogFile {
     file: File,
@@ -662,7 +663,7 @@ impl Log {
         changed.clear();
         // Watchers first, writers second, as when both waited on `durable`: waking the writers
         // first lost 10 % of the watch fan-out with client and server on the same cores
-        // (docs/benchmarks.md, seventh run).
+        // (docs/runs/etcd-api.md, "fewer futex calls on the write path").
         for s in watchers {
             s.notify();
         }
