@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use weft_store::{KeyRange, PutRequest, RangeRequest, Store, StoreError, TxnOp, WatchRequest};
 
 use crate::held::HeldKey;
-use crate::lock::{check_name, create_key, wait_turn, Cleanup};
+use crate::lock::{check_name, create_key, create_or_adopt_key, wait_turn, Cleanup};
 use crate::session::Session;
 use crate::{CoordError, Result};
 
@@ -79,25 +79,61 @@ impl Election {
         })
     }
 
-    /// Becomes a candidate with `value` and waits until elected. Cancel-safe: dropping the
-    /// future withdraws the candidacy. Fails at once if the session is lost.
-    pub async fn campaign(&self, session: &Session, value: impl Into<Bytes>) -> Result<Leadership> {
-        session.check()?;
-        let key = Bytes::from(
+    /// An election whose candidates' keys are `prefix` + the lease id in hex (etcd's server
+    /// recipes use the election's name followed by `/`). The prefix is not checked.
+    pub fn with_prefix(store: Arc<dyn Store>, prefix: Bytes, name: &str) -> Election {
+        Election {
+            store,
+            prefix,
+            name: name.into(),
+        }
+    }
+
+    fn key_of(&self, session: &Session) -> Bytes {
+        Bytes::from(
             [
                 &self.prefix[..],
                 format!("{:x}", session.lease()).as_bytes(),
             ]
             .concat(),
-        );
-        let rev = create_key(
-            &**session.store(),
-            &key,
-            value.into(),
-            session.lease(),
-            &self.name,
         )
-        .await?;
+    }
+
+    /// Becomes a candidate with `value` and waits until elected. Cancel-safe: dropping the
+    /// future withdraws the candidacy. Fails at once if the session is lost.
+    pub async fn campaign(&self, session: &Session, value: impl Into<Bytes>) -> Result<Leadership> {
+        session.check()?;
+        let key = self.key_of(session);
+        let store = session.store();
+        let rev = create_key(&**store, &key, value.into(), session.lease(), &self.name).await?;
+        self.wait_elected(session, key, rev).await
+    }
+
+    /// Campaigns as etcd's `Campaign` call does: if this session is already a candidate (a
+    /// retried call), that candidacy is taken over, with its place, and its value set to
+    /// `value`.
+    pub async fn campaign_or_resume(
+        &self,
+        session: &Session,
+        value: impl Into<Bytes>,
+    ) -> Result<Leadership> {
+        session.check()?;
+        let key = self.key_of(session);
+        let value = value.into();
+        let store = session.store();
+        let (rev, existing) =
+            create_or_adopt_key(&**store, &key, value.clone(), session.lease()).await?;
+        if existing.is_some_and(|kv| kv.value != value) {
+            let held = HeldKey::new(session, key.clone(), rev);
+            let put = PutRequest::new(key.clone(), value).lease(session.lease());
+            let r = held.txn_if_held(vec![TxnOp::Put(put)]).await;
+            held.detach();
+            r?;
+        }
+        self.wait_elected(session, key, rev).await
+    }
+
+    async fn wait_elected(&self, session: &Session, key: Bytes, rev: i64) -> Result<Leadership> {
         let mut cleanup = Cleanup {
             store: session.store().clone(),
             key: key.clone(),

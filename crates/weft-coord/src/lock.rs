@@ -61,6 +61,49 @@ pub(crate) async fn create_key(
     Ok(r.header.revision)
 }
 
+/// Creates the key if absent, or takes the one this session already has (etcd's recipes do
+/// the same: a retried call resumes where the first one stood). Returns its create revision
+/// and its value if it existed.
+pub(crate) async fn create_or_adopt_key(
+    store: &dyn Store,
+    key: &Bytes,
+    value: Bytes,
+    lease: i64,
+) -> Result<(i64, Option<KeyValue>)> {
+    let t = TxnRequest::new()
+        .when([Compare::new(
+            key.clone(),
+            CompareOp::Equal,
+            CompareTarget::CreateRevision(0),
+        )])
+        .and_then([TxnOp::Put(PutRequest::new(key.clone(), value).lease(lease))])
+        .or_else([TxnOp::Range(RangeRequest::new(KeyRange::key(key.clone())))]);
+    let r = store.txn(t).await?;
+    if r.succeeded {
+        return Ok((r.header.revision, None));
+    }
+    let kv = match r.responses.into_iter().next() {
+        Some(weft_store::TxnOpResponse::Range(rr)) => rr.kvs.into_iter().next(),
+        _ => None,
+    };
+    match kv {
+        Some(kv) => Ok((kv.create_revision, Some(kv))),
+        // Deleted in between: create it again.
+        None => Box::pin(create_or_adopt_key(store, key, Bytes::new(), lease)).await,
+    }
+}
+
+/// How [`acquire`] waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Queue and wait for the turn.
+    Wait,
+    /// Take it now or fail.
+    Try,
+    /// Wait, taking over this session's key if it is already queued.
+    Resume,
+}
+
 /// Deletes `key` only if it still has create revision `rev` (it is ours).
 pub(crate) async fn delete_own(store: &dyn Store, key: &Bytes, rev: i64) -> Result<bool> {
     let t = TxnRequest::new()
@@ -268,12 +311,43 @@ impl Mutex {
     /// Waits for the lock. Cancel-safe: dropping the future removes the waiter's key. Ends at
     /// once with an error if the waiter's key or lease disappears.
     pub async fn lock(&self) -> Result<LockGuard> {
-        acquire(&self.session, &self.prefix, &self.key, &self.name, 1, false).await
+        acquire(
+            &self.session,
+            &self.prefix,
+            &self.key,
+            &self.name,
+            1,
+            Mode::Wait,
+        )
+        .await
+    }
+
+    /// Waits for the lock as etcd's `Lock` call does: if this session's key is already queued
+    /// (a retried call), it is taken over with its place in the queue instead of failing with
+    /// [`CoordError::AlreadyHeld`]. Cancel-safe like [`Mutex::lock`].
+    pub async fn lock_or_resume(&self) -> Result<LockGuard> {
+        acquire(
+            &self.session,
+            &self.prefix,
+            &self.key,
+            &self.name,
+            1,
+            Mode::Resume,
+        )
+        .await
     }
 
     /// Takes the lock if it is free now, else fails with [`CoordError::WouldBlock`].
     pub async fn try_lock(&self) -> Result<LockGuard> {
-        acquire(&self.session, &self.prefix, &self.key, &self.name, 1, true).await
+        acquire(
+            &self.session,
+            &self.prefix,
+            &self.key,
+            &self.name,
+            1,
+            Mode::Try,
+        )
+        .await
     }
 
     /// Waits at most `timeout`; on timeout the waiter's key is removed.
@@ -326,7 +400,7 @@ impl Semaphore {
             &self.key,
             &self.name,
             self.permits,
-            false,
+            Mode::Wait,
         )
         .await
     }
@@ -339,7 +413,7 @@ impl Semaphore {
             &self.key,
             &self.name,
             self.permits,
-            true,
+            Mode::Try,
         )
         .await
     }
@@ -359,18 +433,24 @@ async fn acquire(
     key: &Bytes,
     name: &str,
     slots: usize,
-    try_only: bool,
+    mode: Mode,
 ) -> Result<LockGuard> {
     session.check()?;
     let store = session.store().clone();
-    let rev = create_key(&*store, key, Bytes::new(), session.lease(), name).await?;
+    let rev = if mode == Mode::Resume {
+        create_or_adopt_key(&*store, key, Bytes::new(), session.lease())
+            .await?
+            .0
+    } else {
+        create_key(&*store, key, Bytes::new(), session.lease(), name).await?
+    };
     let mut cleanup = Cleanup {
         store: store.clone(),
         key: key.clone(),
         rev,
         armed: true,
     };
-    if try_only {
+    if mode == Mode::Try {
         let r = store
             .range(RangeRequest::new(KeyRange::prefix(prefix.clone())).keys_only())
             .await?;

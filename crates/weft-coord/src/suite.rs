@@ -152,6 +152,51 @@ pub async fn lock_try_timeout_cancel(store: Arc<dyn Store>) {
     ));
 }
 
+/// etcd's server recipes resume: a second `Lock` or `Campaign` call with the same lease takes
+/// over the first one's key and place instead of failing.
+pub async fn lock_and_campaign_resume(store: Arc<dyn Store>) {
+    let a = session(&store).await;
+    let b = session(&store).await;
+    let prefix = bytes::Bytes::from_static(b"resume/");
+    let ga = Mutex::with_prefix(&a, prefix.clone(), "resume")
+        .lock_or_resume()
+        .await
+        .unwrap();
+    // The same session again: it already holds, so it gets the same key and token at once.
+    let again = Mutex::with_prefix(&a, prefix.clone(), "resume")
+        .lock_or_resume()
+        .await
+        .unwrap();
+    assert_eq!(again.fencing_token(), ga.fencing_token());
+    assert_eq!(again.key(), ga.key());
+    again.detach();
+    // Another session waits behind it.
+    let mb = Mutex::with_prefix(&b, prefix.clone(), "resume");
+    tokio::select! {
+        _ = mb.lock_or_resume() => panic!("acquired a held lock"),
+        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+    }
+    ga.unlock().await.unwrap();
+    let gb = mb.lock_or_resume().await.unwrap();
+    gb.unlock().await.unwrap();
+    // Campaign: the second call takes over the candidacy and sets its value.
+    let e = Election::with_prefix(
+        store.clone(),
+        bytes::Bytes::from_static(b"leaders/"),
+        "leaders",
+    );
+    let l = e.campaign_or_resume(&a, "v1").await.unwrap();
+    let l2 = e.campaign_or_resume(&a, "v2").await.unwrap();
+    assert_eq!(l2.term(), l.term());
+    assert_eq!(
+        e.leader().await.unwrap().unwrap().value,
+        bytes::Bytes::from("v2")
+    );
+    l.detach();
+    l2.resign().await.unwrap();
+    assert!(e.leader().await.unwrap().is_none());
+}
+
 /// A holder that crashes loses the lock within its TTL; the next waiter gets it with a larger
 /// token, and the old holder's fenced writes are refused.
 pub async fn lock_handover_after_crash(store: Arc<dyn Store>) {
@@ -551,7 +596,8 @@ macro_rules! recipe_tests {
         $crate::recipe_tests!(@case $factory;
             lock_mutual_exclusion lock_fifo lock_try_timeout_cancel lock_handover_after_crash
             waiter_with_lost_lease_fails semaphore_bounds election_terms_and_failover
-            discovery_lifecycle discovery_resync_after_compaction cache_protection health_check);
+            discovery_lifecycle discovery_resync_after_compaction cache_protection health_check
+            lock_and_campaign_resume);
     };
     (@case $factory:expr; $($name:ident)*) => {
         $(
