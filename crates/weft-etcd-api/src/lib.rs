@@ -39,6 +39,7 @@
 
 mod fast;
 mod http2;
+pub mod recipes;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -169,11 +170,14 @@ pub async fn serve(
         stopping,
         rt: tokio::runtime::Handle::current(),
     };
+    let recipes = recipes::Recipes::new(api.store.clone(), api.cfg.member_id);
     let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
         .add_service(PbWatchServer::new(api.clone()))
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
-        .add_service(PbClusterServer::new(api.clone()));
+        .add_service(PbClusterServer::new(api.clone()))
+        .add_service(recipes.lock_server())
+        .add_service(recipes.election_server());
     let conns = Conns {
         api,
         routes,
