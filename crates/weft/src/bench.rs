@@ -168,8 +168,19 @@ async fn op(
             g.unlock().await?;
             session.close().await?;
         }
+        "srvlock" => {
+            // etcd's server-side Lock service: one lease per client, lock + unlock per op.
+            if *last == 0 {
+                *last = c.lease_grant(30, None).await?.id();
+            }
+            let opts = etcd_client::LockOptions::new().with_lease(*last);
+            let r = c.lock("bench-srv", Some(opts)).await?;
+            c.unlock(r.key()).await?;
+        }
         other => {
-            anyhow::bail!("unknown workload {other:?}; allowed: put, get, txn, lease, lock, watch")
+            anyhow::bail!(
+                "unknown workload {other:?}; allowed: put, get, txn, lease, lock, srvlock, watch"
+            )
         }
     }
     Ok(())
@@ -474,8 +485,9 @@ pub(crate) enum BenchCmd {
         /// NAME=URL pairs, e.g. etcd=http://127.0.0.1:2379,weft=http://127.0.0.1:2381.
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
-        /// Workloads: put, get, txn, lease, lock, watch (fan-out: CLIENTS watchers of one
-        /// prefix, one writer; ops/s counts delivered events).
+        /// Workloads: put, get, txn, lease, lock (etcd's client-side mutex recipe), srvlock
+        /// (etcd's server-side Lock service: lock + unlock under one lease per client), watch
+        /// (fan-out: CLIENTS watchers of one prefix, one writer; ops/s counts delivered events).
         #[arg(
             long,
             value_delimiter = ',',
