@@ -1010,8 +1010,15 @@ impl PbMaintenanceService for EtcdApi {
             header: self.header(h.revision),
         }))
     }
+    /// etcd hashes its whole database file; weft has no such file, so this is the hash of
+    /// the key-value state at the current revision (what HashKV answers for revision 0):
+    /// equal on equal states, different after any write.
     async fn hash(&self, _r: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
-        Err(unimplemented("Hash (use HashKV)"))
+        let h = self.store.hash_kv(0).await.map_err(status)?;
+        Ok(Response::new(PbHashResponse {
+            header: self.header(h.header.revision),
+            hash: h.hash,
+        }))
     }
     async fn hash_kv(
         &self,
@@ -1134,7 +1141,9 @@ impl PbClusterService for EtcdApi {
             members: vec![PbMember {
                 id: self.cfg.member_id,
                 name: "weft".into(),
-                peer_ur_ls: vec![],
+                // No peers to talk to; the member's one URL stands for both, so that tools
+                // listing peer URLs see an address (etcd members always have one).
+                peer_ur_ls: vec![self.cfg.client_url.clone()],
                 client_ur_ls: vec![self.cfg.client_url.clone()],
                 is_learner: false,
             }],

@@ -288,6 +288,13 @@ async fn protocol_errors_end_the_connection_with_goaway() {
     ))
     .await;
     assert_eq!(raw.goaway_code().await, Some(0x1));
+    // A request on a stream id below one already opened: PROTOCOL_ERROR (it was dropped
+    // silently, and the request never got an answer).
+    let mut raw = Raw::connect(&a, &[]).await;
+    let h = call_headers("/etcdserverpb.KV/Range");
+    raw.send(&frame(HEADERS, 0x4, 3, &h)).await;
+    raw.send(&frame(HEADERS, 0x4, 1, &h)).await;
+    assert_eq!(raw.goaway_code().await, Some(0x1));
     // A header block the HPACK decoder cannot read (index 0): COMPRESSION_ERROR.
     let mut raw = Raw::connect(&a, &[]).await;
     raw.send(&frame(HEADERS, 0x4, 1, &[0x80])).await;

@@ -561,5 +561,19 @@ async fn snapshot_streams_a_framed_backup_that_restores() {
     assert_eq!(r.get("k/299").await.unwrap().unwrap().value.len(), 700);
     let d = c.maintenance_client().defragment().await.unwrap();
     assert_eq!(d.header().unwrap().revision(), rev);
+    // Hash: the state's hash, equal on equal states and changed by a write.
+    let h1 = c.maintenance_client().hash().await.unwrap().hash();
+    assert_eq!(h1, s.store.hash_kv(0).await.unwrap().hash);
+    assert_eq!(
+        h1,
+        r.hash_kv(0).await.unwrap().hash,
+        "the restored copy hashes alike"
+    );
+    c.put("k/new", "v", None).await.unwrap();
+    assert_ne!(c.maintenance_client().hash().await.unwrap().hash(), h1);
+    // The one member lists a peer URL.
+    let m = c.member_list().await.unwrap();
+    assert_eq!(m.members().len(), 1);
+    assert_eq!(m.members()[0].peer_urls(), [s.url.clone()]);
     let _ = s.stop.send(());
 }

@@ -818,7 +818,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             .map_err(|e| conn_err(COMPRESSION_ERROR, e.to_string()))?;
         let end_stream = flags & END_STREAM != 0;
         if id <= self.last_stream {
-            // Trailers of an open stream; anything else on a closed stream is dropped.
+            // Trailers of an open stream.
             if self.streams.get(&id).is_some_and(|s| s.recv_open) {
                 if end_stream {
                     self.end_request(id);
@@ -826,6 +826,19 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                     self.rst(id, PROTOCOL_ERROR);
                     self.remove(id);
                 }
+                return Ok(());
+            }
+            // A request (it has pseudo-headers) on a stream id not above the last one opened:
+            // RFC 9113 5.1.1, a connection error. Trailers on a stream this side has already
+            // reset are dropped, as RFC 9113 5.4.2 allows for frames in flight.
+            if fields.iter().any(|(n, _)| n.starts_with(b":")) {
+                return Err(conn_err(
+                    PROTOCOL_ERROR,
+                    format!(
+                        "HEADERS opening stream {id}, not above stream {} already opened",
+                        self.last_stream
+                    ),
+                ));
             }
             return Ok(());
         }
