@@ -15,15 +15,10 @@ async fn lease(c: &mut Client, ttl: i64) -> i64 {
     c.lease_grant(ttl, None).await.unwrap().id()
 }
 
-fn within<T>(
-    d: Duration,
-    f: impl std::future::Future<Output = T>,
-) -> impl std::future::Future<Output = T> {
-    async move {
-        tokio::time::timeout(d, f)
-            .await
-            .unwrap_or_else(|_| panic!("no answer within {d:?}"))
-    }
+async fn within<T>(d: Duration, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(d, f)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within {d:?}"))
 }
 
 /// 8 contenders, each with its own lease, take the lock 3 times each: never two inside.

@@ -574,6 +574,6 @@ async fn snapshot_streams_a_framed_backup_that_restores() {
     // The one member lists a peer URL.
     let m = c.member_list().await.unwrap();
     assert_eq!(m.members().len(), 1);
-    assert_eq!(m.members()[0].peer_urls(), [s.url.clone()]);
+    assert_eq!(m.members()[0].peer_urls(), std::slice::from_ref(&s.url));
     let _ = s.stop.send(());
 }

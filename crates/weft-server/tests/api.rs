@@ -649,3 +649,41 @@ fn latency_histograms_render_as_buckets() {
     );
     assert!(out.contains("weft_test_latency_seconds_count 3"), "{out}");
 }
+
+/// A burst of connects larger than the old backlog (128) completes while nobody accepts:
+/// the listener's queue holds them (the kernel caps the backlog at `net.core.somaxconn`,
+/// 4096 by default).
+#[tokio::test]
+async fn the_listen_backlog_takes_a_burst_of_connects() {
+    let l = weft_server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let n = 500.min(somaxconn.saturating_sub(8));
+    assert!(
+        n > 200,
+        "net.core.somaxconn is {somaxconn}: too small to show anything"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        tasks.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_millis(800),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+        }));
+    }
+    let mut ok = 0;
+    let mut held = Vec::new();
+    for t in tasks {
+        if let Ok(Ok(s)) = t.await.unwrap() {
+            ok += 1;
+            held.push(s);
+        }
+    }
+    assert_eq!(ok, n, "{} of {n} connects waited for a SYN retry", n - ok);
+    drop(l);
+}

@@ -248,9 +248,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
         (e.clone(), Some(e))
     };
     let saga = sagas(&a, &store)?;
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let listener =
+        weft_server::bind(a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
     println!(
         "weft listening on http://{addr} (data dir {})",
@@ -276,9 +275,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
             if !addr.ip().is_loopback() {
                 bail!("--etcd-listen {addr}: the etcd API has no authentication yet; listen on loopback");
             }
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
+            let l = weft_server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
             let url = format!("http://{}", l.local_addr()?);
             println!("etcd API listening on {url}");
             std::io::stdout().flush()?;
