@@ -730,7 +730,16 @@ impl PbWatchService for EtcdApi {
                     m = input.message() => m,
                     _ = tx.closed() => break,
                 };
-                let Ok(Some(msg)) = msg else { break };
+                let msg = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    // A request that cannot be read (a bad gRPC length prefix, a message that
+                    // does not decode) ends the stream with that error, never with success.
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
+                };
                 match msg.request_union {
                     Some(PbWatchRequestUnion::CreateRequest(c)) => {
                         let id = if c.watch_id != 0 { c.watch_id } else { next_id };

@@ -177,6 +177,45 @@ async fn malformed_unary_messages_get_grpc_errors() {
     let _ = s.stop.send(());
 }
 
+/// A Watch stream whose request cannot be read (a length prefix promising more than follows)
+/// ends with a gRPC error, not with grpc-status 0.
+#[tokio::test]
+async fn a_watch_request_that_cannot_be_read_ends_with_an_error() {
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    h2 = h2.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}/etcdserverpb.Watch/Watch"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (resp, mut send) = h2.send_request(req, false).unwrap();
+    send.send_data(bytes::Bytes::from_static(b"\0\0\0\0\x09abc"), true)
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    let status = match resp.headers().get("grpc-status") {
+        Some(v) => v.to_str().unwrap().to_string(),
+        None => {
+            let mut body = resp.into_body();
+            while body.data().await.is_some() {}
+            let t = tokio::time::timeout(Duration::from_secs(5), body.trailers())
+                .await
+                .expect("trailers in time")
+                .unwrap()
+                .expect("trailers");
+            t.get("grpc-status").unwrap().to_str().unwrap().to_string()
+        }
+    };
+    assert_ne!(status, "0", "the stream must not end as a success");
+    let _ = s.stop.send(());
+}
+
 /// The fast path reads the whole body: a message split over several DATA frames (here the
 /// gRPC prefix alone, then the message in two parts, and an empty end-of-stream frame) is
 /// put as one value.
