@@ -216,6 +216,34 @@ async fn a_watch_request_that_cannot_be_read_ends_with_an_error() {
     let _ = s.stop.send(());
 }
 
+/// A unary call whose gRPC length prefix is over the message limit is answered as soon as
+/// the prefix arrives, while the client is still sending.
+#[tokio::test]
+async fn an_oversize_length_prefix_is_answered_at_once() {
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    h2 = h2.ready().await.unwrap();
+    let (resp, mut send) = h2.send_request(grpc_put(&addr), false).unwrap();
+    let mut prefix = vec![0u8];
+    prefix.extend((64u32 << 20).to_be_bytes());
+    send.send_data(bytes::Bytes::from(prefix), false).unwrap();
+    // The body never ends: the answer must not wait for it.
+    let resp = tokio::time::timeout(Duration::from_secs(2), resp)
+        .await
+        .expect("an answer before the body ends")
+        .unwrap();
+    let status = resp
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(status.as_deref(), Some("11"), "{resp:?}");
+    drop(send);
+    let _ = s.stop.send(());
+}
+
 /// The fast path reads the whole body: a message split over several DATA frames (here the
 /// gRPC prefix alone, then the message in two parts, and an empty end-of-stream frame) is
 /// put as one value.

@@ -985,6 +985,13 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                     }
                     more.extend_from_slice(&data);
                 }
+                // A length prefix over the limit is answered as soon as it arrives, not when
+                // a client that means to send it all has sent it.
+                let body: &[u8] = first.as_deref().unwrap_or(&more[..]);
+                if let Some(p) = body.get(1..5) {
+                    let declared = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
+                    too_large |= declared > fast::MAX_MESSAGE;
+                }
             }
             Req::Tonic(q) => {
                 // Padding comes back at once, the data when the call reads it.
