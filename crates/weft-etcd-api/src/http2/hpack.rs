@@ -252,15 +252,44 @@ impl Decoder {
     pub(crate) fn decode(
         &mut self,
         block: &Bytes,
-        mut field: impl FnMut(Bytes, Bytes),
+        field: impl FnMut(Bytes, Bytes),
     ) -> Result<(), Error> {
+        self.decode_until(block, usize::MAX, field).map(|_| ())
+    }
+
+    /// Decodes `block`, giving `field` each header while the list (names, values and 32
+    /// bytes per field, as RFC 9113 counts it) stays within `budget`; past that it only keeps
+    /// the dynamic table in step with the encoder, without copying or handing out fields, so
+    /// that a block of references to one large entry costs its bytes, not its decoded size.
+    /// Returns whether the list stayed within the budget.
+    pub(crate) fn decode_until(
+        &mut self,
+        block: &Bytes,
+        budget: usize,
+        mut field: impl FnMut(Bytes, Bytes),
+    ) -> Result<bool, Error> {
         let mut i = 0;
         let mut fields = false;
+        let mut list = 0usize;
+        let mut within = true;
+        let mut give = |n: Bytes, v: Bytes, within: &mut bool| {
+            list = list.saturating_add(n.len() + v.len() + 32);
+            if list > budget {
+                *within = false;
+            } else {
+                field(n, v);
+            }
+        };
         while i < block.len() {
             let c = block[i];
             if c & 0x80 != 0 {
-                let (n, v) = self.get(int(block, &mut i, 7)?)?;
-                field(n, v);
+                let index = int(block, &mut i, 7)?;
+                if within {
+                    let (n, v) = self.get(index)?;
+                    give(n, v, &mut within);
+                } else if index == 0 || index > 61 + self.table.len() {
+                    self.get(index)?; // the error
+                }
             } else if c & 0xe0 == 0x20 {
                 // Dynamic table size update: only before the first field.
                 if fields {
@@ -277,6 +306,17 @@ impl Decoder {
                 // Literal: with incremental indexing (01), without (0000) or never (0001).
                 let (prefix, index) = if c & 0x40 != 0 { (6, true) } else { (4, false) };
                 let name_index = int(block, &mut i, prefix)?;
+                if !within && !index {
+                    // Nothing to hand out and nothing to remember: skip the strings.
+                    if name_index == 0 {
+                        skip_string(block, &mut i)?;
+                    } else {
+                        self.get(name_index)?;
+                    }
+                    skip_string(block, &mut i)?;
+                    fields = true;
+                    continue;
+                }
                 let name = if name_index == 0 {
                     self.string(block, &mut i)?
                 } else {
@@ -286,12 +326,22 @@ impl Decoder {
                 if index {
                     self.insert(name.clone(), value.clone());
                 }
-                field(name, value);
+                if within {
+                    give(name, value, &mut within);
+                }
             }
             fields = true;
         }
-        Ok(())
+        Ok(within)
     }
+}
+
+/// Moves past a string literal without decoding it.
+fn skip_string(b: &Bytes, i: &mut usize) -> Result<(), Error> {
+    let n = int(b, i, 7)?;
+    let end = i.checked_add(n).filter(|e| *e <= b.len());
+    *i = end.ok_or(Error("string longer than the block"))?;
+    Ok(())
 }
 
 /// Fields the encoder indexes (the values every gRPC response repeats).
@@ -507,6 +557,45 @@ mod tests {
         assert_eq!(d.table[1].0, "bbbbbbbbb");
         // Index 62 is the newest.
         assert_eq!(decode(&mut d, "be").unwrap(), fields(&[("ccccccccc", "3")]));
+    }
+
+    /// Past the budget nothing is handed out, but entries are still inserted, so the next
+    /// block decodes as the encoder meant it; a bad index is still an error.
+    #[test]
+    fn past_the_budget_the_table_stays_in_step() {
+        let mut d = Decoder::default();
+        let mut b = BytesMut::new();
+        // A 200-byte entry, then references to it far past a budget of 1000 bytes, then a
+        // literal with indexing (which must still be inserted) and one without.
+        b.put_u8(0x40);
+        put_int(&mut b, 0, 7, 1);
+        b.put_slice(b"a");
+        put_int(&mut b, 0, 7, 200);
+        b.put_slice(&[b'v'; 200]);
+        b.put_slice(&[0xbe; 100]);
+        b.put_u8(0x40);
+        put_int(&mut b, 0, 7, 1);
+        b.put_slice(b"b");
+        put_int(&mut b, 0, 7, 1);
+        b.put_slice(b"2");
+        b.put_u8(0x00);
+        put_int(&mut b, 0, 7, 1);
+        b.put_slice(b"c");
+        put_int(&mut b, 0, 7, 1);
+        b.put_slice(b"3");
+        let mut got = 0;
+        let within = d.decode_until(&b.freeze(), 1000, |_, _| got += 1).unwrap();
+        assert!(!within);
+        assert!(got < 10, "fields past the budget are not handed out: {got}");
+        assert_eq!(d.table.len(), 2, "b was inserted");
+        assert_eq!(
+            decode(&mut d, "be bf").unwrap(),
+            fields(&[("b", "2"), ("a", &"v".repeat(200))])
+        );
+        let mut bad = BytesMut::new();
+        bad.put_slice(&[0xbe; 20]);
+        bad.put_u8(0xc5); // index 69: beyond the table
+        assert!(d.decode_until(&bad.freeze(), 10, |_, _| {}).is_err());
     }
 
     #[test]

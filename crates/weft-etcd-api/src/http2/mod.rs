@@ -94,6 +94,10 @@ const READ_CHUNK: usize = 64 << 10;
 /// Rounds of (calls, bodies, read, write) in one poll of the connection's task before it
 /// yields to other tasks, so a client that keeps sending cannot hold a worker thread.
 const ROUNDS: usize = 8;
+/// Header block bytes one poll decodes before the connection yields to its neighbours on the
+/// same thread (a client sending nothing but maximal header blocks would otherwise keep the
+/// thread for ROUNDS x READ_CHUNK of them).
+const HEADER_BUDGET: usize = 64 << 10;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -345,6 +349,8 @@ struct Conn<C> {
     /// The client closed the connection.
     eof: bool,
     yielded: bool,
+    /// Complete frames left in the read buffer because this poll's header budget ran out.
+    backlog: bool,
 }
 
 /// Serves one connection until the client closes it, or until `stop` turns true and the
@@ -405,6 +411,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             client_gone: false,
             eof: false,
             yielded: false,
+            backlog: false,
         };
         // SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE; then
         // the connection's window from the default 65535 up to WINDOW.
@@ -485,6 +492,14 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             if !self.eof && self.wbuf.len() < WRITE_HIGH && self.read(cx)? {
                 progress = true;
             }
+            if self.backlog {
+                // Header budget spent: write what there is, then let the others run.
+                if !self.wbuf.is_empty() {
+                    self.write(cx)?;
+                }
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             if !self.wbuf.is_empty() {
                 if !self.yielded {
                     // Yield once before the first write of a burst: the tasks feeding this
@@ -523,6 +538,11 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
     /// Through `AsyncRead`, whose short reads clear the socket's readiness: `try_read` would
     /// cost one more `recvfrom` per wake-up to learn that the socket is drained.
     fn read(&mut self, cx: &mut Context<'_>) -> Result<bool, ConnError> {
+        if self.backlog {
+            // Frames left from the last poll first.
+            self.frames()?;
+            return Ok(true);
+        }
         let mut got = 0;
         while got < READ_CHUNK {
             if self.rbuf.capacity() - self.rbuf.len() < 8 << 10 {
@@ -582,7 +602,13 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             self.rbuf.advance(PREFACE.len());
             self.preface = true;
         }
+        self.backlog = false;
+        let mut header_bytes = 0;
         while self.rbuf.len() >= 9 {
+            if header_bytes > HEADER_BUDGET {
+                self.backlog = true;
+                break;
+            }
             let len = u32::from_be_bytes([0, self.rbuf[0], self.rbuf[1], self.rbuf[2]]) as usize;
             if len > MAX_FRAME {
                 return Err(conn_err(
@@ -600,6 +626,9 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             // it kept alive by calls in flight made every refill a fresh allocation).
             let payload = Bytes::copy_from_slice(&self.rbuf[9..9 + len]);
             self.rbuf.advance(9 + len);
+            if ty == HEADERS || ty == CONTINUATION {
+                header_bytes += len;
+            }
             self.frame(ty, flags, id, payload)?;
         }
         Ok(())
@@ -809,12 +838,11 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         // Decoded whatever becomes of the stream: the table must stay in step with the client's.
         let mut fields = std::mem::take(&mut self.fields);
         fields.clear();
-        let mut list = 0;
-        self.decoder
-            .decode(&block, |n, v| {
-                list += n.len() + v.len() + 32;
-                fields.push((n, v));
-            })
+        // Past the list limit the decoder only keeps its table in step (no copies), so a block
+        // of references to one large entry costs its 64 KiB, not its decoded size.
+        let within = self
+            .decoder
+            .decode_until(&block, MAX_HEADER_LIST, |n, v| fields.push((n, v)))
             .map_err(|e| conn_err(COMPRESSION_ERROR, e.to_string()))?;
         let end_stream = flags & END_STREAM != 0;
         if id <= self.last_stream {
@@ -860,7 +888,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             abort: None,
             parked: None,
         };
-        if list > MAX_HEADER_LIST {
+        if !within {
             self.streams.insert(id, stream);
             self.respond_head(id, Some(431), std::iter::empty::<(&[u8], &[u8])>(), true);
             self.closed_send(id);
