@@ -268,6 +268,47 @@ async fn header_and_stream_limits_are_enforced_per_stream() {
     let _ = s.stop.send(());
 }
 
+/// A flood of PING or SETTINGS frames (each makes the server answer) ends the connection with
+/// ENHANCE_YOUR_CALM, as etcd's gRPC server does; a client's few pings are answered.
+#[tokio::test]
+async fn ping_and_settings_floods_end_the_connection() {
+    let s = start().await;
+    let a = addr(&s);
+    // A few pings: answered, the connection stays.
+    let mut raw = Raw::connect(&a, &[]).await;
+    let mut pings = Vec::new();
+    for i in 0..20u64 {
+        pings.extend(frame(0x6, 0, 0, &i.to_be_bytes()));
+    }
+    raw.send(&pings).await;
+    let acks = raw
+        .until(0, |f| f.kind == 0x6 && f.payload == 19u64.to_be_bytes())
+        .await;
+    assert!(!acks.iter().any(|f| f.kind == GOAWAY), "20 pings are fine");
+    for kind in [0x6u8, SETTINGS] {
+        let mut raw = Raw::connect(&a, &[]).await;
+        let mut flood = Vec::new();
+        for i in 0..1000u64 {
+            let payload = if kind == 0x6 {
+                i.to_be_bytes().to_vec()
+            } else {
+                Vec::new()
+            };
+            flood.extend(frame(kind, 0, 0, &payload));
+        }
+        raw.send(&flood).await;
+        assert_eq!(
+            raw.goaway_code().await,
+            Some(0xb),
+            "a flood of frame type {kind}"
+        );
+    }
+    // The server still serves others.
+    let mut c = client(&s).await;
+    c.put("after-flood", "1", None).await.unwrap();
+    let _ = s.stop.send(());
+}
+
 /// Protocol errors end the connection with GOAWAY and the matching error code.
 #[tokio::test]
 async fn protocol_errors_end_the_connection_with_goaway() {

@@ -98,6 +98,11 @@ const ROUNDS: usize = 8;
 /// same thread (a client sending nothing but maximal header blocks would otherwise keep the
 /// thread for ROUNDS x READ_CHUNK of them).
 const HEADER_BUDGET: usize = 64 << 10;
+/// PING and SETTINGS frames a connection may send a second (each costs an answer), and how
+/// many at once; past that the connection is closed with ENHANCE_YOUR_CALM, as etcd's gRPC
+/// server closes a PING flood. gRPC clients send a few a second at most (keepalive, BDP).
+const CONTROL_RATE: f64 = 50.0;
+const CONTROL_BURST: f64 = 100.0;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -351,6 +356,10 @@ struct Conn<C> {
     yielded: bool,
     /// Complete frames left in the read buffer because this poll's header budget ran out.
     backlog: bool,
+    /// Frames that make this side answer (PING, SETTINGS) it may still take now; refilled
+    /// at [`CONTROL_RATE`] a second up to [`CONTROL_BURST`].
+    control_tokens: f64,
+    control_at: std::time::Instant,
 }
 
 /// Serves one connection until the client closes it, or until `stop` turns true and the
@@ -412,6 +421,8 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             eof: false,
             yielded: false,
             backlog: false,
+            control_tokens: CONTROL_BURST,
+            control_at: std::time::Instant::now(),
         };
         // SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE; then
         // the connection's window from the default 65535 up to WINDOW.
@@ -669,6 +680,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                     return Err(conn_err(FRAME_SIZE_ERROR, "PING of the wrong size"));
                 }
                 if flags & ACK == 0 {
+                    self.control_frame("PING")?;
                     self.head(8, PING, ACK, 0);
                     self.wbuf.put_slice(&p);
                 }
@@ -701,6 +713,22 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         }
     }
 
+    /// Takes a token for a frame that makes this side answer; a flood ends the connection.
+    fn control_frame(&mut self, what: &str) -> Result<(), ConnError> {
+        let now = std::time::Instant::now();
+        let refill = now.duration_since(self.control_at).as_secs_f64() * CONTROL_RATE;
+        self.control_at = now;
+        self.control_tokens = (self.control_tokens + refill).min(CONTROL_BURST);
+        if self.control_tokens < 1.0 {
+            return Err(conn_err(
+                ENHANCE_YOUR_CALM,
+                format!("too many {what} frames (at most {CONTROL_RATE} a second)"),
+            ));
+        }
+        self.control_tokens -= 1.0;
+        Ok(())
+    }
+
     fn settings(&mut self, flags: u8, id: u32, p: Bytes) -> Result<(), ConnError> {
         if id != 0 {
             return Err(conn_err(PROTOCOL_ERROR, "SETTINGS on a stream"));
@@ -711,6 +739,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             }
             return Ok(());
         }
+        self.control_frame("SETTINGS")?;
         if !p.len().is_multiple_of(6) {
             return Err(conn_err(FRAME_SIZE_ERROR, "SETTINGS of the wrong size"));
         }
