@@ -244,6 +244,53 @@ async fn an_oversize_length_prefix_is_answered_at_once() {
     let _ = s.stop.send(());
 }
 
+/// Unary calls still being received may hold at most 16 MiB of one connection: 8 calls each
+/// sending 3 MiB of a 4 MiB message, never finishing, get RESOURCE_EXHAUSTED for those past
+/// the limit, at once.
+#[tokio::test]
+async fn a_connection_cannot_pile_up_request_bodies() {
+    let s = start().await;
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut answers = Vec::new();
+    let mut senders = Vec::new();
+    for _ in 0..8 {
+        h2 = h2.ready().await.unwrap();
+        let (resp, mut send) = h2.send_request(grpc_put(&addr), false).unwrap();
+        let mut body = vec![0u8];
+        body.extend((4u32 << 20).to_be_bytes());
+        body.resize(3 << 20, b'x');
+        send.send_data(bytes::Bytes::from(body), false).unwrap();
+        answers.push(resp);
+        senders.push(send);
+    }
+    // Waited for together: the calls that fit wait for the rest of their bodies.
+    let waits = answers
+        .into_iter()
+        .map(|resp| tokio::time::timeout(Duration::from_secs(2), resp));
+    let mut refused = 0;
+    for r in futures::future::join_all(waits).await.into_iter().flatten() {
+        let r = r.unwrap();
+        let status = r
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string());
+        assert_eq!(status.as_deref(), Some("8"), "{r:?}");
+        refused += 1;
+    }
+    assert!(
+        refused >= 3,
+        "at most 5 calls of 3 MiB fit in 16 MiB: {refused} refused"
+    );
+    drop(senders);
+    // The server still serves.
+    let mut c = client(&s).await;
+    c.put("after-pile", "1", None).await.unwrap();
+    let _ = s.stop.send(());
+}
+
 /// The fast path reads the whole body: a message split over several DATA frames (here the
 /// gRPC prefix alone, then the message in two parts, and an empty end-of-stream frame) is
 /// put as one value.

@@ -102,6 +102,10 @@ const HEADER_BUDGET: usize = 64 << 10;
 /// many at once; past that the connection is closed with ENHANCE_YOUR_CALM, as etcd's gRPC
 /// server closes a PING flood. gRPC clients send a few a second at most (keepalive, BDP).
 const CONTROL_RATE: f64 = 50.0;
+/// Request bytes one connection may hold for unary calls still being received (4 maximal
+/// messages); a call that would go over is answered RESOURCE_EXHAUSTED at once, so that 1,024
+/// streams x 4 MiB cannot pile up on one connection.
+const MAX_CONN_BUFFERED: usize = 16 << 20;
 const CONTROL_BURST: f64 = 100.0;
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
@@ -136,6 +140,14 @@ fn frame_head(len: usize, ty: u8, flags: u8, id: u32) -> [u8; 9] {
     let l = (len as u32).to_be_bytes();
     let i = id.to_be_bytes();
     [l[1], l[2], l[3], ty, flags, i[0], i[1], i[2], i[3]]
+}
+
+/// Request bytes a stream's unary call holds while it is being received.
+fn held(r: &Req) -> usize {
+    match r {
+        Req::Fast { first, more, .. } => first.as_ref().map_or(0, |f| f.len()) + more.len(),
+        _ => 0,
+    }
 }
 
 /// Hashes a stream id (Fibonacci hashing: ids are small and consecutive, and the map's
@@ -360,6 +372,8 @@ struct Conn<C> {
     /// at [`CONTROL_RATE`] a second up to [`CONTROL_BURST`].
     control_tokens: f64,
     control_at: std::time::Instant,
+    /// Request bytes held by this connection's unary calls still being received.
+    buffered: usize,
 }
 
 /// Serves one connection until the client closes it, or until `stop` turns true and the
@@ -422,6 +436,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             yielded: false,
             backlog: false,
             control_tokens: CONTROL_BURST,
+            buffered: 0,
             control_at: std::time::Instant::now(),
         };
         // SETTINGS: MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE; then
@@ -1024,19 +1039,26 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             self.remove(id);
             return Ok(());
         }
+        let buffered = self.buffered;
         let s = self.streams.get_mut(&id).expect("looked up above");
         s.recv_window -= flen as i64;
         let end = flags & END_STREAM != 0;
         let mut consumed = flen;
         let mut too_large = false;
+        let mut over_conn = false;
+        let mut added = 0;
         match &mut s.req {
             Req::Fast { first, more, .. } => {
                 let have = first.as_ref().map_or(0, |f| f.len()) + more.len();
                 if have + data.len() > fast::MAX_MESSAGE + 5 {
                     too_large = true;
+                } else if buffered + data.len() > MAX_CONN_BUFFERED {
+                    over_conn = true;
                 } else if first.is_none() && more.is_empty() {
+                    added = data.len();
                     *first = Some(data);
                 } else {
+                    added = data.len();
                     if let Some(f) = first.take() {
                         more.extend_from_slice(&f);
                     }
@@ -1063,8 +1085,17 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             }
             Req::Done => {}
         }
+        self.buffered += added;
         if consumed > 0 {
             self.release(id, consumed);
+        }
+        if over_conn {
+            let e = Status::resource_exhausted(format!(
+                "this connection holds {} bytes of requests still being received, at most {MAX_CONN_BUFFERED}",
+                self.buffered
+            ));
+            self.answer_fast(id, Err(e));
+            return Ok(());
         }
         if too_large {
             let e = Status::out_of_range(format!(
@@ -1086,6 +1117,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             return;
         };
         s.recv_open = false;
+        self.buffered -= held(&s.req);
         match std::mem::replace(&mut s.req, Req::Done) {
             Req::Fast { m, first, more } => {
                 let body = first.unwrap_or_else(|| more.freeze());
@@ -1130,7 +1162,9 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
 
     /// Drops stream `id` (reset by the client or by this side): its call or body is aborted.
     fn remove(&mut self, id: u32) {
-        self.streams.remove(&id);
+        if let Some(s) = self.streams.remove(&id) {
+            self.buffered -= held(&s.req);
+        }
     }
 
     /// END_STREAM went out on `id`: the stream is over. A client still sending is told to
