@@ -144,15 +144,21 @@ fn grpc_put(addr: &str) -> http::Request<()> {
         .unwrap()
 }
 
+/// An h2 client connected to `s`, and the address it uses.
+async fn h2_client(s: &common::Server) -> (String, h2::client::SendRequest<bytes::Bytes>) {
+    let addr = s.url.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    (addr, h2)
+}
+
 /// A unary call whose body is not one well-formed gRPC message gets a gRPC error, not a hang
 /// or a dropped connection.
 #[tokio::test]
 async fn malformed_unary_messages_get_grpc_errors() {
     let s = start().await;
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let (addr, mut h2) = h2_client(&s).await;
     let cases: [(&[u8], &str); 3] = [
         (b"\0\0", "13"),            // no complete message header: INTERNAL
         (b"\x01\0\0\0\0", "12"),    // compressed flag without grpc-encoding: UNIMPLEMENTED
@@ -182,10 +188,7 @@ async fn malformed_unary_messages_get_grpc_errors() {
 #[tokio::test]
 async fn a_watch_request_that_cannot_be_read_ends_with_an_error() {
     let s = start().await;
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let (addr, mut h2) = h2_client(&s).await;
     h2 = h2.ready().await.unwrap();
     let req = http::Request::post(format!("http://{addr}/etcdserverpb.Watch/Watch"))
         .header("content-type", "application/grpc")
@@ -221,10 +224,7 @@ async fn a_watch_request_that_cannot_be_read_ends_with_an_error() {
 #[tokio::test]
 async fn an_oversize_length_prefix_is_answered_at_once() {
     let s = start().await;
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let (addr, mut h2) = h2_client(&s).await;
     h2 = h2.ready().await.unwrap();
     let (resp, mut send) = h2.send_request(grpc_put(&addr), false).unwrap();
     let mut prefix = vec![0u8];
@@ -250,10 +250,7 @@ async fn an_oversize_length_prefix_is_answered_at_once() {
 #[tokio::test]
 async fn a_connection_cannot_pile_up_request_bodies() {
     let s = start().await;
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let (addr, mut h2) = h2_client(&s).await;
     let mut answers = Vec::new();
     let mut senders = Vec::new();
     for _ in 0..8 {
@@ -298,10 +295,7 @@ async fn a_connection_cannot_pile_up_request_bodies() {
 async fn a_message_split_over_data_frames_is_reassembled() {
     use prost::Message;
     let s = start().await;
-    let addr = s.url.trim_start_matches("http://").to_string();
-    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(conn);
+    let (addr, mut h2) = h2_client(&s).await;
     let value: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
     let msg = etcd_client::proto::PbPutRequest {
         key: b"split".to_vec(),

@@ -55,6 +55,11 @@ async fn submit(http: &reqwest::Client, ep: &str, def: &Value, i: usize) -> reqw
     Ok(r.status().as_u16())
 }
 
+/// GET `url`, answered with JSON.
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn status(http: &reqwest::Client, ep: &str, id: &str) -> Option<String> {
     let r = http
         .get(format!("{ep}/v1/saga/get?id={id}"))
@@ -97,14 +102,7 @@ fn kill_9_during_200_http_sagas_then_restart_finishes_them_all() {
     let in_flight = rt.block_on(async {
         let mut n = 0;
         for st in ["running", "compensating"] {
-            let v: Value = http
-                .get(format!("{ep}/v1/saga/list?state={st}&limit=0"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(&http, format!("{ep}/v1/saga/list?state={st}&limit=0")).await;
             n += v["sagas"].as_array().map_or(0, Vec::len);
         }
         n
@@ -160,13 +158,7 @@ fn kill_9_during_200_http_sagas_then_restart_finishes_them_all() {
         };
         if st != want {
             let v: Value = rt.block_on(async {
-                http.get(format!("{}/v1/saga/get?id={id}", node.endpoint))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap()
+                get_json(&http, format!("{}/v1/saga/get?id={id}", node.endpoint)).await
             });
             panic!("{id} is {st}, not {want}: {:#}", v["timeline"]);
         }
@@ -242,14 +234,7 @@ fn two_orchestrators_on_etcd_take_over_from_a_dead_one() {
     let mut latest = 0;
     rt.block_on(async {
         for i in 0..n {
-            let v: Value = http
-                .get(format!("{}/v1/saga/get?id=s{i}", b.endpoint))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: Value = get_json(&http, format!("{}/v1/saga/get?id=s{i}", b.endpoint)).await;
             let t = v["timeline"]
                 .as_array()
                 .unwrap()
