@@ -176,6 +176,15 @@ fn main() {
             reg.register(s, |_c| async { StepOutcome::Done(Value::Null) });
         }
         let o = Orchestrator::builder(store.clone())
+            .options(weft_saga::Options {
+                sweep_interval: std::time::Duration::from_secs(
+                    std::env::var("SAGA_BENCH_SWEEP_SECS")
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(30),
+                ),
+                ..Default::default()
+            })
             .registry(reg)
             .start()
             .await

@@ -6,6 +6,7 @@
 //! | `/weft/saga/s/<id>` | the [`SagaRecord`] (rewritten by every transition) |
 //! | `/weft/saga/e/<id>/<seq>` | the timeline [`Event`]s of one transition, from number `seq` |
 //! | `/weft/saga/i/<status>/<id>` | the index by status |
+//! | `/weft/saga/f/<finished ms>/<id>` | finished sagas by time (what retention sweeps) |
 //! | `/weft/saga/o/<id>` | the owning orchestrator, under its session's lease |
 //! | `/weft/saga/m/<name>` | an orchestrator, under its session's lease |
 //! | `/weft/saga/c/<id>` | an operator's request to the owner (`abort`), deleted when served |
@@ -49,6 +50,12 @@ pub(crate) fn index_prefix(st: Status) -> String {
 }
 pub(crate) fn index_key(st: Status, id: &str) -> String {
     format!("{PREFIX}i/{}/{id}", st.as_str())
+}
+pub(crate) fn finished_prefix() -> String {
+    format!("{PREFIX}f/")
+}
+pub(crate) fn finished_key(at_ms: u64, id: &str) -> String {
+    format!("{PREFIX}f/{at_ms:013}/{id}")
 }
 pub(crate) fn owner_prefix() -> String {
     format!("{PREFIX}o/")
@@ -237,6 +244,9 @@ impl Log {
         let id = &next.id;
         let mut ops = vec![put(state_key(id), to_json(next))];
         let prev = loaded.record.status;
+        if next.status.is_final() && !prev.is_final() {
+            ops.push(put(finished_key(next.updated_ms, id), Vec::new()));
+        }
         if prev != next.status {
             ops.push(TxnOp::Delete(DeleteRequest::new(KeyRange::key(index_key(
                 prev, id,
@@ -406,8 +416,8 @@ impl Log {
             .collect())
     }
 
-    /// Deletes every key of a finished saga.
-    pub async fn remove(&self, id: &str, status: Status) -> Result<()> {
+    /// Deletes every key of a finished saga, and its entry `finished` in the time index.
+    pub async fn remove(&self, id: &str, status: Status, finished: &[u8]) -> Result<()> {
         let del = |r: KeyRange| TxnOp::Delete(DeleteRequest::new(r));
         self.store
             .txn(TxnRequest::new().and_then([
@@ -415,9 +425,33 @@ impl Log {
                 del(KeyRange::key(state_key(id))),
                 del(KeyRange::prefix(events_prefix(id))),
                 del(KeyRange::key(index_key(status, id))),
+                del(KeyRange::key(Bytes::copy_from_slice(finished))),
             ]))
             .await?;
         Ok(())
+    }
+
+    /// Sagas that finished before `cutoff_ms` (oldest first, at most `limit`): each one's id
+    /// and its key in the time index.
+    pub async fn finished_before(
+        &self,
+        cutoff_ms: u64,
+        limit: i64,
+    ) -> Result<Vec<(String, Bytes)>> {
+        let mut req = RangeRequest::new(KeyRange::range(
+            finished_prefix(),
+            format!("{PREFIX}f/{cutoff_ms:013}"),
+        ))
+        .keys_only();
+        req.limit = limit;
+        let r = self.store.range(req).await?;
+        Ok(r.kvs
+            .into_iter()
+            .filter_map(|kv| {
+                let id = kv.key.rsplit(|b| *b == b'/').next()?;
+                Some((String::from_utf8_lossy(id).into_owned(), kv.key))
+            })
+            .collect())
     }
 
     /// Asks the owner of a running saga to act (`abort`): a key its orchestrator watches.

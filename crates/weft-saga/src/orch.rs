@@ -854,22 +854,28 @@ async fn serve_control(inner: &Arc<Inner>, id: &str) {
     }
 }
 
+/// Removes the sagas that finished before the retention, oldest first, through the time
+/// index: the work is the sagas removed, not every saga kept.
 async fn sweep(inner: &Arc<Inner>) -> Result<usize> {
-    let cutoff = now_ms().saturating_sub(inner.opts.retention.as_millis() as u64);
+    let cutoff = now_ms()
+        .saturating_sub(inner.opts.retention.as_millis() as u64)
+        .saturating_add(1);
     let mut removed = 0;
-    for st in [Status::Committed, Status::Compensated, Status::Aborted] {
-        for id in inner.log.ids(st, 0).await? {
-            let l = match inner.log.load(&id).await {
-                Ok(l) => l,
-                Err(SagaError::NotFound(_)) => continue,
+    loop {
+        let batch = inner.log.finished_before(cutoff, 256).await?;
+        if batch.is_empty() {
+            return Ok(removed);
+        }
+        for (id, key) in batch {
+            let status = match inner.log.load(&id).await {
+                Ok(l) => l.record.status,
+                // Only the index entry is left.
+                Err(SagaError::NotFound(_)) => Status::Committed,
                 Err(e) => return Err(e),
             };
-            if l.record.updated_ms <= cutoff {
-                inner.log.remove(&id, st).await?;
-                metrics::counter!("weft_saga_removed_total", "status" => st.as_str()).increment(1);
-                removed += 1;
-            }
+            inner.log.remove(&id, status, &key).await?;
+            metrics::counter!("weft_saga_removed_total", "status" => status.as_str()).increment(1);
+            removed += 1;
         }
     }
-    Ok(removed)
 }

@@ -635,8 +635,29 @@ pub async fn retention_removes_only_finished_sagas(store: Arc<dyn Store>) {
     });
     let parked = o.submit(def, json!({}), None).await.unwrap();
     assert_eq!(o.wait(&parked, WAIT).await.unwrap().status, Status::Parked);
+    // More than one sweep batch (256) of finished sagas.
+    let more: Vec<_> = (0..299)
+        .map(|_| {
+            let o = o.clone();
+            tokio::spawn(async move {
+                let id = o.submit(order_def(&[]), json!({}), None).await.unwrap();
+                o.wait(&id, WAIT).await.unwrap().status
+            })
+        })
+        .collect();
+    for t in more {
+        assert_eq!(t.await.unwrap(), Status::Committed);
+    }
     tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(o.sweep().await.unwrap(), 1);
+    assert_eq!(o.sweep().await.unwrap(), 300);
+    let index = store
+        .range(weft_store::RangeRequest::new(weft_store::KeyRange::prefix(
+            format!("{}f/", crate::PREFIX),
+        )))
+        .await
+        .unwrap();
+    assert_eq!(index.count, 0, "the time index is empty again");
+    assert_eq!(o.sweep().await.unwrap(), 0, "nothing left to remove");
     assert!(matches!(o.get(&done).await, Err(SagaError::NotFound(_))));
     assert_eq!(o.get(&parked).await.unwrap().record.status, Status::Parked);
     let left = store
