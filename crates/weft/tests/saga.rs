@@ -16,6 +16,7 @@ mod shop;
 
 const SAGAS: usize = 200;
 
+#[cfg(feature = "etcd")]
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -261,4 +262,89 @@ fn two_orchestrators_on_etcd_take_over_from_a_dead_one() {
             "{id}"
         );
     }
+}
+
+/// The CLI end to end: `weft saga submit --wait` exits 0 for a committed saga and 1 for a
+/// compensated one, `status` shows the steps and the timeline, `list --state` filters, a bad
+/// definition is refused with the step named, and an unknown id is an error.
+#[test]
+fn the_saga_cli() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (shop, base) = start_shop(&rt, Duration::from_millis(0), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let ep = &node.endpoint;
+    let def = dir.path().join("order.json");
+    std::fs::write(&def, shop::order_saga(&base).to_string()).unwrap();
+    let def = def.to_str().unwrap();
+    let (code, out, err) = weft(
+        &[
+            "saga",
+            "submit",
+            def,
+            "--input",
+            r#"{"qty": 1, "amount": 120}"#,
+            "--id",
+            "ok1",
+            "--wait",
+        ],
+        ep,
+        None,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("saga ok1 (order): committed"), "{out}");
+    let (code, out, _) = weft(
+        &[
+            "saga",
+            "submit",
+            def,
+            "--input",
+            r#"{"qty": 1, "amount": 5000}"#,
+            "--id",
+            "no1",
+            "--wait",
+        ],
+        ep,
+        None,
+    );
+    assert_eq!(code, 1, "a compensated saga is not a success: {out}");
+    assert!(
+        out.contains("compensated") && out.contains("HTTP 402"),
+        "{out}"
+    );
+    let (code, out, _) = weft(&["saga", "status", "no1"], ep, None);
+    assert_eq!(code, 0);
+    for line in [
+        "charge_payment",
+        "failed",
+        "reserve_stock",
+        "compensated",
+        "timeline:",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let (_, out, _) = weft(&["saga", "list", "--state", "committed"], ep, None);
+    assert_eq!(out.trim(), "ok1 committed order");
+    let (code, _, err) = weft(&["saga", "status", "nope"], ep, None);
+    assert_eq!(code, 1);
+    assert!(err.contains("saga_not_found"), "{err}");
+    let (code, _, err) = weft(
+        &["saga", "submit", "-"],
+        ep,
+        Some(
+            r#"{"name": "x", "steps": [{"name": "a", "after": ["b"], "action": {"local": {"name": "f"}}, "no_compensation": true}]}"#,
+        ),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("invalid_definition") && err.contains(r#"step "a""#),
+        "{err}"
+    );
+    let books = shop.ledger();
+    assert_eq!(shop::outcome(&books, "ok1"), Some(true));
+    assert_eq!(shop::outcome(&books, "no1"), Some(false));
 }
