@@ -353,6 +353,13 @@ fn unimplemented(what: &str) -> Status {
     Status::unimplemented(format!("{what} is not supported by weft's etcd API"))
 }
 
+/// UNIMPLEMENTED, saying what to do instead.
+fn unsupported(what: &str, instead: &str) -> Status {
+    Status::unimplemented(format!(
+        "{what} is not supported by weft's etcd API: {instead}"
+    ))
+}
+
 impl EtcdApi {
     /// The store's current revision for response headers (0 if the store cannot say).
     async fn current_revision(&self) -> i64 {
@@ -480,7 +487,7 @@ fn range_resp(api: &EtcdApi, mut r: ws::RangeResponse, p: Post) -> PbRangeRespon
 
 fn put_req(p: PbPutRequest) -> Result<ws::PutRequest, Status> {
     if p.ignore_value || p.ignore_lease {
-        return Err(unimplemented("put with ignore_value or ignore_lease"));
+        return Err(unsupported("put with ignore_value or ignore_lease", "read the key, then put the value and lease you want in a txn that compares its mod_revision"));
     }
     Ok(ws::PutRequest {
         key: Bytes::from(p.key),
@@ -539,7 +546,10 @@ fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Vec<Post>), Status>
                 prev_kv: d.prev_kv,
             }),
             Some(PbTxnOpRequest::RequestTxn(_)) => {
-                return Err(unimplemented("nested transactions"))
+                return Err(unsupported(
+                    "a txn inside a txn",
+                    "put its compares into the outer txn's, or send it as a txn of its own",
+                ))
             }
             None => return Err(Status::invalid_argument("empty request op")),
         });
@@ -675,7 +685,10 @@ impl PbKvService for EtcdApi {
         &self,
         _req: Request<PbRangeRequest>,
     ) -> Result<Response<Self::RangeStreamStream>, Status> {
-        Err(unimplemented("RangeStream"))
+        Err(unsupported(
+            "RangeStream",
+            "use Range with a limit, then Range again from the last key",
+        ))
     }
 
     async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
@@ -1110,13 +1123,19 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         _r: Request<PbMoveLeaderRequest>,
     ) -> Result<Response<PbMoveLeaderResponse>, Status> {
-        Err(unimplemented("MoveLeader"))
+        Err(unsupported(
+            "MoveLeader",
+            "weft is a single member and always the leader",
+        ))
     }
     async fn downgrade(
         &self,
         _r: Request<PbDowngradeRequest>,
     ) -> Result<Response<PbDowngradeResponse>, Status> {
-        Err(unimplemented("Downgrade"))
+        Err(unsupported(
+            "Downgrade",
+            "weft has no cluster version to downgrade",
+        ))
     }
 }
 

@@ -38,6 +38,16 @@ async fn paths_and_shutdown(threads: usize) {
     // Errors from the fast path carry etcd's codes and messages.
     let err = c.get("", None).await.unwrap_err();
     assert!(err.to_string().contains("key is not provided"), "{err}");
+    // A txn inside a txn is refused with what to do instead.
+    let nested = etcd_client::Txn::new().and_then([etcd_client::TxnOp::txn(
+        etcd_client::Txn::new().and_then([etcd_client::TxnOp::put("n", "1", None)]),
+    )]);
+    let err = c.txn(nested).await.unwrap_err();
+    assert!(
+        matches!(&err, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unimplemented
+            && s.message().contains("send it as a txn of its own")),
+        "{err}"
+    );
     // Lease errors carry etcd's codes and messages (tonic's path).
     let err = c.lease_revoke(0x7eed).await.unwrap_err();
     assert!(
