@@ -93,14 +93,20 @@ impl Recipes {
         election_server::ElectionServer::new(self.clone())
     }
 
-    async fn header(&self) -> Result<Option<ResponseHeader>, Status> {
-        let rev = self.store.status().await.map_err(status)?.header.revision;
-        Ok(Some(ResponseHeader {
+    fn header(&self, revision: i64) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
             cluster_id: self.member_id,
             member_id: self.member_id,
-            revision: rev,
+            revision,
             raft_term: 1,
-        }))
+        })
+    }
+
+    /// The header of a call whose recipe does not hand back the revision it ended at (Lock,
+    /// Campaign, Proclaim): the store's current revision, one more read.
+    async fn current_header(&self) -> Result<Option<ResponseHeader>, Status> {
+        let rev = self.store.status().await.map_err(status)?.header.revision;
+        Ok(self.header(rev))
     }
 
     /// A session over the caller's lease (fails as etcd does if the lease is gone).
@@ -110,14 +116,17 @@ impl Recipes {
             .map_err(coord_status)
     }
 
-    /// The leader's key-value under `prefix` (lowest create revision), if any.
-    async fn leader_kv(&self, prefix: &Bytes) -> Result<Option<KeyValue>, Status> {
+    /// The leader's key-value under `prefix` (lowest create revision), if any, and the
+    /// revision it was read at.
+    async fn leader_kv(&self, prefix: &Bytes) -> Result<(Option<KeyValue>, i64), Status> {
         let r = self
             .store
             .range(RangeRequest::new(KeyRange::prefix(prefix.clone())))
             .await
             .map_err(status)?;
-        Ok(r.kvs
+        let rev = r.header.revision;
+        let kv = r
+            .kvs
             .into_iter()
             .min_by_key(|kv| kv.create_revision)
             .map(|kv| KeyValue {
@@ -127,7 +136,8 @@ impl Recipes {
                 version: kv.version,
                 value: kv.value.to_vec(),
                 lease: kv.lease,
-            }))
+            });
+        Ok((kv, rev))
     }
 
     fn leadership(session: &Session, l: &epb::LeaderKey) -> Leadership {
@@ -150,7 +160,7 @@ impl lock_server::Lock for Recipes {
             .map_err(coord_status)?;
         let (key, _) = guard.detach();
         Ok(Response::new(lpb::LockResponse {
-            header: self.header().await?,
+            header: self.current_header().await?,
             key: key.to_vec(),
         }))
     }
@@ -163,12 +173,13 @@ impl lock_server::Lock for Recipes {
         if key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
         }
-        self.store
+        let r = self
+            .store
             .delete(DeleteRequest::new(KeyRange::key(key)))
             .await
             .map_err(status)?;
         Ok(Response::new(lpb::UnlockResponse {
-            header: self.header().await?,
+            header: self.header(r.header.revision),
         }))
     }
 }
@@ -190,7 +201,7 @@ impl election_server::Election for Recipes {
             .map_err(coord_status)?;
         let (key, rev) = l.detach();
         Ok(Response::new(epb::CampaignResponse {
-            header: self.header().await?,
+            header: self.current_header().await?,
             leader: Some(epb::LeaderKey {
                 name: r.name,
                 key: key.to_vec(),
@@ -212,7 +223,7 @@ impl election_server::Election for Recipes {
         l.detach();
         res.map_err(coord_status)?;
         Ok(Response::new(epb::ProclaimResponse {
-            header: self.header().await?,
+            header: self.current_header().await?,
         }))
     }
 
@@ -221,12 +232,10 @@ impl election_server::Election for Recipes {
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
         let (prefix, _) = name_prefix(&req.into_inner().name)?;
-        let kv = self
-            .leader_kv(&prefix)
-            .await?
-            .ok_or_else(|| Status::unknown(NO_LEADER))?;
+        let (kv, rev) = self.leader_kv(&prefix).await?;
+        let kv = kv.ok_or_else(|| Status::unknown(NO_LEADER))?;
         Ok(Response::new(epb::LeaderResponse {
-            header: self.header().await?,
+            header: self.header(rev),
             kv: Some(kv),
         }))
     }
@@ -248,11 +257,11 @@ impl election_server::Election for Recipes {
                 match item {
                     Ok(None) => None,
                     Ok(Some(_)) => match me.leader_kv(&prefix).await {
-                        Ok(Some(kv)) => Some(me.header().await.map(|header| epb::LeaderResponse {
-                            header,
+                        Ok((Some(kv), rev)) => Some(Ok(epb::LeaderResponse {
+                            header: me.header(rev),
                             kv: Some(kv),
                         })),
-                        Ok(None) => None,
+                        Ok((None, _)) => None,
                         Err(e) => Some(Err(e)),
                     },
                     Err(e) => Some(Err(coord_status(e))),
@@ -278,9 +287,9 @@ impl election_server::Election for Recipes {
                 CompareTarget::CreateRevision(leader.rev),
             )])
             .and_then([TxnOp::Delete(DeleteRequest::new(KeyRange::key(leader.key)))]);
-        self.store.txn(t).await.map_err(status)?;
+        let r = self.store.txn(t).await.map_err(status)?;
         Ok(Response::new(epb::ResignResponse {
-            header: self.header().await?,
+            header: self.header(r.header.revision),
         }))
     }
 }
