@@ -652,19 +652,14 @@ async fn takeover_scan(inner: &Arc<Inner>, all: bool) -> Result<()> {
         return Ok(());
     }
     let owned = inner.log.owned().await?;
-    let members = inner.log.members().await?;
-    let nodes: Vec<Node> = members.iter().map(Node::new).collect();
-    let placement = Rendezvous::new(&nodes).ok();
+    // The live set as of now (a dead orchestrator's member key is what woke this scan).
+    *inner.members.lock().expect("lock") = inner.log.members().await?;
     for st in [Status::Running, Status::Compensating] {
         for id in inner.log.ids(st, 0).await? {
             if owned.contains(&id) {
                 continue;
             }
-            let mine = all
-                || placement
-                    .as_ref()
-                    .is_none_or(|p| p.locate(id.as_bytes()) == inner.opts.name);
-            if !mine {
+            if !all && preferred(inner, &id) != inner.opts.name {
                 continue;
             }
             if let Some(rev) = inner
@@ -715,6 +710,10 @@ async fn takeover_loop(weak: std::sync::Weak<Inner>) {
 /// The orchestrator that should run saga `id`: rendezvous over the live ones.
 fn preferred(inner: &Inner, id: &str) -> String {
     let members = inner.members.lock().expect("lock");
+    if members.len() <= 1 {
+        // Alone (the common case): no placement to build on every submission.
+        return inner.opts.name.clone();
+    }
     let nodes: Vec<Node> = members.iter().map(Node::new).collect();
     match Rendezvous::new(&nodes) {
         Ok(p) if !nodes.is_empty() => p.locate(id.as_bytes()).to_string(),
