@@ -271,8 +271,9 @@ async fn not_found() -> Response {
 }
 
 /// Listen backlog asked for; the kernel caps it at its maximum (`net.core.somaxconn`), which is
-/// what etcd (Go's `net.Listen`) gets too; for every listener of the node. The default of std and mio, 128, dropped SYNs in a
-/// burst of 2,000 connects, each dropped one retried a second later.
+/// what etcd (Go's `net.Listen`) gets too. Used for `weft up`'s HTTP API and etcd API and the
+/// gateway's admin API (the gateway's workers listen with 1,024 of their own). The default of
+/// std and mio, 128, dropped SYNs in a burst of 2,000 connects, each retried a second later.
 pub const LISTEN_BACKLOG: u32 = 65_535;
 
 /// Binds `addr` (with `SO_REUSEADDR`) and listens with [`LISTEN_BACKLOG`].

@@ -117,9 +117,7 @@ pub(crate) async fn start_gateway(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = match admin {
         Some(a) => {
-            let l = tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("cannot listen on {a}"))?;
+            let l = weft_server::bind(a).with_context(|| format!("cannot listen on {a}"))?;
             println!("gateway admin API on http://{}", l.local_addr()?);
             let mut rx = stop_rx.clone();
             let render: weft_gateway::MetricsRender = Arc::new(weft_server::render_metrics);
