@@ -100,6 +100,73 @@ const WATCH_BATCH_EVENTS: usize = 256;
 /// a single revision larger than this still goes out whole, as etcd sends it).
 const WATCH_BATCH_BYTES: usize = 1 << 20;
 
+/// One watch of a Watch stream: its store events (coalesced with those already waiting) as
+/// responses on `tx`, progress notices when asked, and a cancellation that ends it.
+async fn forward_watch(
+    api: EtcdApi,
+    id: i64,
+    mut stream: ws::WatchStream,
+    progress: Arc<tokio::sync::Notify>,
+    tx: mpsc::Sender<Result<PbWatchResponse, Status>>,
+) {
+    // A message read ahead while coalescing that could not join.
+    let mut next: Option<Option<ws::Result<ws::WatchResponse>>> = None;
+    loop {
+        let m = match next.take() {
+            Some(m) => m,
+            None => tokio::select! {
+                m = stream.message() => m,
+                _ = progress.notified() => { stream.request_progress(); continue; }
+            },
+        };
+        let m = match m {
+            Some(Ok(mut r)) if !r.events.is_empty() => {
+                next = absorb_waiting(&mut stream, &mut r);
+                Some(Ok(r))
+            }
+            m => m,
+        };
+        let resp = match m {
+            Some(Ok(r)) => PbWatchResponse {
+                header: api.header(r.revision),
+                watch_id: id,
+                events: r
+                    .events
+                    .into_iter()
+                    .map(|e| PbEvent {
+                        r#type: if e.kind == ws::EventType::Put { 0 } else { 1 },
+                        kv: Some(kv(e.kv)),
+                        prev_kv: e.prev_kv.map(kv),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            Some(Err(StoreError::Compacted {
+                compact_revision, ..
+            })) => PbWatchResponse {
+                header: api.header(0),
+                watch_id: id,
+                canceled: true,
+                compact_revision,
+                cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                ..Default::default()
+            },
+            Some(Err(e)) => PbWatchResponse {
+                header: api.header(0),
+                watch_id: id,
+                canceled: true,
+                cancel_reason: e.to_string(),
+                ..Default::default()
+            },
+            None => return,
+        };
+        let last = resp.canceled;
+        if tx.send(Ok(resp)).await.is_err() || last {
+            return;
+        }
+    }
+}
+
 /// Appends to `r` (which has events) the events of the responses already waiting in
 /// `stream`, as etcd batches them: one message for the client to decode instead of one per
 /// revision. Returns a message it read that could not join (a progress notice, an error, the
@@ -766,7 +833,7 @@ impl PbWatchService for EtcdApi {
                             progress_notify: c.progress_notify,
                         };
                         let rev = api.current_revision().await;
-                        let mut stream = match api.store.watch(wreq).await {
+                        let stream = match api.store.watch(wreq).await {
                             Ok(s) => s,
                             Err(e) => {
                                 let _ = tx
@@ -792,65 +859,15 @@ impl PbWatchService for EtcdApi {
                             .await;
                         let progress = Arc::new(tokio::sync::Notify::new());
                         controls.insert(id, progress.clone());
-                        let (tx2, api2) = (tx.clone(), api.clone());
                         tasks.insert(
                             id,
-                            api.rt.spawn(async move {
-                                // A message read ahead while coalescing that could not join.
-                                let mut next: Option<Option<ws::Result<ws::WatchResponse>>> = None;
-                                loop {
-                                    let m = match next.take() {
-                                        Some(m) => m,
-                                        None => tokio::select! {
-                                            m = stream.message() => m,
-                                            _ = progress.notified() => { stream.request_progress(); continue; }
-                                        },
-                                    };
-                                    let m = match m {
-                                        Some(Ok(mut r)) if !r.events.is_empty() => {
-                                            next = absorb_waiting(&mut stream, &mut r);
-                                            Some(Ok(r))
-                                        }
-                                        m => m,
-                                    };
-                                    let resp = match m {
-                                        Some(Ok(r)) => PbWatchResponse {
-                                            header: api2.header(r.revision),
-                                            watch_id: id,
-                                            events: r
-                                                .events
-                                                .into_iter()
-                                                .map(|e| PbEvent {
-                                                    r#type: if e.kind == ws::EventType::Put { 0 } else { 1 },
-                                                    kv: Some(kv(e.kv)),
-                                                    prev_kv: e.prev_kv.map(kv),
-                                                })
-                                                .collect(),
-                                            ..Default::default()
-                                        },
-                                        Some(Err(StoreError::Compacted { compact_revision, .. })) => PbWatchResponse {
-                                            header: api2.header(0),
-                                            watch_id: id,
-                                            canceled: true,
-                                            compact_revision,
-                                            cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
-                                            ..Default::default()
-                                        },
-                                        Some(Err(e)) => PbWatchResponse {
-                                            header: api2.header(0),
-                                            watch_id: id,
-                                            canceled: true,
-                                            cancel_reason: e.to_string(),
-                                            ..Default::default()
-                                        },
-                                        None => return,
-                                    };
-                                    let last = resp.canceled;
-                                    if tx2.send(Ok(resp)).await.is_err() || last {
-                                        return;
-                                    }
-                                }
-                            }),
+                            api.rt.spawn(forward_watch(
+                                api.clone(),
+                                id,
+                                stream,
+                                progress,
+                                tx.clone(),
+                            )),
                         );
                     }
                     Some(PbWatchRequestUnion::CancelRequest(c)) => {
