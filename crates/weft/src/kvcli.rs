@@ -209,42 +209,7 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             })
             .await?;
         }
-        KvCmd::Txn { file } => {
-            let mut input = String::new();
-            match file {
-                Some(f) => {
-                    input = std::fs::read_to_string(&f)
-                        .with_context(|| format!("cannot read {}", f.display()))?
-                }
-                None => {
-                    std::io::stdin().read_to_string(&mut input)?;
-                }
-            }
-            let body = crate::txn::parse(&input)?;
-            let r = c.post("/v1/kv/txn", &body).await?;
-            if conn.json {
-                println!("{r}");
-            } else {
-                println!(
-                    "{}",
-                    if r["succeeded"] == true {
-                        "SUCCESS"
-                    } else {
-                        "FAILURE"
-                    }
-                );
-                for resp in r["responses"].as_array().into_iter().flatten() {
-                    println!();
-                    if resp.get("put").is_some() {
-                        println!("OK");
-                    } else if let Some(g) = resp.get("range") {
-                        print_kvs(&g["kvs"]);
-                    } else if let Some(d) = resp.get("delete") {
-                        println!("{}", d["deleted"]);
-                    }
-                }
-            }
-        }
+        KvCmd::Txn { file } => txn(&c, file, conn.json).await?,
         KvCmd::Compact { revision } => {
             let r = c
                 .post("/v1/kv/compact", &json!({"revision": revision}))
@@ -273,6 +238,45 @@ pub(crate) async fn status(conn: Conn) -> Result<()> {
             s["db_size"],
             s["version"].as_str().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+/// `weft kv txn`: etcdctl's txn syntax from FILE or stdin; prints as etcdctl does.
+async fn txn(c: &Client, file: Option<PathBuf>, json_out: bool) -> Result<()> {
+    let mut input = String::new();
+    match file {
+        Some(f) => {
+            input = std::fs::read_to_string(&f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+        }
+        None => {
+            std::io::stdin().read_to_string(&mut input)?;
+        }
+    }
+    let body = crate::txn::parse(&input)?;
+    let r = c.post("/v1/kv/txn", &body).await?;
+    if json_out {
+        println!("{r}");
+    } else {
+        println!(
+            "{}",
+            if r["succeeded"] == true {
+                "SUCCESS"
+            } else {
+                "FAILURE"
+            }
+        );
+        for resp in r["responses"].as_array().into_iter().flatten() {
+            println!();
+            if resp.get("put").is_some() {
+                println!("OK");
+            } else if let Some(g) = resp.get("range") {
+                print_kvs(&g["kvs"]);
+            } else if let Some(d) = resp.get("delete") {
+                println!("{}", d["deleted"]);
+            }
+        }
     }
     Ok(())
 }
