@@ -69,7 +69,7 @@ impl Reader {
     pub async fn counts(&self) -> Result<Vec<(Status, usize)>> {
         let mut out = Vec::new();
         for st in Status::ALL {
-            out.push((st, self.log.ids(st, 0).await?.len()));
+            out.push((st, self.log.count(st).await?));
         }
         Ok(out)
     }

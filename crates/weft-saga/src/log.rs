@@ -407,6 +407,12 @@ impl Log {
         self.names_under(index_prefix(status), limit).await
     }
 
+    /// How many sagas have `status` (a count, no keys read out).
+    pub async fn count(&self, status: Status) -> Result<usize> {
+        let req = RangeRequest::new(KeyRange::prefix(index_prefix(status))).count_only();
+        Ok(self.store.range(req).await?.count as usize)
+    }
+
     /// Ids with an owner key.
     pub async fn owned(&self) -> Result<std::collections::HashSet<String>> {
         Ok(self
