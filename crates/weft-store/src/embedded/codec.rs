@@ -18,10 +18,7 @@ use tokio::time::Instant;
 use super::mvcc::{Batch, Change, Entry, History, IndexKey, Keys, Lease, Mvcc, Snapshot};
 use crate::types::KeyValue;
 
-/// Size of a record header.
-pub(crate) const RECORD_HEADER: usize = 8;
-/// Largest record payload accepted when reading (guards against garbage lengths).
-pub(crate) const MAX_RECORD: usize = 256 * 1024 * 1024;
+pub(crate) use weft_log::RECORD_HEADER;
 const SNAP_MAGIC: &[u8; 8] = b"WEFTSNP1";
 
 struct Enc(Vec<u8>);
@@ -230,83 +227,6 @@ pub(crate) fn decode_batch(payload: &[u8]) -> DResult<Batch> {
         revokes,
         compact,
     })
-}
-
-/// Outcome of parsing a log buffer.
-#[derive(Debug)]
-pub(crate) enum LogTail {
-    /// Valid records up to `end`, then nothing, or only zero bytes: the padding of the last
-    /// block that direct I/O writes (see `wal::LogFile`).
-    Clean { end: u64 },
-    /// The last record is incomplete or fails its checksum and nothing but zero bytes follows
-    /// it: a write that was cut short. Valid data ends at `offset`.
-    Torn { offset: u64 },
-    /// A bad record followed by more data: real damage.
-    Corrupt { offset: u64, reason: String },
-}
-
-/// Parses every record of a log file, calling `f` for each payload with its offset.
-pub(crate) fn parse_log(buf: &[u8], mut f: impl FnMut(u64, &[u8]) -> DResult<()>) -> LogTail {
-    let mut pos = 0usize;
-    while pos < buf.len() {
-        let left = buf.len() - pos;
-        if left < RECORD_HEADER {
-            if zeros(&buf[pos..]) {
-                return LogTail::Clean { end: pos as u64 };
-            }
-            return LogTail::Torn { offset: pos as u64 };
-        }
-        let len = u32::from_le_bytes(buf[pos..pos + 4].try_into().expect("4")) as usize;
-        let crc = u32::from_le_bytes(buf[pos + 4..pos + 8].try_into().expect("4"));
-        if len == 0 {
-            // No record is empty: this is the padding after the last record, or damage.
-            if zeros(&buf[pos..]) {
-                return LogTail::Clean { end: pos as u64 };
-            }
-            return LogTail::Corrupt {
-                offset: pos as u64,
-                reason: "record length 0 followed by data".into(),
-            };
-        }
-        let end = pos + RECORD_HEADER + len;
-        if len > MAX_RECORD {
-            // A garbage length: torn if it is the end of the file's meaningful data.
-            if zeros(&buf[pos + RECORD_HEADER..]) {
-                return LogTail::Torn { offset: pos as u64 };
-            }
-            return LogTail::Corrupt {
-                offset: pos as u64,
-                reason: format!("record length {len} is impossible"),
-            };
-        }
-        if end > buf.len() {
-            return LogTail::Torn { offset: pos as u64 };
-        }
-        let payload = &buf[pos + RECORD_HEADER..end];
-        if crc32fast::hash(payload) != crc {
-            if zeros(&buf[end..]) {
-                return LogTail::Torn { offset: pos as u64 };
-            }
-            return LogTail::Corrupt {
-                offset: pos as u64,
-                reason: "checksum mismatch".into(),
-            };
-        }
-        if let Err(reason) = f(pos as u64, payload) {
-            return LogTail::Corrupt {
-                offset: pos as u64,
-                reason,
-            };
-        }
-        pos = end;
-    }
-    LogTail::Clean {
-        end: buf.len() as u64,
-    }
-}
-
-fn zeros(b: &[u8]) -> bool {
-    b.iter().all(|x| *x == 0)
 }
 
 /// Serializes the whole state (in memory: for tests).
@@ -529,6 +449,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_log::{parse_log, LogTail};
 
     #[test]
     fn batch_roundtrip() {

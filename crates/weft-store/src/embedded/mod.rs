@@ -10,7 +10,6 @@ mod codec;
 mod defer;
 mod hub;
 mod mvcc;
-mod sched;
 mod wal;
 
 use std::collections::{HashSet, VecDeque};
@@ -214,7 +213,7 @@ impl Embedded {
             rec.gen,
             rec.end,
             rec.tail,
-            wal::LogIo {
+            weft_log::LogIo {
                 sync: opts.durability != Durability::None,
                 direct: opts.direct_io,
             },
@@ -239,7 +238,7 @@ impl Embedded {
                 .name("weft-wal".into())
                 .spawn(move || {
                     if batch {
-                        if let Err(e) = sched::batch_policy_for_this_thread() {
+                        if let Err(e) = weft_log::sched::batch_policy_for_this_thread() {
                             tracing::debug!("log thread keeps the default policy: {e}");
                         }
                     }

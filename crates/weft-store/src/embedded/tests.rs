@@ -448,8 +448,8 @@ async fn obsolete_files_are_recycled_and_their_old_records_never_replayed() {
 
 /// Where the records of a log file end (direct I/O pads the last block with zeros).
 fn data_end(path: &std::path::Path) -> u64 {
-    match codec::parse_log(&fs::read(path).unwrap(), |_, _| Ok(())) {
-        codec::LogTail::Clean { end } => end,
+    match weft_log::parse_log(&fs::read(path).unwrap(), |_, _| Ok(())) {
+        weft_log::LogTail::Clean { end } => end,
         other => panic!("{}: {other:?}", path.display()),
     }
 }
@@ -1053,8 +1053,8 @@ proptest! {
         // Replay from the log.
         let mut replayed = Mvcc::default();
         let bytes: Vec<u8> = log.concat();
-        let tail = codec::parse_log(&bytes, |_, p| replayed.replay(&codec::decode_batch(p)?, now));
-        let clean = matches!(tail, codec::LogTail::Clean { end } if end == bytes.len() as u64);
+        let tail = weft_log::parse_log(&bytes, |_, p| replayed.replay(&codec::decode_batch(p)?, now));
+        let clean = matches!(tail, weft_log::LogTail::Clean { end } if end == bytes.len() as u64);
         prop_assert!(clean, "log tail {:?}", tail);
         // Snapshot round trip.
         let snap = codec::decode_snapshot(&codec::encode_snapshot(&m.snapshot()), now).unwrap();

@@ -20,7 +20,7 @@ use std::io;
 /// idle) keeps it.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub(crate) fn batch_policy_for_this_thread() -> io::Result<()> {
+pub fn batch_policy_for_this_thread() -> io::Result<()> {
     // SAFETY: no arguments but pid 0, the calling thread.
     let current = unsafe { libc::sched_getscheduler(0) };
     if current != libc::SCHED_OTHER {
@@ -43,7 +43,7 @@ pub(crate) fn batch_policy_for_this_thread() -> io::Result<()> {
 
 /// Other systems: nothing to do.
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn batch_policy_for_this_thread() -> io::Result<()> {
+pub fn batch_policy_for_this_thread() -> io::Result<()> {
     Ok(())
 }
 

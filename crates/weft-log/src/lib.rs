@@ -1,0 +1,42 @@
+//! weft's append-only log files, shared by the embedded store (`weft-store`) and the embedded
+//! queue (`weft-queue`):
+//!
+//! - [`frame`]: records framed as `len | crc32 | payload`, and [`parse_log`], which tells a
+//!   clean end, a torn tail (a write cut short: truncate it) and damage (refuse to start) apart;
+//! - [`file`]: [`LogFile`], positional appends made durable by direct I/O (`O_DIRECT |
+//!   O_DSYNC`, one `pwrite` per group) where the file system allows it, else `write` +
+//!   `fdatasync`;
+//! - [`commit`]: [`Committer`], group commit: one thread writes and syncs everything writers
+//!   appended meanwhile, and tells each writer when its records are durable;
+//! - [`sched`]: the log threads run under `SCHED_BATCH`, so they do not preempt request
+//!   handling.
+//!
+//! ```
+//! use weft_log::{begin_record, finish_record, parse_log, LogTail};
+//!
+//! let mut buf = Vec::new();
+//! for payload in [&b"first"[..], b"second"] {
+//!     let start = begin_record(&mut buf);
+//!     buf.extend_from_slice(payload);
+//!     finish_record(&mut buf, start);
+//! }
+//! let mut seen = Vec::new();
+//! let tail = parse_log(&buf[..buf.len() - 2], |_, p| Ok(seen.push(p.to_vec())));
+//! // The second record was cut short: a torn tail, at its start.
+//! assert!(matches!(tail, LogTail::Torn { offset: 13 }));
+//! assert_eq!(seen, vec![b"first".to_vec()]);
+//! ```
+
+pub mod commit;
+pub mod file;
+pub mod frame;
+pub mod sched;
+
+pub use commit::{CommitError, Committer, Sink};
+pub use file::{block_start, LogFile, LogIo, BLOCK};
+pub use frame::{begin_record, finish_record, parse_log, LogTail, MAX_RECORD, RECORD_HEADER};
+
+/// Makes a directory's entries (files created, renamed or removed in it) durable.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
