@@ -42,20 +42,41 @@ async fn a_restart_keeps_acks_nacks_dead_letters_and_ids() {
         // m0, m2 acked; m1 nacked for an hour; m3 dead; m4, m5 left in flight.
         q.ack("t", "g", &got[0].receipt).await.unwrap();
         q.ack("t", "g", &got[2].receipt).await.unwrap();
-        q.nack("t", "g", &got[1].receipt, Duration::from_secs(3600), Some("later".into()), false)
-            .await
-            .unwrap();
-        q.nack("t", "g", &got[3].receipt, Duration::ZERO, Some("bad".into()), true)
-            .await
-            .unwrap();
+        q.nack(
+            "t",
+            "g",
+            &got[1].receipt,
+            Duration::from_secs(3600),
+            Some("later".into()),
+            false,
+        )
+        .await
+        .unwrap();
+        q.nack(
+            "t",
+            "g",
+            &got[3].receipt,
+            Duration::ZERO,
+            Some("bad".into()),
+            true,
+        )
+        .await
+        .unwrap();
         q.close().await;
     }
     let q = EmbeddedQueue::open(dir.path(), Options::default())
         .await
         .unwrap();
     let again = q.pull("t", "g", pull(10)).await.unwrap();
-    assert_eq!(values(&again), vec!["m4", "m5"], "unacked ones come back, in order");
-    assert!(again.iter().all(|d| d.delivery == 2), "delivery counts survive");
+    assert_eq!(
+        values(&again),
+        vec!["m4", "m5"],
+        "unacked ones come back, in order"
+    );
+    assert!(
+        again.iter().all(|d| d.delivery == 2),
+        "delivery counts survive"
+    );
     let info = q.describe("t").await.unwrap();
     assert_eq!(info.groups[0].delayed, 1, "m1's nack delay survives");
     let dead = q.dead_letters("t", 10).await.unwrap();
@@ -94,8 +115,13 @@ async fn a_torn_tail_is_cut_and_damage_elsewhere_is_refused() {
             .unwrap();
         let m = q.read("t", 0, StartAt::Earliest, 10).await.unwrap();
         assert_eq!(m.len(), 1);
-        q.publish("t", vec![OutMessage::new("after")]).await.unwrap();
-        assert_eq!(q.read("t", 0, StartAt::Earliest, 10).await.unwrap().len(), 2);
+        q.publish("t", vec![OutMessage::new("after")])
+            .await
+            .unwrap();
+        assert_eq!(
+            q.read("t", 0, StartAt::Earliest, 10).await.unwrap().len(),
+            2
+        );
         q.close().await;
     }
     // A flipped byte in the first record, with data after it: refused, with file and offset.
@@ -106,7 +132,11 @@ async fn a_torn_tail_is_cut_and_damage_elsewhere_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "corrupt", "{err}");
-    assert!(err.to_string().contains("00000000000000000000.seg at offset 0"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("00000000000000000000.seg at offset 0"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -119,7 +149,10 @@ async fn a_dir_in_use_is_refused() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), "locked", "{err}");
-    assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&std::process::id().to_string()),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -138,7 +171,9 @@ async fn retention_removes_old_segments_and_a_restart_reads_the_checkpoint() {
     {
         let q = EmbeddedQueue::open(dir.path(), opts.clone()).await.unwrap();
         q.create_topic("t", cfg.clone()).await.unwrap();
-        q.create_group("t", "g", GroupConfig::default()).await.unwrap();
+        q.create_group("t", "g", GroupConfig::default())
+            .await
+            .unwrap();
         for i in 0..200 {
             q.publish("t", vec![OutMessage::new(format!("{i:0>500}"))])
                 .await
@@ -159,7 +194,10 @@ async fn retention_removes_old_segments_and_a_restart_reads_the_checkpoint() {
     }
     let q = EmbeddedQueue::open(dir.path(), opts).await.unwrap();
     let info = q.describe("t").await.unwrap();
-    assert_eq!((info.partitions[0].start, info.partitions[0].end), (180, 200));
+    assert_eq!(
+        (info.partitions[0].start, info.partitions[0].end),
+        (180, 200)
+    );
     assert_eq!(info.groups[0].lag, 19);
     let got = q.pull("t", "g", pull(1)).await.unwrap();
     assert_eq!(got[0].message.offset, 181);

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// A saga operation failed.
     #[error(transparent)]
     Saga(weft_saga::SagaError),
+    /// A queue operation failed.
+    #[error(transparent)]
+    Queue(#[from] weft_queue::QueueError),
     /// A feature this node does not run.
     #[error("{0}")]
     Unavailable(String),
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Queue(e) => crate::queue::status(e),
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) | SagaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
                 SagaError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -108,6 +112,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Queue(e) => e.code(),
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) => "invalid_definition",
                 SagaError::InvalidArgument(_) => "bad_request",
@@ -132,6 +137,7 @@ impl ApiError {
             ApiError::Store(e) => e.is_retryable(),
             ApiError::Coord(e) => e.is_retryable(),
             ApiError::Saga(e) => e.is_retryable(),
+            ApiError::Queue(e) => e.is_retryable(),
             _ => false,
         };
         let step = match self {

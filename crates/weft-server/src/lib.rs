@@ -37,6 +37,7 @@ use weft_store::{Store, WatchRequest};
 pub mod api;
 mod coord;
 mod error;
+mod queue;
 mod saga;
 
 pub use error::ApiError;
@@ -59,6 +60,8 @@ pub struct ServerConfig {
     /// The saga orchestrator behind `/v1/saga/*`, started on the first write (none: those
     /// routes answer 503).
     pub saga: Option<Arc<weft_saga::Lazy>>,
+    /// The queue behind `/v1/queue/*` (none: those routes answer 503).
+    pub queue: Option<Arc<dyn weft_queue::Queue>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -68,6 +71,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("on_scrape", &self.on_scrape.is_some())
             .field("saga", &self.saga.is_some())
+            .field("queue", &self.queue.is_some())
             .finish()
     }
 }
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
             max_body_bytes: 4 * 1024 * 1024,
             on_scrape: None,
             saga: None,
+            queue: None,
         }
     }
 }
@@ -91,6 +96,7 @@ struct AppState {
     metrics: PrometheusHandle,
     on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
     saga: Option<Arc<weft_saga::Lazy>>,
+    queue: Option<Arc<dyn weft_queue::Queue>>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -202,6 +208,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/saga/skip"),
     ("post", "/v1/saga/abort"),
     ("get", "/v1/saga/watch"),
+    ("post", "/v1/queue/topic/create"),
+    ("post", "/v1/queue/topic/delete"),
+    ("get", "/v1/queue/topics"),
+    ("get", "/v1/queue/topic"),
+    ("post", "/v1/queue/group/create"),
+    ("post", "/v1/queue/group/delete"),
+    ("post", "/v1/queue/publish"),
+    ("post", "/v1/queue/publish/stream"),
+    ("post", "/v1/queue/pull"),
+    ("post", "/v1/queue/ack"),
+    ("post", "/v1/queue/nack"),
+    ("post", "/v1/queue/extend"),
+    ("get", "/v1/queue/read"),
+    ("get", "/v1/queue/consume"),
+    ("get", "/v1/queue/dead"),
+    ("post", "/v1/queue/dead/replay"),
+    ("post", "/v1/queue/dead/purge"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -217,6 +240,7 @@ pub fn router(
         metrics: metrics_handle(),
         on_scrape: cfg.on_scrape.clone(),
         saga: cfg.saga.clone(),
+        queue: cfg.queue.clone(),
     };
     Router::new()
         .route("/health", get(health))
@@ -258,6 +282,23 @@ pub fn router(
         .route("/v1/saga/skip", post(saga::skip))
         .route("/v1/saga/abort", post(saga::abort))
         .route("/v1/saga/watch", get(saga::watch))
+        .route("/v1/queue/topic/create", post(queue::topic_create))
+        .route("/v1/queue/topic/delete", post(queue::topic_delete))
+        .route("/v1/queue/topics", get(queue::topics))
+        .route("/v1/queue/topic", get(queue::topic_get))
+        .route("/v1/queue/group/create", post(queue::group_create))
+        .route("/v1/queue/group/delete", post(queue::group_delete))
+        .route("/v1/queue/publish", post(queue::publish))
+        .route("/v1/queue/publish/stream", post(queue::publish_stream))
+        .route("/v1/queue/pull", post(queue::pull))
+        .route("/v1/queue/ack", post(queue::ack))
+        .route("/v1/queue/nack", post(queue::nack))
+        .route("/v1/queue/extend", post(queue::extend))
+        .route("/v1/queue/read", get(queue::read))
+        .route("/v1/queue/consume", get(queue::consume))
+        .route("/v1/queue/dead", get(queue::dead))
+        .route("/v1/queue/dead/replay", post(queue::dead_replay))
+        .route("/v1/queue/dead/purge", post(queue::dead_purge))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(track))
@@ -374,6 +415,7 @@ async fn metrics_route(State(st): State<AppState>) -> Response {
             }
         }
     }
+    queue::gauges(&st).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

@@ -9,6 +9,7 @@ mod kvcli;
 mod lease;
 mod leasecli;
 mod node;
+mod queuecli;
 mod sagacli;
 mod shardcli;
 mod snapshotcli;
@@ -120,6 +121,13 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Message queue: topics, groups, publish, consume (--exec), ack, dead letters, stats.
+    Queue {
+        #[command(subcommand)]
+        cmd: queuecli::QueueCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Sharding tools.
     Shard {
         #[command(subcommand)]
@@ -195,6 +203,7 @@ fn main() -> Result<()> {
                 let code = sagacli::saga(cmd, conn).await?;
                 std::process::exit(code);
             }
+            Cmd::Queue { cmd, conn } => queuecli::queue(cmd, conn).await,
             Cmd::Kv { cmd, conn } => kvcli::kv(cmd, conn).await,
             Cmd::Lease { cmd, conn } => leasecli::lease(cmd, conn).await,
             Cmd::Svc { cmd, conn } => coordcli::svc(cmd, conn).await,

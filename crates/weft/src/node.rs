@@ -97,6 +97,37 @@ pub struct UpArgs {
     /// How long finished sagas are kept ("24h", "30m", "90s").
     #[arg(long, default_value = "24h")]
     saga_retention: String,
+    /// Run the message queue behind /v1/queue/* ("false": none).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    queue: bool,
+    /// Where the queue keeps its log (default: <data-dir>/queue). Its acks follow --fsync
+    /// (`always` and `group` both acknowledge after the covering fsync).
+    #[arg(long)]
+    queue_dir: Option<PathBuf>,
+}
+
+/// The node's message queue, embedded in the data dir.
+async fn queue(a: &UpArgs) -> Result<Option<Arc<weft_queue::embedded::EmbeddedQueue>>> {
+    if !a.queue {
+        return Ok(None);
+    }
+    let dir = a
+        .queue_dir
+        .clone()
+        .unwrap_or_else(|| a.data_dir.join("queue"));
+    let opts = weft_queue::embedded::Options {
+        fsync: if a.fsync == Durability::None {
+            weft_queue::embedded::Fsync::None
+        } else {
+            weft_queue::embedded::Fsync::Group
+        },
+        direct_io: a.direct_io,
+        ..Default::default()
+    };
+    let q = weft_queue::embedded::EmbeddedQueue::open(&dir, opts)
+        .await
+        .with_context(|| format!("cannot open the queue dir {}", dir.display()))?;
+    Ok(Some(Arc::new(q)))
 }
 
 /// A duration like "90s", "30m", "24h", "7d".
@@ -248,6 +279,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         (e.clone(), Some(e))
     };
     let saga = sagas(&a, &store)?;
+    let queue = queue(&a).await?;
     let listener =
         weft_server::bind(a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
@@ -267,6 +299,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
             }) as Arc<dyn Fn() + Send + Sync>
         }),
         saga: saga.clone(),
+        queue: queue.clone().map(|q| q as Arc<dyn weft_queue::Queue>),
         ..Default::default()
     };
     #[cfg(feature = "etcd")]
@@ -331,6 +364,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         o.shutdown().await;
     }
     tracing::info!("shutting down");
+    if let Some(q) = queue {
+        q.close().await;
+    }
     if let Some(e) = embedded {
         e.close();
     }

@@ -172,11 +172,7 @@ impl EmbeddedQueue {
 
     /// Plans a publish under the lock: offsets, dedup, limits. Returns the results, the
     /// retention trims, and the messages to write with their partitions and offsets.
-    fn plan_publish<'m>(
-        t: &mut Topic,
-        msgs: &'m [OutMessage],
-        now: u64,
-    ) -> Result<Plan> {
+    fn plan_publish<'m>(t: &mut Topic, msgs: &'m [OutMessage], now: u64) -> Result<Plan> {
         t.expire_dedup(now);
         let n = t.config.partitions;
         let mut added: HashMap<u32, (u64, u64)> = HashMap::new();

@@ -1,0 +1,479 @@
+//! Queue routes: topics and groups, publish (a JSON batch, or a stream of NDJSON lines with
+//! acks streamed back), pull, ack/nack/extend, a server-sent event consume, readers, dead
+//! letters, and the queue gauges of `/metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body as HttpBody;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{FutureExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use weft_queue::{GroupConfig, OutMessage, Pull, Queue, QueueError, StartAt, TopicConfig};
+
+use crate::coord::sse;
+use crate::{ApiError, AppState, Body};
+
+fn queue(st: &AppState) -> Result<&Arc<dyn Queue>, ApiError> {
+    st.queue
+        .as_ref()
+        .ok_or_else(|| ApiError::Unavailable("this node runs no queue (see weft up --help)".into()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|r| ApiError::BadRequest(r.body_text()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicBody {
+    name: String,
+    #[serde(default)]
+    config: TopicConfig,
+}
+
+pub(crate) async fn topic_create(
+    State(st): State<AppState>,
+    Body(b): Body<TopicBody>,
+) -> Result<Json<Value>, ApiError> {
+    let info = queue(&st)?.create_topic(&b.name, b.config).await?;
+    Ok(Json(serde_json::to_value(info).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NameBody {
+    name: String,
+}
+
+pub(crate) async fn topic_delete(
+    State(st): State<AppState>,
+    Body(b): Body<NameBody>,
+) -> Result<Json<Value>, ApiError> {
+    queue(&st)?.delete_topic(&b.name).await?;
+    Ok(Json(json!({})))
+}
+
+pub(crate) async fn topics(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let all = queue(&st)?.topics().await?;
+    Ok(Json(json!({ "topics": all })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TopicQuery {
+    name: String,
+}
+
+pub(crate) async fn topic_get(
+    State(st): State<AppState>,
+    q: Result<Query<TopicQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let info = queue(&st)?.describe(&q.name).await?;
+    Ok(Json(serde_json::to_value(info).unwrap_or_default()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GroupBody {
+    topic: String,
+    group: String,
+    #[serde(default)]
+    config: Option<GroupConfig>,
+}
+
+pub(crate) async fn group_create(
+    State(st): State<AppState>,
+    Body(b): Body<GroupBody>,
+) -> Result<Json<Value>, ApiError> {
+    let cfg = b.config.unwrap_or_default();
+    queue(&st)?.create_group(&b.topic, &b.group, cfg).await?;
+    Ok(Json(json!({})))
+}
+
+pub(crate) async fn group_delete(
+    State(st): State<AppState>,
+    Body(b): Body<GroupBody>,
+) -> Result<Json<Value>, ApiError> {
+    queue(&st)?.delete_group(&b.topic, &b.group).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishBody {
+    topic: String,
+    messages: Vec<OutMessage>,
+}
+
+pub(crate) async fn publish(
+    State(st): State<AppState>,
+    Body(b): Body<PublishBody>,
+) -> Result<Json<Value>, ApiError> {
+    let n = b.messages.len();
+    let out = queue(&st)?.publish(&b.topic, b.messages).await?;
+    metrics::counter!("weft_queue_published_total", "topic" => b.topic).increment(n as u64);
+    Ok(Json(json!({ "published": out })))
+}
+
+/// Most publishes of one stream in flight at once.
+const STREAM_IN_FLIGHT: usize = 4096;
+
+/// `POST /v1/queue/publish/stream?topic=T`: the body is NDJSON, one message per line, and
+/// the response streams one line per message, in order, once it is durable:
+/// `{"partition":..,"offset":..,"duplicate":..}` or `{"error":{...}}`. Many messages are in
+/// flight at once, so one connection fills group commits.
+pub(crate) async fn publish_stream(
+    State(st): State<AppState>,
+    q: Result<Query<TopicQuery>, QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let topic: Arc<str> = Arc::from(query(q)?.name);
+    let qu = queue(&st)?.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
+    let mut body = req.into_body().into_data_stream();
+    tokio::spawn(async move {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let chunk = match body.next().await {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    let err = ApiError::BadRequest(format!("reading the request body: {e}"));
+                    let _ = tx.send(futures::future::ready(Err(err)).boxed()).await;
+                    return;
+                }
+                None => break,
+            };
+            buf.extend_from_slice(&chunk);
+            let mut start = 0;
+            while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+                let line = &buf[start..start + nl];
+                start += nl + 1;
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let fut = stream_one(qu.clone(), topic.clone(), line);
+                if tx.send(fut).await.is_err() {
+                    return;
+                }
+            }
+            buf.drain(..start);
+        }
+        if !buf.iter().all(u8::is_ascii_whitespace) {
+            let _ = tx.send(stream_one(qu, topic, &buf)).await;
+        }
+    });
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .buffered(STREAM_IN_FLIGHT)
+        .map(|r| {
+            let mut v = match r {
+                Ok(p) => serde_json::to_vec(&p).unwrap_or_default(),
+                Err(e) => e.to_json().to_string().into_bytes(),
+            };
+            v.push(b'\n');
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(v))
+        });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        HttpBody::from_stream(lines),
+    )
+        .into_response())
+}
+
+type PublishOne = futures::future::BoxFuture<'static, Result<weft_queue::Published, ApiError>>;
+
+fn stream_one(q: Arc<dyn Queue>, topic: Arc<str>, line: &[u8]) -> PublishOne {
+    let msg: Result<OutMessage, _> = serde_json::from_slice(line);
+    async move {
+        let msg = msg.map_err(|e| ApiError::BadRequest(format!("message line: {e}")))?;
+        let mut out = q.publish(&topic, vec![msg]).await?;
+        metrics::counter!("weft_queue_published_total", "topic" => topic.to_string()).increment(1);
+        Ok(out.remove(0))
+    }
+    .boxed()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PullBody {
+    topic: String,
+    group: String,
+    #[serde(flatten)]
+    pull: Pull,
+}
+
+pub(crate) async fn pull(
+    State(st): State<AppState>,
+    Body(b): Body<PullBody>,
+) -> Result<Json<Value>, ApiError> {
+    if b.pull.wait_ms > 60_000 {
+        return Err(ApiError::BadRequest(format!(
+            "wait_ms {} is over the limit of 60000",
+            b.pull.wait_ms
+        )));
+    }
+    let got = queue(&st)?.pull(&b.topic, &b.group, b.pull).await?;
+    metrics::counter!("weft_queue_delivered_total", "topic" => b.topic, "group" => b.group)
+        .increment(got.len() as u64);
+    Ok(Json(json!({ "messages": got })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AckBody {
+    topic: String,
+    group: String,
+    receipts: Vec<String>,
+}
+
+/// Acks every receipt; answers per receipt (`null` when acked, else the error).
+pub(crate) async fn ack(
+    State(st): State<AppState>,
+    Body(b): Body<AckBody>,
+) -> Result<Json<Value>, ApiError> {
+    let q = queue(&st)?;
+    let results =
+        futures::future::join_all(b.receipts.iter().map(|r| q.ack(&b.topic, &b.group, r))).await;
+    let mut acked = 0;
+    let mut errors = Vec::new();
+    for (r, res) in b.receipts.iter().zip(results) {
+        match res {
+            Ok(()) => acked += 1,
+            Err(e @ (QueueError::UnknownTopic(_) | QueueError::UnknownGroup { .. })) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                errors.push(json!({"receipt": r, "error": ApiError::from(e).to_json()["error"]}))
+            }
+        }
+    }
+    metrics::counter!("weft_queue_acked_total", "topic" => b.topic, "group" => b.group)
+        .increment(acked);
+    Ok(Json(json!({ "acked": acked, "errors": errors })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NackBody {
+    topic: String,
+    group: String,
+    receipt: String,
+    #[serde(default)]
+    delay_ms: u64,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    dead: bool,
+}
+
+pub(crate) async fn nack(
+    State(st): State<AppState>,
+    Body(b): Body<NackBody>,
+) -> Result<Json<Value>, ApiError> {
+    let delay = Duration::from_millis(b.delay_ms);
+    queue(&st)?
+        .nack(&b.topic, &b.group, &b.receipt, delay, b.error, b.dead)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExtendBody {
+    topic: String,
+    group: String,
+    receipt: String,
+}
+
+pub(crate) async fn extend(
+    State(st): State<AppState>,
+    Body(b): Body<ExtendBody>,
+) -> Result<Json<Value>, ApiError> {
+    let dl = queue(&st)?.extend(&b.topic, &b.group, &b.receipt).await?;
+    Ok(Json(json!({ "ack_deadline_ms": dl })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadQuery {
+    topic: String,
+    #[serde(default)]
+    partition: u32,
+    #[serde(default)]
+    from_offset: Option<u64>,
+    #[serde(default)]
+    from_time_ms: Option<u64>,
+    #[serde(default)]
+    max: Option<u32>,
+}
+
+pub(crate) async fn read(
+    State(st): State<AppState>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let from = match (q.from_offset, q.from_time_ms) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give from_offset or from_time_ms, not both".into(),
+            ))
+        }
+        (Some(o), None) => StartAt::Offset(o),
+        (None, Some(t)) => StartAt::Time(t),
+        (None, None) => StartAt::Earliest,
+    };
+    let max = q.max.unwrap_or(100);
+    if !(1..=10_000).contains(&max) {
+        return Err(ApiError::BadRequest(format!("max {max} must be 1..=10000")));
+    }
+    let msgs = queue(&st)?.read(&q.topic, q.partition, from, max).await?;
+    Ok(Json(json!({ "messages": msgs })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConsumeQuery {
+    topic: String,
+    group: String,
+    #[serde(default)]
+    consumer: Option<String>,
+    #[serde(default)]
+    max: Option<u32>,
+}
+
+/// `GET /v1/queue/consume`: server-sent events, one `message` event per delivery (a
+/// `Delivery` as JSON), for as long as the client listens; ack with `/v1/queue/ack`.
+pub(crate) async fn consume(
+    State(st): State<AppState>,
+    q: Result<Query<ConsumeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let qu = queue(&st)?.clone();
+    // Fail at once on an unknown topic or group.
+    let info = qu.describe(&q.topic).await?;
+    if !info.groups.iter().any(|g| g.name == q.group) {
+        return Err(QueueError::UnknownGroup {
+            topic: q.topic,
+            group: q.group,
+        }
+        .into());
+    }
+    let pull = Pull {
+        consumer: q.consumer.unwrap_or_else(|| "sse".into()),
+        max: q.max.unwrap_or(16).clamp(1, 1000),
+        wait_ms: 20_000,
+    };
+    let events =
+        futures::stream::unfold((qu, q.topic, q.group, pull), |(qu, t, g, p)| async move {
+            let res = qu.pull(&t, &g, p.clone()).await;
+            let evs: Vec<(SseEvent, bool)> = match res {
+                Ok(got) if got.is_empty() => vec![(SseEvent::default().comment("waiting"), false)],
+                Ok(got) => got
+                    .iter()
+                    .map(|d| {
+                        let data = serde_json::to_string(d).unwrap_or_default();
+                        (SseEvent::default().event("message").data(data), false)
+                    })
+                    .collect(),
+                Err(e) => vec![(crate::coord::sse_error(&e.into()), true)],
+            };
+            Some((futures::stream::iter(evs), (qu, t, g, p)))
+        })
+        .flatten();
+    Ok(sse(&st, events))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadQuery {
+    topic: String,
+    #[serde(default)]
+    max: Option<u32>,
+}
+
+pub(crate) async fn dead(
+    State(st): State<AppState>,
+    q: Result<Query<DeadQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let msgs = queue(&st)?
+        .dead_letters(&q.topic, q.max.unwrap_or(100).clamp(1, 10_000))
+        .await?;
+    Ok(Json(json!({ "dead": msgs })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplayBody {
+    topic: String,
+    #[serde(default)]
+    offsets: Option<Vec<u64>>,
+}
+
+pub(crate) async fn dead_replay(
+    State(st): State<AppState>,
+    Body(b): Body<ReplayBody>,
+) -> Result<Json<Value>, ApiError> {
+    let n = queue(&st)?.replay_dead(&b.topic, b.offsets).await?;
+    Ok(Json(json!({ "replayed": n })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PurgeBody {
+    topic: String,
+}
+
+pub(crate) async fn dead_purge(
+    State(st): State<AppState>,
+    Body(b): Body<PurgeBody>,
+) -> Result<Json<Value>, ApiError> {
+    let n = queue(&st)?.purge_dead(&b.topic).await?;
+    Ok(Json(json!({ "purged": n })))
+}
+
+/// Sets the queue gauges (depth per partition, lag, in flight, delayed, dead letters and
+/// oldest unacked age per group) before `/metrics` renders.
+pub(crate) async fn gauges(st: &AppState) {
+    let Some(q) = &st.queue else { return };
+    let Ok(topics) = q.topics().await else { return };
+    for t in topics {
+        for p in &t.partitions {
+            metrics::gauge!("weft_queue_depth", "topic" => t.name.clone(), "partition" => p.partition.to_string())
+                .set((p.end - p.start) as f64);
+            metrics::gauge!("weft_queue_bytes", "topic" => t.name.clone(), "partition" => p.partition.to_string())
+                .set(p.bytes as f64);
+        }
+        for g in &t.groups {
+            let l = || [("topic", t.name.clone()), ("group", g.name.clone())];
+            metrics::gauge!("weft_queue_lag", &l()).set(g.lag as f64);
+            metrics::gauge!("weft_queue_in_flight", &l()).set(g.in_flight as f64);
+            metrics::gauge!("weft_queue_delayed", &l()).set(g.delayed as f64);
+            metrics::gauge!("weft_queue_redeliveries", &l()).set(g.redeliveries as f64);
+            metrics::gauge!("weft_queue_dead_lettered", &l()).set(g.dead as f64);
+            metrics::gauge!("weft_queue_oldest_unacked_seconds", &l())
+                .set(g.oldest_unacked_ms as f64 / 1000.0);
+        }
+    }
+}
+
+/// The HTTP status of a queue error.
+pub(crate) fn status(e: &QueueError) -> StatusCode {
+    match e {
+        QueueError::UnknownTopic(_) | QueueError::UnknownGroup { .. } => StatusCode::NOT_FOUND,
+        QueueError::TopicExists(_) | QueueError::NotPending(_) => StatusCode::CONFLICT,
+        QueueError::Invalid(_) | QueueError::OffsetOutOfRange { .. } => StatusCode::BAD_REQUEST,
+        QueueError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        QueueError::Full { .. } => StatusCode::TOO_MANY_REQUESTS,
+        QueueError::Locked(_) | QueueError::Backend(_) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
