@@ -8,6 +8,7 @@ const PREREQS: &[(&str, &str)] = &[
     ("protoc", "protobuf-compiler"),
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    ("nats-server", "nats-server"),
 ];
 
 fn have(bin: &str) -> bool {

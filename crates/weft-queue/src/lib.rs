@@ -40,6 +40,8 @@
 
 pub mod embedded;
 mod error;
+#[cfg(feature = "nats")]
+pub mod nats;
 mod types;
 
 #[cfg(feature = "suite")]

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weft_log::{Committer, LogIo};
 
+pub(crate) use ops::{check_topic_config, deliver_at, message_size};
 use segments::{SegSink, Segments};
 use state::State;
 

@@ -58,7 +58,7 @@ fn parse_receipt(r: &str) -> Result<(u32, u64)> {
     }
 }
 
-fn check_topic_config(c: &TopicConfig) -> Result<()> {
+pub(crate) fn check_topic_config(c: &TopicConfig) -> Result<()> {
     if c.partitions == 0 || c.partitions > MAX_PARTITIONS {
         return Err(QueueError::Invalid(format!(
             "partitions must be 1..={MAX_PARTITIONS}, not {}",
@@ -74,7 +74,7 @@ fn check_topic_config(c: &TopicConfig) -> Result<()> {
     Ok(())
 }
 
-fn message_size(m: &OutMessage) -> u64 {
+pub(crate) fn message_size(m: &OutMessage) -> u64 {
     let h: usize = m.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
     (m.value.len()
         + m.key.as_ref().map_or(0, |k| k.len())
@@ -1030,7 +1030,7 @@ impl Queue for EmbeddedQueue {
     }
 }
 
-fn deliver_at(m: &OutMessage, now: u64) -> u64 {
+pub(crate) fn deliver_at(m: &OutMessage, now: u64) -> u64 {
     let a = m.deliver_at_ms.unwrap_or(0);
     let b = m.delay_ms.map_or(0, |d| now.saturating_add(d));
     a.max(b)
