@@ -50,3 +50,37 @@ pub fn restore_backup(data: &[u8]) {
         }
     }
 }
+
+/// Writes `data` as the first segment of a queue's log and opens the queue: it must recover
+/// (cutting a torn tail) or fail with a clear error, never panic or hang; if it opens, every
+/// topic can be described and read.
+pub fn open_queue_dir(data: &[u8]) {
+    use weft_queue::Queue;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("log")).unwrap();
+    std::fs::write(dir.path().join("log").join(format!("{:020}.seg", 0)), data).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = weft_queue::embedded::Options {
+            direct_io: false,
+            ..Default::default()
+        };
+        match weft_queue::embedded::EmbeddedQueue::open(dir.path(), opts).await {
+            Ok(q) => {
+                for t in q.topics().await.unwrap_or_default() {
+                    for p in &t.partitions {
+                        let _ = q
+                            .read(&t.name, p.partition, weft_queue::StartAt::Earliest, 100)
+                            .await;
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+            }
+        }
+    });
+}

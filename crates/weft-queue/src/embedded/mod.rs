@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use weft_log::{Committer, LogIo};
 
-pub(crate) use ops::{check_topic_config, deliver_at, message_size};
+pub(crate) use ops::check_topic_config;
+#[cfg(feature = "nats")]
+pub(crate) use ops::{deliver_at, message_size};
 use segments::{SegSink, Segments};
 use state::State;
 

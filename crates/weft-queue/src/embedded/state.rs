@@ -281,6 +281,7 @@ impl State {
                 let name = d.str()?;
                 let config: TopicConfig =
                     serde_json::from_str(&d.str()?).map_err(|e| format!("topic config: {e}"))?;
+                super::check_topic_config(&config).map_err(|e| format!("topic config: {e}"))?;
                 self.add_topic(Topic::new(id, name, config));
             }
             codec::DELETE_TOPIC => {
