@@ -104,11 +104,35 @@ pub struct UpArgs {
     /// (`always` and `group` both acknowledge after the covering fsync).
     #[arg(long)]
     queue_dir: Option<PathBuf>,
+    /// Run the queue on this NATS JetStream server instead of embedded (nats://HOST:PORT).
+    #[cfg(feature = "nats")]
+    #[arg(long)]
+    queue_nats: Option<String>,
+}
+
+/// The node's queue: on NATS JetStream when asked, else embedded in the data dir.
+async fn queue_backend(
+    a: &UpArgs,
+    embedded: Option<&Arc<weft_queue::embedded::EmbeddedQueue>>,
+) -> Result<Option<Arc<dyn weft_queue::Queue>>> {
+    #[cfg(feature = "nats")]
+    if let Some(url) = &a.queue_nats {
+        let q = weft_queue::nats::NatsQueue::connect(url)
+            .await
+            .with_context(|| format!("--queue-nats {url}"))?;
+        return Ok(Some(Arc::new(q)));
+    }
+    let _ = a;
+    Ok(embedded.map(|q| q.clone() as Arc<dyn weft_queue::Queue>))
 }
 
 /// The node's message queue, embedded in the data dir.
 async fn queue(a: &UpArgs) -> Result<Option<Arc<weft_queue::embedded::EmbeddedQueue>>> {
-    if !a.queue {
+    #[cfg(feature = "nats")]
+    let nats = a.queue_nats.is_some();
+    #[cfg(not(feature = "nats"))]
+    let nats = false;
+    if !a.queue || nats {
         return Ok(None);
     }
     let dir = a
@@ -280,6 +304,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     };
     let saga = sagas(&a, &store)?;
     let queue = queue(&a).await?;
+    let queue_api = queue_backend(&a, queue.as_ref()).await?;
     let listener =
         weft_server::bind(a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
@@ -299,7 +324,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
             }) as Arc<dyn Fn() + Send + Sync>
         }),
         saga: saga.clone(),
-        queue: queue.clone().map(|q| q as Arc<dyn weft_queue::Queue>),
+        queue: queue_api,
         ..Default::default()
     };
     #[cfg(feature = "etcd")]

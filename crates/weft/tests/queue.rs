@@ -484,3 +484,57 @@ async fn kill_9_during_publish_and_consume_loses_no_acked_message_and_redelivers
     );
     drop(node);
 }
+
+/// `weft up --queue-nats`: the same API and CLI on NATS JetStream (a nats-server of its own).
+#[cfg(feature = "nats")]
+#[test]
+fn the_node_runs_its_queue_on_nats_jetstream() {
+    let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(bin) = bin else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI needs nats-server");
+        eprintln!("nats-server not installed: skipped");
+        return;
+    };
+    let store = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut nats = std::process::Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(store.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let node = common::start_with(&[
+        "--data-dir".as_ref(),
+        dir.path().as_os_str(),
+        "--queue-nats".as_ref(),
+        url.as_ref(),
+    ]);
+    let ep = &node.endpoint;
+    let ok = |args: &[&str], stdin: Option<&str>| {
+        let (code, out, err) = weft(args, ep, stdin);
+        assert_eq!(code, 0, "weft {args:?}: {out} {err}");
+        out
+    };
+    ok(&["queue", "create", "jobs", "--partitions", "2"], None);
+    ok(&["queue", "group", "jobs", "w"], None);
+    ok(&["queue", "publish", "jobs"], Some("one\ntwo\n"));
+    let out = ok(&["queue", "consume", "jobs", "--group", "w", "--count", "2"], None);
+    assert!(out.contains("one") && out.contains("two"), "{out}");
+    let stats = ok(&["queue", "stats", "jobs"], None);
+    assert!(stats.contains("topic jobs: 2 messages"), "{stats}");
+    assert!(stats.contains("group w: lag 0"), "{stats}");
+    assert!(!dir.path().join("queue").exists(), "nothing embedded");
+    drop(node);
+    let _ = nats.kill();
+    let _ = nats.wait();
+}
