@@ -124,13 +124,14 @@ pub(crate) async fn publish(
     Ok(Json(json!({ "published": out })))
 }
 
-/// Most publishes of one stream in flight at once.
+/// Most publish batches of one stream in flight at once.
 const STREAM_IN_FLIGHT: usize = 4096;
 
-/// `POST /v1/queue/publish/stream?topic=T`: the body is NDJSON, one message per line, and
+/// `POST /v1/queue/publish/stream?name=T`: the body is NDJSON, one message per line, and
 /// the response streams one line per message, in order, once it is durable:
 /// `{"partition":..,"offset":..,"duplicate":..}` or `{"error":{...}}`. Many messages are in
-/// flight at once, so one connection fills group commits.
+/// flight at once, so one connection fills group commits; the lines that arrive together are
+/// published as one batch (one log record).
 pub(crate) async fn publish_stream(
     State(st): State<AppState>,
     q: Result<Query<TopicQuery>, QueryRejection>,
@@ -147,32 +148,33 @@ pub(crate) async fn publish_stream(
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
                     let err = ApiError::BadRequest(format!("reading the request body: {e}"));
-                    let _ = tx.send(futures::future::ready(Err(err)).boxed()).await;
+                    let _ = tx.send(futures::future::ready(vec![Err(err)]).boxed()).await;
                     return;
                 }
                 None => break,
             };
             buf.extend_from_slice(&chunk);
+            let mut lines = Vec::new();
             let mut start = 0;
             while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
-                let line = &buf[start..start + nl];
+                lines.push(parse_line(&buf[start..start + nl]));
                 start += nl + 1;
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                let fut = stream_one(qu.clone(), topic.clone(), line);
+            }
+            buf.drain(..start);
+            for fut in batches(&qu, &topic, lines) {
                 if tx.send(fut).await.is_err() {
                     return;
                 }
             }
-            buf.drain(..start);
         }
-        if !buf.iter().all(u8::is_ascii_whitespace) {
-            let _ = tx.send(stream_one(qu, topic, &buf)).await;
+        let last = vec![parse_line(&buf)];
+        for fut in batches(&qu, &topic, last) {
+            let _ = tx.send(fut).await;
         }
     });
     let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
         .buffered(STREAM_IN_FLIGHT)
+        .flat_map(futures::stream::iter)
         .map(|r| {
             let mut v = match r {
                 Ok(p) => serde_json::to_vec(&p).unwrap_or_default(),
@@ -188,15 +190,69 @@ pub(crate) async fn publish_stream(
         .into_response())
 }
 
-type PublishOne = futures::future::BoxFuture<'static, Result<weft_queue::Published, ApiError>>;
+type Answers = Vec<Result<weft_queue::Published, ApiError>>;
+type PublishBatch = futures::future::BoxFuture<'static, Answers>;
 
-fn stream_one(q: Arc<dyn Queue>, topic: Arc<str>, line: &[u8]) -> PublishOne {
-    let msg: Result<OutMessage, _> = serde_json::from_slice(line);
+/// A line: a message, nothing (blank), or why it is not one.
+fn parse_line(line: &[u8]) -> Option<Result<OutMessage, ApiError>> {
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    Some(
+        serde_json::from_slice(line)
+            .map_err(|e| ApiError::BadRequest(format!("message line: {e}"))),
+    )
+}
+
+/// Runs of good lines become one batch each; a bad line answers alone, in its place.
+fn batches(
+    q: &Arc<dyn Queue>,
+    topic: &Arc<str>,
+    lines: Vec<Option<Result<OutMessage, ApiError>>>,
+) -> Vec<PublishBatch> {
+    let mut out = Vec::new();
+    let mut run = Vec::new();
+    for l in lines.into_iter().flatten() {
+        match l {
+            Ok(m) => run.push(m),
+            Err(e) => {
+                if !run.is_empty() {
+                    out.push(publish_batch(q.clone(), topic.clone(), std::mem::take(&mut run)));
+                }
+                out.push(futures::future::ready(vec![Err(e)]).boxed());
+            }
+        }
+    }
+    if !run.is_empty() {
+        out.push(publish_batch(q.clone(), topic.clone(), run));
+    }
+    out
+}
+
+/// Publishes a run of messages as one batch; if the batch is refused, each message alone, so
+/// that one bad message does not fail its neighbours.
+fn publish_batch(q: Arc<dyn Queue>, topic: Arc<str>, msgs: Vec<OutMessage>) -> PublishBatch {
     async move {
-        let msg = msg.map_err(|e| ApiError::BadRequest(format!("message line: {e}")))?;
-        let mut out = q.publish(&topic, vec![msg]).await?;
-        metrics::counter!("weft_queue_published_total", "topic" => topic.to_string()).increment(1);
-        Ok(out.remove(0))
+        let n = msgs.len();
+        let answers = match q.publish(&topic, msgs.clone()).await {
+            Ok(done) => done.into_iter().map(Ok).collect(),
+            Err(_) if n > 1 => {
+                let mut each = Vec::with_capacity(n);
+                for m in msgs {
+                    each.push(
+                        q.publish(&topic, vec![m])
+                            .await
+                            .map(|mut p| p.remove(0))
+                            .map_err(ApiError::from),
+                    );
+                }
+                each
+            }
+            Err(e) => vec![Err(e.into())],
+        };
+        let ok = answers.iter().filter(|a| a.is_ok()).count() as u64;
+        metrics::counter!("weft_queue_published_total", "topic" => topic.to_string()).increment(ok);
+        answers
     }
     .boxed()
 }
