@@ -404,7 +404,11 @@ mod tests {
         let (_, e) = c.append_deferred(|b| b.extend_from_slice(b"abc")).unwrap();
         assert_eq!(c.durable_end(), 0, "nothing written until asked");
         c.write_or_wake();
-        assert_eq!(c.durable_end(), e, "written on this thread, before returning");
+        assert_eq!(
+            c.durable_end(),
+            e,
+            "written on this thread, before returning"
+        );
         assert_eq!(&*data.lock().unwrap(), b"abc");
         c.wait(e).await.unwrap();
         c.shutdown();

@@ -6,8 +6,9 @@
 //! - `fsync`: this disk's single durable writes (1 KiB `pwrite` + `fdatasync`), the floor of
 //!   one-producer publish latency when every ack waits for the disk;
 //! - `publish P`: P producers, each waiting for the ack of its message before sending the next
-//!   (JetStream: one async-nats connection; weft: one HTTP/1.1 connection carrying an NDJSON
-//!   publish stream, acks streamed back, `/v1/queue/publish/stream`);
+//!   (JetStream: one async-nats connection; weft: one HTTP/1.1 connection carrying a binary
+//!   publish stream, acks streamed back as NDJSON, `/v1/queue/publish/stream`), and the
+//!   embedded queue called in this process (no HTTP) for what the API adds;
 //! - `consume`: a group drains the 64-producer topic in batches of 256, acking each batch;
 //! - `end-to-end`: one producer, one consumer: publish → delivered, p50/p99.
 //!
@@ -37,7 +38,10 @@ impl Drop for Proc {
 }
 
 fn env<T: std::str::FromStr>(k: &str, d: T) -> T {
-    std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d)
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
 }
 
 fn pct(v: &mut [u64], p: f64) -> u64 {
@@ -104,12 +108,21 @@ fn start_nats(dir: &std::path::Path) -> (Proc, String) {
 fn start_weft(dir: &std::path::Path) -> (Proc, String) {
     let bin = std::env::var("WEFT_BIN").unwrap_or_else(|_| "target/release/weft".into());
     let mut child = Command::new(&bin)
-        .args(["up", "--listen", "127.0.0.1:0", "--sagas", "false", "--data-dir"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--sagas",
+            "false",
+            "--data-dir",
+        ])
         .arg(dir)
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} (build it: cargo build --release -p weft): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {bin} (build it: cargo build --release -p weft): {e}")
+        });
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -129,7 +142,12 @@ fn payload(at: Instant, base: Instant) -> Bytes {
     Bytes::from(v)
 }
 
-async fn nats_publish(js: &jetstream::Context, subject: &str, producers: usize, secs: f64) -> (usize, Vec<u64>) {
+async fn nats_publish(
+    js: &jetstream::Context,
+    subject: &str,
+    producers: usize,
+    secs: f64,
+) -> (usize, Vec<u64>) {
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..producers {
@@ -140,7 +158,11 @@ async fn nats_publish(js: &jetstream::Context, subject: &str, producers: usize, 
             let base = Instant::now();
             while Instant::now() < stop {
                 let t = Instant::now();
-                js.publish(subject.clone(), payload(t, base)).await.unwrap().await.unwrap();
+                js.publish(subject.clone(), payload(t, base))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
                 lat.push(t.elapsed().as_micros() as u64);
             }
             lat
@@ -174,14 +196,24 @@ async fn weft_stream(ep: &str, topic: &str) -> mpsc::Sender<(Bytes, oneshot::Sen
     let body = reqwest::Body::wrap_stream(tokio_stream_from(body_rx));
     let url = format!("{ep}/v1/queue/publish/stream?name={topic}");
     tokio::spawn(async move {
-        let r = http.post(url).body(body).send().await.unwrap();
+        let r = http
+            .post(url)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         let mut s = r.bytes_stream();
         let mut buf = Vec::new();
         while let Some(chunk) = s.next().await {
             buf.extend_from_slice(&chunk.unwrap());
             while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=nl).collect();
-                assert!(!line.starts_with(b"{\"error\""), "{}", String::from_utf8_lossy(&line));
+                assert!(
+                    !line.starts_with(b"{\"error\""),
+                    "{}",
+                    String::from_utf8_lossy(&line)
+                );
                 if let Some(done) = acks.lock().unwrap().pop_front() {
                     let _ = done.send(());
                 }
@@ -191,7 +223,18 @@ async fn weft_stream(ep: &str, topic: &str) -> mpsc::Sender<(Bytes, oneshot::Sen
     tx
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+/// A binary publish frame: `len | key_len (0) | value`.
+fn frame(value: &[u8]) -> Bytes {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&(4 + value.len() as u32).to_le_bytes());
+    v.extend_from_slice(&0u32.to_le_bytes());
+    v.extend_from_slice(value);
+    Bytes::from(v)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -206,9 +249,7 @@ async fn weft_publish(ep: &str, topic: &str, producers: usize, secs: f64) -> (us
             let base = Instant::now();
             while Instant::now() < stop {
                 let t = Instant::now();
-                let b64 = base64::engine::general_purpose::STANDARD.encode(payload(t, base));
-                let mut line = serde_json::to_vec(&json!({ "value": b64 })).unwrap();
-                line.push(b'\n');
+                let line = frame(&payload(t, base));
                 let (done, wait) = oneshot::channel();
                 tx.send((Bytes::from(line), done)).await.unwrap();
                 wait.await.unwrap();
@@ -252,17 +293,34 @@ async fn nats_consume(js: &jetstream::Context, stream: &str, secs: f64) -> usize
 }
 
 async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
-    http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
+    http.post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn weft_consume(ep: &str, topic: &str, secs: f64) -> usize {
     let http = reqwest::Client::new();
-    post(&http, format!("{ep}/v1/queue/group/create"), json!({"topic": topic, "group": "drain"})).await;
+    post(
+        &http,
+        format!("{ep}/v1/queue/group/create"),
+        json!({"topic": topic, "group": "drain"}),
+    )
+    .await;
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let mut n = 0;
     let mut acks = Vec::new();
     while Instant::now() < stop {
-        let v = post(&http, format!("{ep}/v1/queue/pull"), json!({"topic": topic, "group": "drain", "max": 256})).await;
+        let v = post(
+            &http,
+            format!("{ep}/v1/queue/pull"),
+            json!({"topic": topic, "group": "drain", "max": 256}),
+        )
+        .await;
         let msgs = v["messages"].as_array().cloned().unwrap_or_default();
         if msgs.is_empty() {
             break;
@@ -285,12 +343,19 @@ fn sent_at(value: &[u8], base: Instant) -> Instant {
 }
 
 async fn nats_e2e(js: &jetstream::Context, secs: f64) -> Vec<u64> {
-    js.create_stream(jetstream::stream::Config { name: "E2E".into(), subjects: vec!["e2e".into()], ..Default::default() })
-        .await
-        .unwrap();
+    js.create_stream(jetstream::stream::Config {
+        name: "E2E".into(),
+        subjects: vec!["e2e".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let s = js.get_stream("E2E").await.unwrap();
     let c: jetstream::consumer::PullConsumer = s
-        .create_consumer(jetstream::consumer::pull::Config { durable_name: Some("e2e".into()), ..Default::default() })
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("e2e".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let base = Instant::now();
@@ -299,7 +364,10 @@ async fn nats_e2e(js: &jetstream::Context, secs: f64) -> Vec<u64> {
         let mut lat = Vec::new();
         let mut msgs = c.messages().await.unwrap();
         while Instant::now() < stop + Duration::from_millis(200) {
-            let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), msgs.next()).await else { break };
+            let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), msgs.next()).await
+            else {
+                break;
+            };
             let m = m.unwrap();
             lat.push(sent_at(&m.payload, base).elapsed().as_micros() as u64);
             m.ack().await.unwrap();
@@ -307,15 +375,29 @@ async fn nats_e2e(js: &jetstream::Context, secs: f64) -> Vec<u64> {
         lat
     });
     while Instant::now() < stop {
-        js.publish("e2e", payload(Instant::now(), base)).await.unwrap().await.unwrap();
+        js.publish("e2e", payload(Instant::now(), base))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     }
     consumer.await.unwrap()
 }
 
 async fn weft_e2e(ep: &str, secs: f64) -> Vec<u64> {
     let http = reqwest::Client::new();
-    post(&http, format!("{ep}/v1/queue/topic/create"), json!({"name": "e2e"})).await;
-    post(&http, format!("{ep}/v1/queue/group/create"), json!({"topic": "e2e", "group": "g"})).await;
+    post(
+        &http,
+        format!("{ep}/v1/queue/topic/create"),
+        json!({"name": "e2e"}),
+    )
+    .await;
+    post(
+        &http,
+        format!("{ep}/v1/queue/group/create"),
+        json!({"topic": "e2e", "group": "g"}),
+    )
+    .await;
     let base = Instant::now();
     let stop = base + Duration::from_secs_f64(secs);
     let ep2 = ep.to_string();
@@ -323,14 +405,21 @@ async fn weft_e2e(ep: &str, secs: f64) -> Vec<u64> {
         let http = reqwest::Client::new();
         let mut lat = Vec::new();
         while Instant::now() < stop + Duration::from_millis(200) {
-            let v = post(&http, format!("{ep2}/v1/queue/pull"), json!({"topic": "e2e", "group": "g", "max": 64, "wait_ms": 300})).await;
+            let v = post(
+                &http,
+                format!("{ep2}/v1/queue/pull"),
+                json!({"topic": "e2e", "group": "g", "max": 64, "wait_ms": 300}),
+            )
+            .await;
             let msgs = v["messages"].as_array().cloned().unwrap_or_default();
             if msgs.is_empty() && Instant::now() > stop {
                 break;
             }
             let now = Instant::now();
             for m in &msgs {
-                let b = base64::engine::general_purpose::STANDARD.decode(m["value"].as_str().unwrap()).unwrap();
+                let b = base64::engine::general_purpose::STANDARD
+                    .decode(m["value"].as_str().unwrap())
+                    .unwrap();
                 lat.push(now.duration_since(sent_at(&b, base)).as_micros() as u64);
             }
             let receipts: Vec<Value> = msgs.iter().map(|m| m["receipt"].clone()).collect();
@@ -344,9 +433,7 @@ async fn weft_e2e(ep: &str, secs: f64) -> Vec<u64> {
     });
     let tx = weft_stream(ep, "e2e").await;
     while Instant::now() < stop {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(payload(Instant::now(), base));
-        let mut line = serde_json::to_vec(&json!({ "value": b64 })).unwrap();
-        line.push(b'\n');
+        let line = frame(&payload(Instant::now(), base));
         let (done, wait) = oneshot::channel();
         tx.send((Bytes::from(line), done)).await.unwrap();
         wait.await.unwrap();
@@ -361,7 +448,9 @@ fn main() {
         .split(',')
         .map(|p| p.trim().parse().expect("QUEUE_BENCH_PRODUCERS: numbers"))
         .collect();
-    let base = std::env::var("QUEUE_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| std::env::temp_dir());
+    let base = std::env::var("QUEUE_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
     let work = tempfile::tempdir_in(&base).unwrap();
     let (nats_dir, weft_dir) = (work.path().join("nats"), work.path().join("weft"));
     std::fs::create_dir_all(&nats_dir).unwrap();
@@ -369,9 +458,23 @@ fn main() {
     println!("| row | system | msgs/s | p50 µs | p99 µs |");
     println!("|---|---|---|---|---|");
     println!("| fsync (1 KiB pwrite + fdatasync) | disk | {rate:.0} | {p50} | |");
+    for &p in &producers {
+        let (n, mut lat) = in_process(&work.path().join(format!("inproc{p}")), p, secs);
+        row(
+            &format!("publish, {p} producers, in process (no HTTP)"),
+            "weft",
+            n,
+            secs,
+            &mut lat,
+        );
+    }
     let (_nats, nats_url) = start_nats(&nats_dir);
     let (_weft, ep) = start_weft(&weft_dir);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let client = async_nats::connect(&nats_url).await.unwrap();
         let js = jetstream::new(client);
@@ -385,22 +488,103 @@ fn main() {
             })
             .await
             .unwrap();
-            post(&http, format!("{ep}/v1/queue/topic/create"), json!({"name": name})).await;
+            post(
+                &http,
+                format!("{ep}/v1/queue/topic/create"),
+                json!({"name": name}),
+            )
+            .await;
             let (n, mut lat) = nats_publish(&js, &format!("bench.{p}"), p, secs).await;
-            row(&format!("publish, {p} producers"), "JetStream", n, secs, &mut lat);
+            row(
+                &format!("publish, {p} producers"),
+                "JetStream",
+                n,
+                secs,
+                &mut lat,
+            );
             let (n, mut lat) = weft_publish(&ep, &name, p, secs).await;
-            row(&format!("publish, {p} producers"), "weft", n, secs, &mut lat);
+            row(
+                &format!("publish, {p} producers"),
+                "weft",
+                n,
+                secs,
+                &mut lat,
+            );
         }
         let last = format!("P{}", producers.last().copied().unwrap_or(1));
         let t = Instant::now();
         let n = nats_consume(&js, &last, secs).await;
-        row("consume (batches of 256, acked)", "JetStream", n, t.elapsed().as_secs_f64(), &mut []);
+        row(
+            "consume (batches of 256, acked)",
+            "JetStream",
+            n,
+            t.elapsed().as_secs_f64(),
+            &mut [],
+        );
         let t = Instant::now();
         let n = weft_consume(&ep, &last, secs).await;
-        row("consume (batches of 256, acked)", "weft", n, t.elapsed().as_secs_f64(), &mut []);
+        row(
+            "consume (batches of 256, acked)",
+            "weft",
+            n,
+            t.elapsed().as_secs_f64(),
+            &mut [],
+        );
         let mut lat = nats_e2e(&js, secs).await;
-        row("end-to-end, 1 producer → 1 consumer", "JetStream", lat.len(), secs, &mut lat);
+        row(
+            "end-to-end, 1 producer → 1 consumer",
+            "JetStream",
+            lat.len(),
+            secs,
+            &mut lat,
+        );
         let mut lat = weft_e2e(&ep, secs).await;
-        row("end-to-end, 1 producer → 1 consumer", "weft", lat.len(), secs, &mut lat);
+        row(
+            "end-to-end, 1 producer → 1 consumer",
+            "weft",
+            lat.len(),
+            secs,
+            &mut lat,
+        );
     });
+}
+
+/// The embedded queue in this process, no HTTP: what the node's API adds on top.
+pub fn in_process(dir: &std::path::Path, producers: usize, secs: f64) -> (usize, Vec<u64>) {
+    use weft_queue::{OutMessage, Queue};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let q = weft_queue::embedded::EmbeddedQueue::open(dir, Default::default())
+            .await
+            .unwrap();
+        q.create_topic("t", Default::default()).await.unwrap();
+        let q = Arc::new(q);
+        let stop = Instant::now() + Duration::from_secs_f64(secs);
+        let mut tasks = Vec::new();
+        for _ in 0..producers {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let base = Instant::now();
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    q.publish("t", vec![OutMessage::new(payload(t, base))])
+                        .await
+                        .unwrap();
+                    lat.push(t.elapsed().as_micros() as u64);
+                }
+                lat
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        q.close().await;
+        (all.len(), all)
+    })
 }

@@ -139,6 +139,10 @@ pub(crate) async fn publish_stream(
 ) -> Result<Response, ApiError> {
     let topic: Arc<str> = Arc::from(query(q)?.name);
     let qu = queue(&st)?.clone();
+    let binary = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
     let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
     let mut body = req.into_body().into_data_stream();
     tokio::spawn(async move {
@@ -148,26 +152,34 @@ pub(crate) async fn publish_stream(
                 Some(Ok(c)) => c,
                 Some(Err(e)) => {
                     let err = ApiError::BadRequest(format!("reading the request body: {e}"));
-                    let _ = tx.send(futures::future::ready(vec![Err(err)]).boxed()).await;
+                    let _ = tx
+                        .send(futures::future::ready(vec![Err(err)]).boxed())
+                        .await;
                     return;
                 }
                 None => break,
             };
             buf.extend_from_slice(&chunk);
-            let mut lines = Vec::new();
-            let mut start = 0;
-            while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
-                lines.push(parse_line(&buf[start..start + nl]));
-                start += nl + 1;
-            }
-            buf.drain(..start);
+            let (lines, used) = if binary {
+                parse_frames(&buf)
+            } else {
+                parse_lines(&buf)
+            };
+            buf.drain(..used);
             for fut in batches(&qu, &topic, lines) {
                 if tx.send(fut).await.is_err() {
                     return;
                 }
             }
         }
-        let last = vec![parse_line(&buf)];
+        let last = match (binary, buf.is_empty()) {
+            (_, true) => Vec::new(),
+            (true, false) => vec![Some(Err(ApiError::BadRequest(format!(
+                "the stream ends inside a frame ({} bytes left over)",
+                buf.len()
+            ))))],
+            (false, false) => vec![parse_line(&buf)],
+        };
         for fut in batches(&qu, &topic, last) {
             let _ = tx.send(fut).await;
         }
@@ -193,6 +205,55 @@ pub(crate) async fn publish_stream(
 type Answers = Vec<Result<weft_queue::Published, ApiError>>;
 type PublishBatch = futures::future::BoxFuture<'static, Answers>;
 
+type Parsed = Vec<Option<Result<OutMessage, ApiError>>>;
+
+/// The complete NDJSON lines at the start of `buf`, and how many bytes they took.
+fn parse_lines(buf: &[u8]) -> (Parsed, usize) {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while let Some(nl) = buf[start..].iter().position(|b| *b == b'\n') {
+        out.push(parse_line(&buf[start..start + nl]));
+        start += nl + 1;
+    }
+    (out, start)
+}
+
+/// Largest binary frame.
+const MAX_FRAME: usize = 64 << 20;
+
+/// The complete binary frames at the start of `buf` (`len: u32 LE | key_len: u32 LE | key |
+/// value`, `len` counting what follows it), and how many bytes they took. A frame that
+/// cannot be one (a length over 64 MiB, a key longer than its frame) ends the stream's
+/// parsing with an error.
+fn parse_frames(buf: &[u8]) -> (Parsed, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while buf.len() - at >= 4 {
+        let len = u32::from_le_bytes(buf[at..at + 4].try_into().expect("4")) as usize;
+        if !(4..=MAX_FRAME).contains(&len) {
+            let e = format!("frame length {len} at byte {at} is not within 4..={MAX_FRAME}");
+            out.push(Some(Err(ApiError::BadRequest(e))));
+            return (out, buf.len());
+        }
+        if buf.len() - at - 4 < len {
+            break;
+        }
+        let f = &buf[at + 4..at + 4 + len];
+        let klen = u32::from_le_bytes(f[..4].try_into().expect("4")) as usize;
+        if klen > len - 4 {
+            let e = format!("frame at byte {at}: key of {klen} bytes in a frame of {len}");
+            out.push(Some(Err(ApiError::BadRequest(e))));
+            return (out, buf.len());
+        }
+        let key = (klen > 0).then(|| bytes::Bytes::copy_from_slice(&f[4..4 + klen]));
+        let mut m = OutMessage::new(bytes::Bytes::copy_from_slice(&f[4 + klen..]));
+        m.key = key;
+        out.push(Some(Ok(m)));
+        at += 4 + len;
+    }
+    (out, at)
+}
+
 /// A line: a message, nothing (blank), or why it is not one.
 fn parse_line(line: &[u8]) -> Option<Result<OutMessage, ApiError>> {
     if line.iter().all(u8::is_ascii_whitespace) {
@@ -217,7 +278,11 @@ fn batches(
             Ok(m) => run.push(m),
             Err(e) => {
                 if !run.is_empty() {
-                    out.push(publish_batch(q.clone(), topic.clone(), std::mem::take(&mut run)));
+                    out.push(publish_batch(
+                        q.clone(),
+                        topic.clone(),
+                        std::mem::take(&mut run),
+                    ));
                 }
                 out.push(futures::future::ready(vec![Err(e)]).boxed());
             }

@@ -493,12 +493,19 @@ fn the_node_runs_its_queue_on_nats_jetstream() {
         .into_iter()
         .find(|p| std::path::Path::new(p).exists());
     let Some(bin) = bin else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI needs nats-server");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI needs nats-server"
+        );
         eprintln!("nats-server not installed: skipped");
         return;
     };
     let store = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut nats = std::process::Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store.path())
@@ -528,7 +535,10 @@ fn the_node_runs_its_queue_on_nats_jetstream() {
     ok(&["queue", "create", "jobs", "--partitions", "2"], None);
     ok(&["queue", "group", "jobs", "w"], None);
     ok(&["queue", "publish", "jobs"], Some("one\ntwo\n"));
-    let out = ok(&["queue", "consume", "jobs", "--group", "w", "--count", "2"], None);
+    let out = ok(
+        &["queue", "consume", "jobs", "--group", "w", "--count", "2"],
+        None,
+    );
     assert!(out.contains("one") && out.contains("two"), "{out}");
     let stats = ok(&["queue", "stats", "jobs"], None);
     assert!(stats.contains("topic jobs: 2 messages"), "{stats}");

@@ -263,9 +263,11 @@ impl EmbeddedQueue {
         Ok(())
     }
 
-    /// Appends records that the caller then waits for ([`EmbeddedQueue::wait`] writes them,
-    /// on the calling thread when no write is in progress); returns the log position to wait
-    /// for. Called under the state lock, so that log order is apply order.
+    /// Appends records; returns the log position to wait for. Called under the state lock,
+    /// so that log order is apply order. The log thread writes them. (Writing a lone
+    /// writer's group on its own thread, `weft_log::Committer::write_or_wake`, was measured:
+    /// 1-producer publish p50 148 µs against 158 µs, but 64 producers fell from 86k to 8.6k
+    /// msgs/s, each request blocking a runtime thread for its own fsync; docs/benchmarks.md.)
     pub(crate) fn append(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
         self.append_at(f).map(|(_, end)| end)
     }
@@ -274,26 +276,17 @@ impl EmbeddedQueue {
     pub(crate) fn append_at(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<(u64, u64)> {
         self.inner
             .log
-            .append_deferred(f)
-            .map_err(|e| QueueError::Storage(e.to_string()))
-    }
-
-    /// Appends records nobody waits for (delivery counts): the log thread writes them.
-    pub(crate) fn append_unwaited(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
-        self.inner
-            .log
             .append(f)
-            .map(|_| ())
             .map_err(|e| QueueError::Storage(e.to_string()))
     }
 
-    /// Waits until the log is durable up to `end`, writing it on this thread if no write is
-    /// in progress (one durable write, ~0.1 ms, blocking this thread: a lone writer saves the
-    /// hand-offs to the log thread and back).
+    /// Appends records nobody waits for (delivery counts).
+    pub(crate) fn append_unwaited(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
+        self.append_at(f).map(|_| ())
+    }
+
+    /// Waits until the log is durable up to `end`.
     pub(crate) async fn wait(&self, end: u64) -> Result<()> {
-        if self.inner.log.durable_end() < end {
-            self.inner.log.write_or_wake();
-        }
         self.inner
             .log
             .wait(end)
