@@ -126,23 +126,19 @@ impl Committer {
     /// see [`crate::begin_record`]). Returns their log positions `(start, end)`: `end` is
     /// what to [`Committer::wait`] for. Fails once the log has failed or was shut down.
     pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(u64, u64), CommitError> {
+        let at = self.append_deferred(encode)?;
+        self.wake();
+        Ok(at)
+    }
+
+    /// Wakes the log thread if it waits for records.
+    fn wake(&self) {
         let mut q = self.inner.q.lock().expect("log queue poisoned");
-        if let Some(f) = &q.failed {
-            return Err(CommitError::Failed(f.clone()));
-        }
-        if q.shutdown {
-            return Err(CommitError::Stopped);
-        }
-        let before = q.buf.len();
-        encode(&mut q.buf);
-        let start = q.start + before as u64;
-        let end = q.start + q.buf.len() as u64;
         let wake = std::mem::replace(&mut q.idle, false);
         drop(q);
         if wake {
             self.inner.cv.notify_one();
         }
-        Ok((start, end))
     }
 
     /// Like [`Committer::append`], without waking the log thread: the caller then calls
@@ -181,12 +177,7 @@ impl Committer {
             Err(std::sync::TryLockError::Poisoned(_)) => return,
             Err(std::sync::TryLockError::WouldBlock) => {}
         }
-        let mut q = self.inner.q.lock().expect("log queue poisoned");
-        let wake = std::mem::replace(&mut q.idle, false);
-        drop(q);
-        if wake {
-            self.inner.cv.notify_one();
-        }
+        self.wake();
     }
 
     /// The log position everything before which is durable.

@@ -40,3 +40,40 @@ pub use frame::{begin_record, finish_record, parse_log, LogTail, MAX_RECORD, REC
 pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
+
+/// Why a data dir could not be locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirLockError {
+    /// The lock file could not be opened (the message names it).
+    Io(String),
+    /// Another process holds it: the dir, and its pid when known (`"<dir> (pid N)"`).
+    InUse(String),
+}
+
+/// Takes the exclusive lock of `dir/LOCK` (created if needed) and writes this process's pid in
+/// it; the lock lasts as long as the returned file is open.
+pub fn lock_dir(dir: &std::path::Path) -> Result<std::fs::File, DirLockError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("LOCK");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DirLockError::Io(format!("cannot open {}: {e}", path.display())))?;
+    if f.try_lock().is_err() {
+        let mut owner = String::new();
+        let _ = f.read_to_string(&mut owner);
+        let who = match owner.trim() {
+            "" => String::new(),
+            o => format!(" (pid {o})"),
+        };
+        return Err(DirLockError::InUse(format!("{}{who}", dir.display())));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    let _ = f.sync_all();
+    Ok(f)
+}

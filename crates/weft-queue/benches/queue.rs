@@ -142,27 +142,21 @@ fn payload(at: Instant, base: Instant) -> Bytes {
     Bytes::from(v)
 }
 
-async fn nats_publish(
-    js: &jetstream::Context,
-    subject: &str,
-    producers: usize,
-    secs: f64,
-) -> (usize, Vec<u64>) {
+type PublishFn = Arc<dyn Fn(Bytes) -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// `producers` tasks, each publishing 1 KiB messages one at a time (waiting for each ack) for
+/// `secs`; returns the count and each publish's latency (µs).
+async fn drive(producers: usize, secs: f64, publish: PublishFn) -> (usize, Vec<u64>) {
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..producers {
-        let js = js.clone();
-        let subject = subject.to_string();
+        let publish = publish.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let base = Instant::now();
             while Instant::now() < stop {
                 let t = Instant::now();
-                js.publish(subject.clone(), payload(t, base))
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
+                publish(payload(t, base)).await;
                 lat.push(t.elapsed().as_micros() as u64);
             }
             lat
@@ -173,6 +167,22 @@ async fn nats_publish(
         all.extend(t.await.unwrap());
     }
     (all.len(), all)
+}
+
+async fn nats_publish(
+    js: &jetstream::Context,
+    subject: &str,
+    producers: usize,
+    secs: f64,
+) -> (usize, Vec<u64>) {
+    let (js, subject) = (js.clone(), subject.to_string());
+    let publish: PublishFn = Arc::new(move |b| {
+        let (js, subject) = (js.clone(), subject.clone());
+        Box::pin(async move {
+            js.publish(subject, b).await.unwrap().await.unwrap();
+        })
+    });
+    drive(producers, secs, publish).await
 }
 
 type AckQueue = Arc<Mutex<VecDeque<oneshot::Sender<()>>>>;
@@ -240,29 +250,15 @@ fn tokio_stream_from<T: Send + 'static>(
 
 async fn weft_publish(ep: &str, topic: &str, producers: usize, secs: f64) -> (usize, Vec<u64>) {
     let tx = weft_stream(ep, topic).await;
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let mut tasks = Vec::new();
-    for _ in 0..producers {
+    let publish: PublishFn = Arc::new(move |b| {
         let tx = tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let base = Instant::now();
-            while Instant::now() < stop {
-                let t = Instant::now();
-                let line = frame(&payload(t, base));
-                let (done, wait) = oneshot::channel();
-                tx.send((Bytes::from(line), done)).await.unwrap();
-                wait.await.unwrap();
-                lat.push(t.elapsed().as_micros() as u64);
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    (all.len(), all)
+        Box::pin(async move {
+            let (done, wait) = oneshot::channel();
+            tx.send((frame(&b), done)).await.unwrap();
+            wait.await.unwrap();
+        })
+    });
+    drive(producers, secs, publish).await
 }
 
 async fn nats_consume(js: &jetstream::Context, stream: &str, secs: f64) -> usize {
@@ -435,7 +431,7 @@ async fn weft_e2e(ep: &str, secs: f64) -> Vec<u64> {
     while Instant::now() < stop {
         let line = frame(&payload(Instant::now(), base));
         let (done, wait) = oneshot::channel();
-        tx.send((Bytes::from(line), done)).await.unwrap();
+        tx.send((line, done)).await.unwrap();
         wait.await.unwrap();
     }
     consumer.await.unwrap()
@@ -563,28 +559,15 @@ pub fn in_process(dir: &std::path::Path, producers: usize, secs: f64) -> (usize,
             .unwrap();
         q.create_topic("t", Default::default()).await.unwrap();
         let q = Arc::new(q);
-        let stop = Instant::now() + Duration::from_secs_f64(secs);
-        let mut tasks = Vec::new();
-        for _ in 0..producers {
-            let q = q.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut lat = Vec::new();
-                let base = Instant::now();
-                while Instant::now() < stop {
-                    let t = Instant::now();
-                    q.publish("t", vec![OutMessage::new(payload(t, base))])
-                        .await
-                        .unwrap();
-                    lat.push(t.elapsed().as_micros() as u64);
-                }
-                lat
-            }));
-        }
-        let mut all = Vec::new();
-        for t in tasks {
-            all.extend(t.await.unwrap());
-        }
+        let q2 = q.clone();
+        let publish: PublishFn = Arc::new(move |b| {
+            let q = q2.clone();
+            Box::pin(async move {
+                q.publish("t", vec![OutMessage::new(b)]).await.unwrap();
+            })
+        });
+        let out = drive(producers, secs, publish).await;
         q.close().await;
-        (all.len(), all)
+        out
     })
 }

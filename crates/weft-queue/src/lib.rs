@@ -138,6 +138,20 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A delivery's receipt, `partition-offset-delivery`: its partition and offset.
+pub(crate) fn parse_receipt(r: &str) -> Result<(u32, u64)> {
+    let mut it = r.split('-');
+    let p = it.next().and_then(|x| x.parse().ok());
+    let o = it.next().and_then(|x| x.parse().ok());
+    let d = it.next().and_then(|x| x.parse::<u32>().ok());
+    match (p, o, d, it.next()) {
+        (Some(p), Some(o), Some(_), None) => Ok((p, o)),
+        _ => Err(QueueError::Invalid(format!(
+            "bad receipt {r:?}: use the receipt of a delivery (partition-offset-delivery)"
+        ))),
+    }
+}
+
 /// The partition a key goes to in a topic of `partitions` partitions.
 pub fn partition_for(key: &[u8], partitions: u32) -> u32 {
     weft_shard::jump(weft_shard::hash(key), partitions)

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::types::*;
-use crate::{check_name, partition_for, Queue, QueueError, Result};
+use crate::{check_name, parse_receipt, partition_for, Queue, QueueError, Result};
 
 const KEY: &str = "weft-key";
 const DELIVER_AT: &str = "weft-deliver-at";
@@ -510,19 +510,6 @@ impl NatsQueue {
         info.redeliveries = r;
         info.dead = d;
         Ok(info)
-    }
-}
-
-fn parse_receipt(r: &str) -> Result<(u32, u64)> {
-    let mut it = r.split('-');
-    let p = it.next().and_then(|x| x.parse().ok());
-    let o = it.next().and_then(|x| x.parse().ok());
-    let d = it.next().and_then(|x| x.parse::<u32>().ok());
-    match (p, o, d, it.next()) {
-        (Some(p), Some(o), Some(_), None) => Ok((p, o)),
-        _ => Err(QueueError::Invalid(format!(
-            "bad receipt {r:?}: use the receipt of a delivery (partition-offset-delivery)"
-        ))),
     }
 }
 

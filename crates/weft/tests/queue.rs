@@ -34,6 +34,26 @@ async fn post(http: &reqwest::Client, ep: &str, path: &str, body: Value) -> (u16
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates a topic and a group on it.
+async fn setup(http: &reqwest::Client, ep: &str, topic: &str, cfg: Value, group: &str) {
+    let (s, v) = post(
+        http,
+        ep,
+        "/v1/queue/topic/create",
+        json!({"name": topic, "config": cfg}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = post(
+        http,
+        ep,
+        "/v1/queue/group/create",
+        json!({"topic": topic, "group": group}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_api_and_its_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -394,29 +414,7 @@ async fn kill_9_during_publish_and_consume_loses_no_acked_message_and_redelivers
     let seen = Arc::new(Mutex::new(Seen::default()));
     let mut node = start(dir.path());
     let ep = node.endpoint.clone();
-    let cfg = json!({"partitions": 3});
-    assert_eq!(
-        post(
-            &http,
-            &ep,
-            "/v1/queue/topic/create",
-            json!({"name": "t", "config": cfg})
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        post(
-            &http,
-            &ep,
-            "/v1/queue/group/create",
-            json!({"topic": "t", "group": "g"})
-        )
-        .await
-        .0,
-        200
-    );
+    setup(&http, &ep, "t", json!({"partitions": 3}), "g").await;
     for cycle in 0..cycles {
         let stop = Instant::now() + Duration::from_millis(400);
         let mut tasks = Vec::new();
@@ -568,29 +566,14 @@ async fn a_topic_larger_than_the_nodes_memory() {
     let ep = node.endpoint.clone();
     let pid = node.child.id();
     let http = reqwest::Client::new();
-    let cfg = json!({"max_message_bytes": 1 << 20});
-    assert_eq!(
-        post(
-            &http,
-            &ep,
-            "/v1/queue/topic/create",
-            json!({"name": "big", "config": cfg})
-        )
-        .await
-        .0,
-        200
-    );
-    assert_eq!(
-        post(
-            &http,
-            &ep,
-            "/v1/queue/group/create",
-            json!({"topic": "big", "group": "g"})
-        )
-        .await
-        .0,
-        200
-    );
+    setup(
+        &http,
+        &ep,
+        "big",
+        json!({"max_message_bytes": 1 << 20}),
+        "g",
+    )
+    .await;
     let base = rss_kib(pid);
     let value = b64(&"v".repeat(256 * 1024));
     let mut peak = base;

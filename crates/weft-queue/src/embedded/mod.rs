@@ -31,8 +31,8 @@ mod ops;
 mod segments;
 mod state;
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -313,27 +313,10 @@ async fn janitor(inner: std::sync::Weak<Inner>, every: Duration) {
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| QueueError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    if f.try_lock().is_err() {
-        let mut owner = String::new();
-        let _ = f.read_to_string(&mut owner);
-        let who = match owner.trim() {
-            "" => String::new(),
-            o => format!(" (pid {o})"),
-        };
-        return Err(QueueError::Locked(format!("{}{who}", dir.display())));
-    }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = write!(f, "{}", std::process::id());
-    Ok(f)
+    weft_log::lock_dir(dir).map_err(|e| match e {
+        weft_log::DirLockError::Io(m) => QueueError::Storage(m),
+        weft_log::DirLockError::InUse(m) => QueueError::Locked(m),
+    })
 }
 
 fn load_checkpoint(dir: &Path) -> Result<(u64, State)> {

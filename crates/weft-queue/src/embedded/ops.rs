@@ -10,7 +10,7 @@ use super::group::GPart;
 use super::state::{new_group, Dead, Entry, Group, Part, State, Topic};
 use super::{now_ms, EmbeddedQueue};
 use crate::types::*;
-use crate::{check_name, partition_for, Queue, QueueError, Result};
+use crate::{check_name, parse_receipt, partition_for, Queue, QueueError, Result};
 
 /// A delivery decided under the lock, its body read after.
 struct Out {
@@ -43,19 +43,6 @@ fn group_mut<'a>(t: &'a mut Topic, name: &str) -> Result<&'a mut Group> {
         topic,
         group: name.to_string(),
     })
-}
-
-fn parse_receipt(r: &str) -> Result<(u32, u64)> {
-    let mut it = r.split('-');
-    let p = it.next().and_then(|x| x.parse().ok());
-    let o = it.next().and_then(|x| x.parse().ok());
-    let d = it.next().and_then(|x| x.parse::<u32>().ok());
-    match (p, o, d, it.next()) {
-        (Some(p), Some(o), Some(_), None) => Ok((p, o)),
-        _ => Err(QueueError::Invalid(format!(
-            "bad receipt {r:?}: use the receipt of a delivery (partition-offset-delivery)"
-        ))),
-    }
 }
 
 pub(crate) fn check_topic_config(c: &TopicConfig) -> Result<()> {
@@ -434,8 +421,9 @@ impl EmbeddedQueue {
     }
 
     /// Finds the pending offset a receipt names: `(partition, offset, key)`.
-    fn pending(t: &Topic, g: &Group, receipt: &str) -> Result<(u32, u64, Option<u64>)> {
+    fn pending(t: &mut Topic, group: &str, receipt: &str) -> Result<(u32, u64, Option<u64>)> {
         let (p, off) = parse_receipt(receipt)?;
+        let g = group_mut(t, group)?;
         let not = || QueueError::NotPending(receipt.to_string());
         let gp = g.parts.get(p as usize).ok_or_else(not)?;
         let tracked = gp.inflight.contains_key(&off)
@@ -728,11 +716,7 @@ impl Queue for EmbeddedQueue {
         let (end, unblocked) = {
             let mut st = self.inner.state.lock().expect("queue state poisoned");
             let t = topic(&mut st, name)?;
-            let g = t.groups.get(group).ok_or(QueueError::UnknownGroup {
-                topic: name.to_string(),
-                group: group.to_string(),
-            })?;
-            let (p, off, key) = Self::pending(t, g, receipt)?;
+            let (p, off, key) = Self::pending(t, group, receipt)?;
             let id = t.id;
             let end =
                 self.append(|b| encode_group_rec(b, codec::ACK, id, group, p, off, |_| {}))?;
@@ -769,11 +753,7 @@ impl Queue for EmbeddedQueue {
         let end = {
             let mut st = self.inner.state.lock().expect("queue state poisoned");
             let t = topic(&mut st, name)?;
-            let g = t.groups.get(group).ok_or(QueueError::UnknownGroup {
-                topic: name.to_string(),
-                group: group.to_string(),
-            })?;
-            let (p, off, key) = Self::pending(t, g, receipt)?;
+            let (p, off, key) = Self::pending(t, group, receipt)?;
             let id = t.id;
             let Topic {
                 parts,

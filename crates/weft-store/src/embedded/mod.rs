@@ -13,8 +13,7 @@ mod mvcc;
 mod wal;
 
 use std::collections::{HashSet, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
@@ -172,30 +171,10 @@ impl std::fmt::Debug for Embedded {
 }
 
 fn lock_dir(dir: &Path) -> Result<File> {
-    let path = dir.join("LOCK");
-    let mut f = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::Storage(format!("cannot open {}: {e}", path.display())))?;
-    if f.try_lock().is_err() {
-        let mut owner = String::new();
-        let _ = f.read_to_string(&mut owner);
-        let owner = owner.trim();
-        let who = if owner.is_empty() {
-            String::new()
-        } else {
-            format!(" (pid {owner})")
-        };
-        return Err(StoreError::Locked(format!("{}{who}", dir.display())));
-    }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = write!(f, "{}", std::process::id());
-    let _ = f.sync_all();
-    Ok(f)
+    weft_log::lock_dir(dir).map_err(|e| match e {
+        weft_log::DirLockError::Io(m) => StoreError::Storage(m),
+        weft_log::DirLockError::InUse(m) => StoreError::Locked(m),
+    })
 }
 
 impl Embedded {

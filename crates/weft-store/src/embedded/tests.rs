@@ -2,7 +2,7 @@
 //! invariants (property tests).
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, OpenOptions};
 
 use bytes::Bytes;
 use proptest::prelude::*;
