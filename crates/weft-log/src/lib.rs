@@ -3,7 +3,7 @@
 //!
 //! - [`frame`]: records framed as `len | crc32 | payload`, and [`parse_log`], which tells a
 //!   clean end, a torn tail (a write cut short: truncate it) and damage (refuse to start) apart;
-//! - [`file`]: [`LogFile`], positional appends made durable by direct I/O (`O_DIRECT |
+//! - [`file`](mod@file): [`LogFile`], positional appends made durable by direct I/O (`O_DIRECT |
 //!   O_DSYNC`, one `pwrite` per group) where the file system allows it, else `write` +
 //!   `fdatasync`;
 //! - [`commit`]: [`Committer`], group commit: one thread writes and syncs everything writers

@@ -100,7 +100,7 @@ pub struct UpArgs {
     /// Run the message queue behind /v1/queue/* ("false": none).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     queue: bool,
-    /// Where the queue keeps its log (default: <data-dir>/queue). Its acks follow --fsync
+    /// Where the queue keeps its log (default: DATA_DIR/queue). Its acks follow --fsync
     /// (`always` and `group` both acknowledge after the covering fsync).
     #[arg(long)]
     queue_dir: Option<PathBuf>,
