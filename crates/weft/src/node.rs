@@ -97,7 +97,9 @@ pub struct UpArgs {
     /// How long finished sagas are kept ("24h", "30m", "90s").
     #[arg(long, default_value = "24h")]
     saga_retention: String,
-    /// Run the message queue behind /v1/queue/* ("false": none).
+    /// Run the message queue behind /v1/queue/* ("false": none). On etcd (--etcd-endpoints)
+    /// the node keeps no local data unless told: the queue runs there only with --queue-dir or
+    /// --queue-nats.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     queue: bool,
     /// Where the queue keeps its log (default: DATA_DIR/queue). Its acks follow --fsync
@@ -132,7 +134,11 @@ async fn queue(a: &UpArgs) -> Result<Option<Arc<weft_queue::embedded::EmbeddedQu
     let nats = a.queue_nats.is_some();
     #[cfg(not(feature = "nats"))]
     let nats = false;
-    if !a.queue || nats {
+    #[cfg(feature = "etcd")]
+    let on_etcd = !a.etcd_endpoints.is_empty();
+    #[cfg(not(feature = "etcd"))]
+    let on_etcd = false;
+    if !a.queue || nats || (on_etcd && a.queue_dir.is_none()) {
         return Ok(None);
     }
     let dir = a
