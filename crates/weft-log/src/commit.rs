@@ -66,10 +66,6 @@ struct Queue {
 
 struct Inner {
     q: Mutex<Queue>,
-    /// The sink; whoever holds it writes (the log thread, or a writer in
-    /// [`Committer::write_or_wake`]). `None` once the log failed or stopped.
-    sink: Mutex<Option<Box<dyn Sink>>>,
-    spare: Mutex<Vec<u8>>,
     cv: Condvar,
     durable: watch::Sender<Durable>,
     waiters: Mutex<Vec<(u64, oneshot::Sender<()>)>>,
@@ -102,8 +98,6 @@ impl Committer {
                 idle: false,
                 failed: None,
             }),
-            sink: Mutex::new(Some(Box::new(sink))),
-            spare: Mutex::new(Vec::with_capacity(1 << 20)),
             cv: Condvar::new(),
             durable: watch::channel(Durable { end, failed: None }).0,
             waiters: Mutex::new(Vec::new()),
@@ -117,7 +111,7 @@ impl Committer {
                 if let Err(e) = crate::sched::batch_policy_for_this_thread() {
                     tracing::debug!("log thread keeps the default scheduling policy: {e}");
                 }
-                run(weak)
+                run(weak, sink)
             })?;
         Ok((Committer { inner }, handle))
     }
@@ -126,30 +120,6 @@ impl Committer {
     /// see [`crate::begin_record`]). Returns their log positions `(start, end)`: `end` is
     /// what to [`Committer::wait`] for. Fails once the log has failed or was shut down.
     pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(u64, u64), CommitError> {
-        let at = self.append_deferred(encode)?;
-        self.wake();
-        Ok(at)
-    }
-
-    /// Wakes the log thread if it waits for records.
-    fn wake(&self) {
-        let mut q = self.inner.q.lock().expect("log queue poisoned");
-        let wake = std::mem::replace(&mut q.idle, false);
-        drop(q);
-        if wake {
-            self.inner.cv.notify_one();
-        }
-    }
-
-    /// Like [`Committer::append`], without waking the log thread: the caller then calls
-    /// [`Committer::write_or_wake`], which writes on the calling thread when no write is in
-    /// progress. A lone writer so saves two thread hand-offs (to the log thread and back) per
-    /// durable write; concurrent writers still share groups (those that find a write in
-    /// progress leave theirs to the log thread).
-    pub fn append_deferred(
-        &self,
-        encode: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<(u64, u64), CommitError> {
         let mut q = self.inner.q.lock().expect("log queue poisoned");
         if let Some(f) = &q.failed {
             return Err(CommitError::Failed(f.clone()));
@@ -159,25 +129,14 @@ impl Committer {
         }
         let before = q.buf.len();
         encode(&mut q.buf);
-        Ok((q.start + before as u64, q.start + q.buf.len() as u64))
-    }
-
-    /// Writes what is queued on the calling thread if no write is in progress, else wakes the
-    /// log thread for it. Blocks for the duration of one durable write.
-    pub fn write_or_wake(&self) {
-        match self.inner.sink.try_lock() {
-            Ok(mut guard) => {
-                if let Some(sink) = guard.as_mut() {
-                    if write_queued(&self.inner, sink.as_mut()).is_err() {
-                        guard.take();
-                    }
-                    return;
-                }
-            }
-            Err(std::sync::TryLockError::Poisoned(_)) => return,
-            Err(std::sync::TryLockError::WouldBlock) => {}
+        let start = q.start + before as u64;
+        let end = q.start + q.buf.len() as u64;
+        let wake = std::mem::replace(&mut q.idle, false);
+        drop(q);
+        if wake {
+            self.inner.cv.notify_one();
         }
-        self.wake();
+        Ok((start, end))
     }
 
     /// The log position everything before which is durable.
@@ -223,11 +182,12 @@ impl Committer {
 }
 
 /// The log thread's body.
-fn run(inner: std::sync::Weak<Inner>) {
+fn run(inner: std::sync::Weak<Inner>, mut sink: impl Sink) {
+    let mut spare = Vec::with_capacity(1 << 20);
     let mut last_group = 0usize;
     loop {
         let Some(me) = inner.upgrade() else { return };
-        {
+        let (at, data) = {
             let mut q = me.q.lock().expect("log queue poisoned");
             while q.buf.is_empty() && !q.shutdown {
                 q.idle = true;
@@ -249,60 +209,39 @@ fn run(inner: std::sync::Weak<Inner>) {
             }
             if q.buf.is_empty() && q.shutdown {
                 drop(q);
-                me.sink.lock().expect("log sink poisoned").take();
                 me.waiters.lock().expect("log waiters poisoned").clear();
                 return;
             }
+            let at = q.start;
+            q.start += q.buf.len() as u64;
+            spare.clear();
+            (
+                at,
+                std::mem::replace(&mut q.buf, std::mem::take(&mut spare)),
+            )
+        };
+        last_group = data.len();
+        if let Err(e) = sink.write(at, &data) {
+            fail(&me, format!("{e}"));
+            return;
         }
-        let mut guard = me.sink.lock().expect("log sink poisoned");
-        let Some(sink) = guard.as_mut() else { return };
-        match write_queued(&me, sink.as_mut()) {
-            Ok(n) => last_group = n,
-            Err(()) => {
-                guard.take();
-                return;
+        me.writes.fetch_add(1, Ordering::Relaxed);
+        let end = at + data.len() as u64;
+        sink.durable(end);
+        me.durable.send_modify(|d| d.end = end);
+        let mut w = me.waiters.lock().expect("log waiters poisoned");
+        let mut i = 0;
+        while i < w.len() {
+            if w[i].0 <= end {
+                let (_, tx) = w.swap_remove(i);
+                let _ = tx.send(());
+            } else {
+                i += 1;
             }
         }
+        drop(w);
+        spare = data;
     }
-}
-
-/// Takes everything queued and writes it (the caller holds the sink), then publishes the new
-/// durable end. Returns the bytes written; `Err` when the write failed (the log is failed).
-fn write_queued(me: &Inner, sink: &mut dyn Sink) -> Result<usize, ()> {
-    let (at, data) = {
-        let mut spare = std::mem::take(&mut *me.spare.lock().expect("log spare poisoned"));
-        spare.clear();
-        let mut q = me.q.lock().expect("log queue poisoned");
-        if q.buf.is_empty() {
-            *me.spare.lock().expect("log spare poisoned") = spare;
-            return Ok(0);
-        }
-        let at = q.start;
-        q.start += q.buf.len() as u64;
-        (at, std::mem::replace(&mut q.buf, spare))
-    };
-    if let Err(e) = sink.write(at, &data) {
-        fail(me, format!("{e}"));
-        return Err(());
-    }
-    me.writes.fetch_add(1, Ordering::Relaxed);
-    let end = at + data.len() as u64;
-    sink.durable(end);
-    me.durable.send_modify(|d| d.end = end);
-    let mut w = me.waiters.lock().expect("log waiters poisoned");
-    let mut i = 0;
-    while i < w.len() {
-        if w[i].0 <= end {
-            let (_, tx) = w.swap_remove(i);
-            let _ = tx.send(());
-        } else {
-            i += 1;
-        }
-    }
-    drop(w);
-    let n = data.len();
-    *me.spare.lock().expect("log spare poisoned") = data;
-    Ok(n)
 }
 
 fn fail(inner: &Inner, msg: String) {
@@ -386,24 +325,6 @@ mod tests {
         c.shutdown();
         h.join().unwrap();
         assert_eq!(c.append(|b| b.push(1)), Err(CommitError::Stopped));
-    }
-
-    #[tokio::test]
-    async fn a_lone_writer_writes_on_its_own_thread() {
-        let (sink, data, _) = mem(usize::MAX);
-        let (c, h) = Committer::start("t", 0, sink, Duration::ZERO).unwrap();
-        let (_, e) = c.append_deferred(|b| b.extend_from_slice(b"abc")).unwrap();
-        assert_eq!(c.durable_end(), 0, "nothing written until asked");
-        c.write_or_wake();
-        assert_eq!(
-            c.durable_end(),
-            e,
-            "written on this thread, before returning"
-        );
-        assert_eq!(&*data.lock().unwrap(), b"abc");
-        c.wait(e).await.unwrap();
-        c.shutdown();
-        h.join().unwrap();
     }
 
     #[tokio::test]

@@ -79,6 +79,8 @@ struct Local {
     holding: HashMap<(String, String, String), u32>,
     configs: HashMap<String, TopicConfig>,
     groups: HashMap<(String, String), GroupConfig>,
+    /// Pull consumers by (topic, group, partition): looked up once, not per pull.
+    consumers: HashMap<(String, String, u32), consumer::PullConsumer>,
     rr: HashMap<String, u32>,
 }
 
@@ -254,13 +256,20 @@ impl NatsQueue {
     }
 
     async fn consumer(&self, topic: &str, group: &str, p: u32) -> Result<consumer::PullConsumer> {
+        let k = (topic.to_string(), group.to_string(), p);
+        if let Some(c) = self.local().consumers.get(&k) {
+            return Ok(c.clone());
+        }
         let s = self.stream(topic, p).await?;
-        s.get_consumer(&enc(group))
-            .await
-            .map_err(|_| QueueError::UnknownGroup {
-                topic: topic.to_string(),
-                group: group.to_string(),
-            })
+        let c: consumer::PullConsumer =
+            s.get_consumer(&enc(group))
+                .await
+                .map_err(|_| QueueError::UnknownGroup {
+                    topic: topic.to_string(),
+                    group: group.to_string(),
+                })?;
+        self.local().consumers.insert(k, c.clone());
+        Ok(c)
     }
 
     /// Sends an ack kind on a delivery's reply subject and waits for the server's answer.
@@ -552,6 +561,7 @@ impl Queue for NatsQueue {
         let mut l = self.local();
         l.configs.remove(name);
         l.groups.retain(|k, _| k.0 != name);
+        l.consumers.retain(|k, _| k.0 != name);
         Ok(())
     }
 
@@ -658,9 +668,10 @@ impl Queue for NatsQueue {
             let s = self.stream(topic, p).await?;
             s.delete_consumer(&enc(group)).await.map_err(backend)?;
         }
-        self.local()
-            .groups
-            .remove(&(topic.to_string(), group.to_string()));
+        let mut l = self.local();
+        l.groups.remove(&(topic.to_string(), group.to_string()));
+        l.consumers
+            .retain(|k, _| (k.0.as_str(), k.1.as_str()) != (topic, group));
         Ok(())
     }
 

@@ -334,30 +334,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
         ..Default::default()
     };
     #[cfg(feature = "etcd")]
-    let (stop_tx, grpc) = match a.etcd_listen {
-        Some(addr) => {
-            if !addr.ip().is_loopback() {
-                bail!("--etcd-listen {addr}: the etcd API has no authentication yet; listen on loopback");
-            }
-            let l = weft_server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-            let url = format!("http://{}", l.local_addr()?);
-            println!("etcd API listening on {url}");
-            std::io::stdout().flush()?;
-            // The cores this process may run on (its CPU affinity, e.g. under `taskset`).
-            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-            let threads = a.etcd_threads.unwrap_or((cores / 2).max(1));
-            let ecfg = weft_etcd_api::Config {
-                client_url: url,
-                member_id: 0x7765_6674,
-                threads,
-                inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
-            };
-            let (tx, mut rx) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }));
-            (Some(tx), Some(task))
-        }
+    let (stop_tx, grpc) = match etcd_api(&a, &store)? {
+        Some((tx, task)) => (Some(tx), Some(task)),
         None => (None, None),
     };
     let (gw_stop, gw_task) = match a.gateway_listen {
@@ -402,4 +380,40 @@ pub async fn up(a: UpArgs) -> Result<()> {
         e.close();
     }
     Ok(())
+}
+
+/// A background server of `weft up` and the sender that stops it.
+#[cfg(feature = "etcd")]
+type Background = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// Starts the etcd v3 API when `--etcd-listen` asks for it.
+#[cfg(feature = "etcd")]
+fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Background>> {
+    let Some(addr) = a.etcd_listen else {
+        return Ok(None);
+    };
+    if !addr.ip().is_loopback() {
+        bail!("--etcd-listen {addr}: the etcd API has no authentication yet; listen on loopback");
+    }
+    let l = weft_server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    let url = format!("http://{}", l.local_addr()?);
+    println!("etcd API listening on {url}");
+    std::io::stdout().flush()?;
+    // The cores this process may run on (its CPU affinity, e.g. under `taskset`).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = a.etcd_threads.unwrap_or((cores / 2).max(1));
+    let ecfg = weft_etcd_api::Config {
+        client_url: url,
+        member_id: 0x7765_6674,
+        threads,
+        inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
+    };
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Ok(Some((tx, task)))
 }

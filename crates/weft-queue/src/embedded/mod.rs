@@ -234,7 +234,11 @@ impl EmbeddedQueue {
         let (end, removable) = {
             let mut st = self.inner.state.lock().expect("queue state poisoned");
             let trims = ops::age_trims(&mut st, now);
-            let end = self.append(|b| ops::encode_trims(b, &trims))?;
+            let end = if trims.is_empty() {
+                0
+            } else {
+                self.append(|b| ops::encode_trims(b, &trims))?
+            };
             (end, st.min_needed_pos())
         };
         self.wait(end).await?;
@@ -264,10 +268,7 @@ impl EmbeddedQueue {
     }
 
     /// Appends records; returns the log position to wait for. Called under the state lock,
-    /// so that log order is apply order. The log thread writes them. (Writing a lone
-    /// writer's group on its own thread, `weft_log::Committer::write_or_wake`, was measured:
-    /// 1-producer publish p50 148 µs against 158 µs, but 64 producers fell from 86k to 8.6k
-    /// msgs/s, each request blocking a runtime thread for its own fsync; docs/benchmarks.md.)
+    /// so that log order is apply order. The log thread writes them.
     pub(crate) fn append(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
         self.append_at(f).map(|(_, end)| end)
     }
@@ -278,11 +279,6 @@ impl EmbeddedQueue {
             .log
             .append(f)
             .map_err(|e| QueueError::Storage(e.to_string()))
-    }
-
-    /// Appends records nobody waits for (delivery counts).
-    pub(crate) fn append_unwaited(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<()> {
-        self.append_at(f).map(|_| ())
     }
 
     /// Waits until the log is durable up to `end`.

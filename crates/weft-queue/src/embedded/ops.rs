@@ -683,7 +683,7 @@ impl Queue for EmbeddedQueue {
                 let id = t.id;
                 let (outs, notes, next_due) = Self::plan_pull(t, group, &pull, now)?;
                 if !notes.is_empty() {
-                    self.append_unwaited(|b| Self::encode_notes(b, id, group, &notes))?;
+                    self.append(|b| Self::encode_notes(b, id, group, &notes))?;
                 }
                 (outs, next_due)
             };
