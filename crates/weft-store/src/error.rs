@@ -8,6 +8,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 /// The variants are shared by all backends, so callers can match on them regardless of where the
 /// data lives. [`StoreError::is_retryable`] tells whether trying the same request again can help.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 pub enum StoreError {
     /// The requested revision has been compacted away.
@@ -89,6 +90,10 @@ pub enum StoreError {
     /// The store has been closed.
     #[error("store is closed")]
     Closed,
+    /// This node is a replica: writes go to its primary, at the address given (forwarding is
+    /// off, or the primary is not known yet).
+    #[error("this node is a read-only replica; send writes to the primary ({0})")]
+    NotPrimary(String),
     /// The operation is not supported by this backend.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -119,6 +124,7 @@ impl StoreError {
             StoreError::Locked(_) => "locked",
             StoreError::Closed => "closed",
             StoreError::Unsupported(_) => "unsupported",
+            StoreError::NotPrimary(_) => "not_primary",
         }
     }
 }

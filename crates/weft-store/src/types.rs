@@ -21,6 +21,7 @@ pub fn prefix_end(prefix: &[u8]) -> Bytes {
 /// A key range in etcd's encoding: `range_end` empty means the single `key`; `"\0"` means
 /// every key `>= key`; otherwise `[key, range_end)`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct KeyRange {
     /// First key (inclusive).
     pub key: Bytes,
@@ -77,6 +78,7 @@ impl KeyRange {
 
 /// One key-value pair as stored, with its revision metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct KeyValue {
     /// The key.
     pub key: Bytes,
@@ -94,6 +96,7 @@ pub struct KeyValue {
 
 /// Header carried by every response.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ResponseHeader {
     /// The store revision when the request was applied (for reads: the revision read at, or the
     /// current revision for reads of the latest state).
@@ -102,6 +105,7 @@ pub struct ResponseHeader {
 
 /// Read keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RangeRequest {
     /// Which keys.
     pub range: KeyRange,
@@ -147,6 +151,7 @@ impl RangeRequest {
 
 /// Result of a range.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RangeResponse {
     /// Header.
     pub header: ResponseHeader,
@@ -160,6 +165,7 @@ pub struct RangeResponse {
 
 /// Write one key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PutRequest {
     /// Key (must not be empty).
     pub key: Bytes,
@@ -194,6 +200,7 @@ impl PutRequest {
 
 /// Result of a put.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct PutResponse {
     /// Header (the revision of this write).
     pub header: ResponseHeader,
@@ -203,6 +210,7 @@ pub struct PutResponse {
 
 /// Delete keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeleteRequest {
     /// Which keys.
     pub range: KeyRange,
@@ -227,6 +235,7 @@ impl DeleteRequest {
 
 /// Result of a delete.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeleteResponse {
     /// Header.
     pub header: ResponseHeader,
@@ -238,6 +247,7 @@ pub struct DeleteResponse {
 
 /// What a [`Compare`] looks at.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum CompareTarget {
     /// The value (a missing key never matches).
     Value(Bytes),
@@ -253,6 +263,7 @@ pub enum CompareTarget {
 
 /// How a [`Compare`] compares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum CompareOp {
     /// `=`
     Equal,
@@ -266,6 +277,7 @@ pub enum CompareOp {
 
 /// One guard of a transaction. With a range, every key in it must satisfy the comparison.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Compare {
     /// Key or range compared.
     pub range: KeyRange,
@@ -288,6 +300,7 @@ impl Compare {
 
 /// One operation of a transaction branch.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TxnOp {
     /// Read.
     Range(RangeRequest),
@@ -299,6 +312,7 @@ pub enum TxnOp {
 
 /// Result of one transaction operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum TxnOpResponse {
     /// Read result.
     Range(RangeResponse),
@@ -310,6 +324,7 @@ pub enum TxnOpResponse {
 
 /// If all `compare`s hold, apply `success`, else `failure`; atomically, at one revision.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TxnRequest {
     /// Guards.
     pub compare: Vec<Compare>,
@@ -343,6 +358,7 @@ impl TxnRequest {
 
 /// Result of a transaction.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct TxnResponse {
     /// Header (the revision of the write, or the current revision if nothing was written).
     pub header: ResponseHeader,
@@ -354,6 +370,7 @@ pub struct TxnResponse {
 
 /// Result of a lease grant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LeaseGrantResponse {
     /// Header.
     pub header: ResponseHeader,
@@ -365,6 +382,7 @@ pub struct LeaseGrantResponse {
 
 /// Result of a lease keepalive.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LeaseKeepAliveResponse {
     /// Header.
     pub header: ResponseHeader,
@@ -376,6 +394,7 @@ pub struct LeaseKeepAliveResponse {
 
 /// Result of a lease time-to-live query.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct LeaseTimeToLiveResponse {
     /// Header.
     pub header: ResponseHeader,
@@ -391,6 +410,7 @@ pub struct LeaseTimeToLiveResponse {
 
 /// Result of a compaction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CompactResponse {
     /// Header.
     pub header: ResponseHeader,
@@ -398,6 +418,7 @@ pub struct CompactResponse {
 
 /// A digest of the store's key-value state at a revision.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HashKvResponse {
     /// Header.
     pub header: ResponseHeader,

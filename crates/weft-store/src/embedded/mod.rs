@@ -10,6 +10,7 @@ mod codec;
 mod defer;
 mod hub;
 mod mvcc;
+mod repl;
 mod wal;
 
 use std::collections::{HashSet, VecDeque};
@@ -27,6 +28,7 @@ use tokio::time::{Duration, Instant};
 
 pub use self::backup::{restore, verify_backup, BackupInfo};
 pub use self::defer::{defer_flushes, flush_deferred};
+pub use self::repl::{Applied, DurablePoint, FeedChunk, FeedNext, LogSince};
 use self::mvcc::{Mvcc, Writer};
 use self::wal::Log;
 use crate::types::*;
@@ -160,6 +162,10 @@ struct Inner {
     lease_wake: Arc<Notify>,
     /// Wakes the sweeper after a compaction.
     sweep_wake: Arc<Notify>,
+    /// The primary this store replicates (see `Embedded::set_primary`).
+    primary: RwLock<Option<String>>,
+    /// Whether `primary` is set: client writes are refused, leases do not expire here.
+    replica: AtomicBool,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -236,6 +242,8 @@ impl Embedded {
             closed_tx,
             lease_wake: Arc::new(Notify::new()),
             sweep_wake: Arc::new(Notify::new()),
+            primary: RwLock::new(None),
+            replica: AtomicBool::new(false),
         });
         tokio::spawn(sweeper(
             Arc::downgrade(&inner),
@@ -333,6 +341,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Refuses client writes on a replica.
+    fn check_primary(&self) -> Result<()> {
+        if self.replica.load(Ordering::Relaxed) {
+            let p = self.primary.read().expect("role poisoned").clone();
+            return Err(StoreError::NotPrimary(p.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
     /// The newest revision whose log records are durable: what reads see.
     fn visible(&self) -> i64 {
         self.log.durable.borrow().rev
@@ -358,6 +375,7 @@ impl Inner {
     /// the call returns once it is durable. Returns `f`'s output and the revision after.
     async fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<(T, i64)> {
         self.check_writable()?;
+        self.check_primary()?;
         let deferred = defer::enabled();
         let (out, rev, seq, wake, logged) = {
             let mut st = self.state.write().expect("state poisoned");
@@ -649,7 +667,12 @@ async fn lease_expiry(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::
         let next = {
             let Some(inner) = inner.upgrade() else { return };
             let now = Instant::now();
-            let expired = inner.state.read().expect("state poisoned").expired(now);
+            // A replica's leases end by the primary's records.
+            let replica = inner.replica.load(Ordering::Relaxed);
+            let expired = match replica {
+                true => Vec::new(),
+                false => inner.state.read().expect("state poisoned").expired(now),
+            };
             for id in expired {
                 match inner.write(|w| Ok(w.revoke(id))).await {
                     Ok(_) => tracing::debug!(lease = id, "lease expired"),
@@ -660,7 +683,7 @@ async fn lease_expiry(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::
                 }
             }
             let next = inner.state.read().expect("state poisoned").next_deadline();
-            next
+            next.filter(|_| !replica)
         };
         let far = Instant::now() + Duration::from_secs(3600);
         tokio::select! {
@@ -727,6 +750,9 @@ async fn auto_compact(inner: Weak<Inner>, mut closed: watch::Receiver<bool>) {
             _ = closed.changed() => return,
         }
         let Some(inner) = inner.upgrade() else { return };
+        if inner.replica.load(Ordering::Relaxed) {
+            continue;
+        }
         let (vis, compacted) = (
             inner.visible(),
             inner.state.read().expect("state poisoned").compact_rev,
@@ -1007,6 +1033,7 @@ impl Store for EmbeddedRef {
 
     async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
         self.0.check_writable()?;
+        self.0.check_primary()?;
         let now = Instant::now();
         let mut st = self.0.state.write().expect("state poisoned");
         let rev = st.rev;
@@ -1146,3 +1173,5 @@ impl Store for EmbeddedRef {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod repl_tests;

@@ -105,6 +105,8 @@ pub(crate) struct Log {
     /// (the log thread, or a thread that flushes its own writes, see [`Log::flush_from_writer`]).
     /// `None` before the log thread starts and after the log failed or stopped.
     writer: Mutex<Option<Flusher>>,
+    /// The records made durable, for replicas (`embedded::repl`); set once replication starts.
+    pub feed: std::sync::OnceLock<std::sync::Arc<super::repl::Feed>>,
 }
 
 /// What writing the log needs, owned by whoever holds [`Log`]'s `writer` lock.
@@ -124,7 +126,7 @@ pub(crate) fn wal_name(gen: u64) -> String {
 pub(crate) fn snap_name(gen: u64) -> String {
     format!("snap-{gen:020}.snap")
 }
-fn parse_gen(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+pub(crate) fn parse_gen(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     name.strip_prefix(prefix)?
         .strip_suffix(suffix)?
         .parse()
@@ -323,6 +325,7 @@ impl Log {
             log_bytes: AtomicU64::new(log_bytes),
             last_snapshot: AtomicU64::new(snap_bytes),
             writer: Mutex::new(None),
+            feed: std::sync::OnceLock::new(),
         }
     }
 
@@ -446,6 +449,9 @@ impl Log {
             });
         });
         changed.clear();
+        if let Some(feed) = super::repl::feed_of(self) {
+            feed.commit(seq);
+        }
         // Watchers first, writers second, as when both waited on `durable`: waking the writers
         // first lost 10 % of the watch fan-out with client and server on the same cores
         // (docs/runs/etcd-api.md, "fewer futex calls on the write path").
@@ -667,6 +673,9 @@ impl Log {
             self.direct_io.store(file.direct(), Ordering::Relaxed);
         }
         written?;
+        if let Some(feed) = super::repl::feed_of(self) {
+            feed.stage(buf);
+        }
         self.log_bytes
             .fetch_add(file.size() - size, Ordering::Relaxed);
         buf.clear();
