@@ -45,6 +45,7 @@ pub enum StoreError {
     #[error("request too large: {what} is {size} bytes, the limit is {limit} bytes")]
     TooLarge {
         /// What was too large ("request", "key", "value").
+        #[cfg_attr(feature = "serde", serde(skip_deserializing, default = "what_default"))]
         what: &'static str,
         /// Its size in bytes (0 if not known, e.g. from etcd).
         size: usize,
@@ -94,6 +95,20 @@ pub enum StoreError {
     /// off, or the primary is not known yet).
     #[error("this node is a read-only replica; send writes to the primary ({0})")]
     NotPrimary(String),
+    /// The write is durable on the primary, at `revision`, but fewer replicas than its
+    /// durability policy asks for confirmed it in time: it is visible and will not be undone
+    /// by the primary, yet a failover before the replicas catch up may lose it.
+    #[error("write at revision {revision} is durable on the primary but confirmed by {confirmed} of the {required} replicas its durability policy requires ({why})")]
+    Unconfirmed {
+        /// The write's revision.
+        revision: i64,
+        /// Replicas that hold it.
+        confirmed: usize,
+        /// Replicas the policy asked for.
+        required: usize,
+        /// Why the wait ended (timed out, cancelled).
+        why: String,
+    },
     /// The operation is not supported by this backend.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -125,6 +140,13 @@ impl StoreError {
             StoreError::Closed => "closed",
             StoreError::Unsupported(_) => "unsupported",
             StoreError::NotPrimary(_) => "not_primary",
+            StoreError::Unconfirmed { .. } => "unconfirmed",
         }
     }
+}
+
+/// `TooLarge::what` after a round trip through serde (a `&'static str` cannot be read back).
+#[cfg(feature = "serde")]
+fn what_default() -> &'static str {
+    "request"
 }

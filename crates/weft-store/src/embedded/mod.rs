@@ -28,8 +28,8 @@ use tokio::time::{Duration, Instant};
 
 pub use self::backup::{restore, verify_backup, BackupInfo};
 pub use self::defer::{defer_flushes, flush_deferred};
-pub use self::repl::{Applied, DurablePoint, FeedChunk, FeedNext, LogSince};
 use self::mvcc::{Mvcc, Writer};
+pub use self::repl::{Applied, DurablePoint, FeedChunk, FeedNext, LogSince};
 use self::wal::Log;
 use crate::types::*;
 use crate::watch::{EventType, WatchControl, WatchRequest, WatchResponse, WatchStream};
@@ -1172,6 +1172,6 @@ impl Store for EmbeddedRef {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod repl_tests;
+#[cfg(test)]
+mod tests;

@@ -91,7 +91,10 @@ async fn a_replica_catches_up_from_the_log_files_then_the_feed() {
     let head = p.feed_head().unwrap();
     let r = open(d2.path()).await;
     r.set_primary(Some("p".into()));
-    let since = p.log_since(1).unwrap().expect("no snapshot yet: the logs hold everything");
+    let since = p
+        .log_since(1)
+        .unwrap()
+        .expect("no snapshot yet: the logs hold everything");
     assert_eq!(since.upto_seq, p.durable_point().seq);
     let a = r.apply_records(&since.bytes).unwrap();
     r.wait_local(a.seq).await.unwrap();
@@ -137,7 +140,13 @@ async fn records_that_do_not_follow_are_refused_and_a_small_feed_loses_chunks() 
     bad[n - 1] ^= 0xff;
     let e = r.apply_records(&bad).unwrap_err();
     assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
-    assert_eq!(r.range(RangeRequest::new(KeyRange::all())).await.unwrap().count, 0);
+    assert_eq!(
+        r.range(RangeRequest::new(KeyRange::all()))
+            .await
+            .unwrap()
+            .count,
+        0
+    );
 }
 
 #[tokio::test]
@@ -147,14 +156,19 @@ async fn a_promoted_replica_takes_writes_and_expires_leases_again() {
     p.enable_feed(1 << 20);
     let c = p.feed_head().unwrap();
     let g = p.lease_grant(1, 0).await.unwrap();
-    p.put(PutRequest::new("eph", "1").lease(g.id)).await.unwrap();
+    p.put(PutRequest::new("eph", "1").lease(g.id))
+        .await
+        .unwrap();
     let r = open(d2.path()).await;
     r.set_primary(Some("p".into()));
     pump(&p, &r, c).await;
     drop(p);
     // On the replica the lease outlives its TTL: only the primary's records end it.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(r.get("eph").await.unwrap().map(|kv| kv.value), Some("1".into()));
+    assert_eq!(
+        r.get("eph").await.unwrap().map(|kv| kv.value),
+        Some("1".into())
+    );
     r.set_primary(None);
     r.put_kv("new", "primary").await.unwrap();
     // Its deadline started over at promotion; it then expires here.
