@@ -412,6 +412,9 @@ pub fn status(e: StoreError) -> Status {
         StoreError::Unavailable(m) => Status::unavailable(m),
         StoreError::Closed => Status::unavailable("etcdserver: server stopped"),
         StoreError::Unsupported(m) => Status::unimplemented(m),
+        // As etcd's "not leader": clients try another endpoint.
+        e @ StoreError::NotPrimary(_) => Status::unavailable(e.to_string()),
+        e @ StoreError::Unconfirmed { .. } => Status::deadline_exceeded(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

@@ -89,6 +89,8 @@ impl ApiError {
                 StoreError::LeaseExists(_) => StatusCode::CONFLICT,
                 StoreError::Unavailable(_) | StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
                 StoreError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+                StoreError::NotPrimary(_) => StatusCode::MISDIRECTED_REQUEST,
+                StoreError::Unconfirmed { .. } => StatusCode::GATEWAY_TIMEOUT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
         }

@@ -38,6 +38,7 @@ pub mod api;
 mod coord;
 mod error;
 mod queue;
+pub mod repl;
 mod saga;
 
 pub use error::ApiError;
@@ -62,6 +63,8 @@ pub struct ServerConfig {
     pub saga: Option<Arc<weft_saga::Lazy>>,
     /// The queue behind `/v1/queue/*` (none: those routes answer 503).
     pub queue: Option<Arc<dyn weft_queue::Queue>>,
+    /// The node's replication behind `/v1/repl/*` (none: those routes answer 503).
+    pub repl: Option<Arc<weft_repl::Replication>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -72,6 +75,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("on_scrape", &self.on_scrape.is_some())
             .field("saga", &self.saga.is_some())
             .field("queue", &self.queue.is_some())
+            .field("repl", &self.repl.is_some())
             .finish()
     }
 }
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             on_scrape: None,
             saga: None,
             queue: None,
+            repl: None,
         }
     }
 }
@@ -97,6 +102,7 @@ struct AppState {
     on_scrape: Option<Arc<dyn Fn() + Send + Sync>>,
     saga: Option<Arc<weft_saga::Lazy>>,
     queue: Option<Arc<dyn weft_queue::Queue>>,
+    repl: Option<Arc<weft_repl::Replication>>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -225,6 +231,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/queue/dead"),
     ("post", "/v1/queue/dead/replay"),
     ("post", "/v1/queue/dead/purge"),
+    ("get", "/v1/repl/stream"),
+    ("get", "/v1/repl/plan"),
+    ("get", "/v1/repl/status"),
+    ("post", "/v1/repl/check"),
+    ("post", "/v1/repl/promote"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -241,6 +252,7 @@ pub fn router(
         on_scrape: cfg.on_scrape.clone(),
         saga: cfg.saga.clone(),
         queue: cfg.queue.clone(),
+        repl: cfg.repl.clone(),
     };
     Router::new()
         .route("/health", get(health))
@@ -299,7 +311,13 @@ pub fn router(
         .route("/v1/queue/dead", get(queue::dead))
         .route("/v1/queue/dead/replay", post(queue::dead_replay))
         .route("/v1/queue/dead/purge", post(queue::dead_purge))
+        .route("/v1/repl/stream", get(repl::stream))
+        .route("/v1/repl/plan", get(repl::plan))
+        .route("/v1/repl/status", get(repl::status))
+        .route("/v1/repl/check", post(repl::check))
+        .route("/v1/repl/promote", post(repl::promote))
         .fallback(not_found)
+        .layer(middleware::from_fn(repl::headers))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
@@ -407,6 +425,9 @@ async fn metrics_route(State(st): State<AppState>) -> Response {
     }
     if let Some(f) = &st.on_scrape {
         f();
+    }
+    if let Some(r) = &st.repl {
+        r.export_metrics();
     }
     if let Some(o) = &st.saga {
         if let Ok(counts) = o.reader().counts().await {
