@@ -16,9 +16,11 @@ use weft_repl::{Policy, ReadOpts, ReplError, Replication};
 use crate::{ApiError, AppState};
 
 fn repl(st: &AppState) -> Result<Arc<Replication>, ApiError> {
-    st.repl
-        .clone()
-        .ok_or_else(|| ApiError::Unavailable("this node does not run replication (its store is not the embedded one)".into()))
+    st.repl.clone().ok_or_else(|| {
+        ApiError::Unavailable(
+            "this node does not run replication (its store is not the embedded one)".into(),
+        )
+    })
 }
 
 /// An error of replication's own operations.
@@ -53,23 +55,35 @@ pub(crate) async fn stream(
     };
     let Query(q) = match q {
         Ok(q) => q,
-        Err(e) => return ApiError::BadRequest(format!("{e}; expected ?name=NAME&rev=REVISION")).into_response(),
+        Err(e) => {
+            return ApiError::BadRequest(format!("{e}; expected ?name=NAME&rev=REVISION"))
+                .into_response()
+        }
     };
     if let Some(p) = r.primary_of() {
         return repl_err(ReplError::NotPrimary(p));
     }
-    let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok());
     if !upgrade.is_some_and(|u| u.eq_ignore_ascii_case("weft-repl")) {
-        return ApiError::BadRequest("this route needs `Upgrade: weft-repl` (weft up --replica-of speaks it)".into())
-            .into_response();
+        return ApiError::BadRequest(
+            "this route needs `Upgrade: weft-repl` (weft up --replica-of speaks it)".into(),
+        )
+        .into_response();
     }
     if q.name.is_empty() || q.name.len() > 128 || q.rev < 1 {
-        return ApiError::BadRequest("name must be 1 to 128 bytes and rev >= 1".into()).into_response();
+        return ApiError::BadRequest("name must be 1 to 128 bytes and rev >= 1".into())
+            .into_response();
     }
     let on = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on.await {
-            Ok(up) => r.serve_replica(hyper_util::rt::TokioIo::new(up), q.name, q.rev).await,
+            Ok(up) => {
+                r.serve_replica(hyper_util::rt::TokioIo::new(up), q.name, q.rev)
+                    .await
+            }
             Err(e) => tracing::warn!(error = %e, "replication upgrade failed"),
         }
     });
@@ -139,7 +153,10 @@ pub(crate) struct PromoteBody {
 }
 
 /// `POST /v1/repl/promote`: makes this replica the primary.
-pub(crate) async fn promote(State(st): State<AppState>, body: Option<Json<PromoteBody>>) -> Response {
+pub(crate) async fn promote(
+    State(st): State<AppState>,
+    body: Option<Json<PromoteBody>>,
+) -> Response {
     let r = match repl(&st) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
@@ -161,21 +178,33 @@ pub const READ_TIMEOUT: &str = "weft-read-timeout";
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
     h.get(name)
-        .map(|v| v.to_str().map_err(|_| ApiError::BadRequest(format!("header {name} is not ASCII"))))
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| ApiError::BadRequest(format!("header {name} is not ASCII")))
+        })
         .transpose()
 }
 
 fn read_opts(h: &HeaderMap) -> Result<Option<ReadOpts>, ApiError> {
     let dur = |name: &str| -> Result<Option<Duration>, ApiError> {
         header_str(h, name)?
-            .map(|v| weft_repl::parse_duration(v).map_err(|e| ApiError::BadRequest(format!("header {name}: {e}"))))
+            .map(|v| {
+                weft_repl::parse_duration(v)
+                    .map_err(|e| ApiError::BadRequest(format!("header {name}: {e}")))
+            })
             .transpose()
     };
     let min = header_str(h, MIN_REVISION)?
         .map(|v| {
-            v.trim().parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
-                ApiError::BadRequest(format!("header {MIN_REVISION} must be a revision >= 0, got {v:?}"))
-            })
+            v.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|r| *r >= 0)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "header {MIN_REVISION} must be a revision >= 0, got {v:?}"
+                    ))
+                })
         })
         .transpose()?;
     let (stale, timeout) = (dur(MAX_STALENESS)?, dur(READ_TIMEOUT)?);
@@ -195,7 +224,9 @@ pub(crate) async fn headers(req: Request, next: Next) -> Response {
     let policy = match header_str(h, DURABILITY) {
         Ok(Some(v)) => match v.parse::<Policy>() {
             Ok(p) => Some(p),
-            Err(e) => return ApiError::BadRequest(format!("header {DURABILITY}: {e}")).into_response(),
+            Err(e) => {
+                return ApiError::BadRequest(format!("header {DURABILITY}: {e}")).into_response()
+            }
         },
         Ok(None) => None,
         Err(e) => return e.into_response(),

@@ -10,6 +10,7 @@ mod lease;
 mod leasecli;
 mod node;
 mod queuecli;
+mod replcli;
 mod sagacli;
 mod shardcli;
 mod snapshotcli;
@@ -128,6 +129,22 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Replication: status (roles, lag, loss window), hash checks with the replicas.
+    Repl {
+        #[command(subcommand)]
+        cmd: replcli::ReplCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Make the replica at --endpoint the primary (refused if it is behind a revision the
+    /// primary acknowledged under semi-sync or sync, unless --force).
+    Promote {
+        /// Promote even if acknowledged writes would be lost.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Sharding tools.
     Shard {
         #[command(subcommand)]
@@ -204,6 +221,11 @@ fn main() -> Result<()> {
                 std::process::exit(code);
             }
             Cmd::Queue { cmd, conn } => queuecli::queue(cmd, conn).await,
+            Cmd::Repl { cmd, conn } => {
+                let code = replcli::repl(cmd, conn).await?;
+                std::process::exit(code);
+            }
+            Cmd::Promote { force, conn } => replcli::promote(force, conn).await,
             Cmd::Kv { cmd, conn } => kvcli::kv(cmd, conn).await,
             Cmd::Lease { cmd, conn } => leasecli::lease(cmd, conn).await,
             Cmd::Svc { cmd, conn } => coordcli::svc(cmd, conn).await,

@@ -83,7 +83,7 @@ pub struct UpArgs {
     /// Gateway admin API address (status, stored routes, metrics); uses --token.
     #[arg(long, requires = "gateway_listen")]
     gateway_admin: Option<SocketAddr>,
-    /// Run the saga orchestrator behind /v1/saga/* ("false": none).
+    /// Run the saga orchestrator behind /v1/saga/* ("false": none; never on a replica).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     sagas: bool,
     /// This node's saga orchestrator name, unique among nodes sharing a store: a restart under
@@ -98,8 +98,8 @@ pub struct UpArgs {
     #[arg(long, default_value = "24h")]
     saga_retention: String,
     /// Run the message queue behind /v1/queue/* ("false": none). On etcd (--etcd-endpoints)
-    /// the node keeps no local data unless told: the queue runs there only with --queue-dir or
-    /// --queue-nats.
+    /// and on a replica (--replica-of) the node keeps no local queue unless told: the queue
+    /// runs there only with --queue-dir or --queue-nats (it is not replicated).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     queue: bool,
     /// Where the queue keeps its log (default: DATA_DIR/queue). Its acks follow --fsync
@@ -110,6 +110,145 @@ pub struct UpArgs {
     #[cfg(feature = "nats")]
     #[arg(long)]
     queue_nats: Option<String>,
+    /// Follow this primary (http://HOST:PORT, its HTTP API) as a read-only replica: stream its
+    /// log from this data dir's revision (a snapshot first if its log no longer reaches back),
+    /// serve reads and watches, forward writes to it.
+    #[arg(long)]
+    replica_of: Option<String>,
+    /// This node's name in its primary's replica list (default: an id kept in
+    /// DATA_DIR/node-id).
+    #[arg(long)]
+    repl_name: Option<String>,
+    /// Default durability of writes while this node is primary: async | semi-sync=K | sync,
+    /// optionally ;timeout=DURATION (default 2s) and ;on-timeout=block|fail|degrade (default
+    /// fail). Per request: the weft-durability header.
+    #[arg(long, default_value = "async")]
+    durability: weft_repl::Policy,
+    /// Replicas `sync` waits for (default: every replica that connected since start).
+    #[arg(long)]
+    sync_replicas: Option<usize>,
+    /// Forward writes sent to this replica to its primary ("false": refuse them, naming it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    forward_writes: bool,
+    /// Compare hashes with every replica this often ("off": only `weft repl check`).
+    #[arg(long, default_value = "60s")]
+    repl_check_every: String,
+    /// The primary's API token (default: --token).
+    #[arg(long, env = "WEFT_REPL_TOKEN", hide_env_values = true)]
+    repl_token: Option<String>,
+}
+
+/// The replication settings of `weft up`.
+fn repl_config(a: &UpArgs) -> Result<weft_repl::Config> {
+    let check_every = match a.repl_check_every.as_str() {
+        "off" | "0" => None,
+        s => Some(parse_duration(s, "--repl-check-every")?),
+    };
+    Ok(weft_repl::Config {
+        policy: a.durability,
+        sync_replicas: a.sync_replicas,
+        forward_writes: a.forward_writes,
+        check_every,
+        token: a.repl_token.clone().or_else(|| a.token.clone()),
+        ..weft_repl::Config::new(match &a.repl_name {
+            Some(n) => n.clone(),
+            None => node_id(&a.data_dir)?,
+        })
+    })
+}
+
+/// This node's name among replicas when --repl-name is not given: kept in DATA_DIR/node-id,
+/// made on first start, so a restarted replica is the same one to its primary.
+fn node_id(dir: &std::path::Path) -> Result<String> {
+    let path = dir.join("node-id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        return Ok(s.trim().to_string());
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let id = format!(
+        "weft-{:08x}",
+        (t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)) as u32
+    );
+    std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(id)
+}
+
+/// The node's replication: a replica of `--replica-of`, else a primary replicas may follow
+/// (on the embedded store only).
+fn replication(
+    a: &UpArgs,
+    embedded: Option<&Arc<Embedded>>,
+) -> Result<Option<Arc<weft_repl::Replication>>> {
+    let Some(e) = embedded else {
+        if a.replica_of.is_some() {
+            bail!("--replica-of needs the embedded store (not --etcd-endpoints)");
+        }
+        return Ok(None);
+    };
+    let cfg = repl_config(a)?;
+    Ok(Some(match &a.replica_of {
+        Some(p) => weft_repl::Replication::replica(e.clone(), cfg, p.clone()),
+        None => weft_repl::Replication::primary(e.clone(), cfg),
+    }))
+}
+
+/// Opens the embedded store; a replica whose data its primary's log no longer reaches is
+/// first replaced by a snapshot of the primary (the catch-up ladder's last rung).
+async fn open_embedded(a: &UpArgs, opts: Options) -> Result<Arc<Embedded>> {
+    let open = || async {
+        Embedded::open(&a.data_dir, opts.clone())
+            .await
+            .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))
+    };
+    let e = open().await?;
+    let Some(primary) = &a.replica_of else {
+        return Ok(Arc::new(e));
+    };
+    let rev = e.durable_point().rev;
+    let token = a.repl_token.clone().or_else(|| a.token.clone());
+    match weft_repl::probe(primary, rev, token.as_deref()).await {
+        Ok(weft_repl::Probe::Log) => return Ok(Arc::new(e)),
+        Err(err) => {
+            tracing::warn!(%primary, error = %err, "cannot ask the primary how to catch up; following it from revision {rev}");
+            return Ok(Arc::new(e));
+        }
+        Ok(weft_repl::Probe::Snapshot) => {}
+    }
+    e.close();
+    drop(e);
+    resync(a, primary, token).await?;
+    Ok(Arc::new(open().await?))
+}
+
+/// Replaces the data dir by a snapshot of `primary` (`GET /v1/snapshot`).
+async fn resync(a: &UpArgs, primary: &str, token: Option<String>) -> Result<()> {
+    let dir = &a.data_dir;
+    let part = dir.with_extension("resync.part");
+    let fresh = dir.with_extension("resync");
+    let _ = std::fs::remove_dir_all(&fresh);
+    tracing::warn!(%primary, "the primary's log no longer reaches this replica's revision: taking a snapshot");
+    let c = crate::client::Client::new(primary, token)?;
+    c.download("/v1/snapshot", &part)
+        .await
+        .with_context(|| format!("cannot download a snapshot from {primary}"))?;
+    let info = weft_store::embedded::restore(&part, &fresh)
+        .with_context(|| format!("the snapshot from {primary} does not restore"))?;
+    let _ = std::fs::remove_file(&part);
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
+    std::fs::rename(&fresh, dir)
+        .with_context(|| format!("cannot put the snapshot in {}", dir.display()))?;
+    // The same node to its primary after the resync.
+    let _ = std::fs::copy(old.join("node-id"), dir.join("node-id"));
+    let _ = std::fs::remove_dir_all(&old);
+    tracing::warn!(
+        revision = info.revision,
+        "replica data replaced by the primary's snapshot"
+    );
+    Ok(())
 }
 
 /// The node's queue: on NATS JetStream when asked, else embedded in the data dir.
@@ -138,7 +277,9 @@ async fn queue(a: &UpArgs) -> Result<Option<Arc<weft_queue::embedded::EmbeddedQu
     let on_etcd = !a.etcd_endpoints.is_empty();
     #[cfg(not(feature = "etcd"))]
     let on_etcd = false;
-    if !a.queue || nats || (on_etcd && a.queue_dir.is_none()) {
+    // The queue is not replicated: a replica keeps none unless told where.
+    let shared = on_etcd || a.replica_of.is_some();
+    if !a.queue || nats || (shared && a.queue_dir.is_none()) {
         return Ok(None);
     }
     let dir = a
@@ -179,7 +320,8 @@ fn parse_duration(s: &str, what: &str) -> Result<Duration> {
 /// The saga orchestrator of this node, started on first use or when the store holds work for
 /// it; `service` steps resolve through discovery on `store`.
 fn sagas(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Arc<weft_saga::Lazy>>> {
-    if !a.sagas {
+    // A replica runs no orchestrator: the primary's owns the sagas in the shared data.
+    if !a.sagas || a.replica_of.is_some() {
         return Ok(None);
     }
     let retention = parse_duration(&a.saga_retention, "--saga-retention")?;
@@ -301,13 +443,11 @@ pub async fn up(a: UpArgs) -> Result<()> {
         #[cfg(not(feature = "etcd"))]
         unreachable!()
     } else {
-        let e = Arc::new(
-            Embedded::open(&a.data_dir, opts)
-                .await
-                .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))?,
-        );
+        let e = open_embedded(&a, opts).await?;
         (e.clone(), Some(e))
     };
+    let repl = replication(&a, embedded.as_ref())?;
+    let store = repl.as_ref().map_or(store, |r| r.store());
     let saga = sagas(&a, &store)?;
     let queue = queue(&a).await?;
     let queue_api = queue_backend(&a, queue.as_ref()).await?;
@@ -331,6 +471,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         }),
         saga: saga.clone(),
         queue: queue_api,
+        repl: repl.clone(),
         ..Default::default()
     };
     #[cfg(feature = "etcd")]
@@ -373,6 +514,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         o.shutdown().await;
     }
     tracing::info!("shutting down");
+    if let Some(r) = repl {
+        r.shutdown();
+    }
     if let Some(q) = queue {
         q.close().await;
     }

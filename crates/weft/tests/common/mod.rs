@@ -35,6 +35,15 @@ pub fn restart(dir: &Path, endpoint: &str) -> Node {
     start_on(addr, &["--data-dir".as_ref(), dir.as_os_str()])
 }
 
+/// As [`restart`], with extra arguments.
+#[allow(dead_code)]
+pub fn restart_with(dir: &Path, endpoint: &str, extra: &[&str]) -> Node {
+    let addr = endpoint.trim_start_matches("http://");
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--data-dir".as_ref(), dir.as_os_str()];
+    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    start_on(addr, &args)
+}
+
 fn start_on(listen: &str, args: &[&std::ffi::OsStr]) -> Node {
     let mut child = Command::new(BIN)
         .args(["up", "--listen", listen])
