@@ -69,10 +69,11 @@ impl Replication {
             }
             _ => {
                 let out = local.await?;
-                if logged {
+                let policy = self.policy();
+                if logged && policy.level != crate::Level::Async {
                     let d = self.store.durable_point();
                     self.tracker
-                        .confirm(d.seq, rev(&out), self.policy(), d.seq)
+                        .confirm(d.seq, rev(&out), policy, d.seq)
                         .await?;
                 }
                 Ok(out)

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::policy::{OnTimeout, Policy};
@@ -63,10 +63,20 @@ struct Inner {
     acked_rev: i64,
 }
 
+/// A write waiting for `required` replicas to hold sequence number `seq`.
+struct Waiter {
+    seq: u64,
+    required: usize,
+    tx: oneshot::Sender<()>,
+}
+
 /// Acknowledgements of the replicas and the writes waiting for them.
 pub(crate) struct Tracker {
     inner: Mutex<Inner>,
-    confirmed: watch::Sender<Confirmed>,
+    confirmed: Mutex<Confirmed>,
+    /// Each woken alone once confirmed (a shared watch woke all 64 writers of a 64-client
+    /// load on every acknowledgement, and most went back to sleep).
+    waiters: Mutex<Vec<Waiter>>,
     /// How many replicas `sync` waits for (`None`: every replica known).
     sync_replicas: Option<usize>,
 }
@@ -95,7 +105,8 @@ impl Tracker {
                 degraded: None,
                 acked_rev: 0,
             }),
-            confirmed: watch::channel(Confirmed::default()).0,
+            confirmed: Mutex::new(Confirmed::default()),
+            waiters: Mutex::new(Vec::new()),
             sync_replicas,
         }
     }
@@ -175,7 +186,30 @@ impl Tracker {
             }
         }
         drop(i);
-        self.confirmed.send_replace(Confirmed { seqs });
+        let c = Confirmed { seqs };
+        *self.confirmed.lock().expect("confirmed") = c.clone();
+        // After `confirmed`: a waiter registered under the waiters lock saw it or is seen here.
+        let mut w = self.waiters.lock().expect("waiters");
+        let mut k = 0;
+        while k < w.len() {
+            if w[k].tx.is_closed() || c.kth(w[k].required) >= w[k].seq {
+                let x = w.swap_remove(k);
+                let _ = x.tx.send(());
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Registers a wait for `required` replicas to hold `seq`; `None` when they already do.
+    fn register(&self, seq: u64, required: usize) -> Option<oneshot::Receiver<()>> {
+        let mut w = self.waiters.lock().expect("waiters");
+        if self.confirmed.lock().expect("confirmed").kth(required) >= seq {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
+        w.push(Waiter { seq, required, tx });
+        Some(rx)
     }
 
     /// Replicas `sync` waits for.
@@ -203,9 +237,10 @@ impl Tracker {
                 }
             }
         }
-        let mut rx = self.confirmed.subscribe();
-        let ok = |c: &Confirmed| c.kth(required) >= seq;
-        let waited = tokio::time::timeout(policy.timeout, rx.wait_for(ok))
+        let Some(mut rx) = self.register(seq, required) else {
+            return self.acked(rev);
+        };
+        let waited = tokio::time::timeout(policy.timeout, &mut rx)
             .await
             .map(|r| r.is_ok());
         let why = match waited {
@@ -214,7 +249,7 @@ impl Tracker {
             Err(_) => format!("timed out after {:?}", policy.timeout),
         };
         match policy.on_timeout {
-            OnTimeout::Block if waited.is_err() => match rx.wait_for(ok).await {
+            OnTimeout::Block if waited.is_err() => match rx.await {
                 Ok(_) => self.acked(rev),
                 Err(_) => {
                     Err(self.unconfirmed(seq, rev, required, "the node is shutting down".into()))
@@ -237,7 +272,7 @@ impl Tracker {
     fn unconfirmed(&self, seq: u64, rev: i64, required: usize, why: String) -> StoreError {
         EVENTS.lock().expect("events").unconfirmed += 1;
         let confirmed = {
-            let c = self.confirmed.borrow();
+            let c = self.confirmed.lock().expect("confirmed");
             c.seqs
                 .iter()
                 .filter(|s| **s >= seq)
@@ -320,6 +355,8 @@ impl Tracker {
         i.reps.clear();
         i.degraded = None;
         drop(i);
+        // Writes still waiting end unconfirmed (their senders dropped).
+        self.waiters.lock().expect("waiters").clear();
         self.publish();
     }
 }
