@@ -39,6 +39,9 @@
 
 mod forward;
 mod metrics;
+
+/// The file in the data dir that keeps the epoch.
+const EPOCH_FILE: &str = "repl-epoch";
 mod policy;
 mod primary;
 mod replica;
@@ -115,6 +118,14 @@ pub enum ReplError {
         /// The newest revision acknowledged after waiting for replicas.
         acked: i64,
     },
+    /// A replica of a newer epoch reached this primary: it was deposed and stepped down.
+    #[error("this primary (epoch {mine}) was deposed: a replica follows epoch {theirs}; it stepped down and takes no more writes")]
+    Deposed {
+        /// This node's epoch.
+        mine: u64,
+        /// The replica's.
+        theirs: u64,
+    },
     /// A store error.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -144,6 +155,12 @@ pub struct Replication {
     pub(crate) checks: primary::Checks,
     /// Set at shutdown and at promotion (ends the follow loop).
     pub(crate) stop: watch::Sender<bool>,
+    /// This node's epoch: the term of the newest primary it was or followed (kept in
+    /// DATA_DIR/repl-epoch). Records from a primary of a lower epoch are refused.
+    epoch: std::sync::atomic::AtomicU64,
+    /// The revision the primary of `epoch` started from: a node of an older epoch with more
+    /// revisions than this holds a tail the new primary does not have.
+    fork: std::sync::atomic::AtomicI64,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -159,7 +176,14 @@ impl std::fmt::Debug for Replication {
 impl Replication {
     fn new(store: Arc<Embedded>, cfg: Config, role: Role) -> Arc<Self> {
         let sync = cfg.sync_replicas;
+        let saved = std::fs::read_to_string(store.dir().join(EPOCH_FILE)).unwrap_or_default();
+        let mut it = saved
+            .split_whitespace()
+            .map(|x| x.parse::<i64>().unwrap_or(0));
+        let (epoch, fork) = (it.next().unwrap_or(0).max(0) as u64, it.next().unwrap_or(0));
         Arc::new(Replication {
+            epoch: std::sync::atomic::AtomicU64::new(epoch),
+            fork: std::sync::atomic::AtomicI64::new(fork),
             store,
             cfg,
             role: RwLock::new(role),
@@ -203,10 +227,15 @@ impl Replication {
         self.cfg.token.as_deref()
     }
 
-    /// How a replica at `rev` would catch up from this primary (`GET /v1/repl/plan`).
-    pub fn plan(&self, rev: i64) -> Result<Probe, ReplError> {
+    /// How a replica at `rev` and `epoch` would catch up from this primary
+    /// (`GET /v1/repl/plan`): a replica of an older epoch beyond this primary's fork revision
+    /// holds revisions this primary does not have, and needs a snapshot.
+    pub fn plan(&self, rev: i64, epoch: u64) -> Result<Probe, ReplError> {
         if let Some(p) = self.primary_of() {
             return Err(ReplError::NotPrimary(p));
+        }
+        if epoch < self.epoch() && rev > self.fork() {
+            return Ok(Probe::Snapshot);
         }
         if self.store.feed_from(rev).is_some() {
             return Ok(Probe::Log);
@@ -215,6 +244,71 @@ impl Replication {
             Some(_) => Probe::Log,
             None => Probe::Snapshot,
         })
+    }
+
+    /// This node's epoch (see `Frame::Records`): raised by promotion, adopted from a primary.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The revision the primary of this node's epoch started from.
+    pub fn fork(&self) -> i64 {
+        self.fork.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Raises the epoch to `e`, whose primary started at revision `fork` (durably); lower
+    /// epochs are ignored.
+    pub(crate) fn raise_epoch(&self, e: u64, fork: i64) -> Result<(), StoreError> {
+        let old = self.epoch.fetch_max(e, std::sync::atomic::Ordering::SeqCst);
+        if e <= old {
+            return Ok(());
+        }
+        self.fork.store(fork, std::sync::atomic::Ordering::SeqCst);
+        let dir = self.store.dir();
+        let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(format!("{e} {fork}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|err| {
+            StoreError::Storage(format!("cannot save epoch {e} in {}: {err}", dir.display()))
+        })
+    }
+
+    /// Makes this node follow `primary` from now on (a replica re-pointed, or a deposed
+    /// primary): writes go there, and the stream starts from this node's revision. A node
+    /// holding revisions the new primary lacks (beyond its fork) is refused by the stream and
+    /// says it needs a snapshot.
+    pub fn follow(self: &Arc<Self>, primary: String) {
+        self.stop.send_replace(true);
+        for t in self.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
+        }
+        self.stop.send_replace(false);
+        *self.role.write().expect("role") = Role::Replica(primary.clone());
+        self.store.set_primary(Some(primary.clone()));
+        self.tracker.reset();
+        self.spawn(replica::follow(self.clone(), primary));
+    }
+
+    /// Called when a replica of a higher epoch connects to this primary: another node was
+    /// promoted; this one stops taking writes (refused with NotPrimary) and stops streaming.
+    pub fn step_down(&self, why: &str) {
+        if self.primary_of().is_some() {
+            return;
+        }
+        let msg = format!("(none: this node stepped down: {why})");
+        tracing::error!(
+            reason = why,
+            "stepping down: this primary was deposed; it takes no more writes"
+        );
+        *self.role.write().expect("role") = Role::Replica(msg.clone());
+        self.store.set_primary(Some(msg));
+        self.tracker.reset();
     }
 
     /// The embedded store underneath.
@@ -248,6 +342,7 @@ impl Replication {
         if have < acked && !force {
             return Err(ReplError::Behind { have, acked });
         }
+        self.raise_epoch(self.epoch() + 1, have)?;
         self.stop.send_replace(true);
         for t in self.tasks.lock().expect("tasks").drain(..) {
             t.abort();
@@ -258,8 +353,9 @@ impl Replication {
         self.store.enable_feed(self.cfg.feed_bytes);
         self.tracker.reset();
         self.spawn(primary::background(Arc::downgrade(self)));
-        tracing::warn!(revision = have, previous = %old, forced = force && have < acked, "promoted to primary");
+        tracing::warn!(revision = have, previous = %old, epoch = self.epoch(), forced = force && have < acked, "promoted to primary");
         Ok(Promoted {
+            epoch: self.epoch(),
             revision: have,
             previous_primary: old,
             acked_revision: acked,
@@ -271,6 +367,8 @@ impl Replication {
 /// What [`Replication::promote`] did.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Promoted {
+    /// The new primary's epoch.
+    pub epoch: u64,
     /// The revision the new primary starts from.
     pub revision: i64,
     /// The primary it followed.
@@ -326,6 +424,8 @@ pub struct Status {
     pub role: String,
     /// The revision this node holds durably (what reads see).
     pub revision: i64,
+    /// The node's epoch (the term of the newest primary it was or followed).
+    pub epoch: u64,
     /// The node's default durability policy.
     pub policy: String,
     /// Replica count `sync` waits for now.
@@ -387,6 +487,7 @@ impl Replication {
             name: self.cfg.name.clone(),
             role: if role.is_some() { "replica" } else { "primary" }.into(),
             revision: d.rev,
+            epoch: self.epoch(),
             policy: self.cfg.policy.to_string(),
             sync_replicas: self.tracker.known(),
             degraded: self.tracker.degraded(),

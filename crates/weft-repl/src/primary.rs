@@ -59,6 +59,25 @@ impl Checks {
 pub(crate) static MISMATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Replication {
+    /// Whether a replica of `epoch` may follow this node; returns this node's epoch. A
+    /// replica of a higher epoch follows a newer primary: this one was deposed and steps down.
+    pub fn accept_replica(&self, epoch: u64) -> Result<u64, ReplError> {
+        if let Some(p) = self.primary_of() {
+            return Err(ReplError::NotPrimary(p));
+        }
+        let mine = self.epoch();
+        if epoch > mine {
+            self.step_down(&format!(
+                "a replica follows epoch {epoch}, this primary's is {mine}"
+            ));
+            return Err(ReplError::Deposed {
+                mine,
+                theirs: epoch,
+            });
+        }
+        Ok(mine)
+    }
+
     /// Serves one replica on an upgraded connection: streams every record it lacks from
     /// revision `rev` on, then new ones as they become durable; takes its acknowledgements,
     /// forwarded writes and hashes. Returns when the connection ends.
@@ -116,6 +135,7 @@ impl Replication {
             let mut out = BytesMut::with_capacity(p.len() + 32);
             self.tracker.sent(name, conn, p.len());
             Frame::Records {
+                epoch: self.epoch(),
                 upto_seq: if i + 1 == n { since.upto_seq } else { 0 },
                 primary_rev: since.rev,
                 bytes: p,
@@ -127,6 +147,7 @@ impl Replication {
             // Nothing to send, but the replica holds everything up to here.
             let mut out = BytesMut::new();
             Frame::Records {
+                epoch: self.epoch(),
                 upto_seq: since.upto_seq,
                 primary_rev: since.rev,
                 bytes: Bytes::new(),
@@ -157,6 +178,7 @@ impl Replication {
                     FeedNext::Chunk(c) => {
                         self.tracker.sent(name, conn, c.bytes.len());
                         Frame::Records {
+                            epoch: self.epoch(),
                             upto_seq: c.last_seq,
                             primary_rev: c.last_rev,
                             bytes: c.bytes.clone(),
@@ -187,7 +209,7 @@ impl Replication {
                 f = rx.recv() => f.ok_or("the reader ended")?.encode(&mut out),
                 _ = hb.tick() => {
                     let d = self.store.durable_point();
-                    Frame::Heartbeat { seq: d.seq, rev: d.rev, acked: self.tracker.acked_rev() }
+                    Frame::Heartbeat { epoch: self.epoch(), seq: d.seq, rev: d.rev, acked: self.tracker.acked_rev() }
                         .encode(&mut out);
                 }
                 _ = stop.wait_for(|s| *s) => return Ok(()),

@@ -218,6 +218,36 @@ where
     }
 }
 
+/// Adopts the primary's epoch, or refuses it: a primary of an older epoch was deposed; one
+/// of a newer epoch that started (forked) below this node's revision lacks this node's tail.
+fn check_epoch(
+    repl: &Replication,
+    primary: &str,
+    headers: &[(String, String)],
+    rev: i64,
+) -> Result<(), String> {
+    let mine = repl.epoch();
+    let theirs: u64 = header(headers, "weft-epoch").unwrap_or(0);
+    if theirs < mine {
+        return Err(format!("the primary {primary} is at epoch {theirs}, behind this replica's {mine}: a deposed primary; not following it"));
+    }
+    let fork: i64 = header(headers, "weft-fork").unwrap_or(0);
+    if theirs > mine && rev > fork {
+        return Err(format!(
+            "this node holds revisions {}..={rev} that the primary {primary} (epoch {theirs}, from revision {fork}) does not have: it needs a snapshot (restart it to resync; those revisions are discarded)",
+            fork + 1
+        ));
+    }
+    repl.raise_epoch(theirs, fork).map_err(|e| e.to_string())
+}
+
+fn header<T: std::str::FromStr>(headers: &[(String, String)], name: &str) -> Option<T> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 async fn body<R: AsyncRead + Unpin>(rd: &mut BufReader<R>, headers: &[(String, String)]) -> String {
     let len = headers
         .iter()
@@ -242,7 +272,12 @@ pub enum Probe {
 
 /// Asks the primary at `primary` how a replica at `rev` would catch up
 /// (`GET /v1/repl/plan`); `token` is the primary's API token, if it has one.
-pub async fn probe(primary: &str, rev: i64, token: Option<&str>) -> Result<Probe, String> {
+pub async fn probe(
+    primary: &str,
+    rev: i64,
+    epoch: u64,
+    token: Option<&str>,
+) -> Result<Probe, String> {
     let addr = host_port(primary)?;
     let s = TcpStream::connect(&addr)
         .await
@@ -253,7 +288,7 @@ pub async fn probe(primary: &str, rev: i64, token: Option<&str>) -> Result<Probe
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
     let head = format!(
-        "GET /v1/repl/plan?rev={rev} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+        "GET /v1/repl/plan?rev={rev}&epoch={epoch} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
     );
     let (status, headers) = request(&mut rd, &mut wr, &head).await?;
     let b = body(&mut rd, &headers).await;
@@ -317,8 +352,9 @@ async fn run_once(repl: &Arc<Replication>, primary: &str) -> Result<(), String> 
         .cfg_token()
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    let mine = repl.epoch();
     let head = format!(
-        "GET /v1/repl/stream?name={}&rev={rev} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: Upgrade\r\nUpgrade: weft-repl\r\n\r\n",
+        "GET /v1/repl/stream?name={}&rev={rev}&epoch={mine} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: Upgrade\r\nUpgrade: weft-repl\r\n\r\n",
         repl.cfg.name
     );
     let (status, headers) = request(&mut rd, &mut wr, &head).await?;
@@ -328,6 +364,7 @@ async fn run_once(repl: &Arc<Replication>, primary: &str) -> Result<(), String> 
             "the primary {primary} refused the stream ({status}): {b}"
         ));
     }
+    check_epoch(repl, primary, &headers, rev)?;
     tracing::info!(%primary, revision = rev, "following the primary");
     repl.follower.set_state("streaming", None);
     let (tx, rx) = mpsc::channel::<Frame>(1024);
@@ -394,10 +431,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
             .map_err(|e| format!("reading from the primary: {e}"))?;
         let Some(f) = f else { return Ok(()) };
         match f {
+            Frame::Records { epoch, .. } | Frame::Heartbeat { epoch, .. }
+                if epoch < repl.epoch() =>
+            {
+                return Err(format!(
+                    "records of epoch {epoch} from a primary deposed by epoch {}",
+                    repl.epoch()
+                ));
+            }
             Frame::Records {
                 upto_seq,
                 primary_rev,
                 bytes,
+                ..
             } => {
                 let a = match bytes.is_empty() {
                     true => Default::default(),

@@ -58,6 +58,8 @@ impl Replication {
     ) -> Result<T> {
         let role = self.role.read().expect("role").clone();
         match role {
+            // A node that stepped down knows no primary to forward to.
+            Role::Replica(p) if p.starts_with('(') => Err(StoreError::NotPrimary(p)),
             Role::Replica(_) if self.cfg.forward_writes => {
                 let policy = POLICY.try_with(|p| *p).ok();
                 let a = self.follower.forward(op, policy).await?;

@@ -18,6 +18,8 @@ pub enum Frame {
     /// Framed log records; once durable on the replica, everything up to the primary's
     /// sequence number `upto_seq` is held there.
     Records {
+        /// The sender's epoch (its term as primary).
+        epoch: u64,
         /// The primary's sequence number the records reach.
         upto_seq: u64,
         /// The primary's durable revision when sent.
@@ -27,6 +29,8 @@ pub enum Frame {
     },
     /// Sent when idle: the primary's durable point.
     Heartbeat {
+        /// The sender's epoch.
+        epoch: u64,
         /// Durable sequence number.
         seq: u64,
         /// Durable revision.
@@ -84,17 +88,25 @@ impl Frame {
         out.put_u32_le(0);
         match self {
             Frame::Records {
+                epoch,
                 upto_seq,
                 primary_rev,
                 bytes,
             } => {
                 out.put_u8(1);
+                out.put_u64_le(*epoch);
                 out.put_u64_le(*upto_seq);
                 out.put_i64_le(*primary_rev);
                 put_bytes(out, bytes);
             }
-            Frame::Heartbeat { seq, rev, acked } => {
+            Frame::Heartbeat {
+                epoch,
+                seq,
+                rev,
+                acked,
+            } => {
                 out.put_u8(2);
+                out.put_u64_le(*epoch);
                 out.put_u64_le(*seq);
                 out.put_i64_le(*rev);
                 out.put_i64_le(*acked);
@@ -138,11 +150,13 @@ impl Frame {
         let tag = take_u8(&mut b)?;
         let f = match tag {
             1 => Frame::Records {
+                epoch: take_u64(&mut b)?,
                 upto_seq: take_u64(&mut b)?,
                 primary_rev: take_u64(&mut b)? as i64,
                 bytes: take_bytes(&mut b)?,
             },
             2 => Frame::Heartbeat {
+                epoch: take_u64(&mut b)?,
                 seq: take_u64(&mut b)?,
                 rev: take_u64(&mut b)? as i64,
                 acked: take_u64(&mut b)? as i64,
@@ -249,11 +263,13 @@ mod tests {
     fn all() -> Vec<Frame> {
         vec![
             Frame::Records {
+                epoch: 3,
                 upto_seq: 7,
                 primary_rev: 9,
                 bytes: Bytes::from_static(b"recs"),
             },
             Frame::Heartbeat {
+                epoch: 3,
                 seq: 1,
                 rev: 2,
                 acked: 2,

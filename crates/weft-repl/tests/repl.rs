@@ -40,7 +40,7 @@ async fn serve(repl: Arc<Replication>) -> (String, tokio::task::JoinHandle<()>) 
                 };
                 let rev: i64 = q("rev").parse().unwrap();
                 if target.starts_with("/v1/repl/plan") {
-                    let body = match repl.plan(rev).unwrap() {
+                    let body = match repl.plan(rev, 0).unwrap() {
                         Probe::Log => r#"{"from":"log"}"#,
                         Probe::Snapshot => r#"{"from":"snapshot"}"#,
                     };
@@ -51,10 +51,20 @@ async fn serve(repl: Arc<Replication>) -> (String, tokio::task::JoinHandle<()>) 
                     s.get_mut().write_all(resp.as_bytes()).await.unwrap();
                     return;
                 }
-                s.get_mut()
-                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: weft-repl\r\n\r\n")
-                    .await
-                    .unwrap();
+                let epoch = match repl.accept_replica(q("epoch").parse().unwrap_or(0)) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        let b = e.to_string();
+                        let resp = format!(
+                            "HTTP/1.1 409 Conflict\r\ncontent-length: {}\r\n\r\n{b}",
+                            b.len()
+                        );
+                        s.get_mut().write_all(resp.as_bytes()).await.unwrap();
+                        return;
+                    }
+                };
+                let head = format!("HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: weft-repl\r\nweft-epoch: {epoch}\r\nweft-fork: {}\r\n\r\n", repl.fork());
+                s.get_mut().write_all(head.as_bytes()).await.unwrap();
                 repl.serve_replica(s, q("name"), rev).await;
             });
         }
@@ -245,7 +255,10 @@ async fn a_late_replica_catches_up_from_the_log_files_and_reads_wait_for_revisio
             .unwrap();
     }
     let (url, _srv) = serve(p.clone()).await;
-    assert_eq!(weft_repl::probe(&url, 1, None).await.unwrap(), Probe::Log);
+    assert_eq!(
+        weft_repl::probe(&url, 1, 0, None).await.unwrap(),
+        Probe::Log
+    );
     let r = Replication::replica(open(d2.path()).await, cfg("r1", "async"), url.clone());
     caught_up(&p, &r).await;
     let rev = p.embedded().durable_point().rev;
@@ -383,6 +396,7 @@ async fn fake_primary() -> String {
         }
         let mut out = bytes::BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
         weft_repl::wire::Frame::Heartbeat {
+            epoch: 0,
             seq: 5,
             rev: 1000,
             acked: 1000,
@@ -417,4 +431,78 @@ async fn promotion_behind_an_acknowledged_revision_is_refused_unless_forced() {
     assert_eq!(done.acked_revision, 1000);
     assert_eq!(done.previous_primary, url);
     r.store().put_kv("x", "y").await.unwrap();
+}
+
+#[tokio::test]
+async fn epochs_fence_a_deposed_primary_and_its_unreplicated_tail() {
+    let (d1, d2, d3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let p = Replication::primary(open(d1.path()).await, cfg("p", "semi-sync=1;timeout=5s"));
+    let (purl, _ps) = serve(p.clone()).await;
+    let r1 = Replication::replica(open(d2.path()).await, cfg("r1", "async"), purl.clone());
+    p.store().put_kv("a", "1").await.unwrap();
+    caught_up(&p, &r1).await;
+    // r1 is promoted while p still runs (a split brain an operator made).
+    let done = r1.promote(false).unwrap();
+    assert_eq!(done.epoch, 1);
+    assert_eq!(r1.fork(), done.revision);
+    let (r1url, _rs) = serve(r1.clone()).await;
+    // p takes one more write, async: a tail r1 does not have.
+    let tail = weft_repl::with_policy(Policy::asynchronous(), p.store().put_kv("only-on-p", "1"))
+        .await
+        .unwrap()
+        .header
+        .revision;
+    assert_eq!(tail, done.revision + 1);
+    assert_eq!(
+        r1.plan(tail, 0).unwrap(),
+        Probe::Snapshot,
+        "p's tail needs a snapshot"
+    );
+    assert_eq!(
+        r1.plan(done.revision, 0).unwrap(),
+        Probe::Log,
+        "a node at the fork follows"
+    );
+    // A replica of epoch 1 reaching p deposes it: p takes no more writes.
+    let r2 = Replication::replica(open(d3.path()).await, cfg("r2", "async"), r1url.clone());
+    caught_up(&r1, &r2).await;
+    assert_eq!(r2.epoch(), 1);
+    r2.follow(purl.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while p.primary_of().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "p never stepped down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = p.store().put_kv("x", "y").await.unwrap_err();
+    assert!(matches!(e, StoreError::NotPrimary(_)), "{e}");
+    // p, told to follow r1, refuses its own tail silently diverging: it needs a snapshot.
+    p.follow(r1url.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = p.status().follower.unwrap();
+        if f.state == "needs-snapshot" {
+            let err = f.last_error.unwrap();
+            assert!(err.contains(&format!("revisions {tail}..={tail}")), "{err}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{f:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        p.embedded().durable_point().rev,
+        tail,
+        "nothing applied over the tail"
+    );
+    // r2 goes back to r1 and follows it.
+    r2.follow(r1url);
+    r1.store().put_kv("b", "2").await.unwrap();
+    caught_up(&r1, &r2).await;
+    assert!(r2.store().get("b").await.unwrap().is_some());
 }

@@ -29,6 +29,7 @@ fn repl_err(e: ReplError) -> Response {
         ReplError::Store(s) => return ApiError::Store(s.clone()).into_response(),
         ReplError::NotPrimary(_) => (StatusCode::MISDIRECTED_REQUEST, "not_primary"),
         ReplError::Behind { .. } => (StatusCode::CONFLICT, "behind"),
+        ReplError::Deposed { .. } => (StatusCode::CONFLICT, "deposed"),
         _ => (StatusCode::CONFLICT, "not_replica"),
     };
     let body = serde_json::json!({"error": {"code": code, "message": e.to_string(), "retryable": e.is_retryable()}});
@@ -40,6 +41,8 @@ fn repl_err(e: ReplError) -> Response {
 pub(crate) struct StreamQuery {
     name: String,
     rev: i64,
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// `GET /v1/repl/stream?name=&rev=` with `Upgrade: weft-repl`: the replication protocol
@@ -56,13 +59,16 @@ pub(crate) async fn stream(
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => {
-            return ApiError::BadRequest(format!("{e}; expected ?name=NAME&rev=REVISION"))
-                .into_response()
+            return ApiError::BadRequest(format!(
+                "{e}; expected ?name=NAME&rev=REVISION[&epoch=EPOCH]"
+            ))
+            .into_response()
         }
     };
-    if let Some(p) = r.primary_of() {
-        return repl_err(ReplError::NotPrimary(p));
-    }
+    let epoch = match r.accept_replica(q.epoch) {
+        Ok(e) => e,
+        Err(e) => return repl_err(e),
+    };
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -77,6 +83,7 @@ pub(crate) async fn stream(
         return ApiError::BadRequest("name must be 1 to 128 bytes and rev >= 1".into())
             .into_response();
     }
+    let fork = r.fork();
     let on = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on.await {
@@ -91,6 +98,8 @@ pub(crate) async fn stream(
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "weft-repl")
+        .header("weft-epoch", epoch.to_string())
+        .header("weft-fork", fork.to_string())
         .body(axum::body::Body::empty())
         .expect("static response")
 }
@@ -99,6 +108,8 @@ pub(crate) async fn stream(
 #[serde(deny_unknown_fields)]
 pub(crate) struct PlanQuery {
     rev: i64,
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// `GET /v1/repl/plan?rev=`: how a replica at `rev` would catch up (`log` or `snapshot`).
@@ -107,7 +118,7 @@ pub(crate) async fn plan(State(st): State<AppState>, Query(q): Query<PlanQuery>)
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    match r.plan(q.rev) {
+    match r.plan(q.rev, q.epoch) {
         Ok(p) => Json(serde_json::json!({ "from": p })).into_response(),
         Err(e) => repl_err(e),
     }

@@ -208,7 +208,7 @@ async fn open_embedded(a: &UpArgs, opts: Options) -> Result<Arc<Embedded>> {
     };
     let rev = e.durable_point().rev;
     let token = a.repl_token.clone().or_else(|| a.token.clone());
-    match weft_repl::probe(primary, rev, token.as_deref()).await {
+    match weft_repl::probe(primary, rev, epoch_of(&a.data_dir), token.as_deref()).await {
         Ok(weft_repl::Probe::Log) => return Ok(Arc::new(e)),
         Err(err) => {
             tracing::warn!(%primary, error = %err, "cannot ask the primary how to catch up; following it from revision {rev}");
@@ -220,6 +220,14 @@ async fn open_embedded(a: &UpArgs, opts: Options) -> Result<Arc<Embedded>> {
     drop(e);
     resync(a, primary, token).await?;
     Ok(Arc::new(open().await?))
+}
+
+/// The replication epoch kept in the data dir (see `weft_repl::Replication::epoch`).
+fn epoch_of(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join("repl-epoch"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|e| e.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Replaces the data dir by a snapshot of `primary` (`GET /v1/snapshot`).
