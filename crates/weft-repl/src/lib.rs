@@ -37,6 +37,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod failover;
 mod forward;
 mod metrics;
 
@@ -59,7 +60,7 @@ use weft_store::{Store, StoreError};
 
 pub use forward::{Answer, Forwarded, Op};
 pub use policy::{parse_duration, Level, OnTimeout, Policy, SYNTAX as POLICY_SYNTAX};
-pub use replica::{probe, Probe};
+pub use replica::{probe, Plan, Probe};
 pub use store::{with_policy, with_read, ReadOpts};
 pub use tracker::ReplicaState;
 
@@ -279,6 +280,31 @@ impl Replication {
         })
     }
 
+    /// A node with no primary yet (automatic failover decides: it follows the leader, or
+    /// becomes it). Writes are refused until then.
+    pub fn standby(store: Arc<Embedded>, cfg: Config) -> Arc<Self> {
+        let wait = "(none yet: waiting for the failover group's leader)".to_string();
+        store.set_primary(Some(wait.clone()));
+        Self::new(store, cfg, Role::Replica(wait))
+    }
+
+    /// Becomes the primary at `epoch` (failover took the leader lock for it), starting at
+    /// revision `fork`.
+    pub(crate) fn take_over(self: &Arc<Self>, epoch: u64, fork: i64) -> Result<(), ReplError> {
+        self.raise_epoch(epoch, fork)?;
+        self.stop.send_replace(true);
+        for t in self.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
+        }
+        self.stop.send_replace(false);
+        *self.role.write().expect("role") = Role::Primary;
+        self.store.set_primary(None);
+        self.store.enable_feed(self.cfg.feed_bytes);
+        self.tracker.reset();
+        self.spawn(primary::background(Arc::downgrade(self)));
+        Ok(())
+    }
+
     /// Makes this node follow `primary` from now on (a replica re-pointed, or a deposed
     /// primary): writes go there, and the stream starts from this node's revision. A node
     /// holding revisions the new primary lacks (beyond its fork) is refused by the stream and
@@ -342,17 +368,7 @@ impl Replication {
         if have < acked && !force {
             return Err(ReplError::Behind { have, acked });
         }
-        self.raise_epoch(self.epoch() + 1, have)?;
-        self.stop.send_replace(true);
-        for t in self.tasks.lock().expect("tasks").drain(..) {
-            t.abort();
-        }
-        self.stop.send_replace(false);
-        *self.role.write().expect("role") = Role::Primary;
-        self.store.set_primary(None);
-        self.store.enable_feed(self.cfg.feed_bytes);
-        self.tracker.reset();
-        self.spawn(primary::background(Arc::downgrade(self)));
+        self.take_over(self.epoch() + 1, have)?;
         tracing::warn!(revision = have, previous = %old, epoch = self.epoch(), forced = force && have < acked, "promoted to primary");
         Ok(Promoted {
             epoch: self.epoch(),

@@ -45,6 +45,11 @@ impl Follower {
         self.st.lock().expect("follower poisoned")
     }
 
+    /// Whether the last stream ended because this node needs a snapshot.
+    pub fn needs_snapshot(&self) -> bool {
+        self.lock().state == "needs-snapshot"
+    }
+
     /// The newest revision the primary said it acknowledged after waiting for replicas.
     pub fn acked_rev(&self) -> i64 {
         self.lock().acked_rev
@@ -277,7 +282,7 @@ pub async fn probe(
     rev: i64,
     epoch: u64,
     token: Option<&str>,
-) -> Result<Probe, String> {
+) -> Result<Plan, String> {
     let addr = host_port(primary)?;
     let s = TcpStream::connect(&addr)
         .await
@@ -295,13 +300,18 @@ pub async fn probe(
     if status != 200 {
         return Err(format!("the primary {primary} answered {status}: {b}"));
     }
-    #[derive(serde::Deserialize)]
-    struct Plan {
-        from: Probe,
-    }
-    serde_json::from_str::<Plan>(&b)
-        .map(|p| p.from)
-        .map_err(|e| format!("bad plan from the primary: {e}"))
+    serde_json::from_str::<Plan>(&b).map_err(|e| format!("bad plan from the primary: {e}"))
+}
+
+/// The primary's answer to [`probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Plan {
+    /// Where the replica would catch up from.
+    pub from: Probe,
+    /// The primary's epoch: a snapshot of it belongs to this epoch.
+    pub epoch: u64,
+    /// The revision the primary of that epoch started from.
+    pub fork: i64,
 }
 
 /// Follows the primary until promotion or shutdown, reconnecting with backoff.

@@ -41,8 +41,8 @@ async fn serve(repl: Arc<Replication>) -> (String, tokio::task::JoinHandle<()>) 
                 let rev: i64 = q("rev").parse().unwrap();
                 if target.starts_with("/v1/repl/plan") {
                     let body = match repl.plan(rev, 0).unwrap() {
-                        Probe::Log => r#"{"from":"log"}"#,
-                        Probe::Snapshot => r#"{"from":"snapshot"}"#,
+                        Probe::Log => r#"{"from":"log","epoch":0,"fork":0}"#,
+                        Probe::Snapshot => r#"{"from":"snapshot","epoch":0,"fork":0}"#,
                     };
                     let resp = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -256,7 +256,7 @@ async fn a_late_replica_catches_up_from_the_log_files_and_reads_wait_for_revisio
     }
     let (url, _srv) = serve(p.clone()).await;
     assert_eq!(
-        weft_repl::probe(&url, 1, 0, None).await.unwrap(),
+        weft_repl::probe(&url, 1, 0, None).await.unwrap().from,
         Probe::Log
     );
     let r = Replication::replica(open(d2.path()).await, cfg("r1", "async"), url.clone());

@@ -119,7 +119,12 @@ pub(crate) async fn plan(State(st): State<AppState>, Query(q): Query<PlanQuery>)
         Err(e) => return e.into_response(),
     };
     match r.plan(q.rev, q.epoch) {
-        Ok(p) => Json(serde_json::json!({ "from": p })).into_response(),
+        Ok(p) => Json(weft_repl::Plan {
+            from: p,
+            epoch: r.epoch(),
+            fork: r.fork(),
+        })
+        .into_response(),
         Err(e) => repl_err(e),
     }
 }

@@ -111,3 +111,95 @@ impl Drop for EtcdServer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A throw-away etcd cluster of several members on loopback (raft between them), each with
+/// a temp data dir; killed on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<(Child, PathBuf)>,
+    /// The members' client URLs.
+    pub endpoints: Vec<String>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members, or returns `None` if etcd is not installed and `CI` is not `true`
+    /// (under `CI=true` a missing binary panics).
+    pub async fn start_or_skip(n: usize) -> Option<EtcdCluster> {
+        let Some(bin) = etcd_binary() else {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("etcd is not installed but CI=true: install etcd-server (apt-get install etcd-server)");
+            }
+            eprintln!("etcd not found (apt-get install etcd-server); skipping etcd-backed test");
+            return None;
+        };
+        Some(Self::start(bin, n).await)
+    }
+
+    /// Starts `n` members from `bin` and waits until the cluster has a leader.
+    pub async fn start(bin: PathBuf, n: usize) -> EtcdCluster {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let token = format!("weft-{}-{}", std::process::id(), ports[0].0);
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members = Vec::new();
+        let mut endpoints = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let dir = std::env::temp_dir().join(format!("{token}-m{i}"));
+            let _ = std::fs::remove_dir_all(&dir);
+            let endpoint = format!("http://127.0.0.1:{c}");
+            let peer = format!("http://127.0.0.1:{p}");
+            let child = Command::new(&bin)
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(&dir)
+                .args([
+                    "--listen-client-urls",
+                    &endpoint,
+                    "--advertise-client-urls",
+                    &endpoint,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
+                .args([
+                    "--initial-cluster",
+                    &initial,
+                    "--initial-cluster-token",
+                    &token,
+                ])
+                .args(["--initial-cluster-state", "new", "--log-level", "error"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            members.push((child, dir));
+            endpoints.push(endpoint);
+        }
+        let cluster = EtcdCluster { members, endpoints };
+        for _ in 0..200 {
+            if let Ok(mut c) = etcd_client::Client::connect(&cluster.endpoints, None).await {
+                if c.put("weft-test-ready", "1", None).await.is_ok() {
+                    return cluster;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the etcd cluster of {n} members did not elect a leader in 20 s");
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for (child, dir) in &mut self.members {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&*dir);
+        }
+    }
+}

@@ -136,6 +136,24 @@ pub struct UpArgs {
     /// The primary's API token (default: --token).
     #[arg(long, env = "WEFT_REPL_TOKEN", hide_env_values = true)]
     repl_token: Option<String>,
+    /// Automatic failover: the etcd cluster (comma-separated client URLs) that holds the
+    /// group's leader lock. The node starts with no role; the leader is the primary, the others
+    /// follow it; when its lock expires, the most advanced node takes over.
+    #[cfg(feature = "etcd")]
+    #[arg(long, value_delimiter = ',', conflicts_with = "replica_of")]
+    failover_etcd: Vec<String>,
+    /// The failover group (nodes replicating one data set).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value = "weft")]
+    failover_group: String,
+    /// Lease TTL of the leader lock, seconds: a dead primary is replaced after about this long.
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = 5)]
+    failover_ttl: i64,
+    /// This node's HTTP address as the other nodes reach it (default: http://LISTEN).
+    #[cfg(feature = "etcd")]
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 /// The replication settings of `weft up`.
@@ -188,37 +206,124 @@ fn replication(
         return Ok(None);
     };
     let cfg = repl_config(a)?;
+    #[cfg(feature = "etcd")]
+    if !a.failover_etcd.is_empty() {
+        return Ok(Some(weft_repl::Replication::standby(e.clone(), cfg)));
+    }
     Ok(Some(match &a.replica_of {
         Some(p) => weft_repl::Replication::replica(e.clone(), cfg, p.clone()),
         None => weft_repl::Replication::primary(e.clone(), cfg),
     }))
 }
 
+/// The failover group's leader at start, when it is another node: its address and the
+/// revision it started from (this node follows it, after a snapshot if it must).
+#[cfg(feature = "etcd")]
+async fn failover_leader(a: &UpArgs) -> Result<Option<(String, i64)>> {
+    if a.failover_etcd.is_empty() {
+        return Ok(None);
+    }
+    let coord = failover_store(a).await?;
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+    let me = repl_config(a)?.name;
+    let l = weft_repl::failover::leader(&coord, &a.failover_group)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the failover leader: {e}"))?;
+    Ok(l.filter(|l| l.name != me).map(|l| (l.url, l.fork)))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn failover_leader(_: &UpArgs) -> Result<Option<(String, i64)>> {
+    Ok(None)
+}
+
+#[cfg(feature = "etcd")]
+async fn failover_store(a: &UpArgs) -> Result<Arc<dyn weft_store::Store>> {
+    let s = weft_store_etcd::EtcdStore::connect(&a.failover_etcd)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the failover etcd at {}",
+                a.failover_etcd.join(",")
+            )
+        })?;
+    Ok(Arc::new(s))
+}
+
+/// Starts automatic failover when `--failover-etcd` asks for it.
+#[cfg(feature = "etcd")]
+async fn start_failover(
+    a: &UpArgs,
+    repl: Option<&Arc<weft_repl::Replication>>,
+    addr: SocketAddr,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let (Some(repl), false) = (repl, a.failover_etcd.is_empty()) else {
+        return Ok(None);
+    };
+    let f = weft_repl::failover::Failover {
+        coord: failover_store(a).await?,
+        group: a.failover_group.clone(),
+        ttl: a.failover_ttl,
+        url: a
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}")),
+        settle: Duration::from_millis(300),
+        on_restart: Arc::new(|leader| reexec(&leader)),
+    };
+    Ok(Some(tokio::spawn(weft_repl::failover::run(
+        repl.clone(),
+        f,
+    ))))
+}
+
+/// Restarts this process with the same arguments (to follow `leader` from a fresh start:
+/// a resync if this node holds revisions the leader lacks). The data dir's lock and the
+/// listening sockets close with the old image (close-on-exec).
+#[cfg(feature = "etcd")]
+fn reexec(leader: &str) -> ! {
+    use std::os::unix::process::CommandExt;
+    tracing::warn!(%leader, "restarting to follow the new primary");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let exe = std::env::current_exe().unwrap_or_else(|_| "weft".into());
+    let err = std::process::Command::new(exe).args(args).exec();
+    eprintln!("weft: cannot restart to follow {leader}: {err}");
+    std::process::exit(75)
+}
+
 /// Opens the embedded store; a replica whose data its primary's log no longer reaches is
 /// first replaced by a snapshot of the primary (the catch-up ladder's last rung).
-async fn open_embedded(a: &UpArgs, opts: Options) -> Result<Arc<Embedded>> {
+async fn open_embedded(
+    a: &UpArgs,
+    opts: Options,
+    follow: Option<(String, i64)>,
+) -> Result<Arc<Embedded>> {
     let open = || async {
         Embedded::open(&a.data_dir, opts.clone())
             .await
             .with_context(|| format!("cannot open the data dir {}", a.data_dir.display()))
     };
     let e = open().await?;
-    let Some(primary) = &a.replica_of else {
+    let Some((primary, fork)) = &follow else {
         return Ok(Arc::new(e));
     };
     let rev = e.durable_point().rev;
     let token = a.repl_token.clone().or_else(|| a.token.clone());
-    match weft_repl::probe(primary, rev, epoch_of(&a.data_dir), token.as_deref()).await {
-        Ok(weft_repl::Probe::Log) => return Ok(Arc::new(e)),
+    let plan = match weft_repl::probe(primary, rev, epoch_of(&a.data_dir), token.as_deref()).await {
+        Ok(p) if p.from == weft_repl::Probe::Log => return Ok(Arc::new(e)),
         Err(err) => {
             tracing::warn!(%primary, error = %err, "cannot ask the primary how to catch up; following it from revision {rev}");
             return Ok(Arc::new(e));
         }
-        Ok(weft_repl::Probe::Snapshot) => {}
+        Ok(p) => p,
+    };
+    if epoch_of(&a.data_dir) < plan.epoch && rev > plan.fork.max(*fork) {
+        tracing::warn!(%primary, discarded = %format!("{}..={rev}", plan.fork.max(*fork) + 1), "this node holds revisions the primary does not have (it was primary in an older epoch): they are discarded");
     }
     e.close();
     drop(e);
-    resync(a, primary, token).await?;
+    resync(a, primary, token, plan).await?;
     Ok(Arc::new(open().await?))
 }
 
@@ -231,12 +336,17 @@ fn epoch_of(dir: &std::path::Path) -> u64 {
 }
 
 /// Replaces the data dir by a snapshot of `primary` (`GET /v1/snapshot`).
-async fn resync(a: &UpArgs, primary: &str, token: Option<String>) -> Result<()> {
+async fn resync(
+    a: &UpArgs,
+    primary: &str,
+    token: Option<String>,
+    plan: weft_repl::Plan,
+) -> Result<()> {
     let dir = &a.data_dir;
     let part = dir.with_extension("resync.part");
     let fresh = dir.with_extension("resync");
     let _ = std::fs::remove_dir_all(&fresh);
-    tracing::warn!(%primary, "the primary's log no longer reaches this replica's revision: taking a snapshot");
+    tracing::warn!(%primary, "resyncing from the primary's snapshot (its log does not reach this node's revision, or this node holds revisions it lacks)");
     let c = crate::client::Client::new(primary, token)?;
     c.download("/v1/snapshot", &part)
         .await
@@ -244,6 +354,12 @@ async fn resync(a: &UpArgs, primary: &str, token: Option<String>) -> Result<()> 
     let info = weft_store::embedded::restore(&part, &fresh)
         .with_context(|| format!("the snapshot from {primary} does not restore"))?;
     let _ = std::fs::remove_file(&part);
+    // The snapshot is the primary's data in its epoch.
+    std::fs::write(
+        fresh.join("repl-epoch"),
+        format!("{} {}\n", plan.epoch, plan.fork),
+    )
+    .with_context(|| format!("cannot write {}", fresh.display()))?;
     let old = dir.with_extension("old");
     let _ = std::fs::remove_dir_all(&old);
     std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
@@ -451,7 +567,11 @@ pub async fn up(a: UpArgs) -> Result<()> {
         #[cfg(not(feature = "etcd"))]
         unreachable!()
     } else {
-        let e = open_embedded(&a, opts).await?;
+        let follow = match &a.replica_of {
+            Some(p) => Some((p.clone(), 0)),
+            None => failover_leader(&a).await?,
+        };
+        let e = open_embedded(&a, opts, follow).await?;
         (e.clone(), Some(e))
     };
     let repl = replication(&a, embedded.as_ref())?;
@@ -462,11 +582,17 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let listener =
         weft_server::bind(a.listen).with_context(|| format!("cannot listen on {}", a.listen))?;
     let addr = listener.local_addr()?;
-    println!(
+    #[cfg(feature = "etcd")]
+    let failover = start_failover(&a, repl.as_ref(), addr).await?;
+    // Announced on stdout for scripts; a closed stdout (the reader gone, e.g. after this
+    // process restarted itself to follow a new primary) is not an error.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
         "weft listening on http://{addr} (data dir {})",
         a.data_dir.display()
     );
-    std::io::stdout().flush()?;
+    let _ = out.flush();
     let cfg = weft_server::ServerConfig {
         token: a.token.clone(),
         on_scrape: embedded.clone().map(|e| {
@@ -522,6 +648,10 @@ pub async fn up(a: UpArgs) -> Result<()> {
         o.shutdown().await;
     }
     tracing::info!("shutting down");
+    #[cfg(feature = "etcd")]
+    if let Some(f) = failover {
+        f.abort();
+    }
     if let Some(r) = repl {
         r.shutdown();
     }
@@ -552,8 +682,9 @@ fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Bac
     }
     let l = weft_server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     let url = format!("http://{}", l.local_addr()?);
-    println!("etcd API listening on {url}");
-    std::io::stdout().flush()?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "etcd API listening on {url}");
+    let _ = out.flush();
     // The cores this process may run on (its CPU affinity, e.g. under `taskset`).
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = a.etcd_threads.unwrap_or((cores / 2).max(1));
