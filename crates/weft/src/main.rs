@@ -46,7 +46,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the node: the embedded store and the HTTP API.
-    Up(node::UpArgs),
+    Up(Box<node::UpArgs>),
     /// Key-value operations.
     Kv {
         #[command(subcommand)]
@@ -213,7 +213,7 @@ fn main() -> Result<()> {
     let rt = rt.enable_all().build()?;
     let res = rt.block_on(async move {
         match cli.cmd {
-            Cmd::Up(a) => node::up(a).await,
+            Cmd::Up(a) => node::up(*a).await,
             Cmd::Gateway(a) => gatewaycli::gateway(a).await,
             Cmd::Route { cmd, conn } => gatewaycli::route(cmd, conn).await,
             Cmd::Saga { cmd, conn } => {
