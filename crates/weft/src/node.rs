@@ -278,13 +278,30 @@ async fn start_failover(
     ))))
 }
 
+/// The catch-up ladder's last rung while running: a replica whose primary no longer holds
+/// the log it needs (or that holds revisions the primary lacks) restarts itself, and the
+/// start takes the primary's snapshot. Not within its first 10 s, so that a start that cannot
+/// fix it does not turn into a restart loop.
+async fn resync_when_needed(repl: Arc<weft_repl::Replication>) {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(f) = repl.status().follower else {
+            continue;
+        };
+        if f.state == "needs-snapshot" && started.elapsed() >= Duration::from_secs(10) {
+            reexec(&f.primary);
+        }
+    }
+}
+
 /// Restarts this process with the same arguments (to follow `leader` from a fresh start:
 /// a resync if this node holds revisions the leader lacks). The data dir's lock and the
 /// listening sockets close with the old image (close-on-exec).
-#[cfg(feature = "etcd")]
 fn reexec(leader: &str) -> ! {
     use std::os::unix::process::CommandExt;
-    tracing::warn!(%leader, "restarting to follow the new primary");
+    tracing::warn!(primary = %leader, "restarting this node to resync from / follow the primary");
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     let exe = std::env::current_exe().unwrap_or_else(|_| "weft".into());
     let err = std::process::Command::new(exe).args(args).exec();
@@ -634,7 +651,11 @@ pub async fn up(a: UpArgs) -> Result<()> {
         }
         None => (None, None),
     };
+    let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));
     weft_server::run(listener, store, cfg, shutdown_signal()).await?;
+    if let Some(t) = resync {
+        t.abort();
+    }
     if let (Some(tx), Some(task)) = (gw_stop, gw_task) {
         let _ = tx.send(true);
         let _ = task.await;

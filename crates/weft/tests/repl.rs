@@ -370,3 +370,82 @@ async fn a_late_replica_takes_a_snapshot_then_follows_restarts_and_forwards() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_replica_left_behind_the_primarys_log_resyncs_by_itself() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let ports = [common_port(), common_port()];
+    let pe = format!("http://127.0.0.1:{}", ports[0]);
+    let re = format!("http://127.0.0.1:{}", ports[1]);
+    let extra = ["--snapshot-bytes", "4096", "--repl-name", "p"];
+    let mut p = common::restart_with(d1.path(), &pe, &extra);
+    let r = common::restart_with(d2.path(), &re, &["--replica-of", &pe, "--repl-name", "r"]);
+    let http = reqwest::Client::new();
+    for i in 0..50 {
+        put(&http, &pe, &format!("a{i}"), &[]).await;
+    }
+    until(&http, &pe, "replica caught up", |s| {
+        s["replicas"]
+            .as_array()
+            .is_some_and(|r| r.len() == 1 && r[0]["lag_revisions"] == 0)
+    })
+    .await;
+    // The replica is frozen while the primary writes on, snapshots, and restarts: its feed
+    // is gone and its log no longer reaches the replica's revision.
+    let pid = r.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // 24 MiB: more than the kernel buffers between them hold, so most of it stays behind.
+    let big = b64(&"x".repeat(32 << 10));
+    for i in 0..768 {
+        let r = http
+            .post(format!("{pe}/v1/kv/put"))
+            .json(&json!({"key": b64(&format!("b{i}")), "value": big}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    p.child.kill().unwrap();
+    let _ = p.child.wait();
+    drop(p);
+    let _p = common::restart_with(d1.path(), &pe, &extra);
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // It finds out, restarts itself (after its first 10 s), takes a snapshot and follows.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // Refused while it restarts.
+        let r = http
+            .post(format!("{re}/v1/kv/range"))
+            .json(&json!({"key": b64("b767")}))
+            .send()
+            .await;
+        let v: Value = match r {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if v["kvs"].as_array().is_some_and(|k| k.len() == 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica never resynced: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, out, err) = weft(&["repl", "check"], &pe, None);
+    assert_eq!(code, 0, "{out}{err}");
+    drop(r);
+}
+
+fn common_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
