@@ -126,32 +126,46 @@ async fn term(repl: &Arc<Replication>, f: &Failover, session: &Session) -> Strin
             _ = tick.tick() => {}
             r = session.lost() => return r.to_string(),
         }
-        if let Err(e) = publish(repl, f, session).await {
-            tracing::debug!(error = %e, "failover: cannot publish this member");
-            continue;
+        // The store's calls may hang (a partition); the session's loss ends them at once.
+        tokio::select! {
+            _ = step(repl, f, session, &mut none_since) => {}
+            r = session.lost() => return r.to_string(),
         }
-        let l = match leader(&f.coord, &f.group).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::debug!(error = %e, "failover: cannot read the leader");
-                continue;
+    }
+}
+
+/// One turn: publish this member, then follow the leader or campaign.
+async fn step(
+    repl: &Arc<Replication>,
+    f: &Failover,
+    session: &Session,
+    none_since: &mut Option<Instant>,
+) {
+    if let Err(e) = publish(repl, f, session).await {
+        tracing::debug!(error = %e, "failover: cannot publish this member");
+        return;
+    }
+    let l = match leader(&f.coord, &f.group).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!(error = %e, "failover: cannot read the leader");
+            return;
+        }
+    };
+    match l {
+        Some(l) => {
+            *none_since = None;
+            if l.name != repl.cfg.name {
+                obey(repl, f, &l);
             }
-        };
-        match l {
-            Some(l) => {
-                none_since = None;
-                if l.name != repl.cfg.name {
-                    obey(repl, f, &l);
-                }
-            }
-            None => {
-                let since = *none_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= f.settle {
-                    match campaign(repl, f, session).await {
-                        Ok(true) => none_since = None,
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!(error = %e, "failover: campaign failed"),
-                    }
+        }
+        None => {
+            let since = *none_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= f.settle {
+                match campaign(repl, f, session).await {
+                    Ok(true) => *none_since = None,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "failover: campaign failed"),
                 }
             }
         }

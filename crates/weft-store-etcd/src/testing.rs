@@ -137,12 +137,17 @@ impl EtcdCluster {
 
     /// Starts `n` members from `bin` and waits until the cluster has a leader.
     pub async fn start(bin: PathBuf, n: usize) -> EtcdCluster {
+        Self::start_on(bin, n, "127.0.0.1").await
+    }
+
+    /// As [`EtcdCluster::start`], listening on `host` (an address of a test network).
+    pub async fn start_on(bin: PathBuf, n: usize, host: &str) -> EtcdCluster {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let token = format!("weft-{}-{}", std::process::id(), ports[0].0);
         let initial = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}"))
+            .map(|(i, (_, p))| format!("m{i}=http://{host}:{p}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut members = Vec::new();
@@ -150,8 +155,8 @@ impl EtcdCluster {
         for (i, (c, p)) in ports.iter().enumerate() {
             let dir = std::env::temp_dir().join(format!("{token}-m{i}"));
             let _ = std::fs::remove_dir_all(&dir);
-            let endpoint = format!("http://127.0.0.1:{c}");
-            let peer = format!("http://127.0.0.1:{p}");
+            let endpoint = format!("http://{host}:{c}");
+            let peer = format!("http://{host}:{p}");
             let child = Command::new(&bin)
                 .args(["--name", &format!("m{i}"), "--data-dir"])
                 .arg(&dir)
