@@ -9,6 +9,9 @@ const PREREQS: &[(&str, &str)] = &[
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
     ("nats-server", "nats-server"),
+    // The partition test: network namespaces, veths, a bridge, and a client inside one.
+    ("ip", "iproute2"),
+    ("curl", "curl"),
 ];
 
 fn have(bin: &str) -> bool {
