@@ -12,6 +12,7 @@ const PREREQS: &[(&str, &str)] = &[
     // The partition test: network namespaces, veths, a bridge, and a client inside one.
     ("ip", "iproute2"),
     ("curl", "curl"),
+    ("iptables", "iptables"),
 ];
 
 fn have(bin: &str) -> bool {
