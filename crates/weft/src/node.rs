@@ -269,7 +269,7 @@ async fn start_failover(
             .advertise
             .clone()
             .unwrap_or_else(|| format!("http://{addr}")),
-        settle: Duration::from_millis(300),
+        settle: Duration::from_millis(200),
         on_restart: Arc::new(|leader| reexec(&leader)),
     };
     Ok(Some(tokio::spawn(weft_repl::failover::run(

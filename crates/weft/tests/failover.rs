@@ -2,7 +2,9 @@
 //! nodes elect a primary; 64 clients write under semi-sync 1; `kill -9` of the primary; a
 //! replica takes over within the lease TTL + 1 s and holds every acknowledged write; the old
 //! primary, restarted, comes back as a replica of the new one (its unreplicated tail
-//! discarded) and matches it by hash.
+//! discarded) and matches it by hash. Run twice: directly, and with every node's HTTP traffic
+//! (replication, forwarded writes, clients) through a proxy adding 5 ms each way (`tc netem`
+//! is not available in this kernel).
 #![cfg(feature = "etcd")]
 
 mod common;
@@ -66,8 +68,61 @@ struct Member {
     name: String,
     dir: tempfile::TempDir,
     endpoint: String,
+    /// How the others and the clients reach it: the endpoint, or a delaying proxy to it.
+    advertise: String,
     node: Option<Node>,
 }
+
+/// Forwards each connection to `upstream`, holding every chunk `delay` before writing it.
+async fn delay_proxy(l: tokio::net::TcpListener, upstream: String, delay: Duration) {
+    loop {
+        let Ok((c, _)) = l.accept().await else { return };
+        let up = upstream.clone();
+        tokio::spawn(async move {
+            let Ok(s) = tokio::net::TcpStream::connect(&up).await else {
+                return;
+            };
+            let _ = (c.set_nodelay(true), s.set_nodelay(true));
+            let (cr, cw) = c.into_split();
+            let (sr, sw) = s.into_split();
+            tokio::join!(pipe(cr, sw, delay), pipe(sr, cw, delay));
+        });
+    }
+}
+
+async fn pipe(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reader = async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = r.read(&mut buf).await {
+            if n == 0
+                || tx
+                    .send((tokio::time::Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let writer = async move {
+        while let Some((at, b)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if w.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+/// One test at a time: each runs an etcd cluster, three nodes and 64 clients on 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn start(m: &mut Member, etcd: &str) {
     let extra = [
@@ -81,6 +136,8 @@ fn start(m: &mut Member, etcd: &str) {
         &m.name,
         "--durability",
         "semi-sync=1;timeout=10s",
+        "--advertise",
+        &m.advertise,
     ];
     m.node = Some(restart_with(m.dir.path(), &m.endpoint, &extra));
 }
@@ -114,25 +171,51 @@ async fn settled(http: &reqwest::Client, ms: &[Member]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_takes_over_from_a_killed_primary_and_the_old_one_rejoins() {
+    let _one = SERIAL.lock().await;
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_5_ms_of_delay_each_way_between_nodes_and_clients() {
+    let _one = SERIAL.lock().await;
+    scenario(Some(Duration::from_millis(5))).await;
+}
+
+async fn scenario(delay: Option<Duration>) {
     let Some(cluster) = EtcdCluster::start_or_skip(3).await else {
         return;
     };
     let etcd = cluster.endpoints.join(",");
-    let mut ms: Vec<Member> = ["a", "b", "c"]
-        .iter()
-        .map(|n| Member {
+    let mut ms = Vec::new();
+    for n in ["a", "b", "c"] {
+        let endpoint = format!("http://127.0.0.1:{}", free_port());
+        let advertise = match delay {
+            None => endpoint.clone(),
+            Some(d) => {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let url = format!("http://{}", l.local_addr().unwrap());
+                tokio::spawn(delay_proxy(
+                    l,
+                    endpoint.trim_start_matches("http://").to_string(),
+                    d,
+                ));
+                url
+            }
+        };
+        ms.push(Member {
             name: n.to_string(),
             dir: tempfile::tempdir().unwrap(),
-            endpoint: format!("http://127.0.0.1:{}", free_port()),
+            endpoint,
+            advertise,
             node: None,
-        })
-        .collect();
+        });
+    }
     for m in ms.iter_mut() {
         start(m, &etcd);
     }
     let http = reqwest::Client::new();
     let p = settled(&http, &ms).await;
-    let ep = ms[p].endpoint.clone();
+    let ep = ms[p].advertise.clone();
     // 64 clients write to the primary until it dies.
     let acked = Arc::new(Mutex::new(HashMap::<String, i64>::new()));
     let mut tasks = Vec::new();
@@ -182,7 +265,7 @@ async fn a_replica_takes_over_from_a_killed_primary_and_the_old_one_rejoins() {
         }
         if let Some(i) = found {
             // semi-sync 1: the write returns once the other replica holds it.
-            let (s, v) = put(&http, &ms[i].endpoint, "after-failover").await;
+            let (s, v) = put(&http, &ms[i].advertise, "after-failover").await;
             assert_eq!(s, 200, "{v}");
             break (i, killed.elapsed());
         }
@@ -190,7 +273,7 @@ async fn a_replica_takes_over_from_a_killed_primary_and_the_old_one_rejoins() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!(
-        "failover took {took:?} (lease TTL {TTL} s); {} acknowledged writes",
+        "failover took {took:?} (lease TTL {TTL} s, delay {delay:?}); {} acknowledged writes",
         acked.len()
     );
     assert!(
@@ -234,7 +317,7 @@ async fn a_replica_takes_over_from_a_killed_primary_and_the_old_one_rejoins() {
         if let Some(s) = &s {
             if s["role"] == "replica"
                 && s["follower"]["state"] == "streaming"
-                && s["follower"]["primary"] == ms[n].endpoint.as_str()
+                && s["follower"]["primary"] == ms[n].advertise.as_str()
             {
                 break;
             }
