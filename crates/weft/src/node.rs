@@ -534,6 +534,16 @@ fn parse_retention(s: &str) -> Result<AutoCompact> {
     Ok(AutoCompact::Period(Duration::from_secs(secs)))
 }
 
+/// The embedded log's counters, exported on each `/metrics` scrape.
+fn log_metrics(e: Arc<Embedded>) -> Arc<dyn Fn() + Send + Sync> {
+    Arc::new(move || {
+        let st = e.stats();
+        metrics::counter!("weft_log_records_total").absolute(st.records);
+        metrics::counter!("weft_log_durable_writes_total").absolute(st.fsyncs);
+        metrics::counter!("weft_log_inline_writes_total").absolute(st.inline_writes);
+    })
+}
+
 pub async fn up(a: UpArgs) -> Result<()> {
     init_tracing();
     // No transparent huge pages for the node: the store's state grows with every write, and
@@ -612,14 +622,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let _ = out.flush();
     let cfg = weft_server::ServerConfig {
         token: a.token.clone(),
-        on_scrape: embedded.clone().map(|e| {
-            Arc::new(move || {
-                let st = e.stats();
-                metrics::counter!("weft_log_records_total").absolute(st.records);
-                metrics::counter!("weft_log_durable_writes_total").absolute(st.fsyncs);
-                metrics::counter!("weft_log_inline_writes_total").absolute(st.inline_writes);
-            }) as Arc<dyn Fn() + Send + Sync>
-        }),
+        on_scrape: embedded.clone().map(log_metrics),
         saga: saga.clone(),
         queue: queue_api,
         repl: repl.clone(),

@@ -121,6 +121,33 @@ async fn pipe(
     tokio::join!(reader, writer);
 }
 
+type Acked = Arc<Mutex<HashMap<String, i64>>>;
+
+/// 64 clients writing to `ep` until their first failure (the primary died, stepped down or
+/// lost its replicas: not acknowledged); acknowledged writes with their revisions.
+fn writers(http: &reqwest::Client, ep: &str) -> (Acked, Vec<tokio::task::JoinHandle<()>>) {
+    let acked: Acked = Arc::default();
+    let tasks = (0..64)
+        .map(|c| {
+            let (http, ep, acked) = (http.clone(), ep.to_string(), acked.clone());
+            tokio::spawn(async move {
+                for i in 0..1_000_000 {
+                    let key = format!("c{c}/{i}");
+                    let (s, v) = put(&http, &ep, &key).await;
+                    if s != 200 {
+                        return;
+                    }
+                    acked
+                        .lock()
+                        .unwrap()
+                        .insert(key, int(&v["header"]["revision"]));
+                }
+            })
+        })
+        .collect();
+    (acked, tasks)
+}
+
 /// One test at a time: each runs an etcd cluster, three nodes and 64 clients on 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -217,28 +244,7 @@ async fn scenario(delay: Option<Duration>) {
     let p = settled(&http, &ms).await;
     let ep = ms[p].advertise.clone();
     // 64 clients write to the primary until it dies.
-    let acked = Arc::new(Mutex::new(HashMap::<String, i64>::new()));
-    let mut tasks = Vec::new();
-    for c in 0..64 {
-        let (http, ep, acked) = (http.clone(), ep.clone(), acked.clone());
-        tasks.push(tokio::spawn(async move {
-            for i in 0..1_000_000 {
-                let key = format!("c{c}/{i}");
-                let (s, v) = put(&http, &ep, &key).await;
-                match s {
-                    200 => {
-                        acked
-                            .lock()
-                            .unwrap()
-                            .insert(key, int(&v["header"]["revision"]));
-                    }
-                    0 => return,
-                    // Once the primary steps down or its replicas left: not acknowledged.
-                    _ => return,
-                }
-            }
-        }));
-    }
+    let (acked, tasks) = writers(&http, &ep);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut old = ms[p].node.take().unwrap();
     old.child.kill().unwrap(); // SIGKILL
