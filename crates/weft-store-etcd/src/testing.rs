@@ -34,18 +34,24 @@ pub fn etcd_binary() -> Option<PathBuf> {
     })
 }
 
+/// The etcd binary, or `None` (said on stderr) when it is missing and `CI` is not `true`;
+/// under `CI=true` a missing binary panics: CI must never skip these tests silently.
+pub fn etcd_or_skip() -> Option<PathBuf> {
+    let bin = etcd_binary();
+    if bin.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("etcd is not installed but CI=true: install etcd-server (apt-get install etcd-server)");
+        }
+        eprintln!("etcd not found (apt-get install etcd-server); skipping etcd-backed test");
+    }
+    bin
+}
+
 impl EtcdServer {
     /// Starts etcd, or returns `None` if it is not installed and `CI` is not `true`.
     /// Under `CI=true` a missing binary panics: CI must never skip these tests silently.
     pub async fn start_or_skip() -> Option<EtcdServer> {
-        let Some(bin) = etcd_binary() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("etcd is not installed but CI=true: install etcd-server (apt-get install etcd-server)");
-            }
-            eprintln!("etcd not found (apt-get install etcd-server); skipping etcd-backed test");
-            return None;
-        };
-        Some(Self::start(bin).await)
+        Some(Self::start(etcd_or_skip()?).await)
     }
 
     /// Starts etcd from `bin` and waits until it answers.
@@ -125,14 +131,7 @@ impl EtcdCluster {
     /// Starts `n` members, or returns `None` if etcd is not installed and `CI` is not `true`
     /// (under `CI=true` a missing binary panics).
     pub async fn start_or_skip(n: usize) -> Option<EtcdCluster> {
-        let Some(bin) = etcd_binary() else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("etcd is not installed but CI=true: install etcd-server (apt-get install etcd-server)");
-            }
-            eprintln!("etcd not found (apt-get install etcd-server); skipping etcd-backed test");
-            return None;
-        };
-        Some(Self::start(bin, n).await)
+        Some(Self::start(etcd_or_skip()?, n).await)
     }
 
     /// Starts `n` members from `bin` and waits until the cluster has a leader.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{restart_with, Node};
+use common::{free_port, restart_with, Node};
 use serde_json::{json, Value};
 use weft_store_etcd::testing::EtcdCluster;
 
@@ -22,14 +22,6 @@ const TTL: u64 = 2;
 
 fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn status(http: &reqwest::Client, ep: &str) -> Option<Value> {

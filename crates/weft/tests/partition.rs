@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
-use weft_store_etcd::testing::{etcd_binary, EtcdCluster};
+use weft_store_etcd::testing::{etcd_or_skip, EtcdCluster};
 
 const BIN: &str = env!("CARGO_BIN_EXE_weft");
 const TOKEN: &str = "partition-test-token";
@@ -45,18 +45,6 @@ fn net_or_skip(n: usize) -> Option<Net> {
     );
     eprintln!("skipping: network namespaces unavailable ({why})");
     None
-}
-
-fn etcd_or_skip() -> Option<std::path::PathBuf> {
-    let bin = etcd_binary();
-    if bin.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: etcd is not installed (apt-get install etcd-server)"
-        );
-        eprintln!("skipping: etcd is not installed");
-    }
-    bin
 }
 
 /// Every acknowledged write is on the node at `ep` at its revision, and no revision was

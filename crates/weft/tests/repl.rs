@@ -374,7 +374,7 @@ async fn a_late_replica_takes_a_snapshot_then_follows_restarts_and_forwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_replica_left_behind_the_primarys_log_resyncs_by_itself() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let ports = [common_port(), common_port()];
+    let ports = [common::free_port(), common::free_port()];
     let pe = format!("http://127.0.0.1:{}", ports[0]);
     let re = format!("http://127.0.0.1:{}", ports[1]);
     let extra = ["--snapshot-bytes", "4096", "--repl-name", "p"];
@@ -440,12 +440,4 @@ async fn a_running_replica_left_behind_the_primarys_log_resyncs_by_itself() {
     let (code, out, err) = weft(&["repl", "check"], &pe, None);
     assert_eq!(code, 0, "{out}{err}");
     drop(r);
-}
-
-fn common_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -35,6 +35,14 @@ pub fn restart(dir: &Path, endpoint: &str) -> Node {
     start_on(addr, &["--data-dir".as_ref(), dir.as_os_str()])
 }
 
+/// A free loopback port (for a node that must keep its address across restarts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// As [`restart`], with extra arguments.
 #[allow(dead_code)]
 pub fn restart_with(dir: &Path, endpoint: &str, extra: &[&str]) -> Node {
