@@ -506,3 +506,46 @@ async fn epochs_fence_a_deposed_primary_and_its_unreplicated_tail() {
     caught_up(&r1, &r2).await;
     assert!(r2.store().get("b").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn watches_on_a_replica_see_the_primarys_writes_in_order() {
+    use futures::StreamExt;
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = Replication::primary(open(d1.path()).await, cfg("p", "semi-sync=1;timeout=5s"));
+    let (url, _srv) = serve(p.clone()).await;
+    let r = Replication::replica(open(d2.path()).await, cfg("r1", "async"), url);
+    let mut w = r
+        .store()
+        .watch(weft_store::WatchRequest::new(KeyRange::prefix("w/")))
+        .await
+        .unwrap();
+    let mut revs = Vec::new();
+    for i in 0..20 {
+        revs.push(
+            p.store()
+                .put_kv(format!("w/{i}"), "v")
+                .await
+                .unwrap()
+                .header
+                .revision,
+        );
+    }
+    p.store().delete_key("w/3").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 21 {
+        let resp = tokio::time::timeout(Duration::from_secs(10), w.next())
+            .await
+            .expect("events in time")
+            .unwrap()
+            .unwrap();
+        for e in resp.events {
+            seen.push((e.kind, e.kv.mod_revision));
+        }
+    }
+    let puts: Vec<i64> = seen[..20].iter().map(|(_, r)| *r).collect();
+    assert_eq!(
+        puts, revs,
+        "every put, in order, at the primary's revisions"
+    );
+    assert_eq!(seen[20].0, weft_store::EventType::Delete);
+}
