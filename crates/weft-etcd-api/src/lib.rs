@@ -600,31 +600,105 @@ fn compare(c: PbCompare) -> Result<ws::Compare, Status> {
     })
 }
 
-fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Vec<Post>), Status> {
+/// What each operation of a branch needs after the store answers: a range's [`Post`], or a
+/// nested txn's, per branch.
+#[derive(Debug)]
+enum OpPost {
+    Range(Post),
+    Write,
+    Txn(Vec<OpPost>, Vec<OpPost>),
+}
+
+fn ops(list: Vec<PbTxnRequestOp>) -> Result<(Vec<ws::TxnOp>, Vec<OpPost>), Status> {
     let mut out = Vec::with_capacity(list.len());
-    let mut sorts = Vec::new();
+    let mut posts = Vec::with_capacity(list.len());
     for op in list {
         out.push(match op.request {
             Some(PbTxnOpRequest::RequestRange(r)) => {
                 let (r, post) = range_req(r)?;
-                sorts.push(post);
+                posts.push(OpPost::Range(post));
                 ws::TxnOp::Range(r)
             }
-            Some(PbTxnOpRequest::RequestPut(p)) => ws::TxnOp::Put(put_req(p)?),
-            Some(PbTxnOpRequest::RequestDeleteRange(d)) => ws::TxnOp::Delete(ws::DeleteRequest {
-                range: range_of(d.key, d.range_end),
-                prev_kv: d.prev_kv,
-            }),
-            Some(PbTxnOpRequest::RequestTxn(_)) => {
-                return Err(unsupported(
-                    "a txn inside a txn",
-                    "put its compares into the outer txn's, or send it as a txn of its own",
-                ))
+            Some(PbTxnOpRequest::RequestPut(p)) => {
+                posts.push(OpPost::Write);
+                ws::TxnOp::Put(put_req(p)?)
+            }
+            Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
+                posts.push(OpPost::Write);
+                ws::TxnOp::Delete(ws::DeleteRequest {
+                    range: range_of(d.key, d.range_end),
+                    prev_kv: d.prev_kv,
+                })
+            }
+            Some(PbTxnOpRequest::RequestTxn(t)) => {
+                let (t, s, f) = txn_req(t)?;
+                posts.push(OpPost::Txn(s, f));
+                ws::TxnOp::Txn(t)
             }
             None => return Err(Status::invalid_argument("empty request op")),
         });
     }
-    Ok((out, sorts))
+    Ok((out, posts))
+}
+
+/// A txn for the store, with what its branches' ranges need afterwards.
+fn txn_req(t: PbTxnRequest) -> Result<(ws::TxnRequest, Vec<OpPost>, Vec<OpPost>), Status> {
+    let compare = t
+        .compare
+        .into_iter()
+        .map(compare)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (success, s_posts) = ops(t.success)?;
+    let (failure, f_posts) = ops(t.failure)?;
+    let req = ws::TxnRequest {
+        compare,
+        success,
+        failure,
+    };
+    Ok((req, s_posts, f_posts))
+}
+
+/// The store's txn answer as etcd's, nested txns included.
+fn txn_resp(api: &EtcdApi, r: ws::TxnResponse, s: Vec<OpPost>, f: Vec<OpPost>) -> PbTxnResponse {
+    let mut posts = if r.succeeded { s } else { f }.into_iter();
+    let responses = r
+        .responses
+        .into_iter()
+        .map(|op| PbResponseOp {
+            response: Some(match (op, posts.next()) {
+                (ws::TxnOpResponse::Range(x), post) => {
+                    let post = match post {
+                        Some(OpPost::Range(p)) => p,
+                        _ => Post::default(),
+                    };
+                    PbTxnOpResponse::ResponseRange(range_resp(api, x, post))
+                }
+                (ws::TxnOpResponse::Put(x), _) => PbTxnOpResponse::ResponsePut(PbPutResponse {
+                    header: api.header(x.header.revision),
+                    prev_kv: x.prev_kv.map(kv),
+                }),
+                (ws::TxnOpResponse::Delete(x), _) => {
+                    PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
+                        header: api.header(x.header.revision),
+                        deleted: x.deleted,
+                        prev_kvs: x.prev_kvs.into_iter().map(kv).collect(),
+                    })
+                }
+                (ws::TxnOpResponse::Txn(x), post) => {
+                    let (s, f) = match post {
+                        Some(OpPost::Txn(s, f)) => (s, f),
+                        _ => (Vec::new(), Vec::new()),
+                    };
+                    PbTxnOpResponse::ResponseTxn(txn_resp(api, x, s, f))
+                }
+            }),
+        })
+        .collect();
+    PbTxnResponse {
+        header: api.header(r.header.revision),
+        succeeded: r.succeeded,
+        responses,
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -693,51 +767,9 @@ impl EtcdApi {
     }
 
     pub(crate) async fn kv_txn(&self, t: PbTxnRequest) -> Result<PbTxnResponse, Status> {
-        let compare = t
-            .compare
-            .into_iter()
-            .map(compare)
-            .collect::<Result<Vec<_>, _>>()?;
-        let (success, s_sorts) = ops(t.success)?;
-        let (failure, f_sorts) = ops(t.failure)?;
-        let r = self
-            .store
-            .txn(ws::TxnRequest {
-                compare,
-                success,
-                failure,
-            })
-            .await
-            .map_err(status)?;
-        let mut sorts = if r.succeeded { s_sorts } else { f_sorts }.into_iter();
-        let responses = r
-            .responses
-            .into_iter()
-            .map(|op| PbResponseOp {
-                response: Some(match op {
-                    ws::TxnOpResponse::Range(x) => {
-                        let post = sorts.next().unwrap_or_default();
-                        PbTxnOpResponse::ResponseRange(range_resp(self, x, post))
-                    }
-                    ws::TxnOpResponse::Put(x) => PbTxnOpResponse::ResponsePut(PbPutResponse {
-                        header: self.header(x.header.revision),
-                        prev_kv: x.prev_kv.map(kv),
-                    }),
-                    ws::TxnOpResponse::Delete(x) => {
-                        PbTxnOpResponse::ResponseDeleteRange(PbDeleteResponse {
-                            header: self.header(x.header.revision),
-                            deleted: x.deleted,
-                            prev_kvs: x.prev_kvs.into_iter().map(kv).collect(),
-                        })
-                    }
-                }),
-            })
-            .collect();
-        Ok(PbTxnResponse {
-            header: self.header(r.header.revision),
-            succeeded: r.succeeded,
-            responses,
-        })
+        let (req, s_posts, f_posts) = txn_req(t)?;
+        let r = self.store.txn(req).await.map_err(status)?;
+        Ok(txn_resp(self, r, s_posts, f_posts))
     }
 }
 

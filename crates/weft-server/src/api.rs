@@ -393,7 +393,8 @@ impl CompareBody {
     }
 }
 
-/// One txn operation: `{"range": {...}}`, `{"put": {...}}` or `{"delete": {...}}`.
+/// One txn operation: `{"range": {...}}`, `{"put": {...}}`, `{"delete": {...}}` or a nested
+/// `{"txn": {...}}`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum OpBody {
@@ -403,6 +404,8 @@ pub enum OpBody {
     Put(PutBody),
     /// Delete.
     Delete(DeleteBody),
+    /// A transaction inside the transaction.
+    Txn(TxnBody),
 }
 
 impl OpBody {
@@ -411,6 +414,7 @@ impl OpBody {
             OpBody::Range(r) => ws::TxnOp::Range(r.to_store(r.encoding.unwrap_or(enc))?),
             OpBody::Put(p) => ws::TxnOp::Put(p.to_store(p.encoding.unwrap_or(enc))?),
             OpBody::Delete(d) => ws::TxnOp::Delete(d.to_store(d.encoding.unwrap_or(enc))?),
+            OpBody::Txn(t) => ws::TxnOp::Txn(t.to_store(t.encoding.unwrap_or(enc))?),
         })
     }
 }
@@ -466,6 +470,8 @@ pub enum OpResp {
     Put(PutResp),
     /// Delete result.
     Delete(DeleteResp),
+    /// Nested txn result.
+    Txn(TxnResp),
 }
 
 /// Txn result.
@@ -489,6 +495,7 @@ pub fn txn_resp(enc: Encoding, r: &ws::TxnResponse) -> Result<TxnResp, ApiError>
                 ws::TxnOpResponse::Range(x) => OpResp::Range(range_resp(enc, x)?),
                 ws::TxnOpResponse::Put(x) => OpResp::Put(put_resp(enc, x)?),
                 ws::TxnOpResponse::Delete(x) => OpResp::Delete(delete_resp(enc, x)?),
+                ws::TxnOpResponse::Txn(x) => OpResp::Txn(txn_resp(enc, x)?),
             })
         })
         .collect::<Result<_, ApiError>>()?;

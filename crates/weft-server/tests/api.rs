@@ -98,6 +98,24 @@ async fn kv_txn_and_encodings() {
     assert_eq!(t["responses"][1]["range"]["kvs"][0]["value"], "10");
     let (_, t) = n.post("/v1/kv/txn", cas).await;
     assert_eq!(t["succeeded"], false);
+    // A txn inside a txn: its compare sees the state before the outer put.
+    let nested = json!({
+        "success": [
+            {"put": {"key": "nest/n", "value": "1"}},
+            {"txn": {
+                "compare": [{"key": "nest/n", "target": "version", "op": ">", "value": 0}],
+                "success": [{"put": {"key": "nest/m", "value": "saw n"}}],
+                "failure": [{"put": {"key": "nest/m", "value": "before n"}}, {"range": {"key": "nest/n"}}]
+            }}
+        ]
+    });
+    let (s, t) = n.post("/v1/kv/txn", nested).await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["responses"][1]["txn"]["succeeded"], false, "{t}");
+    assert_eq!(
+        t["responses"][1]["txn"]["responses"][1]["range"]["kvs"][0]["value"], "1",
+        "{t}"
+    );
     // Binary data through base64; asking for it as UTF-8 is a clear error, not mangled data.
     let (s, _) = n
         .post(

@@ -212,6 +212,48 @@ fn txn_op(op: &TxnOp) -> ec::TxnOp {
         TxnOp::Range(r) => ec::TxnOp::get(r.range.key.to_vec(), Some(get_options(r))),
         TxnOp::Put(p) => ec::TxnOp::put(p.key.to_vec(), p.value.to_vec(), Some(put_options(p))),
         TxnOp::Delete(d) => ec::TxnOp::delete(d.range.key.to_vec(), Some(delete_options(d))),
+        TxnOp::Txn(t) => ec::TxnOp::txn(etcd_txn(t)),
+    }
+}
+
+fn etcd_txn(req: &TxnRequest) -> ec::Txn {
+    ec::Txn::new()
+        .when(req.compare.iter().map(compare).collect::<Vec<_>>())
+        .and_then(req.success.iter().map(txn_op).collect::<Vec<_>>())
+        .or_else(req.failure.iter().map(txn_op).collect::<Vec<_>>())
+}
+
+/// The first lease a put of the txn (nested ones included) names: for a clearer error.
+fn txn_lease(req: &TxnRequest) -> i64 {
+    req.success
+        .iter()
+        .chain(&req.failure)
+        .find_map(|op| match op {
+            TxnOp::Put(p) if p.lease != 0 => Some(p.lease),
+            TxnOp::Txn(t) => Some(txn_lease(t)).filter(|l| *l != 0),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn txn_response(r: &ec::TxnResponse) -> TxnResponse {
+    let responses = r
+        .op_responses()
+        .into_iter()
+        .map(|o| match o {
+            ec::TxnOpResponse::Get(g) => TxnOpResponse::Range(range_response(&g)),
+            ec::TxnOpResponse::Put(p) => TxnOpResponse::Put(PutResponse {
+                header: header(p.header()),
+                prev_kv: p.prev_key().map(kv),
+            }),
+            ec::TxnOpResponse::Delete(d) => TxnOpResponse::Delete(delete_response(&d)),
+            ec::TxnOpResponse::Txn(t) => TxnOpResponse::Txn(txn_response(&t)),
+        })
+        .collect();
+    TxnResponse {
+        header: header(r.header()),
+        succeeded: r.succeeded(),
+        responses,
     }
 }
 
@@ -295,45 +337,13 @@ impl Store for EtcdStore {
     }
 
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        let lease = req
-            .success
-            .iter()
-            .chain(&req.failure)
-            .find_map(|op| match op {
-                TxnOp::Put(p) if p.lease != 0 => Some(p.lease),
-                _ => None,
-            })
-            .unwrap_or(0);
-        let t = ec::Txn::new()
-            .when(req.compare.iter().map(compare).collect::<Vec<_>>())
-            .and_then(req.success.iter().map(txn_op).collect::<Vec<_>>())
-            .or_else(req.failure.iter().map(txn_op).collect::<Vec<_>>());
         let r = self
             .client
             .kv_client()
-            .txn(t)
+            .txn(etcd_txn(&req))
             .await
-            .map_err(|e| with_context(map_err(e), 0, lease))?;
-        let responses = r
-            .op_responses()
-            .into_iter()
-            .map(|o| match o {
-                ec::TxnOpResponse::Get(g) => Ok(TxnOpResponse::Range(range_response(&g))),
-                ec::TxnOpResponse::Put(p) => Ok(TxnOpResponse::Put(PutResponse {
-                    header: header(p.header()),
-                    prev_kv: p.prev_key().map(kv),
-                })),
-                ec::TxnOpResponse::Delete(d) => Ok(TxnOpResponse::Delete(delete_response(&d))),
-                ec::TxnOpResponse::Txn(_) => {
-                    Err(StoreError::Unsupported("nested txn response".into()))
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(TxnResponse {
-            header: header(r.header()),
-            succeeded: r.succeeded(),
-            responses,
-        })
+            .map_err(|e| with_context(map_err(e), 0, txn_lease(&req)))?;
+        Ok(txn_response(&r))
     }
 
     async fn compact(&self, revision: i64) -> Result<CompactResponse> {

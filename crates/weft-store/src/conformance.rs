@@ -296,6 +296,71 @@ pub async fn txn_semantics(s: &dyn Store) {
     assert_eq!(rev(s).await, r);
 }
 
+/// Transactions inside transactions (etcd ≥ 3.3): every compare, nested ones included, is
+/// evaluated on the state before any operation applies; the chosen operations run in order
+/// at one revision; a key written twice anywhere on the chosen path is refused.
+pub async fn nested_txn(s: &dyn Store) {
+    s.put_kv("n/a", "1").await.unwrap();
+    let a_is_1 = || Compare::new("n/a", CompareOp::Equal, CompareTarget::Value(b("1")));
+    // `n/b` is put by the outer branch before the nested txn runs, yet the nested compare
+    // sees the state before: `n/b` does not exist there.
+    let b_exists = Compare::new("n/b", CompareOp::Greater, CompareTarget::Version(0));
+    let inner_ok = TxnRequest::new()
+        .when([a_is_1()])
+        .and_then([
+            TxnOp::Range(RangeRequest::new(KeyRange::key("n/b"))),
+            TxnOp::Put(PutRequest::new("n/c", "ok")),
+        ])
+        .or_else([TxnOp::Put(PutRequest::new("n/c", "wrong"))]);
+    let inner_no = TxnRequest::new()
+        .when([b_exists])
+        .and_then([TxnOp::Put(PutRequest::new("n/d", "saw b"))])
+        .or_else([TxnOp::Put(PutRequest::new("n/d", "before b"))]);
+    let t = TxnRequest::new().when([a_is_1()]).and_then([
+        TxnOp::Put(PutRequest::new("n/b", "1")),
+        TxnOp::Txn(inner_ok),
+        TxnOp::Txn(inner_no),
+    ]);
+    let r = s.txn(t).await.unwrap();
+    assert!(r.succeeded);
+    assert_eq!(r.responses.len(), 3);
+    let TxnOpResponse::Txn(first) = &r.responses[1] else {
+        panic!("{:?}", r.responses[1])
+    };
+    assert!(first.succeeded);
+    let TxnOpResponse::Range(seen) = &first.responses[0] else {
+        panic!("{:?}", first.responses[0])
+    };
+    assert_eq!(seen.kvs.len(), 1, "a range after the outer put sees it");
+    let TxnOpResponse::Txn(second) = &r.responses[2] else {
+        panic!("{:?}", r.responses[2])
+    };
+    assert!(
+        !second.succeeded,
+        "nested compares see the state before the txn"
+    );
+    assert_eq!(s.get("n/c").await.unwrap().unwrap().value, b("ok"));
+    let d = s.get("n/d").await.unwrap().unwrap();
+    assert_eq!(d.value, b("before b"));
+    assert_eq!(
+        d.mod_revision, r.header.revision,
+        "one revision for everything"
+    );
+    assert_eq!(
+        s.get("n/b").await.unwrap().unwrap().mod_revision,
+        r.header.revision
+    );
+    // The same key put by the outer branch and by the nested one: refused, nothing applied.
+    let before = rev(s).await;
+    let dup = TxnRequest::new().and_then([
+        TxnOp::Put(PutRequest::new("n/e", "1")),
+        TxnOp::Txn(TxnRequest::new().and_then([TxnOp::Put(PutRequest::new("n/e", "2"))])),
+    ]);
+    assert_eq!(s.txn(dup).await.unwrap_err(), StoreError::DuplicateKey);
+    assert_eq!(rev(s).await, before);
+    assert!(s.get("n/e").await.unwrap().is_none());
+}
+
 /// Leases: grant, keepalive, time-to-live with keys, list, revoke deleting keys at one revision.
 pub async fn leases(s: &dyn Store) {
     let min = s.limits().min_lease_ttl;
@@ -688,7 +753,7 @@ pub async fn limits(s: &dyn Store) {
 macro_rules! conformance_tests {
     ($factory:expr) => {
         $crate::conformance_tests!(@case $factory;
-            revisions range_options txn_semantics leases lease_expiry watch_semantics
+            revisions range_options txn_semantics nested_txn leases lease_expiry watch_semantics
             watch_slow_consumer watch_quiet_key compaction hash_kv backup_and_defragment limits);
     };
     (@case $factory:expr; $($name:ident)*) => {

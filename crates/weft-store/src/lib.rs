@@ -219,6 +219,27 @@ impl<S: Store + ?Sized> Store for Arc<S> {
 /// Checks a request's size and shape against `limits` (shared by all backends so that they
 /// reject the same requests with the same errors).
 pub fn check_txn(req: &TxnRequest, limits: &Limits) -> Result<()> {
+    let mut size = 0usize;
+    check_txn_level(req, limits, &mut size, 0)?;
+    check_size(size, limits)
+}
+
+/// How deep transactions may nest.
+pub const MAX_TXN_DEPTH: usize = 8;
+
+/// One level of [`check_txn`]: its op counts (each branch and the compares within the limit,
+/// as etcd counts them per level), keys, and the bytes it adds to `size`.
+fn check_txn_level(
+    req: &TxnRequest,
+    limits: &Limits,
+    size: &mut usize,
+    depth: usize,
+) -> Result<()> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(StoreError::InvalidArgument(format!(
+            "transactions nest {depth} deep; at most {MAX_TXN_DEPTH} levels are allowed"
+        )));
+    }
     let ops = req
         .compare
         .len()
@@ -230,30 +251,30 @@ pub fn check_txn(req: &TxnRequest, limits: &Limits) -> Result<()> {
             limit: limits.max_txn_ops,
         });
     }
-    let mut size = 0usize;
     for c in &req.compare {
-        size += c.range.key.len() + c.range.range_end.len();
+        *size += c.range.key.len() + c.range.range_end.len();
         if let CompareTarget::Value(v) = &c.target {
-            size += v.len();
+            *size += v.len();
         }
     }
     for op in req.success.iter().chain(&req.failure) {
         match op {
             TxnOp::Put(p) => {
                 check_key(&p.key)?;
-                size += p.key.len() + p.value.len();
+                *size += p.key.len() + p.value.len();
             }
             TxnOp::Range(r) => {
                 check_key(&r.range.key)?;
-                size += r.range.key.len() + r.range.range_end.len();
+                *size += r.range.key.len() + r.range.range_end.len();
             }
             TxnOp::Delete(d) => {
                 check_key(&d.range.key)?;
-                size += d.range.key.len() + d.range.range_end.len();
+                *size += d.range.key.len() + d.range.range_end.len();
             }
+            TxnOp::Txn(t) => check_txn_level(t, limits, size, depth + 1)?,
         }
     }
-    check_size(size, limits)
+    Ok(())
 }
 
 /// Rejects an empty key (etcd: "key is not provided").

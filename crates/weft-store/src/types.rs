@@ -308,6 +308,10 @@ pub enum TxnOp {
     Put(PutRequest),
     /// Delete.
     Delete(DeleteRequest),
+    /// A transaction inside the transaction (etcd ≥ 3.3): its compares are evaluated with
+    /// the outer ones, on the state before any operation applies, and its branch's operations
+    /// run in order with the others, at the outer transaction's revision.
+    Txn(TxnRequest),
 }
 
 /// Result of one transaction operation.
@@ -320,6 +324,8 @@ pub enum TxnOpResponse {
     Put(PutResponse),
     /// Delete result.
     Delete(DeleteResponse),
+    /// Result of a nested transaction.
+    Txn(TxnResponse),
 }
 
 /// If all `compare`s hold, apply `success`, else `failure`; atomically, at one revision.

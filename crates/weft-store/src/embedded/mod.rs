@@ -478,9 +478,10 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
-/// Validates a branch before anything is applied (etcd's checks: leases exist, no key written
-/// twice, readable revisions).
-fn check_branch(st: &Mvcc, ops: &[TxnOp]) -> Result<()> {
+/// Validates the operations a transaction will run (its chosen branches, nested ones
+/// included) before anything is applied (etcd's checks: leases exist, no key written twice,
+/// readable revisions).
+fn check_branch<'a>(st: &Mvcc, ops: impl IntoIterator<Item = &'a TxnOp>) -> Result<()> {
     let mut puts: HashSet<&[u8]> = HashSet::new();
     let mut dels: Vec<&KeyRange> = Vec::new();
     for op in ops {
@@ -500,12 +501,107 @@ fn check_branch(st: &Mvcc, ops: &[TxnOp]) -> Result<()> {
                     st.check_read_rev(r.revision, st.rev)?;
                 }
             }
+            TxnOp::Txn(_) => {}
         }
     }
     if puts.iter().any(|k| dels.iter().any(|d| d.contains(k))) {
         return Err(StoreError::DuplicateKey);
     }
     Ok(())
+}
+
+/// The branch each transaction takes, the outer one first, then the nested ones in order:
+/// every compare is evaluated on the state before any operation applies (etcd's
+/// `compareToPath`).
+fn txn_path(st: &Mvcc, req: &TxnRequest, path: &mut Vec<bool>) {
+    let ok = req.compare.iter().all(|c| compare_holds(st, c));
+    path.push(ok);
+    for op in if ok { &req.success } else { &req.failure } {
+        if let TxnOp::Txn(t) = op {
+            txn_path(st, t, path);
+        }
+    }
+}
+
+/// The operations `path` chooses, nested ones in place.
+fn chosen<'a>(
+    req: &'a TxnRequest,
+    path: &mut std::slice::Iter<'_, bool>,
+    out: &mut Vec<&'a TxnOp>,
+) {
+    let ok = path.next().copied().unwrap_or(false);
+    for op in if ok { &req.success } else { &req.failure } {
+        match op {
+            TxnOp::Txn(t) => chosen(t, path, out),
+            op => out.push(op),
+        }
+    }
+}
+
+/// Runs the branch `path` chooses; returns whether its compares held and one response per
+/// operation (headers filled in by `with_header`).
+fn run_txn(
+    w: &mut Writer<'_>,
+    req: &TxnRequest,
+    path: &mut std::slice::Iter<'_, bool>,
+) -> (bool, Vec<TxnOpResponse>) {
+    let ok = path.next().copied().unwrap_or(false);
+    let ops = if ok { &req.success } else { &req.failure };
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        out.push(match op {
+            TxnOp::Range(r) => {
+                let rev = if r.revision == 0 {
+                    i64::MAX
+                } else {
+                    r.revision
+                };
+                TxnOpResponse::Range(do_range(w.m, r, rev, 0))
+            }
+            TxnOp::Put(p) => {
+                let prev = w.put(p.key.clone(), p.value.clone(), p.lease);
+                TxnOpResponse::Put(PutResponse {
+                    header: ResponseHeader::default(),
+                    prev_kv: prev.filter(|_| p.prev_kv).map(Arc::unwrap_or_clone),
+                })
+            }
+            TxnOp::Delete(d) => {
+                let prevs = w.delete_range(&d.range);
+                TxnOpResponse::Delete(DeleteResponse {
+                    header: ResponseHeader::default(),
+                    deleted: prevs.len() as i64,
+                    prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
+                })
+            }
+            TxnOp::Txn(t) => {
+                let (succeeded, responses) = run_txn(w, t, path);
+                TxnOpResponse::Txn(TxnResponse {
+                    header: ResponseHeader::default(),
+                    succeeded,
+                    responses,
+                })
+            }
+        });
+    }
+    (ok, out)
+}
+
+/// The transaction's revision in every response, nested ones included.
+fn with_header(r: TxnOpResponse, header: ResponseHeader) -> TxnOpResponse {
+    match r {
+        TxnOpResponse::Range(x) => TxnOpResponse::Range(RangeResponse { header, ..x }),
+        TxnOpResponse::Put(x) => TxnOpResponse::Put(PutResponse { header, ..x }),
+        TxnOpResponse::Delete(x) => TxnOpResponse::Delete(DeleteResponse { header, ..x }),
+        TxnOpResponse::Txn(x) => TxnOpResponse::Txn(TxnResponse {
+            header,
+            responses: x
+                .responses
+                .into_iter()
+                .map(|r| with_header(r, header))
+                .collect(),
+            ..x
+        }),
+    }
 }
 
 struct Ctl {
@@ -902,53 +998,18 @@ impl Store for EmbeddedRef {
         let ((succeeded, responses), rev) = self
             .0
             .write(|w| {
-                let succeeded = req.compare.iter().all(|c| compare_holds(w.m, c));
-                let ops = if succeeded {
-                    &req.success
-                } else {
-                    &req.failure
-                };
+                let mut path = Vec::new();
+                txn_path(w.m, &req, &mut path);
+                let mut ops = Vec::new();
+                chosen(&req, &mut path.iter(), &mut ops);
                 check_branch(w.m, ops)?;
-                let mut out = Vec::with_capacity(ops.len());
-                for op in ops {
-                    out.push(match op {
-                        TxnOp::Range(r) => {
-                            let rev = if r.revision == 0 {
-                                i64::MAX
-                            } else {
-                                r.revision
-                            };
-                            // The header is fixed up below, once the txn's revision is known.
-                            TxnOpResponse::Range(do_range(w.m, r, rev, 0))
-                        }
-                        TxnOp::Put(p) => {
-                            let prev = w.put(p.key.clone(), p.value.clone(), p.lease);
-                            TxnOpResponse::Put(PutResponse {
-                                header: ResponseHeader::default(),
-                                prev_kv: prev.filter(|_| p.prev_kv).map(Arc::unwrap_or_clone),
-                            })
-                        }
-                        TxnOp::Delete(d) => {
-                            let prevs = w.delete_range(&d.range);
-                            TxnOpResponse::Delete(DeleteResponse {
-                                header: ResponseHeader::default(),
-                                deleted: prevs.len() as i64,
-                                prev_kvs: if d.prev_kv { prevs } else { Vec::new() },
-                            })
-                        }
-                    });
-                }
-                Ok((succeeded, out))
+                Ok(run_txn(w, &req, &mut path.iter()))
             })
             .await?;
         let header = ResponseHeader { revision: rev };
         let responses = responses
             .into_iter()
-            .map(|r| match r {
-                TxnOpResponse::Range(x) => TxnOpResponse::Range(RangeResponse { header, ..x }),
-                TxnOpResponse::Put(x) => TxnOpResponse::Put(PutResponse { header, ..x }),
-                TxnOpResponse::Delete(x) => TxnOpResponse::Delete(DeleteResponse { header, ..x }),
-            })
+            .map(|r| with_header(r, header))
             .collect();
         Ok(TxnResponse {
             header,
