@@ -44,12 +44,25 @@ fn run(what: &str, cmd: &mut Command) {
     }
 }
 
+/// Whether `python3 -m venv` works (Debian ships it apart, in python3-venv).
+fn have_venv() -> bool {
+    Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 fn install_prereqs() {
-    let missing: Vec<&str> = PREREQS
+    let mut missing: Vec<&str> = PREREQS
         .iter()
         .filter(|(bin, _)| !have(bin))
         .map(|(_, pkg)| *pkg)
         .collect();
+    // The etcd JSON gateway's test runs Python's etcd3gw (from PyPI) in a venv.
+    if !have_venv() {
+        missing.push("python3-venv");
+    }
     if missing.is_empty() {
         return;
     }

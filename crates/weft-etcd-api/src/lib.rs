@@ -38,6 +38,7 @@
 //! ```
 
 mod fast;
+mod gateway;
 mod http2;
 pub mod recipes;
 
@@ -316,13 +317,34 @@ struct Conns {
 impl Conns {
     fn spawn(&self, set: &mut tokio::task::JoinSet<()>, stream: tokio::net::TcpStream) {
         while set.try_join_next().is_some() {}
-        set.spawn(http2::serve(
-            stream,
+        let (api, routes, stop) = (
             self.api.clone(),
             self.routes.clone(),
             self.stop_streams.subscribe(),
-        ));
+        );
+        set.spawn(async move {
+            match is_http2(&stream).await {
+                true => http2::serve(stream, api, routes, stop).await,
+                false => gateway::serve(stream, api).await,
+            }
+        });
     }
+}
+
+/// Whether a connection starts with HTTP/2's preface (gRPC), or else HTTP/1 (etcd's JSON
+/// gateway): the first three bytes tell (`PRI` against `POS`, `PUT`, `GET`...).
+async fn is_http2(stream: &tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 3];
+    for _ in 0..200 {
+        match stream.peek(&mut b).await {
+            Ok(n) if n >= 3 => return &b == b"PRI",
+            // Closed, or an error: HTTP/2's handler reports it.
+            Ok(0) | Err(_) => return true,
+            // A preface split in tiny segments: wait for the rest.
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(1)).await,
+        }
+    }
+    true
 }
 
 /// Waits up to [`SHUTDOWN_GRACE`] for connections to end, then aborts the rest.
@@ -689,7 +711,10 @@ fn txn_resp(api: &EtcdApi, r: ws::TxnResponse, s: Vec<OpPost>, f: Vec<OpPost>) -
                         Some(OpPost::Txn(s, f)) => (s, f),
                         _ => (Vec::new(), Vec::new()),
                     };
-                    PbTxnOpResponse::ResponseTxn(txn_resp(api, x, s, f))
+                    let mut t = txn_resp(api, x, s, f);
+                    // As etcd: a nested txn's own header carries no revision.
+                    t.header = api.header(0);
+                    PbTxnOpResponse::ResponseTxn(t)
                 }
             }),
         })

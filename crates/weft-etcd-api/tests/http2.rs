@@ -347,13 +347,24 @@ async fn protocol_errors_end_the_connection_with_goaway() {
     let mut raw = Raw::connect(&a, &[]).await;
     raw.send(&frame(DATA, 0, 99, b"x")).await;
     assert_eq!(raw.goaway_code().await, Some(0x1));
-    // Not HTTP/2 at all: PROTOCOL_ERROR.
+    // A preface that goes wrong after "PRI": PROTOCOL_ERROR.
     let mut sock = TcpStream::connect(&a).await.unwrap();
-    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    sock.write_all(b"PRI * HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
     let mut raw = Raw { sock };
     assert_eq!(raw.goaway_code().await, Some(0x1));
+    // HTTP/1.1 is etcd's JSON gateway (tests/gateway.rs): a GET gets its answer there.
+    let mut sock = TcpStream::connect(&a).await.unwrap();
+    sock.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut sock, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
     // The server still serves others.
     let mut c = client(&s).await;
     c.put("after", "1", None).await.unwrap();

@@ -556,7 +556,9 @@ fn run_txn(
                 } else {
                     r.revision
                 };
-                TxnOpResponse::Range(do_range(w.m, r, rev, 0))
+                // As etcd: the revision the txn has reached at this read (its writes so far).
+                let now = w.m.rev + i64::from(!w.batch.changes.is_empty());
+                TxnOpResponse::Range(do_range(w.m, r, rev, now))
             }
             TxnOp::Put(p) => {
                 let prev = w.put(p.key.clone(), p.value.clone(), p.lease);
@@ -587,9 +589,10 @@ fn run_txn(
 }
 
 /// The transaction's revision in every response, nested ones included.
+/// (A read keeps the revision it was made at.)
 fn with_header(r: TxnOpResponse, header: ResponseHeader) -> TxnOpResponse {
     match r {
-        TxnOpResponse::Range(x) => TxnOpResponse::Range(RangeResponse { header, ..x }),
+        TxnOpResponse::Range(x) => TxnOpResponse::Range(x),
         TxnOpResponse::Put(x) => TxnOpResponse::Put(PutResponse { header, ..x }),
         TxnOpResponse::Delete(x) => TxnOpResponse::Delete(DeleteResponse { header, ..x }),
         TxnOpResponse::Txn(x) => TxnOpResponse::Txn(TxnResponse {
