@@ -503,9 +503,9 @@ fn leeway() -> u64 {
 }
 
 impl Config {
-    /// Parses TOML; `origin` (a file name) prefixes error locations.
-    pub fn from_toml(src: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(src).map_err(|e| {
+    /// Parses TOML without checking values (`Config::from_toml`, in `load.rs`, checks them).
+    pub(crate) fn parse_toml(src: &str, origin: &str) -> Result<Config, ConfigError> {
+        toml::from_str(src).map_err(|e| {
             let line = e
                 .span()
                 .map(|s| src[..s.start.min(src.len())].matches('\n').count() + 1);
@@ -514,28 +514,19 @@ impl Config {
                 line,
                 message: e.message().to_string(),
             }
-        })?;
-        cfg.validate_in(Some(src), origin, false)?;
-        Ok(cfg)
+        })
     }
 
-    /// Checks every value and cross reference. `implicit_services`: route upstreams not
-    /// defined here are discovered services (a store is present).
-    pub fn validate(&self, origin: &str, implicit_services: bool) -> Result<(), ConfigError> {
-        self.validate_in(None, origin, implicit_services)
-    }
-
-    pub(crate) fn validate_in(
+    /// Checks every value and cross reference that needs no runtime object (auth providers'
+    /// keys are read and checked by `load.rs`).
+    pub(crate) fn check_shape(
         &self,
         src: Option<&str>,
         origin: &str,
         implicit_services: bool,
     ) -> Result<(), ConfigError> {
-        let at = |table: &str, i: usize, field: &str, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            line: src.and_then(|s| table_line(s, table, i)),
-            path: format!("{table}[{i}].{field}"),
-            message,
+        let at = |table: &str, i: usize, field: &str, message: String| {
+            located(src, origin, table, i, field, message)
         };
         let mut names = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
@@ -559,7 +550,6 @@ impl Config {
                     format!("duplicate auth {:?}", a.name),
                 ));
             }
-            crate::auth::Authenticator::build(a).map_err(|(f, m)| at("auth", i, f, m))?;
         }
         let mut routes = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -622,6 +612,23 @@ impl Config {
     }
 }
 
+/// An error at field `field` of the `i`-th `[[table]]`, with its line when `src` is known.
+pub(crate) fn located(
+    src: Option<&str>,
+    origin: &str,
+    table: &str,
+    i: usize,
+    field: &str,
+    message: String,
+) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_string(),
+        line: src.and_then(|s| table_line(s, table, i)),
+        path: format!("{table}[{i}].{field}"),
+        message,
+    }
+}
+
 /// Line of the `i`-th `[[table]]` header in `src`.
 fn table_line(src: &str, table: &str, i: usize) -> Option<usize> {
     let header = format!("[[{table}]]");
@@ -646,7 +653,7 @@ fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-type FieldError = (&'static str, String);
+pub(crate) type FieldError = (&'static str, String);
 
 /// Checks one route on its own (no cross references).
 pub fn validate_route(r: &RouteConfig) -> Result<(), FieldError> {
@@ -673,7 +680,7 @@ pub fn validate_route(r: &RouteConfig) -> Result<(), FieldError> {
         }
     }
     if let Some(t) = &r.path_template {
-        crate::route::Template::parse(t).map_err(|m| ("path_template", m))?;
+        crate::template::Template::parse(t).map_err(|m| ("path_template", m))?;
     }
     if r.rewrite.is_some() && r.path_prefix.is_none() && r.path_template.is_none() {
         return Err((
@@ -682,7 +689,7 @@ pub fn validate_route(r: &RouteConfig) -> Result<(), FieldError> {
         ));
     }
     if let (Some(rw), Some(t)) = (&r.rewrite, &r.path_template) {
-        let t = crate::route::Template::parse(t).map_err(|m| ("path_template", m))?;
+        let t = crate::template::Template::parse(t).map_err(|m| ("path_template", m))?;
         t.check_rewrite(rw).map_err(|m| ("rewrite", m))?;
     }
     for m in &r.methods {
@@ -734,7 +741,9 @@ pub fn validate_route(r: &RouteConfig) -> Result<(), FieldError> {
         }
     }
     if let Some(b) = &r.breaker {
-        crate::proxy::build_breaker(&r.name, b).map_err(|m| ("breaker", m))?;
+        breaker_settings(b)
+            .validate()
+            .map_err(|e| ("breaker", e.to_string()))?;
     }
     if let Some(rl) = &r.rate_limit {
         if rl.per_second == 0 || rl.burst == Some(0) {
@@ -765,7 +774,7 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
         _ => {}
     }
     for e in &u.endpoints {
-        crate::upstream::parse_authority(&e.address).map_err(|m| ("endpoints.address", m))?;
+        parse_authority(&e.address).map_err(|m| ("endpoints.address", m))?;
         if e.weight == 0 {
             return Err((
                 "endpoints.weight",
@@ -781,7 +790,7 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
             .hash_on
             .as_deref()
             .ok_or(("hash_on", "ring_hash and maglev need hash_on".to_string()))?;
-        crate::lb::HashOn::parse(h).map_err(|m| ("hash_on", m))?;
+        HashOn::parse(h).map_err(|m| ("hash_on", m))?;
     } else if u.hash_on.is_some() {
         return Err((
             "hash_on",
@@ -818,6 +827,79 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+/// What a hashing balancer hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header.
+    Header(http::HeaderName),
+    /// A cookie.
+    Cookie(String),
+    /// The request path.
+    Path,
+    /// The client IP.
+    Ip,
+}
+
+impl HashOn {
+    /// Parses `header:NAME`, `cookie:NAME`, `path` or `ip`.
+    pub fn parse(s: &str) -> Result<HashOn, String> {
+        if let Some(h) = s.strip_prefix("header:") {
+            return http::HeaderName::from_bytes(h.as_bytes())
+                .map(HashOn::Header)
+                .map_err(|_| format!("{h:?} is not a header name"));
+        }
+        if let Some(c) = s.strip_prefix("cookie:") {
+            if c.is_empty() {
+                return Err("cookie name is empty".into());
+            }
+            return Ok(HashOn::Cookie(c.to_string()));
+        }
+        match s {
+            "path" => Ok(HashOn::Path),
+            "ip" => Ok(HashOn::Ip),
+            _ => Err(format!(
+                "{s:?}: expected header:NAME, cookie:NAME, path or ip"
+            )),
+        }
+    }
+}
+
+/// Parses `host:port` (an `http://` prefix and a trailing `/` are accepted).
+pub fn parse_authority(addr: &str) -> Result<http::uri::Authority, String> {
+    let a = addr
+        .strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/');
+    if addr.starts_with("https://") {
+        return Err(format!(
+            "{addr:?}: TLS to upstreams is not supported; use host:port"
+        ));
+    }
+    let auth: http::uri::Authority = a
+        .parse()
+        .map_err(|_| format!("{addr:?} is not host:port"))?;
+    if auth.port_u16().is_none() {
+        return Err(format!("{addr:?} needs a port (host:port)"));
+    }
+    Ok(auth)
+}
+
+/// A route's breaker settings as the breaker takes them (a plain value: validated here,
+/// built by the proxy).
+pub fn breaker_settings(b: &BreakerConfig) -> weft_resilience::circuit::Config {
+    weft_resilience::circuit::Config {
+        window: weft_resilience::circuit::WindowKind::Count { size: b.window },
+        failure_rate_threshold: b.failure_rate,
+        minimum_calls: b.minimum_calls,
+        wait_in_open: std::time::Duration::from_millis(b.open_ms),
+        backoff_multiplier: 2.0,
+        max_wait_in_open: std::time::Duration::from_millis(b.max_open_ms.max(b.open_ms)),
+        half_open_probes: b.probes,
+        probe_timeout: std::time::Duration::from_secs(30),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

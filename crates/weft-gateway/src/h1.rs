@@ -53,7 +53,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 
-use crate::proxy::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// Largest response head accepted (status line and headers).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -256,7 +256,7 @@ impl Pool {
         guard: Option<G>,
     ) -> Response<Body> {
         let framing = head.framing;
-        let mut resp = Response::new(crate::proxy::empty());
+        let mut resp = Response::new(crate::body::empty());
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;

@@ -10,48 +10,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use http::HeaderMap;
-use tokio::time::Instant;
 use weft_shard::{Maglev, Node, Placement, Ring};
 
 use crate::config::Balance;
-use crate::upstream::{Endpoint, Upstream};
+use crate::endpoint::Endpoint;
 
-/// What a hashing balancer hashes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashOn {
-    /// A request header.
-    Header(http::HeaderName),
-    /// A cookie.
-    Cookie(String),
-    /// The request path.
-    Path,
-    /// The client IP.
-    Ip,
-}
+pub use crate::config::HashOn;
 
 impl HashOn {
-    /// Parses `header:NAME`, `cookie:NAME`, `path` or `ip`.
-    pub fn parse(s: &str) -> Result<HashOn, String> {
-        if let Some(h) = s.strip_prefix("header:") {
-            return http::HeaderName::from_bytes(h.as_bytes())
-                .map(HashOn::Header)
-                .map_err(|_| format!("{h:?} is not a header name"));
-        }
-        if let Some(c) = s.strip_prefix("cookie:") {
-            if c.is_empty() {
-                return Err("cookie name is empty".into());
-            }
-            return Ok(HashOn::Cookie(c.to_string()));
-        }
-        match s {
-            "path" => Ok(HashOn::Path),
-            "ip" => Ok(HashOn::Ip),
-            _ => Err(format!(
-                "{s:?}: expected header:NAME, cookie:NAME, path or ip"
-            )),
-        }
-    }
-
     /// The hash of a request, if it carries the value.
     pub fn hash(&self, headers: &HeaderMap, path: &str, ip: std::net::IpAddr) -> Option<u64> {
         match self {
@@ -76,11 +42,11 @@ pub struct EndpointSet {
     /// The endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Weighted round-robin schedule (indices, interleaved).
-    schedule: Vec<u32>,
-    placement: Option<PlacementBox>,
+    pub(crate) schedule: Vec<u32>,
+    pub(crate) placement: Option<PlacementBox>,
 }
 
-struct PlacementBox(Box<dyn Placement>);
+pub(crate) struct PlacementBox(pub(crate) Box<dyn Placement>);
 
 impl std::fmt::Debug for PlacementBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,122 +129,12 @@ pub(crate) struct PickCtx {
     pub hash: Option<u64>,
 }
 
-impl PickCtx {
-    pub(crate) fn new(
-        up: &Upstream,
-        headers: &HeaderMap,
-        path: &str,
-        ip: std::net::IpAddr,
-    ) -> PickCtx {
-        PickCtx {
-            hash: up.hash_on.as_ref().and_then(|h| h.hash(headers, path, ip)),
-        }
-    }
-}
-
-impl Upstream {
-    /// Picks an endpoint not in `tried`, or None when nothing is usable.
-    #[cfg(test)]
-    pub(crate) fn pick(
-        &self,
-        ctx: &PickCtx,
-        tried: &[usize],
-    ) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
-        self.pick_at(ctx, tried, Instant::now())
-    }
-
-    /// [`Upstream::pick`] as of `now` (the caller's clock reading, reused).
-    pub(crate) fn pick_at(
-        &self,
-        ctx: &PickCtx,
-        tried: &[usize],
-        now: Instant,
-    ) -> Option<(usize, Arc<Endpoint>, Arc<EndpointSet>)> {
-        let set = self.set.load_full();
-        let n = set.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let usable_count = set.endpoints.iter().filter(|e| e.is_usable(now)).count();
-        let panic = self.cfg.outlier.panic_threshold_percent > 0
-            && usable_count * 100 < n * self.cfg.outlier.panic_threshold_percent as usize;
-        if panic {
-            metrics::counter!("weft_gateway_panic_total", "upstream" => self.name.clone())
-                .increment(1);
-        }
-        if usable_count == 0 && !panic {
-            return None;
-        }
-        let ok = |i: usize| !tried.contains(&i) && (panic || set.endpoints[i].is_usable(now));
-        let idx = match self.cfg.balance {
-            Balance::RoundRobin => {
-                let s = &set.schedule;
-                let start = self.rr.fetch_add(1, Ordering::Relaxed) as usize;
-                (0..s.len())
-                    .map(|k| s[(start + k) % s.len()] as usize)
-                    .find(|&i| ok(i))
-            }
-            Balance::Random => self.weighted_random(&set, &ok),
-            Balance::LeastRequest => {
-                let a = self.weighted_random(&set, &ok)?;
-                let b = self.weighted_random(&set, &|i| ok(i) && i != a);
-                match b {
-                    Some(b) if set.endpoints[b].load_score() < set.endpoints[a].load_score() => {
-                        Some(b)
-                    }
-                    _ => Some(a),
-                }
-            }
-            Balance::RingHash | Balance::Maglev => {
-                match (ctx.hash, &set.placement) {
-                    (Some(h), Some(p)) => {
-                        let first = p.0.locate_hash(h);
-                        if ok(first) {
-                            Some(first)
-                        } else {
-                            p.0.replicas_hash(h, n).into_iter().find(|&i| ok(i))
-                        }
-                    }
-                    // No hash input: spread randomly.
-                    _ => self.weighted_random(&set, &ok),
-                }
-            }
-        }?;
-        let e = set.endpoints[idx].clone();
-        Some((idx, e, set))
-    }
-
-    fn weighted_random(&self, set: &EndpointSet, ok: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let total: u64 = set
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| ok(*i))
-            .map(|(_, e)| e.weight.load(Ordering::Relaxed).max(1) as u64)
-            .sum();
-        if total == 0 {
-            return None;
-        }
-        let mut r = (self.rng.next_f64() * total as f64) as u64;
-        for (i, e) in set.endpoints.iter().enumerate() {
-            if !ok(i) {
-                continue;
-            }
-            let w = e.weight.load(Ordering::Relaxed).max(1) as u64;
-            if r < w {
-                return Some(i);
-            }
-            r -= w;
-        }
-        (0..set.endpoints.len()).rev().find(|&i| ok(i))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{EndpointConfig, UpstreamConfig};
     use crate::upstream::EndpointRegistry;
+    use crate::upstream::Upstream;
 
     fn upstream(balance: Balance, weights: &[u32], hash_on: Option<&str>) -> Arc<Upstream> {
         let cfg = UpstreamConfig {

@@ -41,14 +41,18 @@
 //! ```
 
 pub mod auth;
+mod body;
 pub mod config;
 mod conn;
+pub mod endpoint;
 pub mod error;
 pub mod h1;
 pub mod lb;
+mod load;
 pub mod proxy;
 pub mod route;
 mod server;
+pub mod template;
 pub mod upstream;
 
 use std::collections::{BTreeMap, HashMap};

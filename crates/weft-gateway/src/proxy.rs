@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -35,10 +35,8 @@ use crate::route::Matcher;
 use crate::upstream::Upstream;
 use crate::Gateway;
 
-/// Body type of requests sent upstream and responses sent to clients.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-/// Boxed error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use crate::body::{empty, full};
+pub use crate::body::{Body, BoxError};
 
 /// A client request's body as the gateway receives it.
 #[derive(Debug)]
@@ -50,14 +48,6 @@ pub enum RequestBody {
 }
 
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
-
-pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).map_err(|e| match e {}).boxed_unsync()
-}
-
-pub(crate) fn empty() -> Body {
-    full(Bytes::new())
-}
 
 pub(crate) fn build_client(cfg: &ServerConfig, h2: bool) -> HttpClient {
     let mut conn = HttpConnector::new();
@@ -74,15 +64,7 @@ pub(crate) fn build_client(cfg: &ServerConfig, h2: bool) -> HttpClient {
 
 pub(crate) fn build_breaker(route: &str, b: &BreakerConfig) -> Result<CircuitBreaker, String> {
     CircuitBreaker::builder(format!("route:{route}"))
-        .failure_rate(b.failure_rate)
-        .count_window(b.window)
-        .minimum_calls(b.minimum_calls)
-        .wait_in_open(
-            Duration::from_millis(b.open_ms),
-            2.0,
-            Duration::from_millis(b.max_open_ms.max(b.open_ms)),
-        )
-        .half_open(b.probes, Duration::from_secs(30))
+        .config(crate::config::breaker_settings(b))
         .build()
         .map_err(|e| e.to_string())
 }
@@ -857,7 +839,7 @@ impl Gateway {
                             let (failure_kind, resp) = match result {
                                 Err(()) => {
                                     ep.observe_latency(now - t0);
-                                    ep.record(true, outlier, &set, now);
+                                    ep.record(true, outlier, &set.endpoints, now);
                                     drop(guard);
                                     (
                                         Some(if deadline_hit {
@@ -876,7 +858,7 @@ impl Gateway {
                                             &format!("body is over the limit of {max_body} bytes"),
                                         );
                                     }
-                                    ep.record(true, outlier, &set, now);
+                                    ep.record(true, outlier, &set.endpoints, now);
                                     drop(guard);
                                     tracing::debug!(endpoint = %ep.address, "upstream error: {e:?}");
                                     (
@@ -891,7 +873,7 @@ impl Gateway {
                                 Ok(Ok(r)) => {
                                     ep.observe_latency(now - t0);
                                     let failed = r.status().is_server_error();
-                                    ep.record(failed, outlier, &set, now);
+                                    ep.record(failed, outlier, &set.endpoints, now);
                                     (None, Some((r, guard)))
                                 }
                             };
