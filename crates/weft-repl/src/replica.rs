@@ -477,7 +477,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
             Frame::NeedSnapshot { rev } => {
                 return Err(format!(
-                    "the primary no longer holds the log after revision {rev}: this replica needs a snapshot; restart it (weft up --replica-of resyncs from a snapshot at start)"
+                    "the primary no longer holds the log after revision {rev}: this replica needs a snapshot (weft up restarts itself to take one)"
                 ));
             }
             Frame::Reply { id, body } => repl.follower.answer(id, &body),

@@ -1,8 +1,10 @@
-//! `weft repl` and `weft promote`: a node's replication status, hash checks, promotion.
+//! `weft repl` and `weft promote`: a node's replication status, hash checks, promotion. The
+//! answers are `weft_repl`'s own types, as the server sends them.
 
 use anyhow::Result;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use serde_json::json;
+use weft_repl::{CheckResult, Promoted, Status};
 
 use crate::client::Client;
 use crate::Conn;
@@ -22,45 +24,47 @@ pub enum ReplCmd {
     },
 }
 
-fn print_status(v: &Value) {
+/// The answer of `POST /v1/repl/check`.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct Checked {
+    ok: bool,
+    results: Vec<CheckResult>,
+}
+
+fn print_status(s: &Status) {
+    let degraded = match s.degraded {
+        Some(k) => format!(", DEGRADED to async (semi-sync {k} timed out)"),
+        None => String::new(),
+    };
     println!(
-        "{} ({}) at revision {}, policy {}, loss window {} revisions{}",
-        v["name"].as_str().unwrap_or("?"),
-        v["role"].as_str().unwrap_or("?"),
-        v["revision"],
-        v["policy"].as_str().unwrap_or("?"),
-        v["loss_window"],
-        match v["degraded"].as_u64() {
-            Some(k) => format!(", DEGRADED to async (semi-sync {k} timed out)"),
-            None => String::new(),
-        }
+        "{} ({}) at revision {}, epoch {}, policy {}, loss window {} revisions{degraded}",
+        s.name, s.role, s.revision, s.epoch, s.policy, s.loss_window
     );
-    for r in v["replicas"].as_array().into_iter().flatten() {
+    for r in &s.replicas {
+        let check = match &r.last_check {
+            Some(c) => format!(", last check {}", c.outcome),
+            None => String::new(),
+        };
         println!(
-            "  replica {:<16} {:<14} revision {:<10} lag {} revisions, {} bytes, {:.3} s{}",
-            r["name"].as_str().unwrap_or("?"),
-            r["state"].as_str().unwrap_or("?"),
-            r["revision"],
-            r["lag_revisions"],
-            r["lag_bytes"],
-            r["lag_seconds"].as_f64().unwrap_or(0.0),
-            match r["last_check"]["outcome"].as_str() {
-                Some(o) => format!(", last check {o}"),
-                None => String::new(),
-            }
+            "  replica {:<16} {:<14} revision {:<10} lag {} revisions, {} bytes, {:.3} s{check}",
+            r.name,
+            serde_json::to_value(r.state)
+                .map(|v| v.as_str().unwrap_or("?").to_string())
+                .unwrap_or_default(),
+            r.revision,
+            r.lag_revisions,
+            r.lag_bytes,
+            r.lag_seconds,
         );
     }
-    if let Some(f) = v["follower"].as_object() {
+    if let Some(f) = &s.follower {
+        let err = match &f.last_error {
+            Some(e) => format!(", last error: {e}"),
+            None => String::new(),
+        };
         println!(
-            "  following {} ({}), primary at revision {}, staleness {} ms{}",
-            f["primary"].as_str().unwrap_or("?"),
-            f["state"].as_str().unwrap_or("?"),
-            f["primary_revision"],
-            f["staleness_ms"],
-            match f["last_error"].as_str() {
-                Some(e) => format!(", last error: {e}"),
-                None => String::new(),
-            }
+            "  following {} ({}), primary at revision {}, staleness {} ms{err}",
+            f.primary, f.state, f.primary_revision, f.staleness_ms
         );
     }
 }
@@ -70,10 +74,10 @@ pub async fn repl(cmd: ReplCmd, conn: Conn) -> Result<i32> {
     let c = Client::new(&conn.endpoint, conn.token.clone())?;
     match cmd {
         ReplCmd::Status => {
-            let v = c.get("/v1/repl/status").await?;
+            let s: Status = serde_json::from_value(c.get("/v1/repl/status").await?)?;
             match conn.json {
-                true => println!("{v}"),
-                false => print_status(&v),
+                true => println!("{}", serde_json::to_string(&s)?),
+                false => print_status(&s),
             }
             Ok(0)
         }
@@ -82,32 +86,26 @@ pub async fn repl(cmd: ReplCmd, conn: Conn) -> Result<i32> {
                 Some(r) => json!({ "revision": r }),
                 None => json!({}),
             };
-            let v = c.post("/v1/repl/check", &body).await?;
-            let results = v["results"].as_array().cloned().unwrap_or_default();
+            let v: Checked = c.call("/v1/repl/check", &body).await?;
             if conn.json {
-                println!("{v}");
+                println!("{}", serde_json::to_string(&v)?);
             } else {
-                for r in &results {
+                for r in &v.results {
+                    let err = r
+                        .error
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
                     println!(
-                        "{:<16} revision {:<10} {}{}",
-                        r["replica"].as_str().unwrap_or("?"),
-                        r["revision"],
-                        r["outcome"].as_str().unwrap_or("?"),
-                        match r["error"].as_str() {
-                            Some(e) => format!(": {e}"),
-                            None => String::new(),
-                        }
+                        "{:<16} revision {:<10} {}{err}",
+                        r.replica, r.revision, r.outcome
                     );
                 }
-                if results.is_empty() {
+                if v.results.is_empty() {
                     println!("no replica connected");
                 }
             }
-            Ok(if v["ok"].as_bool() == Some(true) {
-                0
-            } else {
-                1
-            })
+            Ok(if v.ok { 0 } else { 1 })
         }
     }
 }
@@ -115,25 +113,23 @@ pub async fn repl(cmd: ReplCmd, conn: Conn) -> Result<i32> {
 /// `weft promote`: makes the replica at the endpoint the primary.
 pub async fn promote(force: bool, conn: Conn) -> Result<()> {
     let c = Client::new(&conn.endpoint, conn.token.clone())?;
-    let v = c
-        .post("/v1/repl/promote", &json!({ "force": force }))
+    let p: Promoted = c
+        .call("/v1/repl/promote", &json!({ "force": force }))
         .await?;
     if conn.json {
-        println!("{v}");
-    } else {
-        println!(
-            "promoted to primary at revision {} (was following {}){}",
-            v["revision"],
-            v["previous_primary"].as_str().unwrap_or("?"),
-            if v["forced"].as_bool() == Some(true) {
-                format!(
-                    "; FORCED: revisions after {} acknowledged by the old primary are lost",
-                    v["revision"]
-                )
-            } else {
-                String::new()
-            }
-        );
+        println!("{}", serde_json::to_string(&p)?);
+        return Ok(());
     }
+    let forced = match p.forced {
+        true => format!(
+            "; FORCED: revisions after {} acknowledged by the old primary are lost",
+            p.revision
+        ),
+        false => String::new(),
+    };
+    println!(
+        "promoted to primary at revision {}, epoch {} (was following {}){forced}",
+        p.revision, p.epoch, p.previous_primary
+    );
     Ok(())
 }
