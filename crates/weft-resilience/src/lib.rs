@@ -34,6 +34,7 @@ pub mod builder;
 pub mod bulkhead;
 pub mod circuit;
 pub mod classify;
+pub mod future;
 pub mod ratelimit;
 pub mod retry;
 pub mod rng;
@@ -42,6 +43,7 @@ pub mod timeout;
 
 pub use classify::{Classify, ErrorsAreFailures, HttpClassifier, Outcome};
 
-/// The response future of the boxed middlewares (throttle, retry, timeout, bulkhead, rate limit).
+/// The response future of the boxed middlewares (retry and bulkhead: they await shared state
+/// before or between calls; see [`future`] for the others).
 pub type BoxResponse<T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, tower::BoxError>> + Send>>;

@@ -331,3 +331,55 @@ async fn the_builder_composes_retry_breaker_and_timeout() {
         "rejected by the open breaker"
     );
 }
+
+/// The named-future middlewares as tower services: timeout, rate limit, throttle.
+#[tokio::test(start_paused = true)]
+async fn timeout_rate_limit_and_throttle_layers_as_services() {
+    use tower::{service_fn, Layer};
+    use weft_resilience::ratelimit::{RateLimitLayer, RateLimited};
+    use weft_resilience::throttle::{ThrottleLayer, Throttled};
+    use weft_resilience::timeout::{Elapsed, TimeoutLayer};
+
+    // Timeout: a slow call fails with Elapsed, a quick one passes.
+    let slow = service_fn(|ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, std::io::Error>(ms)
+    });
+    let mut svc = TimeoutLayer(Duration::from_millis(100)).layer(slow);
+    assert_eq!(svc.ready().await.unwrap().call(10).await.unwrap(), 10);
+    let e = svc.ready().await.unwrap().call(500).await.unwrap_err();
+    assert_eq!(
+        e.downcast_ref::<Elapsed>(),
+        Some(&Elapsed(Duration::from_millis(100)))
+    );
+
+    // Rate limit: a burst of 2 per key, then refused with RateLimited.
+    let echo = service_fn(|k: &'static str| async move { Ok::<_, std::io::Error>(k) });
+    let limiter = Arc::new(RateLimiter::new(1, 2).unwrap());
+    let mut svc = RateLimitLayer::new(limiter, |k: &&'static str| *k).layer(echo);
+    for _ in 0..2 {
+        assert_eq!(svc.ready().await.unwrap().call("a").await.unwrap(), "a");
+    }
+    let e = svc.ready().await.unwrap().call("a").await.unwrap_err();
+    assert!(e.downcast_ref::<RateLimited>().is_some(), "{e}");
+    assert_eq!(svc.ready().await.unwrap().call("b").await.unwrap(), "b");
+
+    // Throttle: outcomes of admitted calls are recorded; failing calls make it refuse.
+    let t = Arc::new(AdaptiveThrottle::with_random(1.1, Duration::from_secs(60), || 0.5).unwrap());
+    let failing = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
+    let mut svc = ThrottleLayer::new(t.clone()).layer(failing);
+    let mut refused = 0;
+    for _ in 0..50 {
+        match svc.ready().await.unwrap().call(()).await {
+            Err(e) if e.downcast_ref::<Throttled>().is_some() => refused += 1,
+            Err(_) => {}
+            Ok(()) => panic!("the service always fails"),
+        }
+    }
+    assert!(
+        t.probability() > 0.5,
+        "failures were recorded: p = {}",
+        t.probability()
+    );
+    assert!(refused > 0, "the throttle refused calls");
+}

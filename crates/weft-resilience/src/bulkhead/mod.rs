@@ -99,6 +99,8 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
+    // Boxed: the call first awaits a permit of the shared bulkhead, a future borrowing it
+    // (see `crate::future` for the middlewares with named futures).
     type Future = crate::BoxResponse<S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

@@ -124,14 +124,13 @@ impl<S: Clone, K: Hash + Eq + Clone, F: Clone> Clone for RateLimitService<S, K, 
 impl<S, K, F, Req> Service<Req> for RateLimitService<S, K, F>
 where
     S: Service<Req>,
-    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     K: Hash + Eq + Clone,
     F: Fn(&Req) -> K,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = crate::BoxResponse<S::Response>;
+    type Future = crate::future::Guarded<S::Future, ()>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -139,9 +138,8 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if let Err(e) = self.limiter.check(&(self.key)(&req)) {
-            return Box::pin(async move { Err(Box::new(e) as BoxError) });
+            return crate::future::Guarded::refused(Box::new(e), ());
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        crate::future::Guarded::running(self.inner.call(req), ())
     }
 }

@@ -280,6 +280,8 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
+    // Boxed: attempts loop with backoff sleeps and budget checks in between, a state
+    // machine `async` writes best (see `crate::future` for the middlewares with named futures).
     type Future = crate::BoxResponse<S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {

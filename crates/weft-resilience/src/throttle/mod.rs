@@ -136,14 +136,12 @@ pub struct ThrottleService<S, C> {
 impl<S, C, Req> Service<Req> for ThrottleService<S, C>
 where
     S: Service<Req>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Into<BoxError> + Send + 'static,
-    C: Classify<S::Response, S::Error> + Clone + 'static,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = crate::BoxResponse<S::Response>;
+    type Future = crate::future::Guarded<S::Future, Option<Record<C>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -151,14 +149,28 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         if let Err(t) = self.throttle.admit() {
-            return Box::pin(async move { Err(Box::new(t) as BoxError) });
+            return crate::future::Guarded::refused(Box::new(t), None);
         }
-        let fut = self.inner.call(req);
-        let (throttle, classifier) = (self.throttle.clone(), self.classifier.clone());
-        Box::pin(async move {
-            let r = fut.await;
-            throttle.record(classifier.classify(&r) != Outcome::Failure);
-            r.map_err(Into::into)
-        })
+        let record = Record {
+            throttle: self.throttle.clone(),
+            classifier: self.classifier.clone(),
+        };
+        crate::future::Guarded::running(self.inner.call(req), Some(record))
+    }
+}
+
+/// Records an admitted call's outcome in its throttle.
+#[derive(Debug)]
+pub struct Record<C> {
+    throttle: Arc<AdaptiveThrottle>,
+    classifier: C,
+}
+
+impl<R, E, C: Classify<R, E>> crate::future::Observe<R, E> for Option<Record<C>> {
+    fn observe(&mut self, r: &Result<R, E>) {
+        if let Some(rec) = self.take() {
+            rec.throttle
+                .record(rec.classifier.classify(r) != Outcome::Failure);
+        }
     }
 }

@@ -2,6 +2,9 @@
 
 use std::task::{Context, Poll};
 
+mod future;
+pub use future::ResponseFuture;
+
 use tokio::time::Duration;
 use tower::{BoxError, Layer, Service};
 
@@ -41,24 +44,17 @@ pub struct TimeoutService<S> {
 impl<S, Req> Service<Req> for TimeoutService<S>
 where
     S: Service<Req>,
-    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = crate::BoxResponse<S::Response>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let (fut, after) = (self.inner.call(req), self.after);
-        Box::pin(async move {
-            match tokio::time::timeout(after, fut).await {
-                Ok(r) => r.map_err(Into::into),
-                Err(_) => Err(Box::new(Elapsed(after)) as BoxError),
-            }
-        })
+        ResponseFuture::new(self.inner.call(req), self.after)
     }
 }
