@@ -13,6 +13,8 @@ const PREREQS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("iptables", "iptables"),
+    // The dashboard's browser test (headless).
+    ("chromium", "chromium"),
 ];
 
 fn have(bin: &str) -> bool {

@@ -231,6 +231,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/queue/dead"),
     ("post", "/v1/queue/dead/replay"),
     ("post", "/v1/queue/dead/purge"),
+    ("get", "/ui"),
+    ("get", "/ui/app.js"),
+    ("get", "/ui/app.css"),
     ("get", "/v1/repl/stream"),
     ("get", "/v1/repl/plan"),
     ("get", "/v1/repl/status"),
@@ -311,6 +314,9 @@ pub fn router(
         .route("/v1/queue/dead", get(queue::dead))
         .route("/v1/queue/dead/replay", post(queue::dead_replay))
         .route("/v1/queue/dead/purge", post(queue::dead_purge))
+        .route("/ui", get(|| ui("index.html")))
+        .route("/ui/app.js", get(|| ui("app.js")))
+        .route("/ui/app.css", get(|| ui("app.css")))
         .route("/v1/repl/stream", get(repl::stream))
         .route("/v1/repl/plan", get(repl::plan))
         .route("/v1/repl/status", get(repl::status))
@@ -322,6 +328,25 @@ pub fn router(
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state)
+}
+
+/// The dashboard's files, embedded in the binary (no build step, works offline). They hold no
+/// data, so they are served without the token; the page asks for it and sends it with each
+/// API call.
+async fn ui(name: &'static str) -> Response {
+    let (body, kind) = match name {
+        "index.html" => (include_str!("ui/index.html"), "text/html; charset=utf-8"),
+        "app.js" => (include_str!("ui/app.js"), "text/javascript; charset=utf-8"),
+        _ => (include_str!("ui/app.css"), "text/css; charset=utf-8"),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {
@@ -380,7 +405,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &st.token {
-        if req.uri().path() != "/health" {
+        let path = req.uri().path();
+        if path != "/health" && path != "/ui" && !path.starts_with("/ui/") {
             let ok = req
                 .headers()
                 .get(header::AUTHORIZATION)
