@@ -92,13 +92,16 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
     let node = start(dir.path());
     let ep = node.endpoint.clone();
     let http = reqwest::Client::new();
-    post(
-        &http,
-        &ep,
-        "/v1/kv/put",
-        json!({"key": "app/config", "value": "{\"replicas\":3}"}),
-    )
-    .await;
+    for n in [1, 2, 3] {
+        let v = format!("{{\"replicas\":{n}}}");
+        post(
+            &http,
+            &ep,
+            "/v1/kv/put",
+            json!({"key": "app/config", "value": v}),
+        )
+        .await;
+    }
     let lease = post(&http, &ep, "/v1/lease/grant", json!({"ttl": 300})).await["id"]
         .as_i64()
         .unwrap();
@@ -147,6 +150,15 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
             assert!(html.contains(w), "{page} does not show {w:?}: {html}");
         }
         screenshot(browser, &url, page);
+    }
+    // A key opened from the address: its value pretty-printed and its history.
+    let html = render(
+        browser,
+        &format!("{ep}/ui#/keys?prefix=app/&key=app/config"),
+    );
+    assert!(html.contains("History"), "{html}");
+    for old in ["\"replicas\": 2", "\"replicas\": 1"] {
+        assert!(html.contains(old), "history shows {old}: {html}");
     }
     // The queue page counts the published messages.
     let html = render(browser, &format!("{ep}/ui#/queues"));

@@ -72,30 +72,49 @@ function chart(values) {
   const d = values.map((v, i) => `${i ? "L" : "M"}${(i / Math.max(1, n - 1)) * w},${hgt - (v / max) * hgt}`).join(" ");
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("preserveAspectRatio", "none");
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
   svg.setAttribute("aria-label", `writes per second, last ${n} samples, peak ${max.toFixed(0)}`);
   const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
   p.setAttribute("d", d || "M0,0");
+  p.setAttribute("vector-effect", "non-scaling-stroke");
   svg.append(p);
-  return svg;
+  const last = n ? values[n - 1] : 0;
+  return h("figure", {}, svg, h("figcaption", { class: "muted" }, `now ${last.toFixed(0)}/s, peak ${max.toFixed(0)}/s over the last ${n} samples (2 s apart)`));
+}
+
+/// A query parameter of the page's hash (`#/keys?prefix=a/&key=a/b`).
+function param(name) {
+  const q = location.hash.split("?")[1] || "";
+  const v = new URLSearchParams(q).get(name);
+  return v === null ? "" : v;
 }
 
 // Pages.
+/// A counter's value from the node's Prometheus text.
+function counter(text, name) {
+  const line = String(text).split("\n").find((l) => l.startsWith(name + " "));
+  return line ? Number(line.split(" ")[1]) : 0;
+}
+
 async function overview(el) {
   const s = await api("/v1/status");
+  const metrics = await api("/metrics").catch(() => "");
   const now = Date.now(), rev = Number(s.header.revision);
-  state.samples.push([now, rev]);
+  state.samples.push([now, rev, counter(metrics, "weft_log_durable_writes_total")]);
   state.samples = state.samples.slice(-60);
-  const rates = state.samples.slice(1).map(([t, r], i) => (r - state.samples[i][1]) / Math.max(0.001, (t - state.samples[i][0]) / 1000));
+  const rate = (k) => state.samples.slice(1).map((x, i) => (x[k] - state.samples[i][k]) / Math.max(0.001, (x[0] - state.samples[i][0]) / 1000));
+  const rates = rate(1), fsyncs = rate(2);
   el.replaceChildren(h("h1", {}, "Overview"),
     h("div", { class: "cards" }, card("revision", rev), card("compact revision", s.compact_revision),
       card("size", bytes(Number(s.db_size))), card("version", s.version)),
-    h("h2", {}, "Writes per second"), chart(rates.length ? rates : [0]));
+    h("h2", {}, "Writes per second"), chart(rates.length ? rates : [0]),
+    h("h2", {}, "Log fsyncs per second"), chart(fsyncs.length ? fsyncs : [0]));
 }
 
 async function keys(el) {
-  const prefix = location.hash.split("?prefix=")[1] ? decodeURIComponent(location.hash.split("?prefix=")[1]) : "";
+  const prefix = param("prefix");
   const r = await api("/v1/kv/range", { key: btoa(prefix), prefix: true, encoding: "base64", limit: 500 });
   const input = h("input", { type: "search", value: prefix, "aria-label": "key prefix", placeholder: "prefix" });
   const detail = h("div", { id: "key-detail" });
@@ -107,9 +126,33 @@ async function keys(el) {
   el.replaceChildren(h("h1", {}, "Keys"), h("div", { class: "row" }, input, go),
     h("p", { class: "muted" }, `${r.count} keys at revision ${r.header.revision}`),
     table(["key", "version", "mod revision", "lease"], rows), detail);
+  // A key named in the address opens at once (`#/keys?prefix=a/&key=a/b`).
+  const want = param("key");
+  const kv = (r.kvs || []).find((k) => atob(k.key) === want);
+  if (kv) await openKey(detail, kv);
 }
 
-function openKey(el, kv) {
+// A key's earlier values, newest first, back to the compaction point (20 at most).
+async function history(kv) {
+  const out = [];
+  let rev = kv.mod_revision;
+  for (let i = 0; i < 20 && rev > 1; i++) {
+    let r;
+    try {
+      r = await api("/v1/kv/range", { key: kv.key, encoding: "base64", revision: rev - 1 });
+    } catch (e) {
+      out.push([h("span", { class: "muted" }, "earlier revisions compacted"), "", ""]);
+      break;
+    }
+    const prev = (r.kvs || [])[0];
+    if (!prev) break;
+    out.push([prev.mod_revision, prev.version, showValue(prev.value)]);
+    rev = prev.mod_revision;
+  }
+  return out;
+}
+
+async function openKey(el, kv) {
   const name = atob(kv.key);
   const text = h("textarea", { rows: 6, cols: 60, "aria-label": "new value" }, showValue(kv.value));
   const out = h("p", { class: "error", role: "status" });
@@ -136,7 +179,8 @@ function openKey(el, kv) {
   el.replaceChildren(h("h2", {}, name),
     table(["create revision", "mod revision", "version", "lease"], [[kv.create_revision, kv.mod_revision, kv.version, kv.lease || "none"]]),
     h("pre", {}, showValue(kv.value)), text,
-    h("div", { class: "row" }, h("button", { onclick: save }, "Save"), h("button", { onclick: del }, "Delete")), out);
+    h("div", { class: "row" }, h("button", { onclick: save }, "Save"), h("button", { onclick: del }, "Delete")), out,
+    h("h2", {}, "History"), table(["mod revision", "version", "value"], await history(kv)));
 }
 
 async function leases(el) {
