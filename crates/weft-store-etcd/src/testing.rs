@@ -34,6 +34,47 @@ pub fn etcd_binary() -> Option<PathBuf> {
     })
 }
 
+/// Starts one etcd member: its client and peer URLs, the initial cluster, and (for a
+/// cluster of several) its token; logs at error level only.
+fn spawn_member(
+    bin: &std::path::Path,
+    name: &str,
+    dir: &std::path::Path,
+    client: &str,
+    peer: &str,
+    initial: &str,
+    token: Option<&str>,
+) -> Child {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--name", name, "--data-dir"])
+        .arg(dir)
+        .args([
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            peer,
+            "--initial-advertise-peer-urls",
+            peer,
+        ])
+        .args(["--initial-cluster", initial, "--log-level", "error"]);
+    if let Some(t) = token {
+        cmd.args([
+            "--initial-cluster-token",
+            t,
+            "--initial-cluster-state",
+            "new",
+        ]);
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
+}
+
 /// The etcd binary, or `None` (said on stderr) when it is missing and `CI` is not `true`;
 /// under `CI=true` a missing binary panics: CI must never skip these tests silently.
 pub fn etcd_or_skip() -> Option<PathBuf> {
@@ -63,27 +104,16 @@ impl EtcdServer {
             let (client, peer) = (free_port(), free_port());
             let endpoint = format!("http://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
-            let child = Command::new(&bin)
-                .args(["--name", "weft-test", "--data-dir"])
-                .arg(&dir)
-                .args([
-                    "--listen-client-urls",
-                    &endpoint,
-                    "--advertise-client-urls",
-                    &endpoint,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer_url,
-                    "--initial-advertise-peer-urls",
-                    &peer_url,
-                ])
-                .args(["--initial-cluster", &format!("weft-test={peer_url}")])
-                .args(["--log-level", "error"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let initial = format!("weft-test={peer_url}");
+            let child = spawn_member(
+                &bin,
+                "weft-test",
+                &dir,
+                &endpoint,
+                &peer_url,
+                &initial,
+                None,
+            );
             let mut server = EtcdServer {
                 child,
                 dir: dir.clone(),
@@ -156,32 +186,8 @@ impl EtcdCluster {
             let _ = std::fs::remove_dir_all(&dir);
             let endpoint = format!("http://{host}:{c}");
             let peer = format!("http://{host}:{p}");
-            let child = Command::new(&bin)
-                .args(["--name", &format!("m{i}"), "--data-dir"])
-                .arg(&dir)
-                .args([
-                    "--listen-client-urls",
-                    &endpoint,
-                    "--advertise-client-urls",
-                    &endpoint,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &peer,
-                    "--initial-advertise-peer-urls",
-                    &peer,
-                ])
-                .args([
-                    "--initial-cluster",
-                    &initial,
-                    "--initial-cluster-token",
-                    &token,
-                ])
-                .args(["--initial-cluster-state", "new", "--log-level", "error"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let name = format!("m{i}");
+            let child = spawn_member(&bin, &name, &dir, &endpoint, &peer, &initial, Some(&token));
             members.push((child, dir));
             endpoints.push(endpoint);
         }
