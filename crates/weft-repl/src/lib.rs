@@ -41,8 +41,30 @@ pub mod failover;
 mod forward;
 mod metrics;
 
-/// The file in the data dir that keeps the epoch.
+/// The file in the data dir that keeps the epoch and its fork revision.
 const EPOCH_FILE: &str = "repl-epoch";
+
+/// The epoch and fork revision kept in data dir `dir` (`(0, 0)` when none is kept): what a
+/// node starting on `dir` will follow from, before it opens its store.
+pub fn saved_epoch(dir: &std::path::Path) -> (u64, i64) {
+    let saved = std::fs::read_to_string(dir.join(EPOCH_FILE)).unwrap_or_default();
+    let mut it = saved
+        .split_whitespace()
+        .map(|x| x.parse::<i64>().unwrap_or(0));
+    (it.next().unwrap_or(0).max(0) as u64, it.next().unwrap_or(0))
+}
+
+/// Keeps epoch `epoch` (its primary started at revision `fork`) in data dir `dir`, durably
+/// (a temp file synced, renamed, the dir synced).
+pub fn save_epoch(dir: &std::path::Path, epoch: u64, fork: i64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{epoch} {fork}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
 mod policy;
 mod primary;
 mod replica;
@@ -177,11 +199,7 @@ impl std::fmt::Debug for Replication {
 impl Replication {
     fn new(store: Arc<Embedded>, cfg: Config, role: Role) -> Arc<Self> {
         let sync = cfg.sync_replicas;
-        let saved = std::fs::read_to_string(store.dir().join(EPOCH_FILE)).unwrap_or_default();
-        let mut it = saved
-            .split_whitespace()
-            .map(|x| x.parse::<i64>().unwrap_or(0));
-        let (epoch, fork) = (it.next().unwrap_or(0).max(0) as u64, it.next().unwrap_or(0));
+        let (epoch, fork) = saved_epoch(store.dir());
         Arc::new(Replication {
             epoch: std::sync::atomic::AtomicU64::new(epoch),
             fork: std::sync::atomic::AtomicI64::new(fork),
@@ -212,6 +230,20 @@ impl Replication {
         let r = Self::new(store, cfg, Role::Replica(primary.clone()));
         r.spawn(replica::follow(r.clone(), primary));
         r
+    }
+
+    /// Ends the background tasks (the follow loop, the sampler) before a change of role.
+    fn stop_tasks(&self) {
+        self.stop.send_replace(true);
+        for t in self.tasks.lock().expect("tasks").drain(..) {
+            t.abort();
+        }
+        self.stop.send_replace(false);
+    }
+
+    /// Whether this replica's stream ended because it needs a snapshot (it must restart).
+    pub fn needs_snapshot(&self) -> bool {
+        self.follower.needs_snapshot()
     }
 
     fn spawn(&self, f: impl std::future::Future<Output = ()> + Send + 'static) {
@@ -266,16 +298,7 @@ impl Replication {
         }
         self.fork.store(fork, std::sync::atomic::Ordering::SeqCst);
         let dir = self.store.dir();
-        let tmp = dir.join(format!("{EPOCH_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(format!("{e} {fork}\n").as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(EPOCH_FILE))?;
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|err| {
+        save_epoch(dir, e, fork).map_err(|err| {
             StoreError::Storage(format!("cannot save epoch {e} in {}: {err}", dir.display()))
         })
     }
@@ -292,11 +315,7 @@ impl Replication {
     /// revision `fork`.
     pub(crate) fn take_over(self: &Arc<Self>, epoch: u64, fork: i64) -> Result<(), ReplError> {
         self.raise_epoch(epoch, fork)?;
-        self.stop.send_replace(true);
-        for t in self.tasks.lock().expect("tasks").drain(..) {
-            t.abort();
-        }
-        self.stop.send_replace(false);
+        self.stop_tasks();
         *self.role.write().expect("role") = Role::Primary;
         self.store.set_primary(None);
         self.store.enable_feed(self.cfg.feed_bytes);
@@ -310,11 +329,7 @@ impl Replication {
     /// holding revisions the new primary lacks (beyond its fork) is refused by the stream and
     /// says it needs a snapshot.
     pub fn follow(self: &Arc<Self>, primary: String) {
-        self.stop.send_replace(true);
-        for t in self.tasks.lock().expect("tasks").drain(..) {
-            t.abort();
-        }
-        self.stop.send_replace(false);
+        self.stop_tasks();
         *self.role.write().expect("role") = Role::Replica(primary.clone());
         self.store.set_primary(Some(primary.clone()));
         self.tracker.reset();

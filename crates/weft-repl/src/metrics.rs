@@ -2,8 +2,7 @@
 
 use crate::Replication;
 
-/// Updates the gauges from the status (called every 100 ms by the primary's background
-/// task, and on each scrape).
+/// Updates the gauges from the status (on each `/metrics` scrape).
 pub(crate) fn export(r: &Replication) {
     let s = r.status();
     metrics::gauge!("weft_repl_revision").set(s.revision as f64);

@@ -381,8 +381,8 @@ fn split_records(b: Bytes, max: usize) -> Vec<Bytes> {
     out
 }
 
-/// The primary's background: samples the durable point every 100 ms (lag in seconds,
-/// metrics) and runs the periodic hash checks.
+/// The primary's background: samples the durable point every 100 ms (lag in seconds) and
+/// runs the periodic hash checks. Metrics are computed when `/metrics` is scraped.
 pub(crate) async fn background(repl: Weak<Replication>) {
     let mut tick = tokio::time::interval(HEARTBEAT);
     let mut last_check = tokio::time::Instant::now();
@@ -394,7 +394,6 @@ pub(crate) async fn background(repl: Weak<Replication>) {
         }
         let d = r.store.durable_point();
         r.tracker.sample(d.seq, d.rev);
-        crate::metrics::export(&r);
         if let Some(every) = r.cfg.check_every {
             if last_check.elapsed() >= every {
                 last_check = tokio::time::Instant::now();

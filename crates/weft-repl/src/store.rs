@@ -46,16 +46,10 @@ impl Replication {
         POLICY.try_with(|p| *p).unwrap_or(self.cfg.policy)
     }
 
-    /// Runs a write: on the primary, `local` then the wait for replicas; on a replica,
-    /// forwarded (or refused by the embedded store when forwarding is off).
-    async fn write<T: Send>(
-        &self,
-        op: Op,
-        local: impl Future<Output = Result<T>> + Send,
-        rev: impl Fn(&T) -> i64,
-        answer: impl Fn(Answer) -> Option<T>,
-        logged: bool,
-    ) -> Result<T> {
+    /// Runs a write: on the primary, on the embedded store then the wait for replicas (not
+    /// for keep-alives: they are not logged); on a replica, forwarded (or refused by the
+    /// embedded store when forwarding is off).
+    async fn write(&self, op: Op) -> Result<Answer> {
         let role = self.role.read().expect("role").clone();
         match role {
             // A node that stepped down knows no primary to forward to.
@@ -63,24 +57,38 @@ impl Replication {
             Role::Replica(_) if self.cfg.forward_writes => {
                 let policy = POLICY.try_with(|p| *p).ok();
                 let a = self.follower.forward(op, policy).await?;
-                let r = a.revision();
-                let out = answer(a).ok_or_else(|| mismatch("write"))?;
                 // Read your writes: wait (boundedly) until this replica shows it.
-                let _ = tokio::time::timeout(self.cfg.read_wait, self.store.wait_visible(r)).await;
-                Ok(out)
+                let wait = self.store.wait_visible(a.revision());
+                let _ = tokio::time::timeout(self.cfg.read_wait, wait).await;
+                Ok(a)
             }
             _ => {
-                let out = local.await?;
+                let logged = !matches!(op, Op::KeepAlive(_));
+                let a = self.local(op).await?;
                 let policy = self.policy();
                 if logged && policy.level != crate::Level::Async {
                     let d = self.store.durable_point();
                     self.tracker
-                        .confirm(d.seq, rev(&out), policy, d.seq)
+                        .confirm(d.seq, a.revision(), policy, d.seq)
                         .await?;
                 }
-                Ok(out)
+                Ok(a)
             }
         }
+    }
+
+    /// A write on the embedded store.
+    async fn local(&self, op: Op) -> Result<Answer> {
+        let s = &self.store;
+        Ok(match op {
+            Op::Put(r) => Answer::Put(s.put(r).await?),
+            Op::Delete(r) => Answer::Delete(s.delete(r).await?),
+            Op::Txn(r) => Answer::Txn(s.txn(r).await?),
+            Op::Compact(r) => Answer::Compact(s.compact(r).await?),
+            Op::LeaseGrant { ttl, id } => Answer::LeaseGrant(s.lease_grant(ttl, id).await?),
+            Op::LeaseRevoke(id) => Answer::Header(s.lease_revoke(id).await?),
+            Op::KeepAlive(id) => Answer::KeepAlive(s.lease_keep_alive(id).await?),
+        })
     }
 
     /// Waits until a read may run here: `revision` (a read at a revision, on a replica) or
@@ -136,25 +144,16 @@ impl Store for Replicated {
         self.0.store.range(req).await
     }
     async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        let s = &self.0.store;
-        let local = s.put(req.clone());
-        let ans = |a| match a {
-            Answer::Put(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(Op::Put(req), local, |r| r.header.revision, ans, true)
-            .await
+        match self.0.write(Op::Put(req)).await? {
+            Answer::Put(r) => Ok(r),
+            _ => Err(mismatch("put")),
+        }
     }
     async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
-        let local = self.0.store.delete(req.clone());
-        let ans = |a| match a {
-            Answer::Delete(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(Op::Delete(req), local, |r| r.header.revision, ans, true)
-            .await
+        match self.0.write(Op::Delete(req)).await? {
+            Answer::Delete(r) => Ok(r),
+            _ => Err(mismatch("delete")),
+        }
     }
     async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
         if !has_writes(&req.success) && !has_writes(&req.failure) {
@@ -171,67 +170,34 @@ impl Store for Replicated {
             self.0.read_gate(rev).await?;
             return self.0.store.txn(req).await;
         }
-        let local = self.0.store.txn(req.clone());
-        let ans = |a| match a {
-            Answer::Txn(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(Op::Txn(req), local, |r| r.header.revision, ans, true)
-            .await
+        match self.0.write(Op::Txn(req)).await? {
+            Answer::Txn(r) => Ok(r),
+            _ => Err(mismatch("txn")),
+        }
     }
     async fn compact(&self, revision: i64) -> Result<CompactResponse> {
-        let local = self.0.store.compact(revision);
-        let ans = |a| match a {
-            Answer::Compact(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(
-                Op::Compact(revision),
-                local,
-                |r| r.header.revision,
-                ans,
-                true,
-            )
-            .await
+        match self.0.write(Op::Compact(revision)).await? {
+            Answer::Compact(r) => Ok(r),
+            _ => Err(mismatch("compaction")),
+        }
     }
     async fn lease_grant(&self, ttl: i64, id: i64) -> Result<LeaseGrantResponse> {
-        let local = self.0.store.lease_grant(ttl, id);
-        let ans = |a| match a {
-            Answer::LeaseGrant(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(
-                Op::LeaseGrant { ttl, id },
-                local,
-                |r| r.header.revision,
-                ans,
-                true,
-            )
-            .await
+        match self.0.write(Op::LeaseGrant { ttl, id }).await? {
+            Answer::LeaseGrant(r) => Ok(r),
+            _ => Err(mismatch("lease grant")),
+        }
     }
     async fn lease_revoke(&self, id: i64) -> Result<ResponseHeader> {
-        let local = self.0.store.lease_revoke(id);
-        let ans = |a| match a {
-            Answer::Header(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(Op::LeaseRevoke(id), local, |r| r.revision, ans, true)
-            .await
+        match self.0.write(Op::LeaseRevoke(id)).await? {
+            Answer::Header(r) => Ok(r),
+            _ => Err(mismatch("lease revoke")),
+        }
     }
     async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAliveResponse> {
-        // Keep-alives are not logged: nothing for replicas to hold.
-        let local = self.0.store.lease_keep_alive(id);
-        let ans = |a| match a {
-            Answer::KeepAlive(r) => Some(r),
-            _ => None,
-        };
-        self.0
-            .write(Op::KeepAlive(id), local, |r| r.header.revision, ans, false)
-            .await
+        match self.0.write(Op::KeepAlive(id)).await? {
+            Answer::KeepAlive(r) => Ok(r),
+            _ => Err(mismatch("keep-alive")),
+        }
     }
     async fn lease_time_to_live(&self, id: i64, keys: bool) -> Result<LeaseTimeToLiveResponse> {
         self.0.store.lease_time_to_live(id, keys).await
@@ -266,21 +232,9 @@ impl Store for Replicated {
 impl Replication {
     /// Runs a write forwarded by a replica, under its policy.
     pub(crate) async fn execute(self: &Arc<Self>, f: crate::Forwarded) -> crate::forward::Outcome {
-        let store = self.store();
-        let run = async move {
-            Ok(match f.op {
-                Op::Put(r) => Answer::Put(store.put(r).await?),
-                Op::Delete(r) => Answer::Delete(store.delete(r).await?),
-                Op::Txn(r) => Answer::Txn(store.txn(r).await?),
-                Op::Compact(r) => Answer::Compact(store.compact(r).await?),
-                Op::LeaseGrant { ttl, id } => Answer::LeaseGrant(store.lease_grant(ttl, id).await?),
-                Op::LeaseRevoke(id) => Answer::Header(store.lease_revoke(id).await?),
-                Op::KeepAlive(id) => Answer::KeepAlive(store.lease_keep_alive(id).await?),
-            })
-        };
         match f.policy {
-            Some(p) => with_policy(p, run).await,
-            None => run.await,
+            Some(p) => with_policy(p, self.write(f.op)).await,
+            None => self.write(f.op).await,
         }
     }
 }

@@ -287,11 +287,8 @@ async fn resync_when_needed(repl: Arc<weft_repl::Replication>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let Some(f) = repl.status().follower else {
-            continue;
-        };
-        if f.state == "needs-snapshot" && started.elapsed() >= Duration::from_secs(10) {
-            reexec(&f.primary);
+        if repl.needs_snapshot() && started.elapsed() >= Duration::from_secs(10) {
+            reexec(&repl.primary_of().unwrap_or_default());
         }
     }
 }
@@ -327,7 +324,14 @@ async fn open_embedded(
     };
     let rev = e.durable_point().rev;
     let token = a.repl_token.clone().or_else(|| a.token.clone());
-    let plan = match weft_repl::probe(primary, rev, epoch_of(&a.data_dir), token.as_deref()).await {
+    let plan = match weft_repl::probe(
+        primary,
+        rev,
+        weft_repl::saved_epoch(&a.data_dir).0,
+        token.as_deref(),
+    )
+    .await
+    {
         Ok(p) if p.from == weft_repl::Probe::Log => return Ok(Arc::new(e)),
         Err(err) => {
             tracing::warn!(%primary, error = %err, "cannot ask the primary how to catch up; following it from revision {rev}");
@@ -335,21 +339,13 @@ async fn open_embedded(
         }
         Ok(p) => p,
     };
-    if epoch_of(&a.data_dir) < plan.epoch && rev > plan.fork.max(*fork) {
+    if weft_repl::saved_epoch(&a.data_dir).0 < plan.epoch && rev > plan.fork.max(*fork) {
         tracing::warn!(%primary, discarded = %format!("{}..={rev}", plan.fork.max(*fork) + 1), "this node holds revisions the primary does not have (it was primary in an older epoch): they are discarded");
     }
     e.close();
     drop(e);
     resync(a, primary, token, plan).await?;
     Ok(Arc::new(open().await?))
-}
-
-/// The replication epoch kept in the data dir (see `weft_repl::Replication::epoch`).
-fn epoch_of(dir: &std::path::Path) -> u64 {
-    std::fs::read_to_string(dir.join("repl-epoch"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|e| e.parse().ok()))
-        .unwrap_or(0)
 }
 
 /// Replaces the data dir by a snapshot of `primary` (`GET /v1/snapshot`).
@@ -372,11 +368,8 @@ async fn resync(
         .with_context(|| format!("the snapshot from {primary} does not restore"))?;
     let _ = std::fs::remove_file(&part);
     // The snapshot is the primary's data in its epoch.
-    std::fs::write(
-        fresh.join("repl-epoch"),
-        format!("{} {}\n", plan.epoch, plan.fork),
-    )
-    .with_context(|| format!("cannot write {}", fresh.display()))?;
+    weft_repl::save_epoch(&fresh, plan.epoch, plan.fork)
+        .with_context(|| format!("cannot save the epoch in {}", fresh.display()))?;
     let old = dir.with_extension("old");
     let _ = std::fs::remove_dir_all(&old);
     std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
