@@ -233,21 +233,28 @@ fn two_orchestrators_on_etcd_take_over_from_a_dead_one() {
     let killed_ms = now_ms() - took.as_millis() as u64;
     // When the other node took each saga over (its timeline says so).
     let mut latest = 0;
+    let mut taken = 0;
     rt.block_on(async {
         for i in 0..n {
             let v: Value = get_json(&http, format!("{}/v1/saga/get?id=s{i}", b.endpoint)).await;
-            let t = v["timeline"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["kind"] == "taken_over")
-                .unwrap_or_else(|| panic!("s{i} was not taken over: {v}"));
+            let timeline = v["timeline"].as_array().unwrap();
+            let Some(t) = timeline.iter().find(|e| e["kind"] == "taken_over") else {
+                // b may claim a new saga as its share before a dies: then nothing is taken
+                // over, and b ran it from the start.
+                let by_b = timeline.iter().any(|e| {
+                    e["kind"] == "claimed" && e["detail"].as_str().unwrap_or("").starts_with("by b")
+                });
+                assert!(by_b, "s{i} was neither taken over nor claimed by b: {v}");
+                continue;
+            };
             assert!(t["detail"].as_str().unwrap().starts_with("by b"), "{t}");
+            taken += 1;
             latest = latest.max(t["at_ms"].as_u64().unwrap().saturating_sub(killed_ms));
         }
     });
+    assert!(taken > 0, "no saga was taken over after the kill");
     eprintln!(
-        "{n} sagas taken over by the other node at most {latest} ms after kill -9 and finished after {took:?} (TTL 2 s, each step 300 ms)"
+        "{taken} of {n} sagas taken over by the other node at most {latest} ms after kill -9 and finished after {took:?} (TTL 2 s, each step 300 ms)"
     );
     assert!(
         latest <= 3000,
