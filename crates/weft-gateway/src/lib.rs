@@ -50,6 +50,7 @@ pub mod h1;
 pub mod lb;
 mod load;
 pub mod proxy;
+pub mod registry;
 pub mod route;
 mod server;
 pub mod template;
@@ -534,6 +535,7 @@ impl Gateway {
                     "config": r.cfg,
                     "upstream": r.upstream.name,
                     "breaker": r.breaker.as_ref().map(|b| format!("{:?}", b.state()).to_lowercase()),
+                    "breaker_stats": r.breaker.as_ref().map(|b| breaker_stats(b)),
                 })
             })
             .collect();
@@ -598,4 +600,26 @@ impl Gateway {
             .await?
             > 0)
     }
+}
+
+/// A route breaker's window (what decides its state) and its totals since it was built (the
+/// dashboard's rates are differences of two readings).
+fn breaker_stats(b: &CircuitBreaker) -> serde_json::Value {
+    let w = b.snapshot();
+    let t = b.totals();
+    serde_json::json!({
+        "window": {
+            "calls": w.calls,
+            "failures": w.failures,
+            "slow": w.slow,
+            "failure_rate": w.failure_rate(),
+            "slow_rate": w.slow_rate(),
+        },
+        "totals": {
+            "success": t.success,
+            "failure": t.failure,
+            "slow": t.slow,
+            "rejected": t.rejected,
+        },
+    })
 }

@@ -288,7 +288,14 @@ outlier = {{ consecutive_failures = 0 }}
         "{statuses:?}"
     );
     assert_eq!(a.hits.load(Ordering::SeqCst), 5);
-    assert_eq!(gw.gw.status()["routes"][0]["breaker"], "open");
+    let st = gw.gw.status();
+    assert_eq!(st["routes"][0]["breaker"], "open");
+    // The Hystrix view's counts: 5 failures admitted, 5 refused while open.
+    let stats = &st["routes"][0]["breaker_stats"];
+    assert_eq!(stats["totals"]["failure"], 5, "{stats}");
+    assert_eq!(stats["totals"]["rejected"], 5, "{stats}");
+    assert_eq!(stats["totals"]["success"], 0, "{stats}");
+    assert_eq!(stats["window"]["failure_rate"], 100.0, "{stats}");
 }
 
 #[tokio::test]

@@ -36,6 +36,12 @@ pub enum ApiError {
     /// A feature this node does not run.
     #[error("{0}")]
     Unavailable(String),
+    /// The named thing (a gateway, ...) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A process the node asked on the caller's behalf (a gateway's admin API) did not answer.
+    #[error("{0}")]
+    BadGateway(String),
 }
 
 #[derive(Serialize)]
@@ -62,6 +68,8 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Queue(e) => crate::queue::status(e),
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) | SagaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
@@ -114,6 +122,8 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Queue(e) => e.code(),
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) => "invalid_definition",
@@ -140,6 +150,7 @@ impl ApiError {
             ApiError::Coord(e) => e.is_retryable(),
             ApiError::Saga(e) => e.is_retryable(),
             ApiError::Queue(e) => e.is_retryable(),
+            ApiError::BadGateway(_) => true,
             _ => false,
         };
         let step = match self {

@@ -37,11 +37,14 @@ use weft_store::{Store, WatchRequest};
 pub mod api;
 mod coord;
 mod error;
+pub mod gateways;
 mod queue;
 pub mod repl;
 mod saga;
+pub mod shard;
 
 pub use error::ApiError;
+pub use gateways::{LocalGateway, GATEWAY_SERVICE};
 
 use api::Encoding;
 
@@ -65,6 +68,8 @@ pub struct ServerConfig {
     pub queue: Option<Arc<dyn weft_queue::Queue>>,
     /// The node's replication behind `/v1/repl/*` (none: those routes answer 503).
     pub repl: Option<Arc<weft_repl::Replication>>,
+    /// A gateway running inside this node, whose status `/v1/gateway/status` reads directly.
+    pub local_gateway: Option<gateways::LocalGateway>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -76,6 +81,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("saga", &self.saga.is_some())
             .field("queue", &self.queue.is_some())
             .field("repl", &self.repl.is_some())
+            .field("local_gateway", &self.local_gateway)
             .finish()
     }
 }
@@ -89,6 +95,7 @@ impl Default for ServerConfig {
             saga: None,
             queue: None,
             repl: None,
+            local_gateway: None,
         }
     }
 }
@@ -103,6 +110,7 @@ struct AppState {
     saga: Option<Arc<weft_saga::Lazy>>,
     queue: Option<Arc<dyn weft_queue::Queue>>,
     repl: Option<Arc<weft_repl::Replication>>,
+    local_gateway: Option<gateways::LocalGateway>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -239,6 +247,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/repl/status"),
     ("post", "/v1/repl/check"),
     ("post", "/v1/repl/promote"),
+    ("get", "/v1/gateways"),
+    ("get", "/v1/gateway/status"),
+    ("get", "/v1/shard/analyze"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -256,6 +267,7 @@ pub fn router(
         saga: cfg.saga.clone(),
         queue: cfg.queue.clone(),
         repl: cfg.repl.clone(),
+        local_gateway: cfg.local_gateway.clone(),
     };
     Router::new()
         .route("/health", get(health))
@@ -322,6 +334,9 @@ pub fn router(
         .route("/v1/repl/status", get(repl::status))
         .route("/v1/repl/check", post(repl::check))
         .route("/v1/repl/promote", post(repl::promote))
+        .route("/v1/gateways", get(gateways::list))
+        .route("/v1/gateway/status", get(gateways::status))
+        .route("/v1/shard/analyze", get(shard::analyze))
         .fallback(not_found)
         .layer(middleware::from_fn(repl::headers))
         .layer(middleware::from_fn_with_state(state.clone(), auth))

@@ -29,6 +29,11 @@ pub(crate) struct GatewayArgs {
     /// Bearer token for the admin API (required on non-loopback admin addresses).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// This gateway's id among the store's gateways (it registers as an instance of the
+    /// service `weft-gateway` with its admin address; the dashboard lists it). Default:
+    /// `gw-` and the listen address.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Worker threads, each with its own single-threaded runtime and accept loop on a
     /// SO_REUSEPORT socket (default: one per core).
     #[arg(long)]
@@ -48,6 +53,8 @@ pub(crate) struct GatewayArgs {
 /// error has happened by the time this exists.
 pub(crate) struct StartedGateway {
     gw: Arc<Gateway>,
+    id: String,
+    announcer: Option<weft_gateway::registry::Announcer>,
     listeners: Vec<std::net::TcpListener>,
     stop_admin: tokio::sync::watch::Sender<bool>,
     admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -55,6 +62,15 @@ pub(crate) struct StartedGateway {
 }
 
 impl StartedGateway {
+    /// The node's view of this gateway: its registered id and its status, read directly.
+    pub(crate) fn local(&self) -> weft_server::LocalGateway {
+        let gw = self.gw.clone();
+        weft_server::LocalGateway {
+            id: self.id.clone(),
+            status: Arc::new(move || gw.status()),
+        }
+    }
+
     /// Serves until `shutdown` completes.
     pub(crate) async fn serve(
         self,
@@ -62,6 +78,9 @@ impl StartedGateway {
     ) -> Result<()> {
         let opts = weft_gateway::ThreadOptions::default().pin_cpus(self.pin_cpus);
         weft_gateway::serve_threads_with(self.listeners, self.gw, shutdown, opts).await?;
+        if let Some(a) = self.announcer {
+            a.stop().await;
+        }
         let _ = self.stop_admin.send(true);
         if let Some(t) = self.admin_task {
             let _ = t.await;
@@ -70,8 +89,16 @@ impl StartedGateway {
     }
 }
 
+/// How a gateway registers on its store (see `weft_gateway::registry`).
+pub(crate) struct Identity {
+    /// Its id; `None`: `gw-` and the listen address.
+    pub name: Option<String>,
+    /// Inside a `weft up` node.
+    pub embedded: bool,
+}
+
 /// Starts a gateway on `store`: config file (optional) + stored routes, file watch, SIGHUP,
-/// admin API.
+/// admin API, and its registration on the store.
 pub(crate) async fn start_gateway(
     config: Option<PathBuf>,
     listen: SocketAddr,
@@ -79,6 +106,7 @@ pub(crate) async fn start_gateway(
     admin: Option<SocketAddr>,
     token: Option<String>,
     store: Option<Arc<dyn weft_store::Store>>,
+    identity: Identity,
 ) -> Result<StartedGateway> {
     if let Some(a) = admin {
         if !a.ip().is_loopback() && token.as_deref().is_none_or(str::is_empty) {
@@ -95,7 +123,7 @@ pub(crate) async fn start_gateway(
         }
         None => Config::default(),
     };
-    let gw = Gateway::new(cfg, store)?;
+    let gw = Gateway::new(cfg, store.clone())?;
     gw.watch_store_routes().await?;
     if let Some(p) = &config {
         gw.watch_file(p.clone(), Duration::from_secs(1));
@@ -114,11 +142,15 @@ pub(crate) async fn start_gateway(
     let listeners = weft_gateway::bind_workers(listen, threads)
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("gateway listening on http://{}", listeners[0].local_addr()?);
+    let listen = listeners[0].local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut admin_url = None;
     let admin_task = match admin {
         Some(a) => {
             let l = weft_server::bind(a).with_context(|| format!("cannot listen on {a}"))?;
-            println!("gateway admin API on http://{}", l.local_addr()?);
+            let url = format!("http://{}", l.local_addr()?);
+            println!("gateway admin API on {url}");
+            admin_url = Some(url);
             let mut rx = stop_rx.clone();
             let render: weft_gateway::MetricsRender = Arc::new(weft_server::render_metrics);
             Some(tokio::spawn(weft_gateway::serve_admin(
@@ -133,10 +165,29 @@ pub(crate) async fn start_gateway(
         }
         None => None,
     };
+    let id = identity.name.unwrap_or_else(|| format!("gw-{listen}"));
+    let announcer = match &store {
+        Some(store) => {
+            let a = weft_gateway::registry::Announcement {
+                id: id.clone(),
+                listen: listen.to_string(),
+                admin: admin_url,
+                embedded: identity.embedded,
+            };
+            Some(
+                weft_gateway::registry::announce(store.clone(), a, 10)
+                    .await
+                    .with_context(|| format!("cannot register gateway {id:?} on the store"))?,
+            )
+        }
+        None => None,
+    };
     use std::io::Write;
     std::io::stdout().flush()?;
     Ok(StartedGateway {
         gw,
+        id,
+        announcer,
         listeners,
         stop_admin: stop_tx,
         admin_task,
@@ -167,8 +218,20 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let mut started =
-        start_gateway(a.config, a.listen, threads, a.admin_listen, a.token, store).await?;
+    let identity = Identity {
+        name: a.name,
+        embedded: false,
+    };
+    let mut started = start_gateway(
+        a.config,
+        a.listen,
+        threads,
+        a.admin_listen,
+        a.token,
+        store,
+        identity,
+    )
+    .await?;
     started.pin_cpus = a.pin_cpus;
     started.serve(crate::shutdown_signal()).await
 }
@@ -313,4 +376,16 @@ pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The node lists gateways under the service name they register with.
+    #[test]
+    fn the_node_and_the_gateways_name_one_service() {
+        assert_eq!(
+            weft_server::GATEWAY_SERVICE,
+            weft_gateway::registry::SERVICE
+        );
+    }
 }

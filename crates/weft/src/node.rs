@@ -613,22 +613,24 @@ pub async fn up(a: UpArgs) -> Result<()> {
         a.data_dir.display()
     );
     let _ = out.flush();
-    let cfg = weft_server::ServerConfig {
-        token: a.token.clone(),
-        on_scrape: embedded.clone().map(log_metrics),
-        saga: saga.clone(),
-        queue: queue_api,
-        repl: repl.clone(),
-        ..Default::default()
-    };
     #[cfg(feature = "etcd")]
     let (stop_tx, grpc) = match etcd_api(&a, &store)? {
         Some((tx, task)) => (Some(tx), Some(task)),
         None => (None, None),
     };
+    let mut local_gateway = None;
     let (gw_stop, gw_task) = match a.gateway_listen {
         Some(addr) => {
             // Started here, so a bad config or a busy port stops the node at once.
+            let name = a
+                .repl_name
+                .clone()
+                .or_else(|| node_id(&a.data_dir).ok())
+                .map(|n| format!("{n}-gateway"));
+            let identity = gatewaycli::Identity {
+                name,
+                embedded: true,
+            };
             let started = gatewaycli::start_gateway(
                 a.gateway_config.clone(),
                 addr,
@@ -636,9 +638,11 @@ pub async fn up(a: UpArgs) -> Result<()> {
                 a.gateway_admin,
                 a.token.clone(),
                 Some(store.clone()),
+                identity,
             )
             .await
             .context("gateway")?;
+            local_gateway = Some(started.local());
             let (tx, mut rx) = tokio::sync::watch::channel(false);
             let task = tokio::spawn(started.serve(async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -646,6 +650,15 @@ pub async fn up(a: UpArgs) -> Result<()> {
             (Some(tx), Some(task))
         }
         None => (None, None),
+    };
+    let cfg = weft_server::ServerConfig {
+        token: a.token.clone(),
+        on_scrape: embedded.clone().map(log_metrics),
+        saga: saga.clone(),
+        queue: queue_api,
+        repl: repl.clone(),
+        local_gateway,
+        ..Default::default()
     };
     let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));
     weft_server::run(listener, store, cfg, shutdown_signal()).await?;

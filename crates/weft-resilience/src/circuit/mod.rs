@@ -268,6 +268,9 @@ struct Inner {
 }
 
 struct Metrics {
+    /// Success, failure, slow and rejected calls since the breaker was built, readable
+    /// without the metrics recorder ([`CircuitBreaker::totals`]).
+    totals: [AtomicU64; 4],
     success: metrics::Counter,
     failure: metrics::Counter,
     slow: metrics::Counter,
@@ -275,6 +278,19 @@ struct Metrics {
     state: metrics::Gauge,
     failure_rate: metrics::Gauge,
     slow_rate: metrics::Gauge,
+}
+
+/// Calls since a breaker was built, by outcome ([`CircuitBreaker::totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Admitted calls that succeeded.
+    pub success: u64,
+    /// Admitted calls that failed.
+    pub failure: u64,
+    /// Admitted calls slower than the slow-call duration (also counted as success or failure).
+    pub slow: u64,
+    /// Calls refused without running (open, or half-open with its probes taken).
+    pub rejected: u64,
 }
 
 /// A circuit breaker. Share it with `Arc`; use it through [`CircuitBreaker::call`] or as a
@@ -379,6 +395,7 @@ impl Builder {
         let name = self.name;
         let l = |outcome: &'static str| metrics::counter!("weft_breaker_calls_total", "breaker" => name.clone(), "outcome" => outcome);
         let metrics = Metrics {
+            totals: Default::default(),
             success: l("success"),
             failure: l("failure"),
             slow: l("slow"),
@@ -458,6 +475,18 @@ impl CircuitBreaker {
     /// State changes, each with the window snapshot that caused it.
     pub fn subscribe(&self) -> broadcast::Receiver<Transition> {
         self.events.subscribe()
+    }
+
+    /// Calls counted since the breaker was built, by outcome (the Hystrix view's rates are
+    /// differences of two readings).
+    pub fn totals(&self) -> Totals {
+        let t = |i: usize| self.metrics.totals[i].load(Ordering::Relaxed);
+        Totals {
+            success: t(0),
+            failure: t(1),
+            slow: t(2),
+            rejected: t(3),
+        }
     }
 
     /// The current window totals.
@@ -594,6 +623,7 @@ impl CircuitBreaker {
             return self.try_acquire();
         }
         self.metrics.rejected.increment(1);
+        self.metrics.totals[3].fetch_add(1, Ordering::Relaxed);
         Err(CallNotPermitted { state })
     }
 
@@ -620,8 +650,10 @@ impl CircuitBreaker {
         } else {
             self.metrics.success.increment(1);
         }
+        self.metrics.totals[usize::from(failure)].fetch_add(1, Ordering::Relaxed);
         if slow {
             self.metrics.slow.increment(1);
+            self.metrics.totals[2].fetch_add(1, Ordering::Relaxed);
         }
         if permit.probe {
             return self.record_probe(permit, failure, slow, now);

@@ -223,6 +223,42 @@ async fn slow_calls_open_the_breaker() {
     }
     assert_eq!(b.state(), State::Open);
     assert_eq!(b.snapshot().slow, 2);
+    assert_eq!(
+        b.totals(),
+        Totals {
+            success: 4,
+            failure: 0,
+            slow: 2,
+            rejected: 0
+        }
+    );
+}
+
+/// Totals keep counting across state changes (the window resets, they do not).
+#[tokio::test(start_paused = true)]
+async fn totals_count_every_outcome_across_states() {
+    let b = breaker();
+    let _ = ok(&b).await;
+    for _ in 0..3 {
+        let _ = fail(&b).await;
+    }
+    // 3 failures in 4 calls: open.
+    assert_eq!(b.state(), State::Open);
+    assert!(ok(&b).await.unwrap_err().is_rejected());
+    assert!(ok(&b).await.unwrap_err().is_rejected());
+    advance(Duration::from_secs(11)).await;
+    let _ = ok(&b).await;
+    let _ = ok(&b).await;
+    assert_eq!(b.state(), State::Closed);
+    assert_eq!(
+        b.totals(),
+        Totals {
+            success: 3,
+            failure: 3,
+            slow: 0,
+            rejected: 2
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]
