@@ -13,8 +13,9 @@ const PREREQS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("iptables", "iptables"),
-    // The dashboard's browser test (headless).
+    // The dashboard's browser tests (headless; clicks through WebDriver).
     ("chromium", "chromium"),
+    ("chromedriver", "chromium-driver"),
 ];
 
 fn have(bin: &str) -> bool {

@@ -2,7 +2,17 @@
 // API (the calls are in /openapi.json). A page is added in one place: the PAGES list.
 "use strict";
 
-const state = { token: sessionStorage.getItem("weft-token"), timer: null, samples: [] };
+const state = {
+  token: sessionStorage.getItem("weft-token"),
+  timer: null,
+  samples: [],
+  // Open watch streams of the current page (aborted when the page changes).
+  watches: [],
+  // Breaker totals per gateway route, sampled at each refresh: [[time ms, totals], ...].
+  breakers: {},
+  // Election terms seen while the locks page is open, by election name.
+  terms: {},
+};
 
 // The data layer: every call goes through here (token, errors, JSON).
 async function api(path, body) {
@@ -35,6 +45,57 @@ function askToken() {
     };
     d.showModal();
   });
+}
+
+// A live view: the node's SSE watch of a key prefix, read with fetch (EventSource cannot send
+// the token). `onChange` gets each batch of events; the stream is aborted when the page
+// changes and reopened after an error.
+function watch(prefix, onChange) {
+  const ctrl = new AbortController();
+  state.watches.push(ctrl);
+  const page = document.getElementById("page");
+  const open = async () => {
+    const headers = {};
+    if (state.token) headers.authorization = "Bearer " + state.token;
+    const url = "/v1/watch?prefix=true&key=" + encodeURIComponent(prefix);
+    const r = await fetch(url, { headers, signal: ctrl.signal });
+    if (!r.ok) throw new Error(`watch ${prefix}: ${r.status}`);
+    page.setAttribute("data-live", String(Number(page.getAttribute("data-live") || 0) + 1));
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        let ev = "message", data = "";
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) ev = line.slice(6).trim();
+          else if (line.startsWith("data:")) data += line.slice(5).trim();
+        }
+        if (ev === "watch" && data) onChange(JSON.parse(data));
+      }
+    }
+  };
+  const loop = async () => {
+    while (!ctrl.signal.aborted) {
+      try { await open(); } catch (_) { /* reopened below */ }
+      if (ctrl.signal.aborted) return;
+      page.setAttribute("data-live", String(Math.max(0, Number(page.getAttribute("data-live") || 1) - 1)));
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+  };
+  loop();
+}
+
+// Runs `f` once after a burst of calls (events often come in groups).
+function debounce(f, ms) {
+  let t = null;
+  return (...a) => { clearTimeout(t); t = setTimeout(() => f(...a), ms); };
 }
 
 // Small DOM helpers.
@@ -84,6 +145,38 @@ function chart(values) {
   return h("figure", {}, svg, h("figcaption", { class: "muted" }, `now ${last.toFixed(0)}/s, peak ${max.toFixed(0)}/s over the last ${n} samples (2 s apart)`));
 }
 
+// Several lines on one SVG, each with its class (colour) and a legend.
+function lines(series, caption) {
+  const w = 300, hgt = 60;
+  const n = Math.max(1, ...series.map((s) => s.values.length));
+  const max = Math.max(1, ...series.flatMap((s) => s.values));
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${hgt}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", caption);
+  for (const s of series) {
+    const p = document.createElementNS("http://www.w3.org/2000/svg", "path");
+    const d = s.values.map((v, i) => `${i ? "L" : "M"}${(i / Math.max(1, n - 1)) * w},${hgt - (v / max) * hgt}`).join(" ");
+    p.setAttribute("d", d || "M0,0");
+    p.setAttribute("class", s.cls);
+    p.setAttribute("vector-effect", "non-scaling-stroke");
+    svg.append(p);
+  }
+  const legend = series.map((s) => h("span", { class: "legend " + s.cls }, `${s.name} ${(s.values.at(-1) || 0).toFixed(1)}/s`));
+  return h("figure", {}, svg, h("figcaption", { class: "muted" }, caption, " ", ...legend));
+}
+
+// Horizontal bars: [[label, value], ...], scaled to the largest (or to `max`).
+function bars(rows, fmt, max) {
+  const top = max || Math.max(1e-9, ...rows.map((r) => r[1]));
+  return h("div", { class: "bars" }, rows.map(([label, v]) => h("div", { class: "bar-row" },
+    h("span", { class: "bar-label" }, label),
+    h("span", { class: "bar", style: `width:${Math.max(0.5, (v / top) * 100).toFixed(1)}%` }),
+    h("span", { class: "bar-value" }, fmt(v)))));
+}
+
 /// A query parameter of the page's hash (`#/keys?prefix=a/&key=a/b`).
 function param(name) {
   const q = location.hash.split("?")[1] || "";
@@ -101,6 +194,7 @@ function counter(text, name) {
 async function overview(el) {
   const s = await api("/v1/status");
   const metrics = await api("/metrics").catch(() => "");
+  const gws = await api("/v1/gateways").catch(() => null);
   const now = Date.now(), rev = Number(s.header.revision);
   state.samples.push([now, rev, counter(metrics, "weft_log_durable_writes_total")]);
   state.samples = state.samples.slice(-60);
@@ -108,28 +202,49 @@ async function overview(el) {
   const rates = rate(1), fsyncs = rate(2);
   el.replaceChildren(h("h1", {}, "Overview"),
     h("div", { class: "cards" }, card("revision", rev), card("compact revision", s.compact_revision),
-      card("size", bytes(Number(s.db_size))), card("version", s.version)),
+      card("size", bytes(Number(s.db_size))), card("version", s.version),
+      card("gateways", gws ? h("a", { href: "#/gateways" }, String(gws.gateways.length)) : "?")),
     h("h2", {}, "Writes per second"), chart(rates.length ? rates : [0]),
     h("h2", {}, "Log fsyncs per second"), chart(fsyncs.length ? fsyncs : [0]));
 }
 
 async function keys(el) {
   const prefix = param("prefix");
-  const r = await api("/v1/kv/range", { key: btoa(prefix), prefix: true, encoding: "base64", limit: 500 });
   const input = h("input", { type: "search", value: prefix, "aria-label": "key prefix", placeholder: "prefix" });
   const detail = h("div", { id: "key-detail" });
+  const list = h("div", { id: "key-list" });
   const go = h("button", { onclick: () => { location.hash = "#/keys?prefix=" + encodeURIComponent(input.value); } }, "List");
-  const rows = (r.kvs || []).map((kv) => {
-    const name = atob(kv.key);
-    return [h("a", { href: "javascript:void 0", onclick: () => openKey(detail, kv) }, name), kv.version, kv.mod_revision, kv.lease || ""];
-  });
-  el.replaceChildren(h("h1", {}, "Keys"), h("div", { class: "row" }, input, go),
-    h("p", { class: "muted" }, `${r.count} keys at revision ${r.header.revision}`),
-    table(["key", "version", "mod revision", "lease"], rows), detail);
+  input.addEventListener("keydown", (e) => { if (e.key === "Enter") go.click(); });
+  const kvs = await keyList(list, detail, prefix);
+  el.replaceChildren(h("h1", {}, "Keys"), h("div", { class: "row" }, input, go), list, detail);
   // A key named in the address opens at once (`#/keys?prefix=a/&key=a/b`).
   const want = param("key");
-  const kv = (r.kvs || []).find((k) => atob(k.key) === want);
+  const kv = kvs.find((k) => atob(k.key) === want);
   if (kv) await openKey(detail, kv);
+  // Live: the list follows the store; an open key whose revision moved says so (its editor
+  // stays as it is, and a save would be refused by its revision compare).
+  watch(prefix, debounce(async (batch) => {
+    await keyList(list, detail, prefix);
+    const open = state.openKey;
+    for (const ev of batch.events || []) {
+      if (open && ev.kv && atob(ev.kv.key) === open.name && ev.kv.mod_revision > open.rev) {
+        const note = document.getElementById("key-stale");
+        if (note) note.textContent = `${open.name} changed at revision ${ev.kv.mod_revision} (${ev.type}) since you opened it at ${open.rev}; open it again to edit the new value.`;
+      }
+    }
+  }, 100));
+}
+
+// The key list of a prefix; returns its key-values.
+async function keyList(list, detail, prefix) {
+  const r = await api("/v1/kv/range", { key: btoa(prefix), prefix: true, encoding: "base64", limit: 500 });
+  const rows = (r.kvs || []).map((kv) => {
+    const name = atob(kv.key);
+    return [h("a", { href: "javascript:void 0", "data-key": name, onclick: () => openKey(detail, kv) }, name), kv.version, kv.mod_revision, kv.lease || ""];
+  });
+  list.replaceChildren(h("p", { class: "muted" }, `${r.count} keys at revision ${r.header.revision}`),
+    table(["key", "version", "mod revision", "lease"], rows));
+  return r.kvs || [];
 }
 
 // A key's earlier values, newest first, back to the compaction point (20 at most).
@@ -154,8 +269,9 @@ async function history(kv) {
 
 async function openKey(el, kv) {
   const name = atob(kv.key);
-  const text = h("textarea", { rows: 6, cols: 60, "aria-label": "new value" }, showValue(kv.value));
-  const out = h("p", { class: "error", role: "status" });
+  state.openKey = { name, rev: kv.mod_revision };
+  const text = h("textarea", { id: "key-value", rows: 6, cols: 60, "aria-label": "new value" }, showValue(kv.value));
+  const out = h("p", { id: "key-result", class: "error", role: "status" });
   const save = async () => {
     if (!confirm(`Write ${name} if it is still at revision ${kv.mod_revision}?`)) return;
     try {
@@ -176,10 +292,10 @@ async function openKey(el, kv) {
       out.textContent = t.succeeded ? `deleted at revision ${t.header.revision}` : `not deleted: ${name} changed since revision ${kv.mod_revision}`;
     } catch (e) { out.textContent = e.message; }
   };
-  el.replaceChildren(h("h2", {}, name),
+  el.replaceChildren(h("h2", {}, name), h("p", { id: "key-stale", class: "error", role: "status" }),
     table(["create revision", "mod revision", "version", "lease"], [[kv.create_revision, kv.mod_revision, kv.version, kv.lease || "none"]]),
     h("pre", {}, showValue(kv.value)), text,
-    h("div", { class: "row" }, h("button", { onclick: save }, "Save"), h("button", { onclick: del }, "Delete")), out,
+    h("div", { class: "row" }, h("button", { id: "key-save", onclick: save }, "Save"), h("button", { id: "key-delete", onclick: del }, "Delete")), out,
     h("h2", {}, "History"), table(["mod revision", "version", "value"], await history(kv)));
 }
 
@@ -205,26 +321,54 @@ async function services(el) {
     let inst = {};
     try { inst = JSON.parse(showValue(kv.value)); } catch (_) {}
     const health = inst.health || "";
-    return [svc, id, inst.address || "", h("span", { class: health === "passing" ? "ok" : "bad" }, health), (inst.tags || []).join(", ")];
+    const meta = Object.entries(inst.metadata || {}).map(([k, v]) => `${k}=${v}`).join(", ");
+    return [svc, id, inst.address || "", h("span", { class: health === "passing" ? "ok" : "bad" }, health),
+      (inst.tags || []).join(", "), inst.weight ?? "", inst.version || "", meta, kv.mod_revision];
   });
-  el.replaceChildren(h("h1", {}, "Services"), table(["service", "instance", "address", "health", "tags"], rows));
+  el.replaceChildren(h("h1", {}, "Services"),
+    table(["service", "instance", "address", "health", "tags", "weight", "version", "metadata", "last change (revision)"], rows));
 }
 
+// TTL left of a lease (null if it is gone).
+const ttlOf = (lease) => api("/v1/lease/ttl", { id: parseInt(lease, 16) }).then((t) => t.ttl).catch(() => null);
+
 async function locks(el) {
+  // Waiter keys are PREFIX/NAME/LEASE(hex); the oldest create revision holds.
   const groups = async (prefix) => {
     const by = {};
     for (const { key, kv } of await prefixed(prefix)) {
       const i = key.lastIndexOf("/");
       (by[key.slice(0, i)] ||= []).push({ lease: key.slice(i + 1), kv });
     }
-    return Object.entries(by).map(([name, ks]) => {
-      ks.sort((a, b) => a.kv.create_revision - b.kv.create_revision);
-      return [name, ks[0].lease, ks[0].kv.create_revision, ks.slice(1).map((k) => k.lease).join(", ") || "none", showValue(ks[0].kv.value)];
-    });
+    for (const ks of Object.values(by)) ks.sort((a, b) => a.kv.create_revision - b.kv.create_revision);
+    return by;
   };
+  const lockRows = [];
+  for (const [name, ks] of Object.entries(await groups("/weft/lock/"))) {
+    const ttl = await ttlOf(ks[0].lease);
+    lockRows.push([name, ks[0].lease, ks[0].kv.create_revision, ttl === null ? "?" : ttl + " s",
+      ks.slice(1).map((k) => k.lease).join(", ") || "none"]);
+  }
+  const semRows = Object.entries(await groups("/weft/sem/")).map(([name, ks]) =>
+    [name, ks.map((k) => `${k.lease} (${k.kv.create_revision})`).join(", ")]);
+  const elections = await groups("/weft/election/");
+  const electionRows = [];
+  for (const [name, ks] of Object.entries(elections)) {
+    const leader = ks[0];
+    // Terms seen while this page is open: each new leader key is a new term.
+    const seen = (state.terms[name] ||= []);
+    if (!seen.length || seen.at(-1).term !== leader.kv.create_revision) {
+      seen.push({ term: leader.kv.create_revision, lease: leader.lease, value: showValue(leader.kv.value), at: new Date().toISOString() });
+    }
+    electionRows.push([name, leader.lease, leader.kv.create_revision, showValue(leader.kv.value),
+      ks.slice(1).map((k) => k.lease).join(", ") || "none",
+      seen.map((t) => `term ${t.term}: ${t.value} (${t.lease})`).join("; ")]);
+  }
   el.replaceChildren(h("h1", {}, "Locks and elections"),
-    h("h2", {}, "Locks"), table(["name", "holder lease", "fencing token", "waiters in order", ""], await groups("/weft/lock/")),
-    h("h2", {}, "Elections"), table(["name", "leader lease", "term", "candidates in order", "value"], await groups("/weft/election/")));
+    h("h2", {}, "Locks"), table(["name", "holder lease", "fencing token", "lease TTL left", "waiters in order"], lockRows),
+    h("h2", {}, "Semaphores"), h("p", { class: "muted" }, "Holders are the first N in order (N is the permits each client asks for)."),
+    table(["name", "holders and waiters in order (lease, revision)"], semRows),
+    h("h2", {}, "Elections"), table(["name", "leader lease", "term", "value", "candidates in order", "terms seen on this page"], electionRows));
 }
 
 async function sagas(el) {
@@ -260,38 +404,122 @@ async function replication(el) {
   el.replaceChildren(...parts);
 }
 
+// Per second rates of a breaker's totals between the samples kept for it.
+function breakerRates(key, totals) {
+  const now = Date.now();
+  const hist = (state.breakers[key] ||= []);
+  if (!hist.length || now - hist.at(-1)[0] > 500) hist.push([now, totals]);
+  if (hist.length > 60) hist.shift();
+  const rate = (f) => hist.slice(1).map(([t, v], i) => (v[f] - hist[i][1][f]) / Math.max(0.001, (t - hist[i][0]) / 1000));
+  return ["success", "failure", "slow", "rejected"].map((f) => ({ name: f, cls: "s-" + f, values: rate(f) }));
+}
+
+function gatewayView(g, st) {
+  const routes = (st.routes || []).map((r) => {
+    const b = r.breaker_stats;
+    const state = r.breaker || "none";
+    return [r.name, r.upstream, h("span", { class: state === "closed" ? "ok" : state === "none" ? "muted" : "bad", "data-breaker": r.name }, state),
+      b ? b.window.failure_rate.toFixed(0) + " %" : "", b ? b.window.slow_rate.toFixed(0) + " %" : "",
+      b ? `${b.totals.success} / ${b.totals.failure} / ${b.totals.slow} / ${b.totals.rejected}` : ""];
+  });
+  const charts = (st.routes || []).filter((r) => r.breaker_stats).map((r) =>
+    lines(breakerRates(`${g.id}/${r.name}`, r.breaker_stats.totals), `route ${r.name}: calls per second by outcome`));
+  const ups = (st.upstreams || []).flatMap((u) => (u.endpoints || []).map((e) => [u.name, e.address,
+    h("span", { class: e.healthy ? "ok" : "bad" }, e.healthy ? "healthy" : "unhealthy"),
+    e.ejected ? `ejected for ${e.ejected_for_ms} ms` : "no", Number(e.ewma_ms).toFixed(2), e.in_flight, e.requests, e.failures]));
+  return [
+    h("h3", {}, "Routes and breakers"),
+    table(["route", "upstream", "breaker", "failure rate (window)", "slow rate (window)", "success / failure / slow / rejected (total)"], routes),
+    ...charts,
+    h("h3", {}, "Upstream endpoints"),
+    table(["upstream", "endpoint", "health", "ejected", "EWMA ms", "in flight", "requests", "failures"], ups),
+    ...(st.errors || []).map((e) => h("p", { class: "error" }, e)),
+  ];
+}
+
+async function gateways(el) {
+  const r = await api("/v1/gateways");
+  const list = r.gateways || [];
+  const parts = [h("h1", {}, "Gateways")];
+  if (!list.length) parts.push(h("p", { class: "muted" }, "No gateway is registered on this store: `weft gateway` with a store, and `weft up --gateway-listen`, register themselves."));
+  parts.push(table(["gateway", "listen", "admin API", "pid", "version", "health"], list.map((g) => [g.id, g.listen,
+    g.admin || (g.embedded ? "inside this node" : "none"), g.pid ?? "", g.version, h("span", { class: g.health === "passing" ? "ok" : "bad" }, g.health)])));
+  for (const g of list) {
+    parts.push(h("h2", {}, `Gateway ${g.id}`));
+    try {
+      parts.push(...gatewayView(g, await api("/v1/gateway/status?id=" + encodeURIComponent(g.id))));
+    } catch (e) {
+      parts.push(h("p", { class: "error", "data-gateway-error": g.id }, e.message));
+    }
+  }
+  el.replaceChildren(...parts);
+}
+
+async function sharding(el) {
+  const num = (k, d) => { const v = parseInt(param(k), 10); return Number.isFinite(v) ? v : d; };
+  const nodes = num("nodes", 10), keys = num("keys", 20000), add = num("add", 1);
+  const f = {
+    nodes: h("input", { type: "number", min: 1, max: 1000, value: nodes, "aria-label": "nodes" }),
+    keys: h("input", { type: "number", min: 1, max: 1000000, value: keys, "aria-label": "keys" }),
+    add: h("input", { type: "number", min: 0, max: 1000, value: add, "aria-label": "nodes added" }),
+  };
+  const go = h("button", { onclick: () => { location.hash = `#/sharding?nodes=${f.nodes.value}&keys=${f.keys.value}&add=${f.add.value}`; } }, "Analyze");
+  const q = `nodes=${nodes}&keys=${keys}` + (add > 0 ? `&add=${add}` : "");
+  const r = await api("/v1/shard/analyze?" + q);
+  const an = r.analyses || [];
+  const pct = (v) => (v * 100).toFixed(1) + " %";
+  el.replaceChildren(h("h1", {}, "Sharding"),
+    h("div", { class: "row" }, h("label", {}, "nodes ", f.nodes), h("label", {}, "keys ", f.keys), h("label", {}, "nodes added ", f.add), go),
+    h("p", { class: "muted" }, `${keys} keys on ${nodes} nodes` + (add > 0 ? `, then ${add} node(s) added` : "") + " (as `weft shard analyze`)."),
+    table(["algorithm", "most loaded / mean", "stddev / mean", "keys moved", "least possible", "lookup ns", "memory"],
+      an.map((a) => [a.algo, a.max_over_mean.toFixed(3), a.stddev_over_mean.toFixed(3), a.moved === null ? "" : pct(a.moved),
+        a.ideal === null ? "" : pct(a.ideal), a.lookup_ns.toFixed(0), bytes(a.memory_bytes)])),
+    ...(add > 0 ? [h("h2", {}, "Keys moved by the change"),
+      bars([["least possible", an[0] ? an[0].ideal || 0 : 0], ...an.map((a) => [a.algo, a.moved || 0])], pct)] : []),
+    h("h2", {}, "Load per node"),
+    h("div", { class: "grid" }, an.map((a) => h("section", { "data-algo": a.algo }, h("h3", {}, a.algo),
+      bars(a.loads.map((l) => [l.node, l.keys]), (v) => String(v))))));
+}
+
+// Each page: id, title, render, and how it stays current: "poll" renders again every 2 s,
+// "watch" renders again when a watched prefix changes, "still" waits for the user.
 const PAGES = [
-  ["overview", "Overview", overview],
-  ["keys", "Keys", keys],
-  ["leases", "Leases", leases],
-  ["services", "Services", services],
-  ["locks", "Locks", locks],
-  ["sagas", "Sagas", sagas],
-  ["queues", "Queues", queues],
-  ["replication", "Replication", replication],
+  { id: "overview", title: "Overview", render: overview, mode: "poll" },
+  { id: "keys", title: "Keys", render: keys, mode: "still" },
+  { id: "leases", title: "Leases", render: leases, mode: "poll" },
+  { id: "services", title: "Services", render: services, mode: "watch", prefixes: ["/weft/svc/"] },
+  { id: "locks", title: "Locks", render: locks, mode: "watch", prefixes: ["/weft/lock/", "/weft/sem/", "/weft/election/"] },
+  { id: "gateways", title: "Gateways", render: gateways, mode: "poll" },
+  { id: "sharding", title: "Sharding", render: sharding, mode: "still" },
+  { id: "sagas", title: "Sagas", render: sagas, mode: "poll" },
+  { id: "queues", title: "Queues", render: queues, mode: "poll" },
+  { id: "replication", title: "Replication", render: replication, mode: "poll" },
 ];
 
 async function route() {
   const id = (location.hash.replace(/^#\//, "").split("?")[0]) || "overview";
-  const page = PAGES.find((p) => p[0] === id) || PAGES[0];
+  const page = PAGES.find((p) => p.id === id) || PAGES[0];
   const nav = document.getElementById("nav");
-  nav.replaceChildren(...PAGES.map(([pid, title]) => h("a", { href: "#/" + pid, "aria-current": pid === page[0] ? "page" : undefined }, title)));
+  nav.replaceChildren(...PAGES.map((p) => h("a", { href: "#/" + p.id, "aria-current": p.id === page.id ? "page" : undefined }, p.title)));
   const el = document.getElementById("page");
-  el.setAttribute("data-page", page[0]);
+  el.setAttribute("data-page", page.id);
+  el.removeAttribute("data-ready");
+  el.setAttribute("data-live", "0");
   clearTimeout(state.timer);
+  for (const w of state.watches.splice(0)) w.abort();
   const render = async () => {
     try {
-      await page[2](el);
+      await page.render(el);
       el.removeAttribute("data-error");
     } catch (e) {
       el.setAttribute("data-error", e.message);
-      el.replaceChildren(h("h1", {}, page[1]), h("p", { class: "error", role: "alert" }, e.message));
+      el.replaceChildren(h("h1", {}, page.title), h("p", { class: "error", role: "alert" }, e.message));
     }
     el.setAttribute("data-ready", "1");
-    // Live pages refresh; the keys page waits for the user (an edit in progress stays).
-    if (page[0] !== "keys") state.timer = setTimeout(render, 2000);
+    if (page.mode === "poll") state.timer = setTimeout(render, 2000);
   };
   await render();
+  for (const prefix of page.prefixes || []) watch(prefix, debounce(render, 100));
 }
 
 window.addEventListener("hashchange", route);
