@@ -89,6 +89,14 @@ impl StartedGateway {
     }
 }
 
+/// Writes one line to stdout and flushes it, ignoring a closed stdout.
+fn announce_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 /// How a gateway registers on its store (see `weft_gateway::registry`).
 pub(crate) struct Identity {
     /// Its id; `None`: `gw-` and the listen address.
@@ -141,7 +149,12 @@ pub(crate) async fn start_gateway(
     }
     let listeners = weft_gateway::bind_workers(listen, threads)
         .with_context(|| format!("cannot listen on {listen}"))?;
-    println!("gateway listening on http://{}", listeners[0].local_addr()?);
+    // Announced on stdout for scripts; a closed stdout (a `weft up` whose reader went away
+    // after its first line) is not an error.
+    announce_line(&format!(
+        "gateway listening on http://{}",
+        listeners[0].local_addr()?
+    ));
     let listen = listeners[0].local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut admin_url = None;
@@ -149,7 +162,7 @@ pub(crate) async fn start_gateway(
         Some(a) => {
             let l = weft_server::bind(a).with_context(|| format!("cannot listen on {a}"))?;
             let url = format!("http://{}", l.local_addr()?);
-            println!("gateway admin API on {url}");
+            announce_line(&format!("gateway admin API on {url}"));
             admin_url = Some(url);
             let mut rx = stop_rx.clone();
             let render: weft_gateway::MetricsRender = Arc::new(weft_server::render_metrics);
@@ -182,8 +195,6 @@ pub(crate) async fn start_gateway(
         }
         None => None,
     };
-    use std::io::Write;
-    std::io::stdout().flush()?;
     Ok(StartedGateway {
         gw,
         id,

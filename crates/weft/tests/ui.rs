@@ -1,8 +1,15 @@
-//! The dashboard in a real browser (headless Chromium, Debian's `chromium`): a node with a
-//! key, a lease, a registered service, a held lock, an election and a queue;
-//! each page is rendered by the browser (its script run against the node's API) and what it
-//! shows is checked; a screenshot per page is saved under `target/ui-screenshots/`. Under
-//! `CI=true` a missing browser is a failure.
+//! The dashboard in a real browser (headless Chromium, Debian's `chromium`).
+//!
+//! - Every page rendered (`--dump-dom`) for a node with a key, a lease, a registered service,
+//!   a held lock, an election and a queue; what each shows is checked.
+//! - Clicks through WebDriver (Debian's `chromedriver`): gateways with failing upstreams whose
+//!   breakers open (the node's own and, with the `etcd` feature, a standalone `weft gateway`
+//!   read through its admin API), a held lock with a waiter, an election with two candidates,
+//!   services updated live over the watch, a key edit at a stale revision (refused, shown) and
+//!   a fresh one (applied), the sharding form.
+//!
+//! A screenshot per page is saved under `target/ui-screenshots/`. Under `CI=true` a missing
+//! browser or driver is a failure.
 
 mod common;
 
@@ -141,6 +148,8 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
         ("sagas", &["Sagas"]),
         ("queues", &["orders"]),
         ("replication", &["primary", "loss window"]),
+        ("gateways", &["No gateway is registered"]),
+        ("sharding", &["rendezvous", "maglev", "Load per node"]),
     ];
     for (page, want) in checks {
         let url = format!("{ep}/ui#/{page}");
@@ -166,4 +175,483 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
         html.contains("<td>2</td><td>2</td>"),
         "partitions and messages: {html}"
     );
+}
+
+/// A WebDriver session on Debian's `chromedriver` driving headless Chromium: the few commands
+/// the click test needs (W3C WebDriver over HTTP, JSON in and out).
+struct Driver {
+    child: std::process::Child,
+    base: String,
+    http: reqwest::Client,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    /// Starts chromedriver on a free loopback port and opens a session.
+    async fn start() -> Driver {
+        let port = common::free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run chromedriver");
+        let http = reqwest::Client::new();
+        let root = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let ready = http.get(format!("{root}/status")).send().await;
+            if let Ok(r) = ready {
+                let v: Value = r.json().await.unwrap_or_default();
+                if v["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chromedriver never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"args": [
+            "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"]}}}});
+        let r: Value = http
+            .post(format!("{root}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {r}"));
+        Driver {
+            child,
+            base: format!("{root}/session/{id}"),
+            http,
+        }
+    }
+
+    /// One command; its `value`, or the WebDriver error.
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "GET" => self.http.get(url),
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url).json(&body.unwrap_or_else(|| json!({}))),
+        };
+        let r = req.send().await.map_err(|e| e.to_string())?;
+        let ok = r.status().is_success();
+        let v: Value = r.json().await.map_err(|e| e.to_string())?;
+        if ok {
+            Ok(v["value"].clone())
+        } else {
+            Err(v["value"].to_string())
+        }
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url })))
+            .await
+            .unwrap();
+    }
+
+    /// Runs `script` (a function body) in the page.
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// The element `css` names, waiting up to 10 s for it.
+    async fn find(&self, css: &str) -> String {
+        let body = json!({"using": "css selector", "value": css});
+        for _ in 0..100 {
+            if let Ok(v) = self.cmd("POST", "/element", Some(body.clone())).await {
+                return v[ELEMENT]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("find {css}: {v}"))
+                    .to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no element {css}: {}", self.page_text().await);
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.find(css).await;
+        self.cmd("POST", &format!("/element/{el}/click"), None)
+            .await
+            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let el = self.find(css).await;
+        self.cmd("POST", &format!("/element/{el}/clear"), None)
+            .await
+            .unwrap();
+        self.cmd(
+            "POST",
+            &format!("/element/{el}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Accepts the confirmation the last click opened (waiting up to 5 s for it).
+    async fn confirm(&self) {
+        for _ in 0..50 {
+            if self.cmd("POST", "/alert/accept", None).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no confirmation dialog opened");
+    }
+
+    async fn page_text(&self) -> String {
+        self.js("return document.getElementById('page').innerText")
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits up to `secs` for the text of `css` to contain `want`; returns that text.
+    async fn wait_text(&self, css: &str, want: &str, secs: u64) -> String {
+        let script = format!(
+            "const e = document.querySelector({}); return e ? (e.value !== undefined && e.tagName === 'TEXTAREA' ? e.value : e.innerText) : ''",
+            serde_json::to_string(css).unwrap()
+        );
+        let mut last = String::new();
+        for _ in 0..secs * 10 {
+            last = self
+                .js(&script)
+                .await
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if last.contains(want) {
+                return last;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("{css} never showed {want:?}; it shows {last:?}");
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.cmd("GET", "/screenshot", None).await.unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+fn chromedriver() -> bool {
+    let ok = Command::new("chromedriver")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        ok || std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: chromedriver is not installed (apt-get install chromium-driver)"
+    );
+    ok
+}
+
+/// A gateway config whose only upstream refuses connections, behind a breaker that opens
+/// after 5 failures.
+fn failing_gateway_config(dir: &std::path::Path, route: &str) -> std::path::PathBuf {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let path = dir.join(format!("{route}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[route]]
+name = "{route}"
+upstream = "billing"
+path_prefix = "/"
+breaker = {{ failure_rate = 50, window = 10, minimum_calls = 5, open_ms = 60000 }}
+
+[[upstream]]
+name = "billing"
+endpoints = [{{ address = "{dead}" }}]
+outlier = {{ consecutive_failures = 0 }}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Sends 10 requests through a gateway: 5 fail at the upstream, then its breaker refuses.
+async fn open_breaker(http: &reqwest::Client, gateway: &str) {
+    let mut codes = Vec::new();
+    for _ in 0..10 {
+        codes.push(
+            http.get(format!("{gateway}/orders/1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(&codes[5..], [503; 5], "{codes:?}");
+}
+
+/// `weft gateway` on the node's etcd API, with an admin API; returns it and its proxy URL.
+#[cfg(feature = "etcd")]
+fn standalone_gateway(etcd: &str, config: &std::path::Path) -> (common::Node, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(common::BIN)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--name",
+            "edge-1",
+            "--threads",
+            "1",
+            "--etcd-endpoints",
+            etcd,
+        ])
+        .arg("--config")
+        .arg(config)
+        .env("WEFT_LOG", "warn")
+        .env_remove("WEFT_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn weft gateway");
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    // Keep reading its stdout so it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+            sink.clear();
+        }
+    });
+    (
+        common::Node {
+            child,
+            endpoint: url.clone(),
+        },
+        url,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_edit_keys_and_pages_follow_the_store_live() {
+    if chromium().is_none() || !chromedriver() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: chromium is not installed"
+        );
+        eprintln!("skipping: chromium or chromedriver is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw_port = common::free_port();
+    let gw_conf = failing_gateway_config(dir.path(), "orders");
+    let data = dir.path().join("data");
+    let gw_listen = format!("127.0.0.1:{gw_port}");
+    #[allow(unused_mut)] // only extended with the etcd feature
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--data-dir".into(),
+        data.into(),
+        "--gateway-listen".into(),
+        gw_listen.clone().into(),
+        "--gateway-config".into(),
+        gw_conf.clone().into(),
+    ];
+    #[cfg(feature = "etcd")]
+    let etcd = format!("http://127.0.0.1:{}", common::free_port());
+    #[cfg(feature = "etcd")]
+    args.extend([
+        "--etcd-listen".into(),
+        etcd.trim_start_matches("http://").into(),
+    ]);
+    let argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let node = common::start_with(&argv);
+    let ep = node.endpoint.clone();
+    let http = reqwest::Client::new();
+    #[cfg(feature = "etcd")]
+    let edge_conf = failing_gateway_config(dir.path(), "edge");
+    #[cfg(feature = "etcd")]
+    let (_edge, edge_url) = standalone_gateway(&etcd, &edge_conf);
+    #[cfg(feature = "etcd")]
+    open_breaker(&http, &edge_url).await;
+    open_breaker(&http, &format!("http://{gw_listen}")).await;
+
+    post(
+        &http,
+        &ep,
+        "/v1/kv/put",
+        json!({"key": "app/config", "value": "v1"}),
+    )
+    .await;
+    let grant = |ttl| post(&http, &ep, "/v1/lease/grant", json!({ "ttl": ttl }));
+    let a = grant(300).await["id"].as_i64().unwrap();
+    let b = grant(300).await["id"].as_i64().unwrap();
+    post(
+        &http,
+        &ep,
+        "/v1/lock/acquire",
+        json!({"name": "billing", "lease": a}),
+    )
+    .await;
+    post(
+        &http,
+        &ep,
+        "/v1/election/campaign",
+        json!({"name": "scheduler", "lease": a, "value": "node-a"}),
+    )
+    .await;
+    // A waiter and a second candidate: their requests stay open until the test ends.
+    let (h2, ep2) = (http.clone(), ep.clone());
+    let waiter = tokio::spawn(async move {
+        let body = json!({"name": "billing", "lease": b, "timeout_ms": 120000});
+        let _ = h2
+            .post(format!("{ep2}/v1/lock/acquire"))
+            .json(&body)
+            .send()
+            .await;
+    });
+    let (h3, ep3) = (http.clone(), ep.clone());
+    let candidate = tokio::spawn(async move {
+        let body =
+            json!({"name": "scheduler", "lease": b, "value": "node-b", "timeout_ms": 120000});
+        let _ = h3
+            .post(format!("{ep3}/v1/election/campaign"))
+            .json(&body)
+            .send()
+            .await;
+    });
+    post(&http, &ep, "/v1/svc/register", json!({"service": "users", "lease": a, "instance": {"id": "users-1", "address": "10.0.0.7:8080"}})).await;
+
+    let d = Driver::start().await;
+
+    // Gateways: the node's own and (with etcd) a standalone one read through its admin API.
+    d.goto(&format!("{ep}/ui#/gateways")).await;
+    d.wait_text("#page", "orders", 10).await;
+    d.wait_text("[data-breaker=orders]", "open", 10).await;
+    let text = d.wait_text("#page", "0 / 5 / 0 / 5", 10).await;
+    assert!(text.contains("inside this node"), "{text}");
+    #[cfg(feature = "etcd")]
+    {
+        let text = d.wait_text("#page", "edge-1", 10).await;
+        assert!(text.contains("Gateway edge-1"), "{text}");
+        d.wait_text("[data-breaker=edge]", "open", 10).await;
+    }
+    // Calls refused while the page is open show as a rate on the route's chart.
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://{gw_listen}/orders/2"))
+            .send()
+            .await;
+        assert_eq!(r.unwrap().status().as_u16(), 503);
+    }
+    d.wait_text("#page", "0 / 5 / 0 / 25", 10).await;
+    let legend = d.wait_text("[data-chart$='/orders']", "rejected", 1).await;
+    assert!(!legend.contains("rejected 0.0/s"), "{legend}");
+    d.screenshot("click-gateways").await;
+
+    // Locks: the holder, its waiter, the leader and the second candidate.
+    d.goto(&format!("{ep}/ui#/locks")).await;
+    let text = d.wait_text("#page", &format!("{b:x}"), 10).await;
+    assert!(text.contains(&format!("{a:x}")), "{text}");
+    assert!(text.contains("node-a") && text.contains("term"), "{text}");
+    d.screenshot("click-locks").await;
+
+    // Services follow the store without polling: a new instance shows up by the watch.
+    d.goto(&format!("{ep}/ui#/services")).await;
+    d.wait_text("#page", "users-1", 10).await;
+    for _ in 0..100 {
+        if d.js("return document.getElementById('page').getAttribute('data-live')")
+            .await
+            == "1"
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    post(&http, &ep, "/v1/svc/register", json!({"service": "users", "lease": a, "instance": {"id": "users-2", "address": "10.0.0.8:8080"}})).await;
+    d.wait_text("#page", "users-2", 5).await;
+
+    // A key edit at a stale revision is refused and shown; a fresh one is applied.
+    d.goto(&format!("{ep}/ui#/keys?prefix=app/&key=app/config"))
+        .await;
+    d.wait_text("#key-value", "v1", 10).await;
+    post(
+        &http,
+        &ep,
+        "/v1/kv/put",
+        json!({"key": "app/config", "value": "v2"}),
+    )
+    .await;
+    d.wait_text("#key-stale", "since you opened it", 5).await;
+    d.type_into("#key-value", "from-ui-stale").await;
+    d.click("#key-save").await;
+    d.confirm().await;
+    d.wait_text("#key-result", "not written", 5).await;
+    d.screenshot("click-keys-stale").await;
+    let value = |v: Value| v["kvs"][0]["value"].as_str().unwrap().to_string();
+    let now = post(&http, &ep, "/v1/kv/range", json!({"key": "app/config"})).await;
+    assert_eq!(value(now), "v2");
+    d.click("a[data-key='app/config']").await;
+    d.wait_text("#key-value", "v2", 5).await;
+    d.type_into("#key-value", "from-ui").await;
+    d.click("#key-save").await;
+    d.confirm().await;
+    d.wait_text("#key-result", "written at revision", 5).await;
+    let now = post(&http, &ep, "/v1/kv/range", json!({"key": "app/config"})).await;
+    assert_eq!(value(now), "from-ui");
+    d.screenshot("click-keys-fresh").await;
+
+    // Sharding: the analysis as charts, with the form driving it.
+    d.goto(&format!("{ep}/ui#/sharding?nodes=4&keys=4000&add=1"))
+        .await;
+    d.wait_text("section[data-algo=jump]", "node-3", 20).await;
+    d.type_into("input[aria-label=nodes]", "6").await;
+    d.click("button.analyze").await;
+    d.wait_text("section[data-algo=maglev]", "node-5", 20).await;
+    d.screenshot("click-sharding").await;
+
+    waiter.abort();
+    candidate.abort();
+    let _ = d.cmd("DELETE", "", None).await;
 }

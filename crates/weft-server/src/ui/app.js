@@ -50,17 +50,21 @@ function askToken() {
 // A live view: the node's SSE watch of a key prefix, read with fetch (EventSource cannot send
 // the token). `onChange` gets each batch of events; the stream is aborted when the page
 // changes and reopened after an error.
-function watch(prefix, onChange) {
+function watch(prefix, onChange, fromRevision) {
   const ctrl = new AbortController();
   state.watches.push(ctrl);
   const page = document.getElementById("page");
   const open = async () => {
     const headers = {};
     if (state.token) headers.authorization = "Bearer " + state.token;
-    const url = "/v1/watch?prefix=true&key=" + encodeURIComponent(prefix);
+    // From the revision the page showed, so a change made meanwhile is not missed.
+    const from = fromRevision ? `&start_revision=${fromRevision}` : "";
+    const url = "/v1/watch?prefix=true&encoding=base64&key=" + encodeURIComponent(btoa(prefix)) + from;
     const r = await fetch(url, { headers, signal: ctrl.signal });
     if (!r.ok) throw new Error(`watch ${prefix}: ${r.status}`);
     page.setAttribute("data-live", String(Number(page.getAttribute("data-live") || 0) + 1));
+    // Without a start revision, what changed before the stream opened is read once now.
+    if (!fromRevision) onChange({ events: [] });
     const reader = r.body.getReader();
     const dec = new TextDecoder();
     let buf = "";
@@ -77,7 +81,12 @@ function watch(prefix, onChange) {
           if (line.startsWith("event:")) ev = line.slice(6).trim();
           else if (line.startsWith("data:")) data += line.slice(5).trim();
         }
-        if (ev === "watch" && data) onChange(JSON.parse(data));
+        if (ev === "watch" && data) {
+          const batch = JSON.parse(data);
+          // A reopened stream goes on after the last batch seen.
+          if (fromRevision && batch.header) fromRevision = Number(batch.header.revision) + 1;
+          onChange(batch);
+        }
       }
     }
   };
@@ -146,7 +155,7 @@ function chart(values) {
 }
 
 // Several lines on one SVG, each with its class (colour) and a legend.
-function lines(series, caption) {
+function lines(series, caption, id) {
   const w = 300, hgt = 60;
   const n = Math.max(1, ...series.map((s) => s.values.length));
   const max = Math.max(1, ...series.flatMap((s) => s.values));
@@ -165,7 +174,7 @@ function lines(series, caption) {
     svg.append(p);
   }
   const legend = series.map((s) => h("span", { class: "legend " + s.cls }, `${s.name} ${(s.values.at(-1) || 0).toFixed(1)}/s`));
-  return h("figure", {}, svg, h("figcaption", { class: "muted" }, caption, " ", ...legend));
+  return h("figure", { "data-chart": id }, svg, h("figcaption", { class: "muted" }, caption, " ", ...legend));
 }
 
 // Horizontal bars: [[label, value], ...], scaled to the largest (or to `max`).
@@ -215,7 +224,7 @@ async function keys(el) {
   const list = h("div", { id: "key-list" });
   const go = h("button", { onclick: () => { location.hash = "#/keys?prefix=" + encodeURIComponent(input.value); } }, "List");
   input.addEventListener("keydown", (e) => { if (e.key === "Enter") go.click(); });
-  const kvs = await keyList(list, detail, prefix);
+  const { kvs, revision } = await keyList(list, detail, prefix);
   el.replaceChildren(h("h1", {}, "Keys"), h("div", { class: "row" }, input, go), list, detail);
   // A key named in the address opens at once (`#/keys?prefix=a/&key=a/b`).
   const want = param("key");
@@ -232,10 +241,10 @@ async function keys(el) {
         if (note) note.textContent = `${open.name} changed at revision ${ev.kv.mod_revision} (${ev.type}) since you opened it at ${open.rev}; open it again to edit the new value.`;
       }
     }
-  }, 100));
+  }, 100), revision + 1);
 }
 
-// The key list of a prefix; returns its key-values.
+// The key list of a prefix; returns its key-values and the revision they were read at.
 async function keyList(list, detail, prefix) {
   const r = await api("/v1/kv/range", { key: btoa(prefix), prefix: true, encoding: "base64", limit: 500 });
   const rows = (r.kvs || []).map((kv) => {
@@ -244,7 +253,7 @@ async function keyList(list, detail, prefix) {
   });
   list.replaceChildren(h("p", { class: "muted" }, `${r.count} keys at revision ${r.header.revision}`),
     table(["key", "version", "mod revision", "lease"], rows));
-  return r.kvs || [];
+  return { kvs: r.kvs || [], revision: Number(r.header.revision) };
 }
 
 // A key's earlier values, newest first, back to the compaction point (20 at most).
@@ -423,7 +432,7 @@ function gatewayView(g, st) {
       b ? `${b.totals.success} / ${b.totals.failure} / ${b.totals.slow} / ${b.totals.rejected}` : ""];
   });
   const charts = (st.routes || []).filter((r) => r.breaker_stats).map((r) =>
-    lines(breakerRates(`${g.id}/${r.name}`, r.breaker_stats.totals), `route ${r.name}: calls per second by outcome`));
+    lines(breakerRates(`${g.id}/${r.name}`, r.breaker_stats.totals), `route ${r.name}: calls per second by outcome`, `${g.id}/${r.name}`));
   const ups = (st.upstreams || []).flatMap((u) => (u.endpoints || []).map((e) => [u.name, e.address,
     h("span", { class: e.healthy ? "ok" : "bad" }, e.healthy ? "healthy" : "unhealthy"),
     e.ejected ? `ejected for ${e.ejected_for_ms} ms` : "no", Number(e.ewma_ms).toFixed(2), e.in_flight, e.requests, e.failures]));
@@ -463,7 +472,7 @@ async function sharding(el) {
     keys: h("input", { type: "number", min: 1, max: 1000000, value: keys, "aria-label": "keys" }),
     add: h("input", { type: "number", min: 0, max: 1000, value: add, "aria-label": "nodes added" }),
   };
-  const go = h("button", { onclick: () => { location.hash = `#/sharding?nodes=${f.nodes.value}&keys=${f.keys.value}&add=${f.add.value}`; } }, "Analyze");
+  const go = h("button", { class: "analyze", onclick: () => { location.hash = `#/sharding?nodes=${f.nodes.value}&keys=${f.keys.value}&add=${f.add.value}`; } }, "Analyze");
   const q = `nodes=${nodes}&keys=${keys}` + (add > 0 ? `&add=${add}` : "");
   const r = await api("/v1/shard/analyze?" + q);
   const an = r.analyses || [];
