@@ -534,7 +534,22 @@ fn log_metrics(e: Arc<Embedded>) -> Arc<dyn Fn() + Send + Sync> {
         metrics::counter!("weft_log_records_total").absolute(st.records);
         metrics::counter!("weft_log_durable_writes_total").absolute(st.fsyncs);
         metrics::counter!("weft_log_inline_writes_total").absolute(st.inline_writes);
+        metrics::counter!("weft_store_reads_total").absolute(st.reads);
+        metrics::counter!("weft_watch_events_total").absolute(st.watch_events);
     })
+}
+
+/// What the dashboard's overview shows beside the store's status: when the node started and
+/// how it keeps writes (`weft_node_info` is 1, its labels say it).
+fn node_info_metrics(a: &UpArgs, store: &str) {
+    weft_server::install_metrics();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!("process_start_time_seconds").set(started);
+    let fsync = format!("{:?}", a.fsync).to_lowercase();
+    metrics::gauge!("weft_node_info", "fsync" => fsync, "store" => store.to_string(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 pub async fn up(a: UpArgs) -> Result<()> {
@@ -651,6 +666,14 @@ pub async fn up(a: UpArgs) -> Result<()> {
         }
         None => (None, None),
     };
+    node_info_metrics(
+        &a,
+        if embedded.is_some() {
+            "embedded"
+        } else {
+            "etcd"
+        },
+    );
     let cfg = weft_server::ServerConfig {
         token: a.token.clone(),
         on_scrape: embedded.clone().map(log_metrics),

@@ -139,7 +139,13 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
     let checks: &[(&str, &[&str])] = &[
         (
             "overview",
-            &["revision", "compact revision", "Writes per second"],
+            &[
+                "revision",
+                "compact revision",
+                "Writes, reads and watch events per second",
+                "<div class=\"value\" data-field=\"fsync\">group</div>",
+                "uptime",
+            ],
         ),
         ("keys", &["app/config", "keys at revision"]),
         ("leases", &[&lease.to_string()]),
@@ -650,6 +656,99 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     d.click("button.analyze").await;
     d.wait_text("section[data-algo=maglev]", "node-5", 20).await;
     d.screenshot("click-sharding").await;
+
+    // A saga whose step and compensation both fail is parked; the operator aborts it from its
+    // page, and the page shows the step graph and the timeline.
+    let dead = "http://127.0.0.1:9/never";
+    let call = json!({"http": {"url": dead}});
+    let works = json!({"http": {"method": "GET", "url": format!("{ep}/health")}});
+    let def = json!({"name": "order", "steps": [
+        {"name": "reserve", "action": works, "compensation": call,
+         "compensation_retry": {"max_attempts": 1, "backoff_ms": 1}},
+        {"name": "charge", "after": ["reserve"], "action": call, "no_compensation": true,
+         "retry": {"max_attempts": 1}}]});
+    post(
+        &http,
+        &ep,
+        "/v1/saga/submit",
+        json!({"definition": def, "id": "saga-1"}),
+    )
+    .await;
+    d.goto(&format!("{ep}/ui#/sagas?state=parked&id=saga-1"))
+        .await;
+    d.wait_text("#saga-detail", "parked at reserve (compensation)", 20)
+        .await;
+    d.find("#saga-detail svg.graph g[data-step=charge]").await;
+    d.wait_text("#saga-detail", "Timeline", 1).await;
+    d.screenshot("click-saga").await;
+    d.click("#saga-abort").await;
+    d.confirm().await;
+    d.wait_text("#saga-result", "abort: done", 5).await;
+    let (s, v) = {
+        let r = http
+            .get(format!("{ep}/v1/saga/get?id=saga-1"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!((s, &v["status"]), (200, &json!("aborted")), "{v}");
+
+    // A message nacked past its group's max deliveries is a dead letter with its reason;
+    // replayed from the queue page, the group gets it again.
+    post(
+        &http,
+        &ep,
+        "/v1/queue/topic/create",
+        json!({"name": "jobs", "config": {"partitions": 1}}),
+    )
+    .await;
+    post(
+        &http,
+        &ep,
+        "/v1/queue/group/create",
+        json!({"topic": "jobs", "group": "workers", "config": {"max_deliveries": 1}}),
+    )
+    .await;
+    post(
+        &http,
+        &ep,
+        "/v1/queue/publish",
+        json!({"topic": "jobs", "messages": [{"value": b64("job-1")}]}),
+    )
+    .await;
+    let pull = json!({"topic": "jobs", "group": "workers", "max": 1, "wait_ms": 2000});
+    let got = post(&http, &ep, "/v1/queue/pull", pull.clone()).await;
+    let receipt = got["messages"][0]["receipt"].clone();
+    post(
+        &http,
+        &ep,
+        "/v1/queue/nack",
+        json!({"topic": "jobs", "group": "workers", "receipt": receipt, "error": "disk full"}),
+    )
+    .await;
+    d.goto(&format!("{ep}/ui#/queues?topic=jobs")).await;
+    let text = d.wait_text("#topic-detail", "disk full", 10).await;
+    assert!(text.contains("job-1"), "{text}");
+    d.screenshot("click-queue").await;
+    d.click("#dlq-replay-all").await;
+    d.confirm().await;
+    d.wait_text("#dlq-result", "1 replayed", 5).await;
+    let again = post(&http, &ep, "/v1/queue/pull", pull).await;
+    assert_eq!(again["messages"][0]["value"], b64("job-1"), "{again}");
+
+    // Leases: revoking the candidate's lease from the page ends its keys.
+    d.goto(&format!("{ep}/ui#/leases")).await;
+    d.click(&format!("button[data-revoke='{b}']")).await;
+    d.confirm().await;
+    d.wait_text("#lease-result", "revoked", 5).await;
+    let gone = http
+        .post(format!("{ep}/v1/lease/ttl"))
+        .json(&json!({ "id": b }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 404, "the lease is revoked");
 
     waiter.abort();
     candidate.abort();

@@ -107,6 +107,14 @@ function debounce(f, ms) {
   return (...a) => { clearTimeout(t); t = setTimeout(() => f(...a), ms); };
 }
 
+// The outcome of a write action, kept across the page's refreshes: a status element that shows
+// it, and `say` to set it.
+function outcome(id) {
+  const el = h("p", { id, class: "error", role: "status" }, (state.said ||= {})[id] || "");
+  const say = (text) => { state.said[id] = text; el.textContent = text; };
+  return [el, say];
+}
+
 // Small DOM helpers.
 function h(tag, attrs, ...children) {
   const e = document.createElement(tag);
@@ -155,7 +163,7 @@ function chart(values) {
 }
 
 // Several lines on one SVG, each with its class (colour) and a legend.
-function lines(series, caption, id) {
+function lines(series, caption, id, unit = "/s") {
   const w = 300, hgt = 60;
   const n = Math.max(1, ...series.map((s) => s.values.length));
   const max = Math.max(1, ...series.flatMap((s) => s.values));
@@ -173,7 +181,7 @@ function lines(series, caption, id) {
     p.setAttribute("vector-effect", "non-scaling-stroke");
     svg.append(p);
   }
-  const legend = series.map((s) => h("span", { class: "legend " + s.cls }, `${s.name} ${(s.values.at(-1) || 0).toFixed(1)}/s`));
+  const legend = series.map((s) => h("span", { class: "legend " + s.cls }, `${s.name} ${(s.values.at(-1) || 0).toFixed(unit ? 1 : 0)}${unit}`));
   return h("figure", { "data-chart": id }, svg, h("figcaption", { class: "muted" }, caption, " ", ...legend));
 }
 
@@ -200,21 +208,38 @@ function counter(text, name) {
   return line ? Number(line.split(" ")[1]) : 0;
 }
 
+// Labels of a Prometheus line `name{a="x",b="y"} v`.
+function labels(text, name) {
+  const line = String(text).split("\n").find((l) => l.startsWith(name + "{"));
+  const out = {};
+  if (line) for (const m of line.matchAll(/(\w+)="([^"]*)"/g)) out[m[1]] = m[2];
+  return out;
+}
+
+const duration = (s) => s >= 86400 ? `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`
+  : s >= 3600 ? `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min` : s >= 60 ? `${Math.floor(s / 60)} min ${Math.floor(s % 60)} s` : `${Math.floor(s)} s`;
+
 async function overview(el) {
   const s = await api("/v1/status");
   const metrics = await api("/metrics").catch(() => "");
   const gws = await api("/v1/gateways").catch(() => null);
   const now = Date.now(), rev = Number(s.header.revision);
-  state.samples.push([now, rev, counter(metrics, "weft_log_durable_writes_total")]);
-  state.samples = state.samples.slice(-60);
+  state.samples.push([now, rev, counter(metrics, "weft_store_reads_total"), counter(metrics, "weft_watch_events_total"),
+    counter(metrics, "weft_log_durable_writes_total")]);
+  state.samples = state.samples.slice(-90);
   const rate = (k) => state.samples.slice(1).map((x, i) => (x[k] - state.samples[i][k]) / Math.max(0.001, (x[0] - state.samples[i][0]) / 1000));
-  const rates = rate(1), fsyncs = rate(2);
+  const info = labels(metrics, "weft_node_info");
+  const started = counter(metrics, "process_start_time_seconds");
+  const series = (name, k, cls) => ({ name, cls, values: rate(k) });
   el.replaceChildren(h("h1", {}, "Overview"),
     h("div", { class: "cards" }, card("revision", rev), card("compact revision", s.compact_revision),
-      card("size", bytes(Number(s.db_size))), card("version", s.version),
+      card("size", bytes(Number(s.db_size))), card("fsync", info.fsync || "?"),
+      card("uptime", started ? duration(now / 1000 - started) : "?"), card("version", s.version),
       card("gateways", gws ? h("a", { href: "#/gateways" }, String(gws.gateways.length)) : "?")),
-    h("h2", {}, "Writes per second"), chart(rates.length ? rates : [0]),
-    h("h2", {}, "Log fsyncs per second"), chart(fsyncs.length ? fsyncs : [0]));
+    h("h2", {}, "Writes, reads and watch events per second"),
+    lines([series("writes", 1, "s-success"), series("reads", 2, "s-slow"), series("watch events", 3, "s-rejected")],
+      `over the last ${state.samples.length} samples, 2 s apart`, "traffic"),
+    h("h2", {}, "Log fsyncs per second"), chart(rate(4).length ? rate(4) : [0]));
 }
 
 async function keys(el) {
@@ -310,12 +335,22 @@ async function openKey(el, kv) {
 
 async function leases(el) {
   const r = await api("/v1/lease/list");
+  const [out, say] = outcome("lease-result");
+  const revoke = async (id) => {
+    if (!confirm(`Revoke lease ${id}? The keys attached to it are deleted.`)) return;
+    try {
+      await api("/v1/lease/revoke", { id });
+      say(`lease ${id} revoked`);
+    } catch (e) { say(e.message); }
+  };
   const rows = [];
   for (const id of (r.leases || []).slice(0, 200)) {
     const t = await api("/v1/lease/ttl", { id, keys: true }).catch(() => null);
-    rows.push([String(id), t ? t.ttl : "?", t ? t.granted_ttl : "?", t && t.keys ? t.keys.join(", ") : ""]);
+    const keys = t && t.keys ? t.keys : [];
+    rows.push([String(id), t ? t.ttl + " s" : "?", t ? t.granted_ttl + " s" : "?", keys.join(", "),
+      h("button", { "data-revoke": String(id), onclick: () => revoke(id) }, "Revoke")]);
   }
-  el.replaceChildren(h("h1", {}, "Leases"), table(["id", "TTL left", "granted TTL", "keys"], rows));
+  el.replaceChildren(h("h1", {}, "Leases"), out, table(["id", "TTL left", "granted TTL", "keys", ""], rows));
 }
 
 async function prefixed(prefix) {
@@ -380,20 +415,137 @@ async function locks(el) {
     h("h2", {}, "Elections"), table(["name", "leader lease", "term", "value", "candidates in order", "terms seen on this page"], electionRows));
 }
 
+const SAGA_STATES = ["running", "compensating", "parked", "committed", "compensated", "aborted"];
+const stepClass = (st) => ({ succeeded: "ok", compensated: "muted", failed: "bad", running: "", compensating: "bad", pending: "muted" }[st] ?? "");
+
 async function sagas(el) {
-  const r = await api("/v1/saga/list").catch((e) => ({ error: e.message }));
-  if (r.error) return el.replaceChildren(h("h1", {}, "Sagas"), h("p", { class: "error" }, r.error));
+  const want = param("state");
+  const id = param("id");
+  const q = want ? `?state=${encodeURIComponent(want)}&limit=200` : "?limit=50";
+  const r = await api("/v1/saga/list" + q);
   const list = r.sagas || [];
-  el.replaceChildren(h("h1", {}, "Sagas"), table(["id", "name", "status", "updated"], list.map((s) => [s.id, s.name || "", s.status, s.updated_ms ? new Date(s.updated_ms).toISOString() : ""])));
+  const filter = h("nav", { class: "row", "aria-label": "saga states" },
+    h("a", { href: "#/sagas", "aria-current": want ? undefined : "page" }, "all"),
+    SAGA_STATES.map((s) => h("a", { href: "#/sagas?state=" + s, "aria-current": want === s ? "page" : undefined }, s)));
+  const rows = list.map((s) => [h("a", { href: `#/sagas?${want ? "state=" + want + "&" : ""}id=${encodeURIComponent(s.id)}`, "data-saga": s.id }, s.id),
+    s.name || "", h("span", { class: stepClass({ committed: "succeeded", parked: "failed", aborted: "failed" }[s.status] || s.status) }, s.status),
+    s.parked ? `${s.parked.step} (${s.parked.phase}): ${s.parked.error}` : s.reason || "",
+    s.updated_ms ? new Date(s.updated_ms).toISOString() : ""]);
+  const parts = [h("h1", {}, "Sagas"), filter, table(["id", "name", "status", "parked at / reason", "updated"], rows)];
+  if (id) parts.push(await sagaDetail(id));
+  el.replaceChildren(...parts);
+}
+
+// The step graph: one column per dependency depth, arrows from each step to those after it.
+function sagaGraph(def, steps) {
+  const depth = {};
+  const byName = Object.fromEntries(def.steps.map((s) => [s.name, s]));
+  const d = (n) => depth[n] ??= Math.max(-1, ...(byName[n].after || []).map(d)) + 1;
+  def.steps.forEach((s) => d(s.name));
+  const cols = [];
+  def.steps.forEach((s) => (cols[depth[s.name]] ||= []).push(s.name));
+  const W = 150, H = 46, GX = 60, GY = 18;
+  const pos = {};
+  cols.forEach((c, x) => c.forEach((n, y) => { pos[n] = [x * (W + GX) + 4, y * (H + GY) + 4]; }));
+  const svgW = cols.length * (W + GX), svgH = Math.max(...cols.map((c) => c.length)) * (H + GY) + 4;
+  const NS = "http://www.w3.org/2000/svg";
+  const mk = (tag, attrs) => { const e = document.createElementNS(NS, tag); for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; };
+  const svg = mk("svg", { viewBox: `0 0 ${svgW} ${svgH}`, width: svgW, height: svgH, class: "graph", role: "img", "aria-label": "saga step graph" });
+  for (const s of def.steps) for (const a of s.after || []) {
+    const [x1, y1] = pos[a], [x2, y2] = pos[s.name];
+    svg.append(mk("path", { d: `M${x1 + W},${y1 + H / 2} C${x1 + W + GX / 2},${y1 + H / 2} ${x2 - GX / 2},${y2 + H / 2} ${x2},${y2 + H / 2}`, class: "edge" }));
+  }
+  for (const s of def.steps) {
+    const [x, y] = pos[s.name];
+    const st = (steps[s.name] || {}).status || "pending";
+    const g = mk("g", { class: "node " + st, "data-step": s.name });
+    g.append(mk("rect", { x, y, width: W, height: H, rx: 6 }));
+    const t1 = mk("text", { x: x + 8, y: y + 19 }); t1.textContent = s.name;
+    const t2 = mk("text", { x: x + 8, y: y + 37, class: "sub" }); t2.textContent = st;
+    g.append(t1, t2);
+    svg.append(g);
+  }
+  return svg;
+}
+
+async function sagaDetail(id) {
+  const v = await api("/v1/saga/get?id=" + encodeURIComponent(id));
+  const [out, say] = outcome("saga-result");
+  const act = async (what, body) => {
+    if (!confirm(`${what} saga ${id}${body.step ? " at step " + body.step : ""}?`)) return;
+    try {
+      await api(`/v1/saga/${what}`, body);
+      say(`${what}: done`);
+    } catch (e) { say(e.message); }
+  };
+  const actions = v.status === "parked" ? [
+    h("button", { id: "saga-resume", onclick: () => act("resume", { id }) }, "Resume"),
+    h("button", { id: "saga-skip", onclick: () => act("skip", { id, step: v.parked.step }) }, `Mark ${v.parked.step} done`),
+  ] : [];
+  if (["running", "compensating", "parked"].includes(v.status)) actions.push(h("button", { id: "saga-abort", onclick: () => act("abort", { id }) }, "Abort"));
+  const t0 = v.created_ms || 0;
+  return h("section", { id: "saga-detail" }, h("h2", {}, `${v.name} ${id}`),
+    h("div", { class: "cards" }, card("status", v.status), card("steps", Object.keys(v.steps || {}).length),
+      card("created", new Date(v.created_ms).toISOString()), card("events", v.events)),
+    v.parked ? h("p", { class: "error" }, `parked at ${v.parked.step} (${v.parked.phase}) after ${v.parked.attempts} attempts: ${v.parked.error}`) : "",
+    v.reason ? h("p", { class: "muted" }, v.reason) : "",
+    h("div", { class: "row" }, actions), out,
+    h("h3", {}, "Steps"), sagaGraph(v.definition, v.steps || {}),
+    table(["step", "status", "attempts", "compensation attempts", "last error"], Object.entries(v.steps || {}).map(([n, s]) =>
+      [n, h("span", { class: stepClass(s.status) }, s.status + (s.unknown ? " (outcome unknown)" : "")), s.attempts ?? 0, s.compensation_attempts ?? 0, s.last_error || ""])),
+    h("h3", {}, "Timeline"),
+    table(["at (ms after start)", "event", "step", "phase", "attempt", "took (ms)", "detail"], (v.timeline || []).map((e) =>
+      [e.at_ms - t0, e.kind, e.step || "", e.phase || "", e.attempt ?? "", e.duration_ms ?? "", e.detail || ""])));
 }
 
 async function queues(el) {
   const r = await api("/v1/queue/topics").catch((e) => ({ error: e.message }));
   if (r.error) return el.replaceChildren(h("h1", {}, "Queues"), h("p", { class: "error" }, r.error));
-  const topics = r.topics || r;
-  const rows = (Array.isArray(topics) ? topics : []).map((t) => [t.name, (t.partitions || []).length,
-    (t.partitions || []).reduce((a, p) => a + (p.end - p.start), 0), (t.groups || []).map((g) => g.name || g).join(", ")]);
-  el.replaceChildren(h("h1", {}, "Queues"), table(["topic", "partitions", "messages", "groups"], rows));
+  const names = (r.topics || []).map((t) => t.name || t);
+  const parts = [h("h1", {}, "Queues")];
+  const rows = [];
+  const details = [];
+  for (const name of names) {
+    const t = await api("/v1/queue/topic?name=" + encodeURIComponent(name));
+    const depth = (t.partitions || []).reduce((a, p) => a + (p.end - p.start), 0);
+    rows.push([h("a", { href: "#/queues?topic=" + encodeURIComponent(name) }, name), (t.partitions || []).length, depth,
+      (t.groups || []).map((g) => `${g.name} (lag ${g.lag})`).join(", ")]);
+    // Depth and each group's lag over time, sampled at each refresh.
+    const hist = (state.queues ||= {})[name] ||= [];
+    hist.push({ depth, lags: Object.fromEntries((t.groups || []).map((g) => [g.name, g.lag])) });
+    if (hist.length > 90) hist.shift();
+    if (param("topic") === name) details.push(await topicDetail(t, hist));
+  }
+  parts.push(table(["topic", "partitions", "messages", "groups"], rows), ...details);
+  el.replaceChildren(...parts);
+}
+
+async function topicDetail(t, hist) {
+  const [out, say] = outcome("dlq-result");
+  const dead = (await api("/v1/queue/dead?topic=" + encodeURIComponent(t.name) + "&max=100")).dead || [];
+  const replay = async (offsets) => {
+    if (!confirm(offsets ? `Replay dead letter ${offsets[0]} of ${t.name}?` : `Replay every dead letter of ${t.name}?`)) return;
+    try {
+      const r = await api("/v1/queue/dead/replay", offsets ? { topic: t.name, offsets } : { topic: t.name });
+      say(`${r.replayed} replayed`);
+    } catch (e) { say(e.message); }
+  };
+  const groups = (t.groups || []).map((g) => [g.name, g.lag, g.in_flight, g.delayed, g.redeliveries, g.dead, g.oldest_unacked_ms ? g.oldest_unacked_ms + " ms" : ""]);
+  const colors = ["s-success", "s-failure", "s-slow", "s-rejected"];
+  const series = [{ name: "depth", cls: "s-depth", values: hist.map((x) => x.depth) },
+    ...(t.groups || []).map((g, i) => ({ name: `${g.name} lag`, cls: colors[i % colors.length], values: hist.map((x) => x.lags[g.name] ?? 0) }))];
+  return h("section", { id: "topic-detail" }, h("h2", {}, `Topic ${t.name}`),
+    table(["partition", "first offset", "next offset", "messages", "bytes"], (t.partitions || []).map((p) => [p.partition, p.start, p.end, p.end - p.start, bytes(p.bytes)])),
+    h("h3", {}, "Groups"), table(["group", "lag", "in flight", "delayed", "redeliveries", "dead", "oldest unacked"], groups),
+    lines(series, "messages and lag over the last samples (2 s apart)", "queue/" + t.name, ""),
+    h("h3", {}, `Dead letters (${dead.length})`),
+    h("div", { class: "row" }, h("button", { id: "dlq-replay-all", onclick: () => replay(null) }, "Replay all")), out,
+    table(["dead-letter offset", "group", "reason", "deliveries", "last error", "from", "value", ""], dead.map((m) => {
+      const hd = m.headers || {};
+      return [m.offset, hd["weft-dead-group"] || "", hd["weft-dead-reason"] || "", hd["weft-dead-deliveries"] || "", hd["weft-dead-error"] || "",
+        `${hd["weft-dead-partition"] ?? "?"}:${hd["weft-dead-offset"] ?? "?"}`, showValue(m.value).slice(0, 200),
+        h("button", { "data-replay": String(m.offset), onclick: () => replay([m.offset]) }, "Replay")];
+    })));
 }
 
 async function replication(el) {

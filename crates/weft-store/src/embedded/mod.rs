@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use async_trait::async_trait;
@@ -142,6 +142,10 @@ pub struct Stats {
     /// Watchers registered now: one per open [`WatchStream`], until it
     /// is dropped.
     pub watchers: u64,
+    /// Range requests served.
+    pub reads: u64,
+    /// Watch events delivered, summed over watchers.
+    pub watch_events: u64,
 }
 
 /// The embedded store. Dropping it (or [`Embedded::close`]) flushes the log and releases the
@@ -166,6 +170,10 @@ struct Inner {
     primary: RwLock<Option<String>>,
     /// Whether `primary` is set: client writes are refused, leases do not expire here.
     replica: AtomicBool,
+    /// Range requests served (see [`Stats::reads`]).
+    reads: AtomicU64,
+    /// Watch events delivered (see [`Stats::watch_events`]).
+    watch_events: AtomicU64,
 }
 
 impl std::fmt::Debug for Embedded {
@@ -244,6 +252,8 @@ impl Embedded {
             sweep_wake: Arc::new(Notify::new()),
             primary: RwLock::new(None),
             replica: AtomicBool::new(false),
+            reads: AtomicU64::new(0),
+            watch_events: AtomicU64::new(0),
         });
         tokio::spawn(sweeper(
             Arc::downgrade(&inner),
@@ -277,6 +287,8 @@ impl Embedded {
             direct_io: self.inner.log.direct_io.load(Ordering::Relaxed),
             inline_writes: self.inner.log.inline_writes.load(Ordering::Relaxed),
             watchers: self.inner.log.hub.len() as u64,
+            reads: self.inner.reads.load(Ordering::Relaxed),
+            watch_events: self.inner.watch_events.load(Ordering::Relaxed),
         }
     }
 
@@ -719,6 +731,9 @@ impl Watcher {
                 }
                 self.next = upto + 1;
                 if !evs.is_empty() {
+                    self.inner
+                        .watch_events
+                        .fetch_add(evs.len() as u64, Ordering::Relaxed);
                     if self.next <= vis {
                         self.taken = Some((vis, first));
                     }
@@ -950,6 +965,7 @@ impl Store for Embedded {
 impl Store for EmbeddedRef {
     async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
         check_range(&req)?;
+        self.0.reads.fetch_add(1, Ordering::Relaxed);
         let vis = self.0.visible();
         let st = self.0.state.read().expect("state poisoned");
         let rev = if req.revision == 0 {
