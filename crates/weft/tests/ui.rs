@@ -750,6 +750,77 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
         .unwrap();
     assert_eq!(gone.status().as_u16(), 404, "the lease is revoked");
 
+    // A phone's width: no page is wider than the screen (wide tables scroll on their own).
+    d.cmd(
+        "POST",
+        "/window/rect",
+        Some(json!({"width": 390, "height": 844})),
+    )
+    .await
+    .unwrap();
+    for page in [
+        "overview",
+        "keys?prefix=app/&key=app/config",
+        "leases",
+        "services",
+        "locks",
+        "gateways",
+        "sharding",
+        "sagas?id=saga-1",
+        "queues?topic=jobs",
+        "replication",
+    ] {
+        d.goto(&format!("{ep}/ui#/{page}")).await;
+        d.find("#page[data-ready='1']").await;
+        let over = d
+            .js("return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            .await;
+        let wide = d
+            .js("return [document.documentElement.clientWidth, ...[...document.querySelectorAll('body *')].filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1 || (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX === 'visible')).slice(0, 5).map((e) => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))].join(', ')")
+            .await;
+        assert!(
+            over.as_i64().unwrap() <= 0,
+            "{page} is {over} px wider than a phone: {wide}"
+        );
+    }
+    d.screenshot("click-phone-sagas").await;
+    // Dark: the page follows the system's colour scheme.
+    d.cmd(
+        "POST",
+        "/goog/cdp/execute",
+        Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}})),
+    )
+    .await
+    .unwrap();
+    let bg = d
+        .js("return getComputedStyle(document.body).backgroundColor")
+        .await;
+    assert_eq!(bg, "rgb(22, 22, 24)", "dark background");
+    d.screenshot("click-phone-dark").await;
+
+    // By keyboard: from the brand link, Tab goes to Overview, then Keys; Enter opens it.
+    d.goto(&format!("{ep}/ui#/overview")).await;
+    d.find("#page[data-ready='1']").await;
+    d.js("document.querySelector('.brand').focus()").await;
+    let keys: Vec<Value> = ["\u{E004}", "\u{E004}", "\u{E007}"]
+        .iter()
+        .flat_map(|k| {
+            [
+                json!({"type": "keyDown", "value": k}),
+                json!({"type": "keyUp", "value": k}),
+            ]
+        })
+        .collect();
+    d.cmd(
+        "POST",
+        "/actions",
+        Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": keys}]})),
+    )
+    .await
+    .unwrap();
+    d.wait_text("#page", "keys at revision", 5).await;
+    assert_eq!(d.js("return location.hash").await, "#/keys");
+
     waiter.abort();
     candidate.abort();
     let _ = d.cmd("DELETE", "", None).await;

@@ -126,9 +126,10 @@ function h(tag, attrs, ...children) {
   return e;
 }
 const card = (label, value) => h("div", { class: "card" }, h("div", { class: "label" }, label), h("div", { class: "value", "data-field": label }, value));
+// A table in its own horizontal scroller, so a wide one never widens the page (phones).
 function table(cols, rows) {
-  return h("table", {}, h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c)))),
-    h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c))))));
+  return h("div", { class: "scroll" }, h("table", {}, h("thead", {}, h("tr", {}, cols.map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, rows.map((r) => h("tr", {}, r.map((c) => h("td", {}, c)))))));
 }
 const bytes = (n) => n >= 1 << 20 ? (n / (1 << 20)).toFixed(1) + " MiB" : n >= 1024 ? (n / 1024).toFixed(1) + " KiB" : n + " B";
 
