@@ -147,7 +147,10 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
                 "uptime",
             ],
         ),
-        ("keys", &["app/config", "keys at revision"]),
+        (
+            "keys",
+            &["app/config", "keys at revision", "app/ (1)", "/weft/ ("],
+        ),
         ("leases", &[&lease.to_string()]),
         ("services", &["users", "users-1", "10.0.0.7:8080", "blue"]),
         ("locks", &["billing", "scheduler", "node-a"]),
@@ -823,5 +826,76 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
 
     waiter.abort();
     candidate.abort();
+    let _ = d.cmd("DELETE", "", None).await;
+}
+
+/// A node with a token: the page asks for it once (a dialog, never the address), keeps it for
+/// the tab, and sends it with every call, watches included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_asked_once_and_never_put_in_the_address() {
+    if chromium().is_none() || !chromedriver() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: chromium is not installed"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start_with(&[
+        "--data-dir".as_ref(),
+        dir.path().as_os_str(),
+        "--token".as_ref(),
+        "s3cret-token".as_ref(),
+    ]);
+    let ep = node.endpoint.clone();
+    let d = Driver::start().await;
+    d.goto(&format!("{ep}/ui#/keys")).await;
+    d.type_into("#token", "wrong").await;
+    d.click("#token-form button").await;
+    // A wrong token is asked for again (the dialog opens anew, emptied).
+    let mut asked_again = false;
+    for _ in 0..50 {
+        let v = d
+            .js("const d = document.getElementById('token-dialog'); return d.open && document.getElementById('token').value === ''")
+            .await;
+        if v == true {
+            asked_again = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(asked_again, "a wrong token was not asked for again");
+    d.type_into("#token", "s3cret-token").await;
+    d.click("#token-form button").await;
+    d.wait_text("#page", "keys at revision", 10).await;
+    d.goto(&format!("{ep}/ui#/services")).await;
+    d.find("#page[data-live='1']").await;
+    let http = reqwest::Client::new();
+    let lease: Value = http
+        .post(format!("{ep}/v1/lease/grant"))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"ttl": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{ep}/v1/svc/register"))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"service": "api", "lease": lease["id"], "instance": {"id": "api-1", "address": "10.0.0.9:80"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    d.wait_text("#page", "api-1", 5).await;
+    let url = d.js("return location.href").await;
+    assert!(!url.as_str().unwrap().contains("s3cret"), "{url}");
+    assert_eq!(
+        d.js("return sessionStorage.getItem('weft-token')").await,
+        "s3cret-token"
+    );
+    d.screenshot("token-services").await;
     let _ = d.cmd("DELETE", "", None).await;
 }

@@ -43,6 +43,7 @@ function askToken() {
       sessionStorage.setItem("weft-token", state.token);
       resolve();
     };
+    document.getElementById("token").value = "";
     d.showModal();
   });
 }
@@ -277,7 +278,18 @@ async function keyList(list, detail, prefix) {
     const name = atob(kv.key);
     return [h("a", { href: "javascript:void 0", "data-key": name, onclick: () => openKey(detail, kv) }, name), kv.version, kv.mod_revision, kv.lease || ""];
   });
-  list.replaceChildren(h("p", { class: "muted" }, `${r.count} keys at revision ${r.header.revision}`),
+  // The tree's next level: the prefixes one "/" deeper, each with its key count.
+  const folders = {};
+  for (const kv of r.kvs || []) {
+    const rest = atob(kv.key).slice(prefix.length);
+    const i = rest.indexOf("/", rest.startsWith("/") ? 1 : 0);
+    if (i >= 0) folders[prefix + rest.slice(0, i + 1)] = (folders[prefix + rest.slice(0, i + 1)] || 0) + 1;
+  }
+  const up = prefix.replace(/[^/]*\/?$/, "");
+  const tree = h("nav", { class: "row", "aria-label": "key tree" },
+    prefix ? h("a", { href: "#/keys?prefix=" + encodeURIComponent(up), "data-folder": up }, "↑ " + (up || "(all keys)")) : "",
+    Object.entries(folders).map(([f, n]) => h("a", { href: "#/keys?prefix=" + encodeURIComponent(f), "data-folder": f }, `${f} (${n})`)));
+  list.replaceChildren(tree, h("p", { class: "muted" }, `${r.count} keys at revision ${r.header.revision}` + (r.more ? " (first 500 shown)" : "")),
     table(["key", "version", "mod revision", "lease"], rows));
   return { kvs: r.kvs || [], revision: Number(r.header.revision) };
 }
