@@ -268,9 +268,14 @@ struct Inner {
 }
 
 struct Metrics {
-    /// Success, failure, slow and rejected calls since the breaker was built, readable
-    /// without the metrics recorder ([`CircuitBreaker::totals`]).
-    totals: [AtomicU64; 4],
+    /// Failed, slow and rejected calls since the breaker was built, and the calls recorded
+    /// outside the window (probes, calls admitted in an earlier state), readable without the
+    /// metrics recorder ([`CircuitBreaker::totals`]). Successes are not counted on their own:
+    /// they are the window's records (`AtomicCountWindow::recorded`, or `records` for time
+    /// windows) plus `outside` minus the failures, so the closed-state success path touches
+    /// no counter beyond the window's (a second shared counter there doubled the cost of a
+    /// call under contention: `benches/breaker.rs`).
+    totals: Counts,
     success: metrics::Counter,
     failure: metrics::Counter,
     slow: metrics::Counter,
@@ -278,6 +283,14 @@ struct Metrics {
     state: metrics::Gauge,
     failure_rate: metrics::Gauge,
     slow_rate: metrics::Gauge,
+}
+
+#[derive(Default)]
+struct Counts {
+    failure: AtomicU64,
+    slow: AtomicU64,
+    rejected: AtomicU64,
+    outside: AtomicU64,
 }
 
 /// Calls since a breaker was built, by outcome ([`CircuitBreaker::totals`]).
@@ -480,12 +493,18 @@ impl CircuitBreaker {
     /// Calls counted since the breaker was built, by outcome (the Hystrix view's rates are
     /// differences of two readings).
     pub fn totals(&self) -> Totals {
-        let t = |i: usize| self.metrics.totals[i].load(Ordering::Relaxed);
+        let t = &self.metrics.totals;
+        let failure = t.failure.load(Ordering::Relaxed);
+        let window = match &self.count {
+            Some(c) => c.recorded(),
+            None => self.records.load(Ordering::Relaxed),
+        };
+        let recorded = window + t.outside.load(Ordering::Relaxed);
         Totals {
-            success: t(0),
-            failure: t(1),
-            slow: t(2),
-            rejected: t(3),
+            success: recorded.saturating_sub(failure),
+            failure,
+            slow: t.slow.load(Ordering::Relaxed),
+            rejected: t.rejected.load(Ordering::Relaxed),
         }
     }
 
@@ -623,7 +642,7 @@ impl CircuitBreaker {
             return self.try_acquire();
         }
         self.metrics.rejected.increment(1);
-        self.metrics.totals[3].fetch_add(1, Ordering::Relaxed);
+        self.metrics.totals.rejected.fetch_add(1, Ordering::Relaxed);
         Err(CallNotPermitted { state })
     }
 
@@ -647,19 +666,21 @@ impl CircuitBreaker {
         };
         if failure {
             self.metrics.failure.increment(1);
+            self.metrics.totals.failure.fetch_add(1, Ordering::Relaxed);
         } else {
             self.metrics.success.increment(1);
         }
-        self.metrics.totals[usize::from(failure)].fetch_add(1, Ordering::Relaxed);
         if slow {
             self.metrics.slow.increment(1);
-            self.metrics.totals[2].fetch_add(1, Ordering::Relaxed);
+            self.metrics.totals.slow.fetch_add(1, Ordering::Relaxed);
         }
         if permit.probe {
+            self.metrics.totals.outside.fetch_add(1, Ordering::Relaxed);
             return self.record_probe(permit, failure, slow, now);
         }
         if permit.generation != self.generation.load(Ordering::Acquire) {
             // Admitted in an earlier state: its outcome no longer says anything.
+            self.metrics.totals.outside.fetch_add(1, Ordering::Relaxed);
             return;
         }
         // Closed state: lock-free for count windows.

@@ -276,6 +276,17 @@ async fn time_window_forgets_old_failures() {
     let _ = fail(&b).await;
     assert_eq!(b.state(), State::Closed, "old failures left the window");
     assert_eq!(b.snapshot().calls, 1);
+    // The totals keep what the window forgot.
+    let _ = ok(&b).await;
+    assert_eq!(
+        b.totals(),
+        Totals {
+            success: 1,
+            failure: 4,
+            slow: 0,
+            rejected: 0
+        }
+    );
 }
 
 #[tokio::test(start_paused = true)]

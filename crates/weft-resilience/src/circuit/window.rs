@@ -92,7 +92,10 @@ impl CountWindow {
 #[derive(Debug)]
 pub struct AtomicCountWindow {
     slots: Box<[std::sync::atomic::AtomicU8]>,
+    /// Records ever made (never reset: it doubles as the breaker's total of window calls).
     next: std::sync::atomic::AtomicU64,
+    /// `next` at the last reset: the window holds the records after it.
+    base: std::sync::atomic::AtomicU64,
     failures: std::sync::atomic::AtomicI64,
     slow: std::sync::atomic::AtomicI64,
 }
@@ -104,6 +107,7 @@ impl AtomicCountWindow {
         AtomicCountWindow {
             slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
             next: AtomicU64::new(0),
+            base: AtomicU64::new(0),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
         }
@@ -134,11 +138,16 @@ impl AtomicCountWindow {
             self.slow.load(Relaxed)
         };
         let snap = Snapshot {
-            calls: (i + 1).min(cap) as u32,
+            calls: (i + 1).saturating_sub(self.base.load(Relaxed)).min(cap) as u32,
             failures: failures.max(0) as u32,
             slow: slow.max(0) as u32,
         };
         (i, snap)
+    }
+
+    /// Records made since the window was built (resets do not clear it).
+    pub fn recorded(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Current totals.
@@ -146,7 +155,11 @@ impl AtomicCountWindow {
         use std::sync::atomic::Ordering::Relaxed;
         let cap = self.slots.len() as u64;
         Snapshot {
-            calls: self.next.load(Relaxed).min(cap) as u32,
+            calls: self
+                .next
+                .load(Relaxed)
+                .saturating_sub(self.base.load(Relaxed))
+                .min(cap) as u32,
             failures: self.failures.load(Relaxed).max(0) as u32,
             slow: self.slow.load(Relaxed).max(0) as u32,
         }
@@ -158,7 +171,7 @@ impl AtomicCountWindow {
         for s in self.slots.iter() {
             s.store(0, Relaxed);
         }
-        self.next.store(0, Relaxed);
+        self.base.store(self.next.load(Relaxed), Relaxed);
         self.failures.store(0, Relaxed);
         self.slow.store(0, Relaxed);
     }
