@@ -38,6 +38,7 @@ pub mod api;
 mod coord;
 mod error;
 pub mod gateways;
+pub mod history;
 mod queue;
 pub mod repl;
 mod saga;
@@ -70,6 +71,8 @@ pub struct ServerConfig {
     pub repl: Option<Arc<weft_repl::Replication>>,
     /// A gateway running inside this node, whose status `/v1/gateway/status` reads directly.
     pub local_gateway: Option<gateways::LocalGateway>,
+    /// The backend's own counters (reads, watch events, fsyncs), sampled for `/v1/history`.
+    pub counters: Option<history::CounterSource>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -82,6 +85,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("queue", &self.queue.is_some())
             .field("repl", &self.repl.is_some())
             .field("local_gateway", &self.local_gateway)
+            .field("counters", &self.counters.is_some())
             .finish()
     }
 }
@@ -96,6 +100,7 @@ impl Default for ServerConfig {
             queue: None,
             repl: None,
             local_gateway: None,
+            counters: None,
         }
     }
 }
@@ -111,6 +116,7 @@ struct AppState {
     queue: Option<Arc<dyn weft_queue::Queue>>,
     repl: Option<Arc<weft_repl::Replication>>,
     local_gateway: Option<gateways::LocalGateway>,
+    history: Arc<history::History>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -250,6 +256,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/gateways"),
     ("get", "/v1/gateway/status"),
     ("get", "/v1/shard/analyze"),
+    ("get", "/v1/history"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -258,6 +265,7 @@ pub fn router(
     cfg: &ServerConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Router {
+    let history = history::History::start(store.clone(), cfg.counters.clone(), shutdown.clone());
     let state = AppState {
         store,
         token: cfg.token.as_deref().map(Arc::from),
@@ -268,6 +276,7 @@ pub fn router(
         queue: cfg.queue.clone(),
         repl: cfg.repl.clone(),
         local_gateway: cfg.local_gateway.clone(),
+        history,
     };
     Router::new()
         .route("/health", get(health))
@@ -337,6 +346,7 @@ pub fn router(
         .route("/v1/gateways", get(gateways::list))
         .route("/v1/gateway/status", get(gateways::status))
         .route("/v1/shard/analyze", get(shard::analyze))
+        .route("/v1/history", get(history::get))
         .fallback(not_found)
         .layer(middleware::from_fn(repl::headers))
         .layer(middleware::from_fn_with_state(state.clone(), auth))

@@ -198,3 +198,35 @@ async fn shard_analysis_compares_algorithms_and_refuses_bad_input() {
         assert!(m.contains(want), "{q}: {m}");
     }
 }
+
+/// The history is sampled every 2 s with the backend's counters when the node gives them
+/// (real time: the node is served over a real socket).
+#[tokio::test]
+async fn history_keeps_samples_of_the_revision_and_counters() {
+    let counters: weft_server::history::CounterSource =
+        Arc::new(|| weft_server::history::Counters {
+            reads: 7,
+            watch_events: 3,
+            fsyncs: 2,
+        });
+    let n = node(ServerConfig {
+        counters: Some(counters),
+        ..Default::default()
+    })
+    .await;
+    n.post("/v1/kv/put", None, json!({"key": "a", "value": "1"}))
+        .await;
+    // The first sample is taken at once, the second 2 s later.
+    tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
+    let (s, v) = n.get("/v1/history", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["interval_ms"], 2000);
+    let samples = v["samples"].as_array().unwrap();
+    assert!((2..=3).contains(&samples.len()), "{v}");
+    let last = samples.last().unwrap();
+    assert_eq!(last["revision"], 2, "the put's revision: {v}");
+    assert_eq!(
+        (last["reads"].as_u64(), last["fsyncs"].as_u64()),
+        (Some(7), Some(2))
+    );
+}

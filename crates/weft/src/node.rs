@@ -681,6 +681,17 @@ pub async fn up(a: UpArgs) -> Result<()> {
         queue: queue_api,
         repl: repl.clone(),
         local_gateway,
+        counters: embedded.clone().map(|e| {
+            let f: weft_server::history::CounterSource = Arc::new(move || {
+                let st = e.stats();
+                weft_server::history::Counters {
+                    reads: st.reads,
+                    watch_events: st.watch_events,
+                    fsyncs: st.fsyncs,
+                }
+            });
+            f
+        }),
         ..Default::default()
     };
     let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));

@@ -145,6 +145,8 @@ async fn every_page_shows_the_nodes_state_in_a_real_browser() {
                 "Writes, reads and watch events per second",
                 "<div class=\"value\" data-field=\"fsync\">group</div>",
                 "uptime",
+                "watch events",
+                "a sample every 2 s",
             ],
         ),
         (

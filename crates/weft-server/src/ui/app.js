@@ -5,7 +5,6 @@
 const state = {
   token: sessionStorage.getItem("weft-token"),
   timer: null,
-  samples: [],
   // Open watch streams of the current page (aborted when the page changes).
   watches: [],
   // Breaker totals per gateway route, sampled at each refresh: [[time ms, totals], ...].
@@ -225,23 +224,25 @@ async function overview(el) {
   const s = await api("/v1/status");
   const metrics = await api("/metrics").catch(() => "");
   const gws = await api("/v1/gateways").catch(() => null);
-  const now = Date.now(), rev = Number(s.header.revision);
-  state.samples.push([now, rev, counter(metrics, "weft_store_reads_total"), counter(metrics, "weft_watch_events_total"),
-    counter(metrics, "weft_log_durable_writes_total")]);
-  state.samples = state.samples.slice(-90);
-  const rate = (k) => state.samples.slice(1).map((x, i) => (x[k] - state.samples[i][k]) / Math.max(0.001, (x[0] - state.samples[i][0]) / 1000));
+  // The node keeps the last 5 minutes (a sample every 2 s), so the charts start full.
+  const hist = await api("/v1/history");
+  const xs = hist.samples || [];
+  const rate = (f) => xs.slice(1).map((x, i) => ((x[f] ?? 0) - (xs[i][f] ?? 0)) / Math.max(0.001, (x.at_ms - xs[i].at_ms) / 1000));
   const info = labels(metrics, "weft_node_info");
-  const started = counter(metrics, "process_start_time_seconds");
-  const series = (name, k, cls) => ({ name, cls, values: rate(k) });
+  const rev = Number(s.header.revision);
+  const series = (name, f, cls) => ({ name, cls, values: rate(f) });
+  const span = xs.length > 1 ? duration((xs.at(-1).at_ms - xs[0].at_ms) / 1000) : "0 s";
+  const traffic = [series("writes", "revision", "s-success")];
+  if (xs.length && xs[0].reads !== undefined) traffic.push(series("reads", "reads", "s-slow"), series("watch events", "watch_events", "s-rejected"));
+  const fsyncs = xs.length && xs[0].fsyncs !== undefined ? rate("fsyncs") : [];
   el.replaceChildren(h("h1", {}, "Overview"),
     h("div", { class: "cards" }, card("revision", rev), card("compact revision", s.compact_revision),
       card("size", bytes(Number(s.db_size))), card("fsync", info.fsync || "?"),
-      card("uptime", started ? duration(now / 1000 - started) : "?"), card("version", s.version),
+      card("uptime", duration((Date.now() - hist.started_ms) / 1000)), card("version", s.version),
       card("gateways", gws ? h("a", { href: "#/gateways" }, String(gws.gateways.length)) : "?")),
     h("h2", {}, "Writes, reads and watch events per second"),
-    lines([series("writes", 1, "s-success"), series("reads", 2, "s-slow"), series("watch events", 3, "s-rejected")],
-      `over the last ${state.samples.length} samples, 2 s apart`, "traffic"),
-    h("h2", {}, "Log fsyncs per second"), chart(rate(4).length ? rate(4) : [0]));
+    lines(traffic, `over the last ${span} (a sample every 2 s)`, "traffic"),
+    h("h2", {}, "Log fsyncs per second"), chart(fsyncs.length ? fsyncs : [0]));
 }
 
 async function keys(el) {
