@@ -12,5 +12,5 @@ fuzz_target!(|data: &[u8]| {
         rest = &rest[i + 2..];
     }
     blocks.push(rest);
-    let _ = weft_etcd_api::decode_header_blocks(&blocks);
+    let _ = weft_h2::decode_header_blocks(&blocks);
 });

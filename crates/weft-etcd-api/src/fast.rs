@@ -3,7 +3,7 @@
 //! reply is written as one data frame plus `grpc-status: 0` trailers, skipping tonic's
 //! per-request layers (router, codec streams, response body machinery, `async_trait`'s boxed
 //! future). Everything else (watch and keep-alive streams, the other services, compressed
-//! requests) goes to tonic's `Routes` unchanged (`http2/`). Measured when it was added: 45–55
+//! requests) goes to tonic's `Routes` unchanged (`weft_h2`). Measured when it was added: 45–55
 //! µs of server CPU per put against 60–71 µs through tonic, in alternating rounds on a slow
 //! machine (docs/runs/etcd-api.md, "unary KV calls without tonic's per-request layers").
 
@@ -16,12 +16,35 @@ use crate::EtcdApi;
 /// Largest request message the fast path reads, as tonic's default decoding limit.
 pub(crate) const MAX_MESSAGE: usize = 4 << 20;
 
+/// The fast-path methods; their discriminants are the ids `weft_h2` carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Method {
-    Range,
-    Put,
-    DeleteRange,
-    Txn,
+    Range = 0,
+    Put = 1,
+    DeleteRange = 2,
+    Txn = 3,
+}
+
+impl weft_h2::FastPath for EtcdApi {
+    fn method(&self, path: &[u8], grpc_encoding: Option<&[u8]>) -> Option<u32> {
+        method_of(path, grpc_encoding).map(|m| m as u32)
+    }
+    fn max_message(&self) -> usize {
+        MAX_MESSAGE
+    }
+}
+
+/// A fast-path call for `weft_h2::serve`: the method id `weft_h2` got from
+/// [`method_of`] (through `FastPath::method`), and the request's gRPC frame.
+pub(crate) async fn call(api: EtcdApi, method: u32, frame: Bytes) -> Result<Bytes, Status> {
+    let m = match method {
+        0 => Method::Range,
+        1 => Method::Put,
+        2 => Method::DeleteRange,
+        3 => Method::Txn,
+        other => return Err(Status::internal(format!("no fast-path method {other}"))),
+    };
+    dispatch(&api, m, frame).await
 }
 
 /// The fast-path method for a request to `path` with `grpc-encoding` `encoding`, if it takes

@@ -5,9 +5,9 @@
 //! message. Generated server traits come from the `etcd-client` crate (`build-server`), so no
 //! proto file is copied here. Errors carry etcd's own messages so clients recognise them.
 //!
-//! The server speaks HTTP/2 with its own connection loop (`http2/`), written for gRPC; unary
-//! KV calls take a fast path past tonic's per-request layers (`fast.rs`), everything else is
-//! served by tonic.
+//! The server speaks HTTP/2 with weft's own connection loop (the `weft-h2` crate), written
+//! for gRPC; unary KV calls take its fast path past tonic's per-request layers (`fast.rs`
+//! implements `weft_h2::FastPath`), everything else is served by tonic.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -39,7 +39,6 @@
 
 mod fast;
 mod gateway;
-mod http2;
 pub mod recipes;
 
 use std::future::Future;
@@ -201,20 +200,6 @@ fn events_bytes(events: &[ws::Event]) -> usize {
         .sum()
 }
 
-/// Decodes `blocks` in order with one HPACK decoder, as one connection would: every field, or
-/// the first error. The entry point of the fuzz target `fuzz/fuzz_targets/hpack.rs`.
-#[doc(hidden)]
-pub fn decode_header_blocks(blocks: &[&[u8]]) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>, String> {
-    let mut d = http2::hpack::Decoder::default();
-    let mut out = Vec::new();
-    for b in blocks {
-        d.decode(&bytes::Bytes::copy_from_slice(b), |n, v| out.push((n, v)))
-            .map_err(|e| e.to_string())?;
-        d.check();
-    }
-    Ok(out)
-}
-
 /// Serves the etcd API (gRPC over cleartext HTTP/2) on `listener` until `shutdown` completes,
 /// then sends GOAWAY, ends open watch and keep-alive streams with `UNAVAILABLE`
 /// ("etcdserver: server stopped", which clients retry elsewhere), and lets unary calls in
@@ -324,7 +309,7 @@ impl Conns {
         );
         set.spawn(async move {
             match is_http2(&stream).await {
-                true => http2::serve(stream, api, routes, stop).await,
+                true => weft_h2::serve(stream, api, fast::call, routes, stop).await,
                 false => gateway::serve(stream, api).await,
             }
         });

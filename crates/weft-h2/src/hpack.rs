@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Size the decoder's dynamic table may have (the protocol default; weft does not change it).
-pub(crate) const TABLE_SIZE: usize = 4096;
+pub const TABLE_SIZE: usize = 4096;
 
 /// RFC 7541 Appendix A.
 const STATIC: [(&str, &str); 61] = [
@@ -84,7 +84,7 @@ const STATIC: [(&str, &str); 61] = [
 /// Why a header block cannot be decoded. Any of these is a connection error
 /// (`COMPRESSION_ERROR`): the two sides' tables can no longer agree.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Error(pub &'static str);
+pub struct Error(pub &'static str);
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,7 +142,7 @@ const HUFFMAN_CACHE: usize = 4;
 
 /// The decoding side of one connection.
 #[derive(Debug)]
-pub(crate) struct Decoder {
+pub struct Decoder {
     /// Newest first.
     table: VecDeque<(Bytes, Bytes)>,
     size: usize,
@@ -216,7 +216,7 @@ impl Decoder {
     }
 
     /// Panics if the table's bookkeeping is off (for the fuzz target).
-    pub(crate) fn check(&self) {
+    pub fn check(&self) {
         let size: usize = self.table.iter().map(|(n, v)| entry_size(n, v)).sum();
         assert_eq!(size, self.size, "table size accounting");
         assert!(
@@ -249,11 +249,7 @@ impl Decoder {
     }
 
     /// Decodes one complete header block, calling `field` with each name and value in order.
-    pub(crate) fn decode(
-        &mut self,
-        block: &Bytes,
-        field: impl FnMut(Bytes, Bytes),
-    ) -> Result<(), Error> {
+    pub fn decode(&mut self, block: &Bytes, field: impl FnMut(Bytes, Bytes)) -> Result<(), Error> {
         self.decode_until(block, usize::MAX, field).map(|_| ())
     }
 

@@ -1,27 +1,68 @@
-//! The etcd API's HTTP/2 server: one task per connection, written for gRPC.
+//! An HTTP/2 server connection written for gRPC, with a fast path: one task per connection.
 //!
-//! The task reads frames, answers unary KV calls on the fast path (`fast.rs`) inside the same
-//! poll, runs every other call through tonic's `Routes` (watch and keep-alive streams, Lease,
-//! Maintenance, Cluster, compressed calls), polls their response bodies itself, and writes all
-//! that one poll produced in one `write`. It implements what a gRPC server needs of RFC 9113:
-//! streams and their states, flow control in both directions (a stream's window comes back
-//! as its request is read), SETTINGS, PING, RST_STREAM, GOAWAY (graceful, and with an error
-//! code on protocol errors), CONTINUATION, padding, and HPACK (`hpack.rs`). No server push, no
-//! priorities (ignored, as RFC 9113 allows), no HTTP/1.1 upgrade: gRPC clients speak HTTP/2
-//! with prior knowledge.
+//! The task reads frames, answers the unary calls its [`FastPath`] takes inside the same poll
+//! (the request's message read whole, the call's future polled in place, unboxed), runs every
+//! other request through a tower service (tonic's `Routes`, say: streams, compressed calls),
+//! polls their response bodies itself, and writes all that one poll produced in one `write`.
+//! It implements what a gRPC server needs of RFC 9113: streams and their states, flow control
+//! in both directions (a stream's window comes back as its request is read), SETTINGS, PING,
+//! RST_STREAM, GOAWAY (graceful, and with an error code on protocol errors), CONTINUATION,
+//! padding, and HPACK ([`hpack`]). No server push, no priorities (ignored, as RFC 9113
+//! allows), no HTTP/1.1 upgrade: gRPC clients speak HTTP/2 with prior knowledge.
 //!
-//! Why not the `h2` crate, which served this API before: per request it allocates stream
-//! state behind a shared lock, builds an `http::Request` with a `HeaderMap`, and moves
+//! Limits a hostile client meets: 1,024 concurrent streams, 16 KiB header lists (a block of
+//! references to one large table entry costs its bytes, not its decoded size), 16 MiB of
+//! request bodies buffered per connection, PING and SETTINGS answered at 50 a second after a
+//! burst of 100 (then `ENHANCE_YOUR_CALM`), a bounded header-decoding budget per poll.
+//!
+//! Why not the `h2` crate, which served weft's etcd API before: per request it allocates
+//! stream state behind a shared lock, builds an `http::Request` with a `HeaderMap`, and moves
 //! large frames and futures around. A put at 64 clients cost 18.9–19.3 µs of server CPU on
-//! h2 against 13.0–13.3 µs with a loop like this one (`examples/raw_put.rs`, 4 alternating
-//! pairs; docs/runs/etcd-api.md, "weft's own HTTP/2 server for the etcd API").
+//! h2 against 13.0–13.3 µs with a loop like this one (`weft-etcd-api/examples/raw_put.rs`,
+//! 4 alternating pairs; docs/runs/etcd-api.md, "weft's own HTTP/2 server for the etcd API").
 //!
-//! The unary calls of one connection share its task: they only decode, touch the in-memory
-//! store and encode; waiting for the log's fsync does not hold the task. Clients that want
-//! more than one core of server work open more connections, as etcd's Go client and its
-//! benchmark do.
+//! The unary calls of one connection share its task: they should only decode, do their
+//! in-memory work and encode, leaving waits (an fsync) to other tasks. Clients that want more
+//! than one core of server work open more connections, as etcd's Go client does.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use tonic::Status;
+//!
+//! /// Answers `/echo.Echo/Say` on the fast path; everything else goes to the service.
+//! #[derive(Clone)]
+//! struct Echo;
+//!
+//! impl weft_h2::FastPath for Echo {
+//!     fn method(&self, path: &[u8], _: Option<&[u8]>) -> Option<u32> {
+//!         (path == b"/echo.Echo/Say").then_some(0)
+//!     }
+//!     fn max_message(&self) -> usize {
+//!         1 << 20
+//!     }
+//! }
+//!
+//! /// The request's gRPC frame (5-byte prefix and message) is the response's.
+//! async fn say(_: Echo, _method: u32, frame: Bytes) -> Result<Bytes, Status> {
+//!     Ok(frame)
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+//! // Everything the fast path does not take: tonic's `Routes`, or any such service.
+//! let others = tower::service_fn(|_req| async {
+//!     let status = Status::unimplemented("only /echo.Echo/Say is served");
+//!     Ok::<_, std::convert::Infallible>(status.into_http())
+//! });
+//! loop {
+//!     let (io, _) = listener.accept().await?;
+//!     tokio::spawn(weft_h2::serve(io, Echo, say, others.clone(), stop.clone()));
+//! }
+//! # }
+//! ```
 
-pub(crate) mod hpack;
+pub mod hpack;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -40,12 +81,10 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tonic::service::Routes;
 use tonic::Status;
 use tower::ServiceExt;
 
-use crate::fast::{self, Method};
-use crate::EtcdApi;
+use futures::future::{Join, Ready};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -267,7 +306,7 @@ enum Req {
     /// A unary KV call on the fast path, reading its message: the first frame's bytes as
     /// they came, copied into `more` only if another frame follows.
     Fast {
-        m: Method,
+        m: u32,
         first: Option<Bytes>,
         more: BytesMut,
     },
@@ -323,17 +362,29 @@ impl Drop for Stream {
     }
 }
 
-async fn fast_call(api: EtcdApi, id: u32, m: Method, body: Bytes) -> (u32, Result<Bytes, Status>) {
-    (id, fast::dispatch(&api, m, body).await)
+/// Decodes `blocks` in order with one HPACK decoder, as one connection would: every field, or
+/// the first error; checks the dynamic table's accounting after each block (panics if it is
+/// off). The entry point of the fuzz target `fuzz/fuzz_targets/hpack.rs`.
+pub fn decode_header_blocks(blocks: &[&[u8]]) -> Result<Vec<(Bytes, Bytes)>, hpack::Error> {
+    let mut d = hpack::Decoder::default();
+    let mut out = Vec::new();
+    for b in blocks {
+        d.decode(&Bytes::copy_from_slice(b), |n, v| out.push((n, v)))?;
+        d.check();
+    }
+    Ok(out)
 }
 
-/// One connection's state. Generic over the fast path's call future (`C` is always
-/// `fast_call`'s), so the calls live unboxed in `fast`: naming an `async fn`'s future takes a
-/// type parameter.
-struct Conn<C> {
+/// A fast-path call in flight with its stream id.
+type FastCall<C> = Join<Ready<u32>, C>;
+
+/// One connection's state. Generic over the fast path's call future `C` (the future of the
+/// function given to [`serve`]), so the calls live unboxed in `fast`: naming an `async fn`'s
+/// future takes a type parameter.
+struct Conn<F, C: Future, S> {
     io: TcpStream,
-    api: EtcdApi,
-    routes: Routes,
+    handler: F,
+    service: S,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -354,8 +405,8 @@ struct Conn<C> {
     fields: Vec<(Bytes, Bytes)>,
     /// Streams with output waiting for window.
     blocked: Vec<u32>,
-    fast: FuturesUnordered<C>,
-    start_fast: fn(EtcdApi, u32, Method, Bytes) -> C,
+    fast: FuturesUnordered<FastCall<C>>,
+    start_fast: fn(F, u32, Bytes) -> C,
     calls: FuturesUnordered<Abortable<TonicCall>>,
     bodies: FuturesUnordered<Abortable<NextFrame>>,
     shared: Arc<Shared>,
@@ -376,20 +427,71 @@ struct Conn<C> {
     buffered: usize,
 }
 
+/// Which calls a connection answers itself, on the fast path: unary calls whose request is
+/// one gRPC message, answered by one message (no trailers but `grpc-status`). Every other
+/// request goes to the [`serve`]'s `service`.
+pub trait FastPath: Clone + Send + 'static {
+    /// The fast-path method serving `path` (an id of the implementor's choosing, handed back
+    /// to the call function), or `None` to give the request to the service. `grpc_encoding`
+    /// is the request's `grpc-encoding` header, if any (compressed calls usually go to the
+    /// service).
+    fn method(&self, path: &[u8], grpc_encoding: Option<&[u8]>) -> Option<u32>;
+
+    /// The largest gRPC message a fast-path request may carry; a larger one is refused with
+    /// `OUT_OF_RANGE` (as tonic's decoder does) before it is buffered.
+    fn max_message(&self) -> usize;
+}
+
+/// A tower service for the requests the fast path does not take (tonic's `Routes` is one).
+pub trait GrpcService:
+    tower::Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves one connection until the client closes it, or until `stop` turns true and the
 /// calls in flight have finished (GOAWAY first, so clients open no new streams here).
-pub(crate) async fn serve(
+///
+/// A request whose `:path` the `fast` path takes is read whole and answered by
+/// `call(fast, method, frame)`: `frame` is the request's body (one gRPC message with its
+/// 5-byte length prefix, unchecked), the result the response's body (one message with its
+/// prefix) sent with `grpc-status: 0`, or a status sent as trailers only. Every other request
+/// goes to `service`, its body streamed in and its response body streamed out.
+pub async fn serve<F, C, S>(
     io: TcpStream,
-    api: EtcdApi,
-    routes: Routes,
+    fast: F,
+    call: fn(F, u32, Bytes) -> C,
+    service: S,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    F: FastPath,
+    C: Future<Output = Result<Bytes, Status>>,
+    S: GrpcService,
+{
     let stopping = Box::pin(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
-    let mut c = Conn::new(io, api, routes, stopping, fast_call);
+    let mut c = Conn::new(io, fast, service, stopping, call);
     if let Err(e) = poll_fn(|cx| c.poll(cx)).await {
-        tracing::debug!("etcd API connection: {} (code {:?})", e.why, e.code);
+        tracing::debug!("HTTP/2 connection: {} (code {:?})", e.why, e.code);
         if let Some(code) = e.code {
             c.goaway(code, &e.why);
         }
@@ -397,18 +499,23 @@ pub(crate) async fn serve(
     c.finish().await;
 }
 
-impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
+impl<F, C, S> Conn<F, C, S>
+where
+    F: FastPath,
+    C: Future<Output = Result<Bytes, Status>>,
+    S: GrpcService,
+{
     fn new(
         io: TcpStream,
-        api: EtcdApi,
-        routes: Routes,
+        handler: F,
+        service: S,
         stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
-        start_fast: fn(EtcdApi, u32, Method, Bytes) -> C,
+        start_fast: fn(F, u32, Bytes) -> C,
     ) -> Self {
         let mut c = Conn {
             io,
-            api,
-            routes,
+            handler,
+            service,
             stopping,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(16 << 10),
@@ -951,7 +1058,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
             self.rst(id, PROTOCOL_ERROR);
             return Ok(());
         };
-        if let Some(m) = fast::method_of(&path, encoding.as_deref()) {
+        if let Some(m) = self.handler.method(&path, encoding.as_deref()) {
             fields.clear();
             self.fields = fields;
             stream.req = Req::Fast {
@@ -977,12 +1084,12 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         let req = match request(fields, body) {
             Ok(r) => r,
             Err(why) => {
-                tracing::debug!("etcd API: stream {id}: {why}");
+                tracing::debug!("HTTP/2 stream {id}: {why}");
                 self.rst(id, PROTOCOL_ERROR);
                 return Ok(());
             }
         };
-        let call = self.routes.clone().oneshot(req);
+        let call = self.service.clone().oneshot(req);
         let (handle, reg) = AbortHandle::new_pair();
         self.calls.push(Abortable::new(
             Box::pin(async move { (id, call.await) }),
@@ -1050,7 +1157,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         match &mut s.req {
             Req::Fast { first, more, .. } => {
                 let have = first.as_ref().map_or(0, |f| f.len()) + more.len();
-                if have + data.len() > fast::MAX_MESSAGE + 5 {
+                if have + data.len() > self.handler.max_message() + 5 {
                     too_large = true;
                 } else if buffered + data.len() > MAX_CONN_BUFFERED {
                     over_conn = true;
@@ -1069,7 +1176,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
                 let body: &[u8] = first.as_deref().unwrap_or(&more[..]);
                 if let Some(p) = body.get(1..5) {
                     let declared = u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize;
-                    too_large |= declared > fast::MAX_MESSAGE;
+                    too_large |= declared > self.handler.max_message();
                 }
             }
             Req::Tonic(q) => {
@@ -1100,7 +1207,7 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         if too_large {
             let e = Status::out_of_range(format!(
                 "cannot read the request: it is over {} bytes, the most allowed",
-                fast::MAX_MESSAGE
+                self.handler.max_message()
             ));
             self.answer_fast(id, Err(e));
             return Ok(());
@@ -1121,8 +1228,10 @@ impl<C: Future<Output = (u32, Result<Bytes, Status>)>> Conn<C> {
         match std::mem::replace(&mut s.req, Req::Done) {
             Req::Fast { m, first, more } => {
                 let body = first.unwrap_or_else(|| more.freeze());
-                self.fast
-                    .push((self.start_fast)(self.api.clone(), id, m, body));
+                self.fast.push(futures::future::join(
+                    futures::future::ready(id),
+                    (self.start_fast)(self.handler.clone(), m, body),
+                ));
             }
             Req::Tonic(q) => {
                 {
