@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = weft_gateway::decode_request(data);
+    let _ = weft_h1::decode_request(data);
 });

@@ -2,7 +2,7 @@
 //! with nothing in between (no routing, balancing, headers or accounting). Comparing it with
 //! `weft gateway` in the same wrk run shows what weft's own request path costs.
 //!
-//! With `fast`, weft's own HTTP/1.1 upstream client (`weft_gateway::h1`) replaces hyper-util's:
+//! With `fast`, weft's own HTTP/1.1 upstream client (`weft_h1::client`) replaces hyper-util's:
 //! that difference is what the gateway gained by switching.
 //!
 //! ```sh
@@ -43,9 +43,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rest: Vec<String> = args.collect();
     let auto = rest.iter().any(|a| a == "auto");
     let timer = rest.iter().any(|a| a == "timer");
-    // "fast": weft's own HTTP/1 upstream client (weft_gateway::h1) instead of hyper-util's.
+    // "fast": weft's own HTTP/1 upstream client (weft_h1::client) instead of hyper-util's.
     let fast = rest.iter().any(|a| a == "fast");
-    let pool = weft_gateway::h1::Pool::new(&upstream, 256, std::time::Duration::from_secs(60));
+    let pool = weft_h1::client::Pool::new(&upstream, 256, std::time::Duration::from_secs(60));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -27,8 +27,8 @@ pub struct Endpoint {
     ejections: AtomicU32,
     requests: AtomicU64,
     failures: AtomicU64,
-    /// Idle HTTP/1.1 connections to it (weft's own upstream client, [`crate::h1`]).
-    pub(crate) pool: Arc<crate::h1::Pool>,
+    /// Idle HTTP/1.1 connections to it (weft's own upstream client, [`weft_h1::client`]).
+    pub(crate) pool: Arc<weft_h1::client::Pool>,
 }
 
 fn epoch() -> Instant {
@@ -65,7 +65,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            pool: crate::h1::Pool::new(
+            pool: weft_h1::client::Pool::new(
                 authority.as_str(),
                 max_idle,
                 std::time::Duration::from_secs(60),

@@ -41,12 +41,9 @@
 //! ```
 
 pub mod auth;
-mod body;
 pub mod config;
-mod conn;
 pub mod endpoint;
 pub mod error;
-pub mod h1;
 pub mod lb;
 mod load;
 pub mod proxy;
@@ -67,8 +64,6 @@ use weft_resilience::retry::RetryBudget;
 use weft_store::{Store, StoreExt};
 
 pub use config::Config;
-#[doc(hidden)]
-pub use conn::{decode_request, Decoded};
 pub use error::{ConfigError, GatewayError, Reason};
 pub use server::{
     bind_workers, serve, serve_admin, serve_threads, serve_threads_with, MetricsRender,

@@ -35,17 +35,8 @@ use crate::route::Matcher;
 use crate::upstream::Upstream;
 use crate::Gateway;
 
-pub(crate) use crate::body::{empty, full};
-pub use crate::body::{Body, BoxError};
-
-/// A client request's body as the gateway receives it.
-#[derive(Debug)]
-pub enum RequestBody {
-    /// Streamed from hyper's server.
-    Incoming(Incoming),
-    /// Already read whole (weft's own HTTP/1.1 server reads small bodies before routing).
-    Buffered(Bytes),
-}
+pub(crate) use weft_h1::body::{empty, full};
+pub use weft_h1::body::{Body, BoxError, RequestBody};
 
 pub(crate) type HttpClient = Client<HttpConnector, Body>;
 
@@ -112,7 +103,7 @@ impl Route {
                 .iter()
                 .map(|m| Method::from_bytes(m.as_bytes()).expect("validated"))
                 .collect(),
-            _ => crate::h1::IDEMPOTENT.to_vec(),
+            _ => weft_h1::client::IDEMPOTENT.to_vec(),
         };
         let name = cfg.name.clone();
         let up = upstream.name.clone();
@@ -1056,7 +1047,7 @@ impl UpResp {
 #[derive(Debug)]
 enum SendError {
     Hyper(hyper_util::client::legacy::Error),
-    Fast(crate::h1::Error),
+    Fast(weft_h1::client::Error),
 }
 
 impl SendError {

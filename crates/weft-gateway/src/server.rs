@@ -163,7 +163,7 @@ pub async fn serve_threads_with(
                     pin_worker(worker);
                 }
                 rt.block_on(async move {
-                    crate::h1::set_worker(worker);
+                    weft_h1::client::set_worker(worker);
                     l.set_nonblocking(true)?;
                     let l = TcpListener::from_std(l)?;
                     serve_worker(
@@ -246,7 +246,7 @@ async fn serve_worker(
     shutdown: impl Future<Output = ()>,
     mut worker: Option<Worker>,
 ) -> std::io::Result<()> {
-    let stop = crate::conn::Stop::default();
+    let stop = weft_h1::server::Stop::default();
     // Each connection holds a sender: `recv` returns `None` once all of them are done.
     let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
@@ -298,7 +298,7 @@ async fn serve_worker(
         let stop = stop.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
-            crate::conn::serve_conn(stream, gw, peer, stop).await;
+            weft_h1::server::serve_conn(stream, gw, peer, stop).await;
             drop(done);
         });
     }
@@ -313,6 +313,27 @@ async fn serve_worker(
         }
     }
     Ok(())
+}
+
+/// The gateway under weft's HTTP/1.1 server loop (crate `weft-h1`).
+impl weft_h1::server::Handler for crate::Gateway {
+    type Peer = crate::proxy::Remote;
+
+    fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.table.load().server.header_read_timeout_ms)
+    }
+
+    fn handle(
+        &self,
+        req: http::Request<crate::proxy::RequestBody>,
+        peer: &Self::Peer,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        crate::Gateway::handle(self, req, peer)
+    }
+
+    fn peer_addr(peer: &Self::Peer) -> std::net::SocketAddr {
+        peer.addr
+    }
 }
 
 /// Renders Prometheus metrics for the admin `/metrics` route.

@@ -1,6 +1,7 @@
 //! The gateway's modules form no import cycle (each `crate::x` a module names outside its
-//! tests is an arrow): config is a leaf, protocol code (the body type, the HTTP/1.1 client)
-//! never names the proxy, balancers never name upstreams.
+//! tests is an arrow): config is a leaf, balancers never name upstreams. The protocol code
+//! (the HTTP/1.1 server loop, client and body types) is a crate of its own, `weft-h1`, which
+//! does not depend on the gateway; the last test checks that.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -69,12 +70,23 @@ fn no_module_imports_one_that_imports_it_back() {
         .filter(|(m, d)| reaches(&g, d, m))
         .collect();
     assert!(cycles.is_empty(), "import cycles: {cycles:?}\n{g:#?}");
-    for leaf in ["config", "template", "body", "error"] {
+    for leaf in ["config", "template", "error"] {
         let deps = &g[leaf];
         assert!(
             deps.iter()
                 .all(|d| ["error", "template"].contains(&d.as_str())),
             "{leaf} -> {deps:?}"
         );
+    }
+}
+
+#[test]
+fn the_protocol_crate_knows_nothing_of_the_gateway() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../weft-h1");
+    let manifest = std::fs::read_to_string(format!("{dir}/Cargo.toml")).unwrap();
+    assert!(!manifest.contains("weft-gateway"), "{manifest}");
+    for f in std::fs::read_dir(format!("{dir}/src")).unwrap() {
+        let text = std::fs::read_to_string(f.unwrap().path()).unwrap();
+        assert!(!text.contains("weft_gateway"), "weft-h1 names the gateway");
     }
 }

@@ -1,4 +1,4 @@
-//! weft's own HTTP/1.1 upstream client (`weft_gateway::h1`) against raw TCP upstreams that
+//! weft's own HTTP/1.1 upstream client (`weft_h1::client`) against raw TCP upstreams that
 //! misbehave in the ways real ones do: closing idle keep-alive connections, chunked and
 //! close-delimited bodies, truncated bodies, garbage, HEAD.
 
@@ -11,7 +11,7 @@ use http::{HeaderMap, Method};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_gateway::h1::Pool;
+use weft_h1::client::Pool;
 
 /// Reads one request head (and a content-length body) from `s`; None on EOF.
 async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
@@ -88,7 +88,7 @@ async fn send_to(
     method: Method,
     path: &str,
     body: Bytes,
-) -> Result<http::Response<weft_gateway::proxy::Body>, weft_gateway::h1::Error> {
+) -> Result<http::Response<weft_h1::body::Body>, weft_h1::client::Error> {
     pool.send(Duration::from_secs(2), &method, path, &host(), body)
         .await
 }

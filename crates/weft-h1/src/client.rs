@@ -22,7 +22,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! use bytes::Bytes;
-//! use weft_gateway::h1::Pool;
+//! use weft_h1::client::Pool;
 //! let pool = Pool::new("127.0.0.1:9000", 64, std::time::Duration::from_secs(60));
 //! let mut headers = http::HeaderMap::new();
 //! headers.insert(http::header::HOST, "example".parse()?);
@@ -95,9 +95,10 @@ thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Marks the calling thread as gateway worker `id` ([`crate::serve_threads`]): pooled
-/// connections are handed back to the worker (and so the runtime and reactor) that made them.
-pub(crate) fn set_worker(id: usize) {
+/// Marks the calling thread as worker `id` of a thread-per-core server (the gateway's
+/// `serve_threads`): pooled connections are handed back to the worker (and so the runtime and
+/// reactor) that made them.
+pub fn set_worker(id: usize) {
     WORKER.with(|w| w.set(id));
 }
 
@@ -288,7 +289,7 @@ impl Pool {
 }
 
 /// The idempotent methods (RFC 9110 §9.2.2): safe to send again.
-pub(crate) const IDEMPOTENT: [Method; 6] = [
+pub const IDEMPOTENT: [Method; 6] = [
     Method::GET,
     Method::HEAD,
     Method::OPTIONS,
@@ -298,7 +299,7 @@ pub(crate) const IDEMPOTENT: [Method; 6] = [
 ];
 
 /// Whether a response with this status never has a body (RFC 9112 §6.3): 1xx, 204, 304.
-pub(crate) fn status_has_no_body(s: StatusCode) -> bool {
+pub fn status_has_no_body(s: StatusCode) -> bool {
     s.is_informational() || s == StatusCode::NO_CONTENT || s == StatusCode::NOT_MODIFIED
 }
 

@@ -7,7 +7,7 @@
 //! `Transfer-Encoding`, no `Upgrade` or `Expect`, and a `Content-Length` body of at most
 //! [`MAX_BUFFERED_BODY`] bytes. This loop reads such a request into one buffer, parses the
 //! head with `httparse` (header values are slices of that buffer, not copies), hands the
-//! request to the gateway with its body already in memory, and writes the response head and
+//! request to its handler with its body already in memory, and writes the response head and
 //! (small) body with one write.
 //!
 //! Anything else, including every request `httparse` rejects, the h2c preface, HTTP/1.0,
@@ -37,8 +37,27 @@ use tokio::net::TcpStream;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Body, Remote, RequestBody};
-use crate::Gateway;
+use crate::body::{Body, RequestBody};
+
+/// What the server loop hands requests to (the gateway, in weft).
+pub trait Handler: Send + Sync + 'static {
+    /// What the handler keeps about a connection's peer (made once per connection by the
+    /// accept loop).
+    type Peer: Send + Sync + 'static;
+
+    /// How long a request head may take to arrive, from its first byte (or from accept).
+    fn header_read_timeout(&self) -> Duration;
+
+    /// Answers one request.
+    fn handle(
+        &self,
+        req: Request<RequestBody>,
+        peer: &Self::Peer,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send;
+
+    /// The peer's address, for logs.
+    fn peer_addr(peer: &Self::Peer) -> std::net::SocketAddr;
+}
 
 /// Request bodies up to this size (by `Content-Length`) are read whole before the request is
 /// routed; larger ones are streamed by hyper's server.
@@ -56,14 +75,14 @@ const READ_CHUNK: usize = 8 * 1024;
 /// The serve loop's shutdown signal: a token to wake waiting connections and a flag that is
 /// cheap to check after each response (the token's own check takes a lock).
 #[derive(Clone, Default)]
-pub(crate) struct Stop {
+pub struct Stop {
     token: CancellationToken,
     flag: Arc<AtomicBool>,
 }
 
 impl Stop {
     /// Asks every connection to finish.
-    pub(crate) fn cancel(&self) {
+    pub fn cancel(&self) {
         self.flag.store(true, Ordering::Relaxed);
         self.token.cancel();
     }
@@ -72,6 +91,10 @@ impl Stop {
         self.flag.load(Ordering::Relaxed)
     }
 }
+
+/// The answer to a request refused before routing (both `Content-Length` and
+/// `Transfer-Encoding`); the connection closes after it.
+const REJECTED: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: 54\r\nconnection: close\r\n\r\nrequest has both Content-Length and Transfer-Encoding\n";
 
 /// Where the pieces of a parsed request head are in the read buffer.
 #[derive(Default)]
@@ -93,12 +116,14 @@ enum Parsed {
     Plain,
     /// Not for the fast path: hand the connection to hyper.
     Fallback,
+    /// Refused: answered 400 and the connection closed.
+    Reject,
 }
 
 /// Serves one accepted connection until the client closes it, a timeout, an error or
 /// `stop` (graceful: a request in progress is answered first).
-pub(crate) async fn serve_conn(mut io: TcpStream, gw: Arc<Gateway>, peer: Arc<Remote>, stop: Stop) {
-    let header_timeout = Duration::from_millis(gw.table.load().server.header_read_timeout_ms);
+pub async fn serve_conn<H: Handler>(mut io: TcpStream, gw: Arc<H>, peer: Arc<H::Peer>, stop: Stop) {
+    let header_timeout = gw.header_read_timeout();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
     // One timer per connection, re-armed lazily: it only has to fire no later than the
@@ -122,6 +147,10 @@ pub(crate) async fn serve_conn(mut io: TcpStream, gw: Arc<Gateway>, peer: Arc<Re
                     }
                     Parsed::Partial | Parsed::Fallback => {
                         return fallback(io, buf.freeze(), gw, peer, stop).await;
+                    }
+                    Parsed::Reject => {
+                        let _ = io.write_all(REJECTED).await;
+                        return;
                     }
                     Parsed::Plain => break,
                 }
@@ -245,30 +274,39 @@ fn parse(buf: &[u8], head: &mut Head) -> Parsed {
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
     let mut body_len: Option<usize> = None;
+    // Seen a Content-Length / a Transfer-Encoding / something only hyper serves.
+    let (mut cl, mut te, mut other) = (false, false, false);
     head.headers.clear();
     for h in req.headers.iter() {
         let n = h.name.as_bytes();
         if n.eq_ignore_ascii_case(b"content-length") {
-            let Some(l) = std::str::from_utf8(h.value)
+            cl = true;
+            let l = std::str::from_utf8(h.value)
                 .ok()
                 .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<usize>().ok())
-            else {
-                return Parsed::Fallback;
-            };
-            if body_len.is_some_and(|b| b != l) || l > MAX_BUFFERED_BODY {
-                return Parsed::Fallback;
+                .and_then(|s| s.parse::<usize>().ok());
+            match l {
+                Some(l) if body_len.is_none_or(|b| b == l) && l <= MAX_BUFFERED_BODY => {
+                    body_len = Some(l)
+                }
+                _ => other = true,
             }
-            body_len = Some(l);
-        } else if n.eq_ignore_ascii_case(b"transfer-encoding")
-            || n.eq_ignore_ascii_case(b"upgrade")
-            || n.eq_ignore_ascii_case(b"expect")
-        {
-            return Parsed::Fallback;
+        } else if n.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+        } else if n.eq_ignore_ascii_case(b"upgrade") || n.eq_ignore_ascii_case(b"expect") {
+            other = true;
         }
         let (ns, nl) = at(n);
         let (vs, vl) = at(h.value);
         head.headers.push([ns, nl, vs, vl]);
+    }
+    // Both framings: the two sides of a proxy could disagree about where the request ends
+    // (request smuggling). Refused, never forwarded (RFC 9112 §6.1 allows the rejection).
+    if cl && te {
+        return Parsed::Reject;
+    }
+    if te || other {
+        return Parsed::Fallback;
     }
     head.method = Some(method);
     head.len = len;
@@ -297,24 +335,25 @@ fn build_request(head: &mut Head, raw: &Bytes, body: Bytes) -> Option<Request<Re
 }
 
 /// What the server loop makes of some bytes at the start of a connection.
-#[doc(hidden)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     /// The head is not complete yet.
     Incomplete,
     /// Hyper's server would take the connection.
     Hyper,
+    /// Refused with 400 (both `Content-Length` and `Transfer-Encoding`).
+    Refused,
     /// A request the loop serves itself: method, target, body length.
     Request(String, String, usize),
 }
 
 /// Decodes `data` as the server loop would. For fuzzing and property tests.
-#[doc(hidden)]
 pub fn decode_request(data: &[u8]) -> Decoded {
     let mut head = Head::default();
     match parse(data, &mut head) {
         Parsed::Partial => Decoded::Incomplete,
         Parsed::Fallback => Decoded::Hyper,
+        Parsed::Reject => Decoded::Refused,
         Parsed::Plain => {
             let raw = Bytes::copy_from_slice(&data[..head.len]);
             let body_len = head.body_len;
@@ -346,7 +385,7 @@ async fn write_response(
 ) -> io::Result<()> {
     let (parts, body) = resp.into_parts();
     let status = parts.status;
-    let bodiless_status = crate::h1::status_has_no_body(status);
+    let bodiless_status = crate::client::status_has_no_body(status);
     let no_body = head_only || bodiless_status;
     let length = body.size_hint().exact();
     let chunked = !no_body && length.is_none();
@@ -438,9 +477,15 @@ async fn write_response(
 
 /// Hands the connection to hyper's server (HTTP/1.1 with upgrades, or h2c), replaying the
 /// bytes already read.
-async fn fallback(io: TcpStream, read: Bytes, gw: Arc<Gateway>, peer: Arc<Remote>, stop: Stop) {
-    let header_timeout = Duration::from_millis(gw.table.load().server.header_read_timeout_ms);
-    let remote = peer.addr;
+async fn fallback<H: Handler>(
+    io: TcpStream,
+    read: Bytes,
+    gw: Arc<H>,
+    peer: Arc<H::Peer>,
+    stop: Stop,
+) {
+    let header_timeout = gw.header_read_timeout();
+    let remote = H::peer_addr(&peer);
     let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (gw, peer) = (gw.clone(), peer.clone());
         // Boxed once here: the request future is a few KiB and hyper moves it.
