@@ -6,6 +6,7 @@
 #
 #   scripts/bench-gateway.sh [SECONDS] [CONNECTIONS] [ROUNDS]
 #   ROWS='nginx|weft gateway' scripts/bench-gateway.sh ...   # only the rows matching ROWS
+#   WEFT_BIN=/path/to/weft scripts/bench-gateway.sh ...       # another build of weft
 #
 # Each round runs every target once, in turn; the table shows the median of the rounds (this
 # machine is noisy) and each target's ratio to nginx, in req/s and in the CPU time the proxy
@@ -27,8 +28,10 @@ for bin in nginx wrk openssl; do
     command -v "$bin" >/dev/null || { echo "missing $bin: apt-get install -y nginx wrk openssl" >&2; exit 1; }
 done
 
-(cd "$ROOT" && cargo build --release -q -p weft && cargo build --release -q -p weft-gateway --example bare_proxy)
-WEFT="$ROOT/target/release/weft"
+# WEFT_BIN=path: a weft binary built elsewhere (to compare two builds side by side).
+if [ -z "${WEFT_BIN:-}" ]; then (cd "$ROOT" && cargo build --release -q -p weft); fi
+(cd "$ROOT" && cargo build --release -q -p weft-gateway --example bare_proxy)
+WEFT="${WEFT_BIN:-$ROOT/target/release/weft}"
 BARE="$ROOT/target/release/examples/bare_proxy"
 
 
