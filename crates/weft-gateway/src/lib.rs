@@ -11,12 +11,12 @@
 //! - Configuration comes from TOML and/or the store ([`config::ROUTE_PREFIX`]) and reloads
 //!   without dropping connections; endpoint state (health, EWMA, ejection) and breakers
 //!   survive reloads.
-//! - Plain HTTP/1.1 client requests are served by weft's own server loop (origin-form
-//!   target, no `Transfer-Encoding`/`Upgrade`/`Expect`, bodies up to 64 KiB, read whole);
-//!   everything else (h2c, HTTP/1.0, upgrades, chunked or larger bodies, malformed input)
-//!   is handed to hyper's server with the bytes already read. Requests to HTTP/1.1 upstreams
-//!   go through weft's own pooled client ([`h1`]); h2c, streamed request bodies and upgrades
-//!   through hyper's. [`serve`] runs on the caller's
+//! - Plain HTTP/1.1 client requests are served by weft's own server loop (crate `weft-h1`:
+//!   origin-form target, no `Transfer-Encoding`/`Upgrade`/`Expect`, bodies up to 64 KiB,
+//!   read whole); everything else (h2c, HTTP/1.0, upgrades, chunked or larger bodies,
+//!   malformed input) is handed to hyper's server with the bytes already read. Requests to
+//!   HTTP/1.1 upstreams go through `weft-h1`'s pooled client; h2c, streamed request bodies
+//!   and upgrades through hyper's. [`serve`] runs on the caller's
 //!   runtime; [`serve_threads`] runs one single-threaded runtime per worker thread on the
 //!   `SO_REUSEPORT` listeners of [`bind_workers`].
 //!
