@@ -55,8 +55,8 @@ impl Default for Options {
     }
 }
 
-/// A saga as the API shows it.
-#[derive(Clone, Debug, Serialize)]
+/// A saga as the API shows it (and as the CLI reads it back).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SagaView {
     /// The record (status, steps, parked).
     #[serde(flatten)]

@@ -88,6 +88,20 @@ pub enum StepStatus {
     Compensated,
 }
 
+impl StepStatus {
+    /// The status as written in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Pending => "pending",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Compensating => "compensating",
+            StepStatus::Compensated => "compensated",
+        }
+    }
+}
+
 /// Which of a step's calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -458,6 +472,20 @@ mod tests {
         for s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(s));
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        use StepStatus::*;
+        for s in [
+            Pending,
+            Running,
+            Succeeded,
+            Failed,
+            Compensating,
+            Compensated,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        for p in [Phase::Action, Phase::Compensation] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.as_str());
         }
     }
 }

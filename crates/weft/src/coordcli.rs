@@ -463,24 +463,32 @@ pub async fn register(c: Arc<Client>, o: RegisterOpts) -> Result<()> {
     res
 }
 
-fn print_instance(prefix: &str, i: &Value) {
-    let tags: Vec<&str> = i["tags"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
+/// One instance as a line; a value that is not an instance is shown as it came.
+fn print_instance(prefix: &str, v: &Value) {
+    let Ok(i) = serde_json::from_value::<weft_coord::Instance>(v.clone()) else {
+        println!("{prefix}{v}");
+        return;
+    };
+    let health = serde_json::to_value(i.health).unwrap_or_default();
+    let tags = if i.tags.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", i.tags.join(","))
+    };
     println!(
-        "{prefix}{} {} {}{}",
-        i["id"].as_str().unwrap_or(""),
-        i["address"].as_str().unwrap_or(""),
-        i["health"].as_str().unwrap_or(""),
-        if tags.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", tags.join(","))
-        }
+        "{prefix}{} {} {}{tags}",
+        i.id,
+        i.address,
+        health.as_str().unwrap_or("")
     );
+}
+
+/// `/v1/svc/list`'s answer and the `reset` event of `/v1/svc/watch`.
+#[derive(serde::Deserialize)]
+struct Instances {
+    #[serde(default)]
+    revision: i64,
+    instances: Vec<Value>,
 }
 
 /// `weft svc list SERVICE`.
@@ -494,7 +502,8 @@ pub async fn list(c: &Client, service: &str, json_out: bool) -> Result<()> {
     if json_out {
         println!("{r}");
     } else {
-        for i in r["instances"].as_array().into_iter().flatten() {
+        let r: Instances = serde_json::from_value(r).context("not a service's instances")?;
+        for i in &r.instances {
             print_instance("", i);
         }
     }
@@ -510,15 +519,21 @@ pub async fn watch_svc(c: &Client, service: &str, json_out: bool) -> Result<()> 
                 println!("{}", json!({"event": ev, "data": data}));
             } else {
                 match ev {
-                    "reset" => {
-                        println!("RESET revision {}", data["revision"]);
-                        for i in data["instances"].as_array().into_iter().flatten() {
-                            print_instance("  ", i);
+                    "reset" => match serde_json::from_value::<Instances>(data.clone()) {
+                        Ok(r) => {
+                            println!("RESET revision {}", r.revision);
+                            for i in &r.instances {
+                                print_instance("  ", i);
+                            }
                         }
-                    }
+                        Err(_) => println!("RESET {data}"),
+                    },
                     "added" => print_instance("ADDED ", data),
                     "updated" => print_instance("UPDATED ", data),
-                    "removed" => println!("REMOVED {}", data["id"].as_str().unwrap_or("")),
+                    "removed" => match data.get("id").and_then(Value::as_str) {
+                        Some(id) => println!("REMOVED {id}"),
+                        None => println!("REMOVED {data}"),
+                    },
                     _ => {}
                 }
             }

@@ -6,8 +6,32 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
+use serde::Deserialize;
+use weft_saga::{SagaView, Status};
+
 use crate::client::Client;
 use crate::Conn;
+
+/// `/v1/saga/submit`'s answer.
+#[derive(Deserialize)]
+struct Submitted {
+    id: String,
+}
+
+/// `/v1/saga/list`'s answer: a summary per saga.
+#[derive(Deserialize)]
+struct SagaList {
+    sagas: Vec<SagaSummary>,
+}
+
+#[derive(Deserialize)]
+struct SagaSummary {
+    id: String,
+    name: String,
+    status: Status,
+    #[serde(default)]
+    reason: Option<String>,
+}
 
 /// `weft saga` subcommands.
 #[derive(Subcommand)]
@@ -77,79 +101,68 @@ fn read_json(src: &str, what: &str) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{what} is not valid JSON"))
 }
 
-fn ms(v: &Value) -> String {
-    match v.as_u64() {
-        Some(n) => format!("{n}ms"),
-        None => String::new(),
-    }
+fn ms(v: Option<u64>) -> String {
+    v.map(|n| format!("{n}ms")).unwrap_or_default()
+}
+
+/// A saga as the node answers it, read into weft-saga's own type.
+fn view(v: &Value) -> Result<SagaView> {
+    serde_json::from_value(v.clone()).context("the node answered something that is not a saga")
 }
 
 /// Prints a saga: header, steps, timeline.
-fn print_saga(v: &Value) {
-    println!(
-        "saga {} ({}): {}",
-        v["id"].as_str().unwrap_or(""),
-        v["name"].as_str().unwrap_or(""),
-        v["status"].as_str().unwrap_or("")
-    );
-    if let Some(r) = v["reason"].as_str() {
-        println!("  reason: {r}");
+fn print_saga(v: &SagaView) {
+    let r = &v.record;
+    println!("saga {} ({}): {}", r.id, r.name, r.status.as_str());
+    if let Some(reason) = &r.reason {
+        println!("  reason: {reason}");
     }
-    if !v["parked"].is_null() {
-        let p = &v["parked"];
+    if let Some(p) = &r.parked {
         println!(
             "  parked at {} ({}) after {} attempts: {}",
-            p["step"].as_str().unwrap_or(""),
-            p["phase"].as_str().unwrap_or(""),
-            p["attempts"],
-            p["error"].as_str().unwrap_or("")
+            p.step,
+            p.phase.as_str(),
+            p.attempts,
+            p.error
         );
     }
     println!("  steps:");
     // In definition order.
-    let names: Vec<&str> = v["definition"]["steps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
-    for name in names {
-        let s = &v["steps"][name];
-        let err = s["last_error"]
-            .as_str()
+    for step in &v.definition.steps {
+        let Some(s) = r.steps.get(&step.name) else {
+            continue;
+        };
+        let err = s
+            .last_error
+            .as_ref()
             .map(|e| format!("  last error: {e}"))
             .unwrap_or_default();
+        let unknown = if s.unknown { " (outcome unknown)" } else { "" };
         println!(
-            "    {name:<20} {:<12} attempts {}{}{}",
-            s["status"].as_str().unwrap_or(""),
-            s["attempts"].as_u64().unwrap_or(0),
-            if s["unknown"] == true {
-                " (outcome unknown)"
-            } else {
-                ""
-            },
-            err
+            "    {:<20} {:<12} attempts {}{unknown}{err}",
+            step.name,
+            s.status.as_str(),
+            s.attempts
         );
     }
     println!("  timeline:");
-    let start = v["created_ms"].as_u64().unwrap_or(0);
-    for e in v["timeline"].as_array().into_iter().flatten() {
-        let at = e["at_ms"].as_u64().unwrap_or(start).saturating_sub(start);
-        let step = match (e["step"].as_str(), e["phase"].as_str()) {
-            (Some(s), Some(p)) => format!(" {s}/{p}"),
+    for e in &v.timeline {
+        let at = e.at_ms.saturating_sub(r.created_ms);
+        let step = match (&e.step, e.phase) {
+            (Some(s), Some(p)) => format!(" {s}/{}", p.as_str()),
             _ => String::new(),
         };
-        let attempt = e["attempt"]
-            .as_u64()
-            .map(|a| format!(" #{a}"))
-            .unwrap_or_default();
-        let took = ms(&e["duration_ms"]);
-        let detail = e["detail"].as_str().unwrap_or("");
-        println!(
-            "    +{at:>6}ms {}{step}{attempt} {took} {detail}",
-            e["kind"].as_str().unwrap_or("")
-        );
+        let attempt = e.attempt.map(|a| format!(" #{a}")).unwrap_or_default();
+        let took = ms(e.duration_ms);
+        let detail = e.detail.as_deref().unwrap_or("");
+        println!("    +{at:>6}ms {}{step}{attempt} {took} {detail}", e.kind);
     }
+}
+
+/// The status of a saga the node sent, if it has one.
+fn status_of(v: &Value) -> Option<Status> {
+    v.get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
 }
 
 /// Follows `/v1/saga/watch` until the saga is at rest; returns its last state.
@@ -161,8 +174,10 @@ async fn follow(c: &Client, id: &str, print: impl Fn(&Value)) -> Result<Value> {
             if ev == "saga" {
                 print(data);
                 last = data.clone();
-                let st = data["status"].as_str().unwrap_or("");
-                return matches!(st, "running" | "compensating");
+                return matches!(
+                    status_of(data),
+                    Some(Status::Running | Status::Compensating)
+                );
             }
             true
         },
@@ -174,13 +189,14 @@ async fn follow(c: &Client, id: &str, print: impl Fn(&Value)) -> Result<Value> {
 /// Runs a `weft saga` command; the exit status (0, or 1 for a `--wait` that did not commit).
 pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
     let c = Client::new(&conn.endpoint, conn.token.clone())?;
-    let out = |v: &Value| {
+    let out = |v: &Value| -> Result<()> {
         if conn.json {
             println!("{v}");
         } else {
-            print_saga(v);
+            print_saga(&view(v)?);
         }
         let _ = std::io::stdout().flush();
+        Ok(())
     };
     match cmd {
         SagaCmd::Submit {
@@ -203,28 +219,28 @@ pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
             if let Some(id) = id {
                 body["id"] = json!(id);
             }
-            let r = c.post("/v1/saga/submit", &body).await?;
-            let id = r["id"]
-                .as_str()
-                .context("the node answered no id")?
-                .to_string();
+            let r: Submitted = c.call("/v1/saga/submit", &body).await?;
             if !wait {
                 if conn.json {
-                    println!("{r}");
+                    println!("{}", json!({ "id": r.id }));
                 } else {
-                    println!("{id}");
+                    println!("{}", r.id);
                 }
                 return Ok(0);
             }
-            let last = follow(&c, &id, |_| {}).await?;
-            out(&last);
-            Ok(if last["status"] == "committed" { 0 } else { 1 })
+            let last = follow(&c, &r.id, |_| {}).await?;
+            out(&last)?;
+            Ok(if status_of(&last) == Some(Status::Committed) {
+                0
+            } else {
+                1
+            })
         }
         SagaCmd::Status { id } => {
             let v = c
                 .get(&format!("/v1/saga/get?id={}", crate::urlencode(&id)))
                 .await?;
-            out(&v);
+            out(&v)?;
             Ok(0)
         }
         SagaCmd::List { state, limit } => {
@@ -236,17 +252,11 @@ pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
             if conn.json {
                 println!("{v}");
             } else {
-                for s in v["sagas"].as_array().into_iter().flatten() {
-                    println!(
-                        "{} {} {}{}",
-                        s["id"].as_str().unwrap_or(""),
-                        s["status"].as_str().unwrap_or(""),
-                        s["name"].as_str().unwrap_or(""),
-                        s["reason"]
-                            .as_str()
-                            .map(|r| format!(" ({r})"))
-                            .unwrap_or_default()
-                    );
+                let list: SagaList = serde_json::from_value(v)
+                    .context("the node answered something that is not a saga list")?;
+                for s in list.sagas {
+                    let reason = s.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                    println!("{} {} {}{reason}", s.id, s.status.as_str(), s.name);
                 }
             }
             Ok(0)
@@ -260,15 +270,12 @@ pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
                 if json_out {
                     println!("{v}");
                 } else {
-                    println!(
-                        "{} {}",
-                        v["status"].as_str().unwrap_or(""),
-                        v["timeline"]
-                            .as_array()
-                            .and_then(|t| t.last())
-                            .map(|e| e["kind"].as_str().unwrap_or("").to_string())
-                            .unwrap_or_default()
-                    );
+                    let last = view(v)
+                        .ok()
+                        .and_then(|v| v.timeline.last().map(|e| e.kind.clone()))
+                        .unwrap_or_default();
+                    let status = status_of(v).map(Status::as_str).unwrap_or("");
+                    println!("{status} {last}");
                 }
                 let _ = std::io::stdout().flush();
             })
