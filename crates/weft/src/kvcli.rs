@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
+use weft_server::api::{DeleteResp, KvJson, OpResp, PutResp, RangeResp, TxnResp, WatchJson};
 
 use crate::client::Client;
 use crate::leasecli::parse_lease;
@@ -100,11 +101,16 @@ pub(crate) enum KvCmd {
     Compact { revision: i64 },
 }
 
-fn print_kvs(kvs: &Value) {
-    for kv in kvs.as_array().into_iter().flatten() {
-        println!("{}", kv["key"].as_str().unwrap_or(""));
-        println!("{}", kv["value"].as_str().unwrap_or(""));
+fn print_kvs(kvs: &[KvJson]) {
+    for kv in kvs {
+        println!("{}", kv.key);
+        println!("{}", kv.value);
     }
+}
+
+/// The node's answer read into the API's own type.
+fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v).with_context(|| format!("the node's {what} answer is not one"))
 }
 
 pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
@@ -127,8 +133,9 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
                 println!("{r}");
             } else {
                 println!("OK");
-                if let Some(p) = r.get("prev_kv") {
-                    print_kvs(&json!([p]));
+                let r: PutResp = typed(r, "put")?;
+                if let Some(p) = r.prev_kv {
+                    print_kvs(&[p]);
                 }
             }
         }
@@ -145,14 +152,17 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             let r = c.post("/v1/kv/range", &body).await?;
             if conn.json {
                 println!("{r}");
-            } else if count_only {
-                println!("{}", r["count"]);
-            } else if keys_only {
-                for kv in r["kvs"].as_array().into_iter().flatten() {
-                    println!("{}", kv["key"].as_str().unwrap_or(""));
-                }
             } else {
-                print_kvs(&r["kvs"]);
+                let r: RangeResp = typed(r, "range")?;
+                if count_only {
+                    println!("{}", r.count);
+                } else if keys_only {
+                    for kv in &r.kvs {
+                        println!("{}", kv.key);
+                    }
+                } else {
+                    print_kvs(&r.kvs);
+                }
             }
         }
         KvCmd::Del { key, sel, prev_kv } => {
@@ -162,8 +172,9 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                println!("{}", r["deleted"]);
-                print_kvs(&r["prev_kvs"]);
+                let r: DeleteResp = typed(r, "delete")?;
+                println!("{}", r.deleted);
+                print_kvs(&r.prev_kvs);
             }
         }
         KvCmd::Watch {
@@ -188,14 +199,18 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
                 if ev != "watch" {
                     return true;
                 }
-                for e in data["events"].as_array().into_iter().flatten() {
+                let Ok(batch) = serde_json::from_value::<WatchJson>(data.clone()) else {
+                    eprintln!("not a watch message: {data}");
+                    return true;
+                };
+                for e in &batch.events {
                     if json_out {
-                        println!("{e}");
+                        println!("{}", serde_json::to_string(e).unwrap_or_default());
                     } else {
-                        println!("{}", e["type"].as_str().unwrap_or(""));
-                        println!("{}", e["kv"]["key"].as_str().unwrap_or(""));
-                        if e["type"] == "PUT" {
-                            println!("{}", e["kv"]["value"].as_str().unwrap_or(""));
+                        println!("{}", e.kind);
+                        println!("{}", e.kv.key);
+                        if e.kind == "PUT" {
+                            println!("{}", e.kv.value);
                         }
                     }
                     seen += 1;
@@ -231,12 +246,10 @@ pub(crate) async fn status(conn: Conn) -> Result<()> {
     if conn.json {
         println!("{s}");
     } else {
+        let s: NodeStatus = typed(s, "status")?;
         println!(
             "revision {}  compact revision {}  size {} bytes  {}",
-            s["header"]["revision"],
-            s["compact_revision"],
-            s["db_size"],
-            s["version"].as_str().unwrap_or("")
+            s.header.revision, s.compact_revision, s.db_size, s.version
         );
     }
     Ok(())
@@ -259,24 +272,30 @@ async fn txn(c: &Client, file: Option<PathBuf>, json_out: bool) -> Result<()> {
     if json_out {
         println!("{r}");
     } else {
-        println!(
-            "{}",
-            if r["succeeded"] == true {
-                "SUCCESS"
-            } else {
-                "FAILURE"
-            }
-        );
-        for resp in r["responses"].as_array().into_iter().flatten() {
-            println!();
-            if resp.get("put").is_some() {
-                println!("OK");
-            } else if let Some(g) = resp.get("range") {
-                print_kvs(&g["kvs"]);
-            } else if let Some(d) = resp.get("delete") {
-                println!("{}", d["deleted"]);
-            }
-        }
+        print_txn(&typed(r, "txn")?);
     }
     Ok(())
+}
+
+/// A txn's result as etcdctl prints it (a nested txn's results follow its own line).
+fn print_txn(r: &TxnResp) {
+    println!("{}", if r.succeeded { "SUCCESS" } else { "FAILURE" });
+    for resp in &r.responses {
+        println!();
+        match resp {
+            OpResp::Put(_) => println!("OK"),
+            OpResp::Range(g) => print_kvs(&g.kvs),
+            OpResp::Delete(d) => println!("{}", d.deleted),
+            OpResp::Txn(t) => print_txn(t),
+        }
+    }
+}
+
+/// `/v1/status`'s answer.
+#[derive(serde::Deserialize)]
+struct NodeStatus {
+    header: weft_server::api::Header,
+    compact_revision: i64,
+    db_size: i64,
+    version: String,
 }

@@ -84,7 +84,7 @@ function watch(prefix, onChange, fromRevision) {
         if (ev === "watch" && data) {
           const batch = JSON.parse(data);
           // A reopened stream goes on after the last batch seen.
-          if (fromRevision && batch.header) fromRevision = Number(batch.header.revision) + 1;
+          if (fromRevision && batch.revision) fromRevision = Number(batch.revision) + 1;
           onChange(batch);
         }
       }
