@@ -1,64 +1,13 @@
 //! The HTTP API end to end over a real socket, on the embedded store.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use weft_server::{run, ServerConfig, OPENAPI, ROUTES};
+use weft_server::{ServerConfig, OPENAPI, ROUTES};
 
 mod common;
-use common::send;
-
-struct Node {
-    base: String,
-    http: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: tempfile::TempDir,
-}
-
-async fn node(cfg: ServerConfig) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let store = weft_store::embedded::Embedded::open(dir.path(), Default::default())
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(run(listener, Arc::new(store), cfg, async {
-        let _ = rx.await;
-    }));
-    Node {
-        base,
-        http: reqwest::Client::new(),
-        stop: Some(tx),
-        task,
-        _dir: dir,
-    }
-}
-
-impl Node {
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
-    }
-    async fn raw(&self, path: &str, body: &'static str) -> (u16, Value) {
-        let req = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body);
-        send(req).await
-    }
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("graceful shutdown")
-            .unwrap()
-            .unwrap();
-    }
-}
+use common::node;
 
 #[tokio::test]
 async fn kv_txn_and_encodings() {

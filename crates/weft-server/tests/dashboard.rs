@@ -6,53 +6,10 @@ use std::sync::Arc;
 
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
-use weft_server::{run, LocalGateway, ServerConfig};
+use weft_server::{LocalGateway, ServerConfig};
 
 mod common;
-use common::send;
-
-struct Node {
-    base: String,
-    http: reqwest::Client,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
-
-async fn node(cfg: ServerConfig) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let store = weft_store::embedded::Embedded::open(dir.path(), Default::default())
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(run(listener, Arc::new(store), cfg, async {
-        let _ = rx.await;
-    }));
-    Node {
-        base,
-        http: reqwest::Client::new(),
-        _stop: tx,
-        _dir: dir,
-    }
-}
-
-impl Node {
-    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut r = self.http.get(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        send(r).await
-    }
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut r = self.http.post(format!("{}{path}", self.base)).json(&body);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        send(r).await
-    }
-}
+use common::{node, Node};
 
 /// A stand-in admin API: `GET /status` answers a fixed document to the right token only.
 async fn fake_admin(token: &'static str) -> String {
@@ -83,13 +40,13 @@ async fn fake_admin(token: &'static str) -> String {
 
 async fn register(n: &Node, token: &str, id: &str, admin: &str) {
     let (s, lease) = n
-        .post("/v1/lease/grant", Some(token), json!({"ttl": 60}))
+        .post_as("/v1/lease/grant", Some(token), json!({"ttl": 60}))
         .await;
     assert_eq!(s, 200, "{lease}");
     let body = json!({"service": "weft-gateway", "lease": lease["id"], "instance": {
         "id": id, "address": admin, "version": "0.1.0",
         "metadata": {"listen": "127.0.0.1:8080", "embedded": "false", "pid": "42"}}});
-    let (s, v) = n.post("/v1/svc/register", Some(token), body).await;
+    let (s, v) = n.post_as("/v1/svc/register", Some(token), body).await;
     assert_eq!(s, 200, "{v}");
 }
 
@@ -116,7 +73,7 @@ async fn gateways_are_listed_and_read_through_their_admin_api() {
     };
     register(&n, "s3cret", "gw-dead", &dead).await;
 
-    let (s, v) = n.get("/v1/gateways", t).await;
+    let (s, v) = n.get_as("/v1/gateways", t).await;
     assert_eq!(s, 200, "{v}");
     let ids: Vec<&str> = v["gateways"]
         .as_array()
@@ -131,20 +88,20 @@ async fn gateways_are_listed_and_read_through_their_admin_api() {
     assert_eq!(a["embedded"], false);
     assert_eq!(v["gateways"][2]["admin"], Value::Null);
 
-    let (s, v) = n.get("/v1/gateway/status?id=gw-a", t).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=gw-a", t).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["routes"][0]["breaker"], "open");
-    let (s, v) = n.get("/v1/gateway/status?id=node-gw", t).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=node-gw", t).await;
     assert_eq!((s, &v["local"]), (200, &json!(true)), "{v}");
     // The caller's token goes to the gateway; another token there is a 502 saying so.
-    let (s, v) = n.get("/v1/gateway/status?id=gw-other-token", t).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=gw-other-token", t).await;
     assert_eq!(s, 502, "{v}");
     assert_eq!(v["error"]["code"], "bad_gateway");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("401"),
         "{v}"
     );
-    let (s, v) = n.get("/v1/gateway/status?id=gw-dead", t).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=gw-dead", t).await;
     assert_eq!(s, 502, "{v}");
     assert!(
         v["error"]["message"]
@@ -153,14 +110,14 @@ async fn gateways_are_listed_and_read_through_their_admin_api() {
             .contains("cannot connect"),
         "{v}"
     );
-    let (s, v) = n.get("/v1/gateway/status?id=gw-no-admin", t).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=gw-no-admin", t).await;
     assert_eq!(s, 503, "{v}");
-    let (s, v) = n.get("/v1/gateway/status?id=nope", t).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=nope", t).await;
     assert_eq!((s, &v["error"]["code"]), (404, &json!("not_found")), "{v}");
-    let (s, _) = n.get("/v1/gateway/status", t).await;
+    let (s, _) = n.get_as("/v1/gateway/status", t).await;
     assert_eq!(s, 400);
     // The node's own token still guards these routes.
-    let (s, _) = n.get("/v1/gateway/status?id=gw-a", None).await;
+    let (s, _) = n.get_as("/v1/gateway/status?id=gw-a", None).await;
     assert_eq!(s, 401);
 }
 
@@ -168,7 +125,7 @@ async fn gateways_are_listed_and_read_through_their_admin_api() {
 async fn shard_analysis_compares_algorithms_and_refuses_bad_input() {
     let n = node(ServerConfig::default()).await;
     let (s, v) = n
-        .get(
+        .get_as(
             "/v1/shard/analyze?algo=ring,jump&nodes=4&keys=10000&add=1",
             None,
         )
@@ -192,7 +149,7 @@ async fn shard_analysis_compares_algorithms_and_refuses_bad_input() {
         ("add=1&remove=1", "not both"),
         ("bogus=1", "unknown field"),
     ] {
-        let (s, v) = n.get(&format!("/v1/shard/analyze?{q}"), None).await;
+        let (s, v) = n.get_as(&format!("/v1/shard/analyze?{q}"), None).await;
         assert_eq!(s, 400, "{q}: {v}");
         let m = v["error"]["message"].as_str().unwrap();
         assert!(m.contains(want), "{q}: {m}");
@@ -214,11 +171,11 @@ async fn history_keeps_samples_of_the_revision_and_counters() {
         ..Default::default()
     })
     .await;
-    n.post("/v1/kv/put", None, json!({"key": "a", "value": "1"}))
+    n.post_as("/v1/kv/put", None, json!({"key": "a", "value": "1"}))
         .await;
     // The first sample is taken at once, the second 2 s later.
     tokio::time::sleep(std::time::Duration::from_millis(2300)).await;
-    let (s, v) = n.get("/v1/history", None).await;
+    let (s, v) = n.get_as("/v1/history", None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["interval_ms"], 2000);
     let samples = v["samples"].as_array().unwrap();

@@ -85,14 +85,30 @@ async fn post(http: &reqwest::Client, ep: &str, path: &str, body: Value) -> Valu
     r.json().await.unwrap()
 }
 
+/// Chromium (and chromedriver, if `driver`), or `None` to skip the test; under `CI=true` a
+/// missing one is a failure.
+fn browser_or_skip(driver: bool) -> Option<&'static str> {
+    let browser = chromium();
+    let has_driver = !driver
+        || Command::new("chromedriver")
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    if browser.is_some() && has_driver {
+        return browser;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true: chromium or chromedriver is not installed (apt-get install chromium chromium-driver)"
+    );
+    eprintln!("skipping: chromium or chromedriver is not installed");
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_the_nodes_state_in_a_real_browser() {
-    let Some(browser) = chromium() else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: chromium is not installed (apt-get install chromium)"
-        );
-        eprintln!("skipping: chromium is not installed");
+    let Some(browser) = browser_or_skip(false) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -234,15 +250,7 @@ impl Driver {
         }
         let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"args": [
             "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"]}}}});
-        let r: Value = http
-            .post(format!("{root}/session"))
-            .json(&caps)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r = post(&http, &root, "/session", caps).await;
         let id = r["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {r}"));
@@ -376,19 +384,6 @@ impl Driver {
     }
 }
 
-fn chromedriver() -> bool {
-    let ok = Command::new("chromedriver")
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        ok || std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true: chromedriver is not installed (apt-get install chromium-driver)"
-    );
-    ok
-}
-
 /// A gateway config whose only upstream refuses connections, behind a breaker that opens
 /// after 5 failures.
 fn failing_gateway_config(dir: &std::path::Path, route: &str) -> std::path::PathBuf {
@@ -487,12 +482,7 @@ fn standalone_gateway(etcd: &str, config: &std::path::Path) -> (common::Node, St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clicks_edit_keys_and_pages_follow_the_store_live() {
-    if chromium().is_none() || !chromedriver() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: chromium is not installed"
-        );
-        eprintln!("skipping: chromium or chromedriver is not installed");
+    if browser_or_skip(true).is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -835,11 +825,7 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
 /// the tab, and sends it with every call, watches included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_asked_once_and_never_put_in_the_address() {
-    if chromium().is_none() || !chromedriver() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true: chromium is not installed"
-        );
+    if browser_or_skip(true).is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
