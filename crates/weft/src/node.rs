@@ -539,6 +539,63 @@ fn log_metrics(e: Arc<Embedded>) -> Arc<dyn Fn() + Send + Sync> {
     })
 }
 
+/// The embedded store's counters for the node's history (`/v1/history`).
+fn store_counters(e: Arc<Embedded>) -> weft_server::history::CounterSource {
+    Arc::new(move || {
+        let st = e.stats();
+        weft_server::history::Counters {
+            reads: st.reads,
+            watch_events: st.watch_events,
+            fsyncs: st.fsyncs,
+        }
+    })
+}
+
+/// A running gateway inside the node: its view for the HTTP API, the sender that stops it,
+/// and its task.
+type EmbeddedGateway = (
+    weft_server::LocalGateway,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<()>>,
+);
+
+/// Starts the gateway inside the node when `--gateway-listen` asks for it (here, so that a
+/// bad config or a busy port stops the node at once). It registers as `<node id>-gateway`.
+async fn embedded_gateway(
+    a: &UpArgs,
+    store: &Arc<dyn weft_store::Store>,
+) -> Result<Option<EmbeddedGateway>> {
+    let Some(addr) = a.gateway_listen else {
+        return Ok(None);
+    };
+    let name = a
+        .repl_name
+        .clone()
+        .or_else(|| node_id(&a.data_dir).ok())
+        .map(|n| format!("{n}-gateway"));
+    let identity = gatewaycli::Identity {
+        name,
+        embedded: true,
+    };
+    let started = gatewaycli::start_gateway(
+        a.gateway_config.clone(),
+        addr,
+        1,
+        a.gateway_admin,
+        a.token.clone(),
+        Some(store.clone()),
+        identity,
+    )
+    .await
+    .context("gateway")?;
+    let local = started.local();
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(started.serve(async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }));
+    Ok(Some((local, tx, task)))
+}
+
 /// What the dashboard's overview shows beside the store's status: when the node started and
 /// how it keeps writes (`weft_node_info` is 1, its labels say it).
 fn node_info_metrics(a: &UpArgs, store: &str) {
@@ -633,38 +690,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
         Some((tx, task)) => (Some(tx), Some(task)),
         None => (None, None),
     };
-    let mut local_gateway = None;
-    let (gw_stop, gw_task) = match a.gateway_listen {
-        Some(addr) => {
-            // Started here, so a bad config or a busy port stops the node at once.
-            let name = a
-                .repl_name
-                .clone()
-                .or_else(|| node_id(&a.data_dir).ok())
-                .map(|n| format!("{n}-gateway"));
-            let identity = gatewaycli::Identity {
-                name,
-                embedded: true,
-            };
-            let started = gatewaycli::start_gateway(
-                a.gateway_config.clone(),
-                addr,
-                1,
-                a.gateway_admin,
-                a.token.clone(),
-                Some(store.clone()),
-                identity,
-            )
-            .await
-            .context("gateway")?;
-            local_gateway = Some(started.local());
-            let (tx, mut rx) = tokio::sync::watch::channel(false);
-            let task = tokio::spawn(started.serve(async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }));
-            (Some(tx), Some(task))
-        }
-        None => (None, None),
+    let (local_gateway, gw_stop, gw_task) = match embedded_gateway(&a, &store).await? {
+        Some((local, tx, task)) => (Some(local), Some(tx), Some(task)),
+        None => (None, None, None),
     };
     node_info_metrics(
         &a,
@@ -681,17 +709,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         queue: queue_api,
         repl: repl.clone(),
         local_gateway,
-        counters: embedded.clone().map(|e| {
-            let f: weft_server::history::CounterSource = Arc::new(move || {
-                let st = e.stats();
-                weft_server::history::Counters {
-                    reads: st.reads,
-                    watch_events: st.watch_events,
-                    fsyncs: st.fsyncs,
-                }
-            });
-            f
-        }),
+        counters: embedded.clone().map(store_counters),
         ..Default::default()
     };
     let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));

@@ -566,6 +566,112 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
 
     let d = Driver::start().await;
 
+    let c = Stage {
+        d,
+        http: http.clone(),
+        ep: ep.clone(),
+        gw_listen: gw_listen.clone(),
+        a,
+        b,
+    };
+    gateways_page(&c).await;
+    locks_page(&c).await;
+    services_live(&c).await;
+    key_edits(&c).await;
+    sharding_page(&c).await;
+    saga_page(&c).await;
+    queue_page(&c).await;
+    lease_revoke(&c).await;
+    phone_dark_keyboard(&c).await;
+
+    waiter.abort();
+    candidate.abort();
+    let _ = c.d.cmd("DELETE", "", None).await;
+}
+
+/// A node with a token: the page asks for it once (a dialog, never the address), keeps it for
+/// the tab, and sends it with every call, watches included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_is_asked_once_and_never_put_in_the_address() {
+    if browser_or_skip(true).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start_with(&[
+        "--data-dir".as_ref(),
+        dir.path().as_os_str(),
+        "--token".as_ref(),
+        "s3cret-token".as_ref(),
+    ]);
+    let ep = node.endpoint.clone();
+    let d = Driver::start().await;
+    d.goto(&format!("{ep}/ui#/keys")).await;
+    d.type_into("#token", "wrong").await;
+    d.click("#token-form button").await;
+    // A wrong token is asked for again (the dialog opens anew, emptied).
+    let mut asked_again = false;
+    for _ in 0..50 {
+        let v = d
+            .js("const d = document.getElementById('token-dialog'); return d.open && document.getElementById('token').value === ''")
+            .await;
+        if v == true {
+            asked_again = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(asked_again, "a wrong token was not asked for again");
+    d.type_into("#token", "s3cret-token").await;
+    d.click("#token-form button").await;
+    d.wait_text("#page", "keys at revision", 10).await;
+    d.goto(&format!("{ep}/ui#/services")).await;
+    d.find("#page[data-live='1']").await;
+    let http = reqwest::Client::new();
+    let lease: Value = http
+        .post(format!("{ep}/v1/lease/grant"))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"ttl": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(format!("{ep}/v1/svc/register"))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"service": "api", "lease": lease["id"], "instance": {"id": "api-1", "address": "10.0.0.9:80"}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    d.wait_text("#page", "api-1", 5).await;
+    let url = d.js("return location.href").await;
+    assert!(!url.as_str().unwrap().contains("s3cret"), "{url}");
+    assert_eq!(
+        d.js("return sessionStorage.getItem('weft-token')").await,
+        "s3cret-token"
+    );
+    d.screenshot("token-services").await;
+    let _ = d.cmd("DELETE", "", None).await;
+}
+
+/// What the click test's stages share.
+struct Stage {
+    d: Driver,
+    http: reqwest::Client,
+    ep: String,
+    gw_listen: String,
+    a: i64,
+    b: i64,
+}
+
+/// The gateways page: the node's own gateway and (with etcd) a standalone one read through its admin API, breakers open, refused calls charted as a rate.
+async fn gateways_page(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // Gateways: the node's own and (with etcd) a standalone one read through its admin API.
     d.goto(&format!("{ep}/ui#/gateways")).await;
     d.wait_text("#page", "orders", 10).await;
@@ -590,14 +696,28 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     let legend = d.wait_text("[data-chart$='/orders']", "rejected", 1).await;
     assert!(!legend.contains("rejected 0.0/s"), "{legend}");
     d.screenshot("click-gateways").await;
+}
 
+/// The locks page: the holder, its waiter, the leader and the second candidate.
+async fn locks_page(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // Locks: the holder, its waiter, the leader and the second candidate.
     d.goto(&format!("{ep}/ui#/locks")).await;
     let text = d.wait_text("#page", &format!("{b:x}"), 10).await;
     assert!(text.contains(&format!("{a:x}")), "{text}");
     assert!(text.contains("node-a") && text.contains("term"), "{text}");
     d.screenshot("click-locks").await;
+}
 
+/// The services page follows the store without polling: a new instance shows up by the watch.
+async fn services_live(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // Services follow the store without polling: a new instance shows up by the watch.
     d.goto(&format!("{ep}/ui#/services")).await;
     d.wait_text("#page", "users-1", 10).await;
@@ -612,7 +732,14 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     }
     post(&http, &ep, "/v1/svc/register", json!({"service": "users", "lease": a, "instance": {"id": "users-2", "address": "10.0.0.8:8080"}})).await;
     d.wait_text("#page", "users-2", 5).await;
+}
 
+/// A key edit at a stale revision is refused and shown; a fresh one is applied.
+async fn key_edits(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // A key edit at a stale revision is refused and shown; a fresh one is applied.
     d.goto(&format!("{ep}/ui#/keys?prefix=app/&key=app/config"))
         .await;
@@ -642,7 +769,14 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     let now = post(&http, &ep, "/v1/kv/range", json!({"key": "app/config"})).await;
     assert_eq!(value(now), "from-ui");
     d.screenshot("click-keys-fresh").await;
+}
 
+/// The sharding page: the analysis as charts, with the form driving it.
+async fn sharding_page(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // Sharding: the analysis as charts, with the form driving it.
     d.goto(&format!("{ep}/ui#/sharding?nodes=4&keys=4000&add=1"))
         .await;
@@ -651,7 +785,14 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     d.click("button.analyze").await;
     d.wait_text("section[data-algo=maglev]", "node-5", 20).await;
     d.screenshot("click-sharding").await;
+}
 
+/// A parked saga: the step graph, the timeline, and an operator's abort.
+async fn saga_page(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // A saga whose step and compensation both fail is parked; the operator aborts it from its
     // page, and the page shows the step graph and the timeline.
     let dead = "http://127.0.0.1:9/never";
@@ -688,7 +829,14 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     };
     assert_eq!((s, &v["status"]), (200, &json!("aborted")), "{v}");
+}
 
+/// A dead letter with its reason, replayed from the queue page.
+async fn queue_page(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // A message nacked past its group's max deliveries is a dead letter with its reason;
     // replayed from the queue page, the group gets it again.
     post(
@@ -731,7 +879,14 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     d.wait_text("#dlq-result", "1 replayed", 5).await;
     let again = post(&http, &ep, "/v1/queue/pull", pull).await;
     assert_eq!(again["messages"][0]["value"], b64("job-1"), "{again}");
+}
 
+/// Revoking a lease from the leases page.
+async fn lease_revoke(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // Leases: revoking the candidate's lease from the page ends its keys.
     d.goto(&format!("{ep}/ui#/leases")).await;
     d.click(&format!("button[data-revoke='{b}']")).await;
@@ -744,7 +899,14 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
         .await
         .unwrap();
     assert_eq!(gone.status().as_u16(), 404, "the lease is revoked");
+}
 
+/// A phone's width, dark mode and the keyboard.
+async fn phone_dark_keyboard(c: &Stage) {
+    let d = &c.d;
+    let (http, ep, gw_listen) = (c.http.clone(), c.ep.clone(), c.gw_listen.clone());
+    let (a, b) = (c.a, c.b);
+    let _ = (&http, &ep, &gw_listen, a, b);
     // A phone's width: no page is wider than the screen (wide tables scroll on their own).
     d.cmd(
         "POST",
@@ -815,75 +977,4 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     .unwrap();
     d.wait_text("#page", "keys at revision", 5).await;
     assert_eq!(d.js("return location.hash").await, "#/keys");
-
-    waiter.abort();
-    candidate.abort();
-    let _ = d.cmd("DELETE", "", None).await;
-}
-
-/// A node with a token: the page asks for it once (a dialog, never the address), keeps it for
-/// the tab, and sends it with every call, watches included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_token_is_asked_once_and_never_put_in_the_address() {
-    if browser_or_skip(true).is_none() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let node = common::start_with(&[
-        "--data-dir".as_ref(),
-        dir.path().as_os_str(),
-        "--token".as_ref(),
-        "s3cret-token".as_ref(),
-    ]);
-    let ep = node.endpoint.clone();
-    let d = Driver::start().await;
-    d.goto(&format!("{ep}/ui#/keys")).await;
-    d.type_into("#token", "wrong").await;
-    d.click("#token-form button").await;
-    // A wrong token is asked for again (the dialog opens anew, emptied).
-    let mut asked_again = false;
-    for _ in 0..50 {
-        let v = d
-            .js("const d = document.getElementById('token-dialog'); return d.open && document.getElementById('token').value === ''")
-            .await;
-        if v == true {
-            asked_again = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(asked_again, "a wrong token was not asked for again");
-    d.type_into("#token", "s3cret-token").await;
-    d.click("#token-form button").await;
-    d.wait_text("#page", "keys at revision", 10).await;
-    d.goto(&format!("{ep}/ui#/services")).await;
-    d.find("#page[data-live='1']").await;
-    let http = reqwest::Client::new();
-    let lease: Value = http
-        .post(format!("{ep}/v1/lease/grant"))
-        .bearer_auth("s3cret-token")
-        .json(&json!({"ttl": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let r = http
-        .post(format!("{ep}/v1/svc/register"))
-        .bearer_auth("s3cret-token")
-        .json(&json!({"service": "api", "lease": lease["id"], "instance": {"id": "api-1", "address": "10.0.0.9:80"}}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    d.wait_text("#page", "api-1", 5).await;
-    let url = d.js("return location.href").await;
-    assert!(!url.as_str().unwrap().contains("s3cret"), "{url}");
-    assert_eq!(
-        d.js("return sessionStorage.getItem('weft-token')").await,
-        "s3cret-token"
-    );
-    d.screenshot("token-services").await;
-    let _ = d.cmd("DELETE", "", None).await;
 }
