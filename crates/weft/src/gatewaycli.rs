@@ -338,49 +338,55 @@ pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
             println!("route {} stored", r.name);
         }
         RouteCmd::List => {
-            let resp = c
-                .post(
+            let resp: weft_server::api::RangeResp = c
+                .call(
                     "/v1/kv/range",
                     &json!({"key": ROUTE_PREFIX, "prefix": true}),
                 )
                 .await?;
-            let routes: Vec<Value> = resp["kvs"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            // A stored value that is not a route (written by hand) is shown as it is.
+            let routes: Vec<Result<RouteConfig, String>> = resp
+                .kvs
                 .iter()
-                .map(|kv| {
-                    serde_json::from_str(kv["value"].as_str().unwrap_or("null"))
-                        .unwrap_or(Value::Null)
-                })
+                .map(|kv| serde_json::from_str(&kv.value).map_err(|_| kv.value.clone()))
                 .collect();
             if conn.json {
-                println!("{}", Value::Array(routes));
+                let all: Vec<Value> = routes
+                    .iter()
+                    .map(|r| match r {
+                        Ok(r) => serde_json::to_value(r).unwrap_or_default(),
+                        Err(raw) => serde_json::from_str(raw).unwrap_or(Value::Null),
+                    })
+                    .collect();
+                println!("{}", Value::Array(all));
             } else {
-                for v in routes {
-                    let m = v["path_prefix"]
-                        .as_str()
-                        .map(|p| format!("prefix {p}"))
-                        .or_else(|| v["path"].as_str().map(|p| format!("path {p}")))
-                        .or_else(|| v["path_template"].as_str().map(|p| format!("template {p}")))
-                        .unwrap_or_else(|| "any path".into());
-                    println!(
-                        "{}\t{}\t-> {}",
-                        v["name"].as_str().unwrap_or("?"),
-                        m,
-                        v["upstream"].as_str().unwrap_or("?")
-                    );
+                for r in routes {
+                    match r {
+                        Ok(r) => {
+                            let m = r
+                                .path_prefix
+                                .as_ref()
+                                .map(|p| format!("prefix {p}"))
+                                .or_else(|| r.path.as_ref().map(|p| format!("path {p}")))
+                                .or_else(|| {
+                                    r.path_template.as_ref().map(|p| format!("template {p}"))
+                                })
+                                .unwrap_or_else(|| "any path".into());
+                            println!("{}\t{}\t-> {}", r.name, m, r.upstream);
+                        }
+                        Err(raw) => println!("?\t(not a route: {raw})"),
+                    }
                 }
             }
         }
         RouteCmd::Rm { name } => {
-            let r = c
-                .post(
+            let r: weft_server::api::DeleteResp = c
+                .call(
                     "/v1/kv/delete",
                     &json!({"key": format!("{ROUTE_PREFIX}{name}")}),
                 )
                 .await?;
-            if r["deleted"].as_i64().unwrap_or(0) == 0 {
+            if r.deleted == 0 {
                 bail!("no stored route {name:?}");
             }
             println!("route {name} deleted");

@@ -208,13 +208,9 @@ pub async fn queue(cmd: QueueCmd, conn: Conn) -> Result<()> {
                     &json!({"name": a.topic, "config": cfg}),
                 )
                 .await?;
-            print_or_json(&conn, &v, |v| {
-                println!(
-                    "topic {} ({} partitions)",
-                    v["name"].as_str().unwrap_or(""),
-                    v["partitions"].as_array().map_or(0, Vec::len)
-                )
-            });
+            print_or_json(&conn, &v, |t: weft_queue::TopicInfo| {
+                println!("topic {} ({} partitions)", t.name, t.partitions.len())
+            })?;
         }
         QueueCmd::Delete { topic } => {
             c.post("/v1/queue/topic/delete", &json!({ "name": topic }))
@@ -251,14 +247,12 @@ pub async fn queue(cmd: QueueCmd, conn: Conn) -> Result<()> {
                     &json!({"topic": topic, "group": group, "receipts": receipts}),
                 )
                 .await?;
-            print_or_json(&conn, &v, |v| println!("acked {}", v["acked"]));
-            if v["errors"].as_array().is_some_and(|e| !e.is_empty()) {
-                for e in v["errors"].as_array().into_iter().flatten() {
-                    eprintln!(
-                        "{}: {}",
-                        e["receipt"].as_str().unwrap_or(""),
-                        e["error"]["message"].as_str().unwrap_or("")
-                    );
+            let acked: Acked =
+                serde_json::from_value(v.clone()).context("the node's ack answer is not one")?;
+            print_or_json(&conn, &v, |a: Acked| println!("acked {}", a.acked))?;
+            if !acked.errors.is_empty() {
+                for e in &acked.errors {
+                    eprintln!("{}: {}", e.receipt, e.error.message);
                 }
                 bail!("some receipts were not acked");
             }
@@ -296,7 +290,7 @@ pub async fn queue(cmd: QueueCmd, conn: Conn) -> Result<()> {
                 path += &format!("&from_time_ms={t}");
             }
             let v = c.get(&path).await?;
-            let msgs: Vec<Message> = serde_json::from_value(v["messages"].clone())?;
+            let msgs: Vec<Message> = field(&v, "messages")?;
             for m in msgs {
                 print_message(&conn, &m, None);
             }
@@ -311,12 +305,56 @@ pub async fn queue(cmd: QueueCmd, conn: Conn) -> Result<()> {
     Ok(())
 }
 
-fn print_or_json(conn: &Conn, v: &Value, human: impl Fn(&Value)) {
+/// The node's answer as it came (`--json`), or read into its type `T` and printed by `human`.
+fn print_or_json<T: serde::de::DeserializeOwned>(
+    conn: &Conn,
+    v: &Value,
+    human: impl Fn(T),
+) -> Result<()> {
     if conn.json {
         println!("{v}");
     } else {
-        human(v);
+        human(
+            serde_json::from_value(v.clone())
+                .context("the node's answer is not the expected one")?,
+        );
     }
+    Ok(())
+}
+
+/// `/v1/queue/ack`'s answer.
+#[derive(serde::Deserialize)]
+struct Acked {
+    acked: u64,
+    #[serde(default)]
+    errors: Vec<AckError>,
+}
+
+#[derive(serde::Deserialize)]
+struct AckError {
+    receipt: String,
+    error: ErrorBody,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    message: String,
+}
+
+/// A count the node answers (`replayed`, `purged`).
+#[derive(serde::Deserialize)]
+struct Count {
+    #[serde(alias = "replayed", alias = "purged")]
+    n: u64,
+}
+
+/// Messages under one field of the node's answer (`messages`, `dead`, `published`, `topics`).
+fn field<T: serde::de::DeserializeOwned>(v: &Value, name: &str) -> Result<Vec<T>> {
+    let items = v
+        .get(name)
+        .cloned()
+        .with_context(|| format!("the node's answer has no {name:?}"))?;
+    serde_json::from_value(items).with_context(|| format!("the node's {name:?} are not valid"))
 }
 
 fn value_text(m: &Message) -> String {
@@ -377,15 +415,14 @@ async fn publish(c: &Client, conn: &Conn, a: PublishArgs) -> Result<()> {
                 &json!({"topic": a.topic, "messages": msgs}),
             )
             .await?;
-        for p in v["published"].as_array().into_iter().flatten() {
-            print_or_json(conn, p, |p| {
-                let dup = if p["duplicate"] == true {
-                    " (duplicate)"
-                } else {
-                    ""
-                };
-                println!("{}/{}{dup}", p["partition"], p["offset"]);
-            });
+        let published: Vec<weft_queue::Published> = field(&v, "published")?;
+        for p in published {
+            if conn.json {
+                println!("{}", serde_json::to_string(&p)?);
+            } else {
+                let dup = if p.duplicate { " (duplicate)" } else { "" };
+                println!("{}/{}{dup}", p.partition, p.offset);
+            }
         }
     }
     Ok(())
@@ -445,7 +482,7 @@ async fn consume(c: &Client, conn: &Conn, a: ConsumeArgs) -> Result<()> {
                         "max": a.batch, "wait_ms": 5000}),
             )
             .await?;
-        let got: Vec<Delivery> = serde_json::from_value(v["messages"].clone())?;
+        let got: Vec<Delivery> = field(&v, "messages")?;
         if got.is_empty() {
             if a.idle_exit_ms > 0 && idle_since.elapsed() >= Duration::from_millis(a.idle_exit_ms) {
                 return Ok(());
@@ -500,7 +537,7 @@ async fn dlq(c: &Client, conn: &Conn, topic: &str, action: &str, offsets: Vec<u6
                     crate::urlencode(topic)
                 ))
                 .await?;
-            let msgs: Vec<Message> = serde_json::from_value(v["dead"].clone())?;
+            let msgs: Vec<Message> = field(&v, "dead")?;
             for m in msgs {
                 if conn.json {
                     println!("{}", serde_json::to_string(&m)?);
@@ -528,13 +565,13 @@ async fn dlq(c: &Client, conn: &Conn, topic: &str, action: &str, offsets: Vec<u6
                     &json!({"topic": topic, "offsets": offs}),
                 )
                 .await?;
-            print_or_json(conn, &v, |v| println!("replayed {}", v["replayed"]));
+            print_or_json(conn, &v, |c: Count| println!("replayed {}", c.n))?;
         }
         "purge" => {
             let v = c
                 .post("/v1/queue/dead/purge", &json!({ "topic": topic }))
                 .await?;
-            print_or_json(conn, &v, |v| println!("purged {}", v["purged"]));
+            print_or_json(conn, &v, |c: Count| println!("purged {}", c.n))?;
         }
         other => bail!("unknown dlq action {other:?}: use list, replay or purge"),
     }
@@ -547,7 +584,7 @@ async fn stats(c: &Client, conn: &Conn, topic: Option<String>) -> Result<()> {
             c.get(&format!("/v1/queue/topic?name={}", crate::urlencode(&t)))
                 .await?,
         )?],
-        None => serde_json::from_value(c.get("/v1/queue/topics").await?["topics"].clone())?,
+        None => field(&c.get("/v1/queue/topics").await?, "topics")?,
     };
     if conn.json {
         println!("{}", serde_json::to_string(&topics)?);
