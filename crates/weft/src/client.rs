@@ -141,14 +141,11 @@ impl Client {
         })?;
         let status = resp.status();
         if !status.is_success() {
-            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let body: ErrorJson = resp.json().await.unwrap_or_default();
             return Err(ClientError::Api {
                 status: status.as_u16(),
-                code: body["error"]["code"].as_str().unwrap_or("error").into(),
-                message: body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("no message")
-                    .into(),
+                code: body.error.code.unwrap_or_else(|| "error".into()),
+                message: body.error.message.unwrap_or_else(|| "no message".into()),
             }
             .into());
         }
@@ -254,10 +251,11 @@ impl Client {
                 }
                 let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
                 if ev == "error" {
+                    let e: ErrorJson = serde_json::from_value(v).unwrap_or_default();
                     return Err(ClientError::Api {
                         status: 200,
-                        code: v["error"]["code"].as_str().unwrap_or("error").into(),
-                        message: v["error"]["message"].as_str().unwrap_or("").into(),
+                        code: e.error.code.unwrap_or_else(|| "error".into()),
+                        message: e.error.message.unwrap_or_default(),
                     }
                     .into());
                 }
@@ -271,4 +269,18 @@ impl Client {
         }
         .into())
     }
+}
+
+/// The node's error body: `{"error": {"code", "message", ...}}` (fields missing in a body
+/// that is not one).
+#[derive(Default, serde::Deserialize)]
+struct ErrorJson {
+    #[serde(default)]
+    error: ErrorFields,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ErrorFields {
+    code: Option<String>,
+    message: Option<String>,
 }

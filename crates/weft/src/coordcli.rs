@@ -170,9 +170,8 @@ async fn key_gone(c: &Client, key: &str, created: i64, stop: &Stop) -> String {
         let r = c
             .sse(&q, |ev, data| {
                 !(ev == "watch"
-                    && data["events"]
-                        .as_array()
-                        .is_some_and(|e| e.iter().any(|e| e["type"] == "DELETE")))
+                    && serde_json::from_value::<weft_server::api::WatchJson>(data.clone())
+                        .is_ok_and(|w| w.events.iter().any(|e| e.kind == "DELETE")))
             })
             .await;
         match r {
@@ -347,11 +346,15 @@ fn print_leader(name: &str, leader: &Value, json_out: bool) {
     } else if leader.is_null() {
         println!("no leader");
     } else {
-        println!(
-            "{} (term {})",
-            leader["value"].as_str().unwrap_or(""),
-            leader["term"]
-        );
+        #[derive(serde::Deserialize)]
+        struct Leader {
+            value: String,
+            term: i64,
+        }
+        match serde_json::from_value::<Leader>(leader.clone()) {
+            Ok(l) => println!("{} (term {})", l.value, l.term),
+            Err(_) => println!("{leader}"),
+        }
     }
     let _ = std::io::stdout().flush();
 }

@@ -53,11 +53,8 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                println!(
-                    "lease {:x} granted with TTL({}s)",
-                    r["id"].as_i64().unwrap_or(0),
-                    r["ttl"]
-                );
+                let g: Granted = typed(r)?;
+                println!("lease {:x} granted with TTL({}s)", g.id, g.ttl);
             }
         }
         LeaseCmd::Revoke { id } => {
@@ -73,7 +70,7 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             let id = parse_lease(&id)?;
             loop {
                 let r = c.post("/v1/lease/keepalive", &json!({"id": id})).await?;
-                let ttl = r["ttl"].as_i64().unwrap_or(1);
+                let ttl = typed::<Granted>(r.clone())?.ttl;
                 if conn.json {
                     println!("{r}");
                 } else {
@@ -94,18 +91,13 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
+                let t: TimeToLive = typed(r)?;
                 let mut line = format!(
                     "lease {id:x} granted with TTL({}s), remaining({}s)",
-                    r["granted_ttl"], r["ttl"]
+                    t.granted_ttl, t.ttl
                 );
                 if keys {
-                    let ks: Vec<&str> = r["keys"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|k| k.as_str())
-                        .collect();
-                    line.push_str(&format!(", attached keys({})", ks.join(", ")));
+                    line.push_str(&format!(", attached keys({})", t.keys.join(", ")));
                 }
                 println!("{line}");
             }
@@ -115,13 +107,39 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                let ids = r["leases"].as_array().cloned().unwrap_or_default();
-                println!("found {} leases", ids.len());
-                for id in ids {
-                    println!("{:x}", id.as_i64().unwrap_or(0));
+                let l: Leases = typed(r)?;
+                println!("found {} leases", l.leases.len());
+                for id in l.leases {
+                    println!("{id:x}");
                 }
             }
         }
     }
     Ok(())
+}
+
+/// `/v1/lease/grant` and `/v1/lease/keepalive` answers.
+#[derive(serde::Deserialize)]
+struct Granted {
+    id: i64,
+    ttl: i64,
+}
+
+/// `/v1/lease/ttl`'s answer.
+#[derive(serde::Deserialize)]
+struct TimeToLive {
+    granted_ttl: i64,
+    ttl: i64,
+    #[serde(default)]
+    keys: Vec<String>,
+}
+
+/// `/v1/lease/list`'s answer.
+#[derive(serde::Deserialize)]
+struct Leases {
+    leases: Vec<i64>,
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
+    serde_json::from_value(v).context("the node's lease answer is not the expected one")
 }
