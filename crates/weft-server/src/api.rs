@@ -154,21 +154,48 @@ impl KeySel {
     }
 }
 
+/// Declares a request body (or query) that selects keys: the four [`KeySel`] fields (`key`,
+/// `range_end`, `prefix`, `from_key`) written once here, the body's own fields after them, and
+/// `sel()`. (serde's `flatten` would do this, but it cannot be combined with
+/// `deny_unknown_fields`, which every body keeps.)
+macro_rules! key_selecting {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty,)*
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            /// The key, the first key of a range, or the prefix (see [`KeySel`]).
+            pub key: String,
+            /// See [`KeySel`].
+            #[serde(default)]
+            pub range_end: Option<String>,
+            /// See [`KeySel`].
+            #[serde(default)]
+            pub prefix: bool,
+            /// See [`KeySel`].
+            #[serde(default)]
+            pub from_key: bool,
+            $($(#[$fmeta])* $fvis $field: $ty,)*
+        }
+
+        impl $name {
+            /// The keys this request selects.
+            pub fn sel(&self) -> $crate::api::KeySel {
+                $crate::api::KeySel::of(&self.key, &self.range_end, self.prefix, self.from_key)
+            }
+        }
+    };
+}
+pub(crate) use key_selecting;
+
+key_selecting! {
 /// `POST /v1/kv/range`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RangeBody {
-    /// Key.
-    pub key: String,
-    /// See [`KeySel`].
-    #[serde(default)]
-    pub range_end: Option<String>,
-    /// See [`KeySel`].
-    #[serde(default)]
-    pub prefix: bool,
-    /// See [`KeySel`].
-    #[serde(default)]
-    pub from_key: bool,
     /// Max keys (0: no limit).
     #[serde(default)]
     pub limit: i64,
@@ -185,11 +212,12 @@ pub struct RangeBody {
     #[serde(default)]
     pub encoding: Option<Encoding>,
 }
+}
 
 impl RangeBody {
     /// To a store request.
     pub fn to_store(&self, enc: Encoding) -> Result<ws::RangeRequest, ApiError> {
-        let sel = KeySel::of(&self.key, &self.range_end, self.prefix, self.from_key);
+        let sel = self.sel();
         Ok(ws::RangeRequest {
             range: sel.range(enc)?,
             limit: self.limit,
@@ -272,21 +300,11 @@ pub fn put_resp(enc: Encoding, r: &ws::PutResponse) -> Result<PutResp, ApiError>
     })
 }
 
+key_selecting! {
 /// `POST /v1/kv/delete`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteBody {
-    /// Key.
-    pub key: String,
-    /// See [`KeySel`].
-    #[serde(default)]
-    pub range_end: Option<String>,
-    /// See [`KeySel`].
-    #[serde(default)]
-    pub prefix: bool,
-    /// See [`KeySel`].
-    #[serde(default)]
-    pub from_key: bool,
     /// Return deleted pairs.
     #[serde(default)]
     pub prev_kv: bool,
@@ -294,11 +312,12 @@ pub struct DeleteBody {
     #[serde(default)]
     pub encoding: Option<Encoding>,
 }
+}
 
 impl DeleteBody {
     /// To a store request.
     pub fn to_store(&self, enc: Encoding) -> Result<ws::DeleteRequest, ApiError> {
-        let sel = KeySel::of(&self.key, &self.range_end, self.prefix, self.from_key);
+        let sel = self.sel();
         Ok(ws::DeleteRequest {
             range: sel.range(enc)?,
             prev_kv: self.prev_kv,

@@ -682,17 +682,11 @@ async fn lease_list(State(st): State<AppState>) -> Result<Json<serde_json::Value
     Ok(Json(serde_json::json!({"leases": ids})))
 }
 
+api::key_selecting! {
 /// Query of `GET /v1/watch`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WatchQuery {
-    key: String,
-    #[serde(default)]
-    range_end: Option<String>,
-    #[serde(default)]
-    prefix: bool,
-    #[serde(default)]
-    from_key: bool,
     #[serde(default)]
     start_revision: i64,
     #[serde(default)]
@@ -706,6 +700,7 @@ struct WatchQuery {
     #[serde(default)]
     encoding: Option<Encoding>,
 }
+}
 
 async fn watch_sse(
     State(st): State<AppState>,
@@ -713,7 +708,7 @@ async fn watch_sse(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let enc = q.encoding.unwrap_or_default();
-    let sel = api::KeySel::of(&q.key, &q.range_end, q.prefix, q.from_key);
+    let sel = q.sel();
     let req = WatchRequest {
         range: sel.range(enc)?,
         start_revision: q.start_revision,
