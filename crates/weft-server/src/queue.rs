@@ -143,63 +143,120 @@ pub(crate) async fn publish_stream(
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"));
-    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
-    let mut body = req.into_body().into_data_stream();
-    tokio::spawn(async move {
-        let mut buf: Vec<u8> = Vec::new();
-        loop {
-            let chunk = match body.next().await {
-                Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    let err = ApiError::BadRequest(format!("reading the request body: {e}"));
-                    let _ = tx
-                        .send(futures::future::ready(vec![Err(err)]).boxed())
-                        .await;
-                    return;
-                }
-                None => break,
-            };
-            buf.extend_from_slice(&chunk);
-            let (lines, used) = if binary {
-                parse_frames(&buf)
-            } else {
-                parse_lines(&buf)
-            };
-            buf.drain(..used);
-            for fut in batches(&qu, &topic, lines) {
-                if tx.send(fut).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let last = match (binary, buf.is_empty()) {
-            (_, true) => Vec::new(),
-            (true, false) => vec![Some(Err(ApiError::BadRequest(format!(
-                "the stream ends inside a frame ({} bytes left over)",
-                buf.len()
-            ))))],
-            (false, false) => vec![parse_line(&buf)],
-        };
-        for fut in batches(&qu, &topic, last) {
-            let _ = tx.send(fut).await;
-        }
-    });
-    let lines = tokio_stream::wrappers::ReceiverStream::new(rx)
-        .buffered(STREAM_IN_FLIGHT)
-        .flat_map(futures::stream::iter)
-        .map(|r| {
-            let mut v = match r {
-                Ok(p) => serde_json::to_vec(&p).unwrap_or_default(),
-                Err(e) => e.to_json().to_string().into_bytes(),
-            };
-            v.push(b'\n');
-            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(v))
-        });
+    let stream = PublishStream {
+        body: req.into_body().into_data_stream(),
+        buf: Vec::new(),
+        binary,
+        queue: qu,
+        topic,
+        inflight: futures::stream::FuturesOrdered::new(),
+        body_done: false,
+        out: Vec::new(),
+    };
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
-        HttpBody::from_stream(lines),
+        HttpBody::from_stream(stream),
     )
         .into_response())
+}
+
+/// The publish stream as the response body: each poll reads what the request body has
+/// (frames or lines), starts their publishes, and answers every publish that is done, in
+/// order, in one chunk. Reading and answering share the connection's task: no task or
+/// channel between them (a hop each way per message before).
+struct PublishStream {
+    body: axum::body::BodyDataStream,
+    buf: Vec<u8>,
+    binary: bool,
+    queue: Arc<dyn Queue>,
+    topic: Arc<str>,
+    inflight: futures::stream::FuturesOrdered<PublishBatch>,
+    body_done: bool,
+    /// Answers ready to send, one NDJSON line each.
+    out: Vec<u8>,
+}
+
+impl PublishStream {
+    /// Parses what the buffer holds (all of it once the body has ended) and starts its
+    /// publishes.
+    fn take_input(&mut self, end: bool) {
+        let (lines, used) = if self.binary {
+            parse_frames(&self.buf)
+        } else {
+            parse_lines(&self.buf)
+        };
+        self.buf.drain(..used);
+        let mut lines = lines;
+        if end && !self.buf.is_empty() {
+            lines.push(if self.binary {
+                Some(Err(ApiError::BadRequest(format!(
+                    "the stream ends inside a frame ({} bytes left over)",
+                    self.buf.len()
+                ))))
+            } else {
+                parse_line(&self.buf)
+            });
+            self.buf.clear();
+        }
+        for fut in batches(&self.queue, &self.topic, lines) {
+            self.inflight.push_back(fut);
+        }
+    }
+
+    fn answer(&mut self, answers: Answers) {
+        for r in answers {
+            match r {
+                Ok(p) => {
+                    let _ = serde_json::to_writer(&mut self.out, &p);
+                }
+                Err(e) => self.out.extend_from_slice(e.to_json().to_string().as_bytes()),
+            }
+            self.out.push(b'\n');
+        }
+    }
+}
+
+impl futures::Stream for PublishStream {
+    type Item = Result<bytes::Bytes, std::convert::Infallible>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        // Read while there is room for more publishes.
+        while !this.body_done && this.inflight.len() < STREAM_IN_FLIGHT {
+            match this.body.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    this.buf.extend_from_slice(&chunk);
+                    this.take_input(false);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let err = ApiError::BadRequest(format!("reading the request body: {e}"));
+                    this.inflight
+                        .push_back(futures::future::ready(vec![Err(err)]).boxed());
+                    this.body_done = true;
+                }
+                Poll::Ready(None) => {
+                    this.body_done = true;
+                    this.take_input(true);
+                }
+                Poll::Pending => break,
+            }
+        }
+        // Every answer that is ready, in order.
+        while let Poll::Ready(Some(answers)) = this.inflight.poll_next_unpin(cx) {
+            this.answer(answers);
+        }
+        if !this.out.is_empty() {
+            return Poll::Ready(Some(Ok(std::mem::take(&mut this.out).into())));
+        }
+        if this.body_done && this.inflight.is_empty() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
 }
 
 type Answers = Vec<Result<weft_queue::Published, ApiError>>;
