@@ -209,7 +209,9 @@ impl PublishStream {
                 Ok(p) => {
                     let _ = serde_json::to_writer(&mut self.out, &p);
                 }
-                Err(e) => self.out.extend_from_slice(e.to_json().to_string().as_bytes()),
+                Err(e) => self
+                    .out
+                    .extend_from_slice(e.to_json().to_string().as_bytes()),
             }
             self.out.push(b'\n');
         }
