@@ -53,17 +53,25 @@ pub struct Announcer {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Registers `a` on `store` now (an error here is returned: a bad id, an unreachable store)
-/// and keeps it registered, with a lease of `ttl` seconds, until [`Announcer::stop`].
+/// Registers `a` on `store` and keeps it registered, with a lease of `ttl` seconds, until
+/// [`Announcer::stop`]. An error that retrying cannot fix (a bad id) is returned; a store that
+/// cannot be reached yet is retried every second in the background.
 pub async fn announce(
     store: Arc<dyn Store>,
     a: Announcement,
     ttl: i64,
 ) -> Result<Announcer, weft_coord::CoordError> {
-    let first = register(&store, &a, ttl).await?;
+    let first = match register(&store, &a, ttl).await {
+        Ok(r) => Some(r),
+        Err(e) if e.is_retryable() => {
+            tracing::warn!(error = %e, gateway = %a.id, "gateway registration failed; retrying");
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let (stop, mut stop_rx) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut current = Some(first);
+        let mut current = first;
         loop {
             if let Some((session, reg)) = current.take() {
                 tokio::select! {

@@ -413,6 +413,18 @@ outlier = {{ consecutive_failures = 0 }}
     path
 }
 
+/// Waits (up to 10 s) until something accepts connections on `addr`.
+fn wait_port(addr: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing listens on {addr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Sends 10 requests through a gateway: 5 fail at the upstream, then its breaker refuses.
 async fn open_breaker(http: &reqwest::Client, gateway: &str) {
     let mut codes = Vec::new();
@@ -510,6 +522,10 @@ async fn clicks_edit_keys_and_pages_follow_the_store_live() {
     let node = common::start_with(&argv);
     let ep = node.endpoint.clone();
     let http = reqwest::Client::new();
+    // The node announces its HTTP API first; its gateway and etcd API open just after.
+    wait_port(&gw_listen);
+    #[cfg(feature = "etcd")]
+    wait_port(etcd.trim_start_matches("http://"));
     #[cfg(feature = "etcd")]
     let edge_conf = failing_gateway_config(dir.path(), "edge");
     #[cfg(feature = "etcd")]
