@@ -233,7 +233,8 @@ async fn stop_sends_goaway_and_ends_the_connection() {
     stop.send(true).unwrap();
     // New streams are refused once the GOAWAY is read; the connection then closes.
     let mut refused = false;
-    for _ in 0..50 {
+    // Up to 5 s: the GOAWAY comes when the connection's task next runs.
+    for _ in 0..250 {
         let req = http::Request::post("http://t/t.T/Echo").body(()).unwrap();
         match c.clone().ready().await {
             Ok(mut s) => {
