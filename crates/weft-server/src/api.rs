@@ -96,29 +96,27 @@ fn kvs_json(enc: Encoding, kvs: &[ws::KeyValue]) -> Result<Vec<KvJson>, ApiError
     kvs.iter().map(|kv| kv_json(enc, kv)).collect()
 }
 
-/// Selects keys: `key` alone, or with exactly one of `range_end`, `prefix`, `from_key`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct KeySel {
+/// Selects keys: `key` alone, or with exactly one of `range_end`, `prefix`, `from_key`. A
+/// view of a request's fields (the bodies declare them with `key_selecting!`), so building
+/// it copies nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySel<'a> {
     /// Key, first key of a range, or prefix.
-    pub key: String,
+    pub key: &'a str,
     /// End of `[key, range_end)`.
-    #[serde(default)]
-    pub range_end: Option<String>,
+    pub range_end: Option<&'a str>,
     /// Every key starting with `key` (an empty key with `prefix` selects all keys).
-    #[serde(default)]
     pub prefix: bool,
     /// Every key `>= key`.
-    #[serde(default)]
     pub from_key: bool,
 }
 
-impl KeySel {
+impl<'a> KeySel<'a> {
     /// A selection from the fields that request bodies share.
-    pub fn of(key: &str, range_end: &Option<String>, prefix: bool, from_key: bool) -> Self {
+    pub fn of(key: &'a str, range_end: &'a Option<String>, prefix: bool, from_key: bool) -> Self {
         KeySel {
-            key: key.to_string(),
-            range_end: range_end.clone(),
+            key,
+            range_end: range_end.as_deref(),
             prefix,
             from_key,
         }
@@ -126,7 +124,7 @@ impl KeySel {
 
     /// The store range.
     pub fn range(&self, enc: Encoding) -> Result<ws::KeyRange, ApiError> {
-        let key = enc.decode("key", &self.key)?;
+        let key = enc.decode("key", self.key)?;
         let n = self.range_end.is_some() as u8 + self.prefix as u8 + self.from_key as u8;
         if n > 1 {
             return Err(ApiError::BadRequest(
@@ -183,7 +181,7 @@ macro_rules! key_selecting {
 
         impl $name {
             /// The keys this request selects.
-            pub fn sel(&self) -> $crate::api::KeySel {
+            pub fn sel(&self) -> $crate::api::KeySel<'_> {
                 $crate::api::KeySel::of(&self.key, &self.range_end, self.prefix, self.from_key)
             }
         }

@@ -284,3 +284,9 @@ struct ErrorFields {
     code: Option<String>,
     message: Option<String>,
 }
+
+/// The node's answer `v` read into the type the CLI expects (`what` names it in the error).
+pub(crate) fn answer<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v)
+        .with_context(|| format!("the node's {what} answer is not what this weft expects"))
+}

@@ -108,11 +108,6 @@ fn print_kvs(kvs: &[KvJson]) {
     }
 }
 
-/// The node's answer read into the API's own type.
-fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
-    serde_json::from_value(v).with_context(|| format!("the node's {what} answer is not one"))
-}
-
 pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
     let c = Client::new(&conn.endpoint, conn.token.clone())?;
     match cmd {
@@ -133,7 +128,7 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
                 println!("{r}");
             } else {
                 println!("OK");
-                let r: PutResp = typed(r, "put")?;
+                let r: PutResp = crate::client::answer(r, "put")?;
                 if let Some(p) = r.prev_kv {
                     print_kvs(&[p]);
                 }
@@ -153,7 +148,7 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                let r: RangeResp = typed(r, "range")?;
+                let r: RangeResp = crate::client::answer(r, "range")?;
                 if count_only {
                     println!("{}", r.count);
                 } else if keys_only {
@@ -172,7 +167,7 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                let r: DeleteResp = typed(r, "delete")?;
+                let r: DeleteResp = crate::client::answer(r, "delete")?;
                 println!("{}", r.deleted);
                 print_kvs(&r.prev_kvs);
             }
@@ -246,7 +241,7 @@ pub(crate) async fn status(conn: Conn) -> Result<()> {
     if conn.json {
         println!("{s}");
     } else {
-        let s: NodeStatus = typed(s, "status")?;
+        let s: NodeStatus = crate::client::answer(s, "status")?;
         println!(
             "revision {}  compact revision {}  size {} bytes  {}",
             s.header.revision, s.compact_revision, s.db_size, s.version
@@ -272,7 +267,7 @@ async fn txn(c: &Client, file: Option<PathBuf>, json_out: bool) -> Result<()> {
     if json_out {
         println!("{r}");
     } else {
-        print_txn(&typed(r, "txn")?);
+        print_txn(&crate::client::answer(r, "txn")?);
     }
     Ok(())
 }

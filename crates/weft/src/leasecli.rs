@@ -53,7 +53,7 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                let g: Granted = typed(r)?;
+                let g: Granted = crate::client::answer(r, "lease")?;
                 println!("lease {:x} granted with TTL({}s)", g.id, g.ttl);
             }
         }
@@ -70,7 +70,7 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             let id = parse_lease(&id)?;
             loop {
                 let r = c.post("/v1/lease/keepalive", &json!({"id": id})).await?;
-                let ttl = typed::<Granted>(r.clone())?.ttl;
+                let ttl = crate::client::answer::<Granted>(r.clone(), "lease")?.ttl;
                 if conn.json {
                     println!("{r}");
                 } else {
@@ -91,7 +91,7 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                let t: TimeToLive = typed(r)?;
+                let t: TimeToLive = crate::client::answer(r, "lease")?;
                 let mut line = format!(
                     "lease {id:x} granted with TTL({}s), remaining({}s)",
                     t.granted_ttl, t.ttl
@@ -107,7 +107,7 @@ pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
             if conn.json {
                 println!("{r}");
             } else {
-                let l: Leases = typed(r)?;
+                let l: Leases = crate::client::answer(r, "lease")?;
                 println!("found {} leases", l.leases.len());
                 for id in l.leases {
                     println!("{id:x}");
@@ -138,8 +138,4 @@ struct TimeToLive {
 #[derive(serde::Deserialize)]
 struct Leases {
     leases: Vec<i64>,
-}
-
-fn typed<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Result<T> {
-    serde_json::from_value(v).context("the node's lease answer is not the expected one")
 }

@@ -247,9 +247,12 @@ pub async fn queue(cmd: QueueCmd, conn: Conn) -> Result<()> {
                     &json!({"topic": topic, "group": group, "receipts": receipts}),
                 )
                 .await?;
-            let acked: Acked =
-                serde_json::from_value(v.clone()).context("the node's ack answer is not one")?;
-            print_or_json(&conn, &v, |a: Acked| println!("acked {}", a.acked))?;
+            let acked: Acked = crate::client::answer(v.clone(), "ack")?;
+            if conn.json {
+                println!("{v}");
+            } else {
+                println!("acked {}", acked.acked);
+            }
             if !acked.errors.is_empty() {
                 for e in &acked.errors {
                     eprintln!("{}: {}", e.receipt, e.error.message);
@@ -314,10 +317,7 @@ fn print_or_json<T: serde::de::DeserializeOwned>(
     if conn.json {
         println!("{v}");
     } else {
-        human(
-            serde_json::from_value(v.clone())
-                .context("the node's answer is not the expected one")?,
-        );
+        human(crate::client::answer(v.clone(), "queue")?);
     }
     Ok(())
 }
@@ -354,7 +354,7 @@ fn field<T: serde::de::DeserializeOwned>(v: &Value, name: &str) -> Result<Vec<T>
         .get(name)
         .cloned()
         .with_context(|| format!("the node's answer has no {name:?}"))?;
-    serde_json::from_value(items).with_context(|| format!("the node's {name:?} are not valid"))
+    crate::client::answer(items, name)
 }
 
 fn value_text(m: &Message) -> String {

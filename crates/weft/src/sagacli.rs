@@ -105,11 +105,6 @@ fn ms(v: Option<u64>) -> String {
     v.map(|n| format!("{n}ms")).unwrap_or_default()
 }
 
-/// A saga as the node answers it, read into weft-saga's own type.
-fn view(v: &Value) -> Result<SagaView> {
-    serde_json::from_value(v.clone()).context("the node answered something that is not a saga")
-}
-
 /// Prints a saga: header, steps, timeline.
 fn print_saga(v: &SagaView) {
     let r = &v.record;
@@ -193,7 +188,7 @@ pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
         if conn.json {
             println!("{v}");
         } else {
-            print_saga(&view(v)?);
+            print_saga(&crate::client::answer::<SagaView>(v.clone(), "saga")?);
         }
         let _ = std::io::stdout().flush();
         Ok(())
@@ -252,8 +247,7 @@ pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
             if conn.json {
                 println!("{v}");
             } else {
-                let list: SagaList = serde_json::from_value(v)
-                    .context("the node answered something that is not a saga list")?;
+                let list: SagaList = crate::client::answer(v, "saga list")?;
                 for s in list.sagas {
                     let reason = s.reason.map(|r| format!(" ({r})")).unwrap_or_default();
                     println!("{} {} {}{reason}", s.id, s.status.as_str(), s.name);
@@ -270,7 +264,7 @@ pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
                 if json_out {
                     println!("{v}");
                 } else {
-                    let last = view(v)
+                    let last = crate::client::answer::<SagaView>(v.clone(), "saga")
                         .ok()
                         .and_then(|v| v.timeline.last().map(|e| e.kind.clone()))
                         .unwrap_or_default();

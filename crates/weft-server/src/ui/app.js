@@ -203,12 +203,6 @@ function param(name) {
 }
 
 // Pages.
-/// A counter's value from the node's Prometheus text.
-function counter(text, name) {
-  const line = String(text).split("\n").find((l) => l.startsWith(name + " "));
-  return line ? Number(line.split(" ")[1]) : 0;
-}
-
 // Labels of a Prometheus line `name{a="x",b="y"} v`.
 function labels(text, name) {
   const line = String(text).split("\n").find((l) => l.startsWith(name + "{"));
