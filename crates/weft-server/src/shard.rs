@@ -15,6 +15,8 @@ use crate::ApiError;
 pub const MAX_NODES: usize = 1000;
 /// Most keys one analysis places.
 pub const MAX_KEYS: usize = 1_000_000;
+/// Most virtual nodes per unit of weight.
+pub const MAX_VNODES: u32 = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,6 +70,11 @@ fn check(q: &AnalyzeQuery) -> Result<(Vec<weft_shard::Node>, Vec<String>), ApiEr
             weights.len()
         )));
     }
+    if let Some(v) = q.vnodes.filter(|v| !(1..=MAX_VNODES).contains(v)) {
+        return Err(ApiError::BadRequest(format!(
+            "vnodes {v} is out of range: 1 to {MAX_VNODES}"
+        )));
+    }
     let algos: Vec<String> = match q.algo.as_deref().unwrap_or("all") {
         "all" => ALGORITHMS.iter().map(|s| s.to_string()).collect(),
         list => list.split(',').map(|s| s.trim().to_string()).collect(),
@@ -106,7 +113,7 @@ pub(crate) async fn analyze(
         _ => None,
     };
     let settings = Settings {
-        vnodes: q.vnodes.unwrap_or(160).clamp(1, 1000),
+        vnodes: q.vnodes.unwrap_or(160),
         epsilon: q.epsilon.unwrap_or(0.25),
         keys: q.keys.unwrap_or(100_000),
     };

@@ -147,6 +147,7 @@ async fn shard_analysis_compares_algorithms_and_refuses_bad_input() {
         ("algo=magic", "unknown algorithm \"magic\""),
         ("nodes=2&weights=1,2,3", "give one weight per node"),
         ("add=1&remove=1", "not both"),
+        ("vnodes=0", "vnodes 0 is out of range"),
         ("bogus=1", "unknown field"),
     ] {
         let (s, v) = n.get_as(&format!("/v1/shard/analyze?{q}"), None).await;
