@@ -360,8 +360,8 @@ impl Gateway {
     // `edit_upstream_headers`, `hyper_request`, `settle`, `retry_backoff`, `add_cors_headers`,
     // `finish`): they add nothing to the future. What stays here is what awaits: the shared
     // rate limiter, reading a body to replay it, the attempts and their backoff. Measured
-    // side by side against nginx before and after the split (docs/benchmarks.md, "API
-    // gateway").
+    // side by side against nginx before and after the split (docs/runs/gateway.md,
+    // "`Gateway::handle` split into synchronous stages").
     pub async fn handle(&self, req: Request<RequestBody>, peer: &Remote) -> Response<Body> {
         let remote = peer.addr;
         let start = Instant::now();
