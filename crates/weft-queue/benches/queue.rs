@@ -3,13 +3,15 @@
 //! Starts `nats-server -js` (file storage, default settings: it acknowledges a publish before
 //! any fsync) and `weft up` (the release binary at `WEFT_BIN`; acknowledges after the fsync that
 //! covers the message), then measures with 1 KiB messages:
-//! - `fsync`: this disk's single durable writes (1 KiB `pwrite` + `fdatasync`), the floor of
-//!   one-producer publish latency when every ack waits for the disk;
+//! - `fsync`: this disk's single durable writes (1 KiB `pwrite` + `fdatasync`), and
+//!   `loopback round trip`: a 1 KiB tokio echo on one connection; their sum is the floor of
+//!   one-producer publish latency over the network when every ack waits for the disk;
 //! - `publish P`: P producers, each waiting for the ack of its message before sending the next
 //!   (JetStream: one async-nats connection; weft: one HTTP/1.1 connection carrying a binary
 //!   publish stream, acks streamed back as NDJSON, `/v1/queue/publish/stream`), and the
 //!   embedded queue called in this process (no HTTP) for what the API adds;
-//! - `consume`: a group drains the 64-producer topic in batches of 256, acking each batch;
+//! - `consume`: a group drains the 64-producer topic in batches of 256 (weft: binary pull
+//!   frames, `weft_queue::wire`), acking each batch without waiting for the answer;
 //! - `end-to-end`: one producer, one consumer: publish → delivered, p50/p99.
 //!
 //! Env: `QUEUE_BENCH_SECS` (3), `QUEUE_BENCH_PRODUCERS` ("1,64"), `WEFT_BIN`
@@ -22,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use base64::Engine;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -117,6 +118,11 @@ fn start_weft(dir: &std::path::Path) -> (Proc, String) {
             "--data-dir",
         ])
         .arg(dir)
+        .args(
+            std::env::var("QUEUE_BENCH_WEFT_ARGS")
+                .unwrap_or_default()
+                .split_whitespace(),
+        )
         .env("WEFT_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()
@@ -187,76 +193,78 @@ async fn nats_publish(
 
 type AckQueue = Arc<Mutex<VecDeque<oneshot::Sender<()>>>>;
 
-/// One HTTP connection carrying an NDJSON publish stream; returns a sender of messages whose
-/// oneshot fires when the message's ack line comes back.
-async fn weft_stream(ep: &str, topic: &str) -> mpsc::Sender<(Bytes, oneshot::Sender<()>)> {
-    let (tx, mut rx) = mpsc::channel::<(Bytes, oneshot::Sender<()>)>(4096);
-    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4096);
-    let acks: AckQueue = Default::default();
-    let a2 = acks.clone();
-    tokio::spawn(async move {
-        while let Some((line, done)) = rx.recv().await {
-            a2.lock().unwrap().push_back(done);
-            if body_tx.send(Ok(line)).await.is_err() {
-                return;
-            }
+/// One HTTP connection carrying a binary publish stream (acks come back as NDJSON lines, in
+/// order). A producer queues its ack's sender and its frame under one lock, so the body reads
+/// straight from the producers (no task between them and the connection).
+#[derive(Clone)]
+struct WeftStream {
+    acks: AckQueue,
+    body: mpsc::UnboundedSender<Result<Bytes, std::io::Error>>,
+}
+
+impl WeftStream {
+    async fn publish(&self, frame: Bytes) {
+        let (done, wait) = oneshot::channel();
+        {
+            let mut q = self.acks.lock().unwrap();
+            q.push_back(done);
+            self.body.send(Ok(frame)).unwrap();
         }
-    });
+        wait.await.unwrap();
+    }
+}
+
+async fn weft_stream(ep: &str, topic: &str) -> WeftStream {
+    let (body_tx, mut body_rx) = mpsc::unbounded_channel::<Result<Bytes, std::io::Error>>();
+    let acks: AckQueue = Default::default();
     let http = reqwest::Client::new();
-    let body = reqwest::Body::wrap_stream(tokio_stream_from(body_rx));
+    let body =
+        reqwest::Body::wrap_stream(futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx)));
     let url = format!("{ep}/v1/queue/publish/stream?name={topic}");
+    let a2 = acks.clone();
     tokio::spawn(async move {
         let r = http
             .post(url)
-            .header("content-type", "application/octet-stream")
+            .header("content-type", weft_queue::wire::BINARY)
             .body(body)
             .send()
             .await
             .unwrap();
         let mut s = r.bytes_stream();
-        let mut buf = Vec::new();
         while let Some(chunk) = s.next().await {
-            buf.extend_from_slice(&chunk.unwrap());
-            while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=nl).collect();
-                assert!(
-                    !line.starts_with(b"{\"error\""),
-                    "{}",
-                    String::from_utf8_lossy(&line)
-                );
-                if let Some(done) = acks.lock().unwrap().pop_front() {
+            let chunk = chunk.unwrap();
+            assert!(
+                !chunk.windows(8).any(|w| w == b"\"error\""),
+                "{}",
+                String::from_utf8_lossy(&chunk)
+            );
+            let n = chunk.iter().filter(|b| **b == b'\n').count();
+            let mut q = a2.lock().unwrap();
+            for _ in 0..n {
+                if let Some(done) = q.pop_front() {
                     let _ = done.send(());
                 }
             }
         }
     });
-    tx
+    WeftStream {
+        acks,
+        body: body_tx,
+    }
 }
 
-/// A binary publish frame: `len | key_len (0) | value`.
+/// A binary publish frame without a key.
 fn frame(value: &[u8]) -> Bytes {
     let mut v = Vec::with_capacity(8 + value.len());
-    v.extend_from_slice(&(4 + value.len() as u32).to_le_bytes());
-    v.extend_from_slice(&0u32.to_le_bytes());
-    v.extend_from_slice(value);
+    weft_queue::wire::publish_frame(None, value, &mut v);
     Bytes::from(v)
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 async fn weft_publish(ep: &str, topic: &str, producers: usize, secs: f64) -> (usize, Vec<u64>) {
-    let tx = weft_stream(ep, topic).await;
+    let stream = weft_stream(ep, topic).await;
     let publish: PublishFn = Arc::new(move |b| {
-        let tx = tx.clone();
-        Box::pin(async move {
-            let (done, wait) = oneshot::channel();
-            tx.send((frame(&b), done)).await.unwrap();
-            wait.await.unwrap();
-        })
+        let stream = stream.clone();
+        Box::pin(async move { stream.publish(frame(&b)).await })
     });
     drive(producers, secs, publish).await
 }
@@ -311,27 +319,42 @@ async fn weft_consume(ep: &str, topic: &str, secs: f64) -> usize {
     let mut n = 0;
     let mut acks = Vec::new();
     while Instant::now() < stop {
-        let v = post(
-            &http,
-            format!("{ep}/v1/queue/pull"),
-            json!({"topic": topic, "group": "drain", "max": 256}),
-        )
-        .await;
-        let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+        let msgs = weft_pull(&http, ep, topic, "drain", 256, 0).await;
         if msgs.is_empty() {
             break;
         }
-        let receipts: Vec<Value> = msgs.iter().map(|m| m["receipt"].clone()).collect();
+        let receipts: Vec<String> = msgs.into_iter().map(|d| d.receipt).collect();
+        n += receipts.len();
         // As JetStream's `ack()`: sent, not waited for (weft's is durable when answered).
         let (h, url) = (http.clone(), format!("{ep}/v1/queue/ack"));
         let body = json!({"topic": topic, "group": "drain", "receipts": receipts});
         acks.push(tokio::spawn(async move { post(&h, url, body).await }));
-        n += msgs.len();
     }
     for a in acks {
-        a.await.unwrap();
+        let v = a.await.unwrap();
+        assert_eq!(v["errors"], json!([]), "{v}");
     }
     n
+}
+
+/// A pull in binary frames (`weft_queue::wire`).
+async fn weft_pull(
+    http: &reqwest::Client,
+    ep: &str,
+    topic: &str,
+    group: &str,
+    max: u32,
+    wait_ms: u64,
+) -> Vec<weft_queue::Delivery> {
+    let r = http
+        .post(format!("{ep}/v1/queue/pull"))
+        .header("accept", weft_queue::wire::BINARY)
+        .json(&json!({"topic": topic, "group": group, "max": max, "wait_ms": wait_ms}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    weft_queue::wire::decode_deliveries(&r.bytes().await.unwrap()).unwrap()
 }
 
 fn sent_at(value: &[u8], base: Instant) -> Instant {
@@ -401,24 +424,18 @@ async fn weft_e2e(ep: &str, secs: f64) -> Vec<u64> {
         let http = reqwest::Client::new();
         let mut lat = Vec::new();
         while Instant::now() < stop + Duration::from_millis(200) {
-            let v = post(
-                &http,
-                format!("{ep2}/v1/queue/pull"),
-                json!({"topic": "e2e", "group": "g", "max": 64, "wait_ms": 300}),
-            )
-            .await;
-            let msgs = v["messages"].as_array().cloned().unwrap_or_default();
+            let msgs = weft_pull(&http, &ep2, "e2e", "g", 64, 300).await;
             if msgs.is_empty() && Instant::now() > stop {
                 break;
             }
             let now = Instant::now();
             for m in &msgs {
-                let b = base64::engine::general_purpose::STANDARD
-                    .decode(m["value"].as_str().unwrap())
-                    .unwrap();
-                lat.push(now.duration_since(sent_at(&b, base)).as_micros() as u64);
+                lat.push(
+                    now.duration_since(sent_at(&m.message.value, base))
+                        .as_micros() as u64,
+                );
             }
-            let receipts: Vec<Value> = msgs.iter().map(|m| m["receipt"].clone()).collect();
+            let receipts: Vec<String> = msgs.into_iter().map(|d| d.receipt).collect();
             if !receipts.is_empty() {
                 let (h, url) = (http.clone(), format!("{ep2}/v1/queue/ack"));
                 let body = json!({"topic": "e2e", "group": "g", "receipts": receipts});
@@ -427,12 +444,9 @@ async fn weft_e2e(ep: &str, secs: f64) -> Vec<u64> {
         }
         lat
     });
-    let tx = weft_stream(ep, "e2e").await;
+    let stream = weft_stream(ep, "e2e").await;
     while Instant::now() < stop {
-        let line = frame(&payload(Instant::now(), base));
-        let (done, wait) = oneshot::channel();
-        tx.send((line, done)).await.unwrap();
-        wait.await.unwrap();
+        stream.publish(frame(&payload(Instant::now(), base))).await;
     }
     consumer.await.unwrap()
 }
@@ -472,6 +486,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
+        let (p50, rate) = echo_probe(1.0).await;
+        println!("| loopback round trip (tokio echo, 1 KiB) | network | {rate:.0} | {p50} | |");
         let client = async_nats::connect(&nats_url).await.unwrap();
         let js = jetstream::new(client);
         let http = reqwest::Client::new();
@@ -570,4 +586,36 @@ pub fn in_process(dir: &std::path::Path, producers: usize, secs: f64) -> (usize,
         q.close().await;
         out
     })
+}
+
+/// This machine's loopback round trip: a 1 KiB message to a tokio echo server and back, one
+/// at a time, on one connection (p50 µs, round trips/s). A publish over the network cannot
+/// answer faster than this plus one fsync.
+async fn echo_probe(secs: f64) -> (u64, f64) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut buf = vec![0u8; 1024];
+        while s.read_exact(&mut buf).await.is_ok() {
+            if s.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut buf = vec![7u8; 1024];
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        s.write_all(&buf).await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        lat.push(t.elapsed().as_micros() as u64);
+    }
+    let n = lat.len();
+    (pct(&mut lat, 0.5), n as f64 / start.elapsed().as_secs_f64())
 }

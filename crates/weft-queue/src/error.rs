@@ -1,7 +1,7 @@
 //! Errors of the queue API.
 
 /// Errors of the queue API. [`QueueError::code`] is a stable name for HTTP bodies and CLIs.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
     /// No topic with this name.

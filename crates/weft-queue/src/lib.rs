@@ -43,6 +43,7 @@ mod error;
 #[cfg(feature = "nats")]
 pub mod nats;
 mod types;
+pub mod wire;
 
 #[cfg(feature = "suite")]
 pub mod suite;
@@ -90,6 +91,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Acknowledges a delivery: durable before it returns; the group never hands the message
     /// out again.
     async fn ack(&self, topic: &str, group: &str, receipt: &str) -> Result<()>;
+    /// Acknowledges several deliveries of one group: one answer per receipt, in order, each
+    /// as [`Queue::ack`] gives it. A backend may make them durable together (the embedded
+    /// one writes them as one log append and waits for one fsync).
+    async fn ack_many(&self, topic: &str, group: &str, receipts: &[String]) -> Vec<Result<()>> {
+        futures::future::join_all(receipts.iter().map(|r| self.ack(topic, group, r))).await
+    }
     /// Gives a delivery back: handed out again after `delay` (or, with `dead`, moved to the
     /// dead letters now). `error` is kept as the message's last error.
     async fn nack(

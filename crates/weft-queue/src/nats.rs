@@ -286,6 +286,18 @@ impl NatsQueue {
         }
     }
 
+    /// [`Self::take_receipt`], saying `unknown_topic` or `unknown_group` (as the embedded
+    /// backend does) when the receipt is not pending because there is no such group.
+    async fn take_pending(&self, topic: &str, group: &str, receipt: &str) -> Result<Pending> {
+        match self.take_receipt(topic, group, receipt) {
+            Err(QueueError::NotPending(r)) => {
+                self.group_config(topic, group).await?;
+                Err(QueueError::NotPending(r))
+            }
+            other => other,
+        }
+    }
+
     fn take_receipt(&self, topic: &str, group: &str, receipt: &str) -> Result<Pending> {
         parse_receipt(receipt)?;
         let mut l = self.local();
@@ -782,7 +794,7 @@ impl Queue for NatsQueue {
     }
 
     async fn ack(&self, topic: &str, group: &str, receipt: &str) -> Result<()> {
-        let p = self.take_receipt(topic, group, receipt)?;
+        let p = self.take_pending(topic, group, receipt).await?;
         self.ack_kind(&p.reply, jetstream::AckKind::Ack).await?;
         let mut l = self.local();
         l.errors
@@ -817,7 +829,7 @@ impl Queue for NatsQueue {
         dead: bool,
     ) -> Result<()> {
         let cfg = self.group_config(topic, group).await?;
-        let p = self.take_receipt(topic, group, receipt)?;
+        let p = self.take_pending(topic, group, receipt).await?;
         if let Some(e) = error {
             self.local()
                 .errors

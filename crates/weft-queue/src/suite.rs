@@ -67,6 +67,33 @@ pub async fn publish_pull_ack(q: Q) {
     assert_eq!(q.describe("t").await.unwrap().groups[0].lag, 0);
 }
 
+/// `ack_many` answers each receipt in order: the pending ones are acked, a repeated or
+/// unknown one is not pending, and an unknown group fails them all.
+pub async fn ack_many_answers_each_receipt(q: Q) {
+    q.create_topic("t", TopicConfig::default()).await.unwrap();
+    q.create_group("t", "g", group(30_000, 5)).await.unwrap();
+    publish_values(&q, "t", &["a", "b", "c", "d"]).await;
+    let got = q.pull("t", "g", pull(10, 1000)).await.unwrap();
+    assert_eq!(values(&got), vec!["a", "b", "c", "d"]);
+    let mut receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
+    let none = q.ack_many("t", "nope", &receipts).await;
+    assert!(
+        none.iter()
+            .all(|r| matches!(r, Err(e) if e.code() == "unknown_group")),
+        "{none:?}"
+    );
+    receipts.push(receipts[1].clone());
+    receipts.push("0-999-1".into());
+    let res = q.ack_many("t", "g", &receipts).await;
+    assert_eq!(res.len(), 6);
+    assert!(res[..4].iter().all(Result::is_ok), "{res:?}");
+    for r in &res[4..] {
+        assert_eq!(r.as_ref().unwrap_err().code(), "not_pending", "{res:?}");
+    }
+    assert_eq!(q.describe("t").await.unwrap().groups[0].lag, 0);
+    assert!(q.pull("t", "g", pull(10, 300)).await.unwrap().is_empty());
+}
+
 /// A key always goes to the same partition (`partition_for`), order holds per partition,
 /// and a reader replays a partition from an offset or a time.
 pub async fn keys_partitions_and_readers(q: Q) {
@@ -447,7 +474,7 @@ pub async fn limits_when_full(q: Q) {
 macro_rules! queue_tests {
     ($factory:expr) => {
         $crate::queue_tests!(@case $factory;
-            publish_pull_ack keys_partitions_and_readers redelivery_after_ack_wait
+            publish_pull_ack ack_many_answers_each_receipt keys_partitions_and_readers redelivery_after_ack_wait
             nack_with_delay max_deliveries_then_dead_letters dedup_window delayed_delivery
             ordered_per_key groups_and_consumers errors_say_what_is_wrong limits_when_full);
     };

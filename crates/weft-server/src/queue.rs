@@ -15,6 +15,7 @@ use axum::Json;
 use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use weft_queue::wire::{self, MAX_FRAME};
 use weft_queue::{GroupConfig, OutMessage, Pull, Queue, QueueError, StartAt, TopicConfig};
 
 use crate::coord::sse;
@@ -277,13 +278,9 @@ fn parse_lines(buf: &[u8]) -> (Parsed, usize) {
     (out, start)
 }
 
-/// Largest binary frame.
-const MAX_FRAME: usize = 64 << 20;
-
-/// The complete binary frames at the start of `buf` (`len: u32 LE | key_len: u32 LE | key |
-/// value`, `len` counting what follows it), and how many bytes they took. A frame that
-/// cannot be one (a length over 64 MiB, a key longer than its frame) ends the stream's
-/// parsing with an error.
+/// The complete publish frames (`weft_queue::wire::publish_frame`) at the start of `buf`,
+/// and how many bytes they took. A frame that cannot be one (a length over 64 MiB, a key
+/// longer than its frame) ends the stream's parsing with an error.
 fn parse_frames(buf: &[u8]) -> (Parsed, usize) {
     let mut out = Vec::new();
     let mut at = 0;
@@ -390,10 +387,13 @@ pub(crate) struct PullBody {
     pull: Pull,
 }
 
+/// `POST /v1/queue/pull`: the deliveries as JSON (values in base64), or as binary frames
+/// (`weft_queue::wire`) when the request accepts `application/octet-stream`.
 pub(crate) async fn pull(
     State(st): State<AppState>,
+    headers: header::HeaderMap,
     Body(b): Body<PullBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     if b.pull.wait_ms > 60_000 {
         return Err(ApiError::BadRequest(format!(
             "wait_ms {} is over the limit of 60000",
@@ -403,7 +403,18 @@ pub(crate) async fn pull(
     let got = queue(&st)?.pull(&b.topic, &b.group, b.pull).await?;
     metrics::counter!("weft_queue_delivered_total", "topic" => b.topic, "group" => b.group)
         .increment(got.len() as u64);
-    Ok(Json(json!({ "messages": got })))
+    let binary = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(wire::BINARY.as_bytes()));
+    if !binary {
+        return Ok(Json(json!({ "messages": got })).into_response());
+    }
+    let mut out = Vec::with_capacity(got.iter().map(|d| d.message.value.len() + 160).sum());
+    for d in &got {
+        wire::delivery_frame(d, &mut out);
+    }
+    Ok(([(header::CONTENT_TYPE, wire::BINARY)], out).into_response())
 }
 
 #[derive(Deserialize)]
@@ -419,9 +430,7 @@ pub(crate) async fn ack(
     State(st): State<AppState>,
     Body(b): Body<AckBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let q = queue(&st)?;
-    let results =
-        futures::future::join_all(b.receipts.iter().map(|r| q.ack(&b.topic, &b.group, r))).await;
+    let results = queue(&st)?.ack_many(&b.topic, &b.group, &b.receipts).await;
     let mut acked = 0;
     let mut errors = Vec::new();
     for (r, res) in b.receipts.iter().zip(results) {

@@ -228,6 +228,98 @@ async fn the_http_api_and_its_errors() {
     assert!(metrics.contains("weft_queue_depth{topic=\"orders\",partition=\"0\"}"));
 }
 
+/// The binary forms: a publish stream of frames with keys, a pull answered in delivery
+/// frames, and one ack request for the whole batch (with a repeated and a bogus receipt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_publish_and_pull_and_a_batch_ack() {
+    use weft_queue::wire;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path());
+    let (http, ep) = (reqwest::Client::new(), node.endpoint.clone());
+    setup(&http, &ep, "bin", json!({"partitions": 3}), "g").await;
+    let mut body = Vec::new();
+    for i in 0..300u32 {
+        let value: Vec<u8> = (0..i % 50).map(|b| (b as u8) ^ (i as u8)).collect();
+        wire::publish_frame(Some(format!("k{}", i % 5).as_bytes()), &value, &mut body);
+    }
+    // A frame cut short at the end is answered with an error after the good ones.
+    body.extend_from_slice(&[9, 0, 0, 0, 0]);
+    let r = http
+        .post(format!("{ep}/v1/queue/publish/stream?name=bin"))
+        .header("content-type", wire::BINARY)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 301, "{text}");
+    assert!(lines[300]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("inside a frame"));
+    let r = http
+        .post(format!("{ep}/v1/queue/pull"))
+        .header("accept", wire::BINARY)
+        .json(&json!({"topic": "bin", "group": "g", "max": 1000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], wire::BINARY);
+    let got = wire::decode_deliveries(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(got.len(), 300);
+    let mut seen = HashSet::new();
+    for d in &got {
+        let m = &d.message;
+        let key = String::from_utf8(m.key.clone().unwrap().to_vec()).unwrap();
+        let i = lines
+            .iter()
+            .position(|l| l["partition"] == m.partition && l["offset"] == m.offset)
+            .unwrap() as u32;
+        assert_eq!(key, format!("k{}", i % 5));
+        let want: Vec<u8> = (0..i % 50).map(|b| (b as u8) ^ (i as u8)).collect();
+        assert_eq!(m.value.as_ref(), &want[..], "message {i}");
+        assert_eq!(d.delivery, 1);
+        assert!(seen.insert(d.receipt.clone()));
+    }
+    let mut receipts: Vec<String> = got.iter().map(|d| d.receipt.clone()).collect();
+    receipts.push(receipts[0].clone());
+    receipts.push("0-99999-1".into());
+    let (s, v) = post(
+        &http,
+        &ep,
+        "/v1/queue/ack",
+        json!({"topic": "bin", "group": "g", "receipts": receipts}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["acked"], 300, "{v}");
+    let errors = v["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 2, "{v}");
+    assert!(
+        errors.iter().all(|e| e["error"]["code"] == "not_pending"),
+        "{v}"
+    );
+    // Acked for good: after a kill -9 and a restart nothing is handed out again.
+    drop(node);
+    let _node = restart(dir.path(), &ep);
+    let (s, v) = post(
+        &http,
+        &ep,
+        "/v1/queue/pull",
+        json!({"topic": "bin", "group": "g", "max": 10}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["messages"].as_array().map(Vec::len)),
+        (200, Some(0)),
+        "{v}"
+    );
+}
+
 #[test]
 fn the_cli_consumes_with_exec_and_dead_letters_failures() {
     let dir = tempfile::tempdir().unwrap();

@@ -435,6 +435,27 @@ impl EmbeddedQueue {
         let key = t.parts[p as usize].get(off).and_then(|e| e.key);
         Ok((p, off, key))
     }
+
+    /// Records an ack under the state lock: the log position to wait for, and whether a
+    /// held-back message of the same key became ready.
+    fn ack_locked(&self, t: &mut Topic, group: &str, receipt: &str) -> Result<(u64, bool)> {
+        let (p, off, key) = Self::pending(t, group, receipt)?;
+        let id = t.id;
+        let end = self.append(|b| encode_group_rec(b, codec::ACK, id, group, p, off, |_| {}))?;
+        let g = t.groups.get_mut(group).expect("checked above");
+        let gp = &mut g.parts[p as usize];
+        if let Some(f) = gp.inflight.get(&off) {
+            if let Some(c) = g.consumers.get_mut(&f.consumer) {
+                *c = c.saturating_sub(1);
+            }
+        }
+        let next = gp.finish(off, key);
+        if let Some(n) = next {
+            let due = t.parts[p as usize].get(n).map_or(0, |e| e.deliver_at_ms);
+            gp.schedule(n, due, now_ms());
+        }
+        Ok((end, next.is_some()))
+    }
 }
 
 /// The next offset a group part can hand out now, if any.
@@ -688,11 +709,17 @@ impl Queue for EmbeddedQueue {
                 (outs, next_due)
             };
             if !outs.is_empty() {
+                let spans: Vec<(u64, u32)> =
+                    outs.iter().map(|o| (o.entry.pos, o.entry.len)).collect();
+                let bufs = self.inner.segs.read_many(&spans)?;
                 return outs
                     .into_iter()
-                    .map(|o| {
+                    .zip(bufs)
+                    .map(|(o, buf)| {
+                        let (_, message) =
+                            codec::decode_framed(&buf, o.entry.pos).map_err(QueueError::Corrupt)?;
                         Ok(Delivery {
-                            message: self.read_message(&o.entry)?,
+                            message,
                             delivery: o.delivery,
                             receipt: format!("{}-{}-{}", o.partition, o.offset, o.delivery),
                             ack_deadline_ms: o.deadline_ms,
@@ -715,29 +742,41 @@ impl Queue for EmbeddedQueue {
     async fn ack(&self, name: &str, group: &str, receipt: &str) -> Result<()> {
         let (end, unblocked) = {
             let mut st = self.inner.state.lock().expect("queue state poisoned");
-            let t = topic(&mut st, name)?;
-            let (p, off, key) = Self::pending(t, group, receipt)?;
-            let id = t.id;
-            let end =
-                self.append(|b| encode_group_rec(b, codec::ACK, id, group, p, off, |_| {}))?;
-            let g = t.groups.get_mut(group).expect("checked above");
-            let gp = &mut g.parts[p as usize];
-            if let Some(f) = gp.inflight.get(&off) {
-                if let Some(c) = g.consumers.get_mut(&f.consumer) {
-                    *c = c.saturating_sub(1);
-                }
-            }
-            let next = gp.finish(off, key);
-            if let Some(n) = next {
-                let due = t.parts[p as usize].get(n).map_or(0, |e| e.deliver_at_ms);
-                gp.schedule(n, due, now_ms());
-            }
-            (end, next.is_some())
+            self.ack_locked(topic(&mut st, name)?, group, receipt)?
         };
         if unblocked {
             self.bump();
         }
         self.wait(end).await
+    }
+
+    async fn ack_many(&self, name: &str, group: &str, receipts: &[String]) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(receipts.len());
+        let (mut end, mut unblocked) = (None, false);
+        {
+            let mut st = self.inner.state.lock().expect("queue state poisoned");
+            let t = match topic(&mut st, name) {
+                Ok(t) => t,
+                Err(e) => return receipts.iter().map(|_| Err(e.clone())).collect(),
+            };
+            for r in receipts {
+                out.push(self.ack_locked(t, group, r).map(|(e, u)| {
+                    end = Some(e);
+                    unblocked |= u;
+                }));
+            }
+        }
+        if unblocked {
+            self.bump();
+        }
+        if let Some(end) = end {
+            if let Err(e) = self.wait(end).await {
+                for r in out.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(e.clone());
+                }
+            }
+        }
+        out
     }
 
     async fn nack(

@@ -56,6 +56,43 @@ impl Segments {
         Ok(buf)
     }
 
+    /// Reads several spans `(pos, len)`, in the order given: spans that lie close together in
+    /// one segment are read with one `pread` (a pull's messages usually do).
+    pub fn read_many(&self, spans: &[(u64, u32)]) -> Result<Vec<bytes::Bytes>> {
+        /// Most bytes of unwanted records a run reads through, and the most a run reads.
+        const GAP: u64 = 16 << 10;
+        const RUN: u64 = 1 << 20;
+        let mut order: Vec<usize> = (0..spans.len()).collect();
+        order.sort_unstable_by_key(|&i| spans[i].0);
+        let mut out = vec![bytes::Bytes::new(); spans.len()];
+        let files = self.files.read().expect("segments poisoned").clone();
+        let base_of = |pos: u64| files.range(..=pos).next_back().map(|(b, _)| *b);
+        let mut i = 0;
+        while i < order.len() {
+            let (start, first_len) = spans[order[i]];
+            let base = base_of(start);
+            let mut end = start + u64::from(first_len);
+            let mut j = i + 1;
+            while j < order.len() {
+                let (p, l) = spans[order[j]];
+                let e = p + u64::from(l);
+                if p > end + GAP || e.max(end) - start > RUN || base_of(p) != base {
+                    break;
+                }
+                end = end.max(e);
+                j += 1;
+            }
+            let run = bytes::Bytes::from(self.read_at(start, (end - start) as u32)?);
+            for &k in &order[i..j] {
+                let (p, l) = spans[k];
+                let at = (p - start) as usize;
+                out[k] = run.slice(at..at + l as usize);
+            }
+            i = j;
+        }
+        Ok(out)
+    }
+
     /// Bytes on disk.
     pub fn disk_bytes(&self) -> u64 {
         let files = self.files.read().expect("segments poisoned");
@@ -236,4 +273,32 @@ pub(crate) fn scan(
 
 fn storage(what: &str, path: &Path, e: io::Error) -> QueueError {
     QueueError::Storage(format!("{what} {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_many_returns_each_span_in_the_order_asked_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let first: Vec<u8> = (0..100u8).collect();
+        let second: Vec<u8> = (100..=255u8).collect();
+        fs::write(dir.path().join(seg_name(0)), &first).unwrap();
+        fs::write(dir.path().join(seg_name(100)), &second).unwrap();
+        let segs = Segments {
+            dir: dir.path().to_path_buf(),
+            files: RwLock::new(BTreeMap::new()),
+        };
+        segs.add(0).unwrap();
+        segs.add(100).unwrap();
+        // Out of order, overlapping a segment end, adjacent, and far apart.
+        let spans = [(150, 5), (2, 3), (95, 5), (100, 2), (5, 1), (0, 0)];
+        let got = segs.read_many(&spans).unwrap();
+        for ((pos, len), b) in spans.iter().zip(&got) {
+            let want: Vec<u8> = (*pos..pos + u64::from(*len)).map(|v| v as u8).collect();
+            assert_eq!(b.as_ref(), &want[..], "span at {pos}");
+        }
+        assert!(segs.read_many(&[(250, 10)]).is_err(), "past the end");
+    }
 }
