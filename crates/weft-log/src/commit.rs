@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+/// The longest a lazy record ([`Committer::append_lazy`]) waits for a group to carry it.
+pub const LAZY_WAIT: Duration = Duration::from_millis(200);
+
 /// Where the log thread writes: one call per group.
 pub trait Sink: Send + 'static {
     /// Writes `data` (whole records, starting at log position `at`) and makes them durable
@@ -60,6 +63,8 @@ struct Queue {
     shutdown: bool,
     /// The log thread waits for records.
     idle: bool,
+    /// The buffer holds records someone waits for (not only lazy ones).
+    urgent: bool,
     /// Set when the log failed: no more appends.
     failed: Option<String>,
 }
@@ -96,6 +101,7 @@ impl Committer {
                 start: end,
                 shutdown: false,
                 idle: false,
+                urgent: false,
                 failed: None,
             }),
             cv: Condvar::new(),
@@ -120,6 +126,26 @@ impl Committer {
     /// see [`crate::begin_record`]). Returns their log positions `(start, end)`: `end` is
     /// what to [`Committer::wait`] for. Fails once the log has failed or was shut down.
     pub fn append(&self, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(u64, u64), CommitError> {
+        self.append_with(encode, true)
+    }
+
+    /// Like [`Committer::append`], for records nobody waits for (bookkeeping such as a
+    /// delivery count): they do not wake the log thread, but ride along with the next group,
+    /// or are written within [`LAZY_WAIT`] when no other record comes. Log order is kept: a
+    /// record appended after them is durable only with them. Waiting for their position
+    /// makes them urgent.
+    pub fn append_lazy(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(u64, u64), CommitError> {
+        self.append_with(encode, false)
+    }
+
+    fn append_with(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>),
+        urgent: bool,
+    ) -> Result<(u64, u64), CommitError> {
         let mut q = self.inner.q.lock().expect("log queue poisoned");
         if let Some(f) = &q.failed {
             return Err(CommitError::Failed(f.clone()));
@@ -131,12 +157,25 @@ impl Committer {
         encode(&mut q.buf);
         let start = q.start + before as u64;
         let end = q.start + q.buf.len() as u64;
-        let wake = std::mem::replace(&mut q.idle, false);
+        let wake = urgent && std::mem::replace(&mut q.idle, false);
+        q.urgent |= urgent;
         drop(q);
         if wake {
             self.inner.cv.notify_one();
         }
         Ok((start, end))
+    }
+
+    /// Makes whatever the buffer holds urgent (someone waits for it).
+    fn hurry(&self) {
+        let mut q = self.inner.q.lock().expect("log queue poisoned");
+        if !q.urgent && !q.buf.is_empty() {
+            q.urgent = true;
+            if std::mem::replace(&mut q.idle, false) {
+                drop(q);
+                self.inner.cv.notify_one();
+            }
+        }
     }
 
     /// The log position everything before which is durable.
@@ -165,6 +204,7 @@ impl Committer {
             w.push((end, tx));
             rx
         };
+        self.hurry();
         match rx.await {
             Ok(()) => Ok(()),
             Err(_) => match &self.inner.durable.borrow().failed {
@@ -189,17 +229,21 @@ fn run(inner: std::sync::Weak<Inner>, mut sink: impl Sink) {
         let Some(me) = inner.upgrade() else { return };
         let (at, data) = {
             let mut q = me.q.lock().expect("log queue poisoned");
-            while q.buf.is_empty() && !q.shutdown {
+            while !(q.urgent && !q.buf.is_empty()) && !q.shutdown {
                 q.idle = true;
-                // Wake up now and then to notice that every handle is gone.
-                let (g, _) = me
+                // Wake up now and then to notice that every handle is gone, and to write lazy
+                // records that nothing else carried.
+                let (g, t) = me
                     .cv
-                    .wait_timeout(q, Duration::from_millis(200))
+                    .wait_timeout(q, LAZY_WAIT)
                     .expect("log queue poisoned");
                 q = g;
                 q.idle = false;
                 if Arc::strong_count(&me) == 1 {
                     return;
+                }
+                if t.timed_out() && !q.buf.is_empty() {
+                    break;
                 }
             }
             if !me.delay.is_zero() && !q.shutdown && last_group >= 2 {
@@ -213,6 +257,7 @@ fn run(inner: std::sync::Weak<Inner>, mut sink: impl Sink) {
                 return;
             }
             let at = q.start;
+            q.urgent = false;
             q.start += q.buf.len() as u64;
             spare.clear();
             (
@@ -325,6 +370,36 @@ mod tests {
         c.shutdown();
         h.join().unwrap();
         assert_eq!(c.append(|b| b.push(1)), Err(CommitError::Stopped));
+    }
+
+    #[tokio::test]
+    async fn lazy_records_ride_with_the_next_group_or_are_written_within_the_lazy_wait() {
+        let (sink, data, _) = mem(usize::MAX);
+        let (c, h) = Committer::start("t", 0, sink, Duration::ZERO).unwrap();
+        let (_, lazy) = c.append_lazy(|b| b.push(1)).unwrap();
+        std::thread::sleep(LAZY_WAIT / 4);
+        assert_eq!(c.writes(), 0, "a lazy record alone does not wake the log thread");
+        assert!(data.lock().unwrap().is_empty());
+        let (_, urgent) = c.append(|b| b.push(2)).unwrap();
+        c.wait(urgent).await.unwrap();
+        assert_eq!(*data.lock().unwrap(), vec![1, 2], "carried by the next group, in order");
+        assert_eq!(c.writes(), 1);
+        // Alone, a lazy record is written within the lazy wait.
+        let t = std::time::Instant::now();
+        let (_, lazy2) = c.append_lazy(|b| b.push(3)).unwrap();
+        while c.durable_end() < lazy2 {
+            assert!(t.elapsed() < LAZY_WAIT * 10, "the lazy record was never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(lazy2 > lazy);
+        // Waiting for a lazy record makes it urgent.
+        let (_, lazy3) = c.append_lazy(|b| b.push(4)).unwrap();
+        let t = std::time::Instant::now();
+        c.wait(lazy3).await.unwrap();
+        assert!(t.elapsed() < LAZY_WAIT / 2, "waited {:?}", t.elapsed());
+        assert_eq!(*data.lock().unwrap(), vec![1, 2, 3, 4]);
+        c.shutdown();
+        h.join().unwrap();
     }
 
     #[tokio::test]

@@ -15,9 +15,10 @@
 //! A publish, ack, nack, topic or group change returns only after the write that covers it
 //! is durable (`fsync` mode `group`, the default: direct I/O or `fdatasync` once per group of
 //! concurrent writes). Consumers and readers see a message only once it is durable, so no
-//! one acts on a message a crash could take back. Delivery counts are logged without waiting
-//! (a crash may forget the last deliveries' counts; unacked messages are delivered again
-//! either way). Mode `none` writes without syncing: a machine crash (not a process crash)
+//! one acts on a message a crash could take back. Delivery counts are logged without waiting,
+//! and without a group commit of their own: they ride with the next write, or are written
+//! within 200 ms (a crash may forget the last deliveries' counts; unacked messages are
+//! delivered again either way). Mode `none` writes without syncing: a machine crash (not a process crash)
 //! loses the writes of the last seconds.
 //!
 //! ## Memory
@@ -271,6 +272,17 @@ impl EmbeddedQueue {
     /// so that log order is apply order. The log thread writes them.
     pub(crate) fn append(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
         self.append_at(f).map(|(_, end)| end)
+    }
+
+    /// Like [`EmbeddedQueue::append`], for records nobody waits for (a pull's delivery
+    /// counts): they ride along with the next group commit instead of costing one of their
+    /// own (`weft_log::Committer::append_lazy`).
+    pub(crate) fn append_lazy(&self, f: impl FnOnce(&mut Vec<u8>)) -> Result<u64> {
+        self.inner
+            .log
+            .append_lazy(f)
+            .map(|(_, end)| end)
+            .map_err(|e| QueueError::Storage(e.to_string()))
     }
 
     /// Like [`EmbeddedQueue::append`], also returning where the records start.

@@ -704,7 +704,9 @@ impl Queue for EmbeddedQueue {
                 let id = t.id;
                 let (outs, notes, next_due) = Self::plan_pull(t, group, &pull, now)?;
                 if !notes.is_empty() {
-                    self.append(|b| Self::encode_notes(b, id, group, &notes))?;
+                    // Not waited for: a crash may forget the latest delivery counts (the
+                    // messages are handed out again, as unacked ones must be).
+                    self.append_lazy(|b| Self::encode_notes(b, id, group, &notes))?;
                 }
                 (outs, next_due)
             };
