@@ -378,17 +378,28 @@ mod tests {
         let (c, h) = Committer::start("t", 0, sink, Duration::ZERO).unwrap();
         let (_, lazy) = c.append_lazy(|b| b.push(1)).unwrap();
         std::thread::sleep(LAZY_WAIT / 4);
-        assert_eq!(c.writes(), 0, "a lazy record alone does not wake the log thread");
+        assert_eq!(
+            c.writes(),
+            0,
+            "a lazy record alone does not wake the log thread"
+        );
         assert!(data.lock().unwrap().is_empty());
         let (_, urgent) = c.append(|b| b.push(2)).unwrap();
         c.wait(urgent).await.unwrap();
-        assert_eq!(*data.lock().unwrap(), vec![1, 2], "carried by the next group, in order");
+        assert_eq!(
+            *data.lock().unwrap(),
+            vec![1, 2],
+            "carried by the next group, in order"
+        );
         assert_eq!(c.writes(), 1);
         // Alone, a lazy record is written within the lazy wait.
         let t = std::time::Instant::now();
         let (_, lazy2) = c.append_lazy(|b| b.push(3)).unwrap();
         while c.durable_end() < lazy2 {
-            assert!(t.elapsed() < LAZY_WAIT * 10, "the lazy record was never written");
+            assert!(
+                t.elapsed() < LAZY_WAIT * 10,
+                "the lazy record was never written"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(lazy2 > lazy);

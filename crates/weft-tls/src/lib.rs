@@ -1,0 +1,392 @@
+//! TLS for weft's listeners and clients, on rustls (with ring): certificates and keys from PEM
+//! files, checked at start with the file and the reason, reloaded when they change without
+//! dropping a connection, and optional client-certificate authentication (mTLS) against a
+//! trusted CA, as etcd's `--client-cert-auth`.
+//!
+//! - [`Acceptor`]: a server side. Each handshake uses the configuration current at its
+//!   start; [`Acceptor::watch`] reloads it when a file changes (a bad new file is logged and
+//!   the last good configuration stays). TLS 1.2 and 1.3 only; handshakes time out.
+//! - [`client_config`]: a client side that trusts a CA file (or the system's roots) and may
+//!   present a client certificate.
+//!
+//! ```
+//! # #[cfg(feature = "testing")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let pki = weft_tls::testing::Pki::new(dir.path())?;
+//! use weft_tls::{Acceptor, ClientFiles, ServerFiles};
+//! let acceptor = Acceptor::load(
+//!     ServerFiles { cert: pki.server_cert.clone(), key: pki.server_key.clone(), client_ca: None },
+//!     &[b"http/1.1"],
+//! )?;
+//! let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = l.local_addr()?;
+//! tokio::spawn(async move {
+//!     let (tcp, _) = l.accept().await.unwrap();
+//!     let mut tls = acceptor.accept(tcp).await.unwrap();
+//!     tokio::io::AsyncWriteExt::write_all(&mut tls, b"hello").await.unwrap();
+//!     tokio::io::AsyncWriteExt::shutdown(&mut tls).await.unwrap();
+//! });
+//! let cfg = weft_tls::client_config(&ClientFiles { ca: Some(pki.ca_cert.clone()), ..Default::default() }, &[])?;
+//! let tcp = tokio::net::TcpStream::connect(addr).await?;
+//! let name = weft_tls::server_name("localhost")?;
+//! let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)).connect(name, tcp).await?;
+//! let mut got = Vec::new();
+//! tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut got).await?;
+//! assert_eq!(got, b"hello");
+//! # Ok(()) }
+//! # #[cfg(not(feature = "testing"))]
+//! # fn main() {}
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use rustls;
+pub use tokio_rustls;
+/// A server side TLS stream.
+pub type ServerStream<IO> = tokio_rustls::server::TlsStream<IO>;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+/// Why a TLS configuration cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A file cannot be read.
+    #[error("cannot read {}: {source}", file.display())]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file holds no usable certificate or key, or they do not fit together.
+    #[error("{}: {reason}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, and what is expected.
+        reason: String,
+    },
+    /// The options do not make a configuration (what is wrong and what is allowed).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl TlsError {
+    /// Whether trying again may succeed (a file being replaced may read well later).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, TlsError::Read { .. })
+    }
+}
+
+/// A listener's certificate, key and, for client-certificate authentication, the CA that
+/// client certificates must chain to. PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerFiles {
+    /// The certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A client's trust and identity. PEM files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientFiles {
+    /// Trust only this CA (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// A client certificate to present (with `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<PathBuf>,
+}
+
+impl ClientFiles {
+    /// Whether any option is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// How long a TLS handshake may take before the connection is dropped (a client that opens
+/// connections and never finishes them holds nothing longer).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// rustls with ring rather than aws-lc-rs: no cmake or assembler to build, and a fraction of
+/// the build time. rustls 0.23.48 deprecates ring's provider because it has no post-quantum
+/// key exchange (X25519MLKEM768); that is what weft gives up for now.
+#[allow(deprecated)]
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read(file: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(file).map_err(|source| TlsError::Read {
+        file: file.to_path_buf(),
+        source,
+    })
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn read_certs(file: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(file)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Invalid {
+            file: file.to_path_buf(),
+            reason: format!("not a PEM certificate file: {e}"),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid {
+            file: file.to_path_buf(),
+            reason: "no certificate in it (expected PEM \"BEGIN CERTIFICATE\" blocks)".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+pub fn read_key(file: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(file)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| TlsError::Invalid {
+        file: file.to_path_buf(),
+        reason: format!("no private key in it (expected a PEM PKCS#8, PKCS#1 or SEC1 key): {e}"),
+    })
+}
+
+fn roots(file: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(file)? {
+        roots.add(c).map_err(|e| TlsError::Invalid {
+            file: file.to_path_buf(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+fn server_config(files: &ServerFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+    let certs = read_certs(&files.cert)?;
+    let key = read_key(&files.key)?;
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &files.client_ca {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider())
+                    .build()
+                    .map_err(|e| TlsError::Invalid {
+                        file: ca.clone(),
+                        reason: format!("cannot verify clients with it: {e}"),
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Invalid {
+            file: files.key.clone(),
+            reason: format!(
+                "does not go with the certificate in {}: {e}",
+                files.cert.display()
+            ),
+        })?;
+    cfg.alpn_protocols = alpn.to_vec();
+    Ok(cfg)
+}
+
+/// What a file looked like when it was last loaded.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(file: &Path) -> Stamp {
+    let m = std::fs::metadata(file).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// A listener's TLS side; see the crate docs.
+pub struct Acceptor {
+    files: ServerFiles,
+    alpn: Vec<Vec<u8>>,
+    current: RwLock<Arc<ServerConfig>>,
+    stamps: Mutex<Vec<Stamp>>,
+}
+
+impl std::fmt::Debug for Acceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acceptor")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Acceptor {
+    /// Loads the files and offers the `alpn` protocols (most preferred first); fails with the
+    /// file and the reason.
+    pub fn load(files: ServerFiles, alpn: &[&[u8]]) -> Result<Arc<Acceptor>, TlsError> {
+        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+        let cfg = server_config(&files, &alpn)?;
+        let stamps = Self::stamps_of(&files);
+        Ok(Arc::new(Acceptor {
+            files,
+            alpn,
+            current: RwLock::new(Arc::new(cfg)),
+            stamps: Mutex::new(stamps),
+        }))
+    }
+
+    fn stamps_of(files: &ServerFiles) -> Vec<Stamp> {
+        let mut v = vec![stamp(&files.cert), stamp(&files.key)];
+        if let Some(ca) = &files.client_ca {
+            v.push(stamp(ca));
+        }
+        v
+    }
+
+    /// The files it serves.
+    pub fn files(&self) -> &ServerFiles {
+        &self.files
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn client_auth(&self) -> bool {
+        self.files.client_ca.is_some()
+    }
+
+    /// The configuration new handshakes use.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Loads the files again; on an error the current configuration stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamps = Self::stamps_of(&self.files);
+        let cfg = server_config(&self.files, &self.alpn)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
+        *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) = stamps;
+        Ok(())
+    }
+
+    /// Reloads if a file's modification time or size changed since the last load; true if
+    /// it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = Self::stamps_of(&self.files);
+        if *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) == now {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    /// Checks the files every `every` and reloads them when they change, for as long as the
+    /// acceptor lives. A file that does not load is logged (with the reason) and tried again
+    /// at the next change; the last good configuration keeps serving.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(a) = me.upgrade() else { return };
+                match a.reload_if_changed() {
+                    Ok(true) => {
+                        tracing::info!(cert = %a.files.cert.display(), "TLS files reloaded")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Not again until the files change once more.
+                        *a.stamps.lock().unwrap_or_else(PoisonError::into_inner) =
+                            Self::stamps_of(&a.files);
+                        tracing::warn!("TLS files not reloaded, the previous ones stay: {e}");
+                    }
+                }
+            }
+        })
+    }
+
+    /// Runs a server handshake on `io` with the current configuration, within
+    /// [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept<IO>(&self, io: IO) -> io::Result<ServerStream<IO>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.config());
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake not finished in time",
+            )),
+        }
+    }
+}
+
+/// A client configuration: trust `files.ca` (or the system's roots), present
+/// `files.cert`/`files.key` if given, offer `alpn`.
+pub fn client_config(files: &ClientFiles, alpn: &[&[u8]]) -> Result<ClientConfig, TlsError> {
+    let roots = match &files.ca {
+        Some(ca) => roots(ca)?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(TlsError::Config(
+                    "no trusted CA: the system has no root certificates; give a CA file".into(),
+                ));
+            }
+            roots
+        }
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots);
+    let mut cfg = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+            .map_err(|e| TlsError::Invalid {
+                file: key.clone(),
+                reason: format!(
+                    "does not go with the certificate in {}: {e}",
+                    cert.display()
+                ),
+            })?,
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(TlsError::Config(
+                "a client certificate needs both a certificate file and its key file".into(),
+            ))
+        }
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// A server name to verify (a DNS name or an IP address).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+    .map_err(|e| TlsError::Config(format!("{host:?} is not a DNS name or an IP address: {e}")))
+}
