@@ -229,7 +229,7 @@ fn run(inner: std::sync::Weak<Inner>, mut sink: impl Sink) {
         let Some(me) = inner.upgrade() else { return };
         let (at, data) = {
             let mut q = me.q.lock().expect("log queue poisoned");
-            while !(q.urgent && !q.buf.is_empty()) && !q.shutdown {
+            while (!q.urgent || q.buf.is_empty()) && !q.shutdown {
                 q.idle = true;
                 // Wake up now and then to notice that every handle is gone, and to write lazy
                 // records that nothing else carried.

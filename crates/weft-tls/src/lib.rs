@@ -1,4 +1,4 @@
-//! TLS for weft's listeners and clients, on rustls (with ring): certificates and keys from PEM
+//! TLS for weft's listeners and clients, on rustls (with aws-lc-rs): certificates and keys from PEM
 //! files, checked at start with the file and the reason, reloaded when they change without
 //! dropping a connection, and optional client-certificate authentication (mTLS) against a
 //! trusted CA, as etcd's `--client-cert-auth`.
@@ -125,12 +125,11 @@ impl ClientFiles {
 /// connections and never finishes them holds nothing longer).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// rustls with ring rather than aws-lc-rs: no cmake or assembler to build, and a fraction of
-/// the build time. rustls 0.23.48 deprecates ring's provider because it has no post-quantum
-/// key exchange (X25519MLKEM768); that is what weft gives up for now.
-#[allow(deprecated)]
+/// rustls's default provider, aws-lc-rs: post-quantum key exchange (X25519MLKEM768) first,
+/// and the one reqwest (the CLI's and the saga steps' HTTP client) uses, so the process links
+/// one crypto library.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn read(file: &Path) -> Result<Vec<u8>, TlsError> {

@@ -111,12 +111,35 @@ pub struct Client {
 
 impl Client {
     pub fn new(endpoint: &str, token: Option<String>) -> Result<Self> {
+        Self::with_tls(endpoint, token, &weft_tls::ClientFiles::default())
+    }
+
+    /// A client that trusts `tls.ca` (or the system's roots) for an https:// endpoint and
+    /// presents `tls.cert` if given.
+    pub fn with_tls(
+        endpoint: &str,
+        token: Option<String>,
+        tls: &weft_tls::ClientFiles,
+    ) -> Result<Self> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
-            bail!("endpoint {endpoint:?} must start with http:// (e.g. http://127.0.0.1:2480)");
+        let https = endpoint.starts_with("https://");
+        if !https && !endpoint.starts_with("http://") {
+            bail!("endpoint {endpoint:?} must start with http:// or https:// (e.g. http://127.0.0.1:2480)");
         }
+        if !https && tls.is_set() {
+            bail!("--cacert, --cert and --key are for an https:// endpoint, not {endpoint}");
+        }
+        let http = if https {
+            let cfg = weft_tls::client_config(tls, &[b"http/1.1"])?;
+            reqwest::Client::builder()
+                .tls_backend_preconfigured(cfg)
+                .build()
+                .context("cannot build the HTTPS client")?
+        } else {
+            reqwest::Client::new()
+        };
         Ok(Client {
-            http: reqwest::Client::new(),
+            http,
             endpoint,
             token,
         })

@@ -587,7 +587,7 @@ pub(crate) enum SvcCmd {
 
 /// Runs a `weft svc` command.
 pub(crate) async fn svc(cmd: SvcCmd, conn: crate::Conn) -> Result<()> {
-    let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+    let c = Arc::new(conn.client()?);
     match cmd {
         SvcCmd::Register {
             service,

@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 use weft_gateway::config::{RouteConfig, ROUTE_PREFIX};
 use weft_gateway::{Config, Gateway};
 
-use crate::client::Client;
 use crate::Conn;
 
 #[derive(Args)]
@@ -293,7 +292,7 @@ pub(crate) enum RouteCmd {
 }
 
 pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     match cmd {
         RouteCmd::Add {
             name,

@@ -109,7 +109,7 @@ fn print_kvs(kvs: &[KvJson]) {
 }
 
 pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     match cmd {
         KvCmd::Put {
             key,
@@ -236,7 +236,7 @@ pub(crate) async fn kv(cmd: KvCmd, conn: Conn) -> Result<()> {
 
 /// `weft status`.
 pub(crate) async fn status(conn: Conn) -> Result<()> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     let s = c.get("/v1/status").await?;
     if conn.json {
         println!("{s}");

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Client;
 use crate::Conn;
 
 #[derive(Subcommand)]
@@ -46,7 +45,7 @@ pub(crate) fn parse_lease(s: &str) -> Result<i64> {
 }
 
 pub(crate) async fn lease(cmd: LeaseCmd, conn: Conn) -> Result<()> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     match cmd {
         LeaseCmd::Grant { ttl } => {
             let r = c.post("/v1/lease/grant", &json!({"ttl": ttl})).await?;

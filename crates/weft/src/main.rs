@@ -176,9 +176,50 @@ pub(crate) struct Conn {
     /// Bearer token.
     #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust this CA (PEM) for an https:// endpoint instead of the system's roots.
+    #[arg(
+        long,
+        id = "tls_cacert",
+        value_name = "FILE",
+        global = true,
+        env = "WEFT_CACERT"
+    )]
+    cacert: Option<std::path::PathBuf>,
+    /// Present this client certificate (PEM) to an https:// endpoint; with --key.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        value_name = "FILE",
+        global = true,
+        env = "WEFT_CERT",
+        requires = "tls_key"
+    )]
+    cert: Option<std::path::PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        value_name = "FILE",
+        global = true,
+        env = "WEFT_KEY",
+        requires = "tls_cert"
+    )]
+    key: Option<std::path::PathBuf>,
     /// Print the raw JSON responses.
     #[arg(long, global = true)]
     json: bool,
+}
+
+impl Conn {
+    /// A client of the node these options name.
+    pub(crate) fn client(&self) -> Result<Client> {
+        let tls = weft_tls::ClientFiles {
+            ca: self.cacert.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+        };
+        Client::with_tls(&self.endpoint, self.token.clone(), &tls)
+    }
 }
 
 fn main() -> Result<()> {
@@ -236,7 +277,7 @@ fn main() -> Result<()> {
                 cmd,
                 conn,
             } => {
-                let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+                let c = Arc::new(conn.client()?);
                 let timeout = timeout.map(|t| secs(t, "--timeout")).transpose()?;
                 let code = coordcli::lock(c, &name, ttl, timeout, &cmd).await?;
                 std::process::exit(code);
@@ -248,7 +289,7 @@ fn main() -> Result<()> {
                 ttl,
                 conn,
             } => {
-                let c = Arc::new(Client::new(&conn.endpoint, conn.token.clone())?);
+                let c = Arc::new(conn.client()?);
                 if observe {
                     coordcli::observe(&c, &name, conn.json).await
                 } else {

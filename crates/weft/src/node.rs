@@ -24,6 +24,19 @@ pub struct UpArgs {
     /// Bearer token required by the API (mandatory on non-loopback addresses).
     #[arg(long, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve the HTTP API (and the etcd API) over TLS with this certificate chain (PEM),
+    /// reloaded when the file changes.
+    #[arg(long, env = "WEFT_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, env = "WEFT_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file (mTLS), as etcd's flag.
+    #[arg(long, requires = "trusted_ca_file")]
+    client_cert_auth: bool,
+    /// The CA that client certificates must chain to (PEM).
+    #[arg(long, requires = "cert_file")]
+    trusted_ca_file: Option<PathBuf>,
     /// fsync policy: always, group (default; concurrent writes share an fsync), none (unsafe).
     #[arg(long, default_value = "group")]
     fsync: Durability,
@@ -609,6 +622,50 @@ fn node_info_metrics(a: &UpArgs, store: &str) {
     metrics::gauge!("weft_node_info", "fsync" => fsync, "store" => store.to_string(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
+/// How often the TLS files are checked for changes.
+const TLS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The TLS side of the node's listeners, if --cert-file asks for one (checked now: a bad file
+/// stops the start with the file and the reason).
+fn tls_acceptor(a: &UpArgs) -> Result<Option<Arc<weft_tls::Acceptor>>> {
+    let (Some(cert), Some(key)) = (&a.cert_file, &a.key_file) else {
+        return Ok(None);
+    };
+    if a.trusted_ca_file.is_some() && !a.client_cert_auth {
+        bail!("--trusted-ca-file is used with --client-cert-auth (to require client certificates)");
+    }
+    let files = weft_tls::ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: a.trusted_ca_file.clone(),
+    };
+    let acceptor = weft_tls::Acceptor::load(files, &[b"http/1.1"])?;
+    acceptor.watch(TLS_RELOAD_EVERY);
+    Ok(Some(acceptor))
+}
+
+/// A listener off loopback needs TLS and a way to tell clients apart (a token or client
+/// certificates); says what to add otherwise.
+fn check_exposure(a: &UpArgs, tls: Option<&Arc<weft_tls::Acceptor>>) -> Result<()> {
+    if a.listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let token = a.token.as_deref().is_some_and(|t| !t.is_empty());
+    match tls {
+        None => bail!(
+            "refusing to listen on {} without TLS: pass --cert-file and --key-file, and --token \
+             (or WEFT_TOKEN) or --client-cert-auth with --trusted-ca-file; or listen on loopback",
+            a.listen
+        ),
+        Some(t) if !token && !t.client_auth() => bail!(
+            "refusing to listen on {} without authentication: pass --token (or WEFT_TOKEN), or \
+             --client-cert-auth with --trusted-ca-file; or listen on loopback",
+            a.listen
+        ),
+        Some(_) => Ok(()),
+    }
+}
+
 pub async fn up(a: UpArgs) -> Result<()> {
     init_tracing();
     // No transparent huge pages for the node: the store's state grows with every write, and
@@ -622,12 +679,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!("cannot turn transparent huge pages off: {e}");
     }
-    if !a.listen.ip().is_loopback() && a.token.as_deref().is_none_or(str::is_empty) {
-        bail!(
-            "refusing to listen on {} without a token: pass --token (or WEFT_TOKEN), or listen on loopback",
-            a.listen
-        );
-    }
+    let tls = tls_acceptor(&a)?;
+    check_exposure(&a, tls.as_ref())?;
     let opts = Options {
         durability: a.fsync,
         snapshot_bytes: a.snapshot_bytes,
@@ -679,9 +732,10 @@ pub async fn up(a: UpArgs) -> Result<()> {
     // Announced on stdout for scripts; a closed stdout (the reader gone, e.g. after this
     // process restarted itself to follow a new primary) is not an error.
     let mut out = std::io::stdout();
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let _ = writeln!(
         out,
-        "weft listening on http://{addr} (data dir {})",
+        "weft listening on {scheme}://{addr} (data dir {})",
         a.data_dir.display()
     );
     let _ = out.flush();
@@ -710,6 +764,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         repl: repl.clone(),
         local_gateway,
         counters: embedded.clone().map(store_counters),
+        tls,
         ..Default::default()
     };
     let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));

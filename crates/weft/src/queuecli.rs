@@ -145,8 +145,8 @@ pub struct PublishArgs {
     topic: String,
     /// Values (none: one message per line of stdin).
     values: Vec<String>,
-    /// The messages' key (picks the partition).
-    #[arg(long)]
+    /// The messages' key (picks the partition). `--key` is the client certificate's key.
+    #[arg(long = "partition-key", short = 'k')]
     key: Option<String>,
     /// The producer message id (dedup), for a single message.
     #[arg(long)]
@@ -187,7 +187,7 @@ pub struct ConsumeArgs {
 
 /// Runs a `weft queue` command.
 pub async fn queue(cmd: QueueCmd, conn: Conn) -> Result<()> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     match cmd {
         QueueCmd::Create(a) => {
             let cfg = TopicConfig {

@@ -6,7 +6,6 @@ use clap::Subcommand;
 use serde_json::json;
 use weft_repl::{CheckResult, Promoted, Status};
 
-use crate::client::Client;
 use crate::Conn;
 
 /// `weft repl` subcommands.
@@ -71,7 +70,7 @@ fn print_status(s: &Status) {
 
 /// `weft repl`; returns the exit code.
 pub async fn repl(cmd: ReplCmd, conn: Conn) -> Result<i32> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     match cmd {
         ReplCmd::Status => {
             let s: Status = serde_json::from_value(c.get("/v1/repl/status").await?)?;
@@ -112,7 +111,7 @@ pub async fn repl(cmd: ReplCmd, conn: Conn) -> Result<i32> {
 
 /// `weft promote`: makes the replica at the endpoint the primary.
 pub async fn promote(force: bool, conn: Conn) -> Result<()> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     let p: Promoted = c
         .call("/v1/repl/promote", &json!({ "force": force }))
         .await?;

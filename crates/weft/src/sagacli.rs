@@ -183,7 +183,7 @@ async fn follow(c: &Client, id: &str, print: impl Fn(&Value)) -> Result<Value> {
 
 /// Runs a `weft saga` command; the exit status (0, or 1 for a `--wait` that did not commit).
 pub async fn saga(cmd: SagaCmd, conn: Conn) -> Result<i32> {
-    let c = Client::new(&conn.endpoint, conn.token.clone())?;
+    let c = conn.client()?;
     let out = |v: &Value| -> Result<()> {
         if conn.json {
             println!("{v}");

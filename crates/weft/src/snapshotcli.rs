@@ -6,7 +6,6 @@ use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Client;
 use crate::Conn;
 
 #[derive(Subcommand)]
@@ -64,7 +63,7 @@ pub(crate) async fn snapshot(cmd: SnapshotCmd, conn: &Conn) -> Result<()> {
     use weft_store::embedded::{restore, verify_backup};
     match cmd {
         SnapshotCmd::Save { file } => {
-            let c = Client::new(&conn.endpoint, conn.token.clone())?;
+            let c = conn.client()?;
             let part = {
                 let mut p = file.clone().into_os_string();
                 p.push(".part");

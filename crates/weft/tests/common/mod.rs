@@ -67,7 +67,7 @@ fn start_on(listen: &str, args: &[&std::ffi::OsStr]) -> Node {
         .expect("read address");
     let endpoint = line
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
     Node { child, endpoint }

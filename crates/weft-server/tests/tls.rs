@@ -1,0 +1,155 @@
+//! The API over HTTPS: requests with a trusted CA, plain HTTP refused, client certificates
+//! required when configured, an SSE watch over TLS, and certificates replaced while a
+//! connection stays open.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use weft_server::ServerConfig;
+use weft_tls::testing::Pki;
+use weft_tls::{Acceptor, ClientFiles, ServerFiles};
+
+fn https(files: &ClientFiles) -> reqwest::Client {
+    let cfg = weft_tls::client_config(files, &[b"http/1.1"]).unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(cfg)
+        .build()
+        .unwrap()
+}
+
+fn trust(pki: &Pki) -> ClientFiles {
+    ClientFiles {
+        ca: Some(pki.ca_cert.clone()),
+        ..Default::default()
+    }
+}
+
+async fn tls_node(acceptor: Arc<Acceptor>) -> (common::Node, String) {
+    let node = common::node(ServerConfig {
+        tls: Some(acceptor),
+        ..Default::default()
+    })
+    .await;
+    let base = node.base.replace("http://127.0.0.1", "https://localhost");
+    (node, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_https_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let files = ServerFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: None,
+    };
+    let (node, base) = tls_node(Acceptor::load(files, &[b"http/1.1"]).unwrap()).await;
+    let c = https(&trust(&pki));
+    let (s, v) = common::send(
+        c.post(format!("{base}/v1/kv/put"))
+            .json(&json!({"key": "a", "value": "1"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = common::send(
+        c.post(format!("{base}/v1/kv/range"))
+            .json(&json!({"key": "a"})),
+    )
+    .await;
+    assert_eq!((s, v["kvs"][0]["value"].as_str()), (200, Some("1")), "{v}");
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = reqwest::Client::new()
+        .get(format!("{}/health", node.base))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+    // A client that does not trust the CA is refused.
+    let other = Pki::named(dir.path(), "other CA", "localhost").unwrap();
+    assert!(https(&trust(&other))
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_required_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let files = ServerFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca_cert.clone()),
+    };
+    let (_node, base) = tls_node(Acceptor::load(files, &[b"http/1.1"]).unwrap()).await;
+    let without = https(&trust(&pki))
+        .get(format!("{base}/health"))
+        .send()
+        .await;
+    assert!(without.is_err(), "{without:?}");
+    let with = https(&ClientFiles {
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+        ..trust(&pki)
+    });
+    let (s, v) = common::send(with.get(format!("{base}/health"))).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_stays_open_while_the_certificate_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Pki::new(dir.path()).unwrap();
+    let second = Pki::named(dir.path(), "second CA", "localhost").unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(&first.server_cert, &cert).unwrap();
+    std::fs::copy(&first.server_key, &key).unwrap();
+    let acceptor = Acceptor::load(
+        ServerFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+        },
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let _w = acceptor.watch(Duration::from_millis(50));
+    let (_node, base) = tls_node(acceptor).await;
+    let old = https(&trust(&first));
+    let mut watch = old
+        .get(format!("{base}/v1/watch?key=w&prefix=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), 200);
+    std::fs::copy(&second.server_cert, &cert).unwrap();
+    std::fs::copy(&second.server_key, &key).unwrap();
+    let new = https(&trust(&second));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while new.get(format!("{base}/health")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, _) = common::send(
+        new.post(format!("{base}/v1/kv/put"))
+            .json(&json!({"key": "w1", "value": "x"})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    // The watch opened under the old certificate still delivers.
+    let mut seen = String::new();
+    while !seen.contains("w1") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+            .await
+            .expect("the watch went quiet")
+            .unwrap()
+            .expect("the watch ended");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

@@ -1,0 +1,150 @@
+//! `weft up` with TLS, as real processes: the CLI over https with --cacert, client
+//! certificates required with --client-cert-auth, bad files refused at start, and listeners
+//! off loopback refused unless they have TLS and authentication.
+
+mod common;
+
+use common::{start_with, weft, BIN};
+use weft_tls::testing::Pki;
+
+fn https(endpoint: &str) -> String {
+    endpoint.replace("https://127.0.0.1", "https://localhost")
+}
+
+#[test]
+fn the_cli_talks_to_a_tls_node_with_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let data = dir.path().join("data");
+    let node = start_with(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--cert-file".as_ref(),
+        pki.server_cert.as_os_str(),
+        "--key-file".as_ref(),
+        pki.server_key.as_os_str(),
+    ]);
+    assert!(node.endpoint.starts_with("https://"), "{}", node.endpoint);
+    let ep = https(&node.endpoint);
+    let ca = pki.ca_cert.to_str().unwrap();
+    let (code, _, err) = weft(&["kv", "put", "k", "v", "--cacert", ca], &ep, None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = weft(&["kv", "get", "k", "--cacert", ca], &ep, None);
+    assert_eq!((code, out.trim()), (0, "k\nv"), "{err}");
+    // Without the CA the server is not trusted; over plain http nothing answers.
+    let (code, _, err) = weft(&["kv", "get", "k"], &ep, None);
+    assert_ne!(code, 0);
+    assert!(err.contains("cannot reach"), "{err}");
+    let (code, _, _) = weft(&["kv", "get", "k"], &ep.replace("https", "http"), None);
+    assert_ne!(code, 0);
+    // TLS options on an http endpoint are a mistake, said so.
+    let (code, _, err) = weft(
+        &["kv", "get", "k", "--cacert", ca],
+        "http://127.0.0.1:1",
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("https://"), "{err}");
+}
+
+#[test]
+fn client_certificates_are_required_with_client_cert_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let other = Pki::named(dir.path(), "other CA", "localhost").unwrap();
+    let data = dir.path().join("data");
+    let node = start_with(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--cert-file".as_ref(),
+        pki.server_cert.as_os_str(),
+        "--key-file".as_ref(),
+        pki.server_key.as_os_str(),
+        "--client-cert-auth".as_ref(),
+        "--trusted-ca-file".as_ref(),
+        pki.ca_cert.as_os_str(),
+    ]);
+    let ep = https(&node.endpoint);
+    let ca = pki.ca_cert.to_str().unwrap();
+    let (code, _, _) = weft(&["status", "--cacert", ca], &ep, None);
+    assert_ne!(code, 0, "no client certificate: refused");
+    let (cert, key) = (
+        pki.client_cert.to_str().unwrap(),
+        pki.client_key.to_str().unwrap(),
+    );
+    let (code, out, err) = weft(
+        &["status", "--cacert", ca, "--cert", cert, "--key", key],
+        &ep,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("revision"), "{out}");
+    let (ocert, okey) = (
+        other.client_cert.to_str().unwrap(),
+        other.client_key.to_str().unwrap(),
+    );
+    let (code, _, _) = weft(
+        &["status", "--cacert", ca, "--cert", ocert, "--key", okey],
+        &ep,
+        None,
+    );
+    assert_ne!(code, 0, "a certificate from another CA: refused");
+}
+
+/// `weft up` that must fail before serving anything: its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .arg("up")
+        .args(args)
+        .env("WEFT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn bad_files_and_exposed_listeners_are_refused_with_what_to_add() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let (cert, key) = (
+        pki.server_cert.to_str().unwrap(),
+        pki.server_key.to_str().unwrap(),
+    );
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "junk").unwrap();
+    let junk = junk.to_str().unwrap();
+    let err = refused(&["--data-dir", data, "--cert-file", junk, "--key-file", key]);
+    assert!(
+        err.contains("junk.pem") && err.contains("no certificate"),
+        "{err}"
+    );
+    let err = refused(&["--data-dir", data, "--cert-file", cert, "--key-file", junk]);
+    assert!(
+        err.contains("junk.pem") && err.contains("no private key"),
+        "{err}"
+    );
+    // Off loopback (refused before anything binds): TLS first, then authentication.
+    let err = refused(&["--data-dir", data, "--listen", "0.0.0.0:0", "--token", "t"]);
+    assert!(
+        err.contains("without TLS") && err.contains("--cert-file"),
+        "{err}"
+    );
+    let tls = [
+        "--data-dir",
+        data,
+        "--listen",
+        "0.0.0.0:0",
+        "--cert-file",
+        cert,
+        "--key-file",
+        key,
+    ];
+    let err = refused(&tls);
+    assert!(
+        err.contains("without authentication") && err.contains("--token"),
+        "{err}"
+    );
+}
