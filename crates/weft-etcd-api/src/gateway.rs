@@ -22,7 +22,10 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 const MAX_BODY: usize = 4 << 20;
 
 /// Serves one HTTP/1.1 connection of the JSON gateway.
-pub(crate) async fn serve(stream: tokio::net::TcpStream, api: EtcdApi) {
+pub(crate) async fn serve<IO>(stream: IO, api: EtcdApi)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc = hyper::service::service_fn(move |req| {
         let api = api.clone();
         async move { Ok::<_, Infallible>(handle(api, req).await) }

@@ -19,7 +19,7 @@
 //! let store = Arc::new(Embedded::open(dir.path(), Options::default()).await?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
-//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8 };
+//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8, tls: None };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
 //!     let _ = stopped.await;
@@ -71,6 +71,9 @@ pub struct Config {
     /// thread (when the store offers it: `Store::thread_flushes`). 0: every write goes through the
     /// log thread. Only with `threads` > 0 and the embedded store.
     pub inline_batch: usize,
+    /// Serve TLS with this (ALPN `h2` for gRPC, `http/1.1` for the JSON gateway); none:
+    /// plain TCP.
+    pub tls: Option<Arc<weft_tls::Acceptor>>,
 }
 
 /// The etcd API service over a store.
@@ -307,10 +310,21 @@ impl Conns {
             self.routes.clone(),
             self.stop_streams.subscribe(),
         );
+        let tls = self.api.cfg.tls.clone();
         set.spawn(async move {
-            match is_http2(&stream).await {
-                true => weft_h2::serve(stream, api, fast::call, routes, stop).await,
-                false => gateway::serve(stream, api).await,
+            let Some(tls) = tls else {
+                return match is_http2(&stream).await {
+                    true => weft_h2::serve(stream, api, fast::call, routes, stop).await,
+                    false => gateway::serve(stream, api).await,
+                };
+            };
+            match tls.accept(stream).await {
+                // gRPC clients ask for h2 by ALPN; HTTP/1 clients (curl) for http/1.1.
+                Ok(s) if s.get_ref().1.alpn_protocol() == Some(b"http/1.1") => {
+                    gateway::serve(s, api).await
+                }
+                Ok(s) => weft_h2::serve(s, api, fast::call, routes, stop).await,
+                Err(e) => tracing::debug!("etcd API TLS handshake failed: {e}"),
             }
         });
     }

@@ -79,7 +79,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use http_body::Frame;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tonic::Status;
 use tower::ServiceExt;
@@ -381,8 +381,11 @@ type FastCall<C> = Join<Ready<u32>, C>;
 /// One connection's state. Generic over the fast path's call future `C` (the future of the
 /// function given to [`serve`]), so the calls live unboxed in `fast`: naming an `async fn`'s
 /// future takes a type parameter.
-struct Conn<F, C: Future, S> {
-    io: TcpStream,
+struct Conn<IO, F, C: Future, S> {
+    io: IO,
+    /// The transport holds written bytes it could not send yet (TLS records): flush again
+    /// once it can.
+    needs_flush: bool,
     handler: F,
     service: S,
     stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -475,13 +478,14 @@ impl<S> GrpcService for S where
 /// 5-byte length prefix, unchecked), the result the response's body (one message with its
 /// prefix) sent with `grpc-status: 0`, or a status sent as trailers only. Every other request
 /// goes to `service`, its body streamed in and its response body streamed out.
-pub async fn serve<F, C, S>(
-    io: TcpStream,
+pub async fn serve<IO, F, C, S>(
+    io: IO,
     fast: F,
     call: fn(F, u32, Bytes) -> C,
     service: S,
     mut stop: watch::Receiver<bool>,
 ) where
+    IO: AsyncRead + AsyncWrite + Unpin,
     F: FastPath,
     C: Future<Output = Result<Bytes, Status>>,
     S: GrpcService,
@@ -499,14 +503,15 @@ pub async fn serve<F, C, S>(
     c.finish().await;
 }
 
-impl<F, C, S> Conn<F, C, S>
+impl<IO, F, C, S> Conn<IO, F, C, S>
 where
+    IO: AsyncRead + AsyncWrite + Unpin,
     F: FastPath,
     C: Future<Output = Result<Bytes, Status>>,
     S: GrpcService,
 {
     fn new(
-        io: TcpStream,
+        io: IO,
         handler: F,
         service: S,
         stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
@@ -514,6 +519,7 @@ where
     ) -> Self {
         let mut c = Conn {
             io,
+            needs_flush: false,
             handler,
             service,
             stopping,
@@ -627,7 +633,7 @@ where
             }
             if self.backlog {
                 // Header budget spent: write what there is, then let the others run.
-                if !self.wbuf.is_empty() {
+                if !self.wbuf.is_empty() || self.needs_flush {
                     self.write(cx)?;
                 }
                 cx.waker().wake_by_ref();
@@ -646,6 +652,8 @@ where
                 if self.write(cx)? {
                     progress = true;
                 }
+            } else if self.needs_flush {
+                self.write(cx)?;
             }
             if self.eof {
                 // The client closed the connection: nobody is left to answer.
@@ -655,6 +663,7 @@ where
                 && self.streams.is_empty()
                 && self.fast.is_empty()
                 && self.wbuf.is_empty()
+                && !self.needs_flush
             {
                 return Poll::Ready(Ok(()));
             }
@@ -701,23 +710,24 @@ where
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ConnError> {
         let mut wrote = false;
         while !self.wbuf.is_empty() {
-            match self.io.try_write(&self.wbuf) {
-                Ok(n) => {
+            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Err(io_err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
                     self.wbuf.advance(n);
                     wrote = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.io.poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(e)) => return Err(io_err(e)),
-                        Poll::Pending => return Ok(wrote),
-                    }
-                }
-                Err(e) => return Err(io_err(e)),
+                Poll::Ready(Err(e)) => return Err(io_err(e)),
+                Poll::Pending => return Ok(wrote),
             }
         }
         self.wbuf.clear();
         self.yielded = false;
+        // A TCP socket has nothing to flush; a TLS stream sends its records.
+        self.needs_flush = match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => false,
+            Poll::Ready(Err(e)) => return Err(io_err(e)),
+            Poll::Pending => true,
+        };
         Ok(wrote)
     }
 

@@ -627,7 +627,7 @@ const TLS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The TLS side of the node's listeners, if --cert-file asks for one (checked now: a bad file
 /// stops the start with the file and the reason).
-fn tls_acceptor(a: &UpArgs) -> Result<Option<Arc<weft_tls::Acceptor>>> {
+fn tls_acceptor(a: &UpArgs, alpn: &[&[u8]]) -> Result<Option<Arc<weft_tls::Acceptor>>> {
     let (Some(cert), Some(key)) = (&a.cert_file, &a.key_file) else {
         return Ok(None);
     };
@@ -639,7 +639,7 @@ fn tls_acceptor(a: &UpArgs) -> Result<Option<Arc<weft_tls::Acceptor>>> {
         key: key.clone(),
         client_ca: a.trusted_ca_file.clone(),
     };
-    let acceptor = weft_tls::Acceptor::load(files, &[b"http/1.1"])?;
+    let acceptor = weft_tls::Acceptor::load(files, alpn)?;
     acceptor.watch(TLS_RELOAD_EVERY);
     Ok(Some(acceptor))
 }
@@ -679,7 +679,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!("cannot turn transparent huge pages off: {e}");
     }
-    let tls = tls_acceptor(&a)?;
+    let tls = tls_acceptor(&a, &[b"http/1.1"])?;
     check_exposure(&a, tls.as_ref())?;
     let opts = Options {
         durability: a.fsync,
@@ -814,11 +814,17 @@ fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Bac
     let Some(addr) = a.etcd_listen else {
         return Ok(None);
     };
-    if !addr.ip().is_loopback() {
-        bail!("--etcd-listen {addr}: the etcd API has no authentication yet; listen on loopback");
+    let tls = tls_acceptor(a, &[b"h2", b"http/1.1"])?;
+    if !addr.ip().is_loopback() && !tls.as_ref().is_some_and(|t| t.client_auth()) {
+        bail!(
+            "--etcd-listen {addr}: off loopback the etcd API needs TLS with client certificates \
+             (--cert-file, --key-file, --client-cert-auth, --trusted-ca-file); it has no users \
+             and roles yet"
+        );
     }
     let l = weft_server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    let url = format!("http://{}", l.local_addr()?);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", l.local_addr()?);
     let mut out = std::io::stdout();
     let _ = writeln!(out, "etcd API listening on {url}");
     let _ = out.flush();
@@ -830,6 +836,7 @@ fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Bac
         member_id: 0x7765_6674,
         threads,
         inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
+        tls,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

@@ -59,7 +59,7 @@ fn weft_etcd_by(mut cmd: Command, args: &[&std::ffi::OsStr]) -> (Node, String) {
     out.read_line(&mut l2).unwrap();
     let url = |l: &str| {
         l.split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap()
             .to_string()
     };
@@ -697,4 +697,45 @@ fn inline_writes_follow_the_option_and_the_cores() {
         "no inline writes on one core ({durable} durable writes)"
     );
     assert!(durable > 0);
+}
+
+/// The etcd API over TLS: etcdctl with --cacert, and with --cert/--key when the node requires
+/// client certificates; without them, or trusting another CA, it is refused.
+#[test]
+fn etcdctl_over_tls_with_client_certificates() {
+    if !etcdctl_available() {
+        eprintln!("etcdctl not installed; skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = weft_tls::testing::Pki::new(dir.path()).unwrap();
+    let other = weft_tls::testing::Pki::named(dir.path(), "other CA", "localhost").unwrap();
+    let data = dir.path().join("data");
+    let (_node, url) = weft_etcd_with(&[
+        "--data-dir".as_ref(),
+        data.as_os_str(),
+        "--cert-file".as_ref(),
+        pki.server_cert.as_os_str(),
+        "--key-file".as_ref(),
+        pki.server_key.as_os_str(),
+        "--client-cert-auth".as_ref(),
+        "--trusted-ca-file".as_ref(),
+        pki.ca_cert.as_os_str(),
+    ]);
+    assert!(url.starts_with("https://"), "{url}");
+    let url = url.replace("127.0.0.1", "localhost");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let ca = format!("--cacert={}", s(&pki.ca_cert));
+    let cert = format!("--cert={}", s(&pki.client_cert));
+    let key = format!("--key={}", s(&pki.client_key));
+    let short = "--command-timeout=3s";
+    let (ok, out) = etcdctl_raw(&url, &[short, &ca, &cert, &key, "put", "tls-key", "v1"]);
+    assert!(ok && out.contains("OK"), "{out}");
+    let (ok, out) = etcdctl_raw(&url, &[short, &ca, &cert, &key, "get", "tls-key"]);
+    assert!(ok && out.contains("v1"), "{out}");
+    let (ok, out) = etcdctl_raw(&url, &[short, &ca, "get", "tls-key"]);
+    assert!(!ok, "no client certificate, yet: {out}");
+    let other_ca = format!("--cacert={}", s(&other.ca_cert));
+    let (ok, out) = etcdctl_raw(&url, &[short, &other_ca, &cert, &key, "get", "tls-key"]);
+    assert!(!ok, "a server the client does not trust, yet: {out}");
 }

@@ -38,6 +38,7 @@ pub async fn start_with(threads: usize) -> Server {
         // Every write made inline by a connection thread, the path `weft up` takes for
         // groups of 8 or more.
         inline_batch: 1,
+        tls: None,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;
