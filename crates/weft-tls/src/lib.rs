@@ -40,6 +40,7 @@
 //! # fn main() {}
 //! ```
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -48,6 +49,7 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -101,6 +103,19 @@ pub struct ServerFiles {
     pub key: PathBuf,
     /// Require client certificates signed by this CA (mTLS).
     pub client_ca: Option<PathBuf>,
+}
+
+/// Another certificate of a listener, served to clients that ask for one of its names by
+/// SNI (TLS server name indication). Names are exact (`api.example.com`) or wildcards of one
+/// label (`*.example.com`); case does not matter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniFiles {
+    /// The names it serves.
+    pub names: Vec<String>,
+    /// Its certificate chain (leaf first).
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// A client's trust and identity. PEM files.
@@ -177,7 +192,90 @@ fn roots(file: &Path) -> Result<RootCertStore, TlsError> {
     Ok(roots)
 }
 
-fn server_config(files: &ServerFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+/// A certificate and its key, checked to go together.
+fn certified(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
+    let ck =
+        CertifiedKey::from_der(read_certs(cert)?, read_key(key)?, &provider()).map_err(|e| {
+            TlsError::Invalid {
+                file: key.to_path_buf(),
+                reason: format!(
+                    "does not go with the certificate in {}: {e}",
+                    cert.display()
+                ),
+            }
+        })?;
+    Ok(Arc::new(ck))
+}
+
+/// Chooses a certificate by the client's SNI name: exact names, then one-label wildcards,
+/// then the listener's default certificate.
+#[derive(Debug)]
+struct Sni {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// By the part after `*.` (`example.com` for `*.example.com`).
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl Sni {
+    fn new(files: &ServerFiles, sni: &[SniFiles]) -> Result<Sni, TlsError> {
+        let mut out = Sni {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: certified(&files.cert, &files.key)?,
+        };
+        for f in sni {
+            let ck = certified(&f.cert, &f.key)?;
+            if f.names.is_empty() {
+                return Err(TlsError::Invalid {
+                    file: f.cert.clone(),
+                    reason: "an SNI certificate needs at least one name".into(),
+                });
+            }
+            for n in &f.names {
+                let n = n.to_ascii_lowercase();
+                let (map, key) = match n.strip_prefix("*.") {
+                    Some(rest) => (&mut out.wildcard, rest.to_string()),
+                    None => (&mut out.exact, n.clone()),
+                };
+                if key.is_empty() || key.contains('*') || map.insert(key, ck.clone()).is_some() {
+                    return Err(TlsError::Invalid {
+                        file: f.cert.clone(),
+                        reason: format!(
+                            "SNI name {n:?} is given twice or is not a name or a one-label wildcard"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn pick(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = name.map(str::to_ascii_lowercase) else {
+            return self.default.clone();
+        };
+        if let Some(ck) = self.exact.get(&name) {
+            return ck.clone();
+        }
+        name.split_once('.')
+            .and_then(|(_, rest)| self.wildcard.get(rest))
+            .unwrap_or(&self.default)
+            .clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Sni {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+fn server_config(
+    files: &ServerFiles,
+    sni: &[SniFiles],
+    alpn: &[Vec<u8>],
+) -> Result<ServerConfig, TlsError> {
     let certs = read_certs(&files.cert)?;
     let key = read_key(&files.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
@@ -196,15 +294,19 @@ fn server_config(files: &ServerFiles, alpn: &[Vec<u8>]) -> Result<ServerConfig, 
         }
         None => builder.with_no_client_auth(),
     };
-    let mut cfg = builder
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError::Invalid {
-            file: files.key.clone(),
-            reason: format!(
-                "does not go with the certificate in {}: {e}",
-                files.cert.display()
-            ),
-        })?;
+    let mut cfg = if sni.is_empty() {
+        builder
+            .with_single_cert(certs, key)
+            .map_err(|e| TlsError::Invalid {
+                file: files.key.clone(),
+                reason: format!(
+                    "does not go with the certificate in {}: {e}",
+                    files.cert.display()
+                ),
+            })?
+    } else {
+        builder.with_cert_resolver(Arc::new(Sni::new(files, sni)?))
+    };
     cfg.alpn_protocols = alpn.to_vec();
     Ok(cfg)
 }
@@ -220,6 +322,7 @@ fn stamp(file: &Path) -> Stamp {
 /// A listener's TLS side; see the crate docs.
 pub struct Acceptor {
     files: ServerFiles,
+    sni: Vec<SniFiles>,
     alpn: Vec<Vec<u8>>,
     current: RwLock<Arc<ServerConfig>>,
     stamps: Mutex<Vec<Stamp>>,
@@ -237,21 +340,36 @@ impl Acceptor {
     /// Loads the files and offers the `alpn` protocols (most preferred first); fails with the
     /// file and the reason.
     pub fn load(files: ServerFiles, alpn: &[&[u8]]) -> Result<Arc<Acceptor>, TlsError> {
+        Self::load_sni(files, Vec::new(), alpn)
+    }
+
+    /// Like [`Acceptor::load`], with more certificates chosen by the client's SNI name
+    /// (`files` serves every other name, and clients that send none).
+    pub fn load_sni(
+        files: ServerFiles,
+        sni: Vec<SniFiles>,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<Acceptor>, TlsError> {
         let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
-        let cfg = server_config(&files, &alpn)?;
-        let stamps = Self::stamps_of(&files);
+        let cfg = server_config(&files, &sni, &alpn)?;
+        let stamps = Self::stamps_of(&files, &sni);
         Ok(Arc::new(Acceptor {
             files,
+            sni,
             alpn,
             current: RwLock::new(Arc::new(cfg)),
             stamps: Mutex::new(stamps),
         }))
     }
 
-    fn stamps_of(files: &ServerFiles) -> Vec<Stamp> {
+    fn stamps_of(files: &ServerFiles, sni: &[SniFiles]) -> Vec<Stamp> {
         let mut v = vec![stamp(&files.cert), stamp(&files.key)];
         if let Some(ca) = &files.client_ca {
             v.push(stamp(ca));
+        }
+        for f in sni {
+            v.push(stamp(&f.cert));
+            v.push(stamp(&f.key));
         }
         v
     }
@@ -276,8 +394,8 @@ impl Acceptor {
 
     /// Loads the files again; on an error the current configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = Self::stamps_of(&self.files);
-        let cfg = server_config(&self.files, &self.alpn)?;
+        let stamps = Self::stamps_of(&self.files, &self.sni);
+        let cfg = server_config(&self.files, &self.sni, &self.alpn)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
         *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) = stamps;
         Ok(())
@@ -286,7 +404,7 @@ impl Acceptor {
     /// Reloads if a file's modification time or size changed since the last load; true if
     /// it reloaded.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = Self::stamps_of(&self.files);
+        let now = Self::stamps_of(&self.files, &self.sni);
         if *self.stamps.lock().unwrap_or_else(PoisonError::into_inner) == now {
             return Ok(false);
         }
@@ -313,7 +431,7 @@ impl Acceptor {
                     Err(e) => {
                         // Not again until the files change once more.
                         *a.stamps.lock().unwrap_or_else(PoisonError::into_inner) =
-                            Self::stamps_of(&a.files);
+                            Self::stamps_of(&a.files, &a.sni);
                         tracing::warn!("TLS files not reloaded, the previous ones stay: {e}");
                     }
                 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use weft_tls::testing::Pki;
-use weft_tls::{client_config, Acceptor, ClientFiles, ServerFiles, TlsError};
+use weft_tls::{client_config, Acceptor, ClientFiles, ServerFiles, SniFiles, TlsError};
 
 /// An echo server over TLS; returns its address.
 async fn echo(acceptor: Arc<Acceptor>) -> std::net::SocketAddr {
@@ -37,9 +37,17 @@ async fn echo(acceptor: Arc<Acceptor>) -> std::net::SocketAddr {
 type Client = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn connect(addr: std::net::SocketAddr, files: &ClientFiles) -> std::io::Result<Client> {
+    connect_as(addr, "localhost", files).await
+}
+
+async fn connect_as(
+    addr: std::net::SocketAddr,
+    host: &str,
+    files: &ClientFiles,
+) -> std::io::Result<Client> {
     let cfg = client_config(files, &[]).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = weft_tls::server_name("localhost").unwrap();
+    let name = weft_tls::server_name(host).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
@@ -221,4 +229,49 @@ fn bad_files_are_refused_with_the_file_and_the_reason() {
             .contains("both a certificate file and its key"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_by_name_and_falls_back_to_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = Pki::new(dir.path()).unwrap();
+    let api = Pki::named(dir.path(), "api CA", "api.test").unwrap();
+    let wild = Pki::named(dir.path(), "wild CA", "*.svc.test").unwrap();
+    let sni = vec![
+        SniFiles {
+            names: vec!["API.test".into()],
+            cert: api.server_cert.clone(),
+            key: api.server_key.clone(),
+        },
+        SniFiles {
+            names: vec!["*.svc.test".into()],
+            cert: wild.server_cert.clone(),
+            key: wild.server_key.clone(),
+        },
+    ];
+    let acceptor = Acceptor::load_sni(server(&default, false), sni.clone(), &[]).unwrap();
+    let addr = echo(acceptor).await;
+    ping(&mut connect_as(addr, "api.test", &trust(&api)).await.unwrap())
+        .await
+        .unwrap();
+    ping(
+        &mut connect_as(addr, "orders.svc.test", &trust(&wild))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    ping(&mut connect(addr, &trust(&default)).await.unwrap())
+        .await
+        .unwrap();
+    // A name no SNI entry has gets the default certificate (not valid for it here).
+    assert!(connect_as(addr, "a.b.svc.test", &trust(&wild))
+        .await
+        .is_err());
+    assert!(connect_as(addr, "other.test", &trust(&api)).await.is_err());
+    // A name given twice is refused, naming the file.
+    let mut twice = sni.clone();
+    twice[1].names.push("api.test".into());
+    let e = Acceptor::load_sni(server(&default, false), twice, &[]).unwrap_err();
+    assert!(e.to_string().contains("given twice"), "{e}");
 }
