@@ -315,6 +315,8 @@ pub struct Remote {
     ip: HeaderValue,
     /// The IP as text (the per-IP rate-limit key).
     ip_string: String,
+    /// The connection is TLS (`x-forwarded-proto: https`).
+    tls: bool,
 }
 
 impl Remote {
@@ -326,6 +328,15 @@ impl Remote {
             addr,
             ip,
             ip_string,
+            tls: false,
+        }
+    }
+
+    /// Facts about a peer that connected over TLS.
+    pub fn new_tls(addr: SocketAddr) -> Remote {
+        Remote {
+            tls: true,
+            ..Remote::new(addr)
         }
     }
 }
@@ -1075,7 +1086,7 @@ impl Forwarding {
                 X_WEFT_CONSUMER,
             ],
             xff: xff.ok(),
-            proto: HeaderValue::from_static("http"),
+            proto: HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
             consumer: consumer.and_then(|c| HeaderValue::from_str(c).ok()),
             original_host,
             host_in_headers,

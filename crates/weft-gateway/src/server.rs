@@ -73,9 +73,11 @@ pub async fn serve_threads(
 pub const WORKER_EVENT_INTERVAL: u32 = 256;
 
 /// Options of [`serve_threads_with`].
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct ThreadOptions {
+    /// Terminate TLS with this (HTTP/2 offered by ALPN beside HTTP/1.1); none: plain TCP.
+    pub tls: Option<Arc<weft_tls::Acceptor>>,
     /// Pin worker `k` (the calling thread is worker 0) to the `k`-th CPU the process may run
     /// on, as nginx's `worker_cpu_affinity auto`. Off by default. With as many workers as
     /// cores on a busy machine it keeps the scheduler from stacking two workers on one CPU:
@@ -88,6 +90,12 @@ impl ThreadOptions {
     /// Options with CPU pinning on or off.
     pub fn pin_cpus(mut self, on: bool) -> Self {
         self.pin_cpus = on;
+        self
+    }
+
+    /// Options that terminate TLS with `tls`.
+    pub fn tls(mut self, tls: Option<Arc<weft_tls::Acceptor>>) -> Self {
+        self.tls = tls;
         self
     }
 }
@@ -152,6 +160,7 @@ pub async fn serve_threads_with(
         let gw = gw.clone();
         let mut rx = stop_rx.clone();
         let worker = i + 1;
+        let tls = opts.tls.clone();
         let handle = std::thread::Builder::new()
             .name(format!("weft-gw-{worker}"))
             .spawn(move || -> std::io::Result<()> {
@@ -173,6 +182,7 @@ pub async fn serve_threads_with(
                             let _ = rx.wait_for(|s| *s).await;
                         },
                         Some(w),
+                        tls,
                     )
                     .await
                 })
@@ -195,6 +205,7 @@ pub async fn serve_threads_with(
             let _ = stop_tx.send(true);
         },
         first_worker,
+        opts.tls.clone(),
     )
     .await;
     let _ = stop_tx.send(true);
@@ -219,7 +230,7 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_worker(listener, gw, shutdown, None).await
+    serve_worker(listener, gw, shutdown, None, None).await
 }
 
 /// A freshly accepted connection handed from one worker to another.
@@ -245,6 +256,7 @@ async fn serve_worker(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
     mut worker: Option<Worker>,
+    tls: Option<Arc<weft_tls::Acceptor>>,
 ) -> std::io::Result<()> {
     let stop = weft_h1::server::Stop::default();
     // Each connection holds a sender: `recv` returns `None` once all of them are done.
@@ -294,11 +306,24 @@ async fn serve_worker(
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
-        let peer = Arc::new(crate::proxy::Remote::new(remote));
+        let peer = Arc::new(match tls {
+            Some(_) => crate::proxy::Remote::new_tls(remote),
+            None => crate::proxy::Remote::new(remote),
+        });
         let stop = stop.clone();
         let done = done_tx.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            weft_h1::server::serve_conn(stream, gw, peer, stop).await;
+            match tls {
+                None => weft_h1::server::serve_conn(stream, gw, peer, stop).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(s) => {
+                        let s = weft_h1::server::Stream(s);
+                        weft_h1::server::serve_conn(s, gw, peer, stop).await
+                    }
+                    Err(e) => handshake_failed("proxy", remote, &e),
+                },
+            }
             drop(done);
         });
     }
@@ -313,6 +338,11 @@ async fn serve_worker(
         }
     }
     Ok(())
+}
+
+fn handshake_failed(listener: &'static str, remote: std::net::SocketAddr, e: &std::io::Error) {
+    metrics::counter!("weft_tls_handshake_failures_total", "listener" => listener).increment(1);
+    tracing::debug!(%remote, "TLS handshake failed: {e}");
 }
 
 /// The gateway under weft's HTTP/1.1 server loop (crate `weft-h1`).
@@ -465,12 +495,13 @@ pub async fn serve_admin(
     gw: Arc<Gateway>,
     metrics: Option<MetricsRender>,
     token: Option<String>,
+    tls: Option<Arc<weft_tls::Acceptor>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let token: Option<Arc<str>> = token.map(Into::into);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, remote) = tokio::select! {
             r = listener.accept() => r?,
             _ = &mut shutdown => return Ok(()),
         };
@@ -481,10 +512,16 @@ pub async fn serve_admin(
             let (gw, metrics, token) = (gw.clone(), metrics.clone(), token.clone());
             async move { Ok::<_, Infallible>(admin(gw, req, metrics, token).await) }
         });
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let http1 = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                None => http1.serve_connection(TokioIo::new(stream), svc).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(s) => http1.serve_connection(TokioIo::new(s), svc).await,
+                    Err(e) => return handshake_failed("admin", remote, &e),
+                },
+            };
         });
     }
 }

@@ -241,6 +241,7 @@ async fn admin_api_manages_stored_routes_behind_a_token() {
         gw.gw.clone(),
         None,
         Some("s3cret".into()),
+        None,
         std::future::pending(),
     ));
     let auth = [("authorization", "Bearer s3cret")];

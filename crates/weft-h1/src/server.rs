@@ -59,6 +59,68 @@ pub trait Handler: Send + Sync + 'static {
     fn peer_addr(peer: &Self::Peer) -> std::net::SocketAddr;
 }
 
+/// A connection the loop serves: a TCP stream, or anything else that reads and writes (a TLS
+/// stream, wrapped in [`Stream`]).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Reads what has already arrived, without waiting: `WouldBlock` when nothing has (or
+    /// when the stream cannot tell). Saves a timer for the usual case, where the next request
+    /// is already there.
+    fn try_read_now(&mut self, _buf: &mut BytesMut) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+impl Io for TcpStream {
+    fn try_read_now(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+/// Any stream as an [`Io`] (read through its `AsyncRead` only): a TLS stream, say.
+pub struct Stream<T>(pub T);
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for Stream<T> {}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Stream<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Stream<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Request bodies up to this size (by `Content-Length`) are read whole before the request is
 /// routed; larger ones are streamed by hyper's server.
 pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
@@ -122,7 +184,7 @@ enum Parsed {
 
 /// Serves one accepted connection until the client closes it, a timeout, an error or
 /// `stop` (graceful: a request in progress is answered first).
-pub async fn serve_conn<H: Handler>(mut io: TcpStream, gw: Arc<H>, peer: Arc<H::Peer>, stop: Stop) {
+pub async fn serve_conn<H: Handler, S: Io>(mut io: S, gw: Arc<H>, peer: Arc<H::Peer>, stop: Stop) {
     let header_timeout = gw.header_read_timeout();
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf: Vec<u8> = Vec::with_capacity(1024);
@@ -150,6 +212,7 @@ pub async fn serve_conn<H: Handler>(mut io: TcpStream, gw: Arc<H>, peer: Arc<H::
                     }
                     Parsed::Reject => {
                         let _ = io.write_all(REJECTED).await;
+                        let _ = io.flush().await;
                         return;
                     }
                     Parsed::Plain => break,
@@ -210,8 +273,8 @@ enum Wait {
 }
 
 /// Reads more bytes into `buf`: `Ok(false)` on EOF, a passed deadline or shutdown.
-async fn read_more(
-    io: &mut TcpStream,
+async fn read_more<S: Io>(
+    io: &mut S,
     buf: &mut BytesMut,
     timer: &mut Pin<&mut tokio::time::Sleep>,
     wait: Wait,
@@ -219,7 +282,7 @@ async fn read_more(
 ) -> io::Result<bool> {
     buf.reserve(READ_CHUNK);
     // Usually the bytes are already there: no clock or timer needed.
-    match io.try_read_buf(buf) {
+    match io.try_read_now(buf) {
         Ok(0) => return Ok(false),
         Ok(_) => return Ok(true),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -376,8 +439,8 @@ fn wants_close(h: &HeaderMap) -> bool {
 
 /// Writes `resp`: head and first (small) body piece in one write, then the rest of the body,
 /// `Content-Length`-framed when its size is known and chunked otherwise.
-async fn write_response(
-    io: &mut TcpStream,
+async fn write_response<S: Io>(
+    io: &mut S,
     wbuf: &mut Vec<u8>,
     resp: Response<Body>,
     head_only: bool,
@@ -431,7 +494,8 @@ async fn write_response(
     }
     wbuf.extend_from_slice(b"\r\n");
     if no_body {
-        return io.write_all(wbuf).await;
+        io.write_all(wbuf).await?;
+        return io.flush().await;
     }
     let mut body = std::pin::pin!(body);
     loop {
@@ -463,6 +527,7 @@ async fn write_response(
         // Write now unless the body's end is already known: the next frame may be a while.
         if !body.is_end_stream() {
             io.write_all(wbuf).await?;
+            io.flush().await?;
             wbuf.clear();
         }
     }
@@ -472,13 +537,13 @@ async fn write_response(
     if !wbuf.is_empty() {
         io.write_all(wbuf).await?;
     }
-    Ok(())
+    io.flush().await
 }
 
 /// Hands the connection to hyper's server (HTTP/1.1 with upgrades, or h2c), replaying the
 /// bytes already read.
-async fn fallback<H: Handler>(
-    io: TcpStream,
+async fn fallback<H: Handler, S: Io>(
+    io: S,
     read: Bytes,
     gw: Arc<H>,
     peer: Arc<H::Peer>,
@@ -517,18 +582,18 @@ async fn fallback<H: Handler>(
 }
 
 /// A stream that first yields bytes already read from it.
-struct Rewind {
+struct Rewind<S> {
     pre: Bytes,
-    io: TcpStream,
+    io: S,
 }
 
-impl Rewind {
-    fn new(pre: Bytes, io: TcpStream) -> Rewind {
+impl<S> Rewind<S> {
+    fn new(pre: Bytes, io: S) -> Rewind<S> {
         Rewind { pre, io }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: Io> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -544,7 +609,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: Io> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -46,6 +46,70 @@ pub(crate) struct GatewayArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// Terminate TLS (1.2/1.3; HTTP/2 offered by ALPN) on the proxy listener and the admin API
+    /// with this certificate chain (PEM), reloaded when it changes; with --key-file.
+    #[arg(long, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Another certificate for some SNI names: `NAME[,NAME...]=CERT:KEY` (names exact or
+    /// `*.domain`); repeatable. --cert-file serves every other name.
+    #[arg(long, requires = "cert_file")]
+    pub sni: Vec<String>,
+    /// Require client certificates signed by --trusted-ca-file (mTLS).
+    #[arg(long, requires = "trusted_ca_file")]
+    pub client_cert_auth: bool,
+    /// The CA that client certificates must chain to (PEM).
+    #[arg(long, requires = "cert_file")]
+    pub trusted_ca_file: Option<PathBuf>,
+}
+
+/// Parses `--sni NAME[,NAME...]=CERT:KEY`.
+fn parse_sni(v: &str) -> Result<weft_tls::SniFiles> {
+    let bad = || anyhow::anyhow!("--sni {v:?}: expected NAME[,NAME...]=CERT:KEY");
+    let (names, files) = v.split_once('=').ok_or_else(bad)?;
+    let (cert, key) = files.split_once(':').ok_or_else(bad)?;
+    let names: Vec<String> = names.split(',').map(|n| n.trim().to_string()).collect();
+    if names.iter().any(String::is_empty) || cert.is_empty() || key.is_empty() {
+        return Err(bad());
+    }
+    Ok(weft_tls::SniFiles {
+        names,
+        cert: cert.into(),
+        key: key.into(),
+    })
+}
+
+/// The gateway's TLS side from its flags (checked now: a bad file stops the start).
+fn gateway_tls(a: &GatewayArgs) -> Result<Option<Arc<weft_tls::Acceptor>>> {
+    let (Some(cert), Some(key)) = (&a.cert_file, &a.key_file) else {
+        return Ok(None);
+    };
+    if a.trusted_ca_file.is_some() && !a.client_cert_auth {
+        bail!("--trusted-ca-file is used with --client-cert-auth (to require client certificates)");
+    }
+    let files = weft_tls::ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: a.trusted_ca_file.clone(),
+    };
+    let sni = a
+        .sni
+        .iter()
+        .map(|v| parse_sni(v))
+        .collect::<Result<Vec<_>>>()?;
+    let acceptor = weft_tls::Acceptor::load_sni(files, sni, &[b"h2", b"http/1.1"])?;
+    acceptor.watch(Duration::from_secs(2));
+    Ok(Some(acceptor))
+}
+
+/// Who may reach a gateway's listeners: the admin API's token, and TLS for both listeners.
+pub(crate) struct Guard {
+    /// Bearer token of the admin API.
+    pub token: Option<String>,
+    /// TLS on the proxy listener and the admin API.
+    pub tls: Option<Arc<weft_tls::Acceptor>>,
 }
 
 /// A gateway whose configuration is loaded and whose listeners are bound: every start-up
@@ -55,6 +119,7 @@ pub(crate) struct StartedGateway {
     id: String,
     announcer: Option<weft_gateway::registry::Announcer>,
     listeners: Vec<std::net::TcpListener>,
+    tls: Option<Arc<weft_tls::Acceptor>>,
     stop_admin: tokio::sync::watch::Sender<bool>,
     admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pin_cpus: bool,
@@ -75,7 +140,9 @@ impl StartedGateway {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
-        let opts = weft_gateway::ThreadOptions::default().pin_cpus(self.pin_cpus);
+        let opts = weft_gateway::ThreadOptions::default()
+            .pin_cpus(self.pin_cpus)
+            .tls(self.tls);
         weft_gateway::serve_threads_with(self.listeners, self.gw, shutdown, opts).await?;
         if let Some(a) = self.announcer {
             a.stop().await;
@@ -111,15 +178,17 @@ pub(crate) async fn start_gateway(
     listen: SocketAddr,
     threads: usize,
     admin: Option<SocketAddr>,
-    token: Option<String>,
+    guard: Guard,
     store: Option<Arc<dyn weft_store::Store>>,
     identity: Identity,
 ) -> Result<StartedGateway> {
+    let Guard { token, tls } = guard;
     if let Some(a) = admin {
-        if !a.ip().is_loopback() && token.as_deref().is_none_or(str::is_empty) {
-            bail!("refusing to serve the gateway admin API on {a} without --token; use loopback or pass a token");
+        if !a.ip().is_loopback() && (token.as_deref().is_none_or(str::is_empty) || tls.is_none()) {
+            bail!("refusing to serve the gateway admin API on {a} without TLS and a token: pass --cert-file, --key-file and --token, or use loopback");
         }
     }
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Routes cache their metric handles: the recorder must exist first.
     weft_server::install_metrics();
     let cfg = match &config {
@@ -151,7 +220,7 @@ pub(crate) async fn start_gateway(
     // Announced on stdout for scripts; a closed stdout (a `weft up` whose reader went away
     // after its first line) is not an error.
     announce_line(&format!(
-        "gateway listening on http://{}",
+        "gateway listening on {scheme}://{}",
         listeners[0].local_addr()?
     ));
     let listen = listeners[0].local_addr()?;
@@ -160,7 +229,7 @@ pub(crate) async fn start_gateway(
     let admin_task = match admin {
         Some(a) => {
             let l = weft_server::bind(a).with_context(|| format!("cannot listen on {a}"))?;
-            let url = format!("http://{}", l.local_addr()?);
+            let url = format!("{scheme}://{}", l.local_addr()?);
             announce_line(&format!("gateway admin API on {url}"));
             admin_url = Some(url);
             let mut rx = stop_rx.clone();
@@ -170,6 +239,7 @@ pub(crate) async fn start_gateway(
                 gw.clone(),
                 Some(render),
                 token,
+                tls.clone(),
                 async move {
                     let _ = rx.wait_for(|s| *s).await;
                 },
@@ -199,6 +269,7 @@ pub(crate) async fn start_gateway(
         id,
         announcer,
         listeners,
+        tls,
         stop_admin: stop_tx,
         admin_task,
         pin_cpus: false,
@@ -229,15 +300,19 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
             .unwrap_or(1)
     });
     let identity = Identity {
-        name: a.name,
+        name: a.name.clone(),
         embedded: false,
+    };
+    let guard = Guard {
+        token: a.token.clone(),
+        tls: gateway_tls(&a)?,
     };
     let mut started = start_gateway(
         a.config,
         a.listen,
         threads,
         a.admin_listen,
-        a.token,
+        guard,
         store,
         identity,
     )

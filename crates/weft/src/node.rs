@@ -595,7 +595,10 @@ async fn embedded_gateway(
         addr,
         1,
         a.gateway_admin,
-        a.token.clone(),
+        gatewaycli::Guard {
+            token: a.token.clone(),
+            tls: tls_acceptor(a, &[b"h2", b"http/1.1"])?,
+        },
         Some(store.clone()),
         identity,
     )
