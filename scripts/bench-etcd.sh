@@ -10,6 +10,7 @@
 #   CONNS=4 WEFT_ARGS='--commit-delay-us 150' scripts/bench-etcd.sh 3 put 64 5
 #   TRANSPORT=direct scripts/bench-etcd.sh 3 put,txn 64 3
 #   SERVER_CPUS=1 CLIENT_CPUS=0 scripts/bench-etcd.sh 3 put,txn 64 3
+#   TLS=1 scripts/bench-etcd.sh 3 put 64 3     # both servers behind TLS (same certificate)
 #
 # Each round runs every cell against etcd, then against weft. Rows include each server's CPU
 # time per operation and the client's (user + system from /proc; steadier than ops/s when the
@@ -57,16 +58,34 @@ fi
 CLIENT=${CLIENT_BIN:-$WEFT}
 
 
+# TLS=1: one certificate (ECDSA P-256) for both servers' client listeners.
+SCHEME=http
+ETCD_TLS=(); WEFT_TLS=(); CLIENT_TLS=(); CTL_TLS=()
+if [ "${TLS:-0}" = 1 ]; then
+    # A CA and a server certificate it signs (rustls refuses a CA as the server's own).
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=bench CA" -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+        -keyout "$WORK/key.pem" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$WORK/ext.cnf"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" \
+        -CAcreateserial -days 2 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
+    SCHEME=https
+    ETCD_TLS=(--cert-file "$WORK/cert.pem" --key-file "$WORK/key.pem")
+    WEFT_TLS=(--cert-file "$WORK/cert.pem" --key-file "$WORK/key.pem")
+    CLIENT_TLS=(--cacert "$WORK/ca.pem")
+    CTL_TLS=(--cacert "$WORK/ca.pem")
+fi
 EC=$(free_port); EP=$(free_port); WH=$(free_port); WE=$(free_port)
-"${ON_SERVER[@]}" etcd --name bench --data-dir "$WORK/etcd" \
-    --listen-client-urls "http://127.0.0.1:$EC" --advertise-client-urls "http://127.0.0.1:$EC" \
+"${ON_SERVER[@]}" etcd --name bench --data-dir "$WORK/etcd" "${ETCD_TLS[@]}" \
+    --listen-client-urls "$SCHEME://127.0.0.1:$EC" --advertise-client-urls "$SCHEME://127.0.0.1:$EC" \
     --listen-peer-urls "http://127.0.0.1:$EP" --initial-advertise-peer-urls "http://127.0.0.1:$EP" \
     --initial-cluster "bench=http://127.0.0.1:$EP" >"$WORK/etcd.log" 2>&1 &
 ETCD_PID=$!
 PIDS+=("$ETCD_PID")
 # shellcheck disable=SC2086
 "${ON_SERVER[@]}" "$WEFT" up --data-dir "$WORK/weft" --listen "127.0.0.1:$WH" --etcd-listen "127.0.0.1:$WE" \
-    ${WEFT_ARGS:-} >"$WORK/weft.log" 2>&1 &
+    "${WEFT_TLS[@]}" ${WEFT_ARGS:-} >"$WORK/weft.log" 2>&1 &
 WEFT_PID=$!
 PIDS+=("$WEFT_PID")
 wait_port "$EC"
@@ -75,20 +94,20 @@ wait_port "$WE"
 # (connections, allocator, page cache), not counted.
 for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
     for i in $(seq 1 100); do
-        ETCDCTL_API=3 etcdctl --endpoints "$ep" put bench/ready x >/dev/null 2>&1 && break
+        ETCDCTL_API=3 etcdctl "${CTL_TLS[@]}" --endpoints "$SCHEME://$ep" put bench/ready x >/dev/null 2>&1 && break
         [ "$i" = 100 ] && { echo "$ep does not accept writes after 10 s" >&2; exit 1; }
         sleep 0.1
     done
 done
 "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
-    --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" >/dev/null
+    "${CLIENT_TLS[@]}" --endpoints "etcd=$SCHEME://127.0.0.1:$EC,weft=$SCHEME://127.0.0.1:$WE" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft ${WEFT_BIN:-$(git -C "$ROOT" rev-parse --short HEAD)}${CLIENT_BIN:+ (client $CLIENT_BIN)}, $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft ${WEFT_BIN:-$(git -C "$ROOT" rev-parse --short HEAD)}${CLIENT_BIN:+ (client $CLIENT_BIN)}, $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, ${SCHEME}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
     "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
-        --endpoints "etcd=http://127.0.0.1:$EC,weft=http://127.0.0.1:$WE" \
+        "${CLIENT_TLS[@]}" --endpoints "etcd=$SCHEME://127.0.0.1:$EC,weft=$SCHEME://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
         --workloads "$WORKLOADS" --clients "$CLIENTS" | tee -a "$WORK/rows.md"
     echo

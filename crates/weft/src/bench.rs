@@ -55,8 +55,26 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Channel {
     }
 }
 
-/// Connects one etcd client to `endpoint` (`http://host:port`) over `transport`.
+/// The CA (PEM) that `https://` endpoints are checked against (`--cacert`), set once at the
+/// start of the command.
+static CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Connects one etcd client to `endpoint` (`http://host:port`, or `https://` with `--cacert`)
+/// over `transport`.
 pub async fn connect(endpoint: &str, transport: Transport) -> Result<Client> {
+    if endpoint.starts_with("https://") {
+        anyhow::ensure!(
+            transport == Transport::Balanced,
+            "--transport direct needs an http:// endpoint, got {endpoint:?}"
+        );
+        let ca = CA
+            .get()
+            .with_context(|| format!("{endpoint}: give the server's CA with --cacert"))?;
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(ca.clone()));
+        let opts = etcd_client::ConnectOptions::new().with_tls(tls);
+        return Ok(Client::connect([endpoint], Some(opts)).await?);
+    }
     match transport {
         Transport::Balanced => Ok(Client::connect([endpoint], None).await?),
         Transport::Direct => {
@@ -518,6 +536,9 @@ pub(crate) enum BenchCmd {
         /// per operation (from /proc) to each row.
         #[arg(long, value_delimiter = ',')]
         server_pids: Vec<String>,
+        /// The CA (PEM) of `https://` endpoints.
+        #[arg(long)]
+        cacert: Option<std::path::PathBuf>,
     },
 }
 
@@ -532,7 +553,12 @@ pub(crate) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         transport,
         server_pids,
         client_threads: _,
+        cacert,
     } = cmd;
+    if let Some(f) = cacert {
+        let pem = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
+        let _ = CA.set(pem);
+    }
     let dur = crate::secs(seconds, "--seconds")?;
     if conns == 0 {
         anyhow::bail!("--conns must be at least 1");
