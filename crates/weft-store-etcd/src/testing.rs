@@ -140,6 +140,13 @@ impl EtcdServer {
     }
 }
 
+impl EtcdServer {
+    /// The etcd process's id (for its memory or CPU in tests).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for EtcdServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
