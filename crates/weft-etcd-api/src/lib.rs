@@ -19,7 +19,10 @@
 //! let store = Arc::new(Embedded::open(dir.path(), Options::default()).await?);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let url = format!("http://{}", listener.local_addr()?);
-//! let cfg = weft_etcd_api::Config { client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8, tls: None };
+//! let cfg = weft_etcd_api::Config {
+//!     client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8, tls: None,
+//!     max_conns_per_client: 1024,
+//! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
 //!     let _ = stopped.await;
@@ -74,6 +77,9 @@ pub struct Config {
     /// Serve TLS with this (ALPN `h2` for gRPC, `http/1.1` for the JSON gateway); none:
     /// plain TCP.
     pub tls: Option<Arc<weft_tls::Acceptor>>,
+    /// Most connections one client address may hold open (0: no limit); more are closed at
+    /// accept and counted in `weft_connections_refused_total{listener="etcd"}`.
+    pub max_conns_per_client: usize,
 }
 
 /// The etcd API service over a store.
@@ -245,11 +251,13 @@ pub async fn serve(
     }
     let mut local = tokio::task::JoinSet::new();
     let mut next = 0usize;
+    let per_client = (conns.api.cfg.max_conns_per_client > 0)
+        .then(|| weft_tls::limit::PerClient::new("etcd", conns.api.cfg.max_conns_per_client));
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(c) => c,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!("etcd API accept failed: {e}");
@@ -261,9 +269,16 @@ pub async fn serve(
         };
         // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add ~40 ms to each exchange.
+        let slot = match &per_client {
+            Some(pc) => match pc.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => continue, // dropped: closed at once
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         if workers.is_empty() {
-            conns.spawn(&mut local, stream);
+            conns.spawn(&mut local, stream, slot);
             continue;
         }
         // The socket leaves this runtime's reactor and joins the worker's.
@@ -271,7 +286,7 @@ pub async fn serve(
             Ok(s) => {
                 let i = next % workers.len();
                 next = next.wrapping_add(1);
-                if workers[i].conns.send(s).is_err() {
+                if workers[i].conns.send((s, slot)).is_err() {
                     tracing::error!("etcd API connection thread {i} is gone");
                 }
             }
@@ -303,7 +318,14 @@ struct Conns {
 }
 
 impl Conns {
-    fn spawn(&self, set: &mut tokio::task::JoinSet<()>, stream: tokio::net::TcpStream) {
+    /// Serves `stream` in `set`; `slot` (its client's connection count) goes back when the
+    /// connection ends.
+    fn spawn(
+        &self,
+        set: &mut tokio::task::JoinSet<()>,
+        stream: tokio::net::TcpStream,
+        slot: Option<weft_tls::limit::Slot>,
+    ) {
         while set.try_join_next().is_some() {}
         let (api, routes, stop) = (
             self.api.clone(),
@@ -312,6 +334,7 @@ impl Conns {
         );
         let tls = self.api.cfg.tls.clone();
         set.spawn(async move {
+            let _slot = slot;
             let Some(tls) = tls else {
                 return match is_http2(&stream).await {
                     true => weft_h2::serve(stream, api, fast::call, routes, stop).await,
@@ -357,7 +380,7 @@ async fn drain(mut set: tokio::task::JoinSet<()>) {
 
 /// A connection thread: a single-threaded runtime serving the connections it is handed.
 struct Worker {
-    conns: mpsc::UnboundedSender<std::net::TcpStream>,
+    conns: mpsc::UnboundedSender<(std::net::TcpStream, Option<weft_tls::limit::Slot>)>,
     /// Completes when the thread has drained its connections after `conns` closed.
     done: tokio::sync::oneshot::Receiver<()>,
 }
@@ -377,7 +400,8 @@ impl Worker {
             rt.on_thread_park(f.flush);
         }
         let rt = rt.enable_all().build()?;
-        let (tx, mut rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (tx, mut rx) =
+            mpsc::unbounded_channel::<(std::net::TcpStream, Option<weft_tls::limit::Slot>)>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let inline_batch = conns.api.cfg.inline_batch;
         std::thread::Builder::new()
@@ -386,9 +410,9 @@ impl Worker {
                 rt.block_on(async move {
                     let flusher = flushes.map(|f| tokio::spawn((f.defer)(inline_batch)));
                     let mut set = tokio::task::JoinSet::new();
-                    while let Some(s) = rx.recv().await {
+                    while let Some((s, slot)) = rx.recv().await {
                         match tokio::net::TcpStream::from_std(s) {
-                            Ok(s) => conns.spawn(&mut set, s),
+                            Ok(s) => conns.spawn(&mut set, s, slot),
                             Err(e) => tracing::warn!("etcd API connection dropped: {e}"),
                         }
                     }

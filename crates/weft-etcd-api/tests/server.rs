@@ -699,3 +699,44 @@ async fn snapshot_streams_a_framed_backup_that_restores() {
     assert_eq!(m.members()[0].peer_urls(), std::slice::from_ref(&s.url));
     let _ = s.stop.send(());
 }
+
+/// A client address holds at most `max_conns_per_client` connections: one more is closed at
+/// once, and a slot comes back when one of its connections ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_client_are_limited() {
+    use tokio::io::AsyncReadExt;
+    for threads in [0, 2] {
+        let s = common::start_limited(threads, 3).await;
+        let mut c = client(&s).await; // one connection
+        c.put("k", "v", None).await.unwrap();
+        let addr = s.url.trim_start_matches("http://").to_string();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        // The fourth is accepted by the kernel and closed by the server.
+        let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+            .await
+            .expect("the server closes the extra connection")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "threads {threads}: the fourth connection is closed");
+        // The first three still work; when one goes, another may come.
+        c.put("k", "v2", None).await.unwrap();
+        drop(held.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut again = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let r = tokio::time::timeout(Duration::from_millis(300), again.read(&mut buf)).await;
+            if r.is_err() {
+                break; // still open: admitted
+            }
+            assert!(
+                Instant::now() < deadline,
+                "threads {threads}: no slot came back"
+            );
+        }
+        let _ = s.stop.send(());
+    }
+}

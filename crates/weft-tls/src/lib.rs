@@ -8,6 +8,7 @@
 //!   the last good configuration stays). TLS 1.2 and 1.3 only; handshakes time out.
 //! - [`client_config`]: a client side that trusts a CA file (or the system's roots) and may
 //!   present a client certificate.
+//! - [`limit::PerClient`]: how many connections one client address may hold on a listener.
 //!
 //! ```
 //! # #[cfg(feature = "testing")]
@@ -58,6 +59,7 @@ pub use tokio_rustls;
 /// A server side TLS stream.
 pub type ServerStream<IO> = tokio_rustls::server::TlsStream<IO>;
 
+pub mod limit;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -86,6 +86,11 @@ pub struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, requires = "etcd_listen")]
     etcd_inline_batch: Option<usize>,
+    /// Most etcd API connections one client address may hold open; more are closed at accept
+    /// and counted in weft_connections_refused_total (0: no limit).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = 4096)]
+    etcd_max_conns_per_client: usize,
     /// Also run the API gateway on this address (routes from --gateway-config and from the
     /// store; upstreams may be services registered on this node).
     #[arg(long)]
@@ -840,6 +845,7 @@ fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Bac
         threads,
         inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
         tls,
+        max_conns_per_client: a.etcd_max_conns_per_client,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

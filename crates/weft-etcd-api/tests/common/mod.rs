@@ -22,6 +22,12 @@ pub async fn start() -> Server {
 
 /// A server with `threads` connection threads (0: connections are tasks on the test's runtime).
 pub async fn start_with(threads: usize) -> Server {
+    start_limited(threads, 0).await
+}
+
+/// A server with `threads` connection threads and at most `per_client` connections per
+/// client address (0: no limit).
+pub async fn start_limited(threads: usize, per_client: usize) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Embedded::open(dir.path(), Default::default())
@@ -39,6 +45,7 @@ pub async fn start_with(threads: usize) -> Server {
         // groups of 8 or more.
         inline_batch: 1,
         tls: None,
+        max_conns_per_client: per_client,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;

@@ -1,0 +1,101 @@
+//! Per-client connection limits: how many connections one client address may hold open on a
+//! listener. A connection over the limit is closed at accept and counted in
+//! `weft_connections_refused_total{listener, reason="per_client_limit"}`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Open connections per client IP on one listener, with a cap.
+#[derive(Debug)]
+pub struct PerClient {
+    listener: &'static str,
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection; its count goes back when it is dropped.
+#[derive(Debug)]
+pub struct Slot {
+    owner: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// At most `max` connections per client address on `listener` (its name in metrics).
+    pub fn new(listener: &'static str, max: usize) -> Arc<PerClient> {
+        Arc::new(PerClient {
+            listener,
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// A slot for a new connection from `ip`, or `None` when `ip` already holds `max`.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            drop(open);
+            metrics::counter!(
+                "weft_connections_refused_total",
+                "listener" => self.listener,
+                "reason" => "per_client_limit"
+            )
+            .increment(1);
+            tracing::debug!(%ip, listener = self.listener, max = self.max, "connection refused: per-client limit");
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections `ip` holds open.
+    pub fn open(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .owner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_max_and_gets_slots_back() {
+        let pc = PerClient::new("test", 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let s1 = pc.admit(a).unwrap();
+        let _s2 = pc.admit(a).unwrap();
+        assert!(pc.admit(a).is_none(), "a third from the same address");
+        let _other = pc.admit(b).expect("another address has its own count");
+        drop(s1);
+        assert_eq!(pc.open(a), 1);
+        let _s3 = pc.admit(a).expect("a slot came back");
+        assert!(pc.admit(a).is_none());
+    }
+}
