@@ -332,6 +332,33 @@ pub struct UpstreamConfig {
     /// Passive outlier ejection.
     #[serde(default)]
     pub outlier: OutlierConfig,
+    /// Speak TLS (`https`) to the endpoints: HTTP/1.1, or HTTP/2 by ALPN with
+    /// `protocol = "h2c"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS to an upstream's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// Trust only this CA (PEM); default: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) to present; with `key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<std::path::PathBuf>,
+    /// The name sent by SNI and checked against the certificate (default: the endpoint's
+    /// host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// Accept any certificate without verifying it (anyone on the path can then read and
+    /// change the traffic). For tests only: a warning is logged whenever the upstream is built.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 /// Kind of active check.
@@ -813,6 +840,26 @@ fn validate_upstream(u: &UpstreamConfig) -> Result<(), FieldError> {
     }
     if u.protection_percent > 100 {
         return Err(("protection_percent", "must be within 0..=100".into()));
+    }
+    if let Some(t) = &u.tls {
+        if t.cert.is_some() != t.key.is_some() {
+            return Err(("tls", "cert and key go together".into()));
+        }
+        if t.insecure_skip_verify && t.ca.is_some() {
+            return Err((
+                "tls.insecure_skip_verify",
+                "nothing is verified with insecure_skip_verify: drop ca, or drop this".into(),
+            ));
+        }
+        if t.server_name
+            .as_deref()
+            .is_some_and(|n| n.is_empty() || n.contains(['/', ' ', ':']))
+        {
+            return Err((
+                "tls.server_name",
+                "must be a DNS name or an IP address".into(),
+            ));
+        }
     }
     let o = &u.outlier;
     if o.max_ejection_percent > 100 || o.panic_threshold_percent > 100 {

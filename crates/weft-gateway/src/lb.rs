@@ -155,6 +155,7 @@ mod tests {
             cfg,
             &EndpointRegistry::default(),
             Some(Arc::new(weft_resilience::rng::XorShift::seeded(7))),
+            &Default::default(),
         )
         .unwrap()
     }

@@ -264,7 +264,7 @@ impl Gateway {
             let up = match reuse {
                 Some(up) => up,
                 None => {
-                    let up = Upstream::new(u.clone(), &self.registry, None)
+                    let up = Upstream::new(u.clone(), &self.registry, None, &cfg.server)
                         .map_err(|m| build_error(format!("upstream {:?}", u.name), m))?;
                     if let Some(store) = &self.store {
                         up.follow_service(store.clone(), self.registry.clone());

@@ -589,7 +589,8 @@ impl Gateway {
                         }
                         // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
                         // upgrades and h2c go through hyper's.
-                        let fast = !h2 && !upgrade;
+                        let https = route.upstream.https.as_ref();
+                        let fast = !h2 && !upgrade && https.is_none();
                         // weft's client writes the forwarding headers straight into the request
                         // head when the route edits no headers; otherwise they go into the map
                         // first, then the route's removals and additions (which may override them).
@@ -674,6 +675,7 @@ impl Gateway {
                                             method: &method,
                                             path_and_query: &path_and_query,
                                             h2,
+                                            https: https.is_some(),
                                             last: attempt >= max_attempts,
                                         };
                                         let up = match hyper_request(
@@ -686,9 +688,11 @@ impl Gateway {
                                             Ok(up) => up,
                                             Err(refused) => break 'attempts refused,
                                         };
-                                        let client =
-                                            if h2 { &self.client_h2 } else { &self.client_h1 };
-                                        let fut = client.request(up);
+                                        let fut = match https {
+                                            Some(c) => c.request(up),
+                                            None if h2 => self.client_h2.request(up),
+                                            None => self.client_h1.request(up),
+                                        };
                                         within(limit, fut)
                                             .await
                                             .map(|r| r.map(UpResp::Hyper).map_err(SendError::Hyper))
@@ -1179,6 +1183,8 @@ struct UpHead<'a> {
     method: &'a Method,
     path_and_query: &'a http::uri::PathAndQuery,
     h2: bool,
+    /// The upstream speaks TLS.
+    https: bool,
     /// The last attempt: the headers are moved, not copied.
     last: bool,
 }
@@ -1194,8 +1200,13 @@ fn hyper_request(
     replay: &Option<Bytes>,
     stream: &mut Option<Body>,
 ) -> Result<Request<Body>, (Response<Body>, Outcome)> {
+    let scheme = if head.https {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
     let uri = http::Uri::builder()
-        .scheme(http::uri::Scheme::HTTP)
+        .scheme(scheme)
         .authority(ep.authority.clone())
         .path_and_query(head.path_and_query.clone())
         .build()

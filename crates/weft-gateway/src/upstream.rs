@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Duration;
 use weft_resilience::rng::{Random, XorShift};
 
-use crate::config::{Balance, CheckKind, HealthCheckConfig, UpstreamConfig};
+use crate::config::{
+    Balance, CheckKind, HealthCheckConfig, Protocol, ServerConfig, UpstreamConfig,
+};
 use crate::lb::{EndpointSet, HashOn, PickCtx};
 use http::HeaderMap;
 use tokio::time::Instant;
@@ -72,7 +74,70 @@ pub struct Upstream {
     pub(crate) set: ArcSwap<EndpointSet>,
     pub(crate) rr: AtomicU64,
     pub(crate) rng: Arc<dyn Random>,
+    /// The client for an upstream with `tls` (every endpoint over https).
+    pub(crate) https: Option<HttpsClient>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A hyper client over TLS (hyper-rustls), for upstreams with `tls`.
+pub(crate) type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    crate::proxy::Body,
+>;
+
+/// Builds the https client of an upstream with `tls` (files read now: an error names them).
+fn https_client(
+    cfg: &UpstreamConfig,
+    server: &ServerConfig,
+) -> Result<Option<HttpsClient>, String> {
+    let Some(t) = &cfg.tls else {
+        return Ok(None);
+    };
+    let h2 = cfg.protocol == Protocol::H2c;
+    // hyper-rustls sets ALPN itself (h2 or http/1.1, from enable_http2/enable_http1).
+    let alpn: &[&[u8]] = &[];
+    let files = weft_tls::ClientFiles {
+        ca: t.ca.clone(),
+        cert: t.cert.clone(),
+        key: t.key.clone(),
+    };
+    let tls = if t.insecure_skip_verify {
+        tracing::warn!(
+            upstream = %cfg.name,
+            "tls.insecure_skip_verify: the upstream's certificates are NOT verified; anyone on the path can read and change this traffic"
+        );
+        weft_tls::client_config_unverified(&files, alpn)
+    } else {
+        weft_tls::client_config(&files, alpn)
+    }
+    .map_err(|e| format!("tls: {e}"))?;
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_millis(server.connect_timeout_ms)));
+    http.enforce_http(false);
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only();
+    let builder = match &t.server_name {
+        Some(n) => {
+            let name = weft_tls::server_name(n).map_err(|e| format!("tls.server_name: {e}"))?;
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
+        None => builder,
+    };
+    let conn = if h2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    Ok(Some(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(server.pool_max_idle_per_host)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .http2_only(h2)
+            .build(conn),
+    ))
 }
 
 impl std::fmt::Debug for Upstream {
@@ -101,7 +166,9 @@ impl Upstream {
         cfg: UpstreamConfig,
         registry: &EndpointRegistry,
         rng: Option<Arc<dyn Random>>,
+        server: &ServerConfig,
     ) -> Result<Arc<Upstream>, String> {
+        let https = https_client(&cfg, server)?;
         let mut eps = Vec::new();
         for e in &cfg.endpoints {
             eps.push(registry.get(&cfg.name, &e.address, e.weight)?);
@@ -120,6 +187,7 @@ impl Upstream {
             set: ArcSwap::from_pointee(set),
             rr: AtomicU64::new(0),
             rng: rng.unwrap_or_else(|| Arc::new(XorShift::from_time())),
+            https,
             tasks: Mutex::new(Vec::new()),
         }))
     }
@@ -212,11 +280,15 @@ impl Upstream {
                 tick.tick().await;
                 let Some(up) = weak.upgrade() else { return };
                 let eps = up.endpoints();
+                let https = up.https.clone();
                 drop(up);
                 let checks = eps.iter().map(|e| {
-                    let hc = &hc;
+                    let (hc, https) = (&hc, https.as_ref());
                     async move {
-                        let ok = probe(e, hc).await;
+                        let ok = match https {
+                            Some(c) if hc.kind == CheckKind::Http => probe_https(c, e, hc).await,
+                            _ => probe(e, hc).await,
+                        };
                         e.record_check(ok, hc);
                     }
                 });
@@ -225,6 +297,25 @@ impl Upstream {
         });
         self.add_task(task);
     }
+}
+
+/// One HTTP check of an https endpoint, through the upstream's own TLS client: 2xx or 3xx
+/// within the timeout.
+async fn probe_https(c: &HttpsClient, e: &Endpoint, hc: &HealthCheckConfig) -> bool {
+    let uri = format!("https://{}{}", e.authority.as_str(), hc.path);
+    let Ok(req) = http::Request::get(uri).body(crate::proxy::empty()) else {
+        return false;
+    };
+    let check = async {
+        let resp = c.request(req).await.ok()?;
+        let ok = resp.status().is_success() || resp.status().is_redirection();
+        let _ = http_body_util::BodyExt::collect(resp.into_body()).await;
+        Some(ok)
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(hc.timeout_ms), check).await,
+        Ok(Some(true))
+    )
 }
 
 /// One active check of one endpoint, with weft-coord's prober (the one registrations use).

@@ -1,5 +1,5 @@
-//! Throwaway certificate authorities for tests: a CA, a server certificate for `localhost`
-//! and `127.0.0.1`, and a client certificate, written as PEM files.
+//! Throwaway certificate authorities for tests: a CA, a server certificate (for `localhost`
+//! and `127.0.0.1`, or for another name only), and a client certificate, written as PEM files.
 
 use std::path::{Path, PathBuf};
 
@@ -38,10 +38,11 @@ fn leaf(
     ca_key: &KeyPair,
 ) -> Result<(rcgen::Certificate, KeyPair), Error> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.subject_alt_names = vec![
-        SanType::DnsName(name.try_into()?),
-        SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
-    ];
+    p.subject_alt_names = vec![SanType::DnsName(name.try_into()?)];
+    if name == "localhost" {
+        p.subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+    }
     p.distinguished_name
         .push(rcgen::DnType::CommonName, name.to_string());
     let key = KeyPair::generate()?;
@@ -55,7 +56,8 @@ impl Pki {
         Self::named(dir, "weft test CA", "localhost")
     }
 
-    /// A new CA (`ca_name`) with a server certificate for `host` (and 127.0.0.1), in `dir`
+    /// A new CA (`ca_name`) with a server certificate for `host` (and 127.0.0.1 if `host` is
+    /// `localhost`), in `dir`
     /// (files prefixed with the CA's name, so several fit in one directory).
     pub fn named(dir: &Path, ca_name: &str, host: &str) -> Result<Pki, Error> {
         let (ca_cert, ca_key) = ca(ca_name)?;
