@@ -5,16 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = weft_gateway::route::Template::parse(text);
-    if let Ok(t) = weft_gateway::route::Template::parse("/a/{x}/{*rest}") {
-        let _ = t.matches(text);
-        let _ = t.check_rewrite(text);
-    }
-    if let Ok(cfg) = weft_gateway::Config::from_toml(text, "fuzz.toml") {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let _ = weft_gateway::Gateway::new(cfg, None);
-        });
-    }
+    weft_fuzz::gateway_config(data);
 });

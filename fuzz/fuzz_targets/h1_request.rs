@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = weft_h1::decode_request(data);
+    weft_fuzz::h1_request(data);
 });

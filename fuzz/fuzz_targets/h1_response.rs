@@ -5,6 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = weft_h1::decode_response(data, &http::Method::GET);
-    let _ = weft_h1::decode_response(data, &http::Method::HEAD);
+    weft_fuzz::h1_response(data);
 });

@@ -5,12 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut blocks = Vec::new();
-    let mut rest = data;
-    while let Some(i) = rest.windows(2).position(|w| w == [0xff, 0x00]) {
-        blocks.push(&rest[..i]);
-        rest = &rest[i + 2..];
-    }
-    blocks.push(rest);
-    let _ = weft_h2::decode_header_blocks(&blocks);
+    weft_fuzz::hpack(data);
 });

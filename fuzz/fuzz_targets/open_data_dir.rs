@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    weft_fuzz::open_data_dir_with("wal-00000000000000000000.log", data);
+    weft_fuzz::open_data_dir(data);
 });

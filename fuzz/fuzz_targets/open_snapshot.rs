@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    weft_fuzz::open_data_dir_with("snap-00000000000000000001.snap", data);
+    weft_fuzz::open_snapshot(data);
 });

@@ -5,11 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(ds) = weft_queue::wire::decode_deliveries(data) {
-        let mut buf = Vec::new();
-        for d in &ds {
-            weft_queue::wire::delivery_frame(d, &mut buf);
-        }
-        assert_eq!(weft_queue::wire::decode_deliveries(&buf).unwrap(), ds);
-    }
+    weft_fuzz::queue_wire(data);
 });

@@ -94,6 +94,23 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// Runs every fuzz target for `secs` seconds on stable (fuzz/src/bin/smoke.rs): a panic or a
+/// hang fails the run, its input kept under fuzz/artifacts/.
+fn fuzz(secs: &str) {
+    run(
+        "fuzz smoke",
+        cargo().args([
+            "run",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--bin",
+            "smoke",
+            "--",
+            secs,
+        ]),
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -124,10 +141,15 @@ fn main() {
                     .args(["test", "--workspace", "--all-features"])
                     .args(&args[1..]),
             );
+            // Only for a full run (`cargo xtask test -- FILTER` runs tests alone).
+            if args.len() == 1 {
+                fuzz(&std::env::var("WEFT_FUZZ_SECS").unwrap_or_else(|_| "60".into()));
+            }
         }
+        Some("fuzz") => fuzz(args.get(1).map_or("60", String::as_str)),
         Some("install-prereqs") => install_prereqs(),
         _ => {
-            eprintln!("usage: cargo xtask test [-- test args]   (fmt, clippy, rustdoc, all tests)\n       cargo xtask install-prereqs");
+            eprintln!("usage: cargo xtask test [-- test args]   (fmt, clippy, rustdoc, all tests, fuzz smoke)\n       cargo xtask fuzz [SECONDS_PER_TARGET]   (every fuzz target on stable, mutated seeds)\n       cargo xtask install-prereqs");
             exit(2);
         }
     }

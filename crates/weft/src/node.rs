@@ -37,6 +37,11 @@ pub struct UpArgs {
     /// The CA that client certificates must chain to (PEM).
     #[arg(long, requires = "cert_file")]
     trusted_ca_file: Option<PathBuf>,
+    /// Serve the API off loopback without TLS (the token then crosses the network in the
+    /// clear): for a private network between nodes, since replication does not speak TLS yet.
+    /// Logged as a warning. Needs --token.
+    #[arg(long, requires = "token")]
+    insecure_plaintext: bool,
     /// fsync policy: always, group (default; concurrent writes share an fsync), none (unsafe).
     #[arg(long, default_value = "group")]
     fsync: Durability,
@@ -660,9 +665,17 @@ fn check_exposure(a: &UpArgs, tls: Option<&Arc<weft_tls::Acceptor>>) -> Result<(
     }
     let token = a.token.as_deref().is_some_and(|t| !t.is_empty());
     match tls {
+        None if a.insecure_plaintext && token => {
+            tracing::warn!(
+                listen = %a.listen,
+                "--insecure-plaintext: the API and its token travel unencrypted; use on a private network only"
+            );
+            Ok(())
+        }
         None => bail!(
             "refusing to listen on {} without TLS: pass --cert-file and --key-file, and --token \
-             (or WEFT_TOKEN) or --client-cert-auth with --trusted-ca-file; or listen on loopback",
+             (or WEFT_TOKEN) or --client-cert-auth with --trusted-ca-file; or listen on loopback \
+             (--insecure-plaintext with --token serves plain HTTP on a private network)",
             a.listen
         ),
         Some(t) if !token && !t.client_auth() => bail!(

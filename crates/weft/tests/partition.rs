@@ -227,6 +227,8 @@ fn start_ttl(net: &Net, i: usize, etcd: &str, ttl: u64) -> Node {
             &listen,
             "--token",
             TOKEN,
+            // Replication between nodes does not speak TLS yet.
+            "--insecure-plaintext",
         ])
         .arg("--data-dir")
         .arg(dir.path())
