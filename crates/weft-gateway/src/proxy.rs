@@ -589,8 +589,7 @@ impl Gateway {
                         }
                         // weft's own HTTP/1.1 client takes requests whose body is in memory; streamed bodies,
                         // upgrades and h2c go through hyper's.
-                        let https = route.upstream.https.as_ref();
-                        let fast = !h2 && !upgrade && https.is_none();
+                        let fast = !h2 && !upgrade && route.upstream.https.is_none();
                         // weft's client writes the forwarding headers straight into the request
                         // head when the route edits no headers; otherwise they go into the map
                         // first, then the route's removals and additions (which may override them).
@@ -675,7 +674,7 @@ impl Gateway {
                                             method: &method,
                                             path_and_query: &path_and_query,
                                             h2,
-                                            https: https.is_some(),
+                                            https: route.upstream.https.is_some(),
                                             last: attempt >= max_attempts,
                                         };
                                         let up = match hyper_request(
@@ -688,7 +687,7 @@ impl Gateway {
                                             Ok(up) => up,
                                             Err(refused) => break 'attempts refused,
                                         };
-                                        let fut = match https {
+                                        let fut = match &route.upstream.https {
                                             Some(c) => c.request(up),
                                             None if h2 => self.client_h2.request(up),
                                             None => self.client_h1.request(up),
@@ -705,6 +704,12 @@ impl Gateway {
                                     break 'attempts ignored(
                                         Reason::BodyTooLarge,
                                         &format!("body is over the limit of {max_body} bytes"),
+                                    )
+                                }
+                                Settled::ClientBody => {
+                                    break 'attempts ignored(
+                                        Reason::BadRequest,
+                                        "the request body is malformed or was cut off",
                                     )
                                 }
                                 Settled::Failed(reason) => (Some(reason), None),
@@ -932,6 +937,24 @@ impl SendError {
             SendError::Hyper(e) => body_too_large(e),
             SendError::Fast(_) => false,
         }
+    }
+
+    /// The request body the client streamed failed (bad chunked framing, cut off): hyper's
+    /// client reports the body's own error as a user error.
+    fn client_body_failed(&self) -> bool {
+        let SendError::Hyper(e) = self else {
+            return false;
+        };
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(c) = cur {
+            if c.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_user)
+            {
+                return true;
+            }
+            cur = c.source();
+        }
+        false
     }
 }
 
@@ -1244,6 +1267,9 @@ enum Settled {
     Failed(Reason),
     /// The request body went over the limit while it was sent.
     TooLarge,
+    /// The client's request body was malformed or broke off while it was sent: the client's
+    /// fault, not the endpoint's (which is not charged with a failure).
+    ClientBody,
 }
 
 /// Feeds an attempt's result to its endpoint and classifies it.
@@ -1271,6 +1297,10 @@ fn settle(
         Ok(Err(e)) => {
             if e.body_too_large() {
                 return Settled::TooLarge;
+            }
+            if e.client_body_failed() {
+                drop(guard);
+                return Settled::ClientBody;
             }
             ep.record(true, outlier, &set.endpoints, now);
             drop(guard);

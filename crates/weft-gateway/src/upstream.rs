@@ -82,7 +82,7 @@ pub struct Upstream {
 /// A hyper client over TLS (hyper-rustls), for upstreams with `tls`.
 pub(crate) type HttpsClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    crate::proxy::Body,
+    weft_h1::body::Body,
 >;
 
 /// Builds the https client of an upstream with `tls` (files read now: an error names them).
@@ -303,7 +303,7 @@ impl Upstream {
 /// within the timeout.
 async fn probe_https(c: &HttpsClient, e: &Endpoint, hc: &HealthCheckConfig) -> bool {
     let uri = format!("https://{}{}", e.authority.as_str(), hc.path);
-    let Ok(req) = http::Request::get(uri).body(crate::proxy::empty()) else {
+    let Ok(req) = http::Request::get(uri).body(weft_h1::body::empty()) else {
         return false;
     };
     let check = async {
