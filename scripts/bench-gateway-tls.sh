@@ -32,23 +32,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
     -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
 UP=$(free_port); NGX=$(free_port); W1=$(free_port)
-nginx_conf() { # $1 = name, $2 = server block
-    mkdir -p "$WORK/$1"
-    cat > "$WORK/$1/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1; fastcgi_temp_path $WORK/$1;
-    uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
-    $2
-}
-EOF
-    nginx -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
-    PIDS+=($!)
-}
 nginx_conf upstream "server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 'hello from upstream\n'; } }"
 nginx_conf proxy "upstream up { server 127.0.0.1:$UP; keepalive 64; }
     server { listen 127.0.0.1:$NGX ssl; keepalive_requests 1000000;

@@ -37,23 +37,6 @@ BARE="$ROOT/target/release/examples/bare_proxy"
 
 UP=$(free_port); NGX=$(free_port); NGX2=$(free_port)
 
-nginx_conf() { # $1 = name, $2 = server block, $3 = worker processes (default 1)
-    mkdir -p "$WORK/$1"
-    cat > "$WORK/$1/nginx.conf" <<EOF
-worker_processes ${3:-1};
-pid $WORK/$1/nginx.pid;
-error_log $WORK/$1/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1; fastcgi_temp_path $WORK/$1;
-    uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
-    $2
-}
-EOF
-    nginx -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
-    PIDS+=($!)
-}
 
 nginx_conf upstream "server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 'hello from upstream\n'; } }"
 nginx_conf proxy "upstream up { server 127.0.0.1:$UP; keepalive 64; }

@@ -4,6 +4,7 @@
 #   PIDS      add the pids of background servers: killed on exit
 #   free_port prints a free loopback port
 #   wait_port PORT: waits up to 10 s for something to listen on 127.0.0.1:PORT
+#   nginx_conf NAME SERVER_BLOCK [WORKERS]: starts an nginx (daemon off) with that http block
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -23,4 +24,22 @@ wait_port() {
     done
     echo "nothing listens on port $1 after 10 s" >&2
     exit 1
+}
+
+nginx_conf() { # $1 = name, $2 = server block, $3 = worker processes (default 1)
+    mkdir -p "$WORK/$1"
+    cat > "$WORK/$1/nginx.conf" <<EOF
+worker_processes ${3:-1};
+pid $WORK/$1/nginx.pid;
+error_log $WORK/$1/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/$1; proxy_temp_path $WORK/$1; fastcgi_temp_path $WORK/$1;
+    uwsgi_temp_path $WORK/$1; scgi_temp_path $WORK/$1;
+    $2
+}
+EOF
+    nginx -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
+    PIDS+=($!)
 }

@@ -479,6 +479,15 @@ pub fn client_config(files: &ClientFiles, alpn: &[&[u8]]) -> Result<ClientConfig
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots);
+    with_identity(builder, files, alpn)
+}
+
+/// Finishes a client configuration: the client certificate of `files` (if any) and `alpn`.
+fn with_identity(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    files: &ClientFiles,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
     let mut cfg = match (&files.cert, &files.key) {
         (Some(cert), Some(key)) => builder
             .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
@@ -513,25 +522,7 @@ pub fn client_config_unverified(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(Unverified(provider)));
-    let mut cfg = match (&files.cert, &files.key) {
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
-            .map_err(|e| TlsError::Invalid {
-                file: key.clone(),
-                reason: format!(
-                    "does not go with the certificate in {}: {e}",
-                    cert.display()
-                ),
-            })?,
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(TlsError::Config(
-                "a client certificate needs both a certificate file and its key file".into(),
-            ))
-        }
-    };
-    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(cfg)
+    with_identity(builder, files, alpn)
 }
 
 /// Accepts any server certificate; checks the handshake's signatures.

@@ -83,23 +83,48 @@ fn parse_sni(v: &str) -> Result<weft_tls::SniFiles> {
 
 /// The gateway's TLS side from its flags (checked now: a bad file stops the start).
 fn gateway_tls(a: &GatewayArgs) -> Result<Option<Arc<weft_tls::Acceptor>>> {
-    let (Some(cert), Some(key)) = (&a.cert_file, &a.key_file) else {
-        return Ok(None);
-    };
-    if a.trusted_ca_file.is_some() && !a.client_cert_auth {
-        bail!("--trusted-ca-file is used with --client-cert-auth (to require client certificates)");
-    }
-    let files = weft_tls::ServerFiles {
-        cert: cert.clone(),
-        key: key.clone(),
-        client_ca: a.trusted_ca_file.clone(),
-    };
     let sni = a
         .sni
         .iter()
         .map(|v| parse_sni(v))
         .collect::<Result<Vec<_>>>()?;
-    let acceptor = weft_tls::Acceptor::load_sni(files, sni, &[b"h2", b"http/1.1"])?;
+    let flags = TlsFlags {
+        cert: a.cert_file.as_ref(),
+        key: a.key_file.as_ref(),
+        client_cert_auth: a.client_cert_auth,
+        trusted_ca: a.trusted_ca_file.as_ref(),
+    };
+    server_tls(flags, sni, &[b"h2", b"http/1.1"])
+}
+
+/// A listener's TLS flags (`--cert-file`, `--key-file`, `--client-cert-auth`,
+/// `--trusted-ca-file`), as `weft up` and `weft gateway` take them.
+pub(crate) struct TlsFlags<'a> {
+    pub cert: Option<&'a PathBuf>,
+    pub key: Option<&'a PathBuf>,
+    pub client_cert_auth: bool,
+    pub trusted_ca: Option<&'a PathBuf>,
+}
+
+/// The acceptor those flags ask for, if any, loaded now (a bad file stops the start with the
+/// file and the reason) and reloaded every 2 s when its files change.
+pub(crate) fn server_tls(
+    f: TlsFlags<'_>,
+    sni: Vec<weft_tls::SniFiles>,
+    alpn: &[&[u8]],
+) -> Result<Option<Arc<weft_tls::Acceptor>>> {
+    let (Some(cert), Some(key)) = (f.cert, f.key) else {
+        return Ok(None);
+    };
+    if f.trusted_ca.is_some() && !f.client_cert_auth {
+        bail!("--trusted-ca-file is used with --client-cert-auth (to require client certificates)");
+    }
+    let files = weft_tls::ServerFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: f.trusted_ca.cloned(),
+    };
+    let acceptor = weft_tls::Acceptor::load_sni(files, sni, alpn)?;
     acceptor.watch(Duration::from_secs(2));
     Ok(Some(acceptor))
 }

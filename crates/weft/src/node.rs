@@ -635,26 +635,16 @@ fn node_info_metrics(a: &UpArgs, store: &str) {
     metrics::gauge!("weft_node_info", "fsync" => fsync, "store" => store.to_string(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// How often the TLS files are checked for changes.
-const TLS_RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The TLS side of the node's listeners, if --cert-file asks for one (checked now: a bad file
 /// stops the start with the file and the reason).
 fn tls_acceptor(a: &UpArgs, alpn: &[&[u8]]) -> Result<Option<Arc<weft_tls::Acceptor>>> {
-    let (Some(cert), Some(key)) = (&a.cert_file, &a.key_file) else {
-        return Ok(None);
+    let flags = gatewaycli::TlsFlags {
+        cert: a.cert_file.as_ref(),
+        key: a.key_file.as_ref(),
+        client_cert_auth: a.client_cert_auth,
+        trusted_ca: a.trusted_ca_file.as_ref(),
     };
-    if a.trusted_ca_file.is_some() && !a.client_cert_auth {
-        bail!("--trusted-ca-file is used with --client-cert-auth (to require client certificates)");
-    }
-    let files = weft_tls::ServerFiles {
-        cert: cert.clone(),
-        key: key.clone(),
-        client_ca: a.trusted_ca_file.clone(),
-    };
-    let acceptor = weft_tls::Acceptor::load(files, alpn)?;
-    acceptor.watch(TLS_RELOAD_EVERY);
-    Ok(Some(acceptor))
+    gatewaycli::server_tls(flags, Vec::new(), alpn)
 }
 
 /// A listener off loopback needs TLS and a way to tell clients apart (a token or client
