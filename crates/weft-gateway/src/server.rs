@@ -78,6 +78,10 @@ pub const WORKER_EVENT_INTERVAL: u32 = 256;
 pub struct ThreadOptions {
     /// Terminate TLS with this (HTTP/2 offered by ALPN beside HTTP/1.1); none: plain TCP.
     pub tls: Option<Arc<weft_tls::Acceptor>>,
+    /// Most connections one client address may hold open over all workers (0: no limit);
+    /// more are closed at accept and counted in
+    /// `weft_connections_refused_total{listener="gateway"}`.
+    pub max_conns_per_client: usize,
     /// Pin worker `k` (the calling thread is worker 0) to the `k`-th CPU the process may run
     /// on, as nginx's `worker_cpu_affinity auto`. Off by default. With as many workers as
     /// cores on a busy machine it keeps the scheduler from stacking two workers on one CPU:
@@ -96,6 +100,12 @@ impl ThreadOptions {
     /// Options that terminate TLS with `tls`.
     pub fn tls(mut self, tls: Option<Arc<weft_tls::Acceptor>>) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Options with at most `max` connections per client address (0: no limit).
+    pub fn max_conns_per_client(mut self, max: usize) -> Self {
+        self.max_conns_per_client = max;
         self
     }
 }
@@ -155,12 +165,17 @@ pub async fn serve_threads_with(
     });
     let first_worker = inboxes.next();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let guard = Guard {
+        tls: opts.tls.clone(),
+        per_client: (opts.max_conns_per_client > 0)
+            .then(|| weft_tls::limit::PerClient::new("gateway", opts.max_conns_per_client)),
+    };
     let mut workers = Vec::new();
     for ((i, l), w) in rest.into_iter().enumerate().zip(inboxes) {
         let gw = gw.clone();
         let mut rx = stop_rx.clone();
         let worker = i + 1;
-        let tls = opts.tls.clone();
+        let guard = guard.clone();
         let handle = std::thread::Builder::new()
             .name(format!("weft-gw-{worker}"))
             .spawn(move || -> std::io::Result<()> {
@@ -182,7 +197,7 @@ pub async fn serve_threads_with(
                             let _ = rx.wait_for(|s| *s).await;
                         },
                         Some(w),
-                        tls,
+                        guard,
                     )
                     .await
                 })
@@ -205,7 +220,7 @@ pub async fn serve_threads_with(
             let _ = stop_tx.send(true);
         },
         first_worker,
-        opts.tls.clone(),
+        guard,
     )
     .await;
     let _ = stop_tx.send(true);
@@ -230,7 +245,14 @@ pub async fn serve(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve_worker(listener, gw, shutdown, None, None).await
+    serve_worker(listener, gw, shutdown, None, Guard::default()).await
+}
+
+/// What a listener checks before it serves a connection: TLS and the per-client limit.
+#[derive(Clone, Default)]
+struct Guard {
+    tls: Option<Arc<weft_tls::Acceptor>>,
+    per_client: Option<Arc<weft_tls::limit::PerClient>>,
 }
 
 /// A freshly accepted connection handed from one worker to another.
@@ -256,7 +278,7 @@ async fn serve_worker(
     gw: Arc<Gateway>,
     shutdown: impl Future<Output = ()>,
     mut worker: Option<Worker>,
-    tls: Option<Arc<weft_tls::Acceptor>>,
+    guard: Guard,
 ) -> std::io::Result<()> {
     let stop = weft_h1::server::Stop::default();
     // Each connection holds a sender: `recv` returns `None` once all of them are done.
@@ -304,16 +326,24 @@ async fn serve_worker(
             },
             _ = &mut shutdown => break,
         };
+        let slot = match &guard.per_client {
+            Some(pc) => match pc.admit(remote.ip()) {
+                Some(s) => Some(s),
+                None => continue, // closed at once
+            },
+            None => None,
+        };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
-        let peer = Arc::new(match tls {
+        let peer = Arc::new(match guard.tls {
             Some(_) => crate::proxy::Remote::new_tls(remote),
             None => crate::proxy::Remote::new(remote),
         });
         let stop = stop.clone();
         let done = done_tx.clone();
-        let tls = tls.clone();
+        let tls = guard.tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => weft_h1::server::serve_conn(stream, gw, peer, stop).await,
                 Some(tls) => match tls.accept(stream).await {

@@ -174,3 +174,49 @@ async fn a_head_sent_byte_by_byte_is_cut_off_and_a_slow_body_holds_only_its_conn
     drop(slow);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_per_client_are_limited_over_all_workers() {
+    let up = TestUpstream::start("up").await;
+    let cfg =
+        weft_gateway::Config::from_toml(&single_route(up.addr, "path_prefix = \"/\""), "t.toml")
+            .unwrap();
+    let gw = weft_gateway::Gateway::new(cfg, None).unwrap();
+    let listeners = weft_gateway::bind_workers("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+    let addr = listeners[0].local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let opts = weft_gateway::ThreadOptions::default().max_conns_per_client(3);
+    let task = tokio::spawn(weft_gateway::serve_threads_with(
+        listeners,
+        gw,
+        async move {
+            let _ = rx.await;
+        },
+        opts,
+    ));
+    // Three connections, each answered once (so each surely holds its slot).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut b = [0u8; 12];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"HTTP/1.1 200");
+        held.push(s);
+    }
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    let mut b = [0u8; 8];
+    let r = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a fourth connection is closed: {r:?}"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(addr, "/ok").await.status != 200 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = tx.send(());
+    task.await.unwrap().unwrap();
+}

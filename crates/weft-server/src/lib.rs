@@ -39,11 +39,11 @@ mod coord;
 mod error;
 pub mod gateways;
 pub mod history;
+pub mod listener;
 mod queue;
 pub mod repl;
 mod saga;
 pub mod shard;
-pub mod tls;
 
 pub use error::ApiError;
 pub use gateways::{LocalGateway, GATEWAY_SERVICE};
@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub counters: Option<history::CounterSource>,
     /// Serve HTTPS with this (none: plain HTTP).
     pub tls: Option<Arc<weft_tls::Acceptor>>,
+    /// Most connections one client address may hold open (0: no limit); more are closed at
+    /// accept and counted in `weft_connections_refused_total{listener="api"}`.
+    pub max_conns_per_client: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -90,6 +93,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("local_gateway", &self.local_gateway)
             .field("counters", &self.counters.is_some())
             .field("tls", &self.tls.as_ref().map(|t| t.files()))
+            .field("max_conns_per_client", &self.max_conns_per_client)
             .finish()
     }
 }
@@ -106,6 +110,7 @@ impl Default for ServerConfig {
             local_gateway: None,
             counters: None,
             tls: None,
+            max_conns_per_client: 0,
         }
     }
 }
@@ -415,19 +420,14 @@ pub async fn run(
         shutdown.await;
         let _ = tx.send(true);
     };
+    let per_client = cfg.max_conns_per_client;
     if let Some(tls) = cfg.tls.clone() {
-        let listener = tls::TlsListener::new(listener, tls)?;
+        let listener = listener::TlsListener::new(listener, tls, per_client)?;
         return axum::serve(listener, app)
             .with_graceful_shutdown(stop)
             .await;
     }
-    // No Nagle: a small response (or a replication frame on an upgraded connection) written
-    // while an earlier segment is unacknowledged otherwise waits for the peer's delayed ACK,
-    // 40 ms on Linux (seen as a 43 ms p99 of sync replication before this).
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
+    let listener = listener::PlainListener::new(listener, per_client);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await

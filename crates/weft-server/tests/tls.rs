@@ -153,3 +153,55 @@ async fn a_watch_stays_open_while_the_certificate_is_replaced() {
         seen.push_str(&String::from_utf8_lossy(&chunk));
     }
 }
+
+/// One client address holds at most `max_conns_per_client` connections, plain or TLS: one
+/// more is closed at accept (and counted); a slot comes back when a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_client_are_limited() {
+    use tokio::io::AsyncReadExt;
+    let node = common::node(ServerConfig {
+        max_conns_per_client: 2,
+        ..Default::default()
+    })
+    .await;
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let mut held = vec![
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    let closed_at_once = |mut s: tokio::net::TcpStream| async move {
+        let mut b = [0u8; 8];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    };
+    let third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(closed_at_once(third).await, "a third connection is closed");
+    drop(held.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let again = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if !closed_at_once(again).await {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+    }
+    drop(held);
+    // Requests work, and the refusal was counted.
+    let (s, text) = {
+        let r = reqwest::Client::new()
+            .get(format!("{}/metrics", node.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(s, 200);
+    assert!(
+        text.contains(
+            "weft_connections_refused_total{listener=\"api\",reason=\"per_client_limit\"}"
+        ),
+        "{text}"
+    );
+}

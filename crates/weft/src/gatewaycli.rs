@@ -41,6 +41,10 @@ pub(crate) struct GatewayArgs {
     /// scheduler from stacking workers on one core when they are as many as the cores.
     #[arg(long)]
     pub pin_cpus: bool,
+    /// Most connections one client address may hold open (0, the default: no limit); more
+    /// are closed at accept and counted in weft_connections_refused_total.
+    #[arg(long, default_value_t = 0)]
+    pub max_conns_per_client: usize,
     /// Use this etcd cluster (or a weft node's --etcd-listen) as the store: discovered
     /// upstreams, routes kept in the store, global rate limits.
     #[cfg(feature = "etcd")]
@@ -148,6 +152,7 @@ pub(crate) struct StartedGateway {
     stop_admin: tokio::sync::watch::Sender<bool>,
     admin_task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     pin_cpus: bool,
+    max_conns_per_client: usize,
 }
 
 impl StartedGateway {
@@ -167,7 +172,8 @@ impl StartedGateway {
     ) -> Result<()> {
         let opts = weft_gateway::ThreadOptions::default()
             .pin_cpus(self.pin_cpus)
-            .tls(self.tls);
+            .tls(self.tls)
+            .max_conns_per_client(self.max_conns_per_client);
         weft_gateway::serve_threads_with(self.listeners, self.gw, shutdown, opts).await?;
         if let Some(a) = self.announcer {
             a.stop().await;
@@ -298,6 +304,7 @@ pub(crate) async fn start_gateway(
         stop_admin: stop_tx,
         admin_task,
         pin_cpus: false,
+        max_conns_per_client: 0,
     })
 }
 
@@ -343,6 +350,7 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
     )
     .await?;
     started.pin_cpus = a.pin_cpus;
+    started.max_conns_per_client = a.max_conns_per_client;
     started.serve(crate::shutdown_signal()).await
 }
 

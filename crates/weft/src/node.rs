@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// The CA that client certificates must chain to (PEM).
     #[arg(long, requires = "cert_file")]
     trusted_ca_file: Option<PathBuf>,
+    /// Most HTTP API connections one client address may hold open; more are closed at accept
+    /// and counted in weft_connections_refused_total (0: no limit).
+    #[arg(long, default_value_t = 4096)]
+    max_conns_per_client: usize,
     /// Serve the API off loopback without TLS (the token then crosses the network in the
     /// clear): for a private network between nodes, since replication does not speak TLS yet.
     /// Logged as a warning. Needs --token.
@@ -776,6 +780,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         local_gateway,
         counters: embedded.clone().map(store_counters),
         tls,
+        max_conns_per_client: a.max_conns_per_client,
         ..Default::default()
     };
     let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));
