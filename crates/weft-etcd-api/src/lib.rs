@@ -21,7 +21,7 @@
 //! let url = format!("http://{}", listener.local_addr()?);
 //! let cfg = weft_etcd_api::Config {
 //!     client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8, tls: None,
-//!     max_conns_per_client: 1024,
+//!     max_conns_per_client: 1024, limits: Default::default(),
 //! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
@@ -55,6 +55,8 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use weft_store::{self as ws, Store, StoreError};
 
+pub use weft_h2::Limits;
+
 /// Settings of the etcd API.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -80,6 +82,9 @@ pub struct Config {
     /// Most connections one client address may hold open (0: no limit); more are closed at
     /// accept and counted in `weft_connections_refused_total{listener="etcd"}`.
     pub max_conns_per_client: usize,
+    /// What one HTTP/2 connection may hold: streams, buffered request bytes, PING and
+    /// SETTINGS frames a second.
+    pub limits: Limits,
 }
 
 /// The etcd API service over a store.
@@ -333,11 +338,14 @@ impl Conns {
             self.stop_streams.subscribe(),
         );
         let tls = self.api.cfg.tls.clone();
+        let limits = self.api.cfg.limits;
         set.spawn(async move {
             let _slot = slot;
             let Some(tls) = tls else {
                 return match is_http2(&stream).await {
-                    true => weft_h2::serve(stream, api, fast::call, routes, stop).await,
+                    true => {
+                        weft_h2::serve_limited(stream, api, fast::call, routes, stop, limits).await
+                    }
                     false => gateway::serve(stream, api).await,
                 };
             };
@@ -346,7 +354,7 @@ impl Conns {
                 Ok(s) if s.get_ref().1.alpn_protocol() == Some(b"http/1.1") => {
                     gateway::serve(s, api).await
                 }
-                Ok(s) => weft_h2::serve(s, api, fast::call, routes, stop).await,
+                Ok(s) => weft_h2::serve_limited(s, api, fast::call, routes, stop, limits).await,
                 Err(e) => tracing::debug!("etcd API TLS handshake failed: {e}"),
             }
         });

@@ -440,3 +440,73 @@ async fn a_connection_sending_huge_header_blocks_does_not_stall_its_neighbours()
     // and connections yielded after one maximal block; 104-114 ms after.
     assert!(worst < Duration::from_millis(600), "a get waited {worst:?}");
 }
+
+/// Limits set in the configuration: the stream limit is advertised and enforced, a smaller
+/// buffered-bytes cap answers RESOURCE_EXHAUSTED, a lower PING rate ends a smaller flood.
+#[tokio::test]
+async fn configured_limits_are_advertised_and_enforced() {
+    let limits = weft_etcd_api::Limits {
+        max_streams: 4,
+        max_buffered: 64 << 10,
+        control_per_second: 5.0,
+        control_burst: 10.0,
+    };
+    let s = common::start_cfg(2, 0, limits).await;
+    let mut raw = Raw::connect(&addr(&s), &[]).await;
+    // The server's SETTINGS say 4 streams (id 3).
+    let first = raw.until(0, |f| f.kind == SETTINGS).await;
+    let settings = first.iter().find(|f| f.kind == SETTINGS).unwrap();
+    let pairs: Vec<(u16, u32)> = settings
+        .payload
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    assert!(pairs.contains(&(3, 4)), "{pairs:?}");
+    let mut opens = Vec::new();
+    for i in 0..5u32 {
+        opens.extend(frame(
+            HEADERS,
+            0x4,
+            1 + 2 * i,
+            &call_headers("/etcdserverpb.KV/Put"),
+        ));
+    }
+    raw.send(&opens).await;
+    let frames = raw.until(9, |f| f.kind == RST_STREAM).await;
+    let rst = frames.last().unwrap();
+    assert_eq!((rst.kind, rst.stream), (RST_STREAM, 9));
+    assert_eq!(u32::from_be_bytes(rst.payload[..4].try_into().unwrap()), 7);
+    // 100 KiB of body on stream 1 (a 1 MiB message announced): over the 64 KiB cap.
+    let mut body = vec![0u8];
+    body.extend((1u32 << 20).to_be_bytes());
+    body.extend(vec![7u8; 100 << 10]);
+    let mut data = Vec::new();
+    for c in body.chunks(16 << 10) {
+        data.extend(frame(DATA, 0, 1, c));
+    }
+    raw.send(&data).await;
+    let frames = raw
+        .until(1, |f| f.kind == HEADERS && f.flags & 0x1 != 0)
+        .await;
+    let trailers = frames.last().unwrap();
+    let want = b"at%20most%2065536"; // grpc-message is percent-encoded
+    assert!(
+        trailers.payload.windows(want.len()).any(|w| w == want),
+        "RESOURCE_EXHAUSTED with the configured cap in {:?}",
+        String::from_utf8_lossy(&trailers.payload)
+    );
+    // 30 pings at once: over a burst of 10.
+    let mut raw = Raw::connect(&addr(&s), &[]).await;
+    let mut pings = Vec::new();
+    for i in 0..30u64 {
+        pings.extend(frame(PING, 0, 0, &i.to_be_bytes()));
+    }
+    raw.send(&pings).await;
+    assert_eq!(raw.goaway_code().await, Some(0xb));
+    let _ = s.stop.send(());
+}

@@ -198,7 +198,9 @@ async fn connections_per_client_are_limited_over_all_workers() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut b = [0u8; 12];
         s.read_exact(&mut b).await.unwrap();
         assert_eq!(&b, b"HTTP/1.1 200");

@@ -121,6 +121,39 @@ const WINDOW: u32 = 1 << 20;
 /// Streams a client may have open on one connection. etcd sets no limit; gRPC clients
 /// multiplex all of a program's calls over one connection.
 const MAX_STREAMS: usize = 1024;
+
+/// The limits a connection enforces on its client; [`Limits::default`] is what weft's etcd API
+/// serves with. Each limit that trips is counted in
+/// `weft_http2_limit_exceeded_total{limit="streams"|"buffered"|"control"|"header_block"}`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Streams open at once (advertised as SETTINGS_MAX_CONCURRENT_STREAMS; more are
+    /// refused with REFUSED_STREAM).
+    pub max_streams: usize,
+    /// Request bytes of unary calls still being received that one connection may hold; a call
+    /// that would go over is answered RESOURCE_EXHAUSTED.
+    pub max_buffered: usize,
+    /// PING and SETTINGS frames a second (each costs an answer), past a burst of
+    /// `control_burst`; more end the connection with ENHANCE_YOUR_CALM.
+    pub control_per_second: f64,
+    /// See `control_per_second`.
+    pub control_burst: f64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_streams: MAX_STREAMS,
+            max_buffered: MAX_CONN_BUFFERED,
+            control_per_second: CONTROL_RATE,
+            control_burst: CONTROL_BURST,
+        }
+    }
+}
+
+fn tripped(limit: &'static str) {
+    metrics::counter!("weft_http2_limit_exceeded_total", "limit" => limit).increment(1);
+}
 /// Largest header list a request may carry (name + value + 32 per field, RFC 9113 6.5.2).
 const MAX_HEADER_LIST: usize = 16 << 10;
 /// Largest frame payload this server accepts: the protocol's default, which it keeps.
@@ -423,8 +456,9 @@ struct Conn<IO, F, C: Future, S> {
     /// Complete frames left in the read buffer because this poll's header budget ran out.
     backlog: bool,
     /// Frames that make this side answer (PING, SETTINGS) it may still take now; refilled
-    /// at [`CONTROL_RATE`] a second up to [`CONTROL_BURST`].
+    /// at `limits.control_per_second` up to `limits.control_burst`.
     control_tokens: f64,
+    limits: Limits,
     control_at: std::time::Instant,
     /// Request bytes held by this connection's unary calls still being received.
     buffered: usize,
@@ -483,7 +517,24 @@ pub async fn serve<IO, F, C, S>(
     fast: F,
     call: fn(F, u32, Bytes) -> C,
     service: S,
+    stop: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    F: FastPath,
+    C: Future<Output = Result<Bytes, Status>>,
+    S: GrpcService,
+{
+    serve_limited(io, fast, call, service, stop, Limits::default()).await
+}
+
+/// [`serve`] with other [`Limits`].
+pub async fn serve_limited<IO, F, C, S>(
+    io: IO,
+    fast: F,
+    call: fn(F, u32, Bytes) -> C,
+    service: S,
     mut stop: watch::Receiver<bool>,
+    limits: Limits,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
     F: FastPath,
@@ -493,7 +544,7 @@ pub async fn serve<IO, F, C, S>(
     let stopping = Box::pin(async move {
         let _ = stop.wait_for(|s| *s).await;
     });
-    let mut c = Conn::new(io, fast, service, stopping, call);
+    let mut c = Conn::new(io, fast, service, stopping, call, limits);
     if let Err(e) = poll_fn(|cx| c.poll(cx)).await {
         tracing::debug!("HTTP/2 connection: {} (code {:?})", e.why, e.code);
         if let Some(code) = e.code {
@@ -516,6 +567,7 @@ where
         service: S,
         stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
         start_fast: fn(F, u32, Bytes) -> C,
+        limits: Limits,
     ) -> Self {
         let mut c = Conn {
             io,
@@ -548,7 +600,8 @@ where
             eof: false,
             yielded: false,
             backlog: false,
-            control_tokens: CONTROL_BURST,
+            control_tokens: limits.control_burst,
+            limits,
             buffered: 0,
             control_at: std::time::Instant::now(),
         };
@@ -556,7 +609,7 @@ where
         // the connection's window from the default 65535 up to WINDOW.
         c.head(18, SETTINGS, 0, 0);
         for (k, v) in [
-            (3u16, MAX_STREAMS as u32),
+            (3u16, c.limits.max_streams as u32),
             (4, WINDOW),
             (6, MAX_HEADER_LIST as u32),
         ] {
@@ -832,6 +885,7 @@ where
                 };
                 block.extend_from_slice(&p);
                 if block.len() > 4 * MAX_HEADER_LIST {
+                    tripped("header_block");
                     return Err(conn_err(ENHANCE_YOUR_CALM, "header block too large"));
                 }
                 if flags & END_HEADERS != 0 {
@@ -848,13 +902,15 @@ where
     /// Takes a token for a frame that makes this side answer; a flood ends the connection.
     fn control_frame(&mut self, what: &str) -> Result<(), ConnError> {
         let now = std::time::Instant::now();
-        let refill = now.duration_since(self.control_at).as_secs_f64() * CONTROL_RATE;
+        let rate = self.limits.control_per_second;
+        let refill = now.duration_since(self.control_at).as_secs_f64() * rate;
         self.control_at = now;
-        self.control_tokens = (self.control_tokens + refill).min(CONTROL_BURST);
+        self.control_tokens = (self.control_tokens + refill).min(self.limits.control_burst);
         if self.control_tokens < 1.0 {
+            tripped("control");
             return Err(conn_err(
                 ENHANCE_YOUR_CALM,
-                format!("too many {what} frames (at most {CONTROL_RATE} a second)"),
+                format!("too many {what} frames (at most {rate} a second)"),
             ));
         }
         self.control_tokens -= 1.0;
@@ -1035,7 +1091,8 @@ where
         if self.going_away {
             return Ok(()); // Above the GOAWAY's last stream: ignored, the client retries.
         }
-        if self.streams.len() >= MAX_STREAMS {
+        if self.streams.len() >= self.limits.max_streams {
+            tripped("streams");
             self.rst(id, REFUSED_STREAM);
             return Ok(());
         }
@@ -1169,7 +1226,7 @@ where
                 let have = first.as_ref().map_or(0, |f| f.len()) + more.len();
                 if have + data.len() > self.handler.max_message() + 5 {
                     too_large = true;
-                } else if buffered + data.len() > MAX_CONN_BUFFERED {
+                } else if buffered + data.len() > self.limits.max_buffered {
                     over_conn = true;
                 } else if first.is_none() && more.is_empty() {
                     added = data.len();
@@ -1207,9 +1264,10 @@ where
             self.release(id, consumed);
         }
         if over_conn {
+            tripped("buffered");
             let e = Status::resource_exhausted(format!(
-                "this connection holds {} bytes of requests still being received, at most {MAX_CONN_BUFFERED}",
-                self.buffered
+                "this connection holds {} bytes of requests still being received, at most {}",
+                self.buffered, self.limits.max_buffered
             ));
             self.answer_fast(id, Err(e));
             return Ok(());

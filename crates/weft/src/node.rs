@@ -100,6 +100,20 @@ pub struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, default_value_t = 4096)]
     etcd_max_conns_per_client: usize,
+    /// Streams one etcd API connection may have open at once (more are refused).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = weft_etcd_api::Limits::default().max_streams)]
+    etcd_max_streams: usize,
+    /// Request bytes one etcd API connection may hold for calls still being received (a call
+    /// over it is answered RESOURCE_EXHAUSTED).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = weft_etcd_api::Limits::default().max_buffered)]
+    etcd_max_buffered_bytes: usize,
+    /// PING and SETTINGS frames a second one etcd API connection may send (past a burst of
+    /// twice as many, ENHANCE_YOUR_CALM ends it).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = weft_etcd_api::Limits::default().control_per_second)]
+    etcd_max_control_frames: f64,
     /// Also run the API gateway on this address (routes from --gateway-config and from the
     /// store; upstreams may be services registered on this node).
     #[arg(long)]
@@ -854,6 +868,12 @@ fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Bac
         inline_batch: a.etcd_inline_batch.unwrap_or(if cores > 1 { 8 } else { 0 }),
         tls,
         max_conns_per_client: a.etcd_max_conns_per_client,
+        limits: weft_etcd_api::Limits {
+            max_streams: a.etcd_max_streams,
+            max_buffered: a.etcd_max_buffered_bytes,
+            control_per_second: a.etcd_max_control_frames,
+            control_burst: 2.0 * a.etcd_max_control_frames,
+        },
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

@@ -28,6 +28,12 @@ pub async fn start_with(threads: usize) -> Server {
 /// A server with `threads` connection threads and at most `per_client` connections per
 /// client address (0: no limit).
 pub async fn start_limited(threads: usize, per_client: usize) -> Server {
+    start_cfg(threads, per_client, Default::default()).await
+}
+
+/// A server with `threads` connection threads, a per-client connection limit and HTTP/2
+/// `limits`.
+pub async fn start_cfg(threads: usize, per_client: usize, limits: weft_etcd_api::Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Embedded::open(dir.path(), Default::default())
@@ -46,6 +52,7 @@ pub async fn start_limited(threads: usize, per_client: usize) -> Server {
         inline_batch: 1,
         tls: None,
         max_conns_per_client: per_client,
+        limits,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;
