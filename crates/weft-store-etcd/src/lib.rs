@@ -39,6 +39,50 @@ impl std::fmt::Debug for EtcdStore {
 }
 
 /// Maps an etcd-client error to a [`StoreError`] by etcd's error messages.
+/// TLS to an etcd cluster's client URLs (PEM files).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that the cluster's certificates chain to.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate, with `key`.
+    pub cert: Option<std::path::PathBuf>,
+    /// The client certificate's key.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl EtcdTls {
+    /// Whether anything is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+
+    /// etcd-client's options for these files (none when nothing is set).
+    fn options(&self) -> Result<Option<ec::ConnectOptions>> {
+        if !self.is_set() {
+            return Ok(None);
+        }
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| {
+                StoreError::InvalidArgument(format!("cannot read {}: {e}", p.display()))
+            })
+        };
+        let mut tls = ec::TlsOptions::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(ec::Certificate::from_pem(read(ca)?));
+        }
+        match (&self.cert, &self.key) {
+            (Some(c), Some(k)) => tls = tls.identity(ec::Identity::from_pem(read(c)?, read(k)?)),
+            (None, None) => {}
+            _ => {
+                return Err(StoreError::InvalidArgument(
+                    "an etcd client certificate needs both its certificate and its key".into(),
+                ))
+            }
+        }
+        Ok(Some(ec::ConnectOptions::new().with_tls(tls)))
+    }
+}
+
 fn map_err(e: ec::Error) -> StoreError {
     match e {
         ec::Error::GRpcStatus(st) => {
@@ -260,7 +304,14 @@ fn txn_response(r: &ec::TxnResponse) -> TxnResponse {
 impl EtcdStore {
     /// Connects to an etcd cluster.
     pub async fn connect<E: AsRef<str>>(endpoints: &[E]) -> Result<Self> {
-        let client = ec::Client::connect(endpoints, None)
+        Self::connect_tls(endpoints, &EtcdTls::default()).await
+    }
+
+    /// Connects to `https://` endpoints: trusts `tls.ca` (PEM; etcd-client's default roots
+    /// without it) and presents `tls.cert`/`tls.key` if given (for `--client-cert-auth`).
+    pub async fn connect_tls<E: AsRef<str>>(endpoints: &[E], tls: &EtcdTls) -> Result<Self> {
+        let opts = tls.options()?;
+        let client = ec::Client::connect(endpoints, opts)
             .await
             .map_err(map_err)?;
         Ok(EtcdStore {

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub struct EtcdServer {
     child: Child,
     dir: PathBuf,
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` from [`EtcdServer::start_tls`]).
     pub endpoint: String,
 }
 
@@ -43,9 +43,10 @@ fn spawn_member(
     client: &str,
     peer: &str,
     initial: &str,
-    token: Option<&str>,
+    extra: &[&std::ffi::OsStr],
 ) -> Child {
     let mut cmd = Command::new(bin);
+    cmd.args(extra);
     cmd.args(["--name", name, "--data-dir"])
         .arg(dir)
         .args([
@@ -61,14 +62,6 @@ fn spawn_member(
             peer,
         ])
         .args(["--initial-cluster", initial, "--log-level", "error"]);
-    if let Some(t) = token {
-        cmd.args([
-            "--initial-cluster-token",
-            t,
-            "--initial-cluster-state",
-            "new",
-        ]);
-    }
     cmd.stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -97,12 +90,51 @@ impl EtcdServer {
 
     /// Starts etcd from `bin` and waits until it answers.
     pub async fn start(bin: PathBuf) -> EtcdServer {
+        Self::start_with(bin, None).await
+    }
+
+    /// Starts etcd serving its client URL (`https://127.0.0.1:PORT`) with `cert` and `key`,
+    /// requiring client certificates signed by `client_ca` if given (`--client-cert-auth`);
+    /// `tls` is how this waits for it to answer.
+    pub async fn start_tls(
+        bin: PathBuf,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        client_ca: Option<&std::path::Path>,
+        tls: crate::EtcdTls,
+    ) -> EtcdServer {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--cert-file".into(),
+            cert.into(),
+            "--key-file".into(),
+            key.into(),
+        ];
+        if let Some(ca) = client_ca {
+            args.extend([
+                "--client-cert-auth".into(),
+                "--trusted-ca-file".into(),
+                ca.into(),
+            ]);
+        }
+        Self::start_with(bin, Some((args, tls))).await
+    }
+
+    async fn start_with(
+        bin: PathBuf,
+        tls: Option<(Vec<std::ffi::OsString>, crate::EtcdTls)>,
+    ) -> EtcdServer {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let extra: Vec<&std::ffi::OsStr> = tls
+            .as_ref()
+            .map(|(a, _)| a.iter().map(|s| s.as_os_str()).collect())
+            .unwrap_or_default();
+        let client_tls = tls.as_ref().map(|(_, t)| t.clone()).unwrap_or_default();
         let dir =
             std::env::temp_dir().join(format!("weft-etcd-{}-{}", std::process::id(), free_port()));
         let _ = std::fs::remove_dir_all(&dir);
         for attempt in 0..5 {
             let (client, peer) = (free_port(), free_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
+            let endpoint = format!("{scheme}://127.0.0.1:{client}");
             let peer_url = format!("http://127.0.0.1:{peer}");
             let initial = format!("weft-test={peer_url}");
             let child = spawn_member(
@@ -112,7 +144,7 @@ impl EtcdServer {
                 &endpoint,
                 &peer_url,
                 &initial,
-                None,
+                &extra,
             );
             let mut server = EtcdServer {
                 child,
@@ -123,7 +155,8 @@ impl EtcdServer {
                 if let Ok(Some(_)) = server.child.try_wait() {
                     break;
                 }
-                if let Ok(mut c) = etcd_client::Client::connect([&server.endpoint], None).await {
+                let opts = client_tls.options().expect("the test's TLS files");
+                if let Ok(mut c) = etcd_client::Client::connect([&server.endpoint], opts).await {
                     if c.status().await.is_ok() {
                         return server;
                     }
@@ -194,7 +227,13 @@ impl EtcdCluster {
             let endpoint = format!("http://{host}:{c}");
             let peer = format!("http://{host}:{p}");
             let name = format!("m{i}");
-            let child = spawn_member(&bin, &name, &dir, &endpoint, &peer, &initial, Some(&token));
+            let cluster: [&std::ffi::OsStr; 4] = [
+                "--initial-cluster-token".as_ref(),
+                token.as_ref(),
+                "--initial-cluster-state".as_ref(),
+                "new".as_ref(),
+            ];
+            let child = spawn_member(&bin, &name, &dir, &endpoint, &peer, &initial, &cluster);
             members.push((child, dir));
             endpoints.push(endpoint);
         }

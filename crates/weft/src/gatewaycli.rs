@@ -50,6 +50,10 @@ pub(crate) struct GatewayArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// TLS to the etcd endpoints.
+    #[cfg(feature = "etcd")]
+    #[command(flatten)]
+    pub etcd_tls: EtcdTlsArgs,
     /// Terminate TLS (1.2/1.3; HTTP/2 offered by ALPN) on the proxy listener and the admin API
     /// with this certificate chain (PEM), reloaded when it changes; with --key-file.
     #[arg(long, requires = "key_file")]
@@ -67,6 +71,41 @@ pub(crate) struct GatewayArgs {
     /// The CA that client certificates must chain to (PEM).
     #[arg(long, requires = "cert_file")]
     pub trusted_ca_file: Option<PathBuf>,
+}
+
+/// TLS to an etcd cluster (`https://` endpoints of --etcd-endpoints and --failover-etcd).
+#[cfg(feature = "etcd")]
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct EtcdTlsArgs {
+    /// Trust this CA (PEM) for the etcd cluster's certificates.
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// Present this client certificate (PEM) to etcd (its --client-cert-auth); with
+    /// --etcd-key.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The private key of --etcd-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+#[cfg(feature = "etcd")]
+impl EtcdTlsArgs {
+    /// Connects to `endpoints` with these files; the error says which cluster.
+    pub(crate) async fn connect(
+        &self,
+        endpoints: &[String],
+        what: &str,
+    ) -> Result<weft_store_etcd::EtcdStore> {
+        let tls = weft_store_etcd::EtcdTls {
+            ca: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+        };
+        weft_store_etcd::EtcdStore::connect_tls(endpoints, &tls)
+            .await
+            .with_context(|| format!("cannot connect to {what} at {}", endpoints.join(",")))
+    }
 }
 
 /// Parses `--sni NAME[,NAME...]=CERT:KEY`.
@@ -314,9 +353,7 @@ pub(crate) async fn gateway(a: GatewayArgs) -> Result<()> {
     let store: Option<Arc<dyn weft_store::Store>> = if a.etcd_endpoints.is_empty() {
         None
     } else {
-        let s = weft_store_etcd::EtcdStore::connect(&a.etcd_endpoints)
-            .await
-            .with_context(|| format!("cannot connect to etcd at {}", a.etcd_endpoints.join(",")))?;
+        let s = a.etcd_tls.connect(&a.etcd_endpoints, "etcd").await?;
         Some(Arc::new(s))
     };
     #[cfg(not(feature = "etcd"))]

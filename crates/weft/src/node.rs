@@ -73,6 +73,10 @@ pub struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, value_delimiter = ',')]
     etcd_endpoints: Vec<String>,
+    /// TLS to the etcd cluster of --etcd-endpoints and --failover-etcd.
+    #[cfg(feature = "etcd")]
+    #[command(flatten)]
+    etcd_tls: gatewaycli::EtcdTlsArgs,
     /// Also serve the etcd v3 gRPC API (KV, Watch, Lease, Status, MemberList) on this address,
     /// so etcdctl and etcd client libraries work against this node.
     #[cfg(feature = "etcd")]
@@ -281,14 +285,10 @@ async fn failover_leader(_: &UpArgs) -> Result<Option<(String, i64)>> {
 
 #[cfg(feature = "etcd")]
 async fn failover_store(a: &UpArgs) -> Result<Arc<dyn weft_store::Store>> {
-    let s = weft_store_etcd::EtcdStore::connect(&a.failover_etcd)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to the failover etcd at {}",
-                a.failover_etcd.join(",")
-            )
-        })?;
+    let s = a
+        .etcd_tls
+        .connect(&a.failover_etcd, "the failover etcd")
+        .await?;
     Ok(Arc::new(s))
 }
 
@@ -731,11 +731,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     let (store, embedded): (Arc<dyn weft_store::Store>, Option<Arc<Embedded>>) = if etcd {
         #[cfg(feature = "etcd")]
         {
-            let s = weft_store_etcd::EtcdStore::connect(&a.etcd_endpoints)
-                .await
-                .with_context(|| {
-                    format!("cannot connect to etcd at {}", a.etcd_endpoints.join(","))
-                })?;
+            let s = a.etcd_tls.connect(&a.etcd_endpoints, "etcd").await?;
             (Arc::new(s), None)
         }
         #[cfg(not(feature = "etcd"))]

@@ -148,3 +148,60 @@ fn bad_files_and_exposed_listeners_are_refused_with_what_to_add() {
         "{err}"
     );
 }
+
+/// `weft up` on an etcd cluster that serves TLS and requires client certificates.
+#[cfg(feature = "etcd")]
+#[test]
+fn the_node_runs_on_an_etcd_cluster_over_tls_with_a_client_certificate() {
+    let Some(bin) = weft_store_etcd::testing::etcd_or_skip() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let client = weft_store_etcd::EtcdTls {
+        ca: Some(pki.ca_cert.clone()),
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let etcd = rt.block_on(weft_store_etcd::testing::EtcdServer::start_tls(
+        bin,
+        &pki.server_cert,
+        &pki.server_key,
+        Some(&pki.ca_cert),
+        client,
+    ));
+    assert!(etcd.endpoint.starts_with("https://"), "{}", etcd.endpoint);
+    let node = start_with(&[
+        "--data-dir".as_ref(),
+        dir.path().join("data").as_os_str(),
+        "--etcd-endpoints".as_ref(),
+        etcd.endpoint.as_ref(),
+        "--etcd-cacert".as_ref(),
+        pki.ca_cert.as_os_str(),
+        "--etcd-cert".as_ref(),
+        pki.client_cert.as_os_str(),
+        "--etcd-key".as_ref(),
+        pki.client_key.as_os_str(),
+        "--sagas".as_ref(),
+        "false".as_ref(),
+    ]);
+    let (code, _, err) = weft(&["kv", "put", "over-tls", "yes"], &node.endpoint, None);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = weft(&["kv", "get", "over-tls"], &node.endpoint, None);
+    assert_eq!((code, out.trim()), (0, "over-tls\nyes"), "{err}");
+    // The value is in etcd itself, read with the same TLS settings.
+    let got = rt.block_on(async {
+        let tls = weft_store_etcd::EtcdTls {
+            ca: Some(pki.ca_cert.clone()),
+            cert: Some(pki.client_cert.clone()),
+            key: Some(pki.client_key.clone()),
+        };
+        let s = weft_store_etcd::EtcdStore::connect_tls(std::slice::from_ref(&etcd.endpoint), &tls)
+            .await
+            .unwrap();
+        let mut c = s.client().clone();
+        c.get("over-tls", None).await.unwrap().kvs().len()
+    });
+    assert_eq!(got, 1);
+}
