@@ -104,7 +104,8 @@ pub(crate) async fn status(
         )));
     }
     let auth = headers.get(header::AUTHORIZATION).cloned();
-    let v = tokio::time::timeout(ADMIN_TIMEOUT, fetch_status(&gw.address, auth))
+    let tls = st.gateway_tls.clone();
+    let v = tokio::time::timeout(ADMIN_TIMEOUT, fetch_status(&gw.address, auth, tls))
         .await
         .map_err(|_| {
             ApiError::BadGateway(format!(
@@ -121,20 +122,44 @@ pub(crate) async fn status(
     Ok(Json(v))
 }
 
-/// `GET {admin}/status` over one HTTP/1.1 connection.
-async fn fetch_status(admin: &str, auth: Option<HeaderValue>) -> Result<Value, String> {
-    let authority = admin
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{admin:?} is not an http:// address"))?
-        .trim_end_matches('/');
+/// `GET {admin}/status` over one HTTP/1.1 connection (TLS for an `https://` address, with
+/// `tls` or the system's roots).
+async fn fetch_status(
+    admin: &str,
+    auth: Option<HeaderValue>,
+    tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
+) -> Result<Value, String> {
+    let (https, rest) = match (
+        admin.strip_prefix("https://"),
+        admin.strip_prefix("http://"),
+    ) {
+        (Some(r), _) => (true, r),
+        (None, Some(r)) => (false, r),
+        _ => return Err(format!("{admin:?} is not an http:// or https:// address")),
+    };
+    let authority = rest.trim_end_matches('/');
     let stream = tokio::net::TcpStream::connect(authority)
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let mut send = if https {
+        let cfg = match tls {
+            Some(c) => c,
+            None => Arc::new(
+                weft_tls::client_config(&Default::default(), &[b"http/1.1"])
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let name = weft_tls::server_name(host).map_err(|e| e.to_string())?;
+        let s = weft_tls::tokio_rustls::TlsConnector::from(cfg)
+            .connect(name, stream)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        handshake(s).await?
+    } else {
+        handshake(stream).await?
+    };
     let mut req = hyper::Request::get("/status")
         .header(header::HOST, authority)
         .body(Empty::<bytes::Bytes>::new())
@@ -156,4 +181,18 @@ async fn fetch_status(admin: &str, auth: Option<HeaderValue>) -> Result<Value, S
         ));
     }
     serde_json::from_slice(&body).map_err(|e| format!("answered something that is not JSON: {e}"))
+}
+
+/// An HTTP/1.1 client connection over `io`, driven by its own task.
+async fn handshake<IO>(
+    io: IO,
+) -> Result<hyper::client::conn::http1::SendRequest<Empty<bytes::Bytes>>, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(send)
 }

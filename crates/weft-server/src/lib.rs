@@ -79,6 +79,9 @@ pub struct ServerConfig {
     /// Most connections one client address may hold open (0: no limit); more are closed at
     /// accept and counted in `weft_connections_refused_total{listener="api"}`.
     pub max_conns_per_client: usize,
+    /// How `/v1/gateway/status` reaches a gateway's admin API at an `https://` address (none:
+    /// TLS trusting the system's roots).
+    pub gateway_tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -94,6 +97,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("counters", &self.counters.is_some())
             .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .field("max_conns_per_client", &self.max_conns_per_client)
+            .field("gateway_tls", &self.gateway_tls.is_some())
             .finish()
     }
 }
@@ -111,6 +115,7 @@ impl Default for ServerConfig {
             counters: None,
             tls: None,
             max_conns_per_client: 0,
+            gateway_tls: None,
         }
     }
 }
@@ -126,6 +131,7 @@ struct AppState {
     queue: Option<Arc<dyn weft_queue::Queue>>,
     repl: Option<Arc<weft_repl::Replication>>,
     local_gateway: Option<gateways::LocalGateway>,
+    gateway_tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
     history: Arc<history::History>,
 }
 
@@ -286,6 +292,7 @@ pub fn router(
         queue: cfg.queue.clone(),
         repl: cfg.repl.clone(),
         local_gateway: cfg.local_gateway.clone(),
+        gateway_tls: cfg.gateway_tls.clone(),
         history,
     };
     Router::new()

@@ -121,6 +121,53 @@ async fn gateways_are_listed_and_read_through_their_admin_api() {
     assert_eq!(s, 401);
 }
 
+/// A gateway whose admin API serves TLS is read over https, trusting the configured CA; a
+/// node that does not trust it answers 502 with the TLS error.
+#[tokio::test]
+async fn a_gateway_admin_api_over_tls_is_read_with_the_configured_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = weft_tls::testing::Pki::new(dir.path()).unwrap();
+    let acceptor = weft_tls::Acceptor::load(
+        weft_tls::ServerFiles {
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            client_ca: None,
+        },
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = format!("https://{}", l.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/status",
+        axum::routing::get(|| async { axum::Json(json!({"routes": [], "over": "tls"})) }),
+    );
+    let listener = weft_server::listener::TlsListener::new(l, acceptor, 0).unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let trust = weft_tls::ClientFiles {
+        ca: Some(pki.ca_cert.clone()),
+        ..Default::default()
+    };
+    let cfg = weft_tls::client_config(&trust, &[b"http/1.1"]).unwrap();
+    let n = node(ServerConfig {
+        gateway_tls: Some(Arc::new(cfg)),
+        ..Default::default()
+    })
+    .await;
+    register(&n, "", "gw-tls", &admin).await;
+    let (s, v) = n.get_as("/v1/gateway/status?id=gw-tls", None).await;
+    assert_eq!((s, &v["over"]), (200, &json!("tls")), "{v}");
+    // Without that CA (the system's roots): refused, saying why.
+    let n2 = node(ServerConfig::default()).await;
+    register(&n2, "", "gw-tls", &admin).await;
+    let (s, v) = n2.get_as("/v1/gateway/status?id=gw-tls", None).await;
+    assert_eq!(s, 502, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("TLS"),
+        "{v}"
+    );
+}
+
 #[tokio::test]
 async fn shard_analysis_compares_algorithms_and_refuses_bad_input() {
     let n = node(ServerConfig::default()).await;

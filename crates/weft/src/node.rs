@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// The CA that client certificates must chain to (PEM).
     #[arg(long, requires = "cert_file")]
     trusted_ca_file: Option<PathBuf>,
+    /// Trust this CA (PEM) when the dashboard reads a gateway's admin API over https
+    /// (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    gateway_cacert: Option<PathBuf>,
     /// Most HTTP API connections one client address may hold open; more are closed at accept
     /// and counted in weft_connections_refused_total (0: no limit).
     #[arg(long, default_value_t = 4096)]
@@ -791,6 +795,16 @@ pub async fn up(a: UpArgs) -> Result<()> {
         counters: embedded.clone().map(store_counters),
         tls,
         max_conns_per_client: a.max_conns_per_client,
+        gateway_tls: match &a.gateway_cacert {
+            Some(ca) => {
+                let files = weft_tls::ClientFiles {
+                    ca: Some(ca.clone()),
+                    ..Default::default()
+                };
+                Some(Arc::new(weft_tls::client_config(&files, &[b"http/1.1"])?))
+            }
+            None => None,
+        },
         ..Default::default()
     };
     let resync = repl.clone().map(|r| tokio::spawn(resync_when_needed(r)));
