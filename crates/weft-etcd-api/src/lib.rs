@@ -256,8 +256,7 @@ pub async fn serve(
     }
     let mut local = tokio::task::JoinSet::new();
     let mut next = 0usize;
-    let per_client = (conns.api.cfg.max_conns_per_client > 0)
-        .then(|| weft_tls::limit::PerClient::new("etcd", conns.api.cfg.max_conns_per_client));
+    let per_client = weft_tls::limit::PerClient::new("etcd", conns.api.cfg.max_conns_per_client);
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -274,12 +273,8 @@ pub async fn serve(
         };
         // Streams (watch, keepalive) carry small messages: without TCP_NODELAY, Nagle's
         // algorithm and delayed ACKs add ~40 ms to each exchange.
-        let slot = match &per_client {
-            Some(pc) => match pc.admit(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => continue, // dropped: closed at once
-            },
-            None => None,
+        let Some(slot) = per_client.admit(peer.ip()) else {
+            continue; // dropped: closed at once
         };
         let _ = stream.set_nodelay(true);
         if workers.is_empty() {
@@ -329,7 +324,7 @@ impl Conns {
         &self,
         set: &mut tokio::task::JoinSet<()>,
         stream: tokio::net::TcpStream,
-        slot: Option<weft_tls::limit::Slot>,
+        slot: weft_tls::limit::Slot,
     ) {
         while set.try_join_next().is_some() {}
         let (api, routes, stop) = (
@@ -388,7 +383,7 @@ async fn drain(mut set: tokio::task::JoinSet<()>) {
 
 /// A connection thread: a single-threaded runtime serving the connections it is handed.
 struct Worker {
-    conns: mpsc::UnboundedSender<(std::net::TcpStream, Option<weft_tls::limit::Slot>)>,
+    conns: mpsc::UnboundedSender<(std::net::TcpStream, weft_tls::limit::Slot)>,
     /// Completes when the thread has drained its connections after `conns` closed.
     done: tokio::sync::oneshot::Receiver<()>,
 }
@@ -409,7 +404,7 @@ impl Worker {
         }
         let rt = rt.enable_all().build()?;
         let (tx, mut rx) =
-            mpsc::unbounded_channel::<(std::net::TcpStream, Option<weft_tls::limit::Slot>)>();
+            mpsc::unbounded_channel::<(std::net::TcpStream, weft_tls::limit::Slot)>();
         let (done_tx, done) = tokio::sync::oneshot::channel();
         let inline_batch = conns.api.cfg.inline_batch;
         std::thread::Builder::new()

@@ -167,8 +167,7 @@ pub async fn serve_threads_with(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let guard = Guard {
         tls: opts.tls.clone(),
-        per_client: (opts.max_conns_per_client > 0)
-            .then(|| weft_tls::limit::PerClient::new("gateway", opts.max_conns_per_client)),
+        per_client: weft_tls::limit::PerClient::new("gateway", opts.max_conns_per_client),
     };
     let mut workers = Vec::new();
     for ((i, l), w) in rest.into_iter().enumerate().zip(inboxes) {
@@ -249,10 +248,19 @@ pub async fn serve(
 }
 
 /// What a listener checks before it serves a connection: TLS and the per-client limit.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Guard {
     tls: Option<Arc<weft_tls::Acceptor>>,
-    per_client: Option<Arc<weft_tls::limit::PerClient>>,
+    per_client: Arc<weft_tls::limit::PerClient>,
+}
+
+impl Default for Guard {
+    fn default() -> Guard {
+        Guard {
+            tls: None,
+            per_client: weft_tls::limit::PerClient::new("gateway", 0),
+        }
+    }
 }
 
 /// A freshly accepted connection handed from one worker to another.
@@ -326,12 +334,8 @@ async fn serve_worker(
             },
             _ = &mut shutdown => break,
         };
-        let slot = match &guard.per_client {
-            Some(pc) => match pc.admit(remote.ip()) {
-                Some(s) => Some(s),
-                None => continue, // closed at once
-            },
-            None => None,
+        let Some(slot) = guard.per_client.admit(remote.ip()) else {
+            continue; // closed at once
         };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();

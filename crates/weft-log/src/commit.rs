@@ -75,6 +75,9 @@ struct Inner {
     durable: watch::Sender<Durable>,
     waiters: Mutex<Vec<(u64, oneshot::Sender<()>)>>,
     writes: AtomicU64,
+    /// The end of the latest urgent append: every position up to it is in a group the log
+    /// thread writes without waiting (see [`Committer::wait`]).
+    urgent_end: AtomicU64,
     delay: Duration,
 }
 
@@ -108,6 +111,7 @@ impl Committer {
             durable: watch::channel(Durable { end, failed: None }).0,
             waiters: Mutex::new(Vec::new()),
             writes: AtomicU64::new(0),
+            urgent_end: AtomicU64::new(end),
             delay,
         });
         let weak = Arc::downgrade(&inner);
@@ -158,7 +162,10 @@ impl Committer {
         let start = q.start + before as u64;
         let end = q.start + q.buf.len() as u64;
         let wake = urgent && std::mem::replace(&mut q.idle, false);
-        q.urgent |= urgent;
+        if urgent {
+            q.urgent = true;
+            self.inner.urgent_end.store(end, Ordering::Relaxed);
+        }
         drop(q);
         if wake {
             self.inner.cv.notify_one();
@@ -204,7 +211,11 @@ impl Committer {
             w.push((end, tx));
             rx
         };
-        self.hurry();
+        // Only a lazy record nothing urgent followed needs waking the log thread for; the
+        // usual waiter (its own urgent append) takes no lock here.
+        if self.inner.urgent_end.load(Ordering::Relaxed) < end {
+            self.hurry();
+        }
         match rx.await {
             Ok(()) => Ok(()),
             Err(_) => match &self.inner.durable.borrow().failed {

@@ -145,10 +145,7 @@ async fn fetch_status(
     let mut send = if https {
         let cfg = match tls {
             Some(c) => c,
-            None => Arc::new(
-                weft_tls::client_config(&Default::default(), &[b"http/1.1"])
-                    .map_err(|e| e.to_string())?,
-            ),
+            None => system_roots()?,
         };
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
         let name = weft_tls::server_name(host).map_err(|e| e.to_string())?;
@@ -181,6 +178,19 @@ async fn fetch_status(
         ));
     }
     serde_json::from_slice(&body).map_err(|e| format!("answered something that is not JSON: {e}"))
+}
+
+/// A TLS client configuration trusting the system's roots, read once.
+fn system_roots() -> Result<Arc<weft_tls::rustls::ClientConfig>, String> {
+    static ROOTS: std::sync::OnceLock<Result<Arc<weft_tls::rustls::ClientConfig>, String>> =
+        std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            weft_tls::client_config(&Default::default(), &[b"http/1.1"])
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .clone()
 }
 
 /// An HTTP/1.1 client connection over `io`, driven by its own task.

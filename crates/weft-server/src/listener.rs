@@ -19,7 +19,7 @@ type TlsConn = Limited<ServerStream<TcpStream>>;
 /// TCP, with the per-client limit.
 pub struct PlainListener {
     listener: TcpListener,
-    per_client: Option<Arc<PerClient>>,
+    per_client: Arc<PerClient>,
 }
 
 impl PlainListener {
@@ -27,13 +27,9 @@ impl PlainListener {
     pub fn new(listener: TcpListener, per_client: usize) -> PlainListener {
         PlainListener {
             listener,
-            per_client: limit(per_client),
+            per_client: PerClient::new("api", per_client),
         }
     }
-}
-
-fn limit(max: usize) -> Option<Arc<PerClient>> {
-    (max > 0).then(|| PerClient::new("api", max))
 }
 
 impl axum::serve::Listener for PlainListener {
@@ -51,12 +47,8 @@ impl axum::serve::Listener for PlainListener {
                     continue;
                 }
             };
-            let slot = match &self.per_client {
-                Some(pc) => match pc.admit(peer.ip()) {
-                    Some(s) => Some(s),
-                    None => continue,
-                },
-                None => None,
+            let Some(slot) = self.per_client.admit(peer.ip()) else {
+                continue; // dropped: closed at once
             };
             // No Nagle: a small response (or a replication frame on an upgraded
             // connection) written while an earlier segment is unacknowledged otherwise waits
@@ -97,7 +89,12 @@ impl TlsListener {
     ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (tx, done) = mpsc::channel(64);
-        let accept_task = tokio::spawn(accept_loop(listener, tls, limit(per_client), tx));
+        let accept_task = tokio::spawn(accept_loop(
+            listener,
+            tls,
+            PerClient::new("api", per_client),
+            tx,
+        ));
         Ok(TlsListener {
             done,
             local,
@@ -109,7 +106,7 @@ impl TlsListener {
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<Acceptor>,
-    per_client: Option<Arc<PerClient>>,
+    per_client: Arc<PerClient>,
     tx: mpsc::Sender<(TlsConn, SocketAddr)>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
@@ -126,12 +123,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let client = match &per_client {
-            Some(pc) => match pc.admit(peer.ip()) {
-                Some(s) => Some(s),
-                None => continue,
-            },
-            None => None,
+        let Some(client) = per_client.admit(peer.ip()) else {
+            continue; // dropped: closed at once
         };
         let _ = tcp.set_nodelay(true);
         let (tls, tx) = (tls.clone(), tx.clone());

@@ -17,12 +17,14 @@ pub struct PerClient {
 /// One admitted connection; its count goes back when it is dropped.
 #[derive(Debug)]
 pub struct Slot {
-    owner: Arc<PerClient>,
+    /// None under no limit: nothing to give back.
+    owner: Option<Arc<PerClient>>,
     ip: IpAddr,
 }
 
 impl PerClient {
-    /// At most `max` connections per client address on `listener` (its name in metrics).
+    /// At most `max` connections per client address on `listener` (its name in metrics);
+    /// 0: no limit (every connection is admitted, nothing is counted).
     pub fn new(listener: &'static str, max: usize) -> Arc<PerClient> {
         Arc::new(PerClient {
             listener,
@@ -38,6 +40,9 @@ impl PerClient {
 
     /// A slot for a new connection from `ip`, or `None` when `ip` already holds `max`.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        if self.max == 0 {
+            return Some(Slot { owner: None, ip });
+        }
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         let n = open.entry(ip).or_insert(0);
         if *n >= self.max {
@@ -53,7 +58,7 @@ impl PerClient {
         }
         *n += 1;
         Some(Slot {
-            owner: self.clone(),
+            owner: Some(self.clone()),
             ip,
         })
     }
@@ -70,12 +75,12 @@ impl PerClient {
 #[derive(Debug)]
 pub struct Limited<IO> {
     io: IO,
-    _slot: Option<Slot>,
+    _slot: Slot,
 }
 
 impl<IO> Limited<IO> {
-    /// `io`, holding `slot` (none: no limit applies).
-    pub fn new(io: IO, slot: Option<Slot>) -> Limited<IO> {
+    /// `io`, holding `slot`.
+    pub fn new(io: IO, slot: Slot) -> Limited<IO> {
         Limited { io, _slot: slot }
     }
 
@@ -133,11 +138,8 @@ impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Limited<IO> {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = self
-            .owner
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let Some(owner) = &self.owner else { return };
+        let mut open = owner.open.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -163,5 +165,12 @@ mod tests {
         assert_eq!(pc.open(a), 1);
         let _s3 = pc.admit(a).expect("a slot came back");
         assert!(pc.admit(a).is_none());
+        let free = PerClient::new("test", 0);
+        let slots: Vec<Slot> = (0..100).map(|_| free.admit(a).unwrap()).collect();
+        assert_eq!(
+            (slots.len(), free.open(a)),
+            (100, 0),
+            "0: no limit, nothing counted"
+        );
     }
 }

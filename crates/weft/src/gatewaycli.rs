@@ -541,6 +541,22 @@ pub(crate) async fn route(cmd: RouteCmd, conn: Conn) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::parse_sni;
+
+    #[test]
+    fn sni_flags_name_their_certificate_or_say_the_form() {
+        let s = parse_sni("api.example.com,*.api.example.com=api.pem:api-key.pem").unwrap();
+        assert_eq!(s.names, ["api.example.com", "*.api.example.com"]);
+        assert_eq!(
+            (s.cert.to_str(), s.key.to_str()),
+            (Some("api.pem"), Some("api-key.pem"))
+        );
+        for bad in ["api.pem:key.pem", "a=api.pem", "=c:k", "a,=c:k", "a=:k"] {
+            let e = parse_sni(bad).unwrap_err().to_string();
+            assert!(e.contains("NAME[,NAME...]=CERT:KEY"), "{bad}: {e}");
+        }
+    }
+
     /// The node lists gateways under the service name they register with.
     #[test]
     fn the_node_and_the_gateways_name_one_service() {

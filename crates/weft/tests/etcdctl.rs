@@ -3,7 +3,6 @@
 //! keeps mutual exclusion on weft.
 #![cfg(feature = "etcd")]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,46 +29,6 @@ fn weft_with_etcd_api() -> WeftEtcd {
 /// `weft up` on `data_dir` with the etcd API: the node and the etcd API's URL.
 fn weft_etcd_on(data_dir: &std::path::Path) -> (Node, String) {
     weft_etcd_with(&["--data-dir".as_ref(), data_dir.as_os_str()])
-}
-
-/// `weft up` with the etcd API and `args`: the node and the etcd API's URL.
-fn weft_etcd_with(args: &[&std::ffi::OsStr]) -> (Node, String) {
-    weft_etcd_by(Command::new(BIN), args)
-}
-
-/// The same, `cmd` running the binary (`BIN` itself, or `taskset ... BIN`).
-fn weft_etcd_by(mut cmd: Command, args: &[&std::ffi::OsStr]) -> (Node, String) {
-    let mut child = cmd
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--etcd-listen",
-            "127.0.0.1:0",
-        ])
-        .args(args)
-        .env("WEFT_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (mut l1, mut l2) = (String::new(), String::new());
-    out.read_line(&mut l1).unwrap();
-    out.read_line(&mut l2).unwrap();
-    let url = |l: &str| {
-        l.split_whitespace()
-            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-            .unwrap()
-            .to_string()
-    };
-    (
-        Node {
-            child,
-            endpoint: url(&l1),
-        },
-        url(&l2),
-    )
 }
 
 /// `weft snapshot restore FILE --data-dir DIR`: exit code, stdout, stderr.

@@ -335,46 +335,10 @@ async fn slowloris(addr: String) -> (bool, bool) {
     (false, false)
 }
 
-fn weft_etcd_api(dir: &std::path::Path) -> (common::Node, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(common::BIN)
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--etcd-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("WEFT_LOG", "error")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    for _ in 0..2 {
-        let mut l = String::new();
-        out.read_line(&mut l).unwrap();
-        lines.push(l);
-    }
-    let url = |l: &str| {
-        l.split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap()
-            .to_string()
-    };
-    let node = common::Node {
-        child,
-        endpoint: url(&lines[0]),
-    };
-    (node, url(&lines[1]))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_http2_clients_against_weft_and_etcd() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, weft_url) = weft_etcd_api(dir.path());
+    let (node, weft_url) = common::weft_etcd_with(&["--data-dir".as_ref(), dir.path().as_os_str()]);
     let etcd = EtcdServer::start_or_skip().await;
     let mut servers = vec![("weft", weft_url, node.child.id())];
     if let Some(e) = &etcd {

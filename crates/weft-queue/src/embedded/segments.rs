@@ -36,8 +36,13 @@ impl Segments {
 
     /// Reads `len` bytes at log position `pos`.
     pub fn read_at(&self, pos: u64, len: u32) -> Result<Vec<u8>> {
+        let files = self.files.read().expect("segments poisoned");
+        self.read_in(&files, pos, len)
+    }
+
+    /// [`Segments::read_at`] with the file table already read-locked.
+    fn read_in(&self, files: &BTreeMap<u64, Arc<File>>, pos: u64, len: u32) -> Result<Vec<u8>> {
         let (base, f) = {
-            let files = self.files.read().expect("segments poisoned");
             let Some((b, f)) = files.range(..=pos).next_back() else {
                 return Err(QueueError::Corrupt(format!(
                     "no segment holds log position {pos}"
@@ -65,7 +70,7 @@ impl Segments {
         let mut order: Vec<usize> = (0..spans.len()).collect();
         order.sort_unstable_by_key(|&i| spans[i].0);
         let mut out = vec![bytes::Bytes::new(); spans.len()];
-        let files = self.files.read().expect("segments poisoned").clone();
+        let files = self.files.read().expect("segments poisoned");
         let base_of = |pos: u64| files.range(..=pos).next_back().map(|(b, _)| *b);
         let mut i = 0;
         while i < order.len() {
@@ -82,7 +87,7 @@ impl Segments {
                 end = end.max(e);
                 j += 1;
             }
-            let run = bytes::Bytes::from(self.read_at(start, (end - start) as u32)?);
+            let run = bytes::Bytes::from(self.read_in(&files, start, (end - start) as u32)?);
             for &k in &order[i..j] {
                 let (p, l) = spans[k];
                 let at = (p - start) as usize;

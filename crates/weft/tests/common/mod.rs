@@ -94,3 +94,43 @@ pub fn weft(args: &[&str], endpoint: &str, stdin: Option<&str>) -> (i32, String,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `weft up` with the etcd API and `args`: the node and the etcd API's URL.
+pub fn weft_etcd_with(args: &[&std::ffi::OsStr]) -> (Node, String) {
+    weft_etcd_by(Command::new(BIN), args)
+}
+
+/// The same, `cmd` running the binary (`BIN` itself, or `taskset ... BIN`).
+pub fn weft_etcd_by(mut cmd: Command, args: &[&std::ffi::OsStr]) -> (Node, String) {
+    let mut child = cmd
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--etcd-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("WEFT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (mut l1, mut l2) = (String::new(), String::new());
+    out.read_line(&mut l1).unwrap();
+    out.read_line(&mut l2).unwrap();
+    let url = |l: &str| {
+        l.split_whitespace()
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+            .unwrap()
+            .to_string()
+    };
+    (
+        Node {
+            child,
+            endpoint: url(&l1),
+        },
+        url(&l2),
+    )
+}
