@@ -1,4 +1,5 @@
-//! Generates etcd's server-side recipe services (v3lockpb.Lock, v3electionpb.Election) from
+//! Generates etcd's server-side recipe services (v3lockpb.Lock, v3electionpb.Election) and
+//! its Auth service (etcdserverpb.Auth) from
 //! `proto/` with protoc (Debian's protobuf-compiler, which `cargo xtask test` installs).
 
 fn main() {
@@ -11,6 +12,7 @@ fn main() {
                 "proto/recipes_common.proto",
                 "proto/recipes.proto",
                 "proto/election.proto",
+                "proto/auth.proto",
             ],
             &["proto"],
         )

@@ -27,6 +27,10 @@ pub(crate) enum Method {
 
 impl weft_h2::FastPath for EtcdApi {
     fn method(&self, path: &[u8], grpc_encoding: Option<&[u8]>) -> Option<u32> {
+        // With auth enabled, calls need their `token` metadata: tonic's path reads it.
+        if self.auth.enabled() {
+            return None;
+        }
         method_of(path, grpc_encoding).map(|m| m as u32)
     }
     fn max_message(&self) -> usize {
@@ -104,11 +108,13 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<M, Status> {
 /// reply's message with its prefix, or the status to answer with.
 pub(crate) async fn dispatch(api: &EtcdApi, m: Method, body: Bytes) -> Result<Bytes, Status> {
     let msg = message(&body)?;
+    // Auth enabled after this call was routed here: it has no token to show.
+    let who = api.auth.identify(None).map_err(crate::auth_status)?;
     match m {
-        Method::Range => reply(api.kv_range(decode(msg)?).await?),
-        Method::Put => reply(api.kv_put(decode(msg)?).await?),
-        Method::DeleteRange => reply(api.kv_delete(decode(msg)?).await?),
-        Method::Txn => reply(api.kv_txn(decode(msg)?).await?),
+        Method::Range => reply(api.kv_range(&who, decode(msg)?).await?),
+        Method::Put => reply(api.kv_put(&who, decode(msg)?).await?),
+        Method::DeleteRange => reply(api.kv_delete(&who, decode(msg)?).await?),
+        Method::Txn => reply(api.kv_txn(&who, decode(msg)?).await?),
     }
 }
 

@@ -14,6 +14,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{json, Map, Value};
 use tonic::{Request, Status};
 
+use crate::auth::pb::auth_server::Auth as AuthService;
 use crate::*;
 
 type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -95,6 +96,7 @@ async fn handle(api: EtcdApi, req: hyper::Request<Incoming>) -> hyper::Response<
         )));
     }
     let path = req.uri().path().to_string();
+    let ctx = Ctx::of(&api, &req);
     let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
         .collect()
         .await
@@ -116,42 +118,78 @@ async fn handle(api: EtcdApi, req: hyper::Request<Incoming>) -> hyper::Response<
         Err(e) => return error(Status::invalid_argument(e.to_string())),
     };
     if path == "/v3/watch" {
-        return match watch(&api, &v).await {
+        return match watch(&api, &ctx, &v).await {
             Ok(r) => r,
             Err(s) => error(s),
         };
     }
-    match route(&api, &path, &v).await {
+    match route(&api, &ctx, &path, &v).await {
         Ok(v) => full(200, v),
         Err(s) => error(s),
     }
 }
 
-async fn route(api: &EtcdApi, path: &str, v: &Value) -> Result<Value, Status> {
+/// A request's credentials: etcd's gateway takes the token in `Authorization` (bare, or
+/// after `Bearer `).
+struct Ctx {
+    token: Option<String>,
+    auth: Arc<weft_auth::Auth>,
+}
+
+impl Ctx {
+    fn of(api: &EtcdApi, req: &hyper::Request<Incoming>) -> Ctx {
+        let token = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(|t| t.trim().trim_start_matches("Bearer ").trim().to_owned());
+        Ctx {
+            token,
+            auth: api.auth.clone(),
+        }
+    }
+
+    fn who(&self) -> Result<weft_auth::Identity, Status> {
+        self.auth
+            .identify(self.token.as_deref())
+            .map_err(crate::auth_status)
+    }
+
+    /// `m` as a gRPC request carrying the token, for the services' own checks.
+    fn req<T>(&self, m: T) -> Request<T> {
+        let mut r = Request::new(m);
+        if let Some(v) = self.token.as_deref().and_then(|t| t.parse().ok()) {
+            r.metadata_mut().insert("token", v);
+        }
+        r
+    }
+}
+
+async fn route(api: &EtcdApi, ctx: &Ctx, path: &str, v: &Value) -> Result<Value, Status> {
     let path = path
         .strip_prefix("/v3beta")
         .map(|p| format!("/v3{p}"))
         .unwrap_or_else(|| path.to_string());
     match path.as_str() {
-        "/v3/kv/range" => Ok(range_json(&api.kv_range(range_pb(v)?).await?)),
+        "/v3/kv/range" => Ok(range_json(&api.kv_range(&ctx.who()?, range_pb(v)?).await?)),
         "/v3/kv/put" => {
-            let r = api.kv_put(put_pb(v)?).await?;
+            let r = api.kv_put(&ctx.who()?, put_pb(v)?).await?;
             let mut o = head(&r.header);
             if let Some(kv) = &r.prev_kv {
                 o.insert("prev_kv".into(), kv_json(kv));
             }
             Ok(Value::Object(o))
         }
-        "/v3/kv/deleterange" => Ok(delete_json(&api.kv_delete(delete_pb(v)?).await?)),
-        "/v3/kv/txn" => Ok(txn_json(&api.kv_txn(txn_pb(v)?).await?)),
+        "/v3/kv/deleterange" => Ok(delete_json(&api.kv_delete(&ctx.who()?, delete_pb(v)?).await?)),
+        "/v3/kv/txn" => Ok(txn_json(&api.kv_txn(&ctx.who()?, txn_pb(v)?).await?)),
         "/v3/kv/compaction" => {
             let req = PbCompactionRequest { revision: int(v, "revision")?, physical: flag(v, "physical") };
-            let r = PbKvService::compact(api, Request::new(req)).await?.into_inner();
+            let r = PbKvService::compact(api, ctx.req(req)).await?.into_inner();
             Ok(Value::Object(head(&r.header)))
         }
         "/v3/lease/grant" => {
             let req = PbLeaseGrantRequest { ttl: int(v, "TTL")?, id: int(v, "ID")? };
-            let r = PbLeaseService::lease_grant(api, Request::new(req)).await?.into_inner();
+            let r = PbLeaseService::lease_grant(api, ctx.req(req)).await?.into_inner();
             let mut o = head(&r.header);
             put_int(&mut o, "ID", r.id);
             put_int(&mut o, "TTL", r.ttl);
@@ -162,13 +200,16 @@ async fn route(api: &EtcdApi, path: &str, v: &Value) -> Result<Value, Status> {
         }
         "/v3/lease/revoke" | "/v3/kv/lease/revoke" => {
             let req = PbLeaseRevokeRequest { id: int(v, "ID")? };
-            let r = PbLeaseService::lease_revoke(api, Request::new(req)).await?.into_inner();
+            let r = PbLeaseService::lease_revoke(api, ctx.req(req)).await?.into_inner();
             Ok(Value::Object(head(&r.header)))
         }
-        "/v3/lease/keepalive" => keepalive(api, int(v, "ID")?).await,
+        "/v3/lease/keepalive" => {
+            ctx.who()?;
+            keepalive(api, int(v, "ID")?).await
+        }
         "/v3/lease/timetolive" | "/v3/kv/lease/timetolive" => {
             let req = PbLeaseTimeToLiveRequest { id: int(v, "ID")?, keys: flag(v, "keys") };
-            let r = PbLeaseService::lease_time_to_live(api, Request::new(req)).await?.into_inner();
+            let r = PbLeaseService::lease_time_to_live(api, ctx.req(req)).await?.into_inner();
             let mut o = head(&r.header);
             put_int(&mut o, "ID", r.id);
             put_int(&mut o, "TTL", r.ttl);
@@ -179,7 +220,7 @@ async fn route(api: &EtcdApi, path: &str, v: &Value) -> Result<Value, Status> {
             Ok(Value::Object(o))
         }
         "/v3/lease/leases" | "/v3/kv/lease/leases" => {
-            let r = PbLeaseService::lease_leases(api, Request::new(PbLeaseLeasesRequest {})).await?.into_inner();
+            let r = PbLeaseService::lease_leases(api, ctx.req(PbLeaseLeasesRequest {})).await?.into_inner();
             let mut o = head(&r.header);
             if !r.leases.is_empty() {
                 o.insert("leases".into(), r.leases.iter().map(|l| json!({"ID": l.id.to_string()})).collect());
@@ -187,7 +228,7 @@ async fn route(api: &EtcdApi, path: &str, v: &Value) -> Result<Value, Status> {
             Ok(Value::Object(o))
         }
         "/v3/maintenance/status" => {
-            let r = PbMaintenanceService::status(api, Request::new(PbStatusRequest {})).await?.into_inner();
+            let r = PbMaintenanceService::status(api, ctx.req(PbStatusRequest {})).await?.into_inner();
             let mut o = head(&r.header);
             o.insert("version".into(), json!(r.version));
             put_int(&mut o, "dbSize", r.db_size);
@@ -199,7 +240,7 @@ async fn route(api: &EtcdApi, path: &str, v: &Value) -> Result<Value, Status> {
             Ok(Value::Object(o))
         }
         "/v3/cluster/member/list" => {
-            let r = PbClusterService::member_list(api, Request::new(PbMemberListRequest { linearizable: false }))
+            let r = PbClusterService::member_list(api, ctx.req(PbMemberListRequest { linearizable: false }))
                 .await?
                 .into_inner();
             let mut o = head(&r.header);
@@ -211,7 +252,21 @@ async fn route(api: &EtcdApi, path: &str, v: &Value) -> Result<Value, Status> {
             o.insert("members".into(), members);
             Ok(Value::Object(o))
         }
-        p if p.starts_with("/v3/auth/") => Err(Status::failed_precondition("etcdserver: authentication is not enabled")),
+        "/v3/auth/authenticate" => {
+            let req = auth::pb::AuthenticateRequest { name: str_field(v, "name")?, password: str_field(v, "password")? };
+            let r = AuthService::authenticate(api, ctx.req(req)).await?.into_inner();
+            let mut o = head(&r.header.map(auth_header));
+            o.insert("token".into(), json!(r.token));
+            Ok(Value::Object(o))
+        }
+        "/v3/auth/status" => {
+            let r = AuthService::auth_status(api, ctx.req(auth::pb::AuthStatusRequest {})).await?.into_inner();
+            let mut o = head(&r.header.map(auth_header));
+            o.insert("enabled".into(), json!(r.enabled));
+            put_int(&mut o, "authRevision", r.auth_revision as i64);
+            Ok(Value::Object(o))
+        }
+        p if p.starts_with("/v3/auth/") => Err(Status::unimplemented(format!("{p}: manage users and roles with etcdctl or another gRPC client (the JSON gateway serves /v3/auth/authenticate and /v3/auth/status)"))),
         p => Err(Status::not_found(format!(
             "{p}: not served by weft's etcd JSON gateway (served: /v3/kv/{{range,put,deleterange,txn,compaction}}, /v3/watch, /v3/lease/{{grant,revoke,keepalive,timetolive,leases}}, /v3/maintenance/status, /v3/cluster/member/list)"
         ))),
@@ -244,7 +299,7 @@ async fn keepalive(api: &EtcdApi, id: i64) -> Result<Value, Status> {
 }
 
 /// `POST /v3/watch` with `{"create_request": {...}}`: newline-separated `{"result": ...}`.
-async fn watch(api: &EtcdApi, v: &Value) -> Result<hyper::Response<Body>, Status> {
+async fn watch(api: &EtcdApi, ctx: &Ctx, v: &Value) -> Result<hyper::Response<Body>, Status> {
     let c = field(v, "create_request").ok_or_else(|| {
         Status::invalid_argument("the watch gateway takes {\"create_request\": {...}}")
     })?;
@@ -256,8 +311,10 @@ async fn watch(api: &EtcdApi, v: &Value) -> Result<hyper::Response<Body>, Status
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
+    let (key, end) = (bytes(c, "key")?, bytes(c, "range_end")?);
+    api.check(&ctx.who()?, &key, &end, weft_auth::Need::Read)?;
     let wreq = ws::WatchRequest {
-        range: range_of(bytes(c, "key")?, bytes(c, "range_end")?),
+        range: range_of(key, end),
         start_revision: int(c, "start_revision")?,
         prev_kv: flag(c, "prev_kv"),
         no_put: filters.contains(&0),
@@ -308,6 +365,25 @@ async fn watch(api: &EtcdApi, v: &Value) -> Result<hyper::Response<Body>, Status
 // Requests.
 
 /// A field by its snake_case name or its camelCase one.
+/// A string field (empty if absent).
+fn str_field(v: &Value, name: &str) -> Result<String, Status> {
+    match field(v, name) {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(bad(name, "a string")),
+    }
+}
+
+/// The Auth service's header as the KV services' (the JSON is the same).
+fn auth_header(h: auth::pb::ResponseHeader) -> PbResponseHeader {
+    PbResponseHeader {
+        cluster_id: h.cluster_id,
+        member_id: h.member_id,
+        revision: h.revision,
+        raft_term: h.raft_term,
+    }
+}
+
 fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
     v.get(name).or_else(|| {
         let mut camel = String::new();

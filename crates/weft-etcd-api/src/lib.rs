@@ -21,7 +21,7 @@
 //! let url = format!("http://{}", listener.local_addr()?);
 //! let cfg = weft_etcd_api::Config {
 //!     client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8, tls: None,
-//!     max_conns_per_client: 1024, limits: Default::default(),
+//!     max_conns_per_client: 1024, limits: Default::default(), auth: None,
 //! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
@@ -40,6 +40,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod fast;
 mod gateway;
 pub mod recipes;
@@ -55,6 +56,9 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use weft_store::{self as ws, Store, StoreError};
 
+pub use auth::auth_status;
+use weft_auth::Need;
+pub use weft_auth::{Auth, Identity};
 pub use weft_h2::Limits;
 
 /// Settings of the etcd API.
@@ -85,6 +89,9 @@ pub struct Config {
     /// What one HTTP/2 connection may hold: streams, buffered request bytes, PING and
     /// SETTINGS frames a second.
     pub limits: Limits,
+    /// Users, roles and permissions (etcd's Auth API), shared with the node's HTTP API; none:
+    /// kept in memory while the server runs.
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// The etcd API service over a store.
@@ -96,6 +103,8 @@ pub struct EtcdApi {
     stopping: watch::Receiver<bool>,
     /// The runtime `serve` was called on: stream tasks (watch, keep-alive) run there.
     rt: tokio::runtime::Handle,
+    /// Who may do what (checked on every call while enabled).
+    auth: Arc<Auth>,
 }
 
 impl std::fmt::Debug for EtcdApi {
@@ -181,6 +190,19 @@ async fn forward_watch(
     }
 }
 
+/// The answer to a watch create the caller may not read: created and cancelled at once, as
+/// etcd answers it.
+fn refused_watch(api: &EtcdApi, id: i64, e: Status) -> PbWatchResponse {
+    PbWatchResponse {
+        header: api.header(0),
+        watch_id: id,
+        created: true,
+        canceled: true,
+        cancel_reason: e.message().to_owned(),
+        ..Default::default()
+    }
+}
+
 /// Appends to `r` (which has events) the events of the responses already waiting in
 /// `stream`, as etcd batches them: one message for the client to decode instead of one per
 /// revision. Returns a message it read that could not join (a progress notice, an error, the
@@ -231,18 +253,21 @@ pub async fn serve(
     let threads = cfg.threads;
     let (stop_streams, stopping) = watch::channel(false);
     let stop_streams = Arc::new(stop_streams);
+    let auth = cfg.auth.clone().unwrap_or_else(auth::default_auth);
     let api = EtcdApi {
         store,
         cfg,
         stopping,
         rt: tokio::runtime::Handle::current(),
+        auth: auth.clone(),
     };
-    let recipes = recipes::Recipes::new(api.store.clone(), api.cfg.member_id);
+    let recipes = recipes::Recipes::new(api.store.clone(), api.cfg.member_id, auth);
     let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
         .add_service(PbWatchServer::new(api.clone()))
         .add_service(PbLeaseServer::new(api.clone()))
         .add_service(PbMaintenanceServer::new(api.clone()))
         .add_service(PbClusterServer::new(api.clone()))
+        .add_service(api.auth_server())
         .add_service(recipes.lock_server())
         .add_service(recipes.election_server());
     let conns = Conns {
@@ -787,13 +812,26 @@ fn until_stopped<T: Send + 'static>(
 /// The unary KV calls, without tonic's request and response wrappers (and the boxed future
 /// of `async_trait`): the fast path calls these, the tonic service delegates to them.
 impl EtcdApi {
-    pub(crate) async fn kv_range(&self, req: PbRangeRequest) -> Result<PbRangeResponse, Status> {
+    pub(crate) async fn kv_range(
+        &self,
+        who: &Identity,
+        req: PbRangeRequest,
+    ) -> Result<PbRangeResponse, Status> {
+        self.check(who, &req.key, &req.range_end, Need::Read)?;
         let (r, post) = range_req(req)?;
         let resp = self.store.range(r).await.map_err(status)?;
         Ok(range_resp(self, resp, post))
     }
 
-    pub(crate) async fn kv_put(&self, req: PbPutRequest) -> Result<PbPutResponse, Status> {
+    pub(crate) async fn kv_put(
+        &self,
+        who: &Identity,
+        req: PbPutRequest,
+    ) -> Result<PbPutResponse, Status> {
+        self.check(who, &req.key, b"", Need::Write)?;
+        if req.prev_kv {
+            self.check(who, &req.key, b"", Need::Read)?;
+        }
         let r = self.store.put(put_req(req)?).await.map_err(status)?;
         Ok(PbPutResponse {
             header: self.header(r.header.revision),
@@ -801,7 +839,15 @@ impl EtcdApi {
         })
     }
 
-    pub(crate) async fn kv_delete(&self, d: PbDeleteRequest) -> Result<PbDeleteResponse, Status> {
+    pub(crate) async fn kv_delete(
+        &self,
+        who: &Identity,
+        d: PbDeleteRequest,
+    ) -> Result<PbDeleteResponse, Status> {
+        self.check(who, &d.key, &d.range_end, Need::Write)?;
+        if d.prev_kv {
+            self.check(who, &d.key, &d.range_end, Need::Read)?;
+        }
         let r = self
             .store
             .delete(ws::DeleteRequest {
@@ -817,7 +863,12 @@ impl EtcdApi {
         })
     }
 
-    pub(crate) async fn kv_txn(&self, t: PbTxnRequest) -> Result<PbTxnResponse, Status> {
+    pub(crate) async fn kv_txn(
+        &self,
+        who: &Identity,
+        t: PbTxnRequest,
+    ) -> Result<PbTxnResponse, Status> {
+        self.check_txn(who, &t)?;
         let (req, s_posts, f_posts) = txn_req(t)?;
         let r = self.store.txn(req).await.map_err(status)?;
         Ok(txn_resp(self, r, s_posts, f_posts))
@@ -830,7 +881,10 @@ impl PbKvService for EtcdApi {
         &self,
         req: Request<PbRangeRequest>,
     ) -> Result<Response<PbRangeResponse>, Status> {
-        self.kv_range(req.into_inner()).await.map(Response::new)
+        let who = self.caller(&req)?;
+        self.kv_range(&who, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     type RangeStreamStream = BoxStream<PbRangeStreamResponse>;
@@ -845,24 +899,30 @@ impl PbKvService for EtcdApi {
     }
 
     async fn put(&self, req: Request<PbPutRequest>) -> Result<Response<PbPutResponse>, Status> {
-        self.kv_put(req.into_inner()).await.map(Response::new)
+        let who = self.caller(&req)?;
+        self.kv_put(&who, req.into_inner()).await.map(Response::new)
     }
 
     async fn delete_range(
         &self,
         req: Request<PbDeleteRequest>,
     ) -> Result<Response<PbDeleteResponse>, Status> {
-        self.kv_delete(req.into_inner()).await.map(Response::new)
+        let who = self.caller(&req)?;
+        self.kv_delete(&who, req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn txn(&self, req: Request<PbTxnRequest>) -> Result<Response<PbTxnResponse>, Status> {
-        self.kv_txn(req.into_inner()).await.map(Response::new)
+        let who = self.caller(&req)?;
+        self.kv_txn(&who, req.into_inner()).await.map(Response::new)
     }
 
     async fn compact(
         &self,
         req: Request<PbCompactionRequest>,
     ) -> Result<Response<PbCompactionResponse>, Status> {
+        self.caller(&req)?;
         let r = self
             .store
             .compact(req.into_inner().revision)
@@ -882,6 +942,7 @@ impl PbWatchService for EtcdApi {
         &self,
         req: Request<Streaming<PbWatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let who = self.caller(&req)?;
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel::<Result<PbWatchResponse, Status>>(128);
         let api = self.clone();
@@ -910,6 +971,10 @@ impl PbWatchService for EtcdApi {
                     Some(PbWatchRequestUnion::CreateRequest(c)) => {
                         let id = if c.watch_id != 0 { c.watch_id } else { next_id };
                         next_id = next_id.max(id) + 1;
+                        if let Err(e) = api.check(&who, &c.key, &c.range_end, Need::Read) {
+                            let _ = tx.send(Ok(refused_watch(&api, id, e))).await;
+                            continue;
+                        }
                         let wreq = ws::WatchRequest {
                             range: range_of(c.key, c.range_end),
                             start_revision: c.start_revision,
@@ -993,6 +1058,7 @@ impl PbLeaseService for EtcdApi {
         &self,
         req: Request<PbLeaseGrantRequest>,
     ) -> Result<Response<PbLeaseGrantResponse>, Status> {
+        self.caller(&req)?;
         let r = req.into_inner();
         let g = self.store.lease_grant(r.ttl, r.id).await.map_err(status)?;
         Ok(Response::new(PbLeaseGrantResponse {
@@ -1007,6 +1073,9 @@ impl PbLeaseService for EtcdApi {
         &self,
         req: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
+        let who = self.caller(&req)?;
+        self.check_lease_keys(&who, req.get_ref().id, Need::Write)
+            .await?;
         let h = self
             .store
             .lease_revoke(req.into_inner().id)
@@ -1022,6 +1091,7 @@ impl PbLeaseService for EtcdApi {
         &self,
         req: Request<Streaming<PbLeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        self.caller(&req)?;
         let mut input = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let api = self.clone();
@@ -1063,7 +1133,11 @@ impl PbLeaseService for EtcdApi {
         &self,
         req: Request<PbLeaseTimeToLiveRequest>,
     ) -> Result<Response<PbLeaseTimeToLiveResponse>, Status> {
+        let who = self.caller(&req)?;
         let r = req.into_inner();
+        if r.keys {
+            self.check_lease_keys(&who, r.id, Need::Read).await?;
+        }
         match self.store.lease_time_to_live(r.id, r.keys).await {
             Ok(t) => Ok(Response::new(PbLeaseTimeToLiveResponse {
                 header: self.header(t.header.revision),
@@ -1086,8 +1160,9 @@ impl PbLeaseService for EtcdApi {
 
     async fn lease_leases(
         &self,
-        _req: Request<PbLeaseLeasesRequest>,
+        req: Request<PbLeaseLeasesRequest>,
     ) -> Result<Response<PbLeaseLeasesResponse>, Status> {
+        self.caller(&req)?;
         let ids = self.store.lease_list().await.map_err(status)?;
         let rev = self.current_revision().await;
         Ok(Response::new(PbLeaseLeasesResponse {
@@ -1127,8 +1202,9 @@ impl PbMaintenanceService for EtcdApi {
     }
     async fn defragment(
         &self,
-        _r: Request<PbDefragmentRequest>,
+        r: Request<PbDefragmentRequest>,
     ) -> Result<Response<PbDefragmentResponse>, Status> {
+        self.require_admin(&self.caller(&r)?)?;
         // The embedded store's equivalent: a snapshot now, and the logs it covers dropped.
         let h = self.store.defragment().await.map_err(status)?;
         Ok(Response::new(PbDefragmentResponse {
@@ -1138,7 +1214,8 @@ impl PbMaintenanceService for EtcdApi {
     /// etcd hashes its whole database file; weft has no such file, so this is the hash of
     /// the key-value state at the current revision (what HashKV answers for revision 0):
     /// equal on equal states, different after any write.
-    async fn hash(&self, _r: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+    async fn hash(&self, r: Request<PbHashRequest>) -> Result<Response<PbHashResponse>, Status> {
+        self.require_admin(&self.caller(&r)?)?;
         let h = self.store.hash_kv(0).await.map_err(status)?;
         Ok(Response::new(PbHashResponse {
             header: self.header(h.header.revision),
@@ -1149,6 +1226,7 @@ impl PbMaintenanceService for EtcdApi {
         &self,
         r: Request<PbHashKvRequest>,
     ) -> Result<Response<PbHashKvResponse>, Status> {
+        self.require_admin(&self.caller(&r)?)?;
         let h = self
             .store
             .hash_kv(r.into_inner().revision)
@@ -1164,8 +1242,9 @@ impl PbMaintenanceService for EtcdApi {
     type SnapshotStream = BoxStream<PbSnapshotResponse>;
     async fn snapshot(
         &self,
-        _r: Request<PbSnapshotRequest>,
+        r: Request<PbSnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.require_admin(&self.caller(&r)?)?;
         // The store's own backup (a weft snapshot file for the embedded store, which `weft
         // snapshot restore` turns into a data dir), framed as etcd frames its database:
         // zeros up to a multiple of 512 bytes, then the SHA-256 of everything before it.

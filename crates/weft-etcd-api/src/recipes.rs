@@ -26,6 +26,7 @@ use weft_store::{
 };
 
 use crate::status;
+use weft_auth::Need;
 
 /// The generated messages and services (`proto/`).
 #[allow(missing_docs, clippy::all)]
@@ -53,6 +54,7 @@ use pb::weftetcd::{KeyValue, ResponseHeader};
 pub struct Recipes {
     store: Arc<dyn Store>,
     member_id: u64,
+    auth: Arc<weft_auth::Auth>,
 }
 
 /// The election's error when the caller is no longer the leader.
@@ -78,9 +80,41 @@ fn name_prefix(name: &[u8]) -> Result<(Bytes, String), Status> {
 }
 
 impl Recipes {
-    /// The services on `store`, answering with `member_id` in their headers.
-    pub fn new(store: Arc<dyn Store>, member_id: u64) -> Self {
-        Recipes { store, member_id }
+    /// The services on `store`, answering with `member_id` in their headers, for the callers
+    /// `auth` allows (see `auth.rs`: what etcd's recipes need through the KV API).
+    pub fn new(store: Arc<dyn Store>, member_id: u64, auth: Arc<weft_auth::Auth>) -> Self {
+        Recipes {
+            store,
+            member_id,
+            auth,
+        }
+    }
+
+    /// `Ok` if the caller of `req` may `needs` every key under `prefix` (or the key alone,
+    /// with `whole` false).
+    fn allow<T>(
+        &self,
+        req: &Request<T>,
+        key: &[u8],
+        whole: bool,
+        needs: &[Need],
+    ) -> Result<(), Status> {
+        let who = self
+            .auth
+            .identify(crate::auth::token_of(req))
+            .map_err(crate::auth_status)?;
+        let end = match whole {
+            true => KeyRange::prefix(Bytes::copy_from_slice(key))
+                .range_end
+                .to_vec(),
+            false => Vec::new(),
+        };
+        for &n in needs {
+            self.auth
+                .check(&who, key, &end, n)
+                .map_err(crate::auth_status)?;
+        }
+        Ok(())
     }
 
     /// The Lock service, ready for tonic's router.
@@ -151,8 +185,9 @@ impl lock_server::Lock for Recipes {
         &self,
         req: Request<lpb::LockRequest>,
     ) -> Result<Response<lpb::LockResponse>, Status> {
+        let (prefix, name) = name_prefix(&req.get_ref().name)?;
+        self.allow(&req, &prefix, true, &[Need::Read, Need::Write])?;
         let r = req.into_inner();
-        let (prefix, name) = name_prefix(&r.name)?;
         let session = self.session(r.lease).await?;
         let guard = Mutex::with_prefix(&session, prefix, &name)
             .lock_or_resume()
@@ -169,6 +204,7 @@ impl lock_server::Lock for Recipes {
         &self,
         req: Request<lpb::UnlockRequest>,
     ) -> Result<Response<lpb::UnlockResponse>, Status> {
+        self.allow(&req, &req.get_ref().key, false, &[Need::Write])?;
         let key = req.into_inner().key;
         if key.is_empty() {
             return Err(Status::invalid_argument("etcdserver: key is not provided"));
@@ -192,8 +228,9 @@ impl election_server::Election for Recipes {
         &self,
         req: Request<epb::CampaignRequest>,
     ) -> Result<Response<epb::CampaignResponse>, Status> {
+        let (prefix, name) = name_prefix(&req.get_ref().name)?;
+        self.allow(&req, &prefix, true, &[Need::Read, Need::Write])?;
         let r = req.into_inner();
-        let (prefix, name) = name_prefix(&r.name)?;
         let session = self.session(r.lease).await?;
         let l = Election::with_prefix(self.store.clone(), prefix, &name)
             .campaign_or_resume(&session, r.value)
@@ -215,6 +252,8 @@ impl election_server::Election for Recipes {
         &self,
         req: Request<epb::ProclaimRequest>,
     ) -> Result<Response<epb::ProclaimResponse>, Status> {
+        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
+        self.allow(&req, &key.unwrap_or_default(), false, &[Need::Write])?;
         let r = req.into_inner();
         let leader = r.leader.ok_or_else(|| Status::unknown(NOT_LEADER))?;
         let session = self.session(leader.lease).await?;
@@ -231,7 +270,8 @@ impl election_server::Election for Recipes {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<epb::LeaderResponse>, Status> {
-        let (prefix, _) = name_prefix(&req.into_inner().name)?;
+        let (prefix, _) = name_prefix(&req.get_ref().name)?;
+        self.allow(&req, &prefix, true, &[Need::Read])?;
         let (kv, rev) = self.leader_kv(&prefix).await?;
         let kv = kv.ok_or_else(|| Status::unknown(NO_LEADER))?;
         Ok(Response::new(epb::LeaderResponse {
@@ -246,7 +286,8 @@ impl election_server::Election for Recipes {
         &self,
         req: Request<epb::LeaderRequest>,
     ) -> Result<Response<Observed>, Status> {
-        let (prefix, name) = name_prefix(&req.into_inner().name)?;
+        let (prefix, name) = name_prefix(&req.get_ref().name)?;
+        self.allow(&req, &prefix, true, &[Need::Read])?;
         let changes = Election::with_prefix(self.store.clone(), prefix.clone(), &name).observe();
         let me = self.clone();
         // Every change of leader or value, as the leader's whole key-value; no event while
@@ -275,6 +316,8 @@ impl election_server::Election for Recipes {
         &self,
         req: Request<epb::ResignRequest>,
     ) -> Result<Response<epb::ResignResponse>, Status> {
+        let key = req.get_ref().leader.as_ref().map(|l| l.key.clone());
+        self.allow(&req, &key.unwrap_or_default(), false, &[Need::Write])?;
         let leader = req
             .into_inner()
             .leader

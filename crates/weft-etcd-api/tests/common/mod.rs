@@ -53,6 +53,7 @@ pub async fn start_cfg(threads: usize, per_client: usize, limits: weft_etcd_api:
         tls: None,
         max_conns_per_client: per_client,
         limits,
+        auth: None,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;
