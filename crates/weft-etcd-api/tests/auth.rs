@@ -24,7 +24,11 @@ async fn user(url: &str, name: &str, password: &str) -> Result<Client, etcd_clie
 
 /// root (the root role), alice (readwrite on `app/`, read on `shared`), auth enabled.
 async fn setup(s: &common::Server) -> Client {
-    let mut c = common::client(s).await;
+    setup_at(&s.url).await
+}
+
+async fn setup_at(url: &str) -> Client {
+    let mut c = Client::connect([url], None).await.unwrap();
     c.user_add("root", "rootpw", None).await.unwrap();
     c.user_grant_role("root", "root").await.unwrap();
     c.role_add("app").await.unwrap();
@@ -262,4 +266,116 @@ async fn management_answers_etcds_errors() {
             "etcdserver: invalid auth management".into()
         )
     );
+}
+
+/// The outcome of one call, for comparing servers: ok, or the code and message.
+fn outcome<T>(r: Result<T, etcd_client::Error>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(etcd_client::Error::GRpcStatus(s)) => format!("{:?}: {}", s.code(), s.message()),
+        Err(e) => format!("other: {e}"),
+    }
+}
+
+/// The same calls against a real etcd and weft: the same outcomes, code and message.
+async fn grpc_outcomes(url: &str) -> Vec<String> {
+    let mut anon = setup_at(url).await;
+    let mut alice = user(url, "alice", "alicepw").await.unwrap();
+    let mut root = user(url, "root", "rootpw").await.unwrap();
+    let mut out = vec![
+        outcome(anon.put("app/x", "v", None).await),
+        outcome(anon.get("app/x", None).await),
+        outcome(user(url, "alice", "bad").await),
+        outcome(alice.put("app/x", "v", None).await),
+        outcome(alice.get("app/", Some(GetOptions::new().with_prefix())).await),
+        outcome(alice.put("shared", "v", None).await),
+        outcome(alice.get("shared", None).await),
+        outcome(alice.get("", Some(GetOptions::new().with_all_keys())).await),
+        outcome(alice.delete("other", None).await),
+        outcome(
+            alice
+                .txn(Txn::new()
+                    .when([Compare::value("other", CompareOp::Equal, "x")])
+                    .and_then([TxnOp::put("app/y", "1", None)]))
+                .await,
+        ),
+        outcome(alice.user_list().await),
+        outcome(alice.role_add("x").await),
+        outcome(alice.user_get("alice").await),
+        outcome(root.user_add("alice", "x", None).await),
+        outcome(root.user_grant_role("alice", "nope").await),
+        outcome(root.user_revoke_role("alice", "nope").await),
+        outcome(root.role_revoke_permission("app", "nope", None).await),
+        outcome(root.user_delete("root").await),
+        outcome(root.role_delete("root").await),
+        outcome(root.user_delete("nobody").await),
+    ];
+    let mut w = alice.watch("other", None).await.unwrap();
+    let m = w.message().await.unwrap().unwrap();
+    out.push(format!("watch: created {} canceled {}", m.created(), m.canceled()));
+    out.push(outcome(root.auth_disable().await));
+    out.push(outcome(anon.put("other", "v", None).await));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_calls_answer_as_etcd_answers_them() {
+    let Some(etcd) = weft_store_etcd::testing::EtcdServer::start_or_skip().await else {
+        return;
+    };
+    let s = common::start().await;
+    let want = grpc_outcomes(&etcd.endpoint).await;
+    let got = grpc_outcomes(&s.url).await;
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert_eq!(g, w, "call {i}");
+    }
+    assert_eq!(got.len(), want.len());
+}
+
+#[tokio::test]
+async fn the_json_gateway_takes_tokens() {
+    let s = common::start().await;
+    setup(&s).await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value, token: Option<&str>| {
+        let mut r = http.post(format!("{}{path}", s.url)).json(&body);
+        if let Some(t) = token {
+            r = r.header("authorization", t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let (code, v) = post(
+        "/v3/auth/authenticate",
+        serde_json::json!({"name": "alice", "password": "alicepw"}),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let put = |k: &str| serde_json::json!({"key": b64(k), "value": b64("v")});
+    let (code, v) = post("/v3/kv/put", put("app/x"), Some(&token)).await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = post("/v3/kv/put", put("other"), Some(&token)).await;
+    assert_eq!((code, v["message"].as_str()), (403, Some("etcdserver: permission denied")));
+    let (code, v) = post("/v3/kv/put", put("app/x"), None).await;
+    assert_eq!((code, v["message"].as_str()), (400, Some("etcdserver: user name is empty")));
+    let (code, _) = post("/v3/kv/put", put("app/x"), Some("weft.forged")).await;
+    assert_eq!(code, 401);
+    let (code, v) = post("/v3/auth/status", serde_json::json!({}), Some(&token)).await;
+    assert_eq!((code, v["enabled"].as_bool()), (200, Some(true)), "{v}");
+    let (code, _) = post(
+        "/v3/auth/authenticate",
+        serde_json::json!({"name": "alice", "password": "nope"}),
+        None,
+    )
+    .await;
+    assert_eq!(code, 400);
 }
