@@ -287,16 +287,22 @@ async fn grpc_outcomes(url: &str) -> Vec<String> {
         outcome(anon.get("app/x", None).await),
         outcome(user(url, "alice", "bad").await),
         outcome(alice.put("app/x", "v", None).await),
-        outcome(alice.get("app/", Some(GetOptions::new().with_prefix())).await),
+        outcome(
+            alice
+                .get("app/", Some(GetOptions::new().with_prefix()))
+                .await,
+        ),
         outcome(alice.put("shared", "v", None).await),
         outcome(alice.get("shared", None).await),
         outcome(alice.get("", Some(GetOptions::new().with_all_keys())).await),
         outcome(alice.delete("other", None).await),
         outcome(
             alice
-                .txn(Txn::new()
-                    .when([Compare::value("other", CompareOp::Equal, "x")])
-                    .and_then([TxnOp::put("app/y", "1", None)]))
+                .txn(
+                    Txn::new()
+                        .when([Compare::value("other", CompareOp::Equal, "x")])
+                        .and_then([TxnOp::put("app/y", "1", None)]),
+                )
                 .await,
         ),
         outcome(alice.user_list().await),
@@ -312,7 +318,11 @@ async fn grpc_outcomes(url: &str) -> Vec<String> {
     ];
     let mut w = alice.watch("other", None).await.unwrap();
     let m = w.message().await.unwrap().unwrap();
-    out.push(format!("watch: created {} canceled {}", m.created(), m.canceled()));
+    out.push(format!(
+        "watch: created {} canceled {}",
+        m.created(),
+        m.canceled()
+    ));
     out.push(outcome(root.auth_disable().await));
     out.push(outcome(anon.put("other", "v", None).await));
     out
@@ -364,9 +374,15 @@ async fn the_json_gateway_takes_tokens() {
     let (code, v) = post("/v3/kv/put", put("app/x"), Some(&token)).await;
     assert_eq!(code, 200, "{v}");
     let (code, v) = post("/v3/kv/put", put("other"), Some(&token)).await;
-    assert_eq!((code, v["message"].as_str()), (403, Some("etcdserver: permission denied")));
+    assert_eq!(
+        (code, v["message"].as_str()),
+        (403, Some("etcdserver: permission denied"))
+    );
     let (code, v) = post("/v3/kv/put", put("app/x"), None).await;
-    assert_eq!((code, v["message"].as_str()), (400, Some("etcdserver: user name is empty")));
+    assert_eq!(
+        (code, v["message"].as_str()),
+        (400, Some("etcdserver: user name is empty"))
+    );
     let (code, _) = post("/v3/kv/put", put("app/x"), Some("weft.forged")).await;
     assert_eq!(code, 401);
     let (code, v) = post("/v3/auth/status", serde_json::json!({}), Some(&token)).await;

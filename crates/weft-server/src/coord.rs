@@ -22,7 +22,20 @@ use weft_coord::{
     Registry, Semaphore, Session,
 };
 
+use crate::access::check_prefix;
 use crate::{ApiError, AppState, Body};
+use axum::extract::Extension;
+use weft_auth::{Identity, Need};
+use weft_coord::{ELECTION_PREFIX, LOCK_PREFIX, SEMAPHORE_PREFIX, SERVICE_PREFIX};
+
+/// Read and write.
+const RW: &[Need] = &[Need::Read, Need::Write];
+
+/// `Ok` if `who` may write `key` (releasing, proclaiming, resigning, deregistering).
+fn check_key(st: &AppState, who: &Identity, key: &str) -> Result<(), ApiError> {
+    let range = weft_store::KeyRange::key(key.to_owned());
+    crate::access::check(&st.auth, who, &range, Need::Write)
+}
 
 /// Longest long-poll a client may ask for.
 const MAX_WAIT_MS: u64 = 300_000;
@@ -58,8 +71,15 @@ pub(crate) struct AcquireBody {
 
 pub(crate) async fn lock_acquire(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<AcquireBody>,
 ) -> Result<Json<Value>, ApiError> {
+    let base = if b.permits.is_some() {
+        SEMAPHORE_PREFIX
+    } else {
+        LOCK_PREFIX
+    };
+    check_prefix(&st.auth, &who, format!("{base}{}/", b.name), RW)?;
     let timeout = wait(b.timeout_ms)?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     let guard: LockGuard = match b.permits {
@@ -95,8 +115,10 @@ pub(crate) struct ReleaseBody {
 
 pub(crate) async fn lock_release(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<ReleaseBody>,
 ) -> Result<Json<Value>, ApiError> {
+    check_key(&st, &who, &b.key)?;
     let released = release_parts(&*st.store, &Bytes::from(b.key), b.fencing_token).await?;
     Ok(Json(json!({"released": released})))
 }
@@ -113,8 +135,10 @@ pub(crate) struct CampaignBody {
 
 pub(crate) async fn election_campaign(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<CampaignBody>,
 ) -> Result<Json<Value>, ApiError> {
+    check_prefix(&st.auth, &who, format!("{ELECTION_PREFIX}{}/", b.name), RW)?;
     let timeout = wait(b.timeout_ms)?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     let e = Election::new(st.store.clone(), &b.name)?;
@@ -140,8 +164,10 @@ pub(crate) struct LeadershipBody {
 
 pub(crate) async fn election_proclaim(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<LeadershipBody>,
 ) -> Result<Json<Value>, ApiError> {
+    check_key(&st, &who, &b.key)?;
     let value = b
         .value
         .ok_or_else(|| ApiError::BadRequest("proclaim needs a value".into()))?;
@@ -155,8 +181,10 @@ pub(crate) async fn election_proclaim(
 
 pub(crate) async fn election_resign(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<LeadershipBody>,
 ) -> Result<Json<Value>, ApiError> {
+    check_key(&st, &who, &b.key)?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     Leadership::from_parts(&session, Bytes::from(b.key), b.term)
         .resign()
@@ -183,9 +211,16 @@ fn leader_json(l: &Option<Leader>) -> Value {
 
 pub(crate) async fn election_leader(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     q: Result<Query<NameQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    check_prefix(
+        &st.auth,
+        &who,
+        format!("{ELECTION_PREFIX}{}/", q.name),
+        &[Need::Read],
+    )?;
     let l = Election::new(st.store.clone(), &q.name)?.leader().await?;
     Ok(Json(json!({"leader": leader_json(&l)})))
 }
@@ -219,9 +254,16 @@ pub(crate) fn sse_error(e: &ApiError) -> SseEvent {
 
 pub(crate) async fn election_observe(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     q: Result<Query<NameQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    check_prefix(
+        &st.auth,
+        &who,
+        format!("{ELECTION_PREFIX}{}/", q.name),
+        &[Need::Read],
+    )?;
     let e = Election::new(st.store.clone(), &q.name)?;
     let events = e.observe().map(|item| match item {
         Ok(l) => (
@@ -245,8 +287,15 @@ pub(crate) struct RegisterBody {
 
 pub(crate) async fn svc_register(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<RegisterBody>,
 ) -> Result<Json<Value>, ApiError> {
+    check_prefix(
+        &st.auth,
+        &who,
+        format!("{SERVICE_PREFIX}{}/", b.service),
+        RW,
+    )?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     let r = Registry::new(st.store.clone())
         .register(&session, &b.service, b.instance, None)
@@ -265,8 +314,15 @@ pub(crate) struct DeregisterBody {
 
 pub(crate) async fn svc_deregister(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<DeregisterBody>,
 ) -> Result<Json<Value>, ApiError> {
+    check_prefix(
+        &st.auth,
+        &who,
+        format!("{SERVICE_PREFIX}{}/", b.service),
+        RW,
+    )?;
     let found = Registry::new(st.store.clone())
         .deregister(&b.service, &b.id)
         .await?;
@@ -281,9 +337,16 @@ pub(crate) struct ServiceQuery {
 
 pub(crate) async fn svc_list(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     q: Result<Query<ServiceQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    check_prefix(
+        &st.auth,
+        &who,
+        format!("{SERVICE_PREFIX}{}/", q.service),
+        &[Need::Read],
+    )?;
     let s = Registry::new(st.store.clone()).discover(&q.service).await?;
     Ok(Json(
         json!({"revision": s.revision, "instances": s.instances}),
@@ -292,9 +355,16 @@ pub(crate) async fn svc_list(
 
 pub(crate) async fn svc_watch(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     q: Result<Query<ServiceQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
+    check_prefix(
+        &st.auth,
+        &who,
+        format!("{SERVICE_PREFIX}{}/", q.service),
+        &[Need::Read],
+    )?;
     let reg = Registry::new(st.store.clone());
     let snap = reg.discover(&q.service).await?;
     let first = SseEvent::default()

@@ -4,6 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use weft_auth::AuthError;
 use weft_coord::CoordError;
 use weft_saga::SagaError;
 use weft_store::StoreError;
@@ -42,6 +43,9 @@ pub enum ApiError {
     /// A process the node asked on the caller's behalf (a gateway's admin API) did not answer.
     #[error("{0}")]
     BadGateway(String),
+    /// Users, roles and permissions: refused (permission denied, wrong password) or invalid.
+    #[error(transparent)]
+    Auth(weft_auth::AuthError),
 }
 
 #[derive(Serialize)]
@@ -71,6 +75,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Queue(e) => crate::queue::status(e),
+            ApiError::Auth(e) => auth_status(e),
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) | SagaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
                 SagaError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -125,6 +130,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Queue(e) => e.code(),
+            ApiError::Auth(e) => auth_code(e),
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) => "invalid_definition",
                 SagaError::InvalidArgument(_) => "bad_request",
@@ -151,6 +157,7 @@ impl ApiError {
             ApiError::Saga(e) => e.is_retryable(),
             ApiError::Queue(e) => e.is_retryable(),
             ApiError::BadGateway(_) => true,
+            ApiError::Auth(e) => e.is_retryable(),
             _ => false,
         };
         let step = match self {
@@ -167,6 +174,41 @@ impl ApiError {
             },
         })
         .unwrap_or_default()
+    }
+}
+
+fn auth_status(e: &AuthError) -> StatusCode {
+    match e {
+        AuthError::PermissionDenied => StatusCode::FORBIDDEN,
+        AuthError::AuthFailed | AuthError::InvalidAuthToken => StatusCode::UNAUTHORIZED,
+        AuthError::UserNotFound | AuthError::RoleNotFound => StatusCode::NOT_FOUND,
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::PermissionNotGiven
+        | AuthError::InvalidAuthMgmt => StatusCode::BAD_REQUEST,
+        AuthError::Io { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        AuthError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::CONFLICT,
+    }
+}
+
+fn auth_code(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::PermissionDenied => "permission_denied",
+        AuthError::AuthFailed => "auth_failed",
+        AuthError::InvalidAuthToken => "unauthorized",
+        AuthError::UserNotFound => "user_not_found",
+        AuthError::RoleNotFound => "role_not_found",
+        AuthError::UserAlreadyExist => "user_exists",
+        AuthError::RoleAlreadyExist => "role_exists",
+        AuthError::RootUserNotExist => "no_root_user",
+        AuthError::RootRoleNotExist => "no_root_role",
+        AuthError::RoleNotGranted => "role_not_granted",
+        AuthError::PermissionNotGranted => "permission_not_granted",
+        AuthError::AuthNotEnabled => "auth_not_enabled",
+        AuthError::Io { .. } => "unavailable",
+        AuthError::Corrupt { .. } => "internal",
+        _ => "bad_request",
     }
 }
 

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, MatchedPath, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::Event as SseEvent;
@@ -32,8 +32,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
+use weft_auth::{Identity, Need};
 use weft_store::{Store, WatchRequest};
 
+mod access;
 pub mod api;
 mod coord;
 mod error;
@@ -82,6 +84,9 @@ pub struct ServerConfig {
     /// How `/v1/gateway/status` reaches a gateway's admin API at an `https://` address (none:
     /// TLS trusting the system's roots).
     pub gateway_tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
+    /// Users, roles and permissions, shared with the etcd API (none: kept in memory, auth
+    /// disabled until enabled through `/v1/auth/enable`).
+    pub auth: Option<Arc<weft_auth::Auth>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -98,6 +103,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .field("max_conns_per_client", &self.max_conns_per_client)
             .field("gateway_tls", &self.gateway_tls.is_some())
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -116,6 +122,7 @@ impl Default for ServerConfig {
             tls: None,
             max_conns_per_client: 0,
             gateway_tls: None,
+            auth: None,
         }
     }
 }
@@ -133,6 +140,7 @@ struct AppState {
     local_gateway: Option<gateways::LocalGateway>,
     gateway_tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
     history: Arc<history::History>,
+    auth: Arc<weft_auth::Auth>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -273,6 +281,14 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/gateway/status"),
     ("get", "/v1/shard/analyze"),
     ("get", "/v1/history"),
+    ("post", "/v1/auth/authenticate"),
+    ("get", "/v1/auth/status"),
+    ("post", "/v1/auth/enable"),
+    ("post", "/v1/auth/disable"),
+    ("post", "/v1/auth/user"),
+    ("post", "/v1/auth/role"),
+    ("get", "/v1/auth/users"),
+    ("get", "/v1/auth/roles"),
 ];
 
 /// Builds the router. `shutdown` turning `true` ends open watch streams.
@@ -294,6 +310,7 @@ pub fn router(
         local_gateway: cfg.local_gateway.clone(),
         gateway_tls: cfg.gateway_tls.clone(),
         history,
+        auth: cfg.auth.clone().unwrap_or_else(access::default_auth),
     };
     Router::new()
         .route("/health", get(health))
@@ -364,6 +381,14 @@ pub fn router(
         .route("/v1/gateway/status", get(gateways::status))
         .route("/v1/shard/analyze", get(shard::analyze))
         .route("/v1/history", get(history::get))
+        .route("/v1/auth/authenticate", post(access::authenticate))
+        .route("/v1/auth/status", get(access::status))
+        .route("/v1/auth/enable", post(access::enable))
+        .route("/v1/auth/disable", post(access::disable))
+        .route("/v1/auth/user", post(access::user))
+        .route("/v1/auth/role", post(access::role))
+        .route("/v1/auth/users", get(access::users))
+        .route("/v1/auth/roles", get(access::roles))
         .fallback(not_found)
         .layer(middleware::from_fn(repl::headers))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
@@ -447,21 +472,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let path = req.uri().path();
-        if path != "/health" && path != "/ui" && !path.starts_with("/ui/") {
-            let ok = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), token.as_bytes()));
-            if !ok {
-                return ApiError::Unauthorized.into_response();
-            }
-        }
+/// Finds the caller (`access::resolve`), refuses what its route's policy does not allow it,
+/// and hands it to the handler as an `Identity` extension (handlers of key routes check
+/// their keys with it).
+async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
+    let policy = access::policy(req.uri().path());
+    if policy == access::Policy::Open {
+        return next.run(req).await;
     }
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let who = match access::resolve(&st, bearer) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    if policy == access::Policy::Root && !st.auth.is_admin(&who) {
+        return ApiError::Auth(weft_auth::AuthError::PermissionDenied).into_response();
+    }
+    req.extensions_mut().insert(who);
     next.run(req).await
 }
 
@@ -566,37 +598,49 @@ async fn defragment(State(st): State<AppState>) -> Result<Json<serde_json::Value
 
 async fn kv_range(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<api::RangeBody>,
 ) -> Result<Json<api::RangeResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
-    let r = st.store.range(b.to_store(enc)?).await?;
+    let req = b.to_store(enc)?;
+    access::check(&st.auth, &who, &req.range, Need::Read)?;
+    let r = st.store.range(req).await?;
     Ok(Json(api::range_resp(enc, &r)?))
 }
 
 async fn kv_put(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<api::PutBody>,
 ) -> Result<Json<api::PutResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
-    let r = st.store.put(b.to_store(enc)?).await?;
+    let req = b.to_store(enc)?;
+    access::check_put(&st.auth, &who, &req)?;
+    let r = st.store.put(req).await?;
     Ok(Json(api::put_resp(enc, &r)?))
 }
 
 async fn kv_delete(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<api::DeleteBody>,
 ) -> Result<Json<api::DeleteResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
-    let r = st.store.delete(b.to_store(enc)?).await?;
+    let req = b.to_store(enc)?;
+    access::check_delete(&st.auth, &who, &req)?;
+    let r = st.store.delete(req).await?;
     Ok(Json(api::delete_resp(enc, &r)?))
 }
 
 async fn kv_txn(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<api::TxnBody>,
 ) -> Result<Json<api::TxnResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
-    let r = st.store.txn(b.to_store(enc)?).await?;
+    let req = b.to_store(enc)?;
+    access::check_txn(&st.auth, &who, &req)?;
+    let r = st.store.txn(req).await?;
     Ok(Json(api::txn_resp(enc, &r)?))
 }
 
@@ -660,8 +704,10 @@ struct IdBody {
 
 async fn lease_revoke(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<IdBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    access::check_lease_keys(&st, &who, b.id, Need::Write).await?;
     let h = st.store.lease_revoke(b.id).await?;
     Ok(Json(serde_json::json!({"header": api::Header::from(h)})))
 }
@@ -678,8 +724,12 @@ async fn lease_keepalive(
 
 async fn lease_ttl(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(b): Body<IdBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if b.keys {
+        access::check_lease_keys(&st, &who, b.id, Need::Read).await?;
+    }
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.lease_time_to_live(b.id, b.keys).await?;
     let keys = r
@@ -723,6 +773,7 @@ struct WatchQuery {
 
 async fn watch_sse(
     State(st): State<AppState>,
+    Extension(who): Extension<Identity>,
     q: Result<Query<WatchQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
@@ -736,6 +787,7 @@ async fn watch_sse(
         no_delete: q.no_delete,
         progress_notify: q.progress_notify,
     };
+    access::check(&st.auth, &who, &req.range, Need::Read)?;
     let stream = st.store.watch(req).await?;
     metrics::gauge!("weft_watchers").increment(1.0);
     struct Gauge;
