@@ -107,6 +107,10 @@ pub struct Client {
     http: reqwest::Client,
     endpoint: String,
     token: Option<String>,
+    /// A user name and password to log in with (`--user`), on the first call.
+    user: Option<(String, String)>,
+    /// The token the login gave.
+    session: tokio::sync::OnceCell<String>,
 }
 
 impl Client {
@@ -142,17 +146,48 @@ impl Client {
             http,
             endpoint,
             token,
+            user: None,
+            session: tokio::sync::OnceCell::new(),
         })
     }
 
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    /// Logs in as `name` with `password` (POST /v1/auth/authenticate) on the first call, and
+    /// sends that user's token instead of `--token`.
+    pub fn with_user(mut self, name: String, password: String) -> Self {
+        self.user = Some((name, password));
+        self
+    }
+
+    /// The token to send: the user's (logging in once), or the one given.
+    async fn bearer(&self) -> Result<Option<&str>> {
+        let Some((name, password)) = &self.user else {
+            return Ok(self.token.as_deref());
+        };
+        let token = self
+            .session
+            .get_or_try_init(|| async {
+                let r = self
+                    .http
+                    .post(format!("{}/v1/auth/authenticate", self.endpoint))
+                    .json(&serde_json::json!({"name": name, "password": password}));
+                let v = self.finish(r).await?;
+                v["token"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .context("the node's login answer has no token")
+            })
+            .await?;
+        Ok(Some(token))
+    }
+
+    async fn req(&self, method: reqwest::Method, path: &str) -> Result<reqwest::RequestBuilder> {
         let r = self
             .http
             .request(method, format!("{}{path}", self.endpoint));
-        match &self.token {
+        Ok(match self.bearer().await? {
             Some(t) => r.bearer_auth(t),
             None => r,
-        }
+        })
     }
 
     /// Sends `r`; a response other than 2xx becomes an error with the API's code and
@@ -181,7 +216,7 @@ impl Client {
 
     /// POST a JSON body.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
-        self.finish(self.req(reqwest::Method::POST, path).json(body))
+        self.finish(self.req(reqwest::Method::POST, path).await?.json(body))
             .await
     }
 
@@ -192,7 +227,7 @@ impl Client {
         body: &B,
     ) -> Result<R> {
         let resp = self
-            .send(self.req(reqwest::Method::POST, path).json(body))
+            .send(self.req(reqwest::Method::POST, path).await?.json(body))
             .await?;
         resp.json()
             .await
@@ -201,14 +236,17 @@ impl Client {
 
     /// GET.
     pub async fn get(&self, path: &str) -> Result<Value> {
-        self.finish(self.req(reqwest::Method::GET, path)).await
+        self.finish(self.req(reqwest::Method::GET, path).await?)
+            .await
     }
 
     /// Streams the body of a GET to `out` (created or truncated), synced before this returns.
     /// Fails if the body is shorter or longer than its `Content-Length`.
     pub async fn download(&self, path: &str, out: &std::path::Path) -> Result<Download> {
         use tokio::io::AsyncWriteExt;
-        let resp = self.send(self.req(reqwest::Method::GET, path)).await?;
+        let resp = self
+            .send(self.req(reqwest::Method::GET, path).await?)
+            .await?;
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -249,7 +287,9 @@ impl Client {
     /// Streams server-sent events, calling `f(event, data)` until it returns false or the stream
     /// ends. An `error` event becomes an error.
     pub async fn sse(&self, path: &str, mut f: impl FnMut(&str, &Value) -> bool) -> Result<()> {
-        let resp = self.send(self.req(reqwest::Method::GET, path)).await?;
+        let resp = self
+            .send(self.req(reqwest::Method::GET, path).await?)
+            .await?;
         let mut body = resp.bytes_stream();
         let mut buf = String::new();
         while let Some(chunk) = body.next().await {

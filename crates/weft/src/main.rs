@@ -1,5 +1,6 @@
 //! `weft`: the node (`weft up`) and the command-line client of its API.
 
+mod authcli;
 #[cfg(feature = "etcd")]
 mod bench;
 mod client;
@@ -19,7 +20,7 @@ mod txn;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use client::Client;
@@ -145,6 +146,27 @@ enum Cmd {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Users and roles: status, enable, disable, login (shared by the HTTP and etcd APIs).
+    Auth {
+        #[command(subcommand)]
+        cmd: authcli::AuthCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Users: add, delete, passwd, grant and revoke roles, list.
+    User {
+        #[command(subcommand)]
+        cmd: authcli::UserCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Roles: add, delete, grant and revoke key permissions, list.
+    Role {
+        #[command(subcommand)]
+        cmd: authcli::RoleCmd,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Sharding tools.
     Shard {
         #[command(subcommand)]
@@ -176,6 +198,10 @@ pub(crate) struct Conn {
     /// Bearer token.
     #[arg(long, global = true, env = "WEFT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Log in as this user (NAME or NAME:PASSWORD; the password otherwise from WEFT_PASSWORD
+    /// or the first line of stdin), instead of --token.
+    #[arg(long, global = true, env = "WEFT_USER", conflicts_with = "token")]
+    user: Option<String>,
     /// Trust this CA (PEM) for an https:// endpoint instead of the system's roots.
     #[arg(
         long,
@@ -218,7 +244,32 @@ impl Conn {
             cert: self.cert.clone(),
             key: self.key.clone(),
         };
-        Client::with_tls(&self.endpoint, self.token.clone(), &tls)
+        let c = Client::with_tls(&self.endpoint, self.token.clone(), &tls)?;
+        Ok(match self.user()? {
+            Some((name, pw)) => c.with_user(name, pw),
+            None => c,
+        })
+    }
+
+    /// `--user` as a name and password.
+    pub(crate) fn user(&self) -> Result<Option<(String, String)>> {
+        let Some(u) = &self.user else {
+            return Ok(None);
+        };
+        if let Some((name, pw)) = u.split_once(':') {
+            return Ok(Some((name.to_owned(), pw.to_owned())));
+        }
+        if let Ok(pw) = std::env::var("WEFT_PASSWORD") {
+            return Ok(Some((u.clone(), pw)));
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("reading --user's password from stdin")?;
+        Ok(Some((
+            u.clone(),
+            line.trim_end_matches(['\r', '\n']).to_owned(),
+        )))
     }
 }
 
@@ -307,6 +358,9 @@ fn main() -> Result<()> {
             #[cfg(feature = "etcd")]
             Cmd::Bench { cmd } => bench::bench(cmd).await,
             Cmd::Shard { cmd } => shardcli::shard(cmd),
+            Cmd::Auth { cmd, conn } => authcli::auth(cmd, conn).await,
+            Cmd::User { cmd, conn } => authcli::user(cmd, conn).await,
+            Cmd::Role { cmd, conn } => authcli::role(cmd, conn).await,
             Cmd::Snapshot { cmd, conn } => snapshotcli::snapshot(cmd, &conn).await,
             Cmd::Status { conn } => kvcli::status(conn).await,
         }

@@ -41,6 +41,11 @@ pub struct UpArgs {
     /// (default: the system's roots).
     #[arg(long, value_name = "FILE")]
     gateway_cacert: Option<PathBuf>,
+    /// How long a user's token (from /v1/auth/authenticate or the etcd API's Authenticate)
+    /// lives after its last use, seconds (etcd's --auth-token-ttl). Users and roles are kept
+    /// in <data-dir>/auth.json.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    auth_token_ttl: u64,
     /// Most HTTP API connections one client address may hold open; more are closed at accept
     /// and counted in weft_connections_refused_total (0: no limit).
     #[arg(long, default_value_t = 4096)]
@@ -669,13 +674,25 @@ fn tls_acceptor(a: &UpArgs, alpn: &[&[u8]]) -> Result<Option<Arc<weft_tls::Accep
     gatewaycli::server_tls(flags, Vec::new(), alpn)
 }
 
-/// A listener off loopback needs TLS and a way to tell clients apart (a token or client
-/// certificates); says what to add otherwise.
-fn check_exposure(a: &UpArgs, tls: Option<&Arc<weft_tls::Acceptor>>) -> Result<()> {
+/// Users, roles and permissions of both APIs, from `<data-dir>/auth.json` (a damaged file
+/// stops the start with its path and what is wrong).
+fn open_auth(a: &UpArgs) -> Result<Arc<weft_auth::Auth>> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+    let opts = weft_auth::Options {
+        token_ttl: std::time::Duration::from_secs(a.auth_token_ttl),
+    };
+    let auth = weft_auth::Auth::open(&a.data_dir.join("auth.json"), opts)?;
+    Ok(Arc::new(auth))
+}
+
+/// A listener off loopback needs TLS and a way to tell clients apart (a token, users with
+/// auth enabled, or client certificates); says what to add otherwise.
+fn check_exposure(a: &UpArgs, tls: Option<&Arc<weft_tls::Acceptor>>, auth: bool) -> Result<()> {
     if a.listen.ip().is_loopback() {
         return Ok(());
     }
-    let token = a.token.as_deref().is_some_and(|t| !t.is_empty());
+    let token = a.token.as_deref().is_some_and(|t| !t.is_empty()) || auth;
     match tls {
         None if a.insecure_plaintext && token => {
             tracing::warn!(
@@ -691,7 +708,8 @@ fn check_exposure(a: &UpArgs, tls: Option<&Arc<weft_tls::Acceptor>>) -> Result<(
             a.listen
         ),
         Some(t) if !token && !t.client_auth() => bail!(
-            "refusing to listen on {} without authentication: pass --token (or WEFT_TOKEN), or \
+            "refusing to listen on {} without authentication: pass --token (or WEFT_TOKEN), \
+             enable users and roles (weft auth enable, on loopback first), or \
              --client-cert-auth with --trusted-ca-file; or listen on loopback",
             a.listen
         ),
@@ -712,8 +730,9 @@ pub async fn up(a: UpArgs) -> Result<()> {
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!("cannot turn transparent huge pages off: {e}");
     }
+    let auth = open_auth(&a)?;
     let tls = tls_acceptor(&a, &[b"http/1.1"])?;
-    check_exposure(&a, tls.as_ref())?;
+    check_exposure(&a, tls.as_ref(), auth.enabled())?;
     let opts = Options {
         durability: a.fsync,
         snapshot_bytes: a.snapshot_bytes,
@@ -769,7 +788,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     );
     let _ = out.flush();
     #[cfg(feature = "etcd")]
-    let (stop_tx, grpc) = match etcd_api(&a, &store)? {
+    let (stop_tx, grpc) = match etcd_api(&a, &store, &auth)? {
         Some((tx, task)) => (Some(tx), Some(task)),
         None => (None, None),
     };
@@ -787,6 +806,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     );
     let cfg = weft_server::ServerConfig {
         token: a.token.clone(),
+        auth: Some(auth.clone()),
         on_scrape: embedded.clone().map(log_metrics),
         saga: saga.clone(),
         queue: queue_api,
@@ -850,16 +870,22 @@ type Background = (
 
 /// Starts the etcd v3 API when `--etcd-listen` asks for it.
 #[cfg(feature = "etcd")]
-fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Background>> {
+fn etcd_api(
+    a: &UpArgs,
+    store: &Arc<dyn weft_store::Store>,
+    auth: &Arc<weft_auth::Auth>,
+) -> Result<Option<Background>> {
     let Some(addr) = a.etcd_listen else {
         return Ok(None);
     };
     let tls = tls_acceptor(a, &[b"h2", b"http/1.1"])?;
-    if !addr.ip().is_loopback() && !tls.as_ref().is_some_and(|t| t.client_auth()) {
+    let authenticated = auth.enabled() || tls.as_ref().is_some_and(|t| t.client_auth());
+    if !addr.ip().is_loopback() && !(tls.is_some() && authenticated) {
         bail!(
-            "--etcd-listen {addr}: off loopback the etcd API needs TLS with client certificates \
-             (--cert-file, --key-file, --client-cert-auth, --trusted-ca-file); it has no users \
-             and roles yet"
+            "--etcd-listen {addr}: off loopback the etcd API needs TLS (--cert-file, --key-file) \
+             and authentication: users and roles with auth enabled (etcdctl auth enable, or \
+             weft auth enable, on loopback first), or client certificates (--client-cert-auth, \
+             --trusted-ca-file)"
         );
     }
     let l = weft_server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
@@ -884,6 +910,7 @@ fn etcd_api(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Option<Bac
             control_per_second: a.etcd_max_control_frames,
             control_burst: 2.0 * a.etcd_max_control_frames,
         },
+        auth: Some(auth.clone()),
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

@@ -314,6 +314,152 @@ fn etcdctl_sees_the_same_answers_from_weft_and_etcd() {
     );
 }
 
+/// etcdctl's auth commands, then calls as users: (args, stdin).
+fn auth_script() -> Vec<Vec<&'static str>> {
+    let (alice, root) = ("--user=alice:alicepw", "--user=root:rootpw");
+    vec![
+        vec!["user", "add", "root:rootpw"],
+        vec!["role", "add", "app"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        vec!["role", "grant-permission", "app", "read", "shared"],
+        vec![
+            "role",
+            "grant-permission",
+            "app",
+            "write",
+            "zz/",
+            "--from-key",
+        ],
+        vec!["user", "add", "alice:alicepw"],
+        vec!["user", "grant-role", "alice", "app"],
+        vec!["user", "grant-role", "alice", "nope"],
+        vec!["user", "add", "alice:again"],
+        // root has no root role yet: etcdctl adds the role and grants it, then enables.
+        vec!["auth", "enable"],
+        vec!["put", "app/x", "1"],
+        vec![alice, "put", "app/x", "1"],
+        vec![alice, "put", "other", "1"],
+        vec![alice, "put", "shared", "1"],
+        vec![alice, "get", "shared"],
+        vec![alice, "put", "zz/z", "1"],
+        vec![alice, "get", "zz/z"],
+        vec![alice, "get", "app/", "--prefix"],
+        vec![alice, "get", "", "--from-key"],
+        vec![alice, "del", "app/x", "--prev-kv"],
+        vec!["--user=alice:wrong", "get", "app/x"],
+        vec![alice, "user", "list"],
+        vec![alice, "role", "list"],
+        vec![alice, "user", "get", "alice"],
+        vec![root, "user", "list"],
+        vec![root, "role", "list"],
+        vec![root, "user", "get", "alice"],
+        vec![root, "role", "get", "app"],
+        vec![root, "role", "get", "root"],
+        vec![root, "role", "revoke-permission", "app", "shared"],
+        vec![root, "role", "revoke-permission", "app", "shared"],
+        vec![alice, "get", "shared"],
+        vec![root, "user", "revoke-role", "alice", "app"],
+        vec![alice, "get", "app/x"],
+        vec![root, "user", "passwd", "alice", "--interactive=false"],
+        vec![root, "user", "delete", "root"],
+        vec![root, "role", "delete", "root"],
+        vec![root, "auth", "disable"],
+        vec!["put", "other", "2"],
+        vec!["user", "delete", "alice"],
+        vec!["role", "delete", "app"],
+        vec!["user", "list"],
+    ]
+}
+
+#[test]
+fn etcdctl_auth_sees_the_same_answers_from_weft_and_etcd() {
+    let Some(etcd) = etcdctl_and_etcd() else {
+        return;
+    };
+    let weft = weft_with_etcd_api();
+    let mut mismatches = Vec::new();
+    for args in auth_script() {
+        // `user passwd --interactive=false` reads the new password from stdin.
+        let stdin = Some("newpw\n");
+        let a = etcdctl(&etcd.endpoint, &args, stdin, None);
+        let b = etcdctl(&weft.url, &args, stdin, None);
+        if a != b {
+            mismatches.push(format!(
+                "etcdctl {}\n--- etcd:\n{a}--- weft:\n{b}",
+                args.join(" ")
+            ));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} differences:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// Users, roles and the enabled switch survive `kill -9` of the node; the CLI manages them
+/// and calls as a user through the HTTP API, etcdctl through the etcd API.
+#[test]
+fn users_and_roles_outlive_a_killed_node() {
+    if !etcdctl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _) = weft_etcd_on(dir.path());
+    let run = |args: &[&str], stdin: &str| weft(args, &node.endpoint, Some(stdin));
+    for (args, stdin) in [
+        (&["user", "add", "root", "--password", "rootpw"][..], ""),
+        (&["user", "grant", "root", "root"][..], ""),
+        (&["role", "add", "app"][..], ""),
+        (
+            &["role", "grant", "app", "readwrite", "app/", "--prefix"][..],
+            "",
+        ),
+        (&["user", "add", "alice"][..], "alicepw\n"),
+        (&["user", "grant", "alice", "app"][..], ""),
+        (&["auth", "enable"][..], ""),
+    ] {
+        let (code, out, err) = run(args, stdin);
+        assert_eq!(code, 0, "weft {args:?}: {out}{err}");
+    }
+    drop(node); // kill -9
+    let (node, url2) = weft_etcd_on(dir.path());
+    let weft_as = |user: &str, args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--user", user]);
+        weft(&all, &node.endpoint, None)
+    };
+    let (code, out, err) = weft_as("alice:alicepw", &["kv", "put", "app/k", "v"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = weft_as("alice:alicepw", &["kv", "put", "other", "v"]);
+    assert!(code != 0 && err.contains("permission_denied"), "{err}");
+    let (code, _, err) = weft_as("alice:bad", &["kv", "get", "app/k"]);
+    assert!(code != 0 && err.contains("auth_failed"), "{err}");
+    let (code, out, _) = weft_as("root:rootpw", &["auth", "status"]);
+    assert!(
+        code == 0 && out.contains("Authentication Status: true"),
+        "{out}"
+    );
+    let (code, out, _) = weft_as("root:rootpw", &["user", "list"]);
+    assert!(code == 0 && out.contains("alice [\"app\"]"), "{out}");
+    // The etcd API: the same users, the same answers.
+    let got = etcdctl(&url2, &["--user=alice:alicepw", "get", "app/k"], None, None);
+    assert_eq!(got, "app/k\nv\n");
+    let got = etcdctl(&url2, &["get", "app/k"], None, None);
+    assert!(got.contains("user name is empty"), "{got}");
+    // The file holds hashes, never the passwords.
+    let file = std::fs::read_to_string(dir.path().join("auth.json")).unwrap();
+    assert!(!file.contains("alicepw") && file.contains("$argon2id$"));
+}
+
 #[test]
 fn etcdctl_lock_from_three_processes_is_mutually_exclusive_on_weft() {
     if !etcdctl_available() {
