@@ -880,7 +880,8 @@ fn etcd_api(
     };
     let tls = tls_acceptor(a, &[b"h2", b"http/1.1"])?;
     let authenticated = auth.enabled() || tls.as_ref().is_some_and(|t| t.client_auth());
-    if !addr.ip().is_loopback() && !(tls.is_some() && authenticated) {
+    let exposed_ok = tls.is_some() && authenticated;
+    if !addr.ip().is_loopback() && !exposed_ok {
         bail!(
             "--etcd-listen {addr}: off loopback the etcd API needs TLS (--cert-file, --key-file) \
              and authentication: users and roles with auth enabled (etcdctl auth enable, or \
