@@ -147,6 +147,19 @@ fn bad_files_and_exposed_listeners_are_refused_with_what_to_add() {
         err.contains("without authentication") && err.contains("--token"),
         "{err}"
     );
+    // The etcd API off loopback with TLS but neither users (auth disabled) nor client
+    // certificates: refused before it binds.
+    #[cfg(feature = "etcd")]
+    {
+        let mut etcd = tls.to_vec();
+        etcd[3] = "127.0.0.1:0";
+        etcd.extend(["--etcd-listen", "0.0.0.0:0"]);
+        let err = refused(&etcd);
+        assert!(
+            err.contains("--etcd-listen") && err.contains("auth enable"),
+            "{err}"
+        );
+    }
 }
 
 /// `weft up` on an etcd cluster that serves TLS and requires client certificates.
