@@ -672,6 +672,66 @@ async fn the_token_is_asked_once_and_never_put_in_the_address() {
     let _ = d.cmd("DELETE", "", None).await;
 }
 
+/// With users enabled, the dialog logs a user in (its token, never its password, kept for
+/// the tab) and the pages show what that user's roles allow: a key outside them is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_in_and_sees_its_permissions() {
+    if browser_or_skip(true).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = common::start_with(&[
+        "--data-dir".as_ref(),
+        dir.path().as_os_str(),
+        "--token".as_ref(),
+        "adm".as_ref(),
+    ]);
+    let ep = node.endpoint.clone();
+    let http = reqwest::Client::new();
+    for body in [
+        json!({"op": "add", "name": "root", "password": "rootpw"}),
+        json!({"op": "grant", "name": "root", "role": "root"}),
+        json!({"op": "add", "name": "alice", "password": "alicepw"}),
+    ] {
+        let r = http
+            .post(format!("{ep}/v1/auth/user"))
+            .bearer_auth("adm")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{body}");
+    }
+    let r = http
+        .post(format!("{ep}/v1/auth/enable"))
+        .bearer_auth("adm")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let d = Driver::start().await;
+    d.goto(&format!("{ep}/ui#/keys")).await;
+    d.type_into("#user", "alice").await;
+    d.type_into("#token", "alicepw").await;
+    d.click("#token-form button").await;
+    // alice has no role: the keys page's range over every key is refused, and says so.
+    d.wait_text("#page", "permission_denied", 10).await;
+    let kept = d.js("return sessionStorage.getItem('weft-token')").await;
+    let kept = kept.as_str().unwrap_or_default().to_owned();
+    assert!(kept.starts_with("weft."), "{kept}");
+    assert!(!kept.contains("alicepw"));
+    // The token the page holds is alice's: the API answers it as alice.
+    let r = http
+        .get(format!("{ep}/v1/auth/users"))
+        .bearer_auth(&kept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    d.screenshot("user-login-keys").await;
+    let _ = d.cmd("DELETE", "", None).await;
+}
+
 /// What the click test's stages share.
 struct Stage {
     d: Driver,

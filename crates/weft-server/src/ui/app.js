@@ -33,12 +33,28 @@ async function api(path, body) {
   return v;
 }
 
+// A user's token from the node (POST /v1/auth/authenticate), or "" if the login failed.
+async function login(name, password) {
+  const r = await fetch("/v1/auth/authenticate", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name, password }),
+  });
+  if (!r.ok) return "";
+  const v = await r.json();
+  return v.token || "";
+}
+
 function askToken() {
   return new Promise((resolve) => {
     const d = document.getElementById("token-dialog");
     const form = document.getElementById("token-form");
-    form.onsubmit = () => {
-      state.token = document.getElementById("token").value;
+    form.onsubmit = async () => {
+      const user = document.getElementById("user").value;
+      const secret = document.getElementById("token").value;
+      // A user logs in for a token (its roles' permissions apply); a failed login leaves no
+      // token, so the next call asks again.
+      state.token = user ? await login(user, secret) : secret;
       sessionStorage.setItem("weft-token", state.token);
       resolve();
     };
