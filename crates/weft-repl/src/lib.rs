@@ -105,6 +105,9 @@ pub struct Config {
     pub read_wait: Duration,
     /// The primary's API token, sent when a replica connects (`None`: no auth).
     pub token: Option<String>,
+    /// TLS to an `https://` primary: its CA, a client certificate (`None`: the system's
+    /// roots, no client certificate).
+    pub tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -119,6 +122,7 @@ impl Config {
             feed_bytes: 64 << 20,
             read_wait: Duration::from_secs(5),
             token: None,
+            tls: None,
         }
     }
 }

@@ -170,18 +170,55 @@ impl Follower {
     }
 }
 
-/// `host:port` of an `http://host:port[/]` address.
-pub(crate) fn host_port(url: &str) -> Result<String, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("primary address {url:?} must look like http://host:port"))?;
+/// `host:port` of an `http://host:port[/]` or `https://host:port[/]` address, and whether
+/// it is https.
+pub(crate) fn host_port(url: &str) -> Result<(String, bool), String> {
+    let bad =
+        || format!("primary address {url:?} must look like http://host:port or https://host:port");
+    let (rest, https) = match url.strip_prefix("https://") {
+        Some(r) => (r, true),
+        None => (url.strip_prefix("http://").ok_or_else(bad)?, false),
+    };
     let hp = rest.trim_end_matches('/');
     if hp.is_empty() || hp.contains('/') || !hp.contains(':') {
-        return Err(format!(
-            "primary address {url:?} must look like http://host:port"
-        ));
+        return Err(bad());
     }
-    Ok(hp.to_string())
+    Ok((hp.to_string(), https))
+}
+
+/// A connection to the primary: TCP, or TLS over it.
+pub(crate) trait Conn: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Conn for T {}
+
+/// Connects to the primary at `url` (`https://`: TLS with `tls`, or the system's roots),
+/// with `TCP_NODELAY`; the address and the stream.
+async fn dial(
+    url: &str,
+    tls: Option<&Arc<weft_tls::rustls::ClientConfig>>,
+) -> Result<(String, Box<dyn Conn>), String> {
+    let (addr, https) = host_port(url)?;
+    let tcp = TcpStream::connect(&addr)
+        .await
+        .map_err(|e| format!("cannot connect to the primary {url}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    if !https {
+        return Ok((addr, Box::new(tcp)));
+    }
+    let cfg = match tls {
+        Some(c) => c.clone(),
+        None => Arc::new(
+            weft_tls::client_config(&Default::default(), &[b"http/1.1"])
+                .map_err(|e| e.to_string())?,
+        ),
+    };
+    let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = weft_tls::server_name(host).map_err(|e| e.to_string())?;
+    let s = weft_tls::tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with the primary {url} failed: {e}"))?;
+    Ok((addr, Box::new(s)))
 }
 
 /// Sends an HTTP/1.1 request head and reads the response head: status and headers.
@@ -282,12 +319,10 @@ pub async fn probe(
     rev: i64,
     epoch: u64,
     token: Option<&str>,
+    tls: Option<&Arc<weft_tls::rustls::ClientConfig>>,
 ) -> Result<Plan, String> {
-    let addr = host_port(primary)?;
-    let s = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("cannot reach the primary {primary}: {e}"))?;
-    let (rd, mut wr) = s.into_split();
+    let (addr, s) = dial(primary, tls).await?;
+    let (rd, mut wr) = tokio::io::split(s);
     let mut rd = BufReader::new(rd);
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
@@ -350,12 +385,8 @@ pub(crate) async fn follow(repl: Arc<Replication>, primary: String) {
 }
 
 async fn run_once(repl: &Arc<Replication>, primary: &str) -> Result<(), String> {
-    let addr = host_port(primary)?;
-    let s = TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("cannot connect to {primary}: {e}"))?;
-    let _ = s.set_nodelay(true);
-    let (rd, mut wr) = s.into_split();
+    let (addr, s) = dial(primary, repl.cfg.tls.as_ref()).await?;
+    let (rd, mut wr) = tokio::io::split(s);
     let mut rd = BufReader::with_capacity(256 << 10, rd);
     let rev = repl.store.durable_point().rev;
     let auth = repl
@@ -511,12 +542,13 @@ mod tests {
     fn primary_addresses_are_checked() {
         assert_eq!(
             host_port("http://127.0.0.1:2379").unwrap(),
-            "127.0.0.1:2379"
+            ("127.0.0.1:2379".into(), false)
         );
-        assert_eq!(host_port("http://h:1/").unwrap(), "h:1");
+        assert_eq!(host_port("http://h:1/").unwrap(), ("h:1".into(), false));
+        assert_eq!(host_port("https://h:1").unwrap(), ("h:1".into(), true));
         for bad in [
             "127.0.0.1:1",
-            "https://h:1",
+            "ftp://h:1",
             "http://h",
             "http://h:1/x",
             "http://",

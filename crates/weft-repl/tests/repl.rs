@@ -256,7 +256,7 @@ async fn a_late_replica_catches_up_from_the_log_files_and_reads_wait_for_revisio
     }
     let (url, _srv) = serve(p.clone()).await;
     assert_eq!(
-        weft_repl::probe(&url, 1, 0, None).await.unwrap().from,
+        weft_repl::probe(&url, 1, 0, None, None).await.unwrap().from,
         Probe::Log
     );
     let r = Replication::replica(open(d2.path()).await, cfg("r1", "async"), url.clone());

@@ -114,10 +114,6 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(endpoint: &str, token: Option<String>) -> Result<Self> {
-        Self::with_tls(endpoint, token, &weft_tls::ClientFiles::default())
-    }
-
     /// A client that trusts `tls.ca` (or the system's roots) for an https:// endpoint and
     /// presents `tls.cert` if given.
     pub fn with_tls(

@@ -51,8 +51,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 4096)]
     max_conns_per_client: usize,
     /// Serve the API off loopback without TLS (the token then crosses the network in the
-    /// clear): for a private network between nodes, since replication does not speak TLS yet.
-    /// Logged as a warning. Needs --token.
+    /// clear): for a private network between nodes only. Logged as a warning. Needs --token.
     #[arg(long, requires = "token")]
     insecure_plaintext: bool,
     /// fsync policy: always, group (default; concurrent writes share an fsync), none (unsafe).
@@ -164,11 +163,20 @@ pub struct UpArgs {
     #[cfg(feature = "nats")]
     #[arg(long)]
     queue_nats: Option<String>,
-    /// Follow this primary (http://HOST:PORT, its HTTP API) as a read-only replica: stream its
-    /// log from this data dir's revision (a snapshot first if its log no longer reaches back),
-    /// serve reads and watches, forward writes to it.
+    /// Follow this primary (http://HOST:PORT or https://HOST:PORT, its HTTP API) as a
+    /// read-only replica: stream its log from this data dir's revision (a snapshot first if
+    /// its log no longer reaches back), serve reads and watches, forward writes to it.
     #[arg(long)]
     replica_of: Option<String>,
+    /// Trust this CA (PEM) for an https:// primary (default: the system's roots).
+    #[arg(long, value_name = "FILE")]
+    repl_cacert: Option<PathBuf>,
+    /// Present this client certificate (PEM) to an https:// primary that asks for one.
+    #[arg(long, value_name = "FILE", requires = "repl_key")]
+    repl_cert: Option<PathBuf>,
+    /// The private key of --repl-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "repl_cert")]
+    repl_key: Option<PathBuf>,
     /// This node's name in its primary's replica list (default: an id kept in
     /// DATA_DIR/node-id).
     #[arg(long)]
@@ -222,11 +230,33 @@ fn repl_config(a: &UpArgs) -> Result<weft_repl::Config> {
         forward_writes: a.forward_writes,
         check_every,
         token: a.repl_token.clone().or_else(|| a.token.clone()),
+        tls: repl_tls(a)?,
         ..weft_repl::Config::new(match &a.repl_name {
             Some(n) => n.clone(),
             None => node_id(&a.data_dir)?,
         })
     })
+}
+
+/// The files of TLS to the primary (--repl-cacert, --repl-cert, --repl-key).
+fn repl_files(a: &UpArgs) -> weft_tls::ClientFiles {
+    weft_tls::ClientFiles {
+        ca: a.repl_cacert.clone(),
+        cert: a.repl_cert.clone(),
+        key: a.repl_key.clone(),
+    }
+}
+
+/// TLS to an https:// primary, checked at start (a bad file stops it with the reason).
+fn repl_tls(a: &UpArgs) -> Result<Option<Arc<weft_tls::rustls::ClientConfig>>> {
+    let files = repl_files(a);
+    if !files.is_set() {
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(weft_tls::client_config(
+        &files,
+        &[b"http/1.1"],
+    )?)))
 }
 
 /// This node's name among replicas when --repl-name is not given: kept in DATA_DIR/node-id,
@@ -374,11 +404,13 @@ async fn open_embedded(
     };
     let rev = e.durable_point().rev;
     let token = a.repl_token.clone().or_else(|| a.token.clone());
+    let tls = repl_tls(a)?;
     let plan = match weft_repl::probe(
         primary,
         rev,
         weft_repl::saved_epoch(&a.data_dir).0,
         token.as_deref(),
+        tls.as_ref(),
     )
     .await
     {
@@ -410,7 +442,7 @@ async fn resync(
     let fresh = dir.with_extension("resync");
     let _ = std::fs::remove_dir_all(&fresh);
     tracing::warn!(%primary, "resyncing from the primary's snapshot (its log does not reach this node's revision, or this node holds revisions it lacks)");
-    let c = crate::client::Client::new(primary, token)?;
+    let c = crate::client::Client::with_tls(primary, token, &repl_files(a))?;
     c.download("/v1/snapshot", &part)
         .await
         .with_context(|| format!("cannot download a snapshot from {primary}"))?;

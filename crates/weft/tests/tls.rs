@@ -218,3 +218,76 @@ fn the_node_runs_on_an_etcd_cluster_over_tls_with_a_client_certificate() {
     });
     assert_eq!(got, 1);
 }
+
+/// A replica follows an https:// primary that requires client certificates: the stream,
+/// the catch-up probe and forwarded writes all go over TLS.
+#[test]
+fn a_replica_follows_a_tls_primary_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let (pdata, rdata) = (dir.path().join("p"), dir.path().join("r"));
+    let primary = start_with(&[
+        "--data-dir".as_ref(),
+        pdata.as_os_str(),
+        "--token".as_ref(),
+        "t".as_ref(),
+        "--cert-file".as_ref(),
+        pki.server_cert.as_os_str(),
+        "--key-file".as_ref(),
+        pki.server_key.as_os_str(),
+        "--client-cert-auth".as_ref(),
+        "--trusted-ca-file".as_ref(),
+        pki.ca_cert.as_os_str(),
+    ]);
+    let pep = https(&primary.endpoint);
+    let replica = start_with(&[
+        "--data-dir".as_ref(),
+        rdata.as_os_str(),
+        "--token".as_ref(),
+        "t".as_ref(),
+        "--replica-of".as_ref(),
+        pep.as_ref(),
+        "--repl-cacert".as_ref(),
+        pki.ca_cert.as_os_str(),
+        "--repl-cert".as_ref(),
+        pki.client_cert.as_os_str(),
+        "--repl-key".as_ref(),
+        pki.client_key.as_os_str(),
+    ]);
+    let (ca, cert, key) = (
+        pki.ca_cert.to_str().unwrap(),
+        pki.client_cert.to_str().unwrap(),
+        pki.client_key.to_str().unwrap(),
+    );
+    let tls = ["--token", "t", "--cacert", ca, "--cert", cert, "--key", key];
+    let mut put = vec!["kv", "put", "k", "from-primary"];
+    put.extend_from_slice(&tls);
+    let (code, _, err) = weft(&put, &pep, None);
+    assert_eq!(code, 0, "{err}");
+    let seen = |want: &str| {
+        for _ in 0..100 {
+            let (_, out, _) = weft(&["kv", "get", "k", "--token", "t"], &replica.endpoint, None);
+            if out.trim() == format!("k\n{want}") {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(
+        seen("from-primary"),
+        "the replica never saw the primary's write"
+    );
+    // A write sent to the replica is forwarded to the primary over the same TLS stream.
+    let (code, _, err) = weft(
+        &["kv", "put", "k", "via-replica", "--token", "t"],
+        &replica.endpoint,
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let mut get = vec!["kv", "get", "k"];
+    get.extend_from_slice(&tls);
+    let (code, out, err) = weft(&get, &pep, None);
+    assert_eq!((code, out.trim()), (0, "k\nvia-replica"), "{err}");
+    assert!(seen("via-replica"));
+}
