@@ -107,6 +107,7 @@ fn decode<M: Message + Default>(b: Bytes) -> Result<M, Status> {
 /// Serves one fast-path call on `body` (the request's gRPC message with its prefix): the
 /// reply's message with its prefix, or the status to answer with.
 pub(crate) async fn dispatch(api: &EtcdApi, m: Method, body: Bytes) -> Result<Bytes, Status> {
+    api.admit()?;
     let msg = message(&body)?;
     // Auth enabled after this call was routed here: it has no token to show.
     let who = api.auth.identify(None).map_err(crate::auth_status)?;

@@ -77,6 +77,9 @@ fn error(s: Status) -> hyper::Response<Body> {
 }
 
 async fn handle(api: EtcdApi, req: hyper::Request<Incoming>) -> hyper::Response<Body> {
+    if let Err(s) = api.admit() {
+        return error(s);
+    }
     if req.method() == hyper::Method::GET && req.uri().path() == "/version" {
         // What clients probe the API path with (etcd3gw: /v3 from 3.4 on).
         let version = PbMaintenanceService::status(&api, Request::new(PbStatusRequest {}))

@@ -22,6 +22,7 @@
 //! let cfg = weft_etcd_api::Config {
 //!     client_url: url.clone(), member_id: 1, threads: 1, inline_batch: 8, tls: None,
 //!     max_conns_per_client: 1024, limits: Default::default(), auth: None,
+//!     max_requests_per_client: 0.0,
 //! };
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
 //! let server = tokio::spawn(weft_etcd_api::serve(listener, store, cfg, async {
@@ -43,6 +44,7 @@
 mod auth;
 mod fast;
 mod gateway;
+mod limit;
 pub mod recipes;
 
 use std::future::Future;
@@ -92,6 +94,10 @@ pub struct Config {
     /// Users, roles and permissions (etcd's Auth API), shared with the node's HTTP API; none:
     /// kept in memory while the server runs.
     pub auth: Option<Arc<Auth>>,
+    /// Most requests (calls and stream opens) a second one client address may send, after a
+    /// burst of twice as many (0: no limit); more are answered `RESOURCE_EXHAUSTED` and
+    /// counted in `weft_requests_limited_total{listener="etcd"}`.
+    pub max_requests_per_client: f64,
 }
 
 /// The etcd API service over a store.
@@ -105,6 +111,10 @@ pub struct EtcdApi {
     rt: tokio::runtime::Handle,
     /// Who may do what (checked on every call while enabled).
     auth: Arc<Auth>,
+    /// Requests a second per client address.
+    rate: Arc<weft_tls::limit::Rate>,
+    /// The connection's client address (none: not a connection's copy).
+    peer: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for EtcdApi {
@@ -254,12 +264,15 @@ pub async fn serve(
     let (stop_streams, stopping) = watch::channel(false);
     let stop_streams = Arc::new(stop_streams);
     let auth = cfg.auth.clone().unwrap_or_else(auth::default_auth);
+    let per_second = cfg.max_requests_per_client;
     let api = EtcdApi {
         store,
         cfg,
         stopping,
         rt: tokio::runtime::Handle::current(),
         auth: auth.clone(),
+        rate: weft_tls::limit::Rate::new("etcd", per_second, 2.0 * per_second),
+        peer: None,
     };
     let recipes = recipes::Recipes::new(api.store.clone(), api.cfg.member_id, auth);
     let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
@@ -352,11 +365,10 @@ impl Conns {
         slot: weft_tls::limit::Slot,
     ) {
         while set.try_join_next().is_some() {}
-        let (api, routes, stop) = (
-            self.api.clone(),
-            self.routes.clone(),
-            self.stop_streams.subscribe(),
-        );
+        let mut api = self.api.clone();
+        api.peer = stream.peer_addr().ok().map(|a| a.ip());
+        let routes = limit::RateLimited::new(self.routes.clone(), &api);
+        let stop = self.stop_streams.subscribe();
         let tls = self.api.cfg.tls.clone();
         let limits = self.api.cfg.limits;
         set.spawn(async move {

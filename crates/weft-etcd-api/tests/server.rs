@@ -740,3 +740,38 @@ async fn connections_per_client_are_limited() {
         let _ = s.stop.send(());
     }
 }
+
+/// A client over `max_requests_per_client` gets `RESOURCE_EXHAUSTED` on unary calls (fast
+/// path and tonic's) and on the JSON gateway (429), then gets through again after a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_per_client_are_limited() {
+    let s = common::start_rate(2, 0, Default::default(), 2.0).await;
+    let mut c = client(&s).await;
+    let mut refused = 0;
+    let mut last = None;
+    for i in 0..20 {
+        // Puts take the fast path, leases tonic's.
+        let r = match i % 2 {
+            0 => c.put("k", "v", None).await.map(|_| ()),
+            _ => c.lease_grant(10, None).await.map(|_| ()),
+        };
+        if let Err(etcd_client::Error::GRpcStatus(st)) = r {
+            assert_eq!(st.code(), tonic::Code::ResourceExhausted, "{st:?}");
+            refused += 1;
+            last = Some(st.message().to_owned());
+        }
+    }
+    assert!(refused >= 10, "{refused} of 20 refused");
+    assert!(last.unwrap().contains("too many requests"));
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/v3/kv/range", s.url))
+        .body(r#"{"key": "aw=="}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    c.put("k", "again", None).await.expect("a token came back");
+    let _ = s.stop.send(());
+}

@@ -43,6 +43,9 @@ pub enum ApiError {
     /// A process the node asked on the caller's behalf (a gateway's admin API) did not answer.
     #[error("{0}")]
     BadGateway(String),
+    /// The client sent more requests a second than `--max-requests-per-client` allows.
+    #[error("{0}")]
+    RateLimited(String),
     /// Users, roles and permissions: refused (permission denied, wrong password) or invalid.
     #[error(transparent)]
     Auth(weft_auth::AuthError),
@@ -76,6 +79,7 @@ impl ApiError {
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Queue(e) => crate::queue::status(e),
             ApiError::Auth(e) => auth_status(e),
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) | SagaError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
                 SagaError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -131,6 +135,7 @@ impl ApiError {
             ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Queue(e) => e.code(),
             ApiError::Auth(e) => auth_code(e),
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Saga(e) => match e {
                 SagaError::Invalid(_) => "invalid_definition",
                 SagaError::InvalidArgument(_) => "bad_request",
@@ -156,7 +161,7 @@ impl ApiError {
             ApiError::Coord(e) => e.is_retryable(),
             ApiError::Saga(e) => e.is_retryable(),
             ApiError::Queue(e) => e.is_retryable(),
-            ApiError::BadGateway(_) => true,
+            ApiError::BadGateway(_) | ApiError::RateLimited(_) => true,
             ApiError::Auth(e) => e.is_retryable(),
             _ => false,
         };

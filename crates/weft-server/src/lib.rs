@@ -81,6 +81,10 @@ pub struct ServerConfig {
     /// Most connections one client address may hold open (0: no limit); more are closed at
     /// accept and counted in `weft_connections_refused_total{listener="api"}`.
     pub max_conns_per_client: usize,
+    /// Most requests a second one client address may send (0: no limit), after a burst of
+    /// twice as many; more are answered 429 `rate_limited` and counted in
+    /// `weft_requests_limited_total{listener="api"}`. `/health` is not counted.
+    pub max_requests_per_client: f64,
     /// How `/v1/gateway/status` reaches a gateway's admin API at an `https://` address (none:
     /// TLS trusting the system's roots).
     pub gateway_tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
@@ -102,6 +106,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("counters", &self.counters.is_some())
             .field("tls", &self.tls.as_ref().map(|t| t.files()))
             .field("max_conns_per_client", &self.max_conns_per_client)
+            .field("max_requests_per_client", &self.max_requests_per_client)
             .field("gateway_tls", &self.gateway_tls.is_some())
             .field("auth", &self.auth)
             .finish()
@@ -121,6 +126,7 @@ impl Default for ServerConfig {
             counters: None,
             tls: None,
             max_conns_per_client: 0,
+            max_requests_per_client: 0.0,
             gateway_tls: None,
             auth: None,
         }
@@ -141,6 +147,7 @@ struct AppState {
     gateway_tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
     history: Arc<history::History>,
     auth: Arc<weft_auth::Auth>,
+    rate: Arc<weft_tls::limit::Rate>,
 }
 
 /// A JSON body whose rejections become [`ApiError`]s.
@@ -311,6 +318,11 @@ pub fn router(
         gateway_tls: cfg.gateway_tls.clone(),
         history,
         auth: cfg.auth.clone().unwrap_or_else(access::default_auth),
+        rate: weft_tls::limit::Rate::new(
+            "api",
+            cfg.max_requests_per_client,
+            2.0 * cfg.max_requests_per_client,
+        ),
     };
     Router::new()
         .route("/health", get(health))
@@ -392,6 +404,7 @@ pub fn router(
         .fallback(not_found)
         .layer(middleware::from_fn(repl::headers))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn_with_state(state.clone(), rate))
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .with_state(state)
@@ -453,6 +466,8 @@ pub async fn run(
         let _ = tx.send(true);
     };
     let per_client = cfg.max_conns_per_client;
+    // The client's address reaches the handlers (the per-client request rate).
+    let app = app.into_make_service_with_connect_info::<listener::Peer>();
     if let Some(tls) = cfg.tls.clone() {
         let listener = listener::TlsListener::new(listener, tls, per_client)?;
         return axum::serve(listener, app)
@@ -494,6 +509,24 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         return ApiError::Auth(weft_auth::AuthError::PermissionDenied).into_response();
     }
     req.extensions_mut().insert(who);
+    next.run(req).await
+}
+
+/// Refuses a request from a client over its request rate (`max_requests_per_client`).
+async fn rate(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<listener::Peer>>()
+        .map(|c| c.0 .0.ip());
+    if let Some(ip) = peer.filter(|_| req.uri().path() != "/health") {
+        if !st.rate.admit(ip) {
+            let msg = format!(
+                "over {} requests a second from {ip} (--max-requests-per-client); retry later",
+                st.rate.per_second()
+            );
+            return ApiError::RateLimited(msg).into_response();
+        }
+    }
     next.run(req).await
 }
 

@@ -160,3 +160,21 @@ impl axum::serve::Listener for TlsListener {
         Ok(self.local)
     }
 }
+
+/// A connection's client address, for handlers (`ConnectInfo<Peer>`).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
+    for Peer
+{
+    fn connect_info(s: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer(*s.remote_addr())
+    }
+}

@@ -219,3 +219,23 @@ async fn the_etcd_api_and_the_http_api_share_users_and_tokens() {
     assert_eq!(n.post_as("/v1/kv/put", Some(&token), put("k")).await.0, 200);
     assert_eq!(n.post_as("/v1/kv/put", None, put("k")).await.0, 401);
 }
+
+#[tokio::test]
+async fn a_client_over_its_request_rate_gets_429() {
+    let n = common::node(ServerConfig {
+        max_requests_per_client: 1.0,
+        ..Default::default()
+    })
+    .await;
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        codes.push(n.get_as("/v1/status", None).await);
+    }
+    let limited: Vec<&(u16, Value)> = codes.iter().filter(|(c, _)| *c == 429).collect();
+    // A burst of 2, then 1 a second: at most a few of 20 quick calls pass.
+    assert!(limited.len() >= 10, "{codes:?}");
+    assert_eq!(limited[0].1["error"]["code"], "rate_limited");
+    assert_eq!(limited[0].1["error"]["retryable"], true);
+    // Liveness probes are not counted.
+    assert_eq!(n.get_as("/health", None).await.0, 200);
+}

@@ -1,6 +1,11 @@
-//! Per-client connection limits: how many connections one client address may hold open on a
-//! listener. A connection over the limit is closed at accept and counted in
-//! `weft_connections_refused_total{listener, reason="per_client_limit"}`.
+//! Per-client limits on a listener:
+//!
+//! - [`PerClient`]: how many connections one client address may hold open. A connection over
+//!   the limit is closed at accept and counted in
+//!   `weft_connections_refused_total{listener, reason="per_client_limit"}`.
+//! - [`Rate`]: how many requests a second one client address may send (a token bucket per
+//!   address). A request over it is refused (HTTP 429, gRPC `RESOURCE_EXHAUSTED`) and counted
+//!   in `weft_requests_limited_total{listener}`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -149,9 +154,107 @@ impl Drop for Slot {
     }
 }
 
+/// Requests a second per client address on one listener: a token bucket per address,
+/// `per_second` refilled, `burst` deep.
+#[derive(Debug)]
+pub struct Rate {
+    listener: &'static str,
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+/// Buckets kept before full ones (clients quiet long enough to be back at `burst`) are
+/// dropped; a full bucket and a missing one mean the same.
+const RATE_BUCKETS: usize = 4096;
+
+impl Rate {
+    /// At most `per_second` requests a second from one address on `listener` (its name in
+    /// metrics), after a burst of `burst`; `per_second` 0: no limit.
+    pub fn new(listener: &'static str, per_second: f64, burst: f64) -> Arc<Rate> {
+        Arc::new(Rate {
+            listener,
+            per_second,
+            burst: burst.max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether there is a limit.
+    pub fn limited(&self) -> bool {
+        self.per_second > 0.0
+    }
+
+    /// Takes a token for a request from `ip`: `true` if it may go on, `false` (counted) if
+    /// `ip` is over its rate.
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        if !self.limited() {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.len() >= RATE_BUCKETS && !b.contains_key(&ip) {
+            let (rate, burst) = (self.per_second, self.burst);
+            b.retain(|_, k| k.tokens + now.duration_since(k.at).as_secs_f64() * rate < burst);
+        }
+        let k = b.entry(ip).or_insert(Bucket {
+            tokens: self.burst,
+            at: now,
+        });
+        let refill = now.duration_since(k.at).as_secs_f64() * self.per_second;
+        k.tokens = (k.tokens + refill).min(self.burst);
+        k.at = now;
+        if k.tokens >= 1.0 {
+            k.tokens -= 1.0;
+            return true;
+        }
+        drop(b);
+        metrics::counter!("weft_requests_limited_total", "listener" => self.listener).increment(1);
+        tracing::debug!(%ip, listener = self.listener, per_second = self.per_second, "request refused: per-client rate");
+        false
+    }
+
+    /// The limit, requests a second (0: none).
+    pub fn per_second(&self) -> f64 {
+        self.per_second
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_gets_its_burst_then_its_rate() {
+        let r = Rate::new("test", 10.0, 5.0);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first: usize = (0..20).filter(|_| r.admit(a)).count();
+        assert_eq!(first, 5, "the burst");
+        assert!(r.admit(b), "another address has its own bucket");
+        tokio::time::advance(std::time::Duration::from_millis(500)).await;
+        let later: usize = (0..20).filter(|_| r.admit(a)).count();
+        assert_eq!(later, 5, "half a second at 10/s, capped by the burst");
+        let free = Rate::new("test", 0.0, 0.0);
+        assert!((0..1000).all(|_| free.admit(a)), "0: no limit");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quiet_clients_are_forgotten_when_the_table_is_full() {
+        let r = Rate::new("test", 100.0, 2.0);
+        for i in 0..RATE_BUCKETS as u32 {
+            assert!(r.admit(IpAddr::from(i.to_be_bytes())));
+        }
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert!(r.admit("192.168.0.1".parse().unwrap()));
+        let n = r.buckets.lock().unwrap().len();
+        assert!(n < 10, "{n} buckets kept");
+    }
 
     #[test]
     fn a_client_holds_at_most_max_and_gets_slots_back() {

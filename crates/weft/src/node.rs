@@ -50,6 +50,11 @@ pub struct UpArgs {
     /// and counted in weft_connections_refused_total (0: no limit).
     #[arg(long, default_value_t = 4096)]
     max_conns_per_client: usize,
+    /// Most HTTP API requests a second one client address may send, after a burst of twice
+    /// as many; more are answered 429 rate_limited and counted in weft_requests_limited_total
+    /// (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    max_requests_per_client: f64,
     /// Serve the API off loopback without TLS (the token then crosses the network in the
     /// clear): for a private network between nodes only. Logged as a warning. Needs --token.
     #[arg(long, requires = "token")]
@@ -112,6 +117,12 @@ pub struct UpArgs {
     #[cfg(feature = "etcd")]
     #[arg(long, default_value_t = 4096)]
     etcd_max_conns_per_client: usize,
+    /// Most etcd API requests (calls and stream opens) a second one client address may send,
+    /// after a burst of twice as many; more are answered RESOURCE_EXHAUSTED and counted in
+    /// weft_requests_limited_total (0: no limit).
+    #[cfg(feature = "etcd")]
+    #[arg(long, default_value_t = 0.0)]
+    etcd_max_requests_per_client: f64,
     /// Streams one etcd API connection may have open at once (more are refused).
     #[cfg(feature = "etcd")]
     #[arg(long, default_value_t = weft_etcd_api::Limits::default().max_streams)]
@@ -847,6 +858,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
         counters: embedded.clone().map(store_counters),
         tls,
         max_conns_per_client: a.max_conns_per_client,
+        max_requests_per_client: a.max_requests_per_client,
         gateway_tls: match &a.gateway_cacert {
             Some(ca) => {
                 let files = weft_tls::ClientFiles {
@@ -944,6 +956,7 @@ fn etcd_api(
             control_burst: 2.0 * a.etcd_max_control_frames,
         },
         auth: Some(auth.clone()),
+        max_requests_per_client: a.etcd_max_requests_per_client,
     };
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(weft_etcd_api::serve(l, store.clone(), ecfg, async move {

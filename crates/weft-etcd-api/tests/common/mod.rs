@@ -34,6 +34,16 @@ pub async fn start_limited(threads: usize, per_client: usize) -> Server {
 /// A server with `threads` connection threads, a per-client connection limit and HTTP/2
 /// `limits`.
 pub async fn start_cfg(threads: usize, per_client: usize, limits: weft_etcd_api::Limits) -> Server {
+    start_rate(threads, per_client, limits, 0.0).await
+}
+
+/// [`start_cfg`] with a per-client request rate.
+pub async fn start_rate(
+    threads: usize,
+    per_client: usize,
+    limits: weft_etcd_api::Limits,
+    rate: f64,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(
         Embedded::open(dir.path(), Default::default())
@@ -54,6 +64,7 @@ pub async fn start_cfg(threads: usize, per_client: usize, limits: weft_etcd_api:
         max_conns_per_client: per_client,
         limits,
         auth: None,
+        max_requests_per_client: rate,
     };
     let task = tokio::spawn(weft_etcd_api::serve(listener, store.clone(), cfg, async {
         let _ = rx.await;
