@@ -160,12 +160,36 @@ pub fn open_snapshot(data: &[u8]) {
     open_data_dir_with("snap-00000000000000000001.snap", data);
 }
 
+/// Any bytes as the users-and-roles file (`auth.json`): it opens or is refused with its path
+/// and reason, never a panic; if it opens, what it holds can be read and enabled auth still
+/// refuses a call without a token.
+pub fn open_auth_file(data: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth.json");
+    std::fs::write(&path, data).unwrap();
+    match weft_auth::Auth::open(&path, Default::default()) {
+        Ok(a) => {
+            for u in a.user_list() {
+                let _ = a.user_get(&u);
+            }
+            for r in a.role_list() {
+                let _ = a.role_get(&r);
+            }
+            if a.enabled() {
+                assert!(a.identify(None).is_err(), "enabled auth let a caller without a token in");
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("auth.json"), "{e}"),
+    }
+}
+
 /// Every target by name: the libFuzzer targets call these, the smoke runner runs them all.
 pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("gateway_config", gateway_config),
     ("h1_request", h1_request),
     ("h1_response", h1_response),
     ("hpack", hpack),
+    ("open_auth_file", open_auth_file),
     ("open_data_dir", open_data_dir),
     ("open_queue_dir", open_queue_dir),
     ("open_snapshot", open_snapshot),
