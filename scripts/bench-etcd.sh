@@ -11,6 +11,8 @@
 #   TRANSPORT=direct scripts/bench-etcd.sh 3 put,txn 64 3
 #   SERVER_CPUS=1 CLIENT_CPUS=0 scripts/bench-etcd.sh 3 put,txn 64 3
 #   TLS=1 scripts/bench-etcd.sh 3 put 64 3     # both servers behind TLS (same certificate)
+#   AUTH=1 scripts/bench-etcd.sh 3 put,get,txn 64 3  # auth enabled on both: clients log in
+#                                              # as a user with readwrite on bench/ only
 #
 # Each round runs every cell against etcd, then against weft. Rows include each server's CPU
 # time per operation and the client's (user + system from /proc; steadier than ops/s when the
@@ -99,14 +101,29 @@ for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
         sleep 0.1
     done
 done
-"${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
+# AUTH=1: root, and a user `bench` whose role may read and write bench/ (so every call's keys
+# are checked against a grant, not waved through as root's), then auth enabled on both.
+BENCH_USER=()
+if [ "${AUTH:-0}" = 1 ]; then
+    for ep in "127.0.0.1:$EC" "127.0.0.1:$WE"; do
+        ctl=(env ETCDCTL_API=3 etcdctl "${CTL_TLS[@]}" --endpoints "$SCHEME://$ep")
+        "${ctl[@]}" user add root:rootpw >/dev/null
+        "${ctl[@]}" role add bench >/dev/null
+        "${ctl[@]}" role grant-permission bench readwrite bench/ --prefix >/dev/null
+        "${ctl[@]}" user add bench:benchpw >/dev/null
+        "${ctl[@]}" user grant-role bench bench >/dev/null
+        "${ctl[@]}" auth enable >/dev/null
+    done
+    BENCH_USER=(--user bench:benchpw)
+fi
+"${ON_CLIENT[@]}" "$CLIENT" bench etcd-api "${BENCH_USER[@]}" --seconds 1 --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" --workloads put --clients 16 \
     "${CLIENT_TLS[@]}" --endpoints "etcd=$SCHEME://127.0.0.1:$EC,weft=$SCHEME://127.0.0.1:$WE" >/dev/null
 
-echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft ${WEFT_BIN:-$(git -C "$ROOT" rev-parse --short HEAD)}${CLIENT_BIN:+ (client $CLIENT_BIN)}, $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, ${SCHEME}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
+echo "etcd $(etcd --version | head -1 | awk '{print $3}'), weft ${WEFT_BIN:-$(git -C "$ROOT" rev-parse --short HEAD)}${CLIENT_BIN:+ (client $CLIENT_BIN)}, $(nproc) cores, conns $CONNS, transport $TRANSPORT, client threads ${CLIENT_THREADS:-all}, ${SCHEME}${BENCH_USER:+, auth enabled}, cpus: servers ${SERVER_CPUS:-all} client ${CLIENT_CPUS:-all}, ${SECS} s per cell"
 echo
 for r in $(seq 1 "$ROUNDS"); do
     [ "$ROUNDS" -gt 1 ] && echo "round $r"
-    "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
+    "${ON_CLIENT[@]}" "$CLIENT" bench etcd-api "${BENCH_USER[@]}" --seconds "$SECS" --conns "$CONNS" --transport "$TRANSPORT" "${CT[@]}" \
         "${CLIENT_TLS[@]}" --endpoints "etcd=$SCHEME://127.0.0.1:$EC,weft=$SCHEME://127.0.0.1:$WE" \
         --server-pids "etcd=$ETCD_PID,weft=$WEFT_PID" \
         --workloads "$WORKLOADS" --clients "$CLIENTS" | tee -a "$WORK/rows.md"

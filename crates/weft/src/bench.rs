@@ -59,6 +59,17 @@ impl tower::Service<http::Request<tonic::body::Body>> for H2Channel {
 /// start of the command.
 static CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
+/// The user clients log in as (`--user NAME:PASSWORD`), set once at the start.
+static USER: std::sync::OnceLock<(String, String)> = std::sync::OnceLock::new();
+
+/// Connect options with the user, if any.
+fn with_user(opts: Option<etcd_client::ConnectOptions>) -> Option<etcd_client::ConnectOptions> {
+    match USER.get() {
+        Some((n, p)) => Some(opts.unwrap_or_default().with_user(n, p)),
+        None => opts,
+    }
+}
+
 /// Connects one etcd client to `endpoint` (`http://host:port`, or `https://` with `--cacert`)
 /// over `transport`.
 pub async fn connect(endpoint: &str, transport: Transport) -> Result<Client> {
@@ -73,10 +84,10 @@ pub async fn connect(endpoint: &str, transport: Transport) -> Result<Client> {
         let tls = etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(ca.clone()));
         let opts = etcd_client::ConnectOptions::new().with_tls(tls);
-        return Ok(Client::connect([endpoint], Some(opts)).await?);
+        return Ok(Client::connect([endpoint], with_user(Some(opts))).await?);
     }
     match transport {
-        Transport::Balanced => Ok(Client::connect([endpoint], None).await?),
+        Transport::Balanced => Ok(Client::connect([endpoint], with_user(None)).await?),
         Transport::Direct => {
             let uri: http::Uri = endpoint
                 .parse()
@@ -104,7 +115,7 @@ pub async fn connect(endpoint: &str, transport: Transport) -> Result<Client> {
             let channel = H2Channel { send, authority };
             Ok(Client::from_channel(
                 etcd_client::Channel::Custom(tower::util::BoxCloneSyncService::new(channel)),
-                None,
+                with_user(None),
             )
             .await?)
         }
@@ -539,6 +550,9 @@ pub(crate) enum BenchCmd {
         /// The CA (PEM) of `https://` endpoints.
         #[arg(long)]
         cacert: Option<std::path::PathBuf>,
+        /// Log every client in as this user (NAME:PASSWORD), for servers with auth enabled.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -554,7 +568,14 @@ pub(crate) async fn bench(cmd: BenchCmd) -> anyhow::Result<()> {
         server_pids,
         client_threads: _,
         cacert,
+        user,
     } = cmd;
+    if let Some(u) = user {
+        let (n, p) = u
+            .split_once(':')
+            .with_context(|| format!("--user {u:?} must be NAME:PASSWORD"))?;
+        let _ = USER.set((n.to_owned(), p.to_owned()));
+    }
     if let Some(f) = cacert {
         let pem = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
         let _ = CA.set(pem);
