@@ -414,6 +414,19 @@ impl Auth {
         Ok(Identity::User(s.user.clone()))
     }
 
+    /// Who a connection authenticated by a client certificate is, when its call carries no
+    /// token: the user named by the certificate's common name (etcd's rule), which must exist
+    /// ([`AuthError::PermissionDenied`] otherwise); [`Identity::Admin`] while auth is disabled.
+    pub fn identify_cert(&self, common_name: &str) -> Result<Identity> {
+        if !self.enabled() {
+            return Ok(Identity::Admin);
+        }
+        match self.read().users.contains_key(common_name) {
+            true => Ok(Identity::User(Arc::from(common_name))),
+            false => Err(AuthError::PermissionDenied),
+        }
+    }
+
     /// Whether `who` may do everything (admin, or a user with the `root` role).
     pub fn is_admin(&self, who: &Identity) -> bool {
         match who {

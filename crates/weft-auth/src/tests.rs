@@ -276,3 +276,17 @@ fn a_damaged_file_is_refused_with_its_path_and_reason() {
         assert!(e.contains("auth.json") && e.contains(want), "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_certificate_names_an_existing_user_once_enabled() {
+    let auth = Auth::in_memory(Options::default());
+    assert_eq!(auth.identify_cert("anyone").unwrap(), Identity::Admin);
+    with_root(&auth).await;
+    auth.user_add("svc", None).await.unwrap();
+    auth.enable().await.unwrap();
+    assert_eq!(auth.identify_cert("svc").unwrap().name(), "svc");
+    assert!(matches!(
+        auth.identify_cert("ghost"),
+        Err(AuthError::PermissionDenied)
+    ));
+}

@@ -58,10 +58,25 @@ pub(crate) fn token_of<T>(req: &Request<T>) -> Option<&str> {
     req.metadata().get("token").and_then(|v| v.to_str().ok())
 }
 
+/// The common name of the verified client certificate of a request's connection (put in
+/// the request's extensions by the connection's service, `limit::RateLimited`).
+#[derive(Clone, Debug)]
+pub(crate) struct CertUser(pub Arc<str>);
+
+/// Who sent `req`: anyone while auth is disabled; else its token's user, or without a token
+/// the user its client certificate names (etcd's rule with `--client-cert-auth`).
+pub(crate) fn identify<T>(auth: &weft_auth::Auth, req: &Request<T>) -> Result<Identity, Status> {
+    let token = token_of(req);
+    if let (None, Some(CertUser(cn))) = (token, req.extensions().get::<CertUser>()) {
+        return auth.identify_cert(cn).map_err(auth_status);
+    }
+    auth.identify(token).map_err(auth_status)
+}
+
 impl EtcdApi {
-    /// Who sent `req`: anyone while auth is disabled, else its token's user.
+    /// Who sent `req` (see [`identify`]).
     pub(crate) fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
-        self.auth.identify(token_of(req)).map_err(auth_status)
+        identify(&self.auth, req)
     }
 
     /// `Ok` if `who` may `need` every key of `[key, end)`.

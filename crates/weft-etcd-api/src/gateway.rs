@@ -137,6 +137,7 @@ async fn handle(api: EtcdApi, req: hyper::Request<Incoming>) -> hyper::Response<
 struct Ctx {
     token: Option<String>,
     auth: Arc<weft_auth::Auth>,
+    cert_user: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -149,18 +150,26 @@ impl Ctx {
         Ctx {
             token,
             auth: api.auth.clone(),
+            cert_user: api.cert_user.clone(),
         }
     }
 
     fn who(&self) -> Result<weft_auth::Identity, Status> {
+        if let (None, Some(cn)) = (&self.token, &self.cert_user) {
+            return self.auth.identify_cert(cn).map_err(crate::auth_status);
+        }
         self.auth
             .identify(self.token.as_deref())
             .map_err(crate::auth_status)
     }
 
-    /// `m` as a gRPC request carrying the token, for the services' own checks.
+    /// `m` as a gRPC request carrying the token (or the client certificate's user), for the
+    /// services' own checks.
     fn req<T>(&self, m: T) -> Request<T> {
         let mut r = Request::new(m);
+        if let Some(cn) = &self.cert_user {
+            r.extensions_mut().insert(crate::auth::CertUser(cn.clone()));
+        }
         if let Some(v) = self.token.as_deref().and_then(|t| t.parse().ok()) {
             r.metadata_mut().insert("token", v);
         }

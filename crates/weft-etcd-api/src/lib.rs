@@ -115,6 +115,9 @@ pub struct EtcdApi {
     rate: Arc<weft_tls::limit::Rate>,
     /// The connection's client address (none: not a connection's copy).
     peer: Option<std::net::IpAddr>,
+    /// The common name of the connection's verified client certificate (with
+    /// client-certificate authentication): the user of its calls that carry no token.
+    cert_user: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for EtcdApi {
@@ -273,6 +276,7 @@ pub async fn serve(
         auth: auth.clone(),
         rate: weft_tls::limit::Rate::new("etcd", per_second, 2.0 * per_second),
         peer: None,
+        cert_user: None,
     };
     let recipes = recipes::Recipes::new(api.store.clone(), api.cfg.member_id, auth);
     let routes = tonic::service::Routes::new(PbKvServer::new(api.clone()))
@@ -367,13 +371,14 @@ impl Conns {
         while set.try_join_next().is_some() {}
         let mut api = self.api.clone();
         api.peer = stream.peer_addr().ok().map(|a| a.ip());
-        let routes = limit::RateLimited::new(self.routes.clone(), &api);
+        let routes = self.routes.clone();
         let stop = self.stop_streams.subscribe();
         let tls = self.api.cfg.tls.clone();
         let limits = self.api.cfg.limits;
         set.spawn(async move {
             let _slot = slot;
             let Some(tls) = tls else {
+                let routes = limit::RateLimited::new(routes, &api);
                 return match is_http2(&stream).await {
                     true => {
                         weft_h2::serve_limited(stream, api, fast::call, routes, stop, limits).await
@@ -381,13 +386,18 @@ impl Conns {
                     false => gateway::serve(stream, api).await,
                 };
             };
-            match tls.accept(stream).await {
-                // gRPC clients ask for h2 by ALPN; HTTP/1 clients (curl) for http/1.1.
-                Ok(s) if s.get_ref().1.alpn_protocol() == Some(b"http/1.1") => {
-                    gateway::serve(s, api).await
-                }
-                Ok(s) => weft_h2::serve_limited(s, api, fast::call, routes, stop, limits).await,
-                Err(e) => tracing::debug!("etcd API TLS handshake failed: {e}"),
+            let s = match tls.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => return tracing::debug!("etcd API TLS handshake failed: {e}"),
+            };
+            if tls.client_auth() {
+                api.cert_user = weft_tls::peer_common_name(s.get_ref().1).map(Arc::from);
+            }
+            let routes = limit::RateLimited::new(routes, &api);
+            // gRPC clients ask for h2 by ALPN; HTTP/1 clients (curl) for http/1.1.
+            match s.get_ref().1.alpn_protocol() == Some(b"http/1.1") {
+                true => gateway::serve(s, api).await,
+                false => weft_h2::serve_limited(s, api, fast::call, routes, stop, limits).await,
             }
         });
     }

@@ -18,6 +18,8 @@ pub(crate) struct RateLimited<S> {
     inner: S,
     rate: Arc<weft_tls::limit::Rate>,
     peer: Option<IpAddr>,
+    /// The connection's client certificate's common name, handed to each request.
+    cert_user: Option<Arc<str>>,
 }
 
 impl<S> RateLimited<S> {
@@ -27,6 +29,7 @@ impl<S> RateLimited<S> {
             inner,
             rate: api.rate.clone(),
             peer: api.peer,
+            cert_user: api.cert_user.clone(),
         }
     }
 }
@@ -46,7 +49,11 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        if let Some(cn) = &self.cert_user {
+            req.extensions_mut()
+                .insert(crate::auth::CertUser(cn.clone()));
+        }
         match self.peer.filter(|ip| !self.rate.admit(*ip)) {
             None => Either::Left(self.inner.call(req)),
             Some(ip) => {

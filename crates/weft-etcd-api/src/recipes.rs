@@ -99,10 +99,7 @@ impl Recipes {
         whole: bool,
         needs: &[Need],
     ) -> Result<(), Status> {
-        let who = self
-            .auth
-            .identify(crate::auth::token_of(req))
-            .map_err(crate::auth_status)?;
+        let who = crate::auth::identify(&self.auth, req)?;
         let end = match whole {
             true => KeyRange::prefix(Bytes::copy_from_slice(key))
                 .range_end

@@ -70,12 +70,20 @@ pub(crate) fn policy(path: &str) -> Policy {
 }
 
 /// The caller holding `bearer`: the node's admin token, or a user's token while auth is
-/// enabled. With neither a node token nor auth, everyone may do everything (loopback only).
-pub(crate) fn resolve(st: &AppState, bearer: Option<&str>) -> Result<Identity, ApiError> {
+/// enabled (without a token, the user its client certificate names, `cert_user`). With
+/// neither a node token nor auth, everyone may do everything (loopback only).
+pub(crate) fn resolve(
+    st: &AppState,
+    bearer: Option<&str>,
+    cert_user: Option<&str>,
+) -> Result<Identity, ApiError> {
     if let (Some(admin), Some(b)) = (&st.token, bearer) {
         if constant_time_eq(b.as_bytes(), admin.as_bytes()) {
             return Ok(Identity::Admin);
         }
+    }
+    if let (true, None, Some(cn)) = (st.auth.enabled(), bearer, cert_user) {
+        return st.auth.identify_cert(cn).map_err(auth_error);
     }
     if st.auth.enabled() {
         return st.auth.identify(bearer).map_err(|e| match e {

@@ -501,7 +501,11 @@ async fn auth(State(st): State<AppState>, mut req: Request, next: Next) -> Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let who = match access::resolve(&st, bearer) {
+    let cert_user = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<listener::Peer>>()
+        .and_then(|c| c.0.cert_user.clone());
+    let who = match access::resolve(&st, bearer, cert_user.as_deref()) {
         Ok(w) => w,
         Err(e) => return e.into_response(),
     };
@@ -517,7 +521,7 @@ async fn rate(State(st): State<AppState>, req: Request, next: Next) -> Response 
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<listener::Peer>>()
-        .map(|c| c.0 .0.ip());
+        .map(|c| c.0.addr.ip());
     if let Some(ip) = peer.filter(|_| req.uri().path() != "/health") {
         if !st.rate.admit(ip) {
             let msg = format!(

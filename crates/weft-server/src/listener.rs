@@ -161,20 +161,33 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// A connection's client address, for handlers (`ConnectInfo<Peer>`).
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
+/// A connection's client address, and the common name of its verified client certificate
+/// (with client-certificate authentication), for handlers (`ConnectInfo<Peer>`).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// The client certificate's CN: the user of calls without a token while auth is enabled.
+    pub cert_user: Option<Arc<str>>,
+}
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for Peer
 {
     fn connect_info(s: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
-        Peer(*s.remote_addr())
+        Peer {
+            addr: *s.remote_addr(),
+            cert_user: None,
+        }
     }
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*s.remote_addr())
+        let conn = s.io().get_ref().get_ref().1;
+        Peer {
+            addr: *s.remote_addr(),
+            cert_user: weft_tls::peer_common_name(conn).map(Arc::from),
+        }
     }
 }

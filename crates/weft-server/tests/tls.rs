@@ -205,3 +205,57 @@ async fn connections_per_client_are_limited() {
         "{text}"
     );
 }
+
+/// With client certificates and users, a call without a token runs as the user the
+/// certificate's common name names (`weft-client`), with that user's permissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path()).unwrap();
+    let files = ServerFiles {
+        cert: pki.server_cert.clone(),
+        key: pki.server_key.clone(),
+        client_ca: Some(pki.ca_cert.clone()),
+    };
+    let auth = Arc::new(weft_auth::Auth::in_memory(Default::default()));
+    auth.user_add("root", Some("pw")).await.unwrap();
+    auth.user_grant_role("root", "root").await.unwrap();
+    auth.role_add("app").await.unwrap();
+    let perm = weft_auth::Permission {
+        kind: weft_auth::PermKind::ReadWrite,
+        key: b"app/".to_vec(),
+        range_end: b"app0".to_vec(),
+    };
+    auth.role_grant_permission("app", perm).await.unwrap();
+    auth.user_add("weft-client", None).await.unwrap();
+    auth.user_grant_role("weft-client", "app").await.unwrap();
+    auth.enable().await.unwrap();
+    let node = common::node(ServerConfig {
+        tls: Some(Acceptor::load(files, &[b"http/1.1"]).unwrap()),
+        auth: Some(auth.clone()),
+        ..Default::default()
+    })
+    .await;
+    let base = node.base.replace("http://127.0.0.1", "https://localhost");
+    let c = https(&ClientFiles {
+        cert: Some(pki.client_cert.clone()),
+        key: Some(pki.client_key.clone()),
+        ..trust(&pki)
+    });
+    let put = |k: &str| {
+        c.post(format!("{base}/v1/kv/put"))
+            .json(&json!({"key": k, "value": "v"}))
+    };
+    let (s, v) = common::send(put("app/x")).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = common::send(put("other")).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("permission_denied")),
+        "{v}"
+    );
+    // A user's token wins over the certificate.
+    let token = auth.authenticate("root", "pw").await.unwrap();
+    let (s, v) = common::send(put("other").bearer_auth(&token)).await;
+    assert_eq!(s, 200, "{v}");
+}

@@ -583,3 +583,29 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsError> {
     )
     .map_err(|e| TlsError::Config(format!("{host:?} is not a DNS name or an IP address: {e}")))
 }
+
+/// The common name (CN) of the client certificate a connection presented, if any: with
+/// client-certificate authentication, the user a call without a token runs as (etcd's rule).
+/// The certificate was verified during the handshake; one without a CN, or whose CN is not
+/// UTF-8 or printable text, gives none.
+pub fn peer_common_name(conn: &rustls::CommonState) -> Option<String> {
+    use x509_cert::der::{asn1, Decode};
+    let der = conn.peer_certificates()?.first()?;
+    let cert = x509_cert::Certificate::from_der(der.as_ref()).ok()?;
+    const CN: x509_cert::der::oid::ObjectIdentifier =
+        x509_cert::der::oid::ObjectIdentifier::new_unwrap("2.5.4.3");
+    let atv = cert
+        .tbs_certificate
+        .subject
+        .0
+        .iter()
+        .flat_map(|rdn| rdn.0.iter())
+        .find(|atv| atv.oid == CN)?;
+    if let Ok(s) = atv.value.decode_as::<asn1::Utf8StringRef<'_>>() {
+        return Some(s.as_str().to_owned());
+    }
+    atv.value
+        .decode_as::<asn1::PrintableStringRef<'_>>()
+        .ok()
+        .map(|s| s.as_str().to_owned())
+}

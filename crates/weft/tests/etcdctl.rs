@@ -843,4 +843,37 @@ fn etcdctl_over_tls_with_client_certificates() {
     let other_ca = format!("--cacert={}", s(&other.ca_cert));
     let (ok, out) = etcdctl_raw(&url, &[short, &other_ca, &cert, &key, "get", "tls-key"]);
     assert!(!ok, "a server the client does not trust, yet: {out}");
+    // With users: a call without a token runs as the user its certificate's CN names
+    // (`weft-client`, a user without a password), as etcd does.
+    let tls = [short, ca.as_str(), cert.as_str(), key.as_str()];
+    let run = |args: &[&str]| {
+        let mut all = tls.to_vec();
+        all.extend_from_slice(args);
+        etcdctl_raw(&url, &all)
+    };
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "weft-client", "--no-password"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "weft-client", "app"],
+        &["auth", "enable"],
+    ] {
+        let (ok, out) = run(args);
+        assert!(ok, "etcdctl {args:?}: {out}");
+    }
+    let (ok, out) = run(&["put", "app/x", "by-cert"]);
+    assert!(ok && out.contains("OK"), "{out}");
+    let (ok, out) = run(&["put", "tls-key", "v2"]);
+    assert!(!ok && out.contains("permission denied"), "{out}");
+    // A token wins over the certificate.
+    let (ok, out) = run(&["--user=root:rootpw", "put", "tls-key", "v2"]);
+    assert!(ok && out.contains("OK"), "{out}");
 }
