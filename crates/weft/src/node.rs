@@ -43,7 +43,7 @@ pub struct UpArgs {
     gateway_cacert: Option<PathBuf>,
     /// How long a user's token (from /v1/auth/authenticate or the etcd API's Authenticate)
     /// lives after its last use, seconds (etcd's --auth-token-ttl). Users and roles are kept
-    /// in <data-dir>/auth.json.
+    /// in DATA_DIR/auth.json.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     auth_token_ttl: u64,
     /// Most HTTP API connections one client address may hold open; more are closed at accept
