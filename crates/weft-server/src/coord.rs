@@ -31,6 +31,17 @@ use weft_coord::{ELECTION_PREFIX, LOCK_PREFIX, SEMAPHORE_PREFIX, SERVICE_PREFIX}
 /// Read and write.
 const RW: &[Need] = &[Need::Read, Need::Write];
 
+/// `Ok` if `who` may `needs` every key of the recipe `name`, the prefix `base` + `name/`.
+fn check_recipe(
+    st: &AppState,
+    who: &Identity,
+    base: &str,
+    name: &str,
+    needs: &[Need],
+) -> Result<(), ApiError> {
+    check_prefix(&st.auth, who, format!("{base}{name}/"), needs)
+}
+
 /// `Ok` if `who` may write `key` (releasing, proclaiming, resigning, deregistering).
 fn check_key(st: &AppState, who: &Identity, key: &str) -> Result<(), ApiError> {
     let range = weft_store::KeyRange::key(key.to_owned());
@@ -79,7 +90,7 @@ pub(crate) async fn lock_acquire(
     } else {
         LOCK_PREFIX
     };
-    check_prefix(&st.auth, &who, format!("{base}{}/", b.name), RW)?;
+    check_recipe(&st, &who, base, &b.name, RW)?;
     let timeout = wait(b.timeout_ms)?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     let guard: LockGuard = match b.permits {
@@ -138,7 +149,7 @@ pub(crate) async fn election_campaign(
     Extension(who): Extension<Identity>,
     Body(b): Body<CampaignBody>,
 ) -> Result<Json<Value>, ApiError> {
-    check_prefix(&st.auth, &who, format!("{ELECTION_PREFIX}{}/", b.name), RW)?;
+    check_recipe(&st, &who, ELECTION_PREFIX, &b.name, RW)?;
     let timeout = wait(b.timeout_ms)?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     let e = Election::new(st.store.clone(), &b.name)?;
@@ -215,12 +226,7 @@ pub(crate) async fn election_leader(
     q: Result<Query<NameQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    check_prefix(
-        &st.auth,
-        &who,
-        format!("{ELECTION_PREFIX}{}/", q.name),
-        &[Need::Read],
-    )?;
+    check_recipe(&st, &who, ELECTION_PREFIX, &q.name, &[Need::Read])?;
     let l = Election::new(st.store.clone(), &q.name)?.leader().await?;
     Ok(Json(json!({"leader": leader_json(&l)})))
 }
@@ -258,12 +264,7 @@ pub(crate) async fn election_observe(
     q: Result<Query<NameQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    check_prefix(
-        &st.auth,
-        &who,
-        format!("{ELECTION_PREFIX}{}/", q.name),
-        &[Need::Read],
-    )?;
+    check_recipe(&st, &who, ELECTION_PREFIX, &q.name, &[Need::Read])?;
     let e = Election::new(st.store.clone(), &q.name)?;
     let events = e.observe().map(|item| match item {
         Ok(l) => (
@@ -290,12 +291,7 @@ pub(crate) async fn svc_register(
     Extension(who): Extension<Identity>,
     Body(b): Body<RegisterBody>,
 ) -> Result<Json<Value>, ApiError> {
-    check_prefix(
-        &st.auth,
-        &who,
-        format!("{SERVICE_PREFIX}{}/", b.service),
-        RW,
-    )?;
+    check_recipe(&st, &who, SERVICE_PREFIX, &b.service, RW)?;
     let session = Session::attach(st.store.clone(), b.lease).await?;
     let r = Registry::new(st.store.clone())
         .register(&session, &b.service, b.instance, None)
@@ -317,12 +313,7 @@ pub(crate) async fn svc_deregister(
     Extension(who): Extension<Identity>,
     Body(b): Body<DeregisterBody>,
 ) -> Result<Json<Value>, ApiError> {
-    check_prefix(
-        &st.auth,
-        &who,
-        format!("{SERVICE_PREFIX}{}/", b.service),
-        RW,
-    )?;
+    check_recipe(&st, &who, SERVICE_PREFIX, &b.service, RW)?;
     let found = Registry::new(st.store.clone())
         .deregister(&b.service, &b.id)
         .await?;
@@ -341,12 +332,7 @@ pub(crate) async fn svc_list(
     q: Result<Query<ServiceQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    check_prefix(
-        &st.auth,
-        &who,
-        format!("{SERVICE_PREFIX}{}/", q.service),
-        &[Need::Read],
-    )?;
+    check_recipe(&st, &who, SERVICE_PREFIX, &q.service, &[Need::Read])?;
     let s = Registry::new(st.store.clone()).discover(&q.service).await?;
     Ok(Json(
         json!({"revision": s.revision, "instances": s.instances}),
@@ -359,12 +345,7 @@ pub(crate) async fn svc_watch(
     q: Result<Query<ServiceQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
-    check_prefix(
-        &st.auth,
-        &who,
-        format!("{SERVICE_PREFIX}{}/", q.service),
-        &[Need::Read],
-    )?;
+    check_recipe(&st, &who, SERVICE_PREFIX, &q.service, &[Need::Read])?;
     let reg = Registry::new(st.store.clone());
     let snap = reg.discover(&q.service).await?;
     let first = SseEvent::default()
