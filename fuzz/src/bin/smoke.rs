@@ -128,6 +128,16 @@ fn save(root: &Path, name: &str, kind: &str, input: &[u8]) -> PathBuf {
     path
 }
 
+/// Prints a failing input in hex (its first 64 KiB) so that it survives in a CI log even when
+/// the machine's files do not: `xxd -r -p` turns it back into the file, to be kept under
+/// `fuzz/seeds/NAME/` as a regression input.
+fn print_input(path: &Path) {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let shown = &bytes[..bytes.len().min(64 << 10)];
+    let hex: String = shown.iter().map(|b| format!("{b:02x}")).collect();
+    eprintln!("input ({} bytes, hex):\n{hex}", bytes.len());
+}
+
 /// One target for `secs`: executions, or the file of the input that failed.
 fn run(
     root: &Path,
@@ -226,6 +236,7 @@ fn main() {
                     let (name, input) = w.current.lock().unwrap().clone();
                     let path = save(&root, &name, "hang", &input);
                     eprintln!("{name}: an input ran over {HANG:?}: {}", path.display());
+                    print_input(&path);
                     std::process::exit(1);
                 }
             }
@@ -246,6 +257,7 @@ fn main() {
                 ),
                 Err(path) => {
                     eprintln!("{name}: a panic; the input is in {}", path.display());
+                    print_input(&path);
                     failed.store(true, Ordering::SeqCst);
                 }
             }
