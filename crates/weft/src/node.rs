@@ -468,8 +468,16 @@ async fn resync(
     std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
     std::fs::rename(&fresh, dir)
         .with_context(|| format!("cannot put the snapshot in {}", dir.display()))?;
-    // The same node to its primary after the resync.
+    // The same node to its primary after the resync, with its own users and roles.
     let _ = std::fs::copy(old.join("node-id"), dir.join("node-id"));
+    if old.join("auth.json").exists() {
+        std::fs::copy(old.join("auth.json"), dir.join("auth.json")).with_context(|| {
+            format!(
+                "cannot keep {} across the resync",
+                old.join("auth.json").display()
+            )
+        })?;
+    }
     let _ = std::fs::remove_dir_all(&old);
     tracing::warn!(
         revision = info.revision,
