@@ -450,6 +450,18 @@ fn users_and_roles_outlive_a_killed_node() {
     );
     let (code, out, _) = weft_as("root:rootpw", &["user", "list"]);
     assert!(code == 0 && out.contains("alice [\"app\"]"), "{out}");
+    // `weft auth login` prints a token that works as --token (alice's permissions with it).
+    let (code, token, err) = weft_as("alice:alicepw", &["auth", "login"]);
+    assert!(code == 0 && token.starts_with("weft."), "{token}{err}");
+    let with_token = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--token", token.trim()]);
+        weft(&all, &node.endpoint, None)
+    };
+    let (code, out, err) = with_token(&["kv", "get", "app/k"]);
+    assert_eq!((code, out.trim()), (0, "app/k\nv"), "{err}");
+    let (code, _, err) = with_token(&["kv", "get", "other"]);
+    assert!(code != 0 && err.contains("permission_denied"), "{err}");
     // The etcd API: the same users, the same answers.
     let got = etcdctl(&url2, &["--user=alice:alicepw", "get", "app/k"], None, None);
     assert_eq!(got, "app/k\nv\n");
