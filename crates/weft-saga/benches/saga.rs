@@ -183,6 +183,13 @@ fn main() {
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(30),
                 ),
+                // SAGA_BENCH_RETENTION_SECS: how long finished sagas are kept (default: the
+                // orchestrator's, 24 h), to see what keeping them costs.
+                retention: std::env::var("SAGA_BENCH_RETENTION_SECS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .map(std::time::Duration::from_secs)
+                    .unwrap_or(weft_saga::Options::default().retention),
                 ..Default::default()
             })
             .registry(reg)
