@@ -58,7 +58,10 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// Server settings.
 #[derive(Clone)]
 pub struct ServerConfig {
-    /// Bearer token required on every route but `/health` (none: no auth, loopback only).
+    /// The node's admin token: with it a call may do everything. Required on every route but
+    /// `/health`, the dashboard's files and `/v1/auth/authenticate`, unless auth is enabled,
+    /// when a user's token does too (see [`ServerConfig::auth`]; none and auth disabled: no auth, loopback
+    /// only).
     pub token: Option<String>,
     /// Largest request body, bytes (default 4 MiB: a 1.5 MiB value fits even in base64).
     pub max_body_bytes: usize,
