@@ -60,8 +60,8 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub struct ServerConfig {
     /// The node's admin token: with it a call may do everything. Required on every route but
     /// `/health`, the dashboard's files and `/v1/auth/authenticate`, unless auth is enabled,
-    /// when a user's token does too (see [`ServerConfig::auth`]; none and auth disabled: no auth, loopback
-    /// only).
+    /// when a user's token does too (see [`ServerConfig::auth`]). None, with auth disabled:
+    /// no auth, loopback only.
     pub token: Option<String>,
     /// Largest request body, bytes (default 4 MiB: a 1.5 MiB value fits even in base64).
     pub max_body_bytes: usize,
