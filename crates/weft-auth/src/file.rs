@@ -30,11 +30,17 @@ pub(crate) fn load(path: &Path) -> Result<State> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
         Err(e) => return Err(io(path, e)),
     };
+    parse(&bytes, path)
+}
+
+/// The state in `bytes`, read from `place` (a file, or the store's key: named in errors).
+pub(crate) fn parse(bytes: &[u8], place: impl AsRef<Path>) -> Result<State> {
+    let path = place.as_ref();
     let corrupt = |reason: String| AuthError::Corrupt {
         path: path.to_path_buf(),
         reason,
     };
-    let d: OnDisk = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let d: OnDisk = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
     if d.version != VERSION {
         return Err(corrupt(format!(
             "version {} (this weft reads version {VERSION})",
@@ -50,13 +56,18 @@ pub(crate) fn load(path: &Path) -> Result<State> {
     Ok(d.state)
 }
 
-/// Writes `state` to `path` durably.
-pub(crate) fn store(path: &Path, state: &State) -> Result<()> {
+/// `state` as the file's (and the store key's) bytes.
+pub(crate) fn to_bytes(state: &State) -> Result<Vec<u8>> {
     let d = OnDisk {
         version: VERSION,
         state: state.clone(),
     };
-    let bytes = serde_json::to_vec_pretty(&d).map_err(|e| io(path, std::io::Error::other(e)))?;
+    serde_json::to_vec_pretty(&d).map_err(|e| AuthError::Store(format!("cannot encode: {e}")))
+}
+
+/// Writes `state` to `path` durably.
+pub(crate) fn store(path: &Path, state: &State) -> Result<()> {
+    let bytes = to_bytes(state)?;
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         // Password hashes: readable by the node's user alone.

@@ -11,9 +11,11 @@
 //!   changes.
 //! - **Enabling** needs a `root` user holding the `root` role, as in etcd. While disabled,
 //!   every caller may do everything ([`Identity::Admin`]).
-//! - **Durability**: each change is written to the file (a temporary file, fsync, rename,
-//!   fsync of the directory) before it is acknowledged; a damaged file stops the start with
-//!   its path and what is wrong.
+//! - **Where they live**: in a store under one key ([`Auth::open_store`], what `weft up` uses:
+//!   every node serving the same data sees the same users, see `stored.rs`), in a file
+//!   ([`Auth::open`]), or in memory ([`Auth::in_memory`]). Each change is durable before it
+//!   is acknowledged (a store write; or a temporary file, fsync, rename, fsync of the
+//!   directory); damaged contents stop the start with where they are and what is wrong.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -41,10 +43,11 @@
 
 mod file;
 mod perm;
+mod stored;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -53,6 +56,7 @@ use sha2::Digest;
 use tokio::time::Instant;
 
 pub use perm::{covers, valid_range, Need, PermKind, Permission};
+pub use stored::AUTH_KEY;
 
 /// The user and the role that may do everything.
 pub const ROOT: &str = "root";
@@ -118,7 +122,10 @@ pub enum AuthError {
         /// The error.
         source: std::io::Error,
     },
-    /// The auth file is damaged.
+    /// The store holding the users and roles failed or refused the change.
+    #[error("the store of users and roles: {0}")]
+    Store(String),
+    /// The auth file (or the store's auth key) is damaged.
     #[error("auth file {path} is damaged: {reason}")]
     Corrupt {
         /// The file.
@@ -131,7 +138,7 @@ pub enum AuthError {
 impl AuthError {
     /// Whether trying again may succeed (only a failed write: the change was not made).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, AuthError::Io { .. })
+        matches!(self, AuthError::Io { .. } | AuthError::Store(_))
     }
 }
 
@@ -211,15 +218,31 @@ pub struct Auth {
     sessions: Mutex<HashMap<[u8; 32], Session>>,
     /// Serialises changes, so each is written whole after the one before.
     writes: tokio::sync::Mutex<()>,
-    path: Option<PathBuf>,
+    backing: Backing,
+    /// With a store: the auth key's mod revision of the installed state.
+    store_rev: AtomicI64,
     opts: Options,
+}
+
+/// Where the state is kept.
+enum Backing {
+    Memory,
+    File(PathBuf),
+    Store(Arc<dyn weft_store::Store>),
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("enabled", &self.enabled())
-            .field("path", &self.path)
+            .field(
+                "backing",
+                &match &self.backing {
+                    Backing::Memory => "memory".to_owned(),
+                    Backing::File(p) => p.display().to_string(),
+                    Backing::Store(_) => format!("store key {AUTH_KEY}"),
+                },
+            )
             .finish_non_exhaustive()
     }
 }
@@ -284,23 +307,72 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 impl Auth {
     /// Auth kept in memory only (tests, embedding without a data dir).
     pub fn in_memory(opts: Options) -> Auth {
-        Auth::with_state(State::default(), None, opts)
+        Auth::with_state(State::default(), Backing::Memory, opts)
     }
 
     /// Auth kept in the file at `path`, created on the first change if missing.
     pub fn open(path: &Path, opts: Options) -> Result<Auth> {
         let state = file::load(path)?;
-        Ok(Auth::with_state(state, Some(path.to_path_buf()), opts))
+        Ok(Auth::with_state(
+            state,
+            Backing::File(path.to_path_buf()),
+            opts,
+        ))
     }
 
-    fn with_state(state: State, path: Option<PathBuf>, opts: Options) -> Auth {
+    /// Auth kept in `store` under [`AUTH_KEY`], followed with a watch so that a change made
+    /// through any node sharing the store applies here too (a task, on the current runtime,
+    /// that ends when the returned `Auth` is dropped).
+    pub async fn open_store(store: Arc<dyn weft_store::Store>, opts: Options) -> Result<Arc<Auth>> {
+        let (state, mod_rev, rev) = stored::load(&store).await?;
+        let auth = Arc::new(Auth::with_state(state, Backing::Store(store.clone()), opts));
+        auth.store_rev.store(mod_rev, Ordering::Release);
+        tokio::spawn(stored::follow(Arc::downgrade(&auth), store, rev + 1));
+        Ok(auth)
+    }
+
+    fn with_state(state: State, backing: Backing, opts: Options) -> Auth {
         Auth {
             enabled: AtomicBool::new(state.enabled),
             state: RwLock::new(state),
             sessions: Mutex::new(HashMap::new()),
             writes: tokio::sync::Mutex::new(()),
-            path,
+            backing,
+            store_rev: AtomicI64::new(0),
             opts,
+        }
+    }
+
+    /// Makes `next` the state (read from the store at `mod_rev`, or written by this node):
+    /// ignored if older than the installed one; tokens of users that are gone or have a new
+    /// password end, and every token ends when auth is disabled.
+    fn install(&self, next: State, mod_rev: i64) {
+        if matches!(self.backing, Backing::Store(_)) {
+            if mod_rev <= self.store_rev.load(Ordering::Acquire) && mod_rev != 0 {
+                return;
+            }
+            self.store_rev.store(mod_rev, Ordering::Release);
+        }
+        let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let ended: Vec<String> = st
+            .users
+            .iter()
+            .filter(|(name, u)| {
+                next.users
+                    .get(*name)
+                    .is_none_or(|n| n.password != u.password)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.enabled.store(next.enabled, Ordering::Release);
+        let enabled = next.enabled;
+        *st = next;
+        drop(st);
+        let mut sessions = self.sessions();
+        if !enabled {
+            sessions.clear();
+        } else if !ended.is_empty() {
+            sessions.retain(|_, s| !ended.iter().any(|u| **u == *s.user));
         }
     }
 
@@ -320,19 +392,43 @@ impl Auth {
 
     /// Applies `f` to a copy of the state, writes the result, then makes it current: a change
     /// that fails, or cannot be written, leaves everything as it was. Returns the new revision.
-    async fn change(&self, f: impl FnOnce(&mut State) -> Result<()>) -> Result<u64> {
+    /// In a store, `f` applies to what the store holds, and runs again if another node
+    /// changed it first.
+    async fn change(&self, f: impl Fn(&mut State) -> Result<()>) -> Result<u64> {
         let _w = self.writes.lock().await;
+        if let Backing::Store(store) = &self.backing {
+            return self.change_stored(store, f).await;
+        }
         let mut next = self.read().clone();
         f(&mut next)?;
         next.revision += 1;
-        if let Some(path) = &self.path {
+        if let Backing::File(path) = &self.backing {
             let (path, copy) = (path.clone(), next.clone());
             blocking(move || file::store(&path, &copy)).await?;
         }
         let rev = next.revision;
-        self.enabled.store(next.enabled, Ordering::Release);
-        *self.state.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.install(next, 0);
         Ok(rev)
+    }
+
+    async fn change_stored(
+        &self,
+        store: &Arc<dyn weft_store::Store>,
+        f: impl Fn(&mut State) -> Result<()>,
+    ) -> Result<u64> {
+        for _ in 0..16 {
+            let (mut next, mod_rev, _) = stored::load(store).await?;
+            f(&mut next)?;
+            next.revision += 1;
+            if let Some(new_rev) = stored::store_if(store, &next, mod_rev).await? {
+                let rev = next.revision;
+                self.install(next, new_rev);
+                return Ok(rev);
+            }
+        }
+        Err(AuthError::Store(
+            "other nodes kept changing the users and roles; try again".into(),
+        ))
     }
 
     /// Enables auth: needs a `root` user with the `root` role.
@@ -350,14 +446,11 @@ impl Auth {
 
     /// Disables auth; tokens given out so far end.
     pub async fn disable(&self) -> Result<u64> {
-        let rev = self
-            .change(|s| {
-                s.enabled = false;
-                Ok(())
-            })
-            .await?;
-        self.sessions().clear();
-        Ok(rev)
+        self.change(|s| {
+            s.enabled = false;
+            Ok(())
+        })
+        .await
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
@@ -466,6 +559,10 @@ impl Auth {
         if user.roles.contains(ROOT) {
             return Ok(());
         }
+        // The users and roles themselves (password hashes): root's alone.
+        if stored::holds_auth_key(key, range_end) {
+            return Err(AuthError::PermissionDenied);
+        }
         let perms = user
             .roles
             .iter()
@@ -494,7 +591,7 @@ impl Auth {
                 return Err(AuthError::UserAlreadyExist);
             }
             let user = User {
-                password: hash,
+                password: hash.clone(),
                 roles: BTreeSet::new(),
             };
             s.users.insert(name.to_owned(), user);
@@ -505,21 +602,14 @@ impl Auth {
 
     /// Deletes a user (not `root` while auth is enabled); its tokens end.
     pub async fn user_delete(&self, name: &str) -> Result<u64> {
-        let rev = self
-            .change(|s| {
-                if s.enabled && name == ROOT {
-                    return Err(AuthError::InvalidAuthMgmt);
-                }
-                s.users.remove(name).ok_or(AuthError::UserNotFound)?;
-                Ok(())
-            })
-            .await?;
-        self.end_sessions(name);
-        Ok(rev)
-    }
-
-    fn end_sessions(&self, name: &str) {
-        self.sessions().retain(|_, s| &*s.user != name);
+        self.change(|s| {
+            if s.enabled && name == ROOT {
+                return Err(AuthError::InvalidAuthMgmt);
+            }
+            s.users.remove(name).ok_or(AuthError::UserNotFound)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Sets a user's password; its tokens end.
@@ -529,15 +619,12 @@ impl Auth {
         }
         let p = password.to_owned();
         let hash = blocking(move || hash_password(&p)).await?;
-        let rev = self
-            .change(|s| {
-                let u = s.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
-                u.password = Some(hash);
-                Ok(())
-            })
-            .await?;
-        self.end_sessions(name);
-        Ok(rev)
+        self.change(|s| {
+            let u = s.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
+            u.password = Some(hash.clone());
+            Ok(())
+        })
+        .await
     }
 
     /// A user's roles.
@@ -631,8 +718,8 @@ impl Auth {
             let r = s.roles.get_mut(role).ok_or(AuthError::RoleNotFound)?;
             let same = |p: &Permission| p.key == perm.key && p.range_end == perm.range_end;
             match r.permissions.iter_mut().find(|p| same(p)) {
-                Some(p) => *p = perm,
-                None => r.permissions.push(perm),
+                Some(p) => *p = perm.clone(),
+                None => r.permissions.push(perm.clone()),
             }
             r.permissions.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(())

@@ -290,3 +290,143 @@ async fn a_certificate_names_an_existing_user_once_enabled() {
         Err(AuthError::PermissionDenied)
     ));
 }
+
+async fn embedded() -> (tempfile::TempDir, Arc<dyn weft_store::Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = weft_store::embedded::Embedded::open(dir.path(), Default::default())
+        .await
+        .unwrap();
+    (dir, Arc::new(s))
+}
+
+/// Waits (bounded) until `f` holds.
+async fn until(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within 2 s");
+}
+
+#[tokio::test]
+async fn nodes_on_one_store_share_users_but_not_tokens() {
+    let (_dir, store) = embedded().await;
+    let a = Auth::open_store(store.clone(), Options::default())
+        .await
+        .unwrap();
+    let b = Auth::open_store(store.clone(), Options::default())
+        .await
+        .unwrap();
+    with_root(&a).await;
+    a.user_add("alice", Some("pw")).await.unwrap();
+    a.enable().await.unwrap();
+    until("b sees a's changes", || {
+        b.enabled() && b.user_list().len() == 2
+    })
+    .await;
+    let on_a = a.authenticate("alice", "pw").await.unwrap();
+    assert!(matches!(
+        b.identify(Some(&on_a)),
+        Err(AuthError::InvalidAuthToken)
+    ));
+    let on_b = b.authenticate("alice", "pw").await.unwrap();
+    b.identify(Some(&on_b)).unwrap();
+    // A new password set on a ends alice's tokens on b too.
+    a.user_change_password("alice", "new").await.unwrap();
+    until("b ends alice's tokens", || b.identify(Some(&on_b)).is_err()).await;
+    // Reopened, the store still holds them (and hashes, not passwords).
+    drop((a, b));
+    let c = Auth::open_store(store.clone(), Options::default())
+        .await
+        .unwrap();
+    assert!(c.enabled());
+    c.authenticate("alice", "new").await.unwrap();
+    let raw = store
+        .range(weft_store::RangeRequest::new(weft_store::KeyRange::key(
+            AUTH_KEY,
+        )))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw.kvs[0].value).into_owned();
+    assert!(
+        text.contains("$argon2id$") && !text.contains("\"new\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn changes_made_at_once_on_two_nodes_are_both_kept() {
+    let (_dir, store) = embedded().await;
+    let a = Auth::open_store(store.clone(), Options::default())
+        .await
+        .unwrap();
+    let b = Auth::open_store(store.clone(), Options::default())
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let n = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(
+            async move { n.role_add(&format!("r{i}")).await },
+        ));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let c = Auth::open_store(store, Options::default()).await.unwrap();
+    assert_eq!(c.role_list().len(), 8, "{:?}", c.role_list());
+}
+
+#[tokio::test]
+async fn the_auth_key_is_roots_alone_whatever_a_role_grants() {
+    let (_dir, store) = embedded().await;
+    let a = Auth::open_store(store, Options::default()).await.unwrap();
+    with_root(&a).await;
+    a.role_add("wide").await.unwrap();
+    a.role_grant_permission("wide", perm(PermKind::ReadWrite, "/", "\0"))
+        .await
+        .unwrap();
+    a.user_add("bob", Some("pw")).await.unwrap();
+    a.user_grant_role("bob", "wide").await.unwrap();
+    a.enable().await.unwrap();
+    let bob = a
+        .identify(Some(&a.authenticate("bob", "pw").await.unwrap()))
+        .unwrap();
+    let root = a
+        .identify(Some(&a.authenticate("root", "rootpw").await.unwrap()))
+        .unwrap();
+    assert!(a.check(&bob, b"/weft/lock/x", b"", Need::Write).is_ok());
+    for (k, e) in [(AUTH_KEY, ""), ("/weft/", "/weft0"), ("/", "\0")] {
+        assert!(
+            matches!(
+                a.check(&bob, k.as_bytes(), e.as_bytes(), Need::Read),
+                Err(AuthError::PermissionDenied)
+            ),
+            "{k} {e}"
+        );
+    }
+    assert!(a
+        .check(&root, AUTH_KEY.as_bytes(), b"", Need::Write)
+        .is_ok());
+}
+
+#[tokio::test]
+async fn a_damaged_value_is_ignored_while_running_and_refused_at_open() {
+    let (_dir, store) = embedded().await;
+    let a = Auth::open_store(store.clone(), Options::default())
+        .await
+        .unwrap();
+    a.role_add("kept").await.unwrap();
+    store
+        .put(weft_store::PutRequest::new(AUTH_KEY, b"{not json".to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(a.role_list(), ["kept"], "the last good state stays");
+    let e = Auth::open_store(store, Options::default())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(AUTH_KEY), "{e}");
+}

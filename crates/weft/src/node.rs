@@ -43,7 +43,7 @@ pub struct UpArgs {
     gateway_cacert: Option<PathBuf>,
     /// How long a user's token (from /v1/auth/authenticate or the etcd API's Authenticate)
     /// lives after its last use, seconds (etcd's --auth-token-ttl). Users and roles are kept
-    /// in DATA_DIR/auth.json.
+    /// in the store, under /weft/auth/state.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     auth_token_ttl: u64,
     /// Most HTTP API connections one client address may hold open; more are closed at accept
@@ -468,16 +468,8 @@ async fn resync(
     std::fs::rename(dir, &old).with_context(|| format!("cannot move {} aside", dir.display()))?;
     std::fs::rename(&fresh, dir)
         .with_context(|| format!("cannot put the snapshot in {}", dir.display()))?;
-    // The same node to its primary after the resync, with its own users and roles.
+    // The same node to its primary after the resync.
     let _ = std::fs::copy(old.join("node-id"), dir.join("node-id"));
-    if old.join("auth.json").exists() {
-        std::fs::copy(old.join("auth.json"), dir.join("auth.json")).with_context(|| {
-            format!(
-                "cannot keep {} across the resync",
-                old.join("auth.json").display()
-            )
-        })?;
-    }
     let _ = std::fs::remove_dir_all(&old);
     tracing::warn!(
         revision = info.revision,
@@ -725,16 +717,16 @@ fn tls_acceptor(a: &UpArgs, alpn: &[&[u8]]) -> Result<Option<Arc<weft_tls::Accep
     gatewaycli::server_tls(flags, Vec::new(), alpn)
 }
 
-/// Users, roles and permissions of both APIs, from `<data-dir>/auth.json` (a damaged file
-/// stops the start with its path and what is wrong).
-fn open_auth(a: &UpArgs) -> Result<Arc<weft_auth::Auth>> {
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+/// Users, roles and permissions of both APIs, kept in the store the node serves (key
+/// `weft_auth::AUTH_KEY`: a primary's replicas and nodes sharing an etcd cluster see the
+/// same); damaged contents stop the start with the key and what is wrong.
+async fn open_auth(a: &UpArgs, store: &Arc<dyn weft_store::Store>) -> Result<Arc<weft_auth::Auth>> {
     let opts = weft_auth::Options {
         token_ttl: std::time::Duration::from_secs(a.auth_token_ttl),
     };
-    let auth = weft_auth::Auth::open(&a.data_dir.join("auth.json"), opts)?;
-    Ok(Arc::new(auth))
+    weft_auth::Auth::open_store(store.clone(), opts)
+        .await
+        .context("cannot read the users and roles")
 }
 
 /// A listener off loopback needs TLS and a way to tell clients apart (a token, users with
@@ -781,9 +773,7 @@ pub async fn up(a: UpArgs) -> Result<()> {
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!("cannot turn transparent huge pages off: {e}");
     }
-    let auth = open_auth(&a)?;
     let tls = tls_acceptor(&a, &[b"http/1.1"])?;
-    check_exposure(&a, tls.as_ref(), auth.enabled())?;
     let opts = Options {
         durability: a.fsync,
         snapshot_bytes: a.snapshot_bytes,
@@ -820,6 +810,8 @@ pub async fn up(a: UpArgs) -> Result<()> {
     };
     let repl = replication(&a, embedded.as_ref())?;
     let store = repl.as_ref().map_or(store, |r| r.store());
+    let auth = open_auth(&a, &store).await?;
+    check_exposure(&a, tls.as_ref(), auth.enabled())?;
     let saga = sagas(&a, &store)?;
     let queue = queue(&a).await?;
     let queue_api = queue_backend(&a, queue.as_ref()).await?;
