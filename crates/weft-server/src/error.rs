@@ -191,7 +191,7 @@ fn auth_status(e: &AuthError) -> StatusCode {
         | AuthError::RoleEmpty
         | AuthError::PermissionNotGiven
         | AuthError::InvalidAuthMgmt => StatusCode::BAD_REQUEST,
-        AuthError::Io { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        AuthError::Io { .. } | AuthError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         AuthError::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::CONFLICT,
     }
@@ -211,7 +211,7 @@ fn auth_code(e: &AuthError) -> &'static str {
         AuthError::RoleNotGranted => "role_not_granted",
         AuthError::PermissionNotGranted => "permission_not_granted",
         AuthError::AuthNotEnabled => "auth_not_enabled",
-        AuthError::Io { .. } => "unavailable",
+        AuthError::Io { .. } | AuthError::Store(_) => "unavailable",
         AuthError::Corrupt { .. } => "internal",
         _ => "bad_request",
     }
