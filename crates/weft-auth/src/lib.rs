@@ -43,6 +43,7 @@
 
 mod file;
 mod perm;
+mod requests;
 mod stored;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -416,9 +417,26 @@ impl Auth {
         store: &Arc<dyn weft_store::Store>,
         f: impl Fn(&mut State) -> Result<()>,
     ) -> Result<u64> {
+        // First from the state this node holds (kept current by the watch); from a fresh
+        // read of the store when that was behind (the write's compare failed, or the
+        // change was refused on what may be an old state).
+        let mut fresh = false;
         for _ in 0..16 {
-            let (mut next, mod_rev, _) = stored::load(store).await?;
-            f(&mut next)?;
+            let (mut next, mod_rev) = match fresh {
+                false => (self.read().clone(), self.store_rev.load(Ordering::Acquire)),
+                true => {
+                    let (st, mod_rev, _) = stored::load(store).await?;
+                    (st, mod_rev)
+                }
+            };
+            if let Err(e) = f(&mut next) {
+                if fresh {
+                    return Err(e);
+                }
+                fresh = true;
+                continue;
+            }
+            fresh = true;
             next.revision += 1;
             if let Some(new_rev) = stored::store_if(store, &next, mod_rev).await? {
                 let rev = next.revision;

@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status};
 use weft_auth::{AuthError, Identity, Need, PermKind, Permission};
 
 use crate::EtcdApi;
-use etcd_client::proto::{PbTxnOpRequest, PbTxnRequest};
 
 /// The generated Auth service and its messages (`proto/auth.proto`).
 #[allow(missing_docs, clippy::all)]
@@ -93,59 +92,6 @@ impl EtcdApi {
     /// `Ok` if `who` holds the `root` role (or auth is disabled).
     pub(crate) fn require_admin(&self, who: &Identity) -> Result<(), Status> {
         self.auth.require_admin(who).map_err(auth_status)
-    }
-
-    /// Checks every compare and every operation of both branches of `t`.
-    pub(crate) fn check_txn(&self, who: &Identity, t: &PbTxnRequest) -> Result<(), Status> {
-        if matches!(who, Identity::Admin) {
-            return Ok(());
-        }
-        for c in &t.compare {
-            self.check(who, &c.key, &c.range_end, Need::Read)?;
-        }
-        for op in t.success.iter().chain(&t.failure) {
-            match &op.request {
-                Some(PbTxnOpRequest::RequestRange(r)) => {
-                    self.check(who, &r.key, &r.range_end, Need::Read)?
-                }
-                Some(PbTxnOpRequest::RequestPut(p)) => {
-                    self.check(who, &p.key, b"", Need::Write)?;
-                    if p.prev_kv {
-                        self.check(who, &p.key, b"", Need::Read)?;
-                    }
-                }
-                Some(PbTxnOpRequest::RequestDeleteRange(d)) => {
-                    self.check(who, &d.key, &d.range_end, Need::Write)?;
-                    if d.prev_kv {
-                        self.check(who, &d.key, &d.range_end, Need::Read)?;
-                    }
-                }
-                Some(PbTxnOpRequest::RequestTxn(t)) => self.check_txn(who, t)?,
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// `Ok` if `who` may `need` every key attached to lease `id` (etcd's check for revoking a
-    /// lease, and for listing its keys).
-    pub(crate) async fn check_lease_keys(
-        &self,
-        who: &Identity,
-        id: i64,
-        need: Need,
-    ) -> Result<(), Status> {
-        if self.auth.is_admin(who) {
-            return Ok(());
-        }
-        let keys = match self.store.lease_time_to_live(id, true).await {
-            Ok(t) => t.keys,
-            Err(_) => return Ok(()), // the call itself reports an unknown lease
-        };
-        for k in keys {
-            self.check(who, &k, b"", need)?;
-        }
-        Ok(())
     }
 
     /// The Auth service for tonic's routes.

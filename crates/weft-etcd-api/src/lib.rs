@@ -839,8 +839,10 @@ impl EtcdApi {
         who: &Identity,
         req: PbRangeRequest,
     ) -> Result<PbRangeResponse, Status> {
-        self.check(who, &req.key, &req.range_end, Need::Read)?;
         let (r, post) = range_req(req)?;
+        self.auth
+            .check_range(who, &r.range, Need::Read)
+            .map_err(auth_status)?;
         let resp = self.store.range(r).await.map_err(status)?;
         Ok(range_resp(self, resp, post))
     }
@@ -850,11 +852,9 @@ impl EtcdApi {
         who: &Identity,
         req: PbPutRequest,
     ) -> Result<PbPutResponse, Status> {
-        self.check(who, &req.key, b"", Need::Write)?;
-        if req.prev_kv {
-            self.check(who, &req.key, b"", Need::Read)?;
-        }
-        let r = self.store.put(put_req(req)?).await.map_err(status)?;
+        let req = put_req(req)?;
+        self.auth.check_put(who, &req).map_err(auth_status)?;
+        let r = self.store.put(req).await.map_err(status)?;
         Ok(PbPutResponse {
             header: self.header(r.header.revision),
             prev_kv: r.prev_kv.map(kv),
@@ -866,18 +866,12 @@ impl EtcdApi {
         who: &Identity,
         d: PbDeleteRequest,
     ) -> Result<PbDeleteResponse, Status> {
-        self.check(who, &d.key, &d.range_end, Need::Write)?;
-        if d.prev_kv {
-            self.check(who, &d.key, &d.range_end, Need::Read)?;
-        }
-        let r = self
-            .store
-            .delete(ws::DeleteRequest {
-                range: range_of(d.key, d.range_end),
-                prev_kv: d.prev_kv,
-            })
-            .await
-            .map_err(status)?;
+        let req = ws::DeleteRequest {
+            range: range_of(d.key, d.range_end),
+            prev_kv: d.prev_kv,
+        };
+        self.auth.check_delete(who, &req).map_err(auth_status)?;
+        let r = self.store.delete(req).await.map_err(status)?;
         Ok(PbDeleteResponse {
             header: self.header(r.header.revision),
             deleted: r.deleted,
@@ -890,8 +884,8 @@ impl EtcdApi {
         who: &Identity,
         t: PbTxnRequest,
     ) -> Result<PbTxnResponse, Status> {
-        self.check_txn(who, &t)?;
         let (req, s_posts, f_posts) = txn_req(t)?;
+        self.auth.check_txn(who, &req).map_err(auth_status)?;
         let r = self.store.txn(req).await.map_err(status)?;
         Ok(txn_resp(self, r, s_posts, f_posts))
     }
@@ -1096,8 +1090,10 @@ impl PbLeaseService for EtcdApi {
         req: Request<PbLeaseRevokeRequest>,
     ) -> Result<Response<PbLeaseRevokeResponse>, Status> {
         let who = self.caller(&req)?;
-        self.check_lease_keys(&who, req.get_ref().id, Need::Write)
-            .await?;
+        self.auth
+            .check_lease_keys(&who, &*self.store, req.get_ref().id, Need::Write)
+            .await
+            .map_err(auth_status)?;
         let h = self
             .store
             .lease_revoke(req.into_inner().id)
@@ -1158,7 +1154,10 @@ impl PbLeaseService for EtcdApi {
         let who = self.caller(&req)?;
         let r = req.into_inner();
         if r.keys {
-            self.check_lease_keys(&who, r.id, Need::Read).await?;
+            self.auth
+                .check_lease_keys(&who, &*self.store, r.id, Need::Read)
+                .await
+                .map_err(auth_status)?;
         }
         match self.store.lease_time_to_live(r.id, r.keys).await {
             Ok(t) => Ok(Response::new(PbLeaseTimeToLiveResponse {

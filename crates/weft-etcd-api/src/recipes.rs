@@ -100,18 +100,14 @@ impl Recipes {
         needs: &[Need],
     ) -> Result<(), Status> {
         let who = crate::auth::identify(&self.auth, req)?;
-        let end = match whole {
-            true => KeyRange::prefix(Bytes::copy_from_slice(key))
-                .range_end
-                .to_vec(),
-            false => Vec::new(),
+        let key = Bytes::copy_from_slice(key);
+        let range = match whole {
+            true => KeyRange::prefix(key),
+            false => KeyRange::key(key),
         };
-        for &n in needs {
-            self.auth
-                .check(&who, key, &end, n)
-                .map_err(crate::auth_status)?;
-        }
-        Ok(())
+        self.auth
+            .check_all(&who, &range, needs)
+            .map_err(crate::auth_status)
     }
 
     /// The Lock service, ready for tonic's router.

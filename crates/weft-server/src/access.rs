@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use weft_auth::{Auth, AuthError, Identity, Need, PermKind, Permission};
+use weft_auth::{Auth, AuthError, Identity, PermKind, Permission};
 use weft_store as ws;
 
 use crate::{constant_time_eq, ApiError, AppState, Body};
@@ -83,106 +83,18 @@ pub(crate) fn resolve(
         }
     }
     if let (true, None, Some(cn)) = (st.auth.enabled(), bearer, cert_user) {
-        return st.auth.identify_cert(cn).map_err(auth_error);
+        return Ok(st.auth.identify_cert(cn)?);
     }
     if st.auth.enabled() {
         return st.auth.identify(bearer).map_err(|e| match e {
             AuthError::UserEmpty | AuthError::InvalidAuthToken => ApiError::Unauthorized,
-            other => auth_error(other),
+            other => ApiError::Auth(other),
         });
     }
     match st.token {
         Some(_) => Err(ApiError::Unauthorized),
         None => Ok(Identity::Admin),
     }
-}
-
-/// An auth error as the API answers it.
-pub(crate) fn auth_error(e: AuthError) -> ApiError {
-    ApiError::Auth(e)
-}
-
-/// `Ok` if `who` may `need` every key of `range`.
-pub(crate) fn check(
-    auth: &Auth,
-    who: &Identity,
-    range: &ws::KeyRange,
-    need: Need,
-) -> Result<(), ApiError> {
-    auth.check(who, &range.key, &range.range_end, need)
-        .map_err(auth_error)
-}
-
-/// `Ok` if `who` may read and write everything under `prefix` (a recipe's keys).
-pub(crate) fn check_prefix(
-    auth: &Auth,
-    who: &Identity,
-    prefix: String,
-    needs: &[Need],
-) -> Result<(), ApiError> {
-    let range = ws::KeyRange::prefix(prefix);
-    needs.iter().try_for_each(|&n| check(auth, who, &range, n))
-}
-
-/// Checks every compare and every operation of both branches of `t`.
-pub(crate) fn check_txn(auth: &Auth, who: &Identity, t: &ws::TxnRequest) -> Result<(), ApiError> {
-    if matches!(who, Identity::Admin) {
-        return Ok(());
-    }
-    for c in &t.compare {
-        check(auth, who, &c.range, Need::Read)?;
-    }
-    for op in t.success.iter().chain(&t.failure) {
-        match op {
-            ws::TxnOp::Range(r) => check(auth, who, &r.range, Need::Read)?,
-            ws::TxnOp::Put(p) => check_put(auth, who, p)?,
-            ws::TxnOp::Delete(d) => check_delete(auth, who, d)?,
-            ws::TxnOp::Txn(t) => check_txn(auth, who, t)?,
-        }
-    }
-    Ok(())
-}
-
-/// A put writes its key, and reads it when it asks for the previous value.
-pub(crate) fn check_put(auth: &Auth, who: &Identity, p: &ws::PutRequest) -> Result<(), ApiError> {
-    let range = ws::KeyRange::key(p.key.clone());
-    check(auth, who, &range, Need::Write)?;
-    if p.prev_kv {
-        check(auth, who, &range, Need::Read)?;
-    }
-    Ok(())
-}
-
-/// A delete writes its range, and reads it when it asks for the previous values.
-pub(crate) fn check_delete(
-    auth: &Auth,
-    who: &Identity,
-    d: &ws::DeleteRequest,
-) -> Result<(), ApiError> {
-    check(auth, who, &d.range, Need::Write)?;
-    if d.prev_kv {
-        check(auth, who, &d.range, Need::Read)?;
-    }
-    Ok(())
-}
-
-/// `Ok` if `who` may `need` every key attached to lease `id` (revoking it deletes them).
-pub(crate) async fn check_lease_keys(
-    st: &AppState,
-    who: &Identity,
-    id: i64,
-    need: Need,
-) -> Result<(), ApiError> {
-    if st.auth.is_admin(who) {
-        return Ok(());
-    }
-    let Ok(t) = st.store.lease_time_to_live(id, true).await else {
-        return Ok(()); // the call itself reports an unknown lease
-    };
-    for k in t.keys {
-        check(&st.auth, who, &ws::KeyRange::key(k), need)?;
-    }
-    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -197,11 +109,7 @@ pub(crate) async fn authenticate(
     State(st): State<AppState>,
     Body(b): Body<LoginBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let token = st
-        .auth
-        .authenticate(&b.name, &b.password)
-        .await
-        .map_err(auth_error)?;
+    let token = st.auth.authenticate(&b.name, &b.password).await?;
     Ok(Json(json!({"token": token})))
 }
 
@@ -212,13 +120,13 @@ pub(crate) async fn status(State(st): State<AppState>) -> Json<Value> {
 
 /// `POST /v1/auth/enable` and `/v1/auth/disable`.
 pub(crate) async fn enable(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rev = st.auth.enable().await.map_err(auth_error)?;
+    let rev = st.auth.enable().await?;
     Ok(Json(json!({"enabled": true, "revision": rev})))
 }
 
 /// `POST /v1/auth/disable`.
 pub(crate) async fn disable(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rev = st.auth.disable().await.map_err(auth_error)?;
+    let rev = st.auth.disable().await?;
     Ok(Json(json!({"enabled": false, "revision": rev})))
 }
 
@@ -267,8 +175,7 @@ pub(crate) async fn user(
             a.user_revoke_role(n, &need(b.role, "role", "revoke")?)
                 .await
         }
-    }
-    .map_err(auth_error)?;
+    }?;
     Ok(Json(json!({"revision": rev})))
 }
 
@@ -341,8 +248,7 @@ pub(crate) async fn role(
             let (key, end) = need(b.permission, "permission", "revoke")?.range();
             a.role_revoke_permission(n, &key, &end).await
         }
-    }
-    .map_err(auth_error)?;
+    }?;
     Ok(Json(json!({"revision": rev})))
 }
 

@@ -22,7 +22,6 @@ use weft_coord::{
     Registry, Semaphore, Session,
 };
 
-use crate::access::check_prefix;
 use crate::{ApiError, AppState, Body};
 use axum::extract::Extension;
 use weft_auth::{Identity, Need};
@@ -39,13 +38,14 @@ fn check_recipe(
     name: &str,
     needs: &[Need],
 ) -> Result<(), ApiError> {
-    check_prefix(&st.auth, who, format!("{base}{name}/"), needs)
+    let range = weft_store::KeyRange::prefix(format!("{base}{name}/"));
+    Ok(st.auth.check_all(who, &range, needs)?)
 }
 
 /// `Ok` if `who` may write `key` (releasing, proclaiming, resigning, deregistering).
 fn check_key(st: &AppState, who: &Identity, key: &str) -> Result<(), ApiError> {
     let range = weft_store::KeyRange::key(key.to_owned());
-    crate::access::check(&st.auth, who, &range, Need::Write)
+    Ok(st.auth.check_range(who, &range, Need::Write)?)
 }
 
 /// Longest long-poll a client may ask for.

@@ -217,6 +217,12 @@ fn auth_code(e: &AuthError) -> &'static str {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Auth(e)
+    }
+}
+
 impl From<SagaError> for ApiError {
     fn from(e: SagaError) -> Self {
         match e {

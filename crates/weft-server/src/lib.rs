@@ -643,7 +643,7 @@ async fn kv_range(
 ) -> Result<Json<api::RangeResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let req = b.to_store(enc)?;
-    access::check(&st.auth, &who, &req.range, Need::Read)?;
+    st.auth.check_range(&who, &req.range, Need::Read)?;
     let r = st.store.range(req).await?;
     Ok(Json(api::range_resp(enc, &r)?))
 }
@@ -655,7 +655,7 @@ async fn kv_put(
 ) -> Result<Json<api::PutResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let req = b.to_store(enc)?;
-    access::check_put(&st.auth, &who, &req)?;
+    st.auth.check_put(&who, &req)?;
     let r = st.store.put(req).await?;
     Ok(Json(api::put_resp(enc, &r)?))
 }
@@ -667,7 +667,7 @@ async fn kv_delete(
 ) -> Result<Json<api::DeleteResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let req = b.to_store(enc)?;
-    access::check_delete(&st.auth, &who, &req)?;
+    st.auth.check_delete(&who, &req)?;
     let r = st.store.delete(req).await?;
     Ok(Json(api::delete_resp(enc, &r)?))
 }
@@ -679,7 +679,7 @@ async fn kv_txn(
 ) -> Result<Json<api::TxnResp>, ApiError> {
     let enc = b.encoding.unwrap_or_default();
     let req = b.to_store(enc)?;
-    access::check_txn(&st.auth, &who, &req)?;
+    st.auth.check_txn(&who, &req)?;
     let r = st.store.txn(req).await?;
     Ok(Json(api::txn_resp(enc, &r)?))
 }
@@ -747,7 +747,9 @@ async fn lease_revoke(
     Extension(who): Extension<Identity>,
     Body(b): Body<IdBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    access::check_lease_keys(&st, &who, b.id, Need::Write).await?;
+    st.auth
+        .check_lease_keys(&who, &*st.store, b.id, Need::Write)
+        .await?;
     let h = st.store.lease_revoke(b.id).await?;
     Ok(Json(serde_json::json!({"header": api::Header::from(h)})))
 }
@@ -768,7 +770,9 @@ async fn lease_ttl(
     Body(b): Body<IdBody>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if b.keys {
-        access::check_lease_keys(&st, &who, b.id, Need::Read).await?;
+        st.auth
+            .check_lease_keys(&who, &*st.store, b.id, Need::Read)
+            .await?;
     }
     let enc = b.encoding.unwrap_or_default();
     let r = st.store.lease_time_to_live(b.id, b.keys).await?;
@@ -827,7 +831,7 @@ async fn watch_sse(
         no_delete: q.no_delete,
         progress_notify: q.progress_notify,
     };
-    access::check(&st.auth, &who, &req.range, Need::Read)?;
+    st.auth.check_range(&who, &req.range, Need::Read)?;
     let stream = st.store.watch(req).await?;
     metrics::gauge!("weft_watchers").increment(1.0);
     struct Gauge;
