@@ -64,14 +64,7 @@ CLIENT=${CLIENT_BIN:-$WEFT}
 SCHEME=http
 ETCD_TLS=(); WEFT_TLS=(); CLIENT_TLS=(); CTL_TLS=()
 if [ "${TLS:-0}" = 1 ]; then
-    # A CA and a server certificate it signs (rustls refuses a CA as the server's own).
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-        -subj "/CN=bench CA" -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" 2>/dev/null
-    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
-        -keyout "$WORK/key.pem" -out "$WORK/server.csr" 2>/dev/null
-    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$WORK/ext.cnf"
-    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" \
-        -CAcreateserial -days 2 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
+    tls_cert
     SCHEME=https
     ETCD_TLS=(--cert-file "$WORK/cert.pem" --key-file "$WORK/key.pem")
     WEFT_TLS=(--cert-file "$WORK/cert.pem" --key-file "$WORK/key.pem")

@@ -21,15 +21,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-for bin in nginx wrk openssl; do
-    command -v "$bin" >/dev/null || { echo "missing $bin: apt-get install -y nginx wrk openssl" >&2; exit 1; }
-done
+need_bins nginx wrk openssl
 if [ -z "${WEFT_BIN:-}" ]; then (cd "$ROOT" && cargo build --release -q -p weft); fi
 WEFT="${WEFT_BIN:-$ROOT/target/release/weft}"
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
+tls_cert
 
 UP=$(free_port); NGX=$(free_port); W1=$(free_port)
 nginx_conf upstream "server { listen 127.0.0.1:$UP; keepalive_requests 1000000; location / { return 200 'hello from upstream\n'; } }"

@@ -24,9 +24,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
 
-for bin in nginx wrk openssl; do
-    command -v "$bin" >/dev/null || { echo "missing $bin: apt-get install -y nginx wrk openssl" >&2; exit 1; }
-done
+need_bins nginx wrk openssl
 
 # WEFT_BIN=path: a weft binary built elsewhere (to compare two builds side by side).
 if [ -z "${WEFT_BIN:-}" ]; then (cd "$ROOT" && cargo build --release -q -p weft); fi

@@ -5,6 +5,10 @@
 #   free_port prints a free loopback port
 #   wait_port PORT: waits up to 10 s for something to listen on 127.0.0.1:PORT
 #   nginx_conf NAME SERVER_BLOCK [WORKERS]: starts an nginx (daemon off) with that http block
+#   need_bins BIN...: exits with the apt-get command when one of them is missing
+#   tls_cert  makes $WORK/ca.pem and a certificate it signs for localhost and 127.0.0.1,
+#             $WORK/cert.pem with $WORK/key.pem (ECDSA P-256; rustls refuses a CA as a
+#             server's own certificate)
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -42,4 +46,20 @@ http {
 EOF
     nginx -p "$WORK/$1" -c "$WORK/$1/nginx.conf" -g 'daemon off;' &
     PIDS+=($!)
+}
+
+need_bins() {
+    for b in "$@"; do
+        command -v "$b" >/dev/null || { echo "missing $b: apt-get install -y $*" >&2; exit 1; }
+    done
+}
+
+tls_cert() {
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj "/CN=bench CA" -keyout "$WORK/ca-key.pem" -out "$WORK/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+        -keyout "$WORK/key.pem" -out "$WORK/server.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' > "$WORK/ext.cnf"
+    openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca-key.pem" \
+        -CAcreateserial -days 2 -extfile "$WORK/ext.cnf" -out "$WORK/cert.pem" 2>/dev/null
 }
