@@ -5,6 +5,18 @@ async fn with_root(auth: &Auth) {
     auth.user_grant_role("root", "root").await.unwrap();
 }
 
+/// Adds role `role` with `p`, and user `user` (password "pw") holding it; enables auth; the
+/// user's identity from a fresh token.
+async fn user_with(auth: &Auth, user: &str, role: &str, p: Permission) -> Identity {
+    auth.role_add(role).await.unwrap();
+    auth.role_grant_permission(role, p).await.unwrap();
+    auth.user_add(user, Some("pw")).await.unwrap();
+    auth.user_grant_role(user, role).await.unwrap();
+    auth.enable().await.unwrap();
+    let token = auth.authenticate(user, "pw").await.unwrap();
+    auth.identify(Some(&token)).unwrap()
+}
+
 fn perm(kind: PermKind, key: &str, end: &str) -> Permission {
     Permission {
         kind,
@@ -126,16 +138,7 @@ async fn a_new_password_or_a_deleted_user_ends_its_tokens() {
 async fn permissions_follow_roles_at_each_call() {
     let auth = Auth::in_memory(Options::default());
     with_root(&auth).await;
-    auth.role_add("reader").await.unwrap();
-    auth.role_grant_permission("reader", perm(PermKind::Read, "app/", "app0"))
-        .await
-        .unwrap();
-    auth.user_add("bob", Some("pw")).await.unwrap();
-    auth.user_grant_role("bob", "reader").await.unwrap();
-    auth.enable().await.unwrap();
-    let bob = auth
-        .identify(Some(&auth.authenticate("bob", "pw").await.unwrap()))
-        .unwrap();
+    let bob = user_with(&auth, "bob", "reader", perm(PermKind::Read, "app/", "app0")).await;
     assert!(auth.check(&bob, b"app/x", b"", Need::Read).is_ok());
     assert!(matches!(
         auth.check(&bob, b"app/x", b"", Need::Write),
@@ -384,16 +387,7 @@ async fn the_auth_key_is_roots_alone_whatever_a_role_grants() {
     let (_dir, store) = embedded().await;
     let a = Auth::open_store(store, Options::default()).await.unwrap();
     with_root(&a).await;
-    a.role_add("wide").await.unwrap();
-    a.role_grant_permission("wide", perm(PermKind::ReadWrite, "/", "\0"))
-        .await
-        .unwrap();
-    a.user_add("bob", Some("pw")).await.unwrap();
-    a.user_grant_role("bob", "wide").await.unwrap();
-    a.enable().await.unwrap();
-    let bob = a
-        .identify(Some(&a.authenticate("bob", "pw").await.unwrap()))
-        .unwrap();
+    let bob = user_with(&a, "bob", "wide", perm(PermKind::ReadWrite, "/", "\0")).await;
     let root = a
         .identify(Some(&a.authenticate("root", "rootpw").await.unwrap()))
         .unwrap();
