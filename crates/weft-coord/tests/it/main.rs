@@ -1,0 +1,7 @@
+//! The recipe suite on every backend.
+//!
+//! One test binary per crate: each file below was its own binary, and every binary links
+//! the whole dependency tree again (disk and link time).
+
+mod recipes_embedded;
+mod recipes_etcd;
