@@ -85,8 +85,10 @@ struct Inner {
     crashed: Arc<AtomicBool>,
     /// The live orchestrators' names (refreshed when a member key changes).
     members: Mutex<Vec<String>>,
-    /// Callers of `wait` on sagas of this orchestrator, by id.
-    waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<()>>>>,
+    /// Callers of `wait` on sagas of this orchestrator, by id: each gets the record at rest.
+    /// Lock order: `owned`, then `waiters` (a saga's task leaves `owned` and takes its
+    /// waiters in one step, so a waiter added while the saga is owned is always served).
+    waiters: Mutex<HashMap<String, Vec<tokio::sync::oneshot::Sender<SagaRecord>>>>,
 }
 
 /// Runs sagas on a store. Cloning shares it.
@@ -342,25 +344,31 @@ impl Orchestrator {
     pub async fn wait(&self, id: &str, timeout: Duration) -> Result<SagaRecord> {
         let fut = async {
             loop {
-                // Registered before the read, so a saga at rest right after it is not missed.
                 let (tx, mut local) = tokio::sync::oneshot::channel();
-                self.inner
-                    .waiters
-                    .lock()
-                    .expect("lock")
-                    .entry(id.to_string())
-                    .or_default()
-                    .push(tx);
+                if let Some(tx) = self.wait_local(id, tx) {
+                    // Not run here: registered before the read all the same, in case this
+                    // orchestrator takes it over and brings it to rest.
+                    self.inner
+                        .waiters
+                        .lock()
+                        .expect("lock")
+                        .entry(id.to_string())
+                        .or_default()
+                        .push(tx);
+                } else {
+                    // Ours: its task hands over the record at rest, no store read. The
+                    // timer covers a task that ends without it (its ownership lost).
+                    tokio::select! {
+                        r = &mut local => match r {
+                            Ok(record) => return Ok(record),
+                            Err(_) => continue,
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
                 let l = self.inner.log.load(id).await?;
                 if l.record.status.is_at_rest() {
                     return Ok(l.record);
-                }
-                if self.inner.owned.lock().expect("lock").contains_key(id) {
-                    // Ours: its task says when it is at rest.
-                    tokio::select! {
-                        _ = &mut local => continue,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
                 }
                 let mut w = self
                     .inner
@@ -373,7 +381,7 @@ impl Orchestrator {
                     .await?;
                 tokio::select! {
                     _ = w.message() => {}
-                    _ = &mut local => {}
+                    r = &mut local => if let Ok(record) = r { return Ok(record) },
                 }
             }
         };
@@ -395,6 +403,22 @@ impl Orchestrator {
                 message: format!("not at rest after {timeout:?}"),
             }),
         }
+    }
+
+    /// Registers `tx` as a waiter if this orchestrator runs saga `id` now; otherwise gives
+    /// it back.
+    fn wait_local(
+        &self,
+        id: &str,
+        tx: tokio::sync::oneshot::Sender<SagaRecord>,
+    ) -> Option<tokio::sync::oneshot::Sender<SagaRecord>> {
+        let owned = self.inner.owned.lock().expect("lock");
+        if !owned.contains_key(id) {
+            return Some(tx);
+        }
+        let mut waiters = self.inner.waiters.lock().expect("lock");
+        waiters.entry(id.to_string()).or_default().push(tx);
+        None
     }
 
     /// Operator: runs a parked saga again from where it stopped (its failing call gets a fresh
@@ -612,15 +636,22 @@ fn spawn_task(
             )
             .await
             {
-                Ok(st) => {
-                    tracing::debug!(saga = %task_id, status = st.as_str(), "saga at rest");
+                Ok(record) => {
+                    tracing::debug!(saga = %task_id, status = record.status.as_str(), "saga at rest");
                     if let Some(inner) = weak.upgrade() {
-                        let ws = inner.waiters.lock().expect("lock").remove(&task_id);
+                        // Out of `owned` and its waiters taken in one step (see `waiters`).
+                        let ws = {
+                            let mut owned = inner.owned.lock().expect("lock");
+                            owned.remove(&task_id);
+                            let mut waiters = inner.waiters.lock().expect("lock");
+                            waiters.remove(&task_id)
+                        };
                         for w in ws.into_iter().flatten() {
-                            let _ = w.send(());
+                            let _ = w.send(record.clone());
                         }
                     }
-                    break;
+                    // Already out of `owned`: a task started since for the same id stays.
+                    return;
                 }
                 Err(SagaError::NotOwner(_)) => break,
                 Err(e) if ctx.crashed.load(Ordering::SeqCst) => {

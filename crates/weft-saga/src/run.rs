@@ -344,7 +344,7 @@ impl Task<'_> {
 }
 
 /// Runs the saga `id`, owned under `owner_rev`, until it is committed, compensated or parked
-/// (or this orchestrator loses it).
+/// (or this orchestrator loses it); returns the record at rest.
 pub(crate) async fn drive(
     ctx: &Ctx,
     id: &str,
@@ -352,7 +352,7 @@ pub(crate) async fn drive(
     control: &mut mpsc::UnboundedReceiver<Control>,
     mut note: Option<Event>,
     known: Option<(Arc<crate::log::Stored>, Loaded)>,
-) -> Result<Status> {
+) -> Result<SagaRecord> {
     // A saga this orchestrator just created needs no read back.
     let (stored, loaded) = match known {
         Some(k) => k,
@@ -370,7 +370,7 @@ pub(crate) async fn drive(
     if t.loaded.record.status.is_at_rest() {
         // Claimed as it came to rest (a late takeover): nothing to do, give it back.
         ctx.log.release(id, owner_rev).await?;
-        return Ok(t.loaded.record.status);
+        return Ok(t.loaded.record);
     }
     let mut inflight = FuturesUnordered::new();
     let mut done = Vec::new();
@@ -387,7 +387,7 @@ pub(crate) async fn drive(
             t.write(next, events, release).await?;
         }
         if t.loaded.record.status.is_at_rest() {
-            return Ok(t.loaded.record.status);
+            return Ok(t.loaded.record);
         }
         let results = t.results();
         for (s, phase) in calls {
