@@ -10,7 +10,9 @@
 //!
 //! For each: sagas/s, p50 and p99 of submit → committed, store revisions per saga and per step.
 //! `SAGA_BENCH_ROWS=local64,http1` runs only those rows; `SAGA_BENCH_ROUNDS` (default 3)
-//! rounds interleave the rows, and the median round is shown with every round's rate.
+//! rounds interleave the rows, and the median round is shown with every round's rate. Each
+//! row's round starts on an empty store; `SAGA_BENCH_SHARED=1` runs them all on one store
+//! that keeps every finished saga (what a growing store costs).
 
 #![allow(missing_docs)]
 
@@ -142,6 +144,55 @@ async fn http_service() -> String {
     format!("http://{addr}")
 }
 
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A store and an orchestrator in `dir`.
+async fn open(dir: &std::path::Path) -> (Arc<dyn Store>, Orchestrator) {
+    let store: Arc<dyn Store> = Arc::new(
+        Embedded::open(
+            dir,
+            Options {
+                durability: Durability::Group,
+                snapshot_bytes: env_or("SAGA_BENCH_SNAPSHOT_MB", 64u64) << 20,
+                auto_compact: match env_or("SAGA_BENCH_COMPACT_MS", 0u64) {
+                    0 => Options::default().auto_compact,
+                    ms => weft_store::embedded::AutoCompact::Period(Duration::from_millis(ms)),
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap(),
+    );
+    let mut reg = Registry::new();
+    for s in ["a", "b", "c", "undo"] {
+        reg.register(s, |_c| async { StepOutcome::Done(Value::Null) });
+    }
+    let defaults = weft_saga::Options::default();
+    let o = Orchestrator::builder(store.clone())
+        .options(weft_saga::Options {
+            sweep_interval: Duration::from_secs(env_or("SAGA_BENCH_SWEEP_SECS", 30)),
+            // SAGA_BENCH_RETENTION_SECS: how long finished sagas are kept (default: the
+            // orchestrator's, 24 h), to see what keeping them costs.
+            retention: std::env::var("SAGA_BENCH_RETENTION_SECS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(defaults.retention),
+            ..defaults
+        })
+        .registry(reg)
+        .start()
+        .await
+        .unwrap();
+    (store, o)
+}
+
 fn main() {
     // As `weft up`: no transparent huge pages (each fresh one is zeroed in one fault on
     // whichever thread touches it first).
@@ -160,49 +211,15 @@ fn main() {
             "| fsync (64 B append + fdatasync, one at a time) | {rate:.0} writes/s | {:.3} ms | | | | 1.00x |",
             p50.as_secs_f64() * 1e3
         );
-        let store: Arc<dyn Store> = Arc::new(
-            Embedded::open(
-                dir.path().join("data"),
-                Options {
-                    durability: Durability::Group,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap(),
-        );
-        let mut reg = Registry::new();
-        for s in ["a", "b", "c", "undo"] {
-            reg.register(s, |_c| async { StepOutcome::Done(Value::Null) });
-        }
-        let o = Orchestrator::builder(store.clone())
-            .options(weft_saga::Options {
-                sweep_interval: std::time::Duration::from_secs(
-                    std::env::var("SAGA_BENCH_SWEEP_SECS")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(30),
-                ),
-                // SAGA_BENCH_RETENTION_SECS: how long finished sagas are kept (default: the
-                // orchestrator's, 24 h), to see what keeping them costs.
-                retention: std::env::var("SAGA_BENCH_RETENTION_SECS")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .map(std::time::Duration::from_secs)
-                    .unwrap_or(weft_saga::Options::default().retention),
-                ..Default::default()
-            })
-            .registry(reg)
-            .start()
-            .await
-            .unwrap();
+        // SAGA_BENCH_SHARED=1: every round on one store that keeps growing (finished sagas
+        // are kept), to see what the store's size costs; by default each row's round starts
+        // on an empty store, so that rounds measure the same thing.
+        let shared = std::env::var("SAGA_BENCH_SHARED").is_ok_and(|v| v == "1");
+        let mut kept: Option<(Arc<dyn Store>, Orchestrator)> = None;
         let local = chain(|n| json!({"local": {"name": n}}));
         let base = http_service().await;
         let http = chain(|n| json!({"http": {"url": format!("{base}/{n}")}}));
-        let rounds: usize = std::env::var("SAGA_BENCH_ROUNDS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3);
+        let rounds: usize = env_or("SAGA_BENCH_ROUNDS", 3);
         let rows = [
             ("local", &local, 1),
             ("local", &local, 64),
@@ -215,10 +232,24 @@ fn main() {
         };
         // Rounds interleave the rows, so that a slow phase of the machine hits all of them.
         let mut results: Vec<Vec<Row>> = rows.iter().map(|_| Vec::new()).collect();
+        let mut n = 0;
         for _ in 0..rounds {
             for (i, (name, def, clients)) in rows.iter().enumerate() {
-                if wanted(name, *clients) {
-                    results[i].push(run(&o, &store, def, *clients, d).await);
+                if !wanted(name, *clients) {
+                    continue;
+                }
+                n += 1;
+                let (store, o) = match &kept {
+                    Some(so) => so.clone(),
+                    None => open(&dir.path().join(format!("data-{n}"))).await,
+                };
+                results[i].push(run(&o, &store, def, *clients, d).await);
+                if shared {
+                    kept = Some((store, o));
+                } else {
+                    o.shutdown().await;
+                    drop(store);
+                    let _ = std::fs::remove_dir_all(dir.path().join(format!("data-{n}")));
                 }
             }
         }
@@ -243,6 +274,8 @@ fn main() {
             );
             std::io::stdout().flush().unwrap();
         }
-        o.shutdown().await;
+        if let Some((_, o)) = kept {
+            o.shutdown().await;
+        }
     });
 }

@@ -71,7 +71,8 @@ pub struct SagaView {
 
 struct Owned {
     control: mpsc::UnboundedSender<Control>,
-    task: JoinHandle<()>,
+    /// `None` while reserved: a saga being created here, its task not started yet.
+    task: Option<JoinHandle<()>>,
 }
 
 struct Inner {
@@ -273,21 +274,26 @@ impl Orchestrator {
         // runs its own share and leaves the rest for their orchestrator to claim.
         let mine = preferred(&self.inner, &id) == self.name();
         let owner = mine.then(|| (self.name(), self.inner.session.lease()));
+        // Reserved before it exists, so an `abort` that sees it finds its control channel.
+        let reserved = mine.then(|| reserve(&self.inner, &id)).flatten();
         let created = self
             .inner
             .log
             .create(&stored, &record, &events, owner)
-            .await?;
-        match created {
+            .await;
+        if !matches!(created, Ok(Some(_))) && reserved.is_some() {
+            unreserve(&self.inner, &id);
+        }
+        match created? {
             Some(rev) => {
                 metrics::counter!("weft_saga_submitted_total").increment(1);
-                if mine {
+                if let Some(control) = reserved {
                     let loaded = crate::log::Loaded {
                         record,
                         mod_revision: rev,
                     };
-                    let known = Some((Arc::new(stored), loaded));
-                    spawn_task(&self.inner, id.clone(), rev, None, known);
+                    let known = (Arc::new(stored), loaded);
+                    start_reserved(&self.inner, id.clone(), rev, known, control);
                 }
                 Ok(id)
             }
@@ -569,8 +575,8 @@ impl Orchestrator {
             .drain()
             .map(|(_, o)| o)
             .collect();
-        for o in owned {
-            o.task.abort();
+        for t in owned.into_iter().filter_map(|o| o.task) {
+            t.abort();
         }
         let _ = self.inner.session.close().await;
     }
@@ -585,7 +591,9 @@ impl Orchestrator {
             h.abort();
         }
         for (_, o) in self.inner.owned.lock().expect("lock").drain() {
-            o.task.abort();
+            if let Some(t) = o.task {
+                t.abort();
+            }
         }
     }
 
@@ -614,15 +622,83 @@ fn spawn_task(
     note: Option<Event>,
     known: Option<(Arc<Stored>, crate::log::Loaded)>,
 ) {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let weak = Arc::downgrade(inner);
-    let ctx = inner.ctx.clone();
-    let task_id = id.clone();
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut owned = inner.owned.lock().expect("lock");
     if owned.contains_key(&id) {
         return;
     }
-    let task = tokio::spawn(async move {
+    let task = tokio::spawn(run_task(inner, id.clone(), owner_rev, note, known, rx));
+    owned.insert(
+        id.clone(),
+        Owned {
+            control: tx,
+            task: Some(task),
+        },
+    );
+    drop(owned);
+    // A request made while nobody owned the saga.
+    let inner = inner.clone();
+    tokio::spawn(async move { serve_control(&inner, &id).await });
+}
+
+/// Reserves `id` in the owned set for a saga about to be created here; its control
+/// receiver, or `None` if the id is owned here already.
+fn reserve(inner: &Arc<Inner>, id: &str) -> Option<mpsc::UnboundedReceiver<Control>> {
+    let mut owned = inner.owned.lock().expect("lock");
+    if owned.contains_key(id) {
+        return None;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    owned.insert(
+        id.to_string(),
+        Owned {
+            control: tx,
+            task: None,
+        },
+    );
+    Some(rx)
+}
+
+/// Gives a reservation back (the create failed or found the id taken); waiters registered
+/// meanwhile look again.
+fn unreserve(inner: &Arc<Inner>, id: &str) {
+    let mut owned = inner.owned.lock().expect("lock");
+    if owned.get(id).is_some_and(|o| o.task.is_none()) {
+        owned.remove(id);
+        inner.waiters.lock().expect("lock").remove(id);
+    }
+}
+
+/// Starts the task of a saga created here under a reservation. No request can be pending in
+/// the store: from before the create, `abort` found the reservation's channel.
+fn start_reserved(
+    inner: &Arc<Inner>,
+    id: String,
+    owner_rev: i64,
+    known: (Arc<Stored>, crate::log::Loaded),
+    control: mpsc::UnboundedReceiver<Control>,
+) {
+    let mut owned = inner.owned.lock().expect("lock");
+    // Gone if the orchestrator shut down or crashed meanwhile.
+    if let Some(o) = owned.get_mut(&id).filter(|o| o.task.is_none()) {
+        let run = run_task(inner, id.clone(), owner_rev, None, Some(known), control);
+        o.task = Some(tokio::spawn(run));
+    }
+}
+
+/// A saga's task: drives it to rest (retrying after errors), then hands the record to the
+/// waiters and leaves the owned set.
+fn run_task(
+    inner: &Arc<Inner>,
+    task_id: String,
+    owner_rev: i64,
+    note: Option<Event>,
+    known: Option<(Arc<Stored>, crate::log::Loaded)>,
+    mut rx: mpsc::UnboundedReceiver<Control>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let weak = Arc::downgrade(inner);
+    let ctx = inner.ctx.clone();
+    async move {
         let mut delay = Duration::from_millis(100);
         let (mut note, mut known) = (note, known);
         loop {
@@ -668,12 +744,7 @@ fn spawn_task(
         if let Some(inner) = weak.upgrade() {
             inner.owned.lock().expect("lock").remove(&task_id);
         }
-    });
-    owned.insert(id.clone(), Owned { control: tx, task });
-    drop(owned);
-    // A request made while nobody owned the saga.
-    let inner = inner.clone();
-    tokio::spawn(async move { serve_control(&inner, &id).await });
+    }
 }
 
 /// Unowned running or compensating sagas that this orchestrator should take (rendezvous over
