@@ -748,6 +748,66 @@ pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Stor
     b.shutdown().await;
 }
 
+/// An abort sent while its saga is being submitted on the same orchestrator (before, during
+/// and right after the create) is never lost: every saga ends compensated by the operator.
+pub async fn abort_racing_submit_is_kept(store: Arc<dyn Store>) {
+    let ledger = Arc::new(Ledger::default());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut reg = ledger_registry(&ledger);
+    let g = gate.clone();
+    reg.register("gated", move |c| {
+        let g = g.clone();
+        async move {
+            if c.phase == Phase::Action {
+                if let Ok(p) = g.acquire().await {
+                    p.forget();
+                }
+            }
+            StepOutcome::Done(Value::Null)
+        }
+    });
+    let o = orch(&store, "a", reg).await;
+    let mut def = order_def(&[]);
+    def.steps[0].action = crate::Call::Local {
+        name: "gated".into(),
+        arg: Value::Null,
+    };
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let id = format!("race-{i}");
+        let (o2, id2) = (o.clone(), id.clone());
+        // Retries while the saga does not exist yet; bounded by WAIT.
+        let aborter = tokio::spawn(async move {
+            let t0 = std::time::Instant::now();
+            loop {
+                match o2.abort(&id2).await {
+                    Ok(()) => return,
+                    Err(SagaError::NotFound(_)) if t0.elapsed() < WAIT => {
+                        tokio::task::yield_now().await
+                    }
+                    Err(e) => panic!("abort of {id2}: {e}"),
+                }
+            }
+        });
+        o.submit(def.clone(), json!({}), Some(id.clone()))
+            .await
+            .unwrap();
+        aborter.await.unwrap();
+        ids.push(id);
+    }
+    gate.add_permits(100);
+    for id in &ids {
+        let rec = o.wait(id, WAIT).await.unwrap();
+        assert_eq!(rec.status, Status::Compensated, "{rec:?}");
+        assert_eq!(
+            rec.reason.as_deref(),
+            Some("aborted by an operator"),
+            "{id}"
+        );
+    }
+    o.shutdown().await;
+}
+
 /// Expands to one `#[tokio::test]` per suite case for a backend factory.
 #[macro_export]
 macro_rules! saga_tests {
@@ -757,7 +817,7 @@ macro_rules! saga_tests {
             retries_and_unknown_outcomes parking_and_operator_actions
             validation_and_idempotent_submit deadline_compensates crash_at_every_log_point
             takeover_after_owner_death barrier_rules retention_removes_only_finished_sagas
-            new_sagas_are_spread_and_aborts_reach_the_owner);
+            new_sagas_are_spread_and_aborts_reach_the_owner abort_racing_submit_is_kept);
     };
     (@case $factory:expr; $($name:ident)*) => {
         $(
