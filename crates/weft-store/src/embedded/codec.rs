@@ -443,6 +443,7 @@ pub(crate) fn decode_snapshot(buf: &[u8], now: Instant) -> DResult<Mvcc> {
     }
     d.done()?;
     m.keys = keys;
+    m.mark_changed();
     Ok(m)
 }
 

@@ -68,7 +68,8 @@ impl FromStr for Durability {
 pub enum AutoCompact {
     /// Never compact automatically.
     Off,
-    /// Keep at least this many revisions of history (checked every `check_every`).
+    /// Keep at least this many revisions of history (checked every 5 s: a compaction costs
+    /// the changes it covers, see `Mvcc::changed`, so history is trimmed while it is short).
     Revisions(i64),
     /// Keep at least this much time of history (sampled every tenth of it, as etcd's periodic
     /// mode).
@@ -824,22 +825,20 @@ async fn sweeper(inner: Weak<Inner>, wake: Arc<Notify>, mut closed: watch::Recei
             _ = wake.notified() => {}
             _ = closed.changed() => return,
         }
-        let mut cursor: Option<bytes::Bytes> = None;
         loop {
             let Some(inner) = inner.upgrade() else { return };
             if *closed.borrow() {
                 return;
             }
-            let (next, garbage) = inner.state.write().expect("state poisoned").sweep(
-                cursor.as_ref(),
-                SWEEP_KEYS,
-                SWEEP_ENTRIES,
-            );
+            let (more, garbage) = inner
+                .state
+                .write()
+                .expect("state poisoned")
+                .sweep(SWEEP_KEYS, SWEEP_ENTRIES);
             // Freed with the lock released.
             drop(garbage);
-            cursor = next;
             drop(inner);
-            if cursor.is_none() {
+            if !more {
                 break;
             }
             tokio::task::yield_now().await;
@@ -853,7 +852,7 @@ async fn auto_compact(inner: Weak<Inner>, mut closed: watch::Receiver<bool>) {
     };
     let every = match policy {
         AutoCompact::Off => return,
-        AutoCompact::Revisions(_) => Duration::from_secs(60),
+        AutoCompact::Revisions(_) => Duration::from_secs(5),
         AutoCompact::Period(p) => (p / 10).max(Duration::from_millis(100)),
     };
     let mut samples: VecDeque<(Instant, i64)> = VecDeque::new();
