@@ -422,6 +422,10 @@ pub(crate) async fn drive(
             .filter(|_| t.loaded.record.status == Status::Running)
             .map(|d| Instant::now() + Duration::from_millis(d.saturating_sub(now_ms())));
         tokio::select! {
+            // An operator's abort already received goes before completions that are ready:
+            // it applies at the saga's next transition, never lost to a race with its steps.
+            biased;
+            Some(Control::Abort) = control.recv() => abort = true,
             Some(c) = inflight.next(), if !inflight.is_empty() => {
                 done.push(c);
                 // Completions that are already in: one write for all of them.
@@ -429,7 +433,6 @@ pub(crate) async fn drive(
                     done.push(c);
                 }
             }
-            Some(Control::Abort) = control.recv() => abort = true,
             _ = async { tokio::time::sleep_until(deadline.expect("guarded")).await }, if deadline.is_some() => {}
             else => {
                 return Err(SagaError::Conflict {

@@ -749,7 +749,8 @@ pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Stor
 }
 
 /// An abort sent while its saga is being submitted on the same orchestrator (before, during
-/// and right after the create) is never lost: every saga ends compensated by the operator.
+/// and right after the create) is never lost: every saga starts compensating while its first
+/// step is held, and ends compensated by the operator.
 pub async fn abort_racing_submit_is_kept(store: Arc<dyn Store>) {
     let ledger = Arc::new(Ledger::default());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
@@ -794,6 +795,14 @@ pub async fn abort_racing_submit_is_kept(store: Arc<dyn Store>) {
             .unwrap();
         aborter.await.unwrap();
         ids.push(id);
+    }
+    // Each abort takes effect while its saga's first step is still held.
+    for id in &ids {
+        let t0 = std::time::Instant::now();
+        while o.get(id).await.unwrap().record.status != Status::Compensating {
+            assert!(t0.elapsed() < WAIT, "{id}: the abort was lost");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     gate.add_permits(100);
     for id in &ids {
