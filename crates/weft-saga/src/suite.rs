@@ -670,9 +670,9 @@ pub async fn retention_removes_only_finished_sagas(store: Arc<dyn Store>) {
     o.shutdown().await;
 }
 
-/// New sagas are spread over the live orchestrators (rendezvous on the id), whoever received
-/// them; an abort sent to another orchestrator reaches the owner.
-pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Store>) {
+/// The ledger's steps plus `gated`, an action that waits for a permit of the returned gate
+/// (one permit per call).
+fn gated_registry() -> (Registry, Arc<tokio::sync::Semaphore>) {
     let ledger = Arc::new(Ledger::default());
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let mut reg = ledger_registry(&ledger);
@@ -682,12 +682,19 @@ pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Stor
         async move {
             if c.phase == Phase::Action {
                 if let Ok(p) = g.acquire().await {
-                    p.forget(); // one permit per call
+                    p.forget();
                 }
             }
             StepOutcome::Done(Value::Null)
         }
     });
+    (reg, gate)
+}
+
+/// New sagas are spread over the live orchestrators (rendezvous on the id), whoever received
+/// them; an abort sent to another orchestrator reaches the owner.
+pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Store>) {
+    let (reg, gate) = gated_registry();
     let a = orch(&store, "a", reg.clone()).await;
     let b = orch(&store, "b", reg).await;
     tokio::time::sleep(Duration::from_millis(200)).await; // each sees the other's member key
@@ -752,21 +759,7 @@ pub async fn new_sagas_are_spread_and_aborts_reach_the_owner(store: Arc<dyn Stor
 /// and right after the create) is never lost: every saga starts compensating while its first
 /// step is held, and ends compensated by the operator.
 pub async fn abort_racing_submit_is_kept(store: Arc<dyn Store>) {
-    let ledger = Arc::new(Ledger::default());
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let mut reg = ledger_registry(&ledger);
-    let g = gate.clone();
-    reg.register("gated", move |c| {
-        let g = g.clone();
-        async move {
-            if c.phase == Phase::Action {
-                if let Ok(p) = g.acquire().await {
-                    p.forget();
-                }
-            }
-            StepOutcome::Done(Value::Null)
-        }
-    });
+    let (reg, gate) = gated_registry();
     let o = orch(&store, "a", reg).await;
     let mut def = order_def(&[]);
     def.steps[0].action = crate::Call::Local {
