@@ -111,6 +111,38 @@ fn fuzz(secs: &str) {
     );
 }
 
+/// Under CI, once the tests passed: removes the test executables from `target/debug/deps`
+/// before the fuzz build, so that the two do not need disk at the same time (a CI machine
+/// can be short of it). They are rebuilt by the next test run.
+fn free_test_binaries() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new(
+        &std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()),
+    )
+    .join("debug/deps");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut freed = 0u64;
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        // Executables named `crate-hash`: not the proc macros (`.so`) or metadata files.
+        if e.file_name().to_string_lossy().contains('.') {
+            continue;
+        }
+        if m.is_file()
+            && m.permissions().mode() & 0o111 != 0
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            freed += m.len();
+        }
+    }
+    eprintln!(
+        "xtask: removed {} MB of test executables before the fuzz build",
+        freed >> 20
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -143,6 +175,9 @@ fn main() {
             );
             // Only for a full run (`cargo xtask test -- FILTER` runs tests alone).
             if args.len() == 1 {
+                if std::env::var("CI").is_ok_and(|v| v == "true") {
+                    free_test_binaries();
+                }
                 fuzz(&std::env::var("WEFT_FUZZ_SECS").unwrap_or_else(|_| "60".into()));
             }
         }
