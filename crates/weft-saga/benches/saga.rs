@@ -12,7 +12,10 @@
 //! `SAGA_BENCH_ROWS=local64,http1` runs only those rows; `SAGA_BENCH_ROUNDS` (default 3)
 //! rounds interleave the rows, and the median round is shown with every round's rate. Each
 //! row's round starts on an empty store; `SAGA_BENCH_SHARED=1` runs them all on one store
-//! that keeps every finished saga (what a growing store costs).
+//! that keeps every finished saga (what a growing store costs). Experiments: finished sagas
+//! kept `SAGA_BENCH_RETENTION_SECS` (default 24 h) and swept every `SAGA_BENCH_SWEEP_SECS`;
+//! a snapshot every `SAGA_BENCH_SNAPSHOT_MB` of log (default 64); periodic compaction
+//! keeping `SAGA_BENCH_COMPACT_MS` of history (default: the store's, by revisions).
 
 #![allow(missing_docs)]
 

@@ -292,8 +292,8 @@ impl Orchestrator {
                         record,
                         mod_revision: rev,
                     };
-                    let known = (Arc::new(stored), loaded);
-                    start_reserved(&self.inner, id.clone(), rev, known, control);
+                    let known = Some((Arc::new(stored), loaded));
+                    start_reserved(&self.inner, id.clone(), rev, None, known, control);
                 }
                 Ok(id)
             }
@@ -351,17 +351,9 @@ impl Orchestrator {
         let fut = async {
             loop {
                 let (tx, mut local) = tokio::sync::oneshot::channel();
-                if let Some(tx) = self.wait_local(id, tx) {
-                    // Not run here: registered before the read all the same, in case this
-                    // orchestrator takes it over and brings it to rest.
-                    self.inner
-                        .waiters
-                        .lock()
-                        .expect("lock")
-                        .entry(id.to_string())
-                        .or_default()
-                        .push(tx);
-                } else {
+                // Registered before any read, so that a saga this orchestrator runs (or takes
+                // over and brings to rest meanwhile) is not missed.
+                if self.add_waiter(id, tx) {
                     // Ours: its task hands over the record at rest, no store read. The
                     // timer covers a task that ends without it (its ownership lost).
                     tokio::select! {
@@ -411,20 +403,13 @@ impl Orchestrator {
         }
     }
 
-    /// Registers `tx` as a waiter if this orchestrator runs saga `id` now; otherwise gives
-    /// it back.
-    fn wait_local(
-        &self,
-        id: &str,
-        tx: tokio::sync::oneshot::Sender<SagaRecord>,
-    ) -> Option<tokio::sync::oneshot::Sender<SagaRecord>> {
+    /// Registers `tx` as a waiter on saga `id`; whether this orchestrator runs it now (then
+    /// its task is sure to serve the waiter, see `Inner::waiters`).
+    fn add_waiter(&self, id: &str, tx: tokio::sync::oneshot::Sender<SagaRecord>) -> bool {
         let owned = self.inner.owned.lock().expect("lock");
-        if !owned.contains_key(id) {
-            return Some(tx);
-        }
         let mut waiters = self.inner.waiters.lock().expect("lock");
         waiters.entry(id.to_string()).or_default().push(tx);
-        None
+        owned.contains_key(id)
     }
 
     /// Operator: runs a parked saga again from where it stopped (its failing call gets a fresh
@@ -622,20 +607,10 @@ fn spawn_task(
     note: Option<Event>,
     known: Option<(Arc<Stored>, crate::log::Loaded)>,
 ) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut owned = inner.owned.lock().expect("lock");
-    if owned.contains_key(&id) {
+    let Some(control) = reserve(inner, &id) else {
         return;
-    }
-    let task = tokio::spawn(run_task(inner, id.clone(), owner_rev, note, known, rx));
-    owned.insert(
-        id.clone(),
-        Owned {
-            control: tx,
-            task: Some(task),
-        },
-    );
-    drop(owned);
+    };
+    start_reserved(inner, id.clone(), owner_rev, note, known, control);
     // A request made while nobody owned the saga.
     let inner = inner.clone();
     tokio::spawn(async move { serve_control(&inner, &id).await });
@@ -669,19 +644,21 @@ fn unreserve(inner: &Arc<Inner>, id: &str) {
     }
 }
 
-/// Starts the task of a saga created here under a reservation. No request can be pending in
-/// the store: from before the create, `abort` found the reservation's channel.
+/// Starts the task of a saga reserved in the owned set. For a saga created here no request
+/// can be pending in the store: from before the create, `abort` found the reservation's
+/// channel (a saga taken over is checked by `spawn_task`).
 fn start_reserved(
     inner: &Arc<Inner>,
     id: String,
     owner_rev: i64,
-    known: (Arc<Stored>, crate::log::Loaded),
+    note: Option<Event>,
+    known: Option<(Arc<Stored>, crate::log::Loaded)>,
     control: mpsc::UnboundedReceiver<Control>,
 ) {
     let mut owned = inner.owned.lock().expect("lock");
     // Gone if the orchestrator shut down or crashed meanwhile.
     if let Some(o) = owned.get_mut(&id).filter(|o| o.task.is_none()) {
-        let run = run_task(inner, id.clone(), owner_rev, None, Some(known), control);
+        let run = run_task(inner, id.clone(), owner_rev, note, known, control);
         o.task = Some(tokio::spawn(run));
     }
 }
